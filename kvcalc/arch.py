@@ -1,0 +1,648 @@
+"""Raw Hugging Face config dict -> :class:`ModelSpec`, a list of decoder layers with their KV kind.
+
+This is the ONLY module that knows Hugging Face field names, their aliases and the per-family
+quirks (see docs/formulas.md §1 and ../shared/reference/transformers.md §2). Everything after it
+(layouts, totals, plans) works on :class:`ModelSpec` alone.
+
+Resolution rules, in order:
+
+1. Nested configs (``text_config``, ``thinker_config.text_config``, ``llm_config``,
+   ``language_config``) are unwrapped; the dtype may live at either level.
+2. Keys the checkpoint omits but transformers fills from its config class defaults are filled
+   from :data:`FAMILY_DEFAULTS` (transformers 5.23 classes) and each fill is reported.
+3. Layer kinds: Nemotron-NAS ``block_configs``; Jamba ``attn_layer_period/offset``; Nemotron-H
+   ``hybrid_override_pattern``; an explicit ``layer_types`` list; Qwen3-Next
+   ``full_attention_interval``; MLA (``kv_lora_rank``); then windows: Qwen2's
+   ``use_sliding_window``/``max_window_layers``, Gemma 2 alternation, ``sliding_window_pattern``
+   (Gemma 3, Cohere 2, EXAONE 4), Gemma 3n, Llama 4 chunked local attention; otherwise one global
+   ``sliding_window`` (Mistral v0.1, Phi-3) or ``attention_chunk_size``; otherwise full attention.
+4. Gemma 3n's last ``num_kv_shared_layers`` layers reuse an earlier layer's KV (kind ``shared``).
+
+No code from a model repository is ever executed: ``auto_map`` is ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from .dtypes import normalise_dtype_name
+from .errors import ConfigError, MissingFieldError
+
+# --------------------------------------------------------------------------------------------
+# Layer kinds (the domain model of DESIGN.md §2)
+
+FULL = "full"
+SLIDING = "sliding"
+CHUNKED = "chunked"
+MLA = "mla"
+STATE = "state"
+SHARED = "shared"
+NONE = "none"
+KINDS = (FULL, SLIDING, CHUNKED, MLA, STATE, SHARED, NONE)
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """Softmax attention that caches K and V per token per KV head (full, sliding or chunked)."""
+
+    kind: str
+    kv_heads: int
+    head_dim_k: int
+    head_dim_v: int
+    #: tokens a sliding layer attends to (``sliding_window``) or the chunk size of chunked
+    #: local attention (``attention_chunk_size``); None for full attention
+    window: int | None = None
+    #: heads that transformers actually caches, when it differs from ``kv_heads``
+    #: (Falcon's new decoder architecture broadcasts K/V to every query head before caching)
+    hf_kv_heads: int | None = None
+
+
+@dataclass(frozen=True)
+class MLALayer:
+    """DeepSeek multi-head latent attention: a compressed latent plus a shared RoPE key."""
+
+    num_heads: int
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+    qk_nope_head_dim: int
+    v_head_dim: int
+    kind: str = MLA
+
+
+@dataclass(frozen=True)
+class StateLayer:
+    """A recurrent layer (Mamba, Mamba-2, Gated DeltaNet) with a fixed per-sequence state.
+
+    The state is a causal-convolution buffer of ``conv_dim`` channels x ``conv_kernel`` columns
+    plus a recurrent/SSM tensor of shape ``ssm_shape``. ``ssm_dtype`` is the dtype the config
+    asks for (``mamba_ssm_cache_dtype``), None when the config leaves it to the runtime.
+    ``heads`` is the number of state heads tensor parallelism splits.
+    """
+
+    mixer: str
+    conv_dim: int
+    conv_kernel: int
+    ssm_shape: tuple[int, ...]
+    heads: int
+    ssm_dtype: str | None = None
+    kind: str = STATE
+
+
+@dataclass(frozen=True)
+class SharedLayer:
+    """Attention that reuses the KV cache of an earlier layer (Gemma 3n): stores nothing."""
+
+    source: int
+    attends_like: str = FULL  # the kind of the layer it reads from
+    kind: str = SHARED
+
+
+@dataclass(frozen=True)
+class NoCacheLayer:
+    """A layer with nothing to cache (MLP/MoE-only blocks, Nemotron-NAS ``no_op`` attention)."""
+
+    reason: str
+    kind: str = NONE
+
+
+Layer = Union[AttentionLayer, MLALayer, StateLayer, SharedLayer, NoCacheLayer]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What kvcalc knows about a model's architecture, independent of any runtime."""
+
+    name: str
+    model_type: str
+    layers: tuple[Layer, ...]
+    dtype: str
+    hidden_size: int
+    num_attention_heads: int
+    max_position_embeddings: int | None
+    vocab_size: int | None
+    #: the (unwrapped) text config with family defaults filled in; used for parameter counts
+    config: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    #: defaults applied and assumptions made while reading the config, one sentence each
+    notes: tuple[str, ...] = ()
+    #: assumptions that deserve a warning (unknown model_type, guessed dtype...)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def is_mla(self) -> bool:
+        return any(layer.kind == MLA for layer in self.layers)
+
+    def count(self, kind: str) -> int:
+        return sum(1 for layer in self.layers if layer.kind == kind)
+
+    @property
+    def kv_heads(self) -> int | None:
+        """The KV-head count of the attention layers (the largest, for heterogeneous models)."""
+        heads = [l.kv_heads for l in self.layers if isinstance(l, AttentionLayer)]
+        return max(heads) if heads else None
+
+
+# --------------------------------------------------------------------------------------------
+# Field names and defaults
+
+#: canonical name -> raw JSON names, first match wins (transformers ``attribute_map``s)
+ALIASES: dict[str, tuple[str, ...]] = {
+    "num_hidden_layers": ("num_hidden_layers", "n_layer", "n_layers", "num_layers"),
+    "num_attention_heads": ("num_attention_heads", "n_head", "n_heads", "num_heads"),
+    "hidden_size": ("hidden_size", "n_embd", "d_model", "dim"),
+    "max_position_embeddings": (
+        "max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx",
+    ),
+}
+
+#: keys that transformers' config classes fill when a checkpoint omits them (transformers 5.23;
+#: read from ``CONFIG_MAPPING[model_type]()``). Only fields kvcalc reads are listed.
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": {"vocab_size": 32000, "max_position_embeddings": 2048, "tie_word_embeddings": False},
+    "mistral": {"vocab_size": 32000, "max_position_embeddings": 131072, "sliding_window": 4096,
+                "tie_word_embeddings": False},
+    "mixtral": {"vocab_size": 32000, "max_position_embeddings": 131072,
+                "num_local_experts": 8, "num_experts_per_tok": 2, "tie_word_embeddings": False},
+    "qwen2": {"use_sliding_window": False, "max_window_layers": 28, "vocab_size": 151936},
+    "qwen2_moe": {"use_sliding_window": False, "max_window_layers": 28, "vocab_size": 151936},
+    "qwen3": {"use_sliding_window": False, "max_window_layers": 28, "vocab_size": 151936},
+    "qwen3_moe": {"use_sliding_window": False, "max_window_layers": 28, "vocab_size": 151936},
+    "qwen3_next": {"full_attention_interval": 4, "head_dim": 256, "linear_conv_kernel_dim": 4,
+                   "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+                   "linear_num_key_heads": 16, "linear_num_value_heads": 32},
+    "gemma": {"head_dim": 256, "vocab_size": 256000, "tie_word_embeddings": True},
+    "gemma2": {"head_dim": 256, "sliding_window": 4096, "vocab_size": 256000,
+               "tie_word_embeddings": True},
+    "gemma3_text": {"num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+                    "sliding_window": 4096, "sliding_window_pattern": 6, "vocab_size": 262208,
+                    "max_position_embeddings": 131072, "tie_word_embeddings": True},
+    "gemma3n_text": {"num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 256,
+                     "sliding_window": 512, "num_kv_shared_layers": 15, "vocab_size": 262400,
+                     "max_position_embeddings": 32768, "tie_word_embeddings": True},
+    "llama4_text": {"head_dim": 128, "attention_chunk_size": 8192, "no_rope_layer_interval": 4,
+                    "vocab_size": 202048, "max_position_embeddings": 131072},
+    "gpt_oss": {"head_dim": 64, "sliding_window": 128, "vocab_size": 201088,
+                "max_position_embeddings": 131072},
+    "deepseek_v2": {"kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+                    "v_head_dim": 128, "vocab_size": 102400},
+    "deepseek_v3": {"kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+                    "v_head_dim": 128, "vocab_size": 129280},
+    "falcon": {"multi_query": True, "new_decoder_architecture": False, "vocab_size": 65024,
+               "tie_word_embeddings": True},
+    "gpt2": {"vocab_size": 50257, "max_position_embeddings": 1024, "tie_word_embeddings": True},
+    "gpt_bigcode": {"multi_query": True, "vocab_size": 50257, "tie_word_embeddings": True},
+    "gptj": {"vocab_size": 50400, "max_position_embeddings": 2048, "tie_word_embeddings": False},
+    "gpt_neox": {"vocab_size": 50432, "max_position_embeddings": 2048,
+                 "tie_word_embeddings": False},
+    "jamba": {"attn_layer_period": 8, "attn_layer_offset": 4, "mamba_d_state": 16,
+              "mamba_d_conv": 4, "mamba_expand": 2, "num_key_value_heads": 8},
+    "nemotron_h": {"conv_kernel": 4, "mamba_ssm_cache_dtype": "float32"},
+    "phi": {"vocab_size": 51200},
+    "phi3": {"num_hidden_layers": 32, "num_attention_heads": 32, "hidden_size": 3072,
+             "vocab_size": 32064},
+    "olmo2": {"vocab_size": 50304},
+    "starcoder2": {"vocab_size": 49152, "tie_word_embeddings": True},
+    "cohere2": {"sliding_window_pattern": 4},
+    "mamba": {"conv_kernel": 4, "state_size": 16, "expand": 2},
+    "mamba2": {"conv_kernel": 4, "state_size": 128, "expand": 2, "n_groups": 8, "head_dim": 64},
+}
+#: config types that reuse another family's rules (remote-code or renamed types)
+TYPE_EQUIVALENTS = {
+    "kimi_k2": "deepseek_v3",
+    "RefinedWeb": "falcon", "RefinedWebModel": "falcon",
+    "deci": "nemotron-nas",
+    "mistral3": "mistral",
+}
+#: families kvcalc models explicitly; anything else gets the generic rules and a warning
+KNOWN_TYPES = frozenset(FAMILY_DEFAULTS) | frozenset(TYPE_EQUIVALENTS) | {
+    "nemotron-nas", "internlm2", "olmo", "cohere", "exaone4", "smollm3", "glm4_moe", "glm",
+    "glm4", "ernie4_5", "granite", "qwen2_vl", "qwen2_5_vl_text", "baichuan", "bloom", "opt",
+    "minicpm", "minicpm3", "stablelm", "persimmon", "gemma3", "gemma3n", "llama4", "phimoe",
+}
+_NESTED_TEXT_KEYS = ("text_config", "llm_config", "language_config", "decoder")
+_PARENT_TO_TEXT_TYPE = {"gemma3": "gemma3_text", "gemma3n": "gemma3n_text",
+                        "llama4": "llama4_text"}
+
+_LAYER_TYPE_NAMES = {
+    "full_attention": FULL, "attention": FULL, "global": FULL, "global_attention": FULL,
+    "sliding_attention": SLIDING, "sliding_window": SLIDING, "local": SLIDING,
+    "local_attention": SLIDING,
+    "chunked_attention": CHUNKED,
+    "linear_attention": STATE, "mamba": STATE, "mamba2": STATE, "conv": STATE,
+    "moe": NONE, "mlp": NONE, "dense": NONE, "sparse": NONE,
+}
+
+
+class _Reader:
+    """Field access over one config dict with aliases, family defaults and a record of both."""
+
+    def __init__(self, cfg: Mapping[str, Any], model_type: str, name: str):
+        self.cfg = dict(cfg)
+        self.model_type = model_type
+        self.name = name
+        self.notes: list[str] = []
+        self.warnings: list[str] = []
+        self.known = model_type in KNOWN_TYPES
+        defaults = FAMILY_DEFAULTS.get(TYPE_EQUIVALENTS.get(model_type, model_type), {})
+        for key, value in defaults.items():
+            if self.cfg.get(key) is None and not self._has_alias(key):
+                if key in self.cfg:  # present as null: transformers keeps None (e.g. head_dim)
+                    continue
+                self.cfg[key] = value
+                self.notes.append(
+                    f"config omits '{key}': using transformers' {model_type} default {value!r}"
+                )
+
+    def _has_alias(self, key: str) -> bool:
+        return any(self.cfg.get(k) is not None for k in ALIASES.get(key, ()))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        for k in ALIASES.get(key, (key,)):
+            value = self.cfg.get(k)
+            if value is not None:
+                return value
+        return default
+
+    def require(self, key: str, hint: str | None = None) -> Any:
+        value = self.get(key)
+        if value is None:
+            raise MissingFieldError(key, self.name, hint)
+        return value
+
+    def integer(self, key: str, default: Any = None, required: bool = False) -> Any:
+        value = self.require(key) if required else self.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise ConfigError(f"field '{key}' of {self.name} must be an integer, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"field '{key}' of {self.name} must not be negative, got {value!r}")
+        return int(value)
+
+    def assume(self, text: str) -> None:
+        """Record an assumption: a warning for unknown families, a note for known ones."""
+        (self.notes if self.known else self.warnings).append(text)
+
+
+def unwrap_text_config(raw: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The decoder's config for multimodal checkpoints, and the key it was found under."""
+    if "thinker_config" in raw and isinstance(raw["thinker_config"], Mapping):
+        inner = raw["thinker_config"].get("text_config")
+        if isinstance(inner, Mapping):
+            return dict(inner), "thinker_config.text_config"
+    for key in _NESTED_TEXT_KEYS:
+        inner = raw.get(key)
+        if isinstance(inner, Mapping) and inner:
+            return dict(inner), key
+    return dict(raw), None
+
+
+def build_spec(raw: Mapping[str, Any], name: str = "model") -> ModelSpec:
+    """Read a raw HF config dict (a preset's ``config``, a config.json) into a ModelSpec."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"the config of {name} is not a JSON object")
+    text, nested_key = unwrap_text_config(raw)
+    parent_type = raw.get("model_type")
+    model_type = text.get("model_type") or _PARENT_TO_TEXT_TYPE.get(parent_type, parent_type)
+    if nested_key and not text.get("model_type") and model_type:
+        text["model_type"] = model_type
+    if not model_type:
+        model_type = "unknown"
+    family = TYPE_EQUIVALENTS.get(model_type, model_type)
+    r = _Reader(text, model_type, name)
+    if nested_key:
+        r.notes.insert(0, f"read the decoder config from '{nested_key}'")
+    if not r.known:
+        r.warnings.append(
+            f"unknown model_type '{model_type}': read with the generic Llama-style field names"
+        )
+    if "auto_map" in raw:
+        r.notes.append("config has auto_map (remote code): read as plain JSON, no code executed")
+
+    dtype = _model_dtype(r, raw)
+    layers = _layers(r, family)
+    num_heads = r.integer("num_attention_heads") or 0
+    hidden = r.integer("hidden_size") or 0
+    return ModelSpec(
+        name=name,
+        model_type=model_type,
+        layers=tuple(layers),
+        dtype=dtype,
+        hidden_size=hidden,
+        num_attention_heads=num_heads,
+        max_position_embeddings=r.integer("max_position_embeddings"),
+        vocab_size=r.integer("vocab_size"),
+        config=r.cfg,
+        notes=tuple(r.notes),
+        warnings=tuple(r.warnings),
+    )
+
+
+def _model_dtype(r: _Reader, raw: Mapping[str, Any]) -> str:
+    for source in (r.cfg, raw):
+        for key in ("dtype", "torch_dtype"):
+            name = normalise_dtype_name(source.get(key))
+            if name in ("fp32", "fp16", "bf16"):
+                return name
+    r.warnings.append("config names no torch_dtype: assuming bf16 for 'auto' (set --kv-dtype)")
+    return "bf16"
+
+
+# --------------------------------------------------------------------------------------------
+# Attention geometry
+
+
+def _kv_heads(r: _Reader, num_heads: int) -> int:
+    """KV heads: GQA/MQA field names of every family (vLLM ``get_total_num_kv_heads``)."""
+    cfg = r.cfg
+    if r.model_type in ("falcon", "RefinedWeb", "RefinedWebModel") or "new_decoder_architecture" in cfg:
+        if cfg.get("new_decoder_architecture"):
+            return int(cfg.get("num_kv_heads") or cfg.get("n_head_kv") or num_heads)
+        if cfg.get("multi_query"):
+            return 1
+        return int(cfg.get("num_kv_heads") or num_heads)
+    if cfg.get("multi_query") is True:  # GPTBigCode (StarCoder 1)
+        return 1
+    for key in ("n_head_kv", "num_kv_heads", "num_key_value_heads", "multi_query_group_num"):
+        if cfg.get(key) is not None:
+            return r.integer(key)
+    attn_config = cfg.get("attn_config")
+    if isinstance(attn_config, Mapping) and attn_config.get("kv_n_heads") is not None:
+        return int(attn_config["kv_n_heads"])  # DBRX
+    r.assume(f"no KV-head field: multi-head attention, kv heads = num_attention_heads = {num_heads}")
+    return num_heads
+
+
+def _head_dim(r: _Reader, num_heads: int) -> int:
+    for key in ("head_dim", "attention_head_dim", "kv_channels", "d_kv", "hidden_size_per_head"):
+        if r.cfg.get(key) is not None:
+            return r.integer(key)
+    hidden = r.integer("hidden_size", required=True)
+    if num_heads <= 0 or hidden % num_heads:
+        raise ConfigError(
+            f"cannot derive head_dim for {r.name}: hidden_size {hidden} is not a multiple of "
+            f"num_attention_heads {num_heads} and the config has no 'head_dim'"
+        )
+    r.assume(f"no head_dim field: head_dim = hidden_size / num_attention_heads = {hidden // num_heads}")
+    return hidden // num_heads
+
+
+def _attention(r: _Reader, kind: str = FULL, window: int | None = None,
+               kv_heads: int | None = None) -> AttentionLayer:
+    num_heads = r.integer("num_attention_heads", required=True)
+    if kv_heads is None:
+        kv_heads = _kv_heads(r, num_heads)
+    hd = _head_dim(r, num_heads)
+    hf_heads = None
+    if r.cfg.get("new_decoder_architecture") and kv_heads != num_heads:
+        hf_heads = num_heads  # transformers' Falcon broadcasts K/V before caching
+    return AttentionLayer(kind, kv_heads, hd, hd, window, hf_heads)
+
+
+def _mla(r: _Reader) -> MLALayer:
+    return MLALayer(
+        num_heads=r.integer("num_attention_heads", required=True),
+        kv_lora_rank=r.integer("kv_lora_rank", required=True),
+        qk_rope_head_dim=r.integer("qk_rope_head_dim", required=True),
+        qk_nope_head_dim=r.integer("qk_nope_head_dim", required=True),
+        v_head_dim=r.integer("v_head_dim", required=True),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# State layers
+
+
+def _mamba_state(r: _Reader) -> StateLayer:
+    """Mamba-1 (Jamba, Mamba): conv [d_inner, d_conv] + ssm [d_inner, d_state]."""
+    hidden = r.integer("hidden_size", required=True)
+    expand = r.get("mamba_expand", r.get("expand"))
+    d_inner = r.integer("intermediate_size") if r.model_type == "mamba" else None
+    if d_inner is None:
+        if expand is None:
+            raise MissingFieldError("mamba_expand", r.name)
+        d_inner = int(expand * hidden)
+    d_state = r.get("mamba_d_state", r.get("state_size"))
+    d_conv = r.get("mamba_d_conv", r.get("conv_kernel"))
+    if d_state is None:
+        raise MissingFieldError("mamba_d_state", r.name)
+    if d_conv is None:
+        raise MissingFieldError("mamba_d_conv", r.name)
+    return StateLayer("mamba", d_inner, int(d_conv), (d_inner, int(d_state)), heads=d_inner,
+                      ssm_dtype=normalise_dtype_name(r.cfg.get("mamba_ssm_cache_dtype")))
+
+
+def _mamba2_state(r: _Reader) -> StateLayer:
+    """Mamba-2 (Nemotron-H, Mamba2): conv [H*P + 2*G*N, k] + ssm [H, P, N]."""
+    heads = r.get("mamba_num_heads", r.get("num_heads"))
+    head_dim = r.get("mamba_head_dim", r.get("head_dim") if r.model_type == "mamba2" else None)
+    groups = r.get("n_groups", r.get("mamba_n_groups"))
+    state = r.get("ssm_state_size", r.get("state_size", r.get("mamba_d_state")))
+    kernel = r.get("conv_kernel", r.get("mamba_d_conv"))
+    for key, value in (("mamba_num_heads", heads), ("mamba_head_dim", head_dim),
+                       ("n_groups", groups), ("ssm_state_size", state), ("conv_kernel", kernel)):
+        if value is None:
+            raise MissingFieldError(key, r.name)
+    heads, head_dim, groups, state, kernel = map(int, (heads, head_dim, groups, state, kernel))
+    conv_dim = heads * head_dim + 2 * groups * state
+    return StateLayer("mamba2", conv_dim, kernel, (heads, head_dim, state), heads=heads,
+                      ssm_dtype=normalise_dtype_name(r.cfg.get("mamba_ssm_cache_dtype")))
+
+
+def _gdn_state(r: _Reader) -> StateLayer:
+    """Gated DeltaNet (Qwen3-Next): conv [2*Hk*dk + Hv*dv, k] + recurrent [Hv, dk, dv]."""
+    hk = r.integer("linear_num_key_heads", required=True)
+    hv = r.integer("linear_num_value_heads", required=True)
+    dk = r.integer("linear_key_head_dim", required=True)
+    dv = r.integer("linear_value_head_dim", required=True)
+    kernel = r.integer("linear_conv_kernel_dim", required=True)
+    return StateLayer("gated_deltanet", 2 * hk * dk + hv * dv, kernel, (hv, dk, dv), heads=hv)
+
+
+def _state_layer(r: _Reader, family: str) -> StateLayer:
+    if family == "qwen3_next" or r.cfg.get("linear_num_value_heads") is not None:
+        return _gdn_state(r)
+    if family in ("nemotron_h", "mamba2") or r.cfg.get("mamba_num_heads") is not None:
+        return _mamba2_state(r)
+    return _mamba_state(r)
+
+
+# --------------------------------------------------------------------------------------------
+# Layer kinds
+
+
+def _layers(r: _Reader, family: str) -> list[Layer]:
+    if family == "nemotron-nas" or isinstance(r.cfg.get("block_configs"), list):
+        return _nas_layers(r)
+    n = r.integer("num_hidden_layers", required=True)
+    if n == 0:
+        raise ConfigError(f"the config of {r.name} has num_hidden_layers = 0")
+    kinds = _layer_kinds(r, family, n)
+    layers: list[Layer] = []
+    attention_cache: dict[str, Layer] = {}
+    for kind in kinds:
+        if kind == NONE:
+            layers.append(NoCacheLayer("no attention or state in this block (MLP/MoE only)"))
+        elif kind == STATE:
+            if STATE not in attention_cache:
+                attention_cache[STATE] = _state_layer(r, family)
+            layers.append(attention_cache[STATE])
+        elif kind == MLA:
+            if MLA not in attention_cache:
+                attention_cache[MLA] = _mla(r)
+            layers.append(attention_cache[MLA])
+        else:
+            if kind not in attention_cache:
+                window = None
+                if kind == SLIDING:
+                    window = r.integer("sliding_window")
+                    if window is None:
+                        raise MissingFieldError("sliding_window", r.name,
+                                                "layer_types lists sliding layers")
+                elif kind == CHUNKED:
+                    window = r.integer("attention_chunk_size")
+                    if window is None:
+                        raise MissingFieldError("attention_chunk_size", r.name,
+                                                "layer_types lists chunked layers")
+                attention_cache[kind] = _attention(r, kind, window)
+            layers.append(attention_cache[kind])
+    return _apply_kv_sharing(r, layers)
+
+
+def _layer_kinds(r: _Reader, family: str, n: int) -> list[str]:
+    cfg = r.cfg
+    if family == "jamba" or (cfg.get("attn_layer_period") and family not in ("nemotron_h",)):
+        period = r.integer("attn_layer_period", required=True)
+        offset = r.integer("attn_layer_offset", required=True)
+        return [FULL if i % period == offset else STATE for i in range(n)]
+    pattern = cfg.get("hybrid_override_pattern")
+    if pattern:
+        return _pattern_kinds(r, str(pattern), n)
+    layer_types = cfg.get("layer_types")
+    if isinstance(layer_types, list) and layer_types:
+        return _listed_kinds(r, layer_types, n)
+    if family == "qwen3_next":
+        interval = r.integer("full_attention_interval", required=True)
+        return [FULL if (i + 1) % interval == 0 else STATE for i in range(n)]
+    if family in ("mamba", "mamba2", "falcon_mamba"):
+        return [STATE] * n
+    if cfg.get("kv_lora_rank") is not None:
+        return [MLA] * n
+    return _window_kinds(r, family, n)
+
+
+def _pattern_kinds(r: _Reader, pattern: str, n: int) -> list[str]:
+    """Nemotron-H ``hybrid_override_pattern``: M = Mamba-2, * = attention, - = MLP, E = MoE."""
+    if len(pattern) != n:
+        raise ConfigError(
+            f"hybrid_override_pattern of {r.name} has {len(pattern)} entries for "
+            f"num_hidden_layers = {n}"
+        )
+    table = {"M": STATE, "*": FULL, "-": NONE, "E": NONE}
+    try:
+        return [table[c] for c in pattern]
+    except KeyError as exc:
+        raise ConfigError(f"hybrid_override_pattern of {r.name} has unknown block {exc}") from None
+
+
+def _listed_kinds(r: _Reader, layer_types: list[Any], n: int) -> list[str]:
+    if len(layer_types) < n:
+        raise ConfigError(
+            f"layer_types of {r.name} lists {len(layer_types)} layers for num_hidden_layers = {n}"
+        )
+    kinds = []
+    for t in layer_types[:n]:
+        kind = _LAYER_TYPE_NAMES.get(str(t))
+        if kind is None:
+            raise ConfigError(f"layer_types of {r.name} has unsupported layer type '{t}'")
+        kinds.append(kind)
+    if r.cfg.get("kv_lora_rank") is not None:
+        kinds = [MLA if k == FULL else k for k in kinds]
+    return kinds
+
+
+def _window_kinds(r: _Reader, family: str, n: int) -> list[str]:
+    cfg = r.cfg
+    window = r.integer("sliding_window")
+    if "use_sliding_window" in cfg and not cfg.get("use_sliding_window"):
+        if window:
+            r.notes.append(
+                f"use_sliding_window is false: sliding_window {window} is not applied (Qwen2 rule)"
+            )
+        window = None
+    if window:
+        if "use_sliding_window" in cfg:  # Qwen2 family: layers >= max_window_layers slide
+            first = r.integer("max_window_layers", 0)
+            return [SLIDING if i >= first else FULL for i in range(n)]
+        if family == "gemma2":
+            return [SLIDING if (i + 1) % 2 else FULL for i in range(n)]
+        if family == "gemma3n_text":
+            return [FULL if (i + 1) % 5 == 0 else SLIDING for i in range(n)]
+        pattern = r.integer("sliding_window_pattern")
+        if pattern:
+            return [SLIDING if (i + 1) % pattern else FULL for i in range(n)]
+        return [SLIDING] * n
+    chunk = r.integer("attention_chunk_size")
+    if chunk:
+        no_rope = cfg.get("no_rope_layers")
+        if isinstance(no_rope, list) and len(no_rope) >= n:
+            return [CHUNKED if no_rope[i] else FULL for i in range(n)]
+        interval = r.integer("no_rope_layer_interval")
+        if family == "llama4_text" or interval:
+            interval = interval or 4
+            return [CHUNKED if (i + 1) % interval else FULL for i in range(n)]
+        return [CHUNKED] * n
+    return [FULL] * n
+
+
+def _apply_kv_sharing(r: _Reader, layers: list[Layer]) -> list[Layer]:
+    """Gemma 3n: the last ``num_kv_shared_layers`` layers read the KV of the last earlier layer
+    of the same kind (transformers ``kv_sharing_modes``: 'reuse'), so they cache nothing."""
+    shared = r.integer("num_kv_shared_layers", 0)
+    if not shared:
+        return layers
+    n = len(layers)
+    if shared >= n:
+        raise ConfigError(f"num_kv_shared_layers {shared} of {r.name} is not below {n} layers")
+    first_shared = n - shared
+    out = list(layers[:first_shared])
+    for i in range(first_shared, n):
+        kind = layers[i].kind
+        source = max(j for j in range(first_shared) if layers[j].kind == kind)
+        out.append(SharedLayer(source=source, attends_like=kind))
+    return out
+
+
+def _nas_layers(r: _Reader) -> list[Layer]:
+    """Nemotron-NAS / DeciLM ``block_configs``: per-layer attention, GQA via n_heads_in_group."""
+    blocks = r.cfg.get("block_configs")
+    if not isinstance(blocks, list) or not blocks:
+        raise MissingFieldError("block_configs", r.name)
+    num_heads = r.integer("num_attention_heads", required=True)
+    n = r.integer("num_hidden_layers")
+    if n is not None and n != len(blocks):
+        raise ConfigError(
+            f"block_configs of {r.name} has {len(blocks)} entries for num_hidden_layers = {n}"
+        )
+    layers: list[Layer] = []
+    for i, block in enumerate(blocks):
+        attn = (block or {}).get("attention") or {}
+        if attn.get("no_op") or attn.get("replace_with_linear"):
+            why = "no_op" if attn.get("no_op") else "replace_with_linear"
+            layers.append(NoCacheLayer(f"attention {why} in block_configs[{i}]"))
+            continue
+        group = attn.get("n_heads_in_group")
+        if not group:
+            raise MissingFieldError(f"block_configs[{i}].attention.n_heads_in_group", r.name)
+        if num_heads % int(group):
+            raise ConfigError(
+                f"block_configs[{i}] of {r.name}: n_heads_in_group {group} does not divide "
+                f"num_attention_heads {num_heads}"
+            )
+        layers.append(_attention(r, FULL, kv_heads=num_heads // int(group)))
+    return layers

@@ -1,0 +1,72 @@
+"""Options shared by several commands, and the helpers that turn them into domain objects."""
+
+from __future__ import annotations
+
+import click
+
+from ..dtypes import KV_DTYPE_CHOICES
+from ..errors import UsageError
+from ..layout import ENGINES
+from ..render import FORMATS
+from ..units import parse_token_list, parse_tokens
+
+
+def model_options(f):
+    """--model and --revision."""
+    f = click.option("--revision", default=None,
+                     help="Hub revision (branch, tag or commit) for a hub id.")(f)
+    f = click.option("--model", "-m", required=True,
+                     help="Preset name or alias, path to a config.json (or its directory), "
+                          "or a Hugging Face hub id org/name[@revision].")(f)
+    return f
+
+
+def layout_options(f):
+    """--engine, --kv-dtype, --block-size, --hf-version."""
+    f = click.option("--hf-version", default=None, metavar="X.Y",
+                     help="transformers version band the hf layout models (default 5.23; "
+                          "<5.15 caches MLA decompressed, <4.56 does not cap windows).")(f)
+    f = click.option("--block-size", type=int, default=None,
+                     help="vLLM block size in tokens (default 16).")(f)
+    f = click.option("--kv-dtype", type=click.Choice(KV_DTYPE_CHOICES, case_sensitive=False),
+                     default="auto", show_default=True,
+                     help="KV cache element type; auto = the model's torch_dtype.")(f)
+    f = click.option("--engine", type=click.Choice(ENGINES), default="hf", show_default=True,
+                     help="Runtime layout: hf (transformers DynamicCache) or vllm "
+                          "(PagedAttention).")(f)
+    return f
+
+
+def format_option(f):
+    return click.option("--format", "-f", "fmt", type=click.Choice(FORMATS), default="table",
+                        show_default=True, help="Output format.")(f)
+
+
+def tokens_type(what: str):
+    return TokenList(what, single=True)
+
+
+class TokenList(click.ParamType):
+    """A token count or comma-separated list: 4096, 4k, 1k,32k,128K."""
+
+    name = "tokens"
+
+    def __init__(self, what: str = "token count", single: bool = False):
+        self.what = what
+        self.single = single
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, list)):
+            return value
+        try:
+            return parse_tokens(value, self.what) if self.single else parse_token_list(value, self.what)
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def echo_output(text: str) -> None:
+    click.echo(text, nl=not text.endswith("\n"))

@@ -1,0 +1,107 @@
+"""kvcalc estimate: KV bytes per token, per sequence and per batch."""
+
+from __future__ import annotations
+
+import click
+
+from ..layout import build_layout
+from ..memory import estimate as estimate_point
+from ..model import load_spec
+from ..render import key_values, table, to_csv, to_json, to_yaml
+from ..reports import context_warnings, estimate_record
+from ..units import format_bytes
+from .common import TokenList, echo_output, format_option, layout_options, model_options, warn
+
+CSV_COLUMNS = ("model", "engine", "kv_dtype", "block_size", "seq", "batch", "bytes_per_token",
+               "bytes_per_sequence", "bytes_total")
+
+
+@click.command()
+@model_options
+@click.option("--seq", "-s", "seqs", type=TokenList("sequence length"), default="4096",
+              show_default=True,
+              help="Tokens in the cache per sequence; a list (1k,4k,32k) makes a sweep. "
+                   "k = 1024, M = 1024^2.")
+@click.option("--batch", "-b", "batches", type=TokenList("batch size"), default="1",
+              show_default=True, help="Sequences in the batch; a list makes a sweep.")
+@layout_options
+@format_option
+def estimate(model, revision, seqs, batches, engine, kv_dtype, block_size, hf_version, fmt):
+    """KV-cache bytes per token, per sequence and per batch for one model.
+
+    \b
+    Examples:
+      kvcalc estimate --model llama-7b --seq 4096
+      kvcalc estimate --model deepseek-v3 --seq 32k --engine vllm --kv-dtype fp8
+      kvcalc estimate --model gemma-3-27b --seq 1k,8k,128k --batch 1,8 --format csv
+    """
+    resolved, spec = load_spec(model, revision)
+    layout = build_layout(spec, engine, kv_dtype.lower(), block_size=block_size,
+                          hf_version=hf_version)
+    extra = context_warnings(spec, seqs)
+    for message in list(spec.warnings) + extra:
+        warn(message)
+    points = [estimate_point(layout, s, b) for s in seqs for b in batches]
+    records = [estimate_record(p, resolved, extra) for p in points]
+    if fmt == "json":
+        echo_output(to_json(records[0] if len(records) == 1 else records))
+    elif fmt == "yaml":
+        echo_output(to_yaml(records[0] if len(records) == 1 else records))
+    elif fmt == "csv":
+        echo_output(to_csv(records, CSV_COLUMNS))
+    elif len(records) == 1:
+        echo_output(_single_table(records[0], fmt))
+    else:
+        echo_output(_sweep_table(records, fmt))
+
+
+def _single_table(rec: dict, fmt: str) -> str:
+    bold = "**" if fmt == "markdown" else ""
+    header = key_values([
+        ("Model", f"{rec['model']} ({rec['model_type']}; {_source(rec)})"),
+        ("Engine", rec["engine_detail"]),
+        ("KV dtype", rec["kv_dtype"]),
+        ("Sequence", f"{rec['seq']:,} tokens in the cache x batch {rec['batch']:,}"),
+    ], fmt)
+    totals = table([
+        ("per token", f"{rec['bytes_per_token']:,}", rec["human"]["per_token"]),
+        ("per sequence", f"{rec['bytes_per_sequence']:,}", rec["human"]["per_sequence"]),
+        (f"per batch ({rec['batch']})", f"{rec['bytes_total']:,}", rec["human"]["total"]),
+    ], ("KV cache", "bytes", "GiB = 2^30" if rec["bytes_total"] >= 2**30 else "binary units"), fmt)
+    rows = []
+    for g in rec["layers"]:
+        rows.append((
+            g["kind"], g["count"],
+            f"{g['bytes_per_token']:,}" if g["bytes_per_token"] else "-",
+            f"{g['window']:,}" if g["window"] else "-",
+            f"{g['tokens_held']:,}" if g["bytes_per_token"] else "-",
+            f"{g['fixed_bytes']:,}" if g["fixed_bytes"] else "-",
+            format_bytes(g["bytes_per_sequence"]),
+        ))
+    layers = table(rows, ("layer kind", "layers", "B/token/layer", "window", "tokens held",
+                          "state B/layer", "per sequence"), fmt)
+    parts = [header, "", totals, "", layers, "", f"{bold}Formula{bold}: {rec['formula']}"]
+    if rec["notes"]:
+        parts.append("")
+        parts.extend(f"note: {n}" for n in rec["notes"])
+    return "\n".join(parts) + "\n"
+
+
+def _sweep_table(records: list[dict], fmt: str) -> str:
+    first = records[0]
+    title = (f"{first['model']} · {first['engine_detail']} · KV {first['kv_dtype']} · "
+             f"{first['bytes_per_token']:,} B/token ({first['human']['per_token']})")
+    rows = [(f"{r['seq']:,}", f"{r['batch']:,}", f"{r['bytes_per_sequence']:,}",
+             r["human"]["per_sequence"], f"{r['bytes_total']:,}", r["human"]["total"])
+            for r in records]
+    body = table(rows, ("seq", "batch", "bytes/sequence", "per sequence", "bytes total", "total"), fmt)
+    return f"{title}\n\n{body}\n"
+
+
+def _source(rec: dict) -> str:
+    src = rec["source"]
+    if src["kind"] == "preset":
+        return f"preset, hub id {src['hub_id']}" if src["hub_id"] else "preset"
+    if src["kind"] == "hub":
+        return f"hub {src['hub_id']}@{src['revision'] or 'main'}"
+    return src["location"]
