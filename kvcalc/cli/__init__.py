@@ -15,6 +15,10 @@ from ..errors import KvcalcError
 COMMANDS = {
     "estimate": "kvcalc.cli.estimate:estimate",
     "models": "kvcalc.cli.models:models",
+    "plan": "kvcalc.cli.plan:plan",
+    "gpus": "kvcalc.cli.gpus:gpus",
+    "verify": "kvcalc.cli.verify:verify",
+    "plot": "kvcalc.cli.plot:plot",
 }
 
 
@@ -29,7 +33,12 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, attr = target.split(":")
-        return getattr(importlib.import_module(module), attr)
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:  # a command not built yet
+                return None
+            raise
 
     def resolve_command(self, ctx, args):
         name = args[0] if args else None
