@@ -68,6 +68,9 @@ class MLALayer:
     qk_rope_head_dim: int
     qk_nope_head_dim: int
     v_head_dim: int
+    #: DeepSeek-V3.2 sparse attention (DSA): the lightning indexer caches one key of
+    #: ``index_head_dim`` values per token per layer as well; None for plain MLA
+    indexer_head_dim: int | None = None
     kind: str = MLA
 
 
@@ -220,7 +223,7 @@ TYPE_EQUIVALENTS = {
 }
 #: families kvcalc models explicitly; anything else gets the generic rules and a warning
 KNOWN_TYPES = frozenset(FAMILY_DEFAULTS) | frozenset(TYPE_EQUIVALENTS) | {
-    "nemotron-nas", "internlm2", "olmo", "cohere", "exaone4", "smollm3", "glm4_moe", "glm",
+    "nemotron-nas", "deepseek_v32", "internlm2", "olmo", "cohere", "exaone4", "smollm3", "glm4_moe", "glm",
     "glm4", "ernie4_5", "granite", "qwen2_vl", "qwen2_5_vl_text", "baichuan", "bloom", "opt",
     "minicpm", "minicpm3", "stablelm", "persimmon", "gemma3", "gemma3n", "llama4", "phimoe",
 }
@@ -411,6 +414,7 @@ def _mla(r: _Reader) -> MLALayer:
         qk_rope_head_dim=r.integer("qk_rope_head_dim", required=True),
         qk_nope_head_dim=r.integer("qk_nope_head_dim", required=True),
         v_head_dim=r.integer("v_head_dim", required=True),
+        indexer_head_dim=r.integer("index_head_dim") if r.cfg.get("index_topk") else None,
     )
 
 

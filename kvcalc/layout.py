@@ -28,7 +28,7 @@ Engines
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import arch
 from .arch import AttentionLayer, MLALayer, ModelSpec, StateLayer
@@ -65,6 +65,8 @@ class LayerCache:
     fixed_bytes: int = 0
     #: hf only: a sliding layer caps at ``window - 1`` tokens when True, keeps all when False
     capped: bool = True
+    #: how bytes_per_token / fixed_bytes were derived, with this model's numbers
+    formula: str = field(default="", compare=False)
 
     def slots_held(self, n: int) -> int:
         """Token slots this layer holds for one sequence whose cache has ``n`` tokens."""
@@ -164,6 +166,22 @@ def mla_latent_bytes_per_token(layer: MLALayer, dtype: KVDtype) -> int:
     return dtype.row_bytes(layer.kv_lora_rank + layer.qk_rope_head_dim)
 
 
+#: vLLM's DSA indexer key cache is fp8 with one fp32 scale per 128 values
+#: (``index_head_dim + index_head_dim // 128 * 4`` bytes per token per layer)
+VLLM_INDEXER_QUANT_BLOCK = 128
+
+
+def indexer_bytes_per_token(layer: MLALayer, dtype: KVDtype, engine: str) -> int:
+    """DeepSeek-V3.2 lightning-indexer keys: transformers keeps ``index_head_dim`` values in
+    the cache dtype (``DynamicIndexedLayer``); vLLM stores them as fp8 plus fp32 scales."""
+    if not layer.indexer_head_dim:
+        return 0
+    d = layer.indexer_head_dim
+    if engine == "vllm":
+        return d + d // VLLM_INDEXER_QUANT_BLOCK * 4
+    return dtype.row_bytes(d)
+
+
 def mla_expanded_bytes_per_token(layer: MLALayer, dtype: KVDtype) -> int:
     """Decompressed K (``qk_nope + qk_rope``) and V (``v_head_dim``) for every head."""
     return attention_bytes_per_token(layer.num_heads, layer.qk_nope_head_dim + layer.qk_rope_head_dim,
@@ -216,21 +234,39 @@ def _hf_layer(i: int, layer: arch.Layer, dtype: KVDtype, spec: ModelSpec, capped
         heads = layer.hf_kv_heads or layer.kv_heads
         bpt = attention_bytes_per_token(heads, layer.head_dim_k, layer.head_dim_v, dtype)
         keep = {arch.FULL: KEEP_ALL, arch.SLIDING: KEEP_WINDOW, arch.CHUNKED: KEEP_CHUNK}[layer.kind]
-        return LayerCache(i, layer.kind, bpt, keep, layer.window, capped=capped)
+        text = attention_formula(heads, layer, dtype)
+        if layer.hf_kv_heads:
+            text += " (transformers caches every query head for Falcon's new architecture)"
+        if layer.window:
+            text += (f", at most W - 1 = {layer.window - 1:,} tokens" if capped
+                     else f", uncapped (window {layer.window:,} applied by the mask only)")
+        return LayerCache(i, layer.kind, bpt, keep, layer.window, capped=capped, formula=text)
     if isinstance(layer, MLALayer):
-        bpt = (mla_latent_bytes_per_token if latent else mla_expanded_bytes_per_token)(layer, dtype)
-        return LayerCache(i, layer.kind, bpt)
+        if latent:
+            bpt, text = mla_latent_bytes_per_token(layer, dtype), mla_latent_formula(layer, dtype)
+        else:
+            bpt = mla_expanded_bytes_per_token(layer, dtype)
+            text = (f"{layer.num_heads} heads x (K {layer.qk_nope_head_dim} + "
+                    f"{layer.qk_rope_head_dim} + V {layer.v_head_dim}) x {_elem(dtype)} "
+                    f"(decompressed, transformers < 5.15)")
+        extra = indexer_bytes_per_token(layer, dtype, "hf")
+        if extra:
+            text += f" + indexer key {layer.indexer_head_dim} x {_elem(dtype)}"
+        return LayerCache(i, layer.kind, bpt + extra, formula=text)
     if isinstance(layer, StateLayer):
         conv_b = _float_bytes(dtype, spec.dtype)
         fixed = state_bytes(layer, layer.conv_kernel, conv_b, 4)  # recurrent state kept in fp32
-        return LayerCache(i, layer.kind, 0, KEEP_NONE, fixed_bytes=fixed)
+        text = state_formula(layer, layer.conv_kernel, conv_b, 4)
+        return LayerCache(i, layer.kind, 0, KEEP_NONE, fixed_bytes=fixed, formula=text)
     if isinstance(layer, arch.SharedLayer) and ver < HF_WINDOW_CAP_SINCE:
         # before 4.56 the dynamic cache stored a full copy for KV-sharing layers too
         src = spec.layers[layer.source]
         assert isinstance(src, AttentionLayer)
         bpt = attention_bytes_per_token(src.kv_heads, src.head_dim_k, src.head_dim_v, dtype)
-        return LayerCache(i, layer.kind, bpt, KEEP_ALL)
-    return LayerCache(i, layer.kind, 0, KEEP_NONE)
+        return LayerCache(i, layer.kind, bpt, KEEP_ALL,
+                          formula=attention_formula(src.kv_heads, src, dtype)
+                          + " (transformers < 4.56 stores a copy for KV-sharing layers)")
+    return LayerCache(i, layer.kind, 0, KEEP_NONE, formula=_no_cache_formula(layer))
 
 
 def vllm_kv_heads_per_gpu(kv_heads: int, tp: int) -> int:
@@ -255,14 +291,62 @@ def _vllm_layout(spec: ModelSpec, dtype: KVDtype, block_size: int, tp: int) -> L
             bpt = attention_bytes_per_token(heads, layer.head_dim_k, layer.head_dim_v, dtype)
             keep = {arch.FULL: KEEP_ALL, arch.SLIDING: KEEP_WINDOW,
                     arch.CHUNKED: KEEP_CHUNK}[layer.kind]
-            out.append(LayerCache(i, layer.kind, bpt, keep, layer.window, block_size))
+            text = attention_formula(heads, layer, dtype) + f", whole blocks of {block_size}"
+            if layer.kind == arch.SLIDING:
+                text += f", blocks wholly outside the window W = {layer.window:,} freed"
+            elif layer.kind == arch.CHUNKED:
+                text += f", blocks of completed chunks (C = {layer.window:,}) freed"
+            out.append(LayerCache(i, layer.kind, bpt, keep, layer.window, block_size, formula=text))
         elif isinstance(layer, MLALayer):
-            out.append(LayerCache(i, layer.kind, mla_latent_bytes_per_token(layer, dtype),
-                                  KEEP_ALL, None, block_size))
+            extra = indexer_bytes_per_token(layer, dtype, "vllm")
+            text = mla_latent_formula(layer, dtype) + f", whole blocks of {block_size}"
+            if extra:
+                text += (f" + indexer key {layer.indexer_head_dim} fp8 + "
+                         f"{layer.indexer_head_dim // VLLM_INDEXER_QUANT_BLOCK} fp32 scales")
+            out.append(LayerCache(i, layer.kind, mla_latent_bytes_per_token(layer, dtype) + extra,
+                                  KEEP_ALL, None, block_size, formula=text))
         elif isinstance(layer, StateLayer):
             ssm_b = DTYPES[layer.ssm_dtype].element_bytes if layer.ssm_dtype else model_float
             fixed = state_bytes(layer, layer.conv_kernel - 1, model_float, ssm_b, tp)
-            out.append(LayerCache(i, layer.kind, 0, KEEP_NONE, fixed_bytes=fixed))
+            text = state_formula(layer, layer.conv_kernel - 1, model_float, ssm_b, tp)
+            out.append(LayerCache(i, layer.kind, 0, KEEP_NONE, fixed_bytes=fixed, formula=text))
         else:
-            out.append(LayerCache(i, layer.kind, 0, KEEP_NONE))
+            out.append(LayerCache(i, layer.kind, 0, KEEP_NONE, formula=_no_cache_formula(layer)))
     return Layout(spec, "vllm", dtype, tuple(out), block_size, tp, None, tuple(notes))
+
+
+# --------------------------------------------------------------------------------------------
+# Human-readable derivations (shown by `estimate`, one per layer kind)
+
+
+def _elem(dtype: KVDtype) -> str:
+    if dtype.kind in ("float", "fp8"):
+        return f"{dtype.bits // 8} B ({dtype.name})"
+    return f"{dtype.name} (+ scales)"
+
+
+def attention_formula(heads: int, layer: AttentionLayer, dtype: KVDtype) -> str:
+    dims = (f"2 x {layer.head_dim_k}" if layer.head_dim_k == layer.head_dim_v
+            else f"({layer.head_dim_k} + {layer.head_dim_v})")
+    return f"{heads} kv heads x {dims} x {_elem(dtype)}"
+
+
+def mla_latent_formula(layer: MLALayer, dtype: KVDtype) -> str:
+    return (f"latent (kv_lora_rank {layer.kv_lora_rank} + qk_rope_head_dim "
+            f"{layer.qk_rope_head_dim}) x {_elem(dtype)}")
+
+
+def state_formula(layer: StateLayer, conv_columns: int, conv_bytes: int, ssm_bytes: int,
+                  tp: int = 1) -> str:
+    split = f" / tp {tp}" if tp > 1 else ""
+    shape = " x ".join(str(d) for d in layer.ssm_shape)
+    return (f"{layer.mixer} state per sequence: conv {layer.conv_dim} x {conv_columns} x "
+            f"{conv_bytes} B + ssm {shape} x {ssm_bytes} B{split}")
+
+
+def _no_cache_formula(layer: arch.Layer) -> str:
+    if isinstance(layer, arch.SharedLayer):
+        return "reuses the KV of an earlier layer of the same kind: 0 B"
+    if isinstance(layer, arch.NoCacheLayer):
+        return f"{layer.reason}: 0 B"
+    return "0 B"

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import arch
-from .layout import KEEP_CHUNK, KEEP_WINDOW, Layout, LayerCache
+from .layout import KEEP_CHUNK, KEEP_WINDOW, LayerCache, Layout
 
 
 @dataclass(frozen=True)
@@ -75,41 +74,13 @@ def estimate(layout: Layout, seq: int, batch: int = 1) -> Estimate:
 
 
 def formula(layout: Layout) -> str:
-    """The per-token formula with this model's numbers, for humans (one line per kind)."""
-    spec = layout.spec
-    b = layout.kv_dtype
+    """The per-layer derivation with this model's numbers, one clause per layer group."""
     parts: list[str] = []
-    seen: set[str] = set()
-    for layer, cache in zip(spec.layers, layout.layers):
-        if cache.kind in seen:
-            continue
-        seen.add(cache.kind)
-        n = sum(1 for c in layout.layers if c.kind == cache.kind)
-        if isinstance(layer, arch.AttentionLayer) and cache.bytes_per_token:
-            heads = cache.bytes_per_token // max(1, b.row_bytes(layer.head_dim_k) + b.row_bytes(layer.head_dim_v))
-            dims = (f"({layer.head_dim_k} + {layer.head_dim_v})" if layer.head_dim_k != layer.head_dim_v
-                    else f"2 x {layer.head_dim_k}")
-            cap = ""
-            if layer.window:
-                cap = f", capped at {'W - 1' if layout.engine == 'hf' else 'the window'} (W = {layer.window})"
-            parts.append(f"{cache.kind}: {n} layers x {heads} kv heads x {dims} x {_elem(b)}{cap}")
-        elif isinstance(layer, arch.MLALayer):
-            latent = cache.bytes_per_token == b.row_bytes(layer.kv_lora_rank + layer.qk_rope_head_dim)
-            if latent:
-                parts.append(f"mla: {n} layers x (kv_lora_rank {layer.kv_lora_rank} + "
-                             f"qk_rope_head_dim {layer.qk_rope_head_dim}) x {_elem(b)}")
-            else:
-                parts.append(f"mla (decompressed): {n} layers x {layer.num_heads} heads x "
-                             f"({layer.qk_nope_head_dim} + {layer.qk_rope_head_dim} + "
-                             f"{layer.v_head_dim}) x {_elem(b)}")
-        elif isinstance(layer, arch.StateLayer):
-            parts.append(f"state ({layer.mixer}): {n} layers x {cache.fixed_bytes:,} B per sequence")
-        elif cache.kind == arch.SHARED:
-            parts.append(f"shared: {n} layers reuse another layer's KV (0 B)")
+    seen: dict[str, int] = {}
+    for cache in layout.layers:
+        seen[cache.formula] = seen.get(cache.formula, 0) + 1
+    kinds = {c.formula: c.kind for c in layout.layers}
+    for text, count in seen.items():
+        if text:
+            parts.append(f"{kinds[text]}: {count} layers x {text}")
     return "; ".join(parts)
-
-
-def _elem(dtype) -> str:
-    if dtype.kind == "float" or dtype.kind == "fp8":
-        return f"{dtype.bits // 8} B ({dtype.name})"
-    return f"{dtype.name} rows incl. scales"
