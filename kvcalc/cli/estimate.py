@@ -67,7 +67,7 @@ def _single_table(rec: dict, fmt: str) -> str:
         ("per token", f"{rec['bytes_per_token']:,}", rec["human"]["per_token"]),
         ("per sequence", f"{rec['bytes_per_sequence']:,}", rec["human"]["per_sequence"]),
         (f"per batch ({rec['batch']})", f"{rec['bytes_total']:,}", rec["human"]["total"]),
-    ], ("KV cache", "bytes", "GiB = 2^30" if rec["bytes_total"] >= 2**30 else "binary units"), fmt)
+    ], ("KV cache", "bytes", "human (GiB = 2^30)"), fmt)
     rows = []
     for g in rec["layers"]:
         rows.append((
