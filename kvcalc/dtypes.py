@@ -15,9 +15,9 @@ A *row* is one token's keys (or values) for one head: ``E`` = head_dim elements.
 |       |                           | fp16 zero-point (+4 B per group; HF QuantizedCache/HQQ default |
 |       |                           | ``q_group_size=64``)                                           |
 
-``auto`` resolves to the model's ``torch_dtype`` (``dtype`` in newer configs); a config that
-names none is taken as fp16... no: as bf16, with a warning (vLLM's ``auto`` also follows the
-config, falling back to the model's load dtype).
+``auto`` resolves to the model's ``torch_dtype`` (``dtype`` in newer configs), as vLLM's
+``--kv-cache-dtype auto`` and transformers' default cache do; a config that names no dtype is
+taken as bf16 and a warning says so.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ INT8_ROW_SCALE_BYTES = 4      # one fp32 scale per token per head (vLLM int8_per
 class KVDtype:
     name: str
     bits: int
-    #: bytes of scale metadata per row of cached values (head_dim elements), see module doc
-    kind: str  # "float" | "fp8" | "int8" | "int4"
+    #: "float" | "fp8" | "int8" | "int4": decides the scale metadata per row (module doc)
+    kind: str
 
     def row_bytes(self, elements: int) -> int:
         """Bytes to cache ``elements`` values of one token and one head (one K or one V row)."""
