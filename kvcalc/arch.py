@@ -443,8 +443,9 @@ def _mamba_state(r: _Reader) -> StateLayer:
 
 def _mamba2_state(r: _Reader) -> StateLayer:
     """Mamba-2 (Nemotron-H, Mamba2): conv [H*P + 2*G*N, k] + ssm [H, P, N]."""
-    heads = r.get("mamba_num_heads", r.get("num_heads"))
-    head_dim = r.get("mamba_head_dim", r.get("head_dim") if r.model_type == "mamba2" else None)
+    heads = r.get("mamba_num_heads", r.get("mamba_n_heads", r.get("num_heads")))
+    head_dim = r.get("mamba_head_dim", r.get("mamba_d_head",
+                     r.get("head_dim") if r.model_type == "mamba2" else None))
     groups = r.get("n_groups", r.get("mamba_n_groups"))
     state = r.get("ssm_state_size", r.get("state_size", r.get("mamba_d_state")))
     kernel = r.get("conv_kernel", r.get("mamba_d_conv"))
@@ -469,11 +470,19 @@ def _gdn_state(r: _Reader) -> StateLayer:
 
 
 def _state_layer(r: _Reader, family: str) -> StateLayer:
-    if family == "qwen3_next" or r.cfg.get("linear_num_value_heads") is not None:
+    """Pick the recurrent mixer from the config's fields, never guessing one."""
+    cfg = r.cfg
+    if family == "qwen3_next" or cfg.get("linear_num_value_heads") is not None:
         return _gdn_state(r)
-    if family in ("nemotron_h", "mamba2") or r.cfg.get("mamba_num_heads") is not None:
+    if (family in ("nemotron_h", "mamba2") or cfg.get("mamba_num_heads") is not None
+            or cfg.get("mamba_n_heads") is not None):
         return _mamba2_state(r)
-    return _mamba_state(r)
+    if family in ("jamba", "mamba", "falcon_mamba") or cfg.get("mamba_expand") is not None:
+        return _mamba_state(r)
+    raise ConfigError(
+        f"{r.name} ({r.model_type}) has recurrent/linear-attention layers whose state layout "
+        "kvcalc does not know (supported: Mamba, Mamba-2, Gated DeltaNet)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
