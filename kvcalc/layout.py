@@ -41,6 +41,9 @@ DEFAULT_BLOCK_SIZE = 16          # vLLM CacheConfig default on CUDA/ROCm
 HF_DEFAULT_VERSION = "5.23"      # the transformers release the hf layout was measured against
 HF_WINDOW_CAP_SINCE = (4, 56)    # DynamicSlidingWindowLayer appears (transformers #40039 era)
 HF_MLA_LATENT_SINCE = (5, 15)    # transformers #47761: DeepSeek caches the compressed latent
+#: transformers keeps Mamba/GDN recurrent (SSM) states in fp32 even in a bf16 model (measured
+#: on 5.23, transformers.md §2.3); the conv buffer follows the model dtype
+HF_RECURRENT_STATE_BYTES = 4
 
 #: how many tokens a layer keeps for a sequence
 KEEP_ALL = "all"         # every token (full attention, MLA)
@@ -255,8 +258,8 @@ def _hf_layer(i: int, layer: arch.Layer, dtype: KVDtype, spec: ModelSpec, capped
         return LayerCache(i, layer.kind, bpt + extra, formula=text)
     if isinstance(layer, StateLayer):
         conv_b = _float_bytes(dtype, spec.dtype)
-        fixed = state_bytes(layer, layer.conv_kernel, conv_b, 4)  # recurrent state kept in fp32
-        text = state_formula(layer, layer.conv_kernel, conv_b, 4)
+        fixed = state_bytes(layer, layer.conv_kernel, conv_b, HF_RECURRENT_STATE_BYTES)
+        text = state_formula(layer, layer.conv_kernel, conv_b, HF_RECURRENT_STATE_BYTES)
         return LayerCache(i, layer.kind, 0, KEEP_NONE, fixed_bytes=fixed, formula=text)
     if isinstance(layer, arch.SharedLayer) and ver < HF_WINDOW_CAP_SINCE:
         # before 4.56 the dynamic cache stored a full copy for KV-sharing layers too
