@@ -1,0 +1,84 @@
+"""GPU specs: the catalog in ``presets/gpus/*.yaml`` and ad-hoc ``--gpu 48GiB`` cards.
+
+``memory_bytes`` is the total the runtime reports (``torch.cuda.mem_get_info()`` /
+``cudaMemGetInfo`` total, what vLLM multiplies by ``gpu_memory_utilization``), not the
+marketing figure: an "80 GB" H100 reports 85,045,477,376 B = 79.20 GiB. Sources per card are
+in the YAML files and presets/gpus/SOURCES.md.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError, UsageError
+from .sources import builtin_preset_dir, load_yaml_file, suggest
+from .units import GiB, parse_bytes
+
+_SIZE = re.compile(r"^\s*[0-9][0-9_.]*\s*[a-zA-Z]*\s*$")
+
+
+class GpuSpec(BaseModel):
+    """One GPU model as kvcalc plans with it (validated when the catalog is read)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    display_name: str
+    aliases: tuple[str, ...] = ()
+    vendor: str = "unknown"
+    architecture: str = "unknown"
+    memory_bytes: int = Field(gt=0)
+    marketing_memory: str | None = None
+    memory_bandwidth_bytes_per_s: int | None = Field(default=None, ge=0)
+    bf16_tflops: float | None = None
+    fp8: bool = False
+    interconnect: str | None = None
+    memory_source: str | None = None
+    spec_source: str | None = None
+
+    @property
+    def memory_gib(self) -> float:
+        return self.memory_bytes / GiB
+
+
+@lru_cache(maxsize=1)
+def load_catalog() -> tuple[GpuSpec, ...]:
+    """Every GPU in the built-in catalog, sorted by name."""
+    directory = builtin_preset_dir("gpus")
+    out = []
+    for path in sorted(directory.glob("*.yaml")):
+        data = load_yaml_file(path)
+        try:
+            out.append(GpuSpec(**data))
+        except (TypeError, ValidationError) as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(f"invalid GPU preset {path}: {first}") from None
+    return tuple(out)
+
+
+def find_gpu(name: str) -> GpuSpec | None:
+    key = name.strip().lower()
+    for gpu in load_catalog():
+        if key == gpu.name or key in gpu.aliases:
+            return gpu
+    return None
+
+
+def resolve_gpu(text: str) -> GpuSpec:
+    """``--gpu``: a catalog name or alias (``h100``, ``a100-40gb``), or a memory size for a card
+    that is not in the catalog (``48GiB``, ``24GB``: taken as the runtime-reported total)."""
+    gpu = find_gpu(text)
+    if gpu is not None:
+        return gpu
+    if _SIZE.match(text) and any(c.isdigit() for c in text):
+        size = parse_bytes(text, "GPU memory")
+        if size <= 0:
+            raise UsageError(f"invalid GPU memory '{text}': must be positive")
+        return GpuSpec(name=f"custom-{text.strip()}", display_name=f"custom GPU with {text.strip()}",
+                       memory_bytes=size, memory_source="given on the command line")
+    names = [g.name for g in load_catalog()] + [a for g in load_catalog() for a in g.aliases]
+    raise UsageError(f"unknown GPU '{text}'" + suggest(text, names)
+                     + " (kvcalc gpus lists them; or give a size such as 48GiB)")
