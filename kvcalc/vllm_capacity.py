@@ -1,0 +1,291 @@
+"""What vLLM (v1 engine) prints at start-up: GPU blocks, KV cache size, maximum concurrency.
+
+Reimplements, from a :class:`~kvcalc.layout.Layout` laid out for ``vllm``, the rules of
+``vllm/v1/core/kv_cache_utils.py`` and ``kv_cache_interface.py`` (see
+../shared/reference/engines.md Part A and docs/planning.md):
+
+- one *spec* per layer (full / sliding / chunked attention or MLA, Mamba-style state); a page
+  is one block of one layer; layers with nothing to cache (KV sharing, MLP-only) have no spec;
+- hybrid models (more than one spec): pages are unified (smaller pages scale their block size,
+  or are padded), layers are bucketed by spec and split into groups of ``group_size`` layers
+  (``max`` bucket size if it is below 1.5 x the smallest, else the smallest); memory per block
+  id is ``group_size`` pages; attention+Mamba hybrids first enlarge the attention block size so
+  an attention page holds a Mamba state;
+- ``num_blocks = available // bytes_per_block`` per worker, the minimum across pipeline stages;
+- blocks one request needs per group: full ``ceil(L/B)``; sliding ``ceil(min(W-1+T, L)/B) + 1``;
+  chunked ``ceil(min(C+T, L)/B)``; state 1 (``T`` = max_num_batched_tokens);
+- ``max concurrency = num_blocks / sum of blocks needed``; "GPU KV cache size" is
+  ``int(concurrency x L)`` tokens (v0.20+), ``num_blocks // groups x B`` (v0.9–v0.19);
+- one block (the null block) is never usable (v0.20+), and a request of ``max_model_len``
+  must fit or vLLM refuses to start, estimating the largest length that would fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .arch import CHUNKED, FULL, MLA, SLIDING
+from .errors import UsageError
+from .layout import KEEP_NONE, Layout
+from .units import GiB, cdiv
+
+ERAS = ("new", "mid")
+#: vLLM rounds the enlarged attention block of attention+Mamba hybrids to this alignment
+MAMBA_HYBRID_BLOCK_ALIGNMENT = 16
+MAMBA = "mamba"
+
+
+@dataclass(frozen=True)
+class KVSpec:
+    """One layer as vLLM's KVCacheSpec: its kind, page (one block of this layer) and block."""
+
+    kind: str            # full | sliding | chunked | mamba
+    page_bytes: int
+    block_size: int
+    window: int | None = None
+
+    def blocks_needed(self, max_len: int, batched_tokens: int) -> int:
+        """Blocks one request of ``max_len`` tokens needs (``max_memory_usage_bytes / page``)."""
+        bs = self.block_size
+        if self.kind == SLIDING:
+            return cdiv(min(self.window - 1 + batched_tokens, max_len), bs) + 1
+        if self.kind == CHUNKED:
+            return cdiv(min(self.window + batched_tokens, max_len), bs)
+        if self.kind == MAMBA:
+            return 1
+        return cdiv(max_len, bs)
+
+
+@dataclass(frozen=True)
+class Group:
+    spec: KVSpec
+    layers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """vLLM's KV cache groups for one model (all pipeline stages together)."""
+
+    groups: tuple[Group, ...]
+    #: "uniform" (one spec), "uniform_type" (all full attention, page sizes differ),
+    #: "hybrid", or "attention_free"
+    mode: str
+    group_size: int = 0
+    padding_layers: int = 0
+    notes: tuple[str, ...] = ()
+    pages: dict[int, int] = field(default_factory=dict)  # layer -> page bytes after unification
+
+    @property
+    def block_size(self) -> int:
+        sizes = [g.spec.block_size for g in self.groups if g.spec.kind != MAMBA]
+        return min(sizes) if sizes else 0
+
+    def bytes_per_block(self, layers: set[int] | None = None) -> int:
+        """Memory of one block id on a worker holding ``layers`` (all layers by default)."""
+        if not self.groups:
+            return 0
+        per_group = []
+        for g in self.groups:
+            held = [l for l in g.layers if layers is None or l in layers]
+            per_group.append(sum(self.pages[l] for l in held))
+        if self.mode == "hybrid" and layers is None:
+            return self.group_size * max(g.spec.page_bytes for g in self.groups)
+        return max(per_group)
+
+    def blocks_needed(self, max_len: int, batched_tokens: int) -> int:
+        return sum(g.spec.blocks_needed(max_len, batched_tokens) for g in self.groups)
+
+
+def layer_specs(layout: Layout, max_len: int) -> dict[int, KVSpec]:
+    """Layer index -> KVSpec, with vLLM's attention block enlargement for Mamba hybrids."""
+    if layout.engine != "vllm":
+        raise UsageError("vLLM capacity figures need the vllm layout")
+    specs: dict[int, KVSpec] = {}
+    states = [c for c in layout.layers if c.fixed_bytes]
+    attn = [c for c in layout.layers if c.keep != KEEP_NONE]
+    block = layout.block_size or 16
+    if states and attn:
+        # HybridAttentionMambaModelConfig: attention pages must hold one Mamba state
+        mamba_page = max(c.fixed_bytes for c in states)
+        per_token = max(c.bytes_per_token for c in attn)
+        align = MAMBA_HYBRID_BLOCK_ALIGNMENT
+        needed = align * cdiv(mamba_page, align * per_token)
+        block = max(block, needed)
+    for c in layout.layers:
+        if c.fixed_bytes:
+            page = block * max(a.bytes_per_token for a in attn) if attn else c.fixed_bytes
+            specs[c.index] = KVSpec(MAMBA, page, max_len)
+        elif c.keep != KEEP_NONE:
+            kind = FULL if c.kind == MLA else c.kind
+            specs[c.index] = KVSpec(kind, block * c.bytes_per_token, block, c.window)
+    return specs
+
+
+def kv_cache_groups(specs: dict[int, KVSpec]) -> Grouping:
+    """``get_kv_cache_groups``: one group, a uniform-type group, or hybrid groups."""
+    if not specs:
+        return Grouping((), "attention_free")
+    distinct = set(specs.values())
+    layers = sorted(specs)
+    pages = {l: specs[l].page_bytes for l in layers}
+    if len(distinct) == 1:
+        return Grouping((Group(specs[layers[0]], tuple(layers)),), "uniform", len(layers), 0,
+                        (), pages)
+    if all(s.kind == FULL for s in distinct) and len({s.block_size for s in distinct}) == 1:
+        spec = next(iter(distinct))
+        return Grouping((Group(spec, tuple(layers)),), "uniform_type", len(layers), 0,
+                        ("full-attention layers with different page sizes: one group "
+                         "(UniformTypeKVCacheSpecs), a block id spans every layer",), pages)
+    # unify page sizes: scale block sizes of smaller pages, pad where not divisible
+    max_page = max(s.page_bytes for s in distinct)
+    unified: dict[KVSpec, KVSpec] = {}
+    notes = []
+    for s in distinct:
+        if s.page_bytes == max_page or s.kind == MAMBA:
+            unified[s] = KVSpec(s.kind, max_page, s.block_size, s.window)
+        elif max_page % s.page_bytes == 0:
+            ratio = max_page // s.page_bytes
+            unified[s] = KVSpec(s.kind, max_page, s.block_size * ratio, s.window)
+            notes.append(f"{s.kind} layers: block size scaled to {s.block_size * ratio} so pages "
+                         f"are equal")
+        else:
+            unified[s] = KVSpec(s.kind, max_page, s.block_size, s.window)
+            notes.append(f"{s.kind} layers: page padded from {s.page_bytes:,} to {max_page:,} B")
+    buckets: dict[KVSpec, list[int]] = {}
+    for l in layers:
+        buckets.setdefault(unified[specs[l]], []).append(l)
+    sizes = [len(v) for v in buckets.values()]
+    lo, hi = min(sizes), max(sizes)
+    group_size = hi if hi < lo * 1.5 else lo
+    groups: list[Group] = []
+    padding = 0
+    for spec, members in buckets.items():
+        n_groups = cdiv(len(members), group_size)
+        pad = n_groups * group_size - len(members)
+        if pad:
+            padding += pad
+            notes.append(f"Add {pad} padding layers, may waste at most "
+                         f"{100 * pad / len(members):.2f}% KV cache memory ({spec.kind} layers)")
+        for i in range(n_groups):
+            groups.append(Group(spec, tuple(members[i::n_groups])))
+    return Grouping(tuple(groups), "hybrid", group_size, padding, tuple(notes),
+                    {l: max_page for l in layers})
+
+
+def pp_partition(num_layers: int, pp: int) -> list[tuple[int, int]]:
+    """``get_pp_indices``: equal stages, the remainder added from the second-to-last stage
+    backwards. Returns (start, end) per stage."""
+    if pp < 1 or pp > num_layers:
+        raise UsageError(f"invalid pipeline-parallel size {pp} for {num_layers} layers")
+    parts = [num_layers // pp] * pp
+    for i in range(2, num_layers % pp + 2):
+        parts[-i] += 1
+    out, start = [], 0
+    for n in parts:
+        out.append((start, start + n))
+        start += n
+    return out
+
+
+@dataclass(frozen=True)
+class VllmCapacity:
+    """vLLM's start-up figures for one engine (one TP x PP replica)."""
+
+    num_blocks: int
+    block_size: int
+    kv_cache_tokens: int
+    max_concurrency: float
+    max_model_len: int
+    groups: int
+    bytes_per_block: int
+    blocks_per_request: int
+    fits: bool
+    needed_bytes: int              # KV one max_model_len request needs (+ the null block)
+    available_bytes: int           # the smallest per-stage budget
+    estimated_max_model_len: int | None
+    notes: tuple[str, ...] = ()
+
+    def log_lines(self) -> list[str]:
+        """The start-up lines as vLLM formats them."""
+        if not self.fits:
+            return [vllm_error_message(self)]
+        return [f"# GPU blocks: {self.num_blocks:,}",
+                f"GPU KV cache size: {self.kv_cache_tokens:,} tokens",
+                f"Maximum concurrency for {self.max_model_len:,} tokens per request: "
+                f"{self.max_concurrency:.2f}x"]
+
+
+def vllm_error_message(cap: VllmCapacity) -> str:
+    est = cap.estimated_max_model_len
+    estimate = (f"Based on the available memory, the estimated maximum model length is {est}."
+                if est else "The available memory cannot hold even one block of a request.")
+    return (f"To serve at least one request with the model's max seq len ({cap.max_model_len}), "
+            f"({cap.needed_bytes / GiB:.2f} GiB KV cache is needed, which is larger than the "
+            f"available KV cache memory ({cap.available_bytes / GiB:.2f} GiB). {estimate} Try "
+            "increasing `gpu_memory_utilization` or decreasing `max_model_len` when "
+            "initializing the engine.")
+
+
+def estimate_max_model_len(grouping: Grouping, available: int, max_len: int,
+                           batched_tokens: int, null_block: bool = False) -> int:
+    """Largest L in [1, max_len] whose request fits ``available`` (binary search, as vLLM)."""
+    per_block = grouping.bytes_per_block()
+    budget = available - (per_block if null_block else 0)
+
+    def fits(length: int) -> bool:
+        return per_block * grouping.blocks_needed(length, batched_tokens) <= budget
+
+    lo, hi = 0, max_len
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def vllm_capacity(layout: Layout, available_per_stage: list[int], max_len: int,
+                  batched_tokens: int, era: str = "new",
+                  num_blocks_override: int | None = None) -> VllmCapacity:
+    """vLLM's figures for ``layout`` (per GPU, tp applied) with one budget per PP stage."""
+    if era not in ERAS:
+        raise UsageError(f"unknown vLLM era '{era}': choose one of {', '.join(ERAS)}")
+    specs = layer_specs(layout, max_len)
+    grouping = kv_cache_groups(specs)
+    n_layers = len(layout.layers)
+    stages = pp_partition(n_layers, len(available_per_stage))
+    if grouping.mode == "attention_free":
+        return VllmCapacity(1, 0, 0, float("inf"), max_len, 0, 0, 0, True, 0,
+                            min(available_per_stage), None, ("attention-free model",))
+    blocks_needed = grouping.blocks_needed(max_len, batched_tokens)
+    null = era == "new"
+    per_stage_blocks = []
+    worst = None
+    for (start, end), avail in zip(stages, available_per_stage):
+        stage_layers = {l for l in specs if start <= l < end}
+        per_block = grouping.bytes_per_block(stage_layers) if len(stages) > 1 else \
+            grouping.bytes_per_block()
+        blocks = max(0, avail // per_block) if per_block else 0
+        per_stage_blocks.append(blocks)
+        if worst is None or blocks < worst[0]:
+            worst = (blocks, avail, per_block)
+    num_blocks = min(per_stage_blocks)
+    if num_blocks_override is not None:
+        num_blocks = num_blocks_override
+    _, avail, per_block = worst
+    needed = per_block * blocks_needed + (per_block if null else 0)
+    fits = avail > 0 and needed <= avail and (num_blocks - (1 if null else 0)) >= blocks_needed
+    est = None
+    if not fits:
+        est = estimate_max_model_len(grouping, avail, max_len, batched_tokens, null_block=null) \
+            if num_blocks_override is None else (num_blocks - (1 if null else 0)) * grouping.block_size
+    concurrency = num_blocks / blocks_needed
+    n_groups = len(grouping.groups)
+    if era == "new":
+        tokens = int(concurrency * max_len)
+    else:
+        tokens = num_blocks // n_groups * grouping.block_size
+    return VllmCapacity(num_blocks, grouping.block_size, tokens, concurrency, max_len, n_groups,
+                        grouping.bytes_per_block(), blocks_needed, fits, needed, avail, est,
+                        grouping.notes)

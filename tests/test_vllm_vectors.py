@@ -1,0 +1,154 @@
+"""vLLM's own test vectors (tests/v1/core/test_kv_cache_utils.py, ../shared/reference/engines.md
+A.6) and worked examples, reproduced by kvcalc.vllm_capacity."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvcalc.arch import build_spec
+from kvcalc.dtypes import DTYPES
+from kvcalc.layout import KEEP_ALL, KEEP_NONE, KEEP_WINDOW, LayerCache, Layout, build_layout
+from kvcalc.model import load_spec
+from kvcalc.units import GiB
+from kvcalc.vllm_capacity import (estimate_max_model_len, kv_cache_groups, layer_specs,
+                                  pp_partition, vllm_capacity)
+
+M = 16_384  # helper default page: block 16 x 2 kv heads x (64 + 64) x 4 B (fp32)
+DUMMY = build_spec({"model_type": "llama", "num_hidden_layers": 1, "num_attention_heads": 2,
+                    "hidden_size": 128, "torch_dtype": "float32"})
+
+
+def layout_of(kinds, block=16, per_token=M // 16, window=1):
+    """A vLLM layout from a list of 'full' / 'sliding' / ('full', per_token) entries."""
+    caches = []
+    for i, k in enumerate(kinds):
+        bpt = per_token
+        if isinstance(k, tuple):
+            k, bpt = k
+        keep = KEEP_WINDOW if k == "sliding" else KEEP_ALL
+        caches.append(LayerCache(i, k, bpt, keep, window if k == "sliding" else None, block))
+    return Layout(DUMMY, "vllm", DTYPES["fp32"], tuple(caches), block)
+
+
+def blocks(kinds, avail, max_len=16, **kw):
+    return vllm_capacity(layout_of(kinds, **kw), [avail], max_len, 2048, era="mid").num_blocks
+
+
+@pytest.mark.parametrize("kinds, avail, expected", [
+    (["full", "full"], M * 2 * 32, 32),
+    (["sliding", "sliding"], M * 2 * 32, 32),
+    (["full", "sliding"], M * 2 * 32, 64),                    # 2 groups of 1 layer
+    (["full"] * 2 + ["sliding"] * 4, M * 2 * 32, 32),          # group size 2, 3 groups
+    (["full"] * 3 + ["sliding"] * 7, M * 3 * 32, 32),          # 7 SW -> 3 groups, 2 padding
+    (["full"] * 6 + ["sliding"] * 5, M * 6 * 32, 32),          # ratio < 1.5: group size 6
+    ([("full", M // 16 * 2), ("full", M // 16)], M * 3 * 32, 32),  # uniform type: 2M + M
+    ([("full", M // 16), ("sliding", M // 32)], M * 32, 32),   # SW block scaled to 32
+    ([("full", M // 16), ("sliding", M // 16 * 3 // 2)], M * 2 * 32, 42),  # padded to 24,576 B
+])
+def test_get_kv_cache_configs_num_blocks(kinds, avail, expected):
+    assert blocks(kinds, avail) == expected
+
+
+def test_grouping_details():
+    g = kv_cache_groups(layer_specs(layout_of(["full"] * 3 + ["sliding"] * 7), 16))
+    assert [len(x.layers) for x in g.groups] == [3, 3, 2, 2]
+    assert [x.layers for x in g.groups][1:] == [(3, 6, 9), (4, 7), (5, 8)]
+    assert g.padding_layers == 2
+    g = kv_cache_groups(layer_specs(layout_of([("full", M // 16), ("sliding", M // 32)]), 16))
+    assert {x.spec.kind: x.spec.block_size for x in g.groups} == {"full": 16, "sliding": 32}
+
+
+def test_override_and_attention_free():
+    cap = vllm_capacity(layout_of(["full", "full"]), [M * 2 * 32], 16, 2048,
+                        num_blocks_override=16)
+    assert cap.num_blocks == 16
+    free = Layout(DUMMY, "vllm", DTYPES["fp32"], (LayerCache(0, "none", 0, KEEP_NONE),), 16)
+    assert vllm_capacity(free, [GiB], 16, 2048).num_blocks == 1
+
+
+def test_multiple_workers_take_the_minimum():
+    lay = layout_of(["full", "full"])
+    # PP: worker 0 holds layer 0, worker 1 holds layer 1; budgets for 10 and 20 blocks
+    cap = vllm_capacity(lay, [M * 10, M * 20], 16, 2048)
+    assert cap.num_blocks == 10
+
+
+def qwen15_7b_layout(kinds):
+    # Qwen1.5-7B: FullAttention(bs 16, 32 kv heads x 128, fp16): 512 KiB/token over 32 layers
+    return layout_of(kinds, per_token=32 * 2 * 128 * 2, window=1024)
+
+
+def test_estimate_max_model_len():
+    lay = qwen15_7b_layout(["full"] * 32)
+    g = kv_cache_groups(layer_specs(lay, 16385))
+    assert estimate_max_model_len(g, 8 * GiB, 16385, 32768) == 16384
+    assert estimate_max_model_len(g, 8 * GiB, 16383, 32768) == 16383
+
+
+@pytest.mark.parametrize("kinds, num_blocks, expected", [
+    (["full"] * 32, 1536, 1.5),
+    (["sliding"] * 32, 129 * 3, 3),                       # cdiv(1023 + 1024, 16) + 1 = 129
+    (["full"] * 32 + ["sliding"] * 32, (1024 + 129) * 3, 3),
+])
+def test_max_concurrency(kinds, num_blocks, expected):
+    lay = qwen15_7b_layout(kinds)
+    cap = vllm_capacity(lay, [GiB], 16384, 1024, num_blocks_override=num_blocks)
+    assert cap.max_concurrency == expected
+
+
+def test_hybrid_capacity_tokens():
+    lay = qwen15_7b_layout(["full"] * 32 + ["sliding"] * 32)
+    cap = vllm_capacity(lay, [GiB], 16384, 1024, num_blocks_override=(1024 + 129) * 3)
+    assert cap.kv_cache_tokens == 3 * 16384 == 49_152
+
+
+def test_null_block_and_auto_fit():
+    lay = layout_of(["full"])  # page M, 512 tokens need 32 blocks
+    assert not vllm_capacity(lay, [M * 32], 512, 2048).fits
+    assert vllm_capacity(lay, [M * 33], 512, 2048).fits
+    g = kv_cache_groups(layer_specs(lay, 1024))
+    assert estimate_max_model_len(g, M * 64, 1024, 2048, null_block=True) == 1008
+
+
+@pytest.mark.parametrize("n, pp, parts", [
+    (27, 2, [14, 13]), (61, 4, [15, 15, 16, 15]), (94, 4, [23, 24, 24, 23]), (32, 1, [32]),
+])
+def test_pp_partition(n, pp, parts):
+    assert [e - s for s, e in pp_partition(n, pp)] == parts
+
+
+def test_llama31_8b_worked_example():
+    # engines.md A.3: 51.63 GiB available, bf16, block 16: 2 MiB per block id
+    _, spec = load_spec("llama-3.1-8b")
+    lay = build_layout(spec, "vllm", "bf16")
+    cap = vllm_capacity(lay, [int(51.63 * GiB)], 131_072, 8192)
+    assert cap.num_blocks == 26_434
+    assert cap.kv_cache_tokens == 422_944
+    assert round(cap.max_concurrency, 2) == 3.23
+
+
+def test_gemma3_27b_groups():
+    _, spec = load_spec("gemma-3-27b")
+    g = kv_cache_groups(layer_specs(build_layout(spec, "vllm", "bf16"), 131_072))
+    kinds = [x.spec.kind for x in g.groups]
+    assert kinds.count("full") == 1 and kinds.count("sliding") == 6
+    assert g.group_size == 10 and g.padding_layers == 8
+    assert any("8 padding layers" in n and "15.38%" in n for n in g.notes)
+    assert g.bytes_per_block() == 10 * 131_072
+
+
+def test_gpt_oss_two_groups():
+    _, spec = load_spec("gpt-oss-120b")
+    g = kv_cache_groups(layer_specs(build_layout(spec, "vllm", "bf16"), 131_072))
+    assert [len(x.layers) for x in g.groups] == [18, 18]
+    assert g.bytes_per_block() == 18 * 32_768  # page 2 x 16 x 8 x 64 x 2 = 32,768 B
+
+
+def test_mamba_hybrid_enlarges_attention_block():
+    _, spec = load_spec("qwen3-next")
+    lay = build_layout(spec, "vllm", "bf16")
+    specs = layer_specs(lay, 262_144)
+    attn = next(s for s in specs.values() if s.kind == "full")
+    state = next(s for s in specs.values() if s.kind == "mamba")
+    # GDN state 1,097,728 B; attention 2,048 B/token/layer -> 536 tokens -> aligned to 544
+    assert attn.block_size == 544 and attn.page_bytes == state.page_bytes == 544 * 2048
