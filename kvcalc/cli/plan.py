@@ -1,0 +1,411 @@
+"""kvcalc plan: GPU sizing (budget, vLLM capacity, contiguous vs paged, parallelism, solvers)."""
+
+from __future__ import annotations
+
+import click
+
+from ..hardware import load_catalog, resolve_gpu
+from ..model import load_spec
+from ..params import default_weights_dtype, weights_dtype_bytes
+from ..plan import (DEFAULT_GPU_UTIL, Plan, PlanInputs, make_plan, smallest_deployment,
+                    solve_max_len)
+from ..render import key_values, table, to_csv, to_json, to_yaml
+from ..reports import source_record
+from ..units import GiB, format_bytes, parse_bytes
+from ..vllm_capacity import ERAS, vllm_error_message
+from ..workload import DEFAULT_SAMPLES, DISTRIBUTIONS, fixed, from_trace, sampled
+from .common import TokenList, echo_output, format_option, warn
+
+EXIT_DOES_NOT_FIT = 3
+WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4")
+
+
+class ByteSize(click.ParamType):
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        from ..errors import UsageError
+
+        try:
+            return parse_bytes(value, param.opts[0] if param else "size")
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@click.command()
+@click.option("--model", "-m", required=True, help="Preset, config.json path, or hub id.")
+@click.option("--revision", default=None, help="Hub revision for a hub id.")
+@click.option("--gpu", "-g", default="h100", show_default=True,
+              help="Catalog GPU (kvcalc gpus) or a memory size such as 48GiB.")
+@click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel size.")
+@click.option("--pp", type=int, default=1, show_default=True, help="Pipeline-parallel size.")
+@click.option("--replicas", type=int, default=1, show_default=True,
+              help="Independent engine replicas (data parallel).")
+@click.option("--max-len", type=TokenList("max length", single=True), default=None,
+              help="vLLM max_model_len: tokens one request may reach (default: the model's "
+                   "context length).")
+@click.option("--engine", type=click.Choice(["vllm"]), default="vllm", show_default=True,
+              help="Layout the plan models (vLLM PagedAttention).")
+@click.option("--kv-dtype", type=click.Choice(("auto", "fp32", "fp16", "bf16", "fp8", "int8",
+                                               "int4")), default="auto", show_default=True)
+@click.option("--block-size", type=int, default=16, show_default=True,
+              help="Tokens per KV block (MLA backends: FlashMLA 64, CUTLASS MLA 128).")
+@click.option("--gpu-util", type=float, default=DEFAULT_GPU_UTIL, show_default=True,
+              help="vLLM gpu_memory_utilization: share of total memory the engine may use.")
+@click.option("--weights-dtype", type=click.Choice(WEIGHT_CHOICES), default="auto",
+              show_default=True, help="Weight storage; auto = the checkpoint's.")
+@click.option("--overhead", type=ByteSize(), default=None,
+              help="Replace the activation + non-torch + CUDA-graph estimate, e.g. 3GiB.")
+@click.option("--cuda-graph-memory", "cuda_graph", type=ByteSize(), default=None,
+              help="CUDA graph memory per GPU (default 512MiB; 0 for --vllm-era mid).")
+@click.option("--kv-budget", type=ByteSize(), default=None,
+              help="Skip the budget: KV memory per GPU, as vLLM logs 'Available KV cache memory'.")
+@click.option("--max-batched-tokens", type=int, default=None,
+              help="vLLM max_num_batched_tokens (default 8192 on >= 70 GiB GPUs, else 2048).")
+@click.option("--max-num-seqs", type=int, default=None,
+              help="vLLM max_num_seqs (default 1024 on >= 70 GiB GPUs, else 256).")
+@click.option("--vllm-era", type=click.Choice(ERAS), default="new", show_default=True,
+              help="new: vLLM >= 0.20 (tokens = concurrency x max-len, null block, CUDA "
+                   "graphs counted); mid: 0.9-0.19.")
+@click.option("--prompt-len", type=TokenList("prompt length", single=True), default=None,
+              help="Fixed workload: prompt tokens per request.")
+@click.option("--output-len", type=TokenList("output length", single=True), default=None,
+              help="Fixed workload: generated tokens per request.")
+@click.option("--dist", type=click.Choice(DISTRIBUTIONS), default=None,
+              help="Workload: total length drawn from this distribution.")
+@click.option("--mean", type=float, default=None, help="Mean length for --dist (tokens).")
+@click.option("--std", type=float, default=None, help="Standard deviation for --dist.")
+@click.option("--samples", type=int, default=DEFAULT_SAMPLES, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--trace", type=click.Path(dir_okay=False), default=None,
+              help="Workload trace: JSONL or CSV with prompt_len and output_len.")
+@click.option("--target-concurrency", type=int, default=None,
+              help="Solve: the fewest GPUs (and TP/PP) that serve this many requests of "
+                   "--max-len tokens at once.")
+@click.option("--solve-max-len", "concurrency_for_len", type=int, default=None,
+              help="Solve: the largest --max-len at which this many requests fit at once.")
+@click.option("--compare-gpus", is_flag=True,
+              help="Run the plan on every catalog GPU and compare.")
+@format_option
+def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, block_size, gpu_util,
+         weights_dtype, overhead, cuda_graph, kv_budget, max_batched_tokens, max_num_seqs,
+         vllm_era, prompt_len, output_len, dist, mean, std, samples, seed, trace,
+         target_concurrency, concurrency_for_len, compare_gpus, fmt):
+    """GPU sizing: memory budget, KV capacity, vLLM's start-up figures, contiguous versus paged
+    concurrency, tensor/pipeline parallelism, and the GPUs a target needs.
+
+    \b
+    Examples:
+      kvcalc plan -m llama-7b --gpu h100 --max-len 4096
+      kvcalc plan -m llama-3.1-70b --gpu h100 --tp 2 --max-len 32k
+      kvcalc plan -m deepseek-v3 --gpu h200 --tp 8 --weights-dtype fp8 --block-size 64
+      kvcalc plan -m llama-3.1-8b --kv-budget 51.63GiB --max-len 128k
+      kvcalc plan -m qwen2.5-7b --max-len 4k --dist lognormal --mean 900 --std 700
+      kvcalc plan -m llama-3.1-70b --target-concurrency 64 --max-len 32k --compare-gpus
+    """
+    resolved, spec = load_spec(model, revision)
+    for message in spec.warnings:
+        warn(message)
+    gpu_spec = resolve_gpu(gpu)
+    if max_len is None:
+        max_len = spec.max_position_embeddings or 4096
+    wdtype = default_weights_dtype(spec) if weights_dtype == "auto" else weights_dtype
+    weights_dtype_bytes(wdtype)
+    inp = PlanInputs(gpu=gpu_spec, tp=tp, pp=pp, replicas=replicas, gpu_util=gpu_util,
+                     weights_dtype=wdtype, kv_dtype=kv_dtype, block_size=block_size,
+                     max_len=max_len, max_batched_tokens=max_batched_tokens,
+                     max_num_seqs=max_num_seqs, overhead=overhead, cuda_graph=cuda_graph,
+                     kv_budget=kv_budget, era=vllm_era, engine=engine)
+    workload = _workload(max_len, prompt_len, output_len, dist, mean, std, samples, seed, trace)
+    if compare_gpus:
+        rows = _compare(spec, inp, workload, target_concurrency)
+        _emit_compare(rows, fmt, resolved.name, inp, target_concurrency)
+        return
+    result = make_plan(spec, inp, workload)
+    for message in result.warnings:
+        warn(message)
+    record = plan_record(result, resolved)
+    if target_concurrency is not None:
+        sizing = smallest_deployment(spec, inp, target_concurrency)
+        record["sizing"] = _sizing_record(sizing, target_concurrency, inp)
+    if concurrency_for_len is not None:
+        limit = max(max_len, spec.max_position_embeddings or max_len)
+        best = solve_max_len(spec, inp, concurrency_for_len, limit)
+        record["max_len_for_concurrency"] = {"concurrency": concurrency_for_len,
+                                             "max_len": best}
+    _emit(record, result, fmt)
+    if not result.fits:
+        click.get_current_context().exit(EXIT_DOES_NOT_FIT)
+
+
+def _workload(max_len, prompt_len, output_len, dist, mean, std, samples, seed, trace):
+    from ..errors import UsageError
+
+    given = sum(x is not None for x in (prompt_len or output_len or None, dist, trace))
+    if given > 1:
+        raise UsageError("give one workload: --prompt-len/--output-len, --dist, or --trace")
+    if trace:
+        workload, clipped = from_trace(trace, max_len)
+        if clipped:
+            warn(f"{clipped:,} sequences of the trace exceed --max-len {max_len:,}: clipped")
+        return workload
+    if dist:
+        if mean is None or std is None:
+            raise UsageError("--dist needs --mean and --std (tokens)")
+        return sampled(dist, mean, std, max_len, samples, seed)
+    if prompt_len is not None or output_len is not None:
+        p, o = prompt_len or 0, output_len or 0
+        if p + o > max_len:
+            raise UsageError(f"--prompt-len + --output-len = {p + o:,} exceeds --max-len {max_len:,}")
+        return fixed(p, o)
+    return fixed(max_len, 0).__class__(f"every request at --max-len ({max_len:,} tokens)", (max_len,))
+
+
+def plan_record(p: Plan, resolved) -> dict:
+    """The documented JSON contract (docs/planning.md)."""
+    b, inp, cap = p.budget, p.inputs, p.vllm
+    c, g = p.contiguous, p.paged
+    return {
+        "model": resolved.name,
+        "source": source_record(resolved),
+        "gpu": inp.gpu.name,
+        "gpu_memory_bytes": inp.gpu.memory_bytes,
+        "num_gpus": p.num_gpus,
+        "tp": inp.tp,
+        "pp": inp.pp,
+        "replicas": inp.replicas,
+        "kv_dtype": p.layout.kv_dtype.name,
+        "weights_dtype": inp.weights_dtype,
+        "parameters": p.params.total,
+        "active_parameters": p.params.active,
+        "max_len": inp.max_len,
+        "budget": {
+            "total_bytes": b.total_bytes,
+            "utilization": b.utilization,
+            "requested_bytes": b.requested_bytes,
+            "weights_bytes": b.weights_bytes,
+            "activation_bytes": b.activation_bytes,
+            "non_torch_bytes": b.non_torch_bytes,
+            "cuda_graph_bytes": b.cuda_graph_bytes,
+            "overhead_bytes": b.overhead_bytes,
+            "kv_bytes": b.kv_bytes,
+            "source": b.source,
+            "per_stage_kv_bytes": [s.kv_bytes for s in p.budgets],
+        },
+        "bytes_per_token": p.layout.bytes_per_token,
+        "kv_capacity_tokens": p.kv_capacity_tokens,
+        "block_size": inp.block_size,
+        "num_blocks": p.num_blocks,
+        "max_concurrency": {
+            "contiguous": int(c.max_sequences) * inp.replicas,
+            "paged": round(g.max_sequences * inp.replicas, 2),
+        },
+        "vllm": {
+            "era": inp.era,
+            "num_gpu_blocks": cap.num_blocks,
+            "kv_cache_tokens": cap.kv_cache_tokens,
+            "max_concurrency": round(cap.max_concurrency, 2),
+            "kv_cache_groups": cap.groups,
+            "max_num_batched_tokens": inp.batched_tokens(),
+            "fits": cap.fits,
+            "estimated_max_model_len": cap.estimated_max_model_len,
+            "log": cap.log_lines(),
+        },
+        "workload": {
+            "description": p.workload.description,
+            "mean_tokens": round(p.workload.mean_length, 1),
+            "allocators": {a.name: _alloc_record(a, inp.replicas) for a in (c, g)},
+            "paged_gain": round(g.max_sequences / c.max_sequences, 2) if c.max_sequences else None,
+        },
+        "fits": p.fits,
+        "notes": list(cap.notes),
+        "warnings": list(p.warnings),
+    }
+
+
+def _alloc_record(a, replicas: int) -> dict:
+    return {
+        "max_sequences_per_replica": round(a.max_sequences, 2),
+        "slots_reserved_per_sequence": round(a.slots_reserved_per_sequence, 1),
+        "slots_used_per_sequence": round(a.slots_used_per_sequence, 1),
+        "bytes_per_sequence": int(a.bytes_per_sequence),
+        "token_bytes_per_sequence": int(a.token_bytes_per_sequence),
+        "memory_utilization": round(a.utilization, 4),
+        "waste_bytes": int(a.waste_bytes),
+        "waste_fraction": round(a.waste_bytes / a.budget_bytes, 4) if a.budget_bytes else 0,
+        "free_bytes": int(a.free_bytes),
+    }
+
+
+def _sizing_record(s, target, inp) -> dict:
+    return {"target_concurrency": target, "max_len": inp.max_len, "gpu": s.gpu.name,
+            "fits": s.fits, "tp": s.tp, "pp": s.pp, "replicas": s.replicas,
+            "num_gpus": s.num_gpus, "per_replica_concurrency": round(s.per_replica_concurrency, 2),
+            "reason": s.reason}
+
+
+def _emit(record: dict, p: Plan, fmt: str) -> None:
+    if fmt == "json":
+        echo_output(to_json(record))
+    elif fmt == "yaml":
+        echo_output(to_yaml(record))
+    elif fmt == "csv":
+        flat = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
+        flat.update({f"budget_{k}": v for k, v in record["budget"].items()
+                     if not isinstance(v, list)})
+        flat.update({f"vllm_{k}": v for k, v in record["vllm"].items() if k != "log"})
+        flat["max_concurrency_contiguous"] = record["max_concurrency"]["contiguous"]
+        flat["max_concurrency_paged"] = record["max_concurrency"]["paged"]
+        echo_output(to_csv([flat]))
+    else:
+        echo_output(_table(record, p, fmt))
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:,.2f} GiB"
+
+
+def _table(r: dict, p: Plan, fmt: str) -> str:
+    inp, b = p.inputs, r["budget"]
+    gpu = inp.gpu
+    layout = f"tp {inp.tp} x pp {inp.pp} x {inp.replicas} replica(s) = {r['num_gpus']} GPU(s)"
+    head = key_values([
+        ("Model", f"{r['model']} ({p.spec.model_type}, {r['parameters']:,} parameters, "
+                  f"{r['active_parameters']:,} active)"),
+        ("GPU", f"{gpu.display_name}: {gpu.memory_bytes:,} B = {_gib(gpu.memory_bytes)} "
+                f"as the runtime reports it"),
+        ("Layout", layout),
+        ("Engine", f"vLLM v1 ({'>= 0.20' if inp.era == 'new' else '0.9-0.19'}), block "
+                   f"{inp.block_size}, KV {r['kv_dtype']}, max_model_len {inp.max_len:,}, "
+                   f"max_num_batched_tokens {inp.batched_tokens():,}"),
+    ], fmt)
+    if b["source"] == "--kv-budget":
+        rows = [("KV budget (--kv-budget)", f"{b['kv_bytes']:,}", _gib(b["kv_bytes"]))]
+    else:
+        wnum, wden, wdesc = weights_dtype_bytes(inp.weights_dtype)
+        rows = [
+            ("total memory", f"{b['total_bytes']:,}", _gib(b["total_bytes"])),
+            (f"x gpu_util {b['utilization']}", f"{b['requested_bytes']:,}",
+             _gib(b["requested_bytes"])),
+            (f"- weights ({inp.weights_dtype}: {wdesc}; / tp {inp.tp})",
+             f"{b['weights_bytes']:,}", _gib(b["weights_bytes"])),
+        ]
+        if b["activation_bytes"] or b["non_torch_bytes"] or b["cuda_graph_bytes"]:
+            rows += [
+                (f"- activations ({inp.batched_tokens():,} batched tokens, estimate)",
+                 f"{b['activation_bytes']:,}", _gib(b["activation_bytes"])),
+                ("- non-torch memory (NCCL, cuBLAS)", f"{b['non_torch_bytes']:,}",
+                 _gib(b["non_torch_bytes"])),
+                ("- CUDA graphs", f"{b['cuda_graph_bytes']:,}", _gib(b["cuda_graph_bytes"])),
+            ]
+        else:
+            rows.append(("- overhead (--overhead)", f"{b['overhead_bytes']:,}",
+                         _gib(b["overhead_bytes"])))
+        rows.append(("= KV budget per GPU", f"{b['kv_bytes']:,}", _gib(b["kv_bytes"])))
+    budget = table(rows, ("budget (per GPU" + (", tightest stage)" if inp.pp > 1 else ")"),
+                          "bytes", "GiB = 2^30"), fmt)
+    v = r["vllm"]
+    cap_rows = [
+        ("KV bytes per token (per GPU)", f"{r['bytes_per_token']:,}"),
+        ("KV capacity (tokens at that rate)", f"{r['kv_capacity_tokens']:,}"),
+        ("# GPU blocks", f"{v['num_gpu_blocks']:,}"),
+        ("GPU KV cache size", f"{v['kv_cache_tokens']:,} tokens"),
+        (f"Maximum concurrency for {inp.max_len:,} tokens per request",
+         f"{p.vllm.max_concurrency:.2f}x"),
+    ]
+    capacity = table(cap_rows, ("vLLM start-up figures", "value"), fmt)
+    c, g = r["workload"]["allocators"]["contiguous"], r["workload"]["allocators"]["paged"]
+    wl_rows = [
+        ("max concurrent sequences / replica", f"{c['max_sequences_per_replica']:,.0f}",
+         f"{g['max_sequences_per_replica']:,.2f}"),
+        ("token slots reserved / sequence", f"{c['slots_reserved_per_sequence']:,.1f}",
+         f"{g['slots_reserved_per_sequence']:,.1f}"),
+        ("token slots used / sequence", f"{c['slots_used_per_sequence']:,.1f}",
+         f"{g['slots_used_per_sequence']:,.1f}"),
+        ("KV memory holding token states", f"{100 * c['memory_utilization']:.1f}%",
+         f"{100 * g['memory_utilization']:.1f}%"),
+        ("reservation waste / internal fragmentation", f"{100 * c['waste_fraction']:.1f}%",
+         f"{100 * g['waste_fraction']:.1f}%"),
+        ("free (less than one more sequence)", format_bytes(c["free_bytes"]),
+         format_bytes(g["free_bytes"])),
+    ]
+    wl = table(wl_rows, (f"workload: {r['workload']['description']}", "contiguous", "paged"), fmt)
+    parts = [head, "", budget, "", capacity, ""]
+    if not p.vllm.fits:
+        parts += [f"DOES NOT FIT: {vllm_error_message(p.vllm)}", ""]
+    parts.append(wl)
+    if r["workload"]["paged_gain"]:
+        parts.append(f"\npaged gain: {r['workload']['paged_gain']:.2f}x the contiguous "
+                     f"concurrency; cluster: {r['max_concurrency']['contiguous']:,} contiguous, "
+                     f"{r['max_concurrency']['paged']:,.2f} paged over {inp.replicas} replica(s)")
+    if "sizing" in r:
+        s = r["sizing"]
+        if s["fits"]:
+            parts.append(f"\nsmallest deployment for {s['target_concurrency']:,} concurrent "
+                         f"requests of {s['max_len']:,} tokens on {s['gpu']}: {s['num_gpus']} GPUs "
+                         f"(tp {s['tp']} x pp {s['pp']} x {s['replicas']} replicas, "
+                         f"{s['per_replica_concurrency']:.2f}x per replica)")
+        else:
+            parts.append(f"\nno deployment found: {s['reason']}")
+    if "max_len_for_concurrency" in r:
+        m = r["max_len_for_concurrency"]
+        parts.append(f"\nlargest max length at which {m['concurrency']:,} requests fit at once: "
+                     f"{m['max_len']:,} tokens")
+    for note in r["notes"]:
+        parts.append(f"note: {note}")
+    return "\n".join(parts) + "\n"
+
+
+def _compare(spec, inp, workload, target):
+    rows = []
+    for gpu in load_catalog():
+        trial = PlanInputs(**{**inp.__dict__, "gpu": gpu})
+        try:
+            p = make_plan(spec, trial, workload)
+        except Exception as exc:  # noqa: BLE001 - one bad row must not hide the others
+            rows.append({"gpu": gpu.name, "error": str(exc)})
+            continue
+        row = {"gpu": gpu.name, "memory_bytes": gpu.memory_bytes,
+               "kv_bytes": p.budget.kv_bytes, "num_gpu_blocks": p.vllm.num_blocks,
+               "kv_cache_tokens": p.vllm.kv_cache_tokens,
+               "max_concurrency": round(p.vllm.max_concurrency, 2), "fits": p.fits}
+        if target is not None:
+            s = smallest_deployment(spec, trial, target)
+            row.update({"gpus_needed": s.num_gpus if s.fits else None, "tp": s.tp, "pp": s.pp,
+                        "replicas": s.replicas})
+        rows.append(row)
+    key = (lambda r: (r.get("gpus_needed") is None, r.get("gpus_needed") or 0, -r.get("kv_bytes", 0))) \
+        if target is not None else (lambda r: -r.get("max_concurrency", 0))
+    return sorted(rows, key=key)
+
+
+def _emit_compare(rows, fmt, model, inp, target):
+    if fmt == "json":
+        echo_output(to_json(rows))
+        return
+    if fmt == "yaml":
+        echo_output(to_yaml(rows))
+        return
+    if fmt == "csv":
+        echo_output(to_csv(rows, list({k: None for r in rows for k in r})))
+        return
+    headers = ["gpu", "memory", "KV budget/GPU", "vLLM blocks", "KV cache tokens",
+               f"max conc. @ {inp.max_len:,}"]
+    if target is not None:
+        headers += [f"GPUs for {target:,}", "tp x pp x replicas"]
+    body = []
+    for r in rows:
+        if "error" in r:
+            body.append([r["gpu"], "error: " + r["error"]] + [""] * (len(headers) - 2))
+            continue
+        line = [r["gpu"], _gib(r["memory_bytes"]), _gib(r["kv_bytes"]), f"{r['num_gpu_blocks']:,}",
+                f"{r['kv_cache_tokens']:,}",
+                f"{r['max_concurrency']:.2f}x" if r["fits"] else "does not fit"]
+        if target is not None:
+            line += [str(r["gpus_needed"]) if r["gpus_needed"] else "-",
+                     f"{r['tp']} x {r['pp']} x {r['replicas']}" if r["gpus_needed"] else "-"]
+        body.append(line)
+    title = f"{model} on every catalog GPU (tp {inp.tp}, KV {inp.kv_dtype}, weights {inp.weights_dtype})"
+    echo_output(title + "\n\n" + table(body, headers, fmt) + "\n")

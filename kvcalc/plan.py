@@ -1,0 +1,305 @@
+"""GPU sizing: the per-GPU memory budget, KV capacity, concurrency, parallelism and solvers.
+
+Budget (per GPU, one pipeline stage; docs/planning.md):
+
+    KV budget = total x gpu_util − weights − activations − non-torch − CUDA graphs
+
+- total: the runtime-reported memory of the GPU (catalog), or ``--gpu 48GiB``;
+- weights: the parameter count (kvcalc.params) x the weights dtype, divided by ``tp``; with
+  ``pp`` each stage holds its layers, the first stage the embeddings and the last the LM head;
+- activations: the peak of vLLM's profile forward over ``max_batched_tokens`` tokens,
+  estimated as ``T x (4 x hidden + 3 x intermediate / tp) x 2 B`` (residual, norm, attention
+  in/out, gated-MLP intermediates of the active experts) plus the sampler's fp32 logits
+  ``min(max_num_seqs, T) x vocab x 4 B``;
+- non-torch memory (NCCL buffers, cuBLAS workspaces): 0.5 GiB, 1 GiB with tp x pp > 1;
+- CUDA graphs: 0.5 GiB (vLLM >= 0.20 subtracts its estimate; 0 with ``--vllm-era mid``);
+- ``--overhead`` replaces the sum of the last three; ``--kv-budget`` replaces everything (the
+  "Available KV cache memory" vLLM logs, per GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .arch import ModelSpec
+from .errors import UsageError
+from .hardware import GpuSpec
+from .layout import Layout, build_layout
+from .params import ParamCount, count_parameters, weight_bytes
+from .units import GiB, MiB, cdiv
+from .vllm_capacity import VllmCapacity, pp_partition, vllm_capacity
+from .workload import AllocatorResult, Workload, compare_allocators
+
+DEFAULT_GPU_UTIL = 0.9                     # vLLM gpu_memory_utilization default
+NON_TORCH_BYTES = 512 * MiB                # NCCL/cuBLAS/... (vLLM "non-torch memory")
+NON_TORCH_MULTI_GPU_BYTES = 1 * GiB
+CUDA_GRAPH_BYTES = {"new": 512 * MiB, "mid": 0}
+ACTIVATION_BYTES = 2                       # bf16/fp16 activations
+LOGITS_BYTES = 4                           # the sampler works on fp32 logits
+LARGE_GPU_BYTES = 70 * GiB                 # vLLM picks larger batch defaults above this
+DEFAULT_MAX_NUM_SEQS = {True: 1024, False: 256}
+DEFAULT_BATCHED_TOKENS = {True: 8192, False: 2048}   # OpenAI server defaults (engines.md A.2)
+TP_CHOICES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Budget:
+    total_bytes: int
+    utilization: float
+    weights_bytes: int
+    activation_bytes: int
+    non_torch_bytes: int
+    cuda_graph_bytes: int
+    overhead_bytes: int        # activations + non-torch + CUDA graphs (or --overhead)
+    kv_bytes: int
+    source: str                # "computed" or "--kv-budget"
+
+    @property
+    def requested_bytes(self) -> int:
+        return int(self.total_bytes * self.utilization)
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    gpu: GpuSpec
+    tp: int = 1
+    pp: int = 1
+    replicas: int = 1
+    gpu_util: float = DEFAULT_GPU_UTIL
+    weights_dtype: str = "bf16"
+    kv_dtype: str = "auto"
+    block_size: int = 16
+    max_len: int = 4096
+    max_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    overhead: int | None = None
+    cuda_graph: int | None = None
+    kv_budget: int | None = None
+    era: str = "new"
+    engine: str = "vllm"
+
+    def batched_tokens(self) -> int:
+        if self.max_batched_tokens is not None:
+            return self.max_batched_tokens
+        return DEFAULT_BATCHED_TOKENS[self.gpu.memory_bytes >= LARGE_GPU_BYTES]
+
+    def num_seqs(self) -> int:
+        if self.max_num_seqs is not None:
+            return self.max_num_seqs
+        return DEFAULT_MAX_NUM_SEQS[self.gpu.memory_bytes >= LARGE_GPU_BYTES]
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: ModelSpec
+    inputs: PlanInputs
+    params: ParamCount
+    budgets: tuple[Budget, ...]            # one per pipeline stage
+    layout: Layout                         # per GPU (tp applied)
+    vllm: VllmCapacity
+    contiguous: AllocatorResult
+    paged: AllocatorResult
+    workload: Workload
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def budget(self) -> Budget:
+        """The tightest stage's budget (the one that limits the replica)."""
+        return min(self.budgets, key=lambda b: b.kv_bytes)
+
+    @property
+    def num_gpus(self) -> int:
+        return self.inputs.tp * self.inputs.pp * self.inputs.replicas
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """Tokens the KV budget holds at bytes_per_token (per GPU, windows not counted)."""
+        bpt = self.layout.bytes_per_token
+        return self.budget.kv_bytes // bpt if bpt and self.budget.kv_bytes > 0 else 0
+
+    @property
+    def num_blocks(self) -> int:
+        return self.vllm.num_blocks
+
+    @property
+    def fits(self) -> bool:
+        return self.vllm.fits and self.budget.kv_bytes > 0
+
+
+def activation_bytes(spec: ModelSpec, params: ParamCount, tokens: int, num_seqs: int,
+                     tp: int) -> int:
+    """Peak activations of vLLM's profile run over ``tokens`` (documented estimate)."""
+    cfg = spec.config
+    inter = int(cfg.get("moe_intermediate_size") or cfg.get("intermediate_size")
+                or cfg.get("n_inner") or 4 * spec.hidden_size) if not isinstance(
+                    cfg.get("intermediate_size"), list) else int(max(cfg["intermediate_size"]))
+    top_k = int(cfg.get("num_experts_per_tok") or 1) if cfg.get("moe_intermediate_size") else 1
+    per_token = 4 * spec.hidden_size + 3 * inter * top_k // tp
+    logits = min(num_seqs, tokens) * (spec.vocab_size or 0) * LOGITS_BYTES
+    return tokens * per_token * ACTIVATION_BYTES + logits
+
+
+def stage_weight_bytes(spec: ModelSpec, params: ParamCount, dtype: str, tp: int,
+                       stages: list[tuple[int, int]]) -> list[int]:
+    """Weight bytes per GPU for each pipeline stage (layers pro rata, embeddings first, head
+    last; everything sharded over ``tp``)."""
+    total = weight_bytes(params, dtype)
+    if len(stages) == 1:
+        return [cdiv(total, tp)]
+    emb = params.embedding
+    per_param = total / params.total
+    layer_bytes = (params.total - emb) * per_param
+    n = spec.num_layers
+    out = []
+    for i, (start, end) in enumerate(stages):
+        share = layer_bytes * (end - start) / n
+        if i == 0:
+            share += emb / 2 * per_param
+        if i == len(stages) - 1:
+            share += emb / 2 * per_param
+        out.append(cdiv(int(share), tp))
+    return out
+
+
+def compute_budgets(spec: ModelSpec, params: ParamCount, inp: PlanInputs) -> list[Budget]:
+    stages = pp_partition(spec.num_layers, inp.pp)
+    if inp.kv_budget is not None:
+        return [Budget(inp.gpu.memory_bytes, inp.gpu_util, 0, 0, 0, 0, 0, inp.kv_budget,
+                       "--kv-budget")] * len(stages)
+    weights = stage_weight_bytes(spec, params, inp.weights_dtype, inp.tp, stages)
+    act = activation_bytes(spec, params, inp.batched_tokens(), inp.num_seqs(), inp.tp)
+    non_torch = NON_TORCH_MULTI_GPU_BYTES if inp.tp * inp.pp > 1 else NON_TORCH_BYTES
+    graphs = CUDA_GRAPH_BYTES[inp.era] if inp.cuda_graph is None else inp.cuda_graph
+    overhead = act + non_torch + graphs if inp.overhead is None else inp.overhead
+    requested = int(inp.gpu.memory_bytes * inp.gpu_util)
+    out = []
+    for w in weights:
+        out.append(Budget(inp.gpu.memory_bytes, inp.gpu_util, w,
+                          act if inp.overhead is None else 0,
+                          non_torch if inp.overhead is None else 0,
+                          graphs if inp.overhead is None else 0,
+                          overhead, requested - w - overhead, "computed"))
+    return out
+
+
+def validate(spec: ModelSpec, inp: PlanInputs) -> None:
+    if not 0 < inp.gpu_util <= 1:
+        raise UsageError(f"invalid --gpu-util {inp.gpu_util}: must be in (0, 1]")
+    for name, value in (("--tp", inp.tp), ("--pp", inp.pp), ("--replicas", inp.replicas)):
+        if value < 1:
+            raise UsageError(f"invalid {name} {value}: must be at least 1")
+    heads = spec.num_attention_heads
+    if heads and heads % inp.tp:
+        raise UsageError(f"--tp {inp.tp} does not divide the {heads} attention heads "
+                         f"(vLLM requires it)")
+    if inp.pp > spec.num_layers:
+        raise UsageError(f"--pp {inp.pp} exceeds the {spec.num_layers} layers")
+
+
+def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
+    validate(spec, inp)
+    params = count_parameters(spec)
+    budgets = compute_budgets(spec, params, inp)
+    layout = build_layout(spec, "vllm", inp.kv_dtype, block_size=inp.block_size, tp=inp.tp)
+    token_layout = build_layout(spec, "vllm", inp.kv_dtype, block_size=1, tp=inp.tp)
+    cap = vllm_capacity(layout, [max(0, b.kv_bytes) for b in budgets], inp.max_len,
+                        inp.batched_tokens(), inp.era)
+    stage = min(budgets, key=lambda b: b.kv_bytes)
+    stage_layers = _stage_share(spec, inp.pp)
+    budget = max(0, stage.kv_bytes)
+    # the tightest stage holds its share of the layers of every sequence
+    contiguous, paged = compare_allocators(layout, token_layout, workload, inp.max_len,
+                                           int(budget / stage_layers))
+    warnings = []
+    kv = spec.kv_heads
+    if kv and not spec.is_mla and inp.tp > kv:
+        warnings.append(f"--tp {inp.tp} exceeds the model's {kv} KV heads: each GPU keeps a "
+                        f"replicated copy (KV per GPU stops shrinking past tp {kv})")
+    if spec.max_position_embeddings and inp.max_len > spec.max_position_embeddings:
+        warnings.append(f"--max-len {inp.max_len:,} exceeds the model's context length "
+                        f"({spec.max_position_embeddings:,})")
+    if spec.is_mla and inp.block_size == 16:
+        warnings.append("MLA: vLLM's FlashMLA backend uses 64-token blocks (CUTLASS MLA 128); "
+                        "pass --block-size to match your backend")
+    return Plan(spec, inp, params, tuple(budgets), layout, cap, contiguous, paged, workload,
+                tuple(warnings))
+
+
+def _stage_share(spec: ModelSpec, pp: int) -> float:
+    """Fraction of the layers the largest pipeline stage holds."""
+    stages = pp_partition(spec.num_layers, pp)
+    return max(e - s for s, e in stages) / spec.num_layers
+
+
+# --------------------------------------------------------------------------------------------
+# Solvers
+
+
+def solve_max_len(spec: ModelSpec, inp: PlanInputs, concurrency: int, limit: int) -> int:
+    """Largest max length (<= limit) at which vLLM's maximum concurrency is >= ``concurrency``
+    (binary search: the per-request cost is monotonic but not linear for windowed models)."""
+    params = count_parameters(spec)
+    budgets = [max(0, b.kv_bytes) for b in compute_budgets(spec, params, inp)]
+    layout = build_layout(spec, "vllm", inp.kv_dtype, block_size=inp.block_size, tp=inp.tp)
+
+    def ok(length: int) -> bool:
+        cap = vllm_capacity(layout, budgets, length, inp.batched_tokens(), inp.era)
+        return cap.fits and cap.max_concurrency >= concurrency
+
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@dataclass(frozen=True)
+class Sizing:
+    gpu: GpuSpec
+    tp: int
+    pp: int
+    replicas: int
+    per_replica_concurrency: float
+    fits: bool
+    reason: str = ""
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.pp * self.replicas
+
+
+def smallest_deployment(spec: ModelSpec, inp: PlanInputs, target: int,
+                        max_pp: int = 8) -> Sizing:
+    """Fewest GPUs of ``inp.gpu`` (TP in 1/2/4/8 within a node, then PP across nodes, then
+    replicas) whose vLLM maximum concurrency at ``inp.max_len`` reaches ``target``."""
+    best: Sizing | None = None
+    params = count_parameters(spec)
+    for pp in (1, 2, 4, 8):
+        if pp > max_pp or pp > spec.num_layers:
+            break
+        for tp in TP_CHOICES:
+            if spec.num_attention_heads % tp:
+                continue
+            trial = PlanInputs(**{**inp.__dict__, "tp": tp, "pp": pp, "replicas": 1})
+            budgets = [b.kv_bytes for b in compute_budgets(spec, params, trial)]
+            if min(budgets) <= 0:
+                continue
+            layout = build_layout(spec, "vllm", trial.kv_dtype, block_size=trial.block_size, tp=tp)
+            cap = vllm_capacity(layout, budgets, trial.max_len, trial.batched_tokens(), trial.era)
+            if not cap.fits or cap.max_concurrency <= 0:
+                continue
+            replicas = max(1, cdiv(target * 1000, int(cap.max_concurrency * 1000)))
+            if cap.max_concurrency * replicas < target:
+                replicas += 1
+            s = Sizing(inp.gpu, tp, pp, replicas, cap.max_concurrency, True)
+            if best is None or (s.num_gpus, s.tp * s.pp) < (best.num_gpus, best.tp * best.pp):
+                best = s
+    if best is None:
+        return Sizing(inp.gpu, 0, 0, 0, 0.0, False,
+                      f"one request of {inp.max_len:,} tokens does not fit on up to "
+                      f"{8 * max_pp} {inp.gpu.name} GPUs")
+    return best
