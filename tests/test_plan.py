@@ -1,0 +1,261 @@
+"""kvcalc plan: budgets, parameter counts, workloads, solvers, and the CLI contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvcalc.cli import cli
+from kvcalc.errors import ConfigError, UsageError
+from kvcalc.hardware import find_gpu, load_catalog, resolve_gpu
+from kvcalc.layout import build_layout
+from kvcalc.model import load_spec
+from kvcalc.params import count_parameters, weight_bytes
+from kvcalc.plan import PlanInputs, make_plan, smallest_deployment, solve_max_len
+from kvcalc.units import GiB
+from kvcalc.workload import compare_allocators, fixed, from_trace, sampled
+
+TRACES = Path(__file__).parent / "fixtures" / "traces"
+
+
+def spec(name):
+    return load_spec(name)[1]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+# ---------------------------------------------------------------- catalog and parameters
+
+def test_catalog_has_the_gpus_users_ask_for():
+    names = {g.name for g in load_catalog()}
+    assert len(names) >= 20
+    for alias in ("h100", "h100-pcie", "h100-nvl", "h200", "h20", "b200", "gb200", "a100-40gb",
+                  "a100", "a10g", "l4", "l40s", "t4", "v100-16gb", "v100-32gb", "rtx-3090",
+                  "rtx-4090", "rtx-5090", "rtx-6000-ada", "rtx-pro-6000", "mi300x", "mi325x"):
+        assert find_gpu(alias) is not None, alias
+    h100 = find_gpu("H100")
+    assert h100.name == "h100-sxm" and h100.memory_bytes < 80 * GiB  # runtime, not "80 GB"
+    assert all(g.memory_source for g in load_catalog())
+
+
+def test_custom_gpu_size_and_unknown_gpu():
+    assert resolve_gpu("48GiB").memory_bytes == 48 * GiB
+    with pytest.raises(UsageError, match="did you mean h100"):
+        resolve_gpu("h10")
+
+
+@pytest.mark.parametrize("name, total", [
+    ("llama-2-7b", 6_738_415_616), ("llama-3.1-8b", 8_030_261_248),
+    ("mixtral-8x7b", 46_702_792_704), ("qwen3-30b-a3b", 30_532_122_624),
+    ("gpt-oss-120b", 116_829_156_672), ("deepseek-v3", 671_026_419_200),
+    ("gpt2", 124_439_808), ("gemma-2-9b", 9_241_705_984), ("kimi-k2", 1_026_408_232_448),
+])
+def test_parameter_counts_match_published_totals(name, total):
+    assert count_parameters(spec(name)).total == total
+
+
+def test_weight_bytes_by_dtype():
+    count = count_parameters(spec("llama-2-7b"))
+    assert weight_bytes(count, "bf16") == 2 * 6_738_415_616
+    int4 = weight_bytes(count, "int4")
+    # embeddings and LM head stay 16-bit; the rest 0.53125 B/param
+    assert int4 == count.embedding * 2 + -(-count.non_embedding * 68 // 128)
+    assert weight_bytes(count, "fp8") < weight_bytes(count, "int8") < weight_bytes(count, "bf16")
+
+
+# ---------------------------------------------------------------- plans
+
+def plan_for(name, **kw):
+    s = spec(name)
+    kw.setdefault("gpu", find_gpu("h100"))
+    inp = PlanInputs(**kw)
+    return make_plan(s, inp, fixed(inp.max_len, 0))
+
+
+def test_llama2_7b_on_h100_at_4096():
+    p = plan_for("llama-2-7b", max_len=4096, weights_dtype="fp16")
+    b = p.budget
+    assert b.total_bytes == 85_045_477_376
+    assert b.weights_bytes == 2 * 6_738_415_616
+    assert b.kv_bytes == int(85_045_477_376 * 0.9) - b.weights_bytes - b.overhead_bytes
+    # block = 16 tokens x 524,288 B = 8 MiB; 4,096 tokens = 256 blocks
+    assert p.vllm.num_blocks == b.kv_bytes // (16 * 524_288)
+    assert p.vllm.max_concurrency == p.vllm.num_blocks / 256
+    assert p.contiguous.max_sequences == b.kv_bytes // (4096 * 524_288)
+
+
+def test_kv_budget_override_reproduces_vllm_log():
+    p = plan_for("llama-3.1-8b", max_len=131_072, kv_budget=int(51.63 * GiB))
+    assert (p.vllm.num_blocks, p.vllm.kv_cache_tokens) == (26_434, 422_944)
+    assert round(p.vllm.max_concurrency, 2) == 3.23
+
+
+def test_llama3_70b_tensor_parallel():
+    tp2 = plan_for("llama-3.1-70b", tp=2, max_len=8192)
+    tp8 = plan_for("llama-3.1-70b", tp=8, max_len=8192)
+    tp16 = plan_for("llama-3.1-70b", tp=16, max_len=8192)
+    per_head = 80 * 2 * 128 * 2
+    assert tp2.layout.bytes_per_token == 4 * per_head
+    assert tp8.layout.bytes_per_token == tp16.layout.bytes_per_token == per_head
+    assert any("replicated" in w for w in tp16.warnings)
+    assert not any("replicated" in w for w in tp8.warnings)
+    assert tp2.budget.weights_bytes == -(-weight_bytes(tp2.params, "bf16") // 2)
+
+
+def test_deepseek_v3_latent_is_not_split_at_tp8():
+    p = plan_for("deepseek-v3", gpu=find_gpu("h200"), tp=8, max_len=32768, weights_dtype="fp8",
+                 block_size=64)
+    assert p.layout.bytes_per_token == 61 * 576 * 2
+    assert p.fits and p.vllm.num_blocks == p.budget.kv_bytes // (64 * 70_272)
+
+
+def test_does_not_fit_is_explained_with_exit_code_3():
+    result = run("plan", "-m", "llama-3.3-70b", "--weights-dtype", "fp8", "--max-len", "32k")
+    assert result.exit_code == 3
+    assert "DOES NOT FIT" in result.stdout and "estimated maximum model length" in result.stdout
+
+
+def test_pipeline_parallel_takes_the_tightest_stage():
+    p = plan_for("llama-3.1-70b", tp=2, pp=2, max_len=8192)
+    assert len(p.budgets) == 2 and p.num_gpus == 4
+    # tp 2: 4 kv heads x (128 + 128) x 2 B = 2,048 B per token per layer; 40 layers per stage
+    assert p.vllm.num_blocks == min(b.kv_bytes // (40 * 16 * 2048) for b in p.budgets)
+
+
+def test_realistic_workload_contiguous_keeps_20_to_40_percent():
+    s = spec("llama-3.1-8b")
+    inp = PlanInputs(gpu=find_gpu("h100"), max_len=4096)
+    workload, clipped = from_trace(TRACES / "chat.jsonl", 4096)
+    p = make_plan(s, inp, workload)
+    assert 0.2 <= p.contiguous.utilization <= 0.4
+    assert p.paged.utilization > 0.95
+    assert p.paged.max_sequences > 2.5 * p.contiguous.max_sequences
+
+
+def test_workload_sources(tmp_path):
+    w, clipped = from_trace(TRACES / "small.csv", 1024)
+    assert w.lengths == (128, 1024, 512) and clipped == 0
+    w, clipped = from_trace(TRACES / "small.csv", 600)
+    assert clipped == 1 and max(w.lengths) == 600
+    bad = tmp_path / "t.jsonl"
+    bad.write_text('{"prompt_len": 5, "output_len": 1}\n{"prompt_len": "x"}\n')
+    with pytest.raises(ConfigError, match=f"{bad}:2"):
+        from_trace(bad, 100)
+    s = sampled("normal", 500, 100, 4096, samples=300, seed=1)
+    assert len(s.lengths) == 300 and 450 < s.mean_length < 550
+    assert sampled("normal", 500, 100, 4096, samples=300, seed=1) == s
+    with pytest.raises(UsageError):
+        sampled("pareto", 5, 1, 10)
+
+
+def test_windows_and_states_are_honoured_by_allocators():
+    s = spec("gemma-3-27b")
+    paged = build_layout(s, "vllm", "bf16")
+    token = build_layout(s, "vllm", "bf16", block_size=1)
+    c, g = compare_allocators(paged, token, fixed(32768, 0), 32768, 100 * GiB)
+    # 10 full layers x 32,768 + 52 sliding layers x 1,023 tokens, 8,192 B per token per layer
+    assert c.bytes_per_sequence == (10 * 32768 + 52 * 1023) * 8192
+
+
+def test_solvers():
+    s = spec("llama-3.1-8b")
+    inp = PlanInputs(gpu=find_gpu("h100"), max_len=32768)
+    best = solve_max_len(s, inp, 8, 131072)
+    at = make_plan(s, PlanInputs(**{**inp.__dict__, "max_len": best}), fixed(best, 0))
+    above = make_plan(s, PlanInputs(**{**inp.__dict__, "max_len": best + 16}), fixed(best, 0))
+    assert at.vllm.max_concurrency >= 8 > above.vllm.max_concurrency
+    size = smallest_deployment(spec("llama-3.1-70b"), PlanInputs(gpu=find_gpu("h100"),
+                                                                  max_len=32768), 64)
+    assert size.fits and size.per_replica_concurrency * size.replicas >= 64
+    smaller = smallest_deployment(spec("llama-3.1-70b"), PlanInputs(gpu=find_gpu("h100"),
+                                                                     max_len=32768), 1)
+    assert smaller.num_gpus <= size.num_gpus
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(["llama-3.1-8b", "gemma-3-27b", "qwen3-next-80b-a3b", "deepseek-v2-lite",
+                        "gpt-oss-120b", "mistral-7b-v0.1"]),
+       st.integers(20, 400), st.integers(1, 60), st.sampled_from([2048, 8192, 32768]))
+def test_more_memory_never_fewer_sequences(name, gib, extra, max_len):
+    s = spec(name)
+    lo = make_plan(s, PlanInputs(gpu=find_gpu("h100"), max_len=max_len, kv_budget=gib * GiB),
+                   fixed(max_len, 0))
+    hi = make_plan(s, PlanInputs(gpu=find_gpu("h100"), max_len=max_len,
+                                 kv_budget=(gib + extra) * GiB), fixed(max_len, 0))
+    assert hi.vllm.num_blocks >= lo.vllm.num_blocks
+    assert hi.contiguous.max_sequences >= lo.contiguous.max_sequences
+    assert lo.paged.max_sequences >= lo.contiguous.max_sequences
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(["llama-3.1-8b", "gemma-3-27b", "qwen3-next-80b-a3b"]),
+       st.integers(1024, 65536), st.integers(1, 4096))
+def test_concurrency_monotonic_in_max_len(name, short, extra):
+    s = spec(name)
+    a = make_plan(s, PlanInputs(gpu=find_gpu("h100"), max_len=short, kv_budget=40 * GiB),
+                  fixed(short, 0))
+    b = make_plan(s, PlanInputs(gpu=find_gpu("h100"), max_len=short + extra, kv_budget=40 * GiB),
+                  fixed(short + extra, 0))
+    assert b.vllm.max_concurrency <= a.vllm.max_concurrency
+    assert b.contiguous.max_sequences <= a.contiguous.max_sequences
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_plan_json_contract():
+    result = run("plan", "-m", "llama-7b", "--gpu", "h100", "--max-len", "4096", "-f", "json")
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.stdout)
+    assert d["gpu"] == "h100-sxm" and d["num_gpus"] == 1 and (d["tp"], d["pp"]) == (1, 1)
+    for key in ("total_bytes", "utilization", "weights_bytes", "overhead_bytes", "kv_bytes"):
+        assert key in d["budget"]
+    assert isinstance(d["max_concurrency"]["contiguous"], int)
+    assert isinstance(d["max_concurrency"]["paged"], float)
+    assert set(d["vllm"]) >= {"num_gpu_blocks", "kv_cache_tokens", "max_concurrency"}
+    assert d["bytes_per_token"] == 524_288 and d["block_size"] == 16
+    assert d["kv_capacity_tokens"] == d["budget"]["kv_bytes"] // 524_288
+    assert d["num_blocks"] == d["vllm"]["num_gpu_blocks"]
+
+
+def test_plan_table_workload_and_solvers():
+    result = run("plan", "-m", "llama-3.1-8b", "--max-len", "4k", "--dist", "lognormal",
+                 "--mean", "900", "--std", "700", "--target-concurrency", "500",
+                 "--solve-max-len", "64")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "GPU KV cache size" in out and "paged gain" in out
+    assert "smallest deployment for 500" in out and "largest max length at which 64" in out
+
+
+def test_plan_compare_gpus_and_gpus_command():
+    result = run("plan", "-m", "llama-3.1-8b", "--max-len", "8k", "--compare-gpus",
+                 "--target-concurrency", "32", "-f", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == len(load_catalog())
+    assert rows[0]["gpus_needed"] <= rows[-1]["gpus_needed"] or rows[-1]["gpus_needed"] is None
+    assert run("gpus").exit_code == 0
+    assert len(json.loads(run("gpus", "-f", "json").stdout)) == len(load_catalog())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpu", "h1000"], "unknown GPU 'h1000'"),
+    (["--tp", "3"], "does not divide"),
+    (["--gpu-util", "1.5"], "invalid --gpu-util"),
+    (["--kv-budget", "lots"], "invalid --kv-budget"),
+    (["--dist", "normal"], "--dist needs --mean and --std"),
+    (["--prompt-len", "8k", "--output-len", "1k", "--max-len", "4k"], "exceeds --max-len"),
+    (["--trace", "/no/such/trace.jsonl"], "cannot read trace"),
+    (["--pp", "0"], "invalid --pp 0"),
+])
+def test_plan_bad_input(args, message):
+    result = run("plan", "-m", "llama-7b", *args)
+    assert result.exit_code not in (0, 3)
+    assert message in result.output and "Traceback" not in result.output
