@@ -28,7 +28,8 @@ Engines
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property, lru_cache
 
 from . import arch
 from .arch import AttentionLayer, MLALayer, ModelSpec, StateLayer
@@ -124,7 +125,16 @@ class Layout:
 
     def bytes_per_sequence(self, n: int) -> int:
         """Exact bytes one sequence of ``n`` cached tokens holds (windows, states, blocks)."""
-        return sum(layer.bytes_for(n) for layer in self.layers)
+        return sum(count * layer.bytes_for(n) for layer, count in self._distinct)
+
+    @cached_property
+    def _distinct(self) -> tuple[tuple[LayerCache, int], ...]:
+        """Identical layers collapsed (index aside): sums cost one term per kind of layer."""
+        counts: dict[LayerCache, int] = {}
+        for layer in self.layers:
+            key = replace(layer, index=0)
+            counts[key] = counts.get(key, 0) + 1
+        return tuple(counts.items())
 
 
 def parse_version(text: str) -> tuple[int, int]:
@@ -135,6 +145,7 @@ def parse_version(text: str) -> tuple[int, int]:
         raise UsageError(f"invalid transformers version '{text}': use MAJOR.MINOR, e.g. 4.57") from None
 
 
+@lru_cache(maxsize=256)
 def build_layout(spec: ModelSpec, engine: str = "hf", kv_dtype: str = "auto", *,
                  block_size: int | None = None, tp: int = 1,
                  hf_version: str | None = None) -> Layout:
@@ -221,8 +232,11 @@ def _hf_layout(spec: ModelSpec, dtype: KVDtype, version: str) -> Layout:
         notes.append(f"{dtype.name} KV in transformers means QuantizedCache "
                      f"(cache_implementation='quantized'); states stay in floating point")
     out: list[LayerCache] = []
+    memo: dict[int, LayerCache] = {}
     for i, layer in enumerate(spec.layers):
-        out.append(_hf_layer(i, layer, dtype, spec, capped, latent, ver))
+        if id(layer) not in memo:
+            memo[id(layer)] = _hf_layer(i, layer, dtype, spec, capped, latent, ver)
+        out.append(replace(memo[id(layer)], index=i))
     if not capped and any(l.kind in (arch.SLIDING, arch.CHUNKED) for l in spec.layers):
         notes.append("transformers < 4.56: DynamicCache keeps every token in sliding layers")
     if spec.is_mla:
@@ -288,34 +302,40 @@ def _vllm_layout(spec: ModelSpec, dtype: KVDtype, block_size: int, tp: int) -> L
         notes.append("vLLM has no int4 KV cache; figures model a grouped int4 layout")
     model_float = DTYPES[spec.dtype].element_bytes
     out: list[LayerCache] = []
+    memo: dict[int, LayerCache] = {}
     for i, layer in enumerate(spec.layers):
-        if isinstance(layer, AttentionLayer):
-            heads = vllm_kv_heads_per_gpu(layer.kv_heads, tp)
-            bpt = attention_bytes_per_token(heads, layer.head_dim_k, layer.head_dim_v, dtype)
-            keep = {arch.FULL: KEEP_ALL, arch.SLIDING: KEEP_WINDOW,
-                    arch.CHUNKED: KEEP_CHUNK}[layer.kind]
-            text = attention_formula(heads, layer, dtype) + f", whole blocks of {block_size}"
-            if layer.kind == arch.SLIDING:
-                text += f", blocks wholly outside the window W = {layer.window:,} freed"
-            elif layer.kind == arch.CHUNKED:
-                text += f", blocks of completed chunks (C = {layer.window:,}) freed"
-            out.append(LayerCache(i, layer.kind, bpt, keep, layer.window, block_size, formula=text))
-        elif isinstance(layer, MLALayer):
-            extra = indexer_bytes_per_token(layer, dtype, "vllm")
-            text = mla_latent_formula(layer, dtype) + f", whole blocks of {block_size}"
-            if extra:
-                text += (f" + indexer key {layer.indexer_head_dim} fp8 + "
-                         f"{layer.indexer_head_dim // VLLM_INDEXER_QUANT_BLOCK} fp32 scales")
-            out.append(LayerCache(i, layer.kind, mla_latent_bytes_per_token(layer, dtype) + extra,
-                                  KEEP_ALL, None, block_size, formula=text))
-        elif isinstance(layer, StateLayer):
-            ssm_b = DTYPES[layer.ssm_dtype].element_bytes if layer.ssm_dtype else model_float
-            fixed = state_bytes(layer, layer.conv_kernel - 1, model_float, ssm_b, tp)
-            text = state_formula(layer, layer.conv_kernel - 1, model_float, ssm_b, tp)
-            out.append(LayerCache(i, layer.kind, 0, KEEP_NONE, fixed_bytes=fixed, formula=text))
-        else:
-            out.append(LayerCache(i, layer.kind, 0, KEEP_NONE, formula=_no_cache_formula(layer)))
+        if id(layer) not in memo:
+            memo[id(layer)] = _vllm_layer(i, layer, dtype, block_size, tp, model_float)
+        out.append(replace(memo[id(layer)], index=i))
     return Layout(spec, "vllm", dtype, tuple(out), block_size, tp, None, tuple(notes))
+
+
+def _vllm_layer(i: int, layer: arch.Layer, dtype: KVDtype, block_size: int, tp: int,
+                model_float: int) -> LayerCache:
+    if isinstance(layer, AttentionLayer):
+        heads = vllm_kv_heads_per_gpu(layer.kv_heads, tp)
+        bpt = attention_bytes_per_token(heads, layer.head_dim_k, layer.head_dim_v, dtype)
+        keep = {arch.FULL: KEEP_ALL, arch.SLIDING: KEEP_WINDOW, arch.CHUNKED: KEEP_CHUNK}[layer.kind]
+        text = attention_formula(heads, layer, dtype) + f", whole blocks of {block_size}"
+        if layer.kind == arch.SLIDING:
+            text += f", blocks wholly outside the window W = {layer.window:,} freed"
+        elif layer.kind == arch.CHUNKED:
+            text += f", blocks of completed chunks (C = {layer.window:,}) freed"
+        return LayerCache(i, layer.kind, bpt, keep, layer.window, block_size, formula=text)
+    if isinstance(layer, MLALayer):
+        extra = indexer_bytes_per_token(layer, dtype, "vllm")
+        text = mla_latent_formula(layer, dtype) + f", whole blocks of {block_size}"
+        if extra:
+            text += (f" + indexer key {layer.indexer_head_dim} fp8 + "
+                     f"{layer.indexer_head_dim // VLLM_INDEXER_QUANT_BLOCK} fp32 scales")
+        return LayerCache(i, layer.kind, mla_latent_bytes_per_token(layer, dtype) + extra,
+                          KEEP_ALL, None, block_size, formula=text)
+    if isinstance(layer, StateLayer):
+        ssm_b = DTYPES[layer.ssm_dtype].element_bytes if layer.ssm_dtype else model_float
+        fixed = state_bytes(layer, layer.conv_kernel - 1, model_float, ssm_b, tp)
+        text = state_formula(layer, layer.conv_kernel - 1, model_float, ssm_b, tp)
+        return LayerCache(i, layer.kind, 0, KEEP_NONE, fixed_bytes=fixed, formula=text)
+    return LayerCache(i, layer.kind, 0, KEEP_NONE, formula=_no_cache_formula(layer))
 
 
 # --------------------------------------------------------------------------------------------

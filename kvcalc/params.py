@@ -23,6 +23,7 @@ formats keep the embeddings and LM head in 16-bit, as GPTQ/AWQ/fp8 checkpoints d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from .arch import AttentionLayer, MLALayer, ModelSpec, StateLayer
@@ -72,6 +73,7 @@ def _get(cfg: dict, *keys: str, default: Any = None) -> Any:
     return default
 
 
+@lru_cache(maxsize=64)
 def count_parameters(spec: ModelSpec) -> ParamCount:
     cfg = dict(spec.config)
     mt = spec.model_type
