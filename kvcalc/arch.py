@@ -659,3 +659,46 @@ def _nas_layers(r: _Reader) -> list[Layer]:
             )
         layers.append(_attention(r, FULL, kv_heads=num_heads // int(group)))
     return layers
+
+
+# --------------------------------------------------------------------------------------------
+# Truncation (kvcalc verify --layers N)
+
+_PER_LAYER_LISTS = ("layer_types", "block_configs", "no_rope_layers", "intermediate_size")
+
+
+def truncate_config(raw: Mapping[str, Any], n: int) -> dict[str, Any]:
+    """A copy of ``raw`` keeping only the first ``n`` decoder layers.
+
+    Adjusts the layer count (whatever alias the config uses) and every per-layer list or pattern
+    (``layer_types``, ``block_configs``, ``no_rope_layers``, per-layer ``intermediate_size``,
+    ``hybrid_override_pattern``); Gemma 3n keeps the same layers shared. Nested ``text_config``
+    is truncated in place. The prediction and the model are then built from the same result.
+    """
+    if n < 1:
+        raise ConfigError(f"--layers must be at least 1, got {n}")
+    out = dict(raw)
+    text, key = unwrap_text_config(out)
+    if key == "thinker_config.text_config":
+        raise ConfigError("--layers is not supported for thinker/talker configs")
+    total = None
+    for alias in ALIASES["num_hidden_layers"]:
+        if text.get(alias) is not None:
+            total = int(text[alias])
+            if n > total:
+                raise ConfigError(f"--layers {n} exceeds the model's {total} layers")
+            text[alias] = n
+    if total is None:
+        raise MissingFieldError("num_hidden_layers")
+    for name in _PER_LAYER_LISTS:
+        if isinstance(text.get(name), list):
+            text[name] = text[name][:n]
+    if isinstance(text.get("hybrid_override_pattern"), str):
+        text["hybrid_override_pattern"] = text["hybrid_override_pattern"][:n]
+    shared = text.get("num_kv_shared_layers")
+    if shared:
+        text["num_kv_shared_layers"] = max(0, int(shared) - (total - n))
+    if key:
+        out[key] = text
+        return out
+    return text

@@ -1,0 +1,14 @@
+"""``kvcalc verify``: build the model with transformers and measure its cache.
+
+Everything that imports torch or transformers lives in this package, and nothing outside
+``kvcalc.cli.verify`` imports it, so ``kvcalc estimate`` and ``kvcalc plan`` work without them.
+
+Modules:
+
+* :mod:`.backend`  -- import torch/transformers or fail with the install command;
+* :mod:`.build`    -- raw config -> transformers config class -> model on a device (random or real
+  weights, optional truncation to the first N layers);
+* :mod:`.measure`  -- the cache walker and the CUDA/CPU measurements (bytes, peaks, timings);
+* :mod:`.meta`     -- the meta-device check: exact cache shapes for any config, no memory;
+* :mod:`.report`   -- measured vs predicted, verdicts, the JSON contract.
+"""
