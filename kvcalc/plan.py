@@ -27,7 +27,7 @@ from .hardware import GpuSpec
 from .layout import Layout, build_layout
 from .params import ParamCount, count_parameters, weight_bytes
 from .units import GiB, MiB, cdiv
-from .vllm_capacity import VllmCapacity, pp_partition, vllm_capacity
+from .vllm_capacity import VllmCapacity, in_flight_tokens, pp_partition, vllm_capacity
 from .workload import AllocatorResult, Workload, compare_allocators
 
 DEFAULT_GPU_UTIL = 0.9                     # vLLM gpu_memory_utilization default
@@ -40,6 +40,21 @@ LARGE_GPU_BYTES = 70 * GiB                 # vLLM picks larger batch defaults ab
 DEFAULT_MAX_NUM_SEQS = {True: 1024, False: 256}
 DEFAULT_BATCHED_TOKENS = {True: 8192, False: 2048}   # OpenAI server defaults (engines.md A.2)
 TP_CHOICES = (1, 2, 4, 8)
+DEFAULT_BLOCK_SIZE = 16                    # vLLM CacheConfig default on CUDA/ROCm
+#: MLA attention backends vLLM picks by GPU, and the block size each requires
+#: (engines.md A.1): FlashMLA on Hopper (64), CUTLASS MLA on datacenter Blackwell / sm100 (128),
+#: TRITON_MLA elsewhere (Ampere, Ada, consumer Blackwell, ROCm; no override: 16)
+MLA_BACKEND_BLOCK = {"FLASHMLA": 64, "CUTLASS_MLA": 128, "TRITON_MLA": 16}
+SM100_GPUS = frozenset({"b200", "b300", "gb200"})
+
+
+def mla_backend(gpu: GpuSpec) -> str:
+    """The MLA backend vLLM selects by default on ``gpu`` (sets the default block size)."""
+    if gpu.name in SM100_GPUS:
+        return "CUTLASS_MLA"
+    if gpu.architecture == "hopper":
+        return "FLASHMLA"
+    return "TRITON_MLA"
 
 
 @dataclass(frozen=True)
@@ -68,7 +83,7 @@ class PlanInputs:
     gpu_util: float = DEFAULT_GPU_UTIL
     weights_dtype: str = "bf16"
     kv_dtype: str = "auto"
-    block_size: int = 16
+    block_size: int | None = None          # None: 16, or the MLA backend's block size
     max_len: int = 4096
     max_batched_tokens: int | None = None
     max_num_seqs: int | None = None
@@ -77,6 +92,21 @@ class PlanInputs:
     kv_budget: int | None = None
     era: str = "new"
     engine: str = "vllm"
+    async_scheduling: bool = True
+    disable_hybrid: bool = False
+    num_blocks_override: int | None = None
+
+    def block(self, spec: ModelSpec) -> int:
+        """``--block-size``, else vLLM's default: 16, or the MLA backend's block for MLA models."""
+        if self.block_size is not None:
+            return self.block_size
+        if spec.is_mla:
+            return MLA_BACKEND_BLOCK[mla_backend(self.gpu)]
+        return DEFAULT_BLOCK_SIZE
+
+    def in_flight(self) -> int:
+        """``T`` for sliding/chunked block counts (vllm_capacity.in_flight_tokens)."""
+        return in_flight_tokens(self.batched_tokens(), self.era, self.pp, self.async_scheduling)
 
     def batched_tokens(self) -> int:
         if self.max_batched_tokens is not None:
@@ -201,10 +231,11 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
     validate(spec, inp)
     params = count_parameters(spec)
     budgets = compute_budgets(spec, params, inp)
-    layout = build_layout(spec, "vllm", inp.kv_dtype, block_size=inp.block_size, tp=inp.tp)
+    block = inp.block(spec)
+    layout = build_layout(spec, "vllm", inp.kv_dtype, block_size=block, tp=inp.tp)
     token_layout = build_layout(spec, "vllm", inp.kv_dtype, block_size=1, tp=inp.tp)
     cap = vllm_capacity(layout, [max(0, b.kv_bytes) for b in budgets], inp.max_len,
-                        inp.batched_tokens(), inp.era)
+                        inp.in_flight(), inp.era, inp.num_blocks_override, inp.disable_hybrid)
     stage = min(budgets, key=lambda b: b.kv_bytes)
     stage_layers = _stage_share(spec, inp.pp)
     budget = max(0, stage.kv_bytes)
@@ -219,11 +250,13 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
     if spec.max_position_embeddings and inp.max_len > spec.max_position_embeddings:
         warnings.append(f"--max-len {inp.max_len:,} exceeds the model's context length "
                         f"({spec.max_position_embeddings:,})")
-    if spec.is_mla and inp.block_size == 16:
-        warnings.append("MLA: vLLM's FlashMLA backend uses 64-token blocks (CUTLASS MLA 128); "
-                        "pass --block-size to match your backend")
+    notes = []
+    if spec.is_mla and inp.block_size is None:
+        notes.append(f"MLA: block size {block} of vLLM's default {mla_backend(inp.gpu)} backend "
+                     f"on {inp.gpu.name} (FlashMLA 64, CUTLASS MLA 128, TRITON_MLA 16; "
+                     f"--block-size overrides)")
     return Plan(spec, inp, params, tuple(budgets), layout, cap, contiguous, paged, workload,
-                tuple(warnings))
+                tuple(warnings), tuple(notes))
 
 
 def _stage_share(spec: ModelSpec, pp: int) -> float:
@@ -241,10 +274,11 @@ def solve_max_len(spec: ModelSpec, inp: PlanInputs, concurrency: int, limit: int
     (binary search: the per-request cost is monotonic but not linear for windowed models)."""
     params = count_parameters(spec)
     budgets = [max(0, b.kv_bytes) for b in compute_budgets(spec, params, inp)]
-    layout = build_layout(spec, "vllm", inp.kv_dtype, block_size=inp.block_size, tp=inp.tp)
+    layout = build_layout(spec, "vllm", inp.kv_dtype, block_size=inp.block(spec), tp=inp.tp)
 
     def ok(length: int) -> bool:
-        cap = vllm_capacity(layout, budgets, length, inp.batched_tokens(), inp.era)
+        cap = vllm_capacity(layout, budgets, length, inp.in_flight(), inp.era,
+                            inp.num_blocks_override, inp.disable_hybrid)
         return cap.fits and cap.max_concurrency >= concurrency
 
     lo, hi = 0, limit
@@ -288,8 +322,9 @@ def smallest_deployment(spec: ModelSpec, inp: PlanInputs, target: int,
             budgets = [b.kv_bytes for b in compute_budgets(spec, params, trial)]
             if min(budgets) <= 0:
                 continue
-            layout = build_layout(spec, "vllm", trial.kv_dtype, block_size=trial.block_size, tp=tp)
-            cap = vllm_capacity(layout, budgets, trial.max_len, trial.batched_tokens(), trial.era)
+            layout = build_layout(spec, "vllm", trial.kv_dtype, block_size=trial.block(spec), tp=tp)
+            cap = vllm_capacity(layout, budgets, trial.max_len, trial.in_flight(), trial.era,
+                                None, trial.disable_hybrid)
             if not cap.fits or cap.max_concurrency <= 0:
                 continue
             replicas = max(1, cdiv(target * 1000, int(cap.max_concurrency * 1000)))

@@ -13,7 +13,12 @@ Reimplements, from a :class:`~kvcalc.layout.Layout` laid out for ``vllm``, the r
   an attention page holds a Mamba state;
 - ``num_blocks = available // bytes_per_block`` per worker, the minimum across pipeline stages;
 - blocks one request needs per group: full ``ceil(L/B)``; sliding ``ceil(min(W-1+T, L)/B) + 1``;
-  chunked ``ceil(min(C+T, L)/B)``; state 1 (``T`` = max_num_batched_tokens);
+  chunked ``ceil(min(C+T, L)/B)``; state 1. ``T`` is the tokens in flight
+  (:func:`in_flight_tokens`): ``max_num_batched_tokens`` in v0.9–v0.19; from v0.20
+  ``max_concurrent_batches x max_num_batched_tokens`` (2 batches with async scheduling, the
+  default, at PP 1; PP batches with pipeline parallelism);
+- ``--disable-hybrid-kv-cache-manager`` turns sliding/chunked layers into full attention
+  (every layer keeps every token; ``unify_hybrid_kv_cache_specs``);
 - ``max concurrency = num_blocks / sum of blocks needed``; "GPU KV cache size" is
   ``int(concurrency x L)`` tokens (v0.20+), ``num_blocks // groups x B`` (v0.9–v0.19);
 - one block (the null block) is never usable (v0.20+), and a request of ``max_model_len``
@@ -96,8 +101,28 @@ class Grouping:
         return sum(g.spec.blocks_needed(max_len, batched_tokens) for g in self.groups)
 
 
-def layer_specs(layout: Layout, max_len: int) -> dict[int, KVSpec]:
-    """Layer index -> KVSpec, with vLLM's attention block enlargement for Mamba hybrids."""
+def in_flight_tokens(batched_tokens: int, era: str = "new", pp: int = 1,
+                     async_scheduling: bool = True) -> int:
+    """``T`` in the sliding-window/chunked block counts.
+
+    v0.9–v0.19 (``mid``): ``max_num_batched_tokens``. v0.20+ (``new``): ``max_in_flight_tokens``
+    = ``max_concurrent_batches x max_num_batched_tokens``, where ``max_concurrent_batches`` is
+    the PP size with pipeline parallelism, 2 with async scheduling (on by default) at PP 1, else 1.
+    """
+    if era != "new":
+        return batched_tokens
+    if pp > 1:
+        return pp * batched_tokens
+    return (2 if async_scheduling else 1) * batched_tokens
+
+
+def layer_specs(layout: Layout, max_len: int, disable_hybrid: bool = False) -> dict[int, KVSpec]:
+    """Layer index -> KVSpec, with vLLM's attention block enlargement for Mamba hybrids.
+
+    ``disable_hybrid`` (``--disable-hybrid-kv-cache-manager``) makes every sliding/chunked layer
+    a full-attention spec, as ``unify_hybrid_kv_cache_specs`` does; vLLM refuses this when the
+    model has no full-attention layer and its layer types differ.
+    """
     if layout.engine != "vllm":
         raise UsageError("vLLM capacity figures need the vllm layout")
     specs: dict[int, KVSpec] = {}
@@ -118,6 +143,12 @@ def layer_specs(layout: Layout, max_len: int) -> dict[int, KVSpec]:
         elif c.keep != KEEP_NONE:
             kind = FULL if c.kind == MLA else c.kind
             specs[c.index] = KVSpec(kind, block * c.bytes_per_token, block, c.window)
+    if disable_hybrid and len({s.kind for s in specs.values()}) > 1:
+        if not any(s.kind == FULL for s in specs.values()):
+            raise UsageError("--disable-hybrid-kv-cache-manager needs at least one full-attention "
+                             "layer when layer types differ (vLLM raises ValueError)")
+        specs = {i: KVSpec(FULL, s.page_bytes, s.block_size, None)
+                 if s.kind in (SLIDING, CHUNKED) else s for i, s in specs.items()}
     return specs
 
 
@@ -247,11 +278,16 @@ def estimate_max_model_len(grouping: Grouping, available: int, max_len: int,
 
 def vllm_capacity(layout: Layout, available_per_stage: list[int], max_len: int,
                   batched_tokens: int, era: str = "new",
-                  num_blocks_override: int | None = None) -> VllmCapacity:
-    """vLLM's figures for ``layout`` (per GPU, tp applied) with one budget per PP stage."""
+                  num_blocks_override: int | None = None,
+                  disable_hybrid: bool = False) -> VllmCapacity:
+    """vLLM's figures for ``layout`` (per GPU, tp applied) with one budget per PP stage.
+
+    ``batched_tokens`` is ``T`` of the sliding/chunked block counts, already multiplied by the
+    concurrent batches (:func:`in_flight_tokens`).
+    """
     if era not in ERAS:
         raise UsageError(f"unknown vLLM era '{era}': choose one of {', '.join(ERAS)}")
-    specs = layer_specs(layout, max_len)
+    specs = layer_specs(layout, max_len, disable_hybrid)
     grouping = kv_cache_groups(specs)
     n_layers = len(layout.layers)
     stages = pp_partition(n_layers, len(available_per_stage))

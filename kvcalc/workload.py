@@ -13,7 +13,11 @@ moment it holds the most KV). Three ways to give one:
 Allocation (per GPU, with that GPU's share of the KV, see :func:`compare_allocators`):
 
 - contiguous: every sequence reserves ``max_len`` token slots up front (HF ``StaticCache``,
-  pre-paging servers): ``floor(budget / bytes(max_len))`` sequences;
+  pre-paging servers): ``floor(budget / reserved)`` sequences. The reservation is counted in the
+  same allocation unit as paged (whole blocks), and for windowed layers it is the most that
+  layer can hold at any point of a sequence up to ``max_len`` (for a sliding window
+  ``ceil((W-1)/B) + 1`` blocks), so the comparison isolates the reservation policy and paged
+  is never below contiguous;
 - paged: every sequence holds whole blocks of its actual length: ``budget / mean(bytes(n))``
   sequences on average (a number, not an integer).
 """
@@ -24,12 +28,14 @@ import csv
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import fmean
 
+from functools import lru_cache
+
 from .errors import ConfigError, UsageError
-from .layout import Layout
+from .layout import KEEP_ALL, KEEP_NONE, LayerCache, Layout
 
 DISTRIBUTIONS = ("uniform", "normal", "lognormal")
 DEFAULT_SAMPLES = 2000
@@ -150,6 +156,40 @@ class AllocatorResult:
         return self.budget_bytes - self.allocated_bytes
 
 
+@lru_cache(maxsize=4096)
+def peak_slots(layer: LayerCache, max_len: int) -> int:
+    """Most token slots ``layer`` holds for one sequence at any length ``n <= max_len``.
+
+    Full layers grow with ``n`` (the peak is at ``max_len``). Sliding and chunked layers free
+    blocks as the sequence moves on, so the count is periodic in ``n`` with period ``B`` past
+    the window: the peak lies within two blocks of the window (or chunk) edge, or at ``max_len``.
+    """
+    if layer.keep == KEEP_NONE:
+        return 0
+    if layer.keep == KEEP_ALL or not layer.window:
+        return layer.slots_held(max_len)
+    bs = layer.block_size or 1
+    w = layer.window
+    candidates = set(range(max(1, w - 1 - 2 * bs), min(max_len, w + 2 * bs) + 1))
+    candidates.update(range(max(1, max_len - 2 * bs), max_len + 1))
+    return max(layer.slots_held(n) for n in candidates)
+
+
+def reserved_bytes(layout: Layout, max_len: int) -> int:
+    """Bytes a contiguous allocator reserves per sequence: every layer's peak for ``max_len``."""
+    return _reserved(layout.layers, max_len)
+
+
+@lru_cache(maxsize=1024)
+def _reserved(layers: tuple[LayerCache, ...], max_len: int) -> int:
+    counts: dict[LayerCache, int] = {}
+    for layer in layers:
+        key = replace(layer, index=0)
+        counts[key] = counts.get(key, 0) + 1
+    return sum(n * (peak_slots(layer, max_len) * layer.bytes_per_token + layer.fixed_bytes)
+               for layer, n in counts.items())
+
+
 def compare_allocators(paged: Layout, token: Layout, workload: Workload, max_len: int,
                        budget: int) -> tuple[AllocatorResult, AllocatorResult]:
     """Contiguous (reserve ``max_len``) versus paged (whole blocks of the actual length).
@@ -161,10 +201,10 @@ def compare_allocators(paged: Layout, token: Layout, workload: Workload, max_len
     lengths = workload.lengths
     used = fmean(token.bytes_per_sequence(n) for n in lengths)
     slots_used = fmean(lengths)
-    reserved = token.bytes_per_sequence(max_len)
-    contiguous = AllocatorResult("contiguous", budget // reserved if reserved else 0,
-                                 max_len, slots_used, reserved, used, budget)
     block = paged.block_size or 1
+    reserved = reserved_bytes(paged, max_len)
+    contiguous = AllocatorResult("contiguous", budget // reserved if reserved else 0,
+                                 -(-max_len // block) * block, slots_used, reserved, used, budget)
     paged_bytes = fmean(paged.bytes_per_sequence(n) for n in lengths)
     slots_paged = fmean(-(-n // block) * block for n in lengths)
     paged_result = AllocatorResult("paged", budget / paged_bytes if paged_bytes else 0.0,

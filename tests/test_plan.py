@@ -160,8 +160,11 @@ def test_windows_and_states_are_honoured_by_allocators():
     paged = build_layout(s, "vllm", "bf16")
     token = build_layout(s, "vllm", "bf16", block_size=1)
     c, g = compare_allocators(paged, token, fixed(32768, 0), 32768, 100 * GiB)
-    # 10 full layers x 32,768 + 52 sliding layers x 1,023 tokens, 8,192 B per token per layer
-    assert c.bytes_per_sequence == (10 * 32768 + 52 * 1023) * 8192
+    # 10 full layers x 32,768 + 52 sliding layers x (cdiv(1023, 16) + 1) blocks of 16 tokens
+    # (the most a 1,024-token window holds in vLLM), 8,192 B per token per layer
+    assert c.bytes_per_sequence == (10 * 32768 + 52 * 65 * 16) * 8192
+    # at 32k the sliding layers hold 64 blocks: paged holds less than the reservation
+    assert g.bytes_per_sequence == (10 * 32768 + 52 * 64 * 16) * 8192
 
 
 def test_solvers():

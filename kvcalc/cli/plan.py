@@ -50,8 +50,10 @@ class ByteSize(click.ParamType):
               help="Layout the plan models (vLLM PagedAttention).")
 @click.option("--kv-dtype", type=click.Choice(("auto", "fp32", "fp16", "bf16", "fp8", "int8",
                                                "int4")), default="auto", show_default=True)
-@click.option("--block-size", type=int, default=16, show_default=True,
-              help="Tokens per KV block (MLA backends: FlashMLA 64, CUTLASS MLA 128).")
+@click.option("--block-size", type=int, default=None,
+              help="Tokens per KV block (default 16; MLA models get their vLLM backend's "
+                   "block: FlashMLA 64 on Hopper, CUTLASS MLA 128 on B200/GB200/B300, "
+                   "TRITON_MLA 16 elsewhere).")
 @click.option("--gpu-util", type=float, default=DEFAULT_GPU_UTIL, show_default=True,
               help="vLLM gpu_memory_utilization: share of total memory the engine may use.")
 @click.option("--weights-dtype", type=click.Choice(WEIGHT_CHOICES), default="auto",
@@ -66,6 +68,14 @@ class ByteSize(click.ParamType):
               help="vLLM max_num_batched_tokens (default 8192 on >= 70 GiB GPUs, else 2048).")
 @click.option("--max-num-seqs", type=int, default=None,
               help="vLLM max_num_seqs (default 1024 on >= 70 GiB GPUs, else 256).")
+@click.option("--async-scheduling/--no-async-scheduling", "async_scheduling", default=True,
+              show_default=True,
+              help="vLLM >= 0.20 counts 2 batches in flight with async scheduling (its "
+                   "default) when sizing sliding-window blocks.")
+@click.option("--disable-hybrid-kv-cache-manager", "disable_hybrid", is_flag=True,
+              help="As vLLM's flag: sliding/chunked layers keep every token (one group).")
+@click.option("--num-gpu-blocks-override", "blocks_override", type=int, default=None,
+              help="As vLLM's flag: use this many GPU blocks instead of the computed number.")
 @click.option("--vllm-era", type=click.Choice(ERAS), default="new", show_default=True,
               help="new: vLLM >= 0.20 (tokens = concurrency x max-len, null block, CUDA "
                    "graphs counted); mid: 0.9-0.19.")
@@ -91,7 +101,7 @@ class ByteSize(click.ParamType):
 @format_option
 def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, block_size, gpu_util,
          weights_dtype, overhead, cuda_graph, kv_budget, max_batched_tokens, max_num_seqs,
-         vllm_era, prompt_len, output_len, dist, mean, std, samples, seed, trace,
+         async_scheduling, disable_hybrid, blocks_override, vllm_era, prompt_len, output_len, dist, mean, std, samples, seed, trace,
          target_concurrency, concurrency_for_len, compare_gpus, fmt):
     """GPU sizing: memory budget, KV capacity, vLLM's start-up figures, contiguous versus paged
     concurrency, tensor/pipeline parallelism, and the GPUs a target needs.
@@ -117,7 +127,9 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
                      weights_dtype=wdtype, kv_dtype=kv_dtype, block_size=block_size,
                      max_len=max_len, max_batched_tokens=max_batched_tokens,
                      max_num_seqs=max_num_seqs, overhead=overhead, cuda_graph=cuda_graph,
-                     kv_budget=kv_budget, era=vllm_era, engine=engine)
+                     kv_budget=kv_budget, era=vllm_era, engine=engine,
+                     async_scheduling=async_scheduling, disable_hybrid=disable_hybrid,
+                     num_blocks_override=blocks_override)
     workload = _workload(max_len, prompt_len, output_len, dist, mean, std, samples, seed, trace)
     if compare_gpus:
         rows = _compare(spec, inp, workload, target_concurrency)
@@ -196,7 +208,7 @@ def plan_record(p: Plan, resolved) -> dict:
         },
         "bytes_per_token": p.layout.bytes_per_token,
         "kv_capacity_tokens": p.kv_capacity_tokens,
-        "block_size": inp.block_size,
+        "block_size": p.layout.block_size,
         "num_blocks": p.num_blocks,
         "max_concurrency": {
             "contiguous": int(c.max_sequences) * inp.replicas,
@@ -209,6 +221,11 @@ def plan_record(p: Plan, resolved) -> dict:
             "max_concurrency": round(cap.max_concurrency, 2),
             "kv_cache_groups": cap.groups,
             "max_num_batched_tokens": inp.batched_tokens(),
+            "in_flight_tokens": inp.in_flight(),
+            "max_model_len": inp.max_len,
+            "bytes_per_block": cap.bytes_per_block,
+            "blocks_per_request": cap.blocks_per_request,
+            "block_size": cap.block_size,
             "fits": cap.fits,
             "estimated_max_model_len": cap.estimated_max_model_len,
             "log": cap.log_lines(),
@@ -220,7 +237,7 @@ def plan_record(p: Plan, resolved) -> dict:
             "paged_gain": round(g.max_sequences / c.max_sequences, 2) if c.max_sequences else None,
         },
         "fits": p.fits,
-        "notes": list(cap.notes),
+        "notes": list(p.notes) + list(cap.notes),
         "warnings": list(p.warnings),
     }
 
@@ -278,8 +295,9 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
                 f"as the runtime reports it"),
         ("Layout", layout),
         ("Engine", f"vLLM v1 ({'>= 0.20' if inp.era == 'new' else '0.9-0.19'}), block "
-                   f"{inp.block_size}, KV {r['kv_dtype']}, max_model_len {inp.max_len:,}, "
-                   f"max_num_batched_tokens {inp.batched_tokens():,}"),
+                   f"{r['block_size']}, KV {r['kv_dtype']}, max_model_len {inp.max_len:,}, "
+                   f"max_num_batched_tokens {inp.batched_tokens():,} "
+                   f"({inp.in_flight():,} in flight for windows)"),
     ], fmt)
     if b["source"] == "--kv-budget":
         rows = [("KV budget (--kv-budget)", f"{b['kv_bytes']:,}", _gib(b["kv_bytes"]))]
