@@ -16,8 +16,11 @@ The count is computed layer by layer from the same ModelSpec the KV figures use:
 Checked against published totals in tests/test_params.py (Llama-2-7B 6,738,415,616 exact).
 Weight bytes (``weight_bytes``): bf16/fp16 2 B, fp32 4 B; fp8 1 B + one fp32 scale per 128x128
 block; int8 1 B + one fp16 scale per output channel (approximated as per 128 weights); int4
-0.5 B + fp16 scale and zero per group of 128 (GPTQ/AWQ default) = 0.53125 B. Quantized
-formats keep the embeddings and LM head in 16-bit, as GPTQ/AWQ/fp8 checkpoints do.
+0.5 B + fp16 scale and zero per group of 128 (GPTQ/AWQ default) = 0.53125 B; mxfp4 (gpt-oss)
+0.5 B + one e8m0 scale per 32 weights = 0.53125 B for the MLP/expert weights only, everything
+else 16-bit. Quantized formats keep the embeddings and LM head in 16-bit, as GPTQ/AWQ/fp8
+checkpoints do. ``auto`` reads ``quantization_config`` (fp8 -> fp8, mxfp4 -> mxfp4,
+AWQ/GPTQ/4-bit -> int4), else the model's ``torch_dtype``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ WEIGHT_DTYPES: dict[str, tuple[int, int, str]] = {
     "fp8": (128 * 128 + 4, 128 * 128, "1 B + fp32 scale per 128x128 block"),
     "int8": (128 + 2, 128, "1 B + fp16 scale per 128 weights"),
     "int4": (64 + 4, 128, "0.5 B + fp16 scale and zero per group of 128"),
+    "mxfp4": (16 + 1, 32, "MLP/experts 0.5 B + e8m0 scale per 32; the rest 16-bit"),
 }
 
 
@@ -234,7 +238,9 @@ def default_weights_dtype(spec: ModelSpec) -> str:
     method = str(q.get("quant_method", "")).lower()
     if method in ("fp8", "fbgemm_fp8", "compressed-tensors") and q.get("fmt", "e4m3"):
         return "fp8"
-    if method in ("mxfp4", "awq", "gptq", "bitsandbytes") or q.get("bits") == 4:
+    if method == "mxfp4":  # gpt-oss: MoE experts in MXFP4, attention/router/embeddings bf16
+        return "mxfp4"
+    if method in ("awq", "gptq", "bitsandbytes") or q.get("bits") == 4:
         return "int4"
     return spec.dtype
 
@@ -244,4 +250,6 @@ def weight_bytes(count: ParamCount, dtype: str) -> int:
     num, den, _ = weights_dtype_bytes(dtype)
     if dtype in ("fp32", "bf16", "fp16"):
         return count.total * num // den
+    if dtype == "mxfp4":  # OCP MX: only the MLP/expert weights are quantized
+        return (count.total - count.mlp) * 2 + -(-count.mlp * num // den)
     return count.embedding * 2 + -(-count.non_embedding * num // den)

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from kvcalc.cli import cli
 from kvcalc.errors import ConfigError, UsageError
-from kvcalc.hardware import find_gpu, load_catalog, resolve_gpu
+from kvcalc.hardware import find_gpu, load_catalog
 from kvcalc.layout import build_layout
 from kvcalc.model import load_spec
-from kvcalc.params import count_parameters, weight_bytes
+from kvcalc.params import weight_bytes
 from kvcalc.plan import PlanInputs, make_plan, smallest_deployment, solve_max_len
 from kvcalc.units import GiB
 from kvcalc.workload import compare_allocators, fixed, from_trace, sampled
@@ -29,45 +29,6 @@ def spec(name):
 
 def run(*args):
     return CliRunner().invoke(cli, list(args))
-
-
-# ---------------------------------------------------------------- catalog and parameters
-
-def test_catalog_has_the_gpus_users_ask_for():
-    names = {g.name for g in load_catalog()}
-    assert len(names) >= 20
-    for alias in ("h100", "h100-pcie", "h100-nvl", "h200", "h20", "b200", "gb200", "a100-40gb",
-                  "a100", "a10g", "l4", "l40s", "t4", "v100-16gb", "v100-32gb", "rtx-3090",
-                  "rtx-4090", "rtx-5090", "rtx-6000-ada", "rtx-pro-6000", "mi300x", "mi325x"):
-        assert find_gpu(alias) is not None, alias
-    h100 = find_gpu("H100")
-    assert h100.name == "h100-sxm" and h100.memory_bytes < 80 * GiB  # runtime, not "80 GB"
-    assert all(g.memory_source for g in load_catalog())
-
-
-def test_custom_gpu_size_and_unknown_gpu():
-    assert resolve_gpu("48GiB").memory_bytes == 48 * GiB
-    with pytest.raises(UsageError, match="did you mean h100"):
-        resolve_gpu("h10")
-
-
-@pytest.mark.parametrize("name, total", [
-    ("llama-2-7b", 6_738_415_616), ("llama-3.1-8b", 8_030_261_248),
-    ("mixtral-8x7b", 46_702_792_704), ("qwen3-30b-a3b", 30_532_122_624),
-    ("gpt-oss-120b", 116_829_156_672), ("deepseek-v3", 671_026_419_200),
-    ("gpt2", 124_439_808), ("gemma-2-9b", 9_241_705_984), ("kimi-k2", 1_026_408_232_448),
-])
-def test_parameter_counts_match_published_totals(name, total):
-    assert count_parameters(spec(name)).total == total
-
-
-def test_weight_bytes_by_dtype():
-    count = count_parameters(spec("llama-2-7b"))
-    assert weight_bytes(count, "bf16") == 2 * 6_738_415_616
-    int4 = weight_bytes(count, "int4")
-    # embeddings and LM head stay 16-bit; the rest 0.53125 B/param
-    assert int4 == count.embedding * 2 + -(-count.non_embedding * 68 // 128)
-    assert weight_bytes(count, "fp8") < weight_bytes(count, "int8") < weight_bytes(count, "bf16")
 
 
 # ---------------------------------------------------------------- plans

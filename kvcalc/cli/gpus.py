@@ -20,9 +20,12 @@ def gpus(fmt):
       kvcalc gpus
       kvcalc gpus --format json
     """
-    rows = [g.model_dump() for g in load_catalog()]
-    for r in rows:
+    rows = []
+    for g in load_catalog():
+        r = g.model_dump()
         r["aliases"] = list(r["aliases"])
+        r["memory_gib"] = round(g.memory_gib, 2)   # GiB = 2^30 bytes
+        rows.append(r)
     if fmt == "json":
         echo_output(to_json(rows))
     elif fmt == "yaml":

@@ -17,7 +17,7 @@ from ..workload import DEFAULT_SAMPLES, DISTRIBUTIONS, fixed, from_trace, sample
 from .common import TokenList, echo_output, format_option, warn
 
 EXIT_DOES_NOT_FIT = 3
-WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4")
+WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4")
 
 
 class ByteSize(click.ParamType):
