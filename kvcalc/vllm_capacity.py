@@ -48,6 +48,8 @@ class KVSpec:
     page_bytes: int
     block_size: int
     window: int | None = None
+    #: Mamba only: extra state blocks kept for speculative decoding (``num_speculative_blocks``)
+    spec_blocks: int = 0
 
     def blocks_needed(self, max_len: int, batched_tokens: int) -> int:
         """Blocks one request of ``max_len`` tokens needs (``max_memory_usage_bytes / page``)."""
@@ -57,7 +59,7 @@ class KVSpec:
         if self.kind == CHUNKED:
             return cdiv(min(self.window + batched_tokens, max_len), bs)
         if self.kind == MAMBA:
-            return 1
+            return 1 + self.spec_blocks  # one state per request (mamba_cache_mode "none")
         return cdiv(max_len, bs)
 
 
@@ -173,14 +175,14 @@ def kv_cache_groups(specs: dict[int, KVSpec]) -> Grouping:
     notes = []
     for s in distinct:
         if s.page_bytes == max_page or s.kind == MAMBA:
-            unified[s] = KVSpec(s.kind, max_page, s.block_size, s.window)
+            unified[s] = KVSpec(s.kind, max_page, s.block_size, s.window, s.spec_blocks)
         elif max_page % s.page_bytes == 0:
             ratio = max_page // s.page_bytes
-            unified[s] = KVSpec(s.kind, max_page, s.block_size * ratio, s.window)
+            unified[s] = KVSpec(s.kind, max_page, s.block_size * ratio, s.window, s.spec_blocks)
             notes.append(f"{s.kind} layers: block size scaled to {s.block_size * ratio} so pages "
                          f"are equal")
         else:
-            unified[s] = KVSpec(s.kind, max_page, s.block_size, s.window)
+            unified[s] = KVSpec(s.kind, max_page, s.block_size, s.window, s.spec_blocks)
             notes.append(f"{s.kind} layers: page padded from {s.page_bytes:,} to {max_page:,} B")
     buckets: dict[KVSpec, list[int]] = {}
     for l in layers:

@@ -152,3 +152,109 @@ def test_mamba_hybrid_enlarges_attention_block():
     state = next(s for s in specs.values() if s.kind == "mamba")
     # GDN state 1,097,728 B; attention 2,048 B/token/layer -> 536 tokens -> aligned to 544
     assert attn.block_size == 544 and attn.page_bytes == state.page_bytes == 544 * 2048
+
+
+# ------------------------------------------------------------------ more of A.6, by vector number
+
+from kvcalc.errors import UsageError  # noqa: E402
+from kvcalc.vllm_capacity import Group, Grouping, KVSpec, in_flight_tokens  # noqa: E402
+
+FULL16 = KVSpec("full", M, 16)
+SW1 = KVSpec("sliding", M, 16, 1)
+
+
+def test_v2_unequal_group_sizes_use_the_sum_of_blocks_needed():
+    # 32 full layers in one group + 2 SW layers in another, as the test builds them by hand
+    full = KVSpec("full", 16 * 32 * 128 * 2 * 2, 16)
+    sw = KVSpec("sliding", full.page_bytes, 16, 1024)
+    g = Grouping((Group(full, tuple(range(32))), Group(sw, (32, 33))), "hybrid", 32, 0, (),
+                 {i: full.page_bytes for i in range(34)})
+    needed = g.blocks_needed(16384, 1024)
+    assert needed == 1024 + 129 == 1153
+    assert 1153 * 3 / needed == 3
+
+
+def test_v3_disable_hybrid_kv_cache_manager_makes_one_full_group():
+    lay = layout_of(["full", "sliding"])
+    cap = vllm_capacity(lay, [M * 2 * 32], 16, 2048, era="mid", disable_hybrid=True)
+    assert cap.num_blocks == 32 and cap.groups == 1
+    assert vllm_capacity(lay, [M * 2 * 32], 16, 2048, era="mid").num_blocks == 64
+
+
+def test_v9_disable_hybrid_without_full_layers_is_refused():
+    caches = (LayerCache(0, "sliding", M // 16, KEEP_WINDOW, 1, 16),
+              LayerCache(1, "chunked", M // 16, "chunk", 512, 16))
+    lay = Layout(DUMMY, "vllm", DTYPES["fp32"], caches, 16)
+    with pytest.raises(UsageError, match="full-attention"):
+        layer_specs(lay, 16, disable_hybrid=True)
+
+
+def test_v5_pp_sharding_with_the_null_block():
+    # max_model_len 512 = 32 blocks; each worker holds one layer and page x 33 bytes
+    cap = vllm_capacity(layout_of(["full", "full"]), [M * 33, M * 33], 512, 2048)
+    assert cap.num_blocks == 33 and cap.fits
+
+
+def test_v6_mamba_hybrid_auto_fit_and_override():
+    # Mamba (2 speculative blocks) + full attention, pages M; avail M x (64 + 1 + 2 + 1)
+    specs = {0: KVSpec("mamba", M, 16, spec_blocks=2), 1: FULL16}
+    g = kv_cache_groups(specs)
+    assert g.mode == "hybrid" and g.bytes_per_block() == M
+    assert estimate_max_model_len(g, M * (64 + 1 + 2 + 1), 4096, 2048, null_block=True) == 1024
+    # num_gpu_blocks_override=32 with max_model_len 16384: refuses, max length <= 512
+    cap = vllm_capacity(layout_of(["full"]), [GiB], 16384, 2048, num_blocks_override=32)
+    assert not cap.fits and cap.estimated_max_model_len <= 512
+    assert "max seq len (16384)" in cap.log_lines()[0]
+
+
+def test_v8_page_unification():
+    # mamba 16,384 + attention 16,384 + draft attention 32,768: mamba padded, attention bs 32
+    g = kv_cache_groups({0: KVSpec("mamba", M, 16), 1: FULL16, 2: KVSpec("sliding", 2 * M, 16, 64)})
+    assert set(g.pages.values()) == {2 * M}
+    assert {x.spec.kind: x.spec.block_size for x in g.groups}["full"] == 32
+    # odd mamba page 24,576 and attention block 24 (24,576 B) both padded to 32,768
+    for odd in (KVSpec("mamba", 24_576, 16), KVSpec("full", 24_576, 24)):
+        g = kv_cache_groups({0: odd, 1: KVSpec("sliding", 32_768, 16, 64)})
+        assert set(g.pages.values()) == {32_768}
+        assert any("padded" in n for n in g.notes) or odd.kind == "mamba"
+
+
+@pytest.mark.parametrize("specs, uniform", [
+    ((FULL16, FULL16), True), ((FULL16, SW1), False), ((SW1, SW1), True),
+    ((SW1, KVSpec("sliding", M, 16, 2)), False),
+])
+def test_v15_is_kv_cache_spec_uniform(specs, uniform):
+    g = kv_cache_groups(dict(enumerate(specs)))
+    assert (g.mode == "uniform") is uniform
+
+
+def test_sliding_blocks_count_the_tokens_in_flight():
+    # v0.20+: 2 batches in flight with async scheduling at PP 1; PP batches with PP
+    assert in_flight_tokens(8192, "mid") == 8192
+    assert in_flight_tokens(8192, "new") == 16384
+    assert in_flight_tokens(8192, "new", async_scheduling=False) == 8192
+    assert in_flight_tokens(8192, "new", pp=4) == 4 * 8192
+    assert SW1.blocks_needed(131072, 16384) == 1024 + 1  # cdiv(0 + 16384, 16) + 1
+
+
+def test_gemma3_27b_concurrency_formula():
+    # A.4: concurrency at L = num_blocks / (cdiv(L,16) + 6 x (cdiv(min(1023 + T, L), 16) + 1))
+    _, spec = load_spec("gemma-3-27b")
+    lay = build_layout(spec, "vllm", "bf16")
+    cap = vllm_capacity(lay, [40 * GiB], 131_072, 8192, era="mid")
+    per_block = 10 * 131_072
+    assert cap.num_blocks == 40 * GiB // per_block
+    need = 131_072 // 16 + 6 * (-(-(1023 + 8192) // 16) + 1)
+    assert cap.blocks_per_request == need
+    assert cap.max_concurrency == cap.num_blocks / need
+    assert cap.kv_cache_tokens == cap.num_blocks // 7 * 16   # mid era: num_blocks // groups x B
+    new = vllm_capacity(lay, [40 * GiB], 131_072, 8192, era="new")
+    assert new.kv_cache_tokens == int(new.max_concurrency * 131_072)
+
+
+def test_gpt_oss_120b_log_figure():
+    # a v0.10-era log: "Available KV cache memory: 5.38 GiB" -> "GPU KV cache size: 78,384 tokens"
+    _, spec = load_spec("gpt-oss-120b")
+    lay = build_layout(spec, "vllm", "bf16")
+    cap = vllm_capacity(lay, [int(5.38 * GiB)], 131_072, 8192, era="mid")
+    assert abs(cap.kv_cache_tokens - 78_384) <= 0.001 * 78_384   # 5.38 is rounded in the log
