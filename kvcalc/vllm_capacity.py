@@ -249,10 +249,15 @@ class VllmCapacity:
 
 
 def vllm_error_message(cap: VllmCapacity) -> str:
+    """vLLM's ValueError text from ``check_enough_kv_cache_memory`` (its wording, typo kept)."""
+    if cap.available_bytes <= 0:
+        return ("No available memory for the cache blocks. Try increasing "
+                "`gpu_memory_utilization` when initializing the engine. See "
+                "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
     est = cap.estimated_max_model_len
     estimate = (f"Based on the available memory, the estimated maximum model length is {est}."
                 if est else "The available memory cannot hold even one block of a request.")
-    return (f"To serve at least one request with the model's max seq len ({cap.max_model_len}), "
+    return (f"To serve at least one request with the models's max seq len ({cap.max_model_len}), "
             f"({cap.needed_bytes / GiB:.2f} GiB KV cache is needed, which is larger than the "
             f"available KV cache memory ({cap.available_bytes / GiB:.2f} GiB). {estimate} Try "
             "increasing `gpu_memory_utilization` or decreasing `max_model_len` when "

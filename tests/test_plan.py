@@ -223,3 +223,28 @@ def test_plan_bad_input(args, message):
     result = run("plan", "-m", "llama-7b", *args)
     assert result.exit_code not in (0, 3)
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_does_not_fit_explains_shortfall_and_what_fits():
+    result = run("plan", "-m", "llama-3.1-70b", "--gpu", "h100", "--tp", "2", "--max-len", "32k",
+                 "-f", "json")
+    assert result.exit_code == 3
+    d = json.loads(result.stdout)["does_not_fit"]
+    assert d["shortfall_bytes"] > 0 and d["shortfall_gib"] == round(d["shortfall_bytes"] / GiB, 2)
+    assert 0 < d["estimated_max_model_len"] < 32768
+    assert "models's max seq len (32768)" in d["vllm_error"]
+    assert d["would_fit"]["fits"] and d["would_fit"]["num_gpus"] > 2
+    # weights alone do not fit: vLLM's "No available memory" and a larger layout
+    result = run("plan", "-m", "deepseek-v3", "--gpu", "h100", "--tp", "8", "--max-len", "32k")
+    assert result.exit_code == 3
+    assert "No available memory for the cache blocks" in result.stdout
+    assert "What fits: one request of 32,768 tokens on 16 h100-sxm GPUs" in result.stdout
+
+
+def test_mla_block_size_follows_the_backend():
+    s = spec("deepseek-v3")
+    for gpu, block in (("h200", 64), ("b200", 128), ("a100", 16)):
+        p = make_plan(s, PlanInputs(gpu=find_gpu(gpu), tp=8, max_len=4096, weights_dtype="fp8"),
+                      fixed(4096, 0))
+        assert p.layout.block_size == block, gpu
+    assert plan_for("llama-3.1-8b", max_len=4096).layout.block_size == 16

@@ -139,6 +139,8 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
     for message in result.warnings:
         warn(message)
     record = plan_record(result, resolved)
+    if not result.fits:
+        record["does_not_fit"] = _shortfall(result, spec, inp)
     if target_concurrency is not None:
         sizing = smallest_deployment(spec, inp, target_concurrency)
         record["sizing"] = _sizing_record(sizing, target_concurrency, inp)
@@ -208,7 +210,7 @@ def plan_record(p: Plan, resolved) -> dict:
         },
         "bytes_per_token": p.layout.bytes_per_token,
         "kv_capacity_tokens": p.kv_capacity_tokens,
-        "block_size": p.layout.block_size,
+        "block_size": cap.block_size or p.layout.block_size,
         "num_blocks": p.num_blocks,
         "max_concurrency": {
             "contiguous": int(c.max_sequences) * inp.replicas,
@@ -253,6 +255,29 @@ def _alloc_record(a, replicas: int) -> dict:
         "waste_bytes": int(a.waste_bytes),
         "waste_fraction": round(a.waste_bytes / a.budget_bytes, 4) if a.budget_bytes else 0,
         "free_bytes": int(a.free_bytes),
+    }
+
+
+def _shortfall(p: Plan, spec, inp: PlanInputs) -> dict:
+    """Why a plan does not fit, by how much, and what would."""
+    cap, b = p.vllm, p.budget
+    if b.kv_bytes <= 0:
+        reason = (f"weights ({_gib(b.weights_bytes)}) and runtime overhead "
+                  f"({_gib(b.overhead_bytes)}) exceed the {_gib(b.requested_bytes)} vLLM may use "
+                  f"at gpu_util {b.utilization}")
+        shortfall = cap.needed_bytes - b.kv_bytes
+    else:
+        reason = (f"one request of {inp.max_len:,} tokens needs {_gib(cap.needed_bytes)} of KV "
+                  f"cache; {_gib(cap.available_bytes)} is available")
+        shortfall = cap.needed_bytes - cap.available_bytes
+    sizing = smallest_deployment(spec, inp, 1)
+    return {
+        "reason": reason,
+        "shortfall_bytes": int(shortfall),
+        "shortfall_gib": round(shortfall / GiB, 2),
+        "estimated_max_model_len": cap.estimated_max_model_len or 0,
+        "vllm_error": vllm_error_message(cap),
+        "would_fit": _sizing_record(sizing, 1, inp),
     }
 
 
@@ -351,8 +376,18 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
     ]
     wl = table(wl_rows, (f"workload: {r['workload']['description']}", "contiguous", "paged"), fmt)
     parts = [head, "", budget, "", capacity, ""]
-    if not p.vllm.fits:
-        parts += [f"DOES NOT FIT: {vllm_error_message(p.vllm)}", ""]
+    if "does_not_fit" in r:
+        d = r["does_not_fit"]
+        w = d["would_fit"]
+        lines = [f"DOES NOT FIT: {d['reason']}; short by {d['shortfall_gib']:,.2f} GiB per GPU.",
+                 f"vLLM would stop with: {d['vllm_error']}"]
+        if d["estimated_max_model_len"]:
+            lines.append(f"What fits: --max-len {d['estimated_max_model_len']:,} on this layout")
+        if w["fits"]:
+            lines.append(f"What fits: one request of {inp.max_len:,} tokens on {w['num_gpus']} "
+                         f"{w['gpu']} GPUs (--tp {w['tp']} --pp {w['pp']}), "
+                         f"{w['per_replica_concurrency']:.2f}x concurrency")
+        parts += lines + [""]
     parts.append(wl)
     if r["workload"]["paged_gain"]:
         parts.append(f"\npaged gain: {r['workload']['paged_gain']:.2f}x the contiguous "
