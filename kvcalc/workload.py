@@ -35,7 +35,7 @@ from statistics import fmean
 from functools import lru_cache
 
 from .errors import ConfigError, UsageError
-from .layout import KEEP_ALL, KEEP_NONE, LayerCache, Layout
+from .layout import KEEP_ALL, KEEP_CHUNK, KEEP_NONE, LayerCache, Layout
 
 DISTRIBUTIONS = ("uniform", "normal", "lognormal")
 DEFAULT_SAMPLES = 2000
@@ -170,8 +170,15 @@ def peak_slots(layer: LayerCache, max_len: int) -> int:
         return layer.slots_held(max_len)
     bs = layer.block_size or 1
     w = layer.window
-    candidates = set(range(max(1, w - 1 - 2 * bs), min(max_len, w + 2 * bs) + 1))
-    candidates.update(range(max(1, max_len - 2 * bs), max_len + 1))
+    candidates = {max_len}
+    if layer.keep == KEEP_CHUNK:
+        # within a chunk the count grows, so each chunk peaks at its last token; chunk starts
+        # repeat their offset within a block every bs chunks at most
+        for k in range(min(max_len // w, bs) + 1):
+            candidates.add(min(max_len, k * w + w - 1))
+    else:
+        # past the window the count is periodic in n with period bs
+        candidates.update(range(max(1, w - 1 - 2 * bs), min(max_len, w + 2 * bs) + 1))
     return max(layer.slots_held(n) for n in candidates)
 
 
