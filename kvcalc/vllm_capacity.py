@@ -205,6 +205,26 @@ def kv_cache_groups(specs: dict[int, KVSpec]) -> Grouping:
                     {l: max_page for l in layers})
 
 
+_GROUPING_CACHE: dict[tuple[int, int, bool], tuple[Layout, dict[int, KVSpec], Grouping]] = {}
+
+
+def _specs_and_groups(layout: Layout, max_len: int,
+                      disable_hybrid: bool) -> tuple[dict[int, KVSpec], Grouping]:
+    """layer_specs + kv_cache_groups, memoised per layout object (layouts are cached and
+    immutable; the grouping only depends on max_len through the Mamba block size)."""
+    has_state = any(c.fixed_bytes for c in layout.layers)
+    key = (id(layout), max_len if has_state else 0, disable_hybrid)
+    hit = _GROUPING_CACHE.get(key)
+    if hit is not None and hit[0] is layout:
+        return hit[1], hit[2]
+    specs = layer_specs(layout, max_len, disable_hybrid)
+    grouping = kv_cache_groups(specs)
+    if len(_GROUPING_CACHE) > 4096:
+        _GROUPING_CACHE.clear()
+    _GROUPING_CACHE[key] = (layout, specs, grouping)
+    return specs, grouping
+
+
 def pp_partition(num_layers: int, pp: int) -> list[tuple[int, int]]:
     """``get_pp_indices``: equal stages, the remainder added from the second-to-last stage
     backwards. Returns (start, end) per stage."""
@@ -294,8 +314,7 @@ def vllm_capacity(layout: Layout, available_per_stage: list[int], max_len: int,
     """
     if era not in ERAS:
         raise UsageError(f"unknown vLLM era '{era}': choose one of {', '.join(ERAS)}")
-    specs = layer_specs(layout, max_len, disable_hybrid)
-    grouping = kv_cache_groups(specs)
+    specs, grouping = _specs_and_groups(layout, max_len, disable_hybrid)
     n_layers = len(layout.layers)
     stages = pp_partition(n_layers, len(available_per_stage))
     if grouping.mode == "attention_free":

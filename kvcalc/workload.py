@@ -184,7 +184,18 @@ def peak_slots(layer: LayerCache, max_len: int) -> int:
 
 def reserved_bytes(layout: Layout, max_len: int) -> int:
     """Bytes a contiguous allocator reserves per sequence: every layer's peak for ``max_len``."""
-    return _reserved(layout.layers, max_len)
+    key = (id(layout), max_len)
+    hit = _RESERVED_CACHE.get(key)
+    if hit is not None and hit[0] is layout:
+        return hit[1]
+    value = _reserved(layout.layers, max_len)
+    if len(_RESERVED_CACHE) > 4096:
+        _RESERVED_CACHE.clear()
+    _RESERVED_CACHE[key] = (layout, value)
+    return value
+
+
+_RESERVED_CACHE: dict[tuple[int, int], tuple[Layout, int]] = {}
 
 
 @lru_cache(maxsize=1024)
