@@ -248,3 +248,50 @@ def test_mla_block_size_follows_the_backend():
                       fixed(4096, 0))
         assert p.layout.block_size == block, gpu
     assert plan_for("llama-3.1-8b", max_len=4096).layout.block_size == 16
+
+
+def test_plan_imports_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys; from click.testing import CliRunner; from kvcalc.cli import cli; "
+            "r = CliRunner().invoke(cli, ['plan', '-m', 'llama-7b', '--max-len', '4k']); "
+            "assert r.exit_code == 0, r.output; "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_csv_trace_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "t.csv"
+    bad.write_text("prompt_len,output_len\n10,5\n7,-1\n")
+    with pytest.raises(ConfigError, match=f"{bad}:3"):
+        from_trace(bad, 100)
+    missing = tmp_path / "m.csv"
+    missing.write_text("prompt,output\n1,2\n")
+    with pytest.raises(ConfigError, match="prompt_len and output_len columns"):
+        from_trace(missing, 100)
+    result = run("plan", "-m", "llama-7b", "--trace", str(bad))
+    assert result.exit_code == 1 and f"{bad}:3" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("fmt, marker", [("yaml", "num_gpu_blocks:"), ("csv", "vllm_num_gpu_blocks"),
+                                         ("markdown", "| budget (per GPU)")])
+def test_plan_formats(fmt, marker):
+    result = run("plan", "-m", "gemma-3-27b", "--gpu", "h200", "--max-len", "32k", "-f", fmt)
+    assert result.exit_code == 0, result.output
+    assert marker in result.stdout
+
+
+def test_vllm_era_mid_and_flags():
+    base = ("plan", "-m", "gemma-3-27b", "--gpu", "h200", "--max-len", "32k", "-f", "json")
+    new = json.loads(run(*base).stdout)["vllm"]
+    mid = json.loads(run(*base, "--vllm-era", "mid").stdout)["vllm"]
+    assert new["in_flight_tokens"] == 2 * mid["in_flight_tokens"] == 16384
+    assert mid["kv_cache_tokens"] == mid["num_gpu_blocks"] // 7 * 16
+    assert new["kv_cache_tokens"] == int(new["num_gpu_blocks"] / new["blocks_per_request"] * 32768)
+    off = json.loads(run(*base, "--disable-hybrid-kv-cache-manager").stdout)["vllm"]
+    assert off["kv_cache_groups"] == 1 and off["max_concurrency"] < new["max_concurrency"]
+    forced = json.loads(run(*base, "--num-gpu-blocks-override", "1000").stdout)["vllm"]
+    assert forced["num_gpu_blocks"] == 1000
