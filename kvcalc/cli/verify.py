@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from ..errors import UsageError
@@ -35,6 +37,8 @@ EXIT_VERIFY_FAILED = 4
               help="meta: cache lengths to check (default: inside the windows and beyond).")
 @click.option("--all", "all_presets", is_flag=True,
               help="meta: check every built-in preset.")
+@click.option("--jobs", type=int, default=None,
+              help="meta --all: parallel processes (default: the CPU count).")
 @click.option("--without-cache/--no-without-cache", default=True, show_default=True,
               help="Also time generation with use_cache=False.")
 @click.option("--cache-tolerance", type=float, default=0.0, show_default=True,
@@ -43,7 +47,7 @@ EXIT_VERIFY_FAILED = 4
               help="Allowed |error| of the CUDA bytes/token slope, percent.")
 @format_option
 def verify(model, revision, device, dtype, prompt_len, new_tokens, repeats, layers, weights,
-           seqs, all_presets, without_cache, cache_tolerance, slope_tolerance, fmt):
+           seqs, all_presets, jobs, without_cache, cache_tolerance, slope_tolerance, fmt):
     """Measure real KV-cache memory with transformers and compare it with the prediction.
 
     \b
@@ -63,7 +67,7 @@ def verify(model, revision, device, dtype, prompt_len, new_tokens, repeats, laye
     if device == "meta" or all_presets:
         if all_presets and device not in ("meta", "auto"):
             raise UsageError("--all runs on the meta device (--device meta)")
-        return _meta(model, revision, seqs, all_presets, dtype, layers, fmt)
+        return _meta(model, revision, seqs, all_presets, dtype, layers, jobs, fmt)
     if model is None and weights is None:
         raise UsageError("give --model (or --weights)")
     if device == "auto":
@@ -147,13 +151,15 @@ def _secs(r) -> str:
     return f"{r['seconds_mean'] * 1000:,.1f} ± {r['seconds_std'] * 1000:,.1f} ms"
 
 
-def _meta(model, revision, seqs, all_presets, dtype, layers, fmt) -> None:
+def _meta(model, revision, seqs, all_presets, dtype, layers, jobs, fmt) -> None:
+    import os
+
     import transformers
 
     from ..arch import truncate_config
     from ..model import load_spec
     from ..sources import all_presets as presets
-    from ..verify.meta import safe_meta_check
+    from ..verify.meta import check_many
 
     targets = []
     if all_presets:
@@ -164,17 +170,21 @@ def _meta(model, revision, seqs, all_presets, dtype, layers, fmt) -> None:
             raise UsageError("give --model or --all")
         resolved, _ = load_spec(model, revision)
         targets = [(resolved.name, dict(resolved.config), False)]
+    partial = {name: is_partial for name, _, is_partial in targets}
+    work = [(name, truncate_config(raw, layers) if layers else raw, seqs, dtype)
+            for name, raw, _ in targets]
     rows = []
-    with click.progressbar(targets, label="meta check", file=click.get_text_stream("stderr"),
-                           show_pos=True) as bar:
-        for name, raw, partial in bar:
-            if layers:
-                raw = truncate_config(raw, layers)
-            for r in safe_meta_check(raw, name, seqs, dtype):
-                rows.append({"model": name, "partial_config": partial, "seq": r.seq,
+    jobs = jobs or os.cpu_count() or 1
+    with click.progressbar(length=len(work), label="meta check", show_pos=True,
+                           file=sys.stderr) as bar:
+        for results in check_many(work, jobs):
+            for r in results:
+                rows.append({"model": r.model, "partial_config": partial[r.model], "seq": r.seq,
                              "dtype": r.dtype, "predicted_bytes": r.predicted_bytes,
                              "transformers_bytes": r.measured_bytes, "match": r.match,
                              "reason": r.error})
+            bar.update(1)
+    rows.sort(key=lambda r: (r["model"], r["seq"]))
     summary = {"transformers": transformers.__version__, "device": "meta",
                "checked": sum(1 for r in rows if r["match"] is not None),
                "matched": sum(1 for r in rows if r["match"]),

@@ -47,12 +47,17 @@ def meta_forward_bytes(model: Any, seq: int) -> int:
 
 
 def check_lengths(raw: Mapping[str, Any], name: str) -> list[int]:
-    """A length inside every window and one beyond the largest window (or 10,000)."""
+    """A length inside every window and one beyond the largest window; one length (1,000) for
+    models without windows, whose cache is the same per token at any length."""
     spec = build_spec(raw, name)
     windows = [l.window for l in spec.layers if getattr(l, "window", None)]
-    inside = max(2, min(windows) // 2) if windows else 1000
-    beyond = max(windows) + 100 if windows else 10_000
-    return sorted({inside, beyond})
+    if spec.count("state"):
+        # transformers' CPU fallback scans recurrent layers token by token (Jamba: ~13 ms per
+        # token on meta); the state is length-independent, so short lengths check everything
+        return [16, 128]
+    if not windows:
+        return [1000]
+    return sorted({max(2, min(windows) // 2), max(windows) + 100})
 
 
 def meta_check(raw: Mapping[str, Any], name: str, seqs: list[int],
@@ -60,8 +65,10 @@ def meta_check(raw: Mapping[str, Any], name: str, seqs: list[int],
     """Build ``raw`` on meta once and compare its cache with the hf prediction at each length."""
     import transformers
 
-    built = build_random(raw, device="meta", dtype=dtype, name=name)
     spec = build_spec(raw, name)
+    # a config that names no dtype is built in the dtype kvcalc assumes for it (bf16), not in
+    # transformers' fp32 default, so both sides describe the same model
+    built = build_random(raw, device="meta", dtype=dtype or spec.dtype, name=name)
     layout = build_layout(spec, "hf", built.dtype, hf_version=transformers.__version__)
     out = []
     for seq in seqs:
@@ -84,3 +91,21 @@ def safe_meta_check(raw: Mapping[str, Any], name: str, seqs: list[int] | None = 
     except Exception as exc:  # noqa: BLE001
         return [MetaResult(name, 0, dtype or "?", 0, None,
                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")]
+
+
+def check_many(targets: list[tuple[str, dict, list[int] | None, str | None]], jobs: int = 1):
+    """Run :func:`safe_meta_check` for many configs, in ``jobs`` processes; yields each
+    target's results as it finishes (order not kept)."""
+    if jobs <= 1 or len(targets) <= 1:
+        for name, raw, seqs, dtype in targets:
+            yield safe_meta_check(raw, name, seqs, dtype)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(safe_meta_check, raw, name, seqs, dtype)
+                   for name, raw, seqs, dtype in targets]
+        for fut in as_completed(futures):
+            yield fut.result()

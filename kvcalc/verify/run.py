@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import sys
+
 import click
 
 from ..arch import build_spec, truncate_config
@@ -41,7 +43,7 @@ def run_verify(*, model: str | None, revision: str | None, device: str, dtype: s
     layout = build_layout(spec, "hf", built.dtype, hf_version=hf_version)
     predicted = {g: layout.bytes_per_sequence(prompt_len + g - 1) for g in new_tokens}
 
-    err = click.get_text_stream("stderr")
+    err = sys.stderr
     total = len(new_tokens) * (2 if with_and_without else 1)
     done = [0]
 
