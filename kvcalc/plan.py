@@ -9,8 +9,11 @@ Budget (per GPU, one pipeline stage; docs/planning.md):
   ``pp`` each stage holds its layers, the first stage the embeddings and the last the LM head;
 - activations: the peak of vLLM's profile forward over ``max_batched_tokens`` tokens,
   estimated as ``T x (4 x hidden + 3 x intermediate / tp) x 2 B`` (residual, norm, attention
-  in/out, gated-MLP intermediates of the active experts) plus the sampler's fp32 logits
-  ``min(max_num_seqs, T) x vocab x 4 B``;
+  in/out, gated-MLP intermediates of the active experts) plus the sampler's dummy run over
+  ``min(max_num_seqs, T)`` rows of the vocabulary: fp32 logits, fp32 probabilities, sorted
+  fp32 logits and their int64 indices for top-k/top-p = 20 B per row per token of the vocabulary.
+  Calibrated against llm-d's measured H100 runs (engines reference field.md §5.3): Llama-3.3-70B
+  fp8 at TP 1 leaves -1.44 GiB for KV (kvcalc: -1.66 GiB), at TP 2 32.0 GiB (kvcalc 32.3 GiB);
 - non-torch memory (NCCL buffers, cuBLAS workspaces): 0.5 GiB, 1 GiB with tp x pp > 1;
 - CUDA graphs: 0.5 GiB (vLLM >= 0.20 subtracts its estimate; 0 with ``--vllm-era mid``);
 - ``--overhead`` replaces the sum of the last three; ``--kv-budget`` replaces everything (the
@@ -35,7 +38,9 @@ NON_TORCH_BYTES = 512 * MiB                # NCCL/cuBLAS/... (vLLM "non-torch me
 NON_TORCH_MULTI_GPU_BYTES = 1 * GiB
 CUDA_GRAPH_BYTES = {"new": 512 * MiB, "mid": 0}
 ACTIVATION_BYTES = 2                       # bf16/fp16 activations
-LOGITS_BYTES = 4                           # the sampler works on fp32 logits
+#: sampler dummy run per (row, vocab entry): fp32 logits + fp32 probs + sorted fp32 logits +
+#: int64 sort indices (top-k/top-p), vLLM v1 ``_dummy_sampler_run``
+SAMPLER_BYTES_PER_LOGIT = 4 + 4 + 4 + 8
 LARGE_GPU_BYTES = 70 * GiB                 # vLLM picks larger batch defaults above this
 DEFAULT_MAX_NUM_SEQS = {True: 1024, False: 256}
 DEFAULT_BATCHED_TOKENS = {True: 8192, False: 2048}   # OpenAI server defaults (engines.md A.2)
@@ -166,7 +171,7 @@ def activation_bytes(spec: ModelSpec, params: ParamCount, tokens: int, num_seqs:
                     cfg.get("intermediate_size"), list) else int(max(cfg["intermediate_size"]))
     top_k = int(cfg.get("num_experts_per_tok") or 1) if cfg.get("moe_intermediate_size") else 1
     per_token = 4 * spec.hidden_size + 3 * inter * top_k // tp
-    logits = min(num_seqs, tokens) * (spec.vocab_size or 0) * LOGITS_BYTES
+    logits = min(num_seqs, tokens) * (spec.vocab_size or 0) * SAMPLER_BYTES_PER_LOGIT
     return tokens * per_token * ACTIVATION_BYTES + logits
 
 

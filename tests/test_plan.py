@@ -78,9 +78,16 @@ def test_deepseek_v3_latent_is_not_split_at_tp8():
 
 
 def test_does_not_fit_is_explained_with_exit_code_3():
+    # field.md 5.3 (llm-d's measured H100 runs): Llama-3.3-70B fp8 at TP 1 leaves -1.44 GiB for
+    # the KV cache, at TP 2 32.0 GiB
     result = run("plan", "-m", "llama-3.3-70b", "--weights-dtype", "fp8", "--max-len", "32k")
     assert result.exit_code == 3
-    assert "DOES NOT FIT" in result.stdout and "estimated maximum model length" in result.stdout
+    assert "DOES NOT FIT" in result.stdout and "No available memory" in result.stdout
+    assert "on 2 h100-sxm GPUs (--tp 2 --pp 1)" in result.stdout
+    tp1 = plan_for("llama-3.3-70b", weights_dtype="fp8", max_len=8192)
+    tp2 = plan_for("llama-3.3-70b", weights_dtype="fp8", tp=2, max_len=8192)
+    assert -2.5 * GiB < tp1.budget.kv_bytes < -0.5 * GiB
+    assert 31 * GiB < tp2.budget.kv_bytes < 33 * GiB
 
 
 def test_pipeline_parallel_takes_the_tightest_stage():
