@@ -221,9 +221,14 @@ def compute_budgets(spec: ModelSpec, params: ParamCount, inp: PlanInputs) -> lis
 def validate(spec: ModelSpec, inp: PlanInputs) -> None:
     if not 0 < inp.gpu_util <= 1:
         raise UsageError(f"invalid --gpu-util {inp.gpu_util}: must be in (0, 1]")
-    for name, value in (("--tp", inp.tp), ("--pp", inp.pp), ("--replicas", inp.replicas)):
-        if value < 1:
+    for name, value in (("--tp", inp.tp), ("--pp", inp.pp), ("--replicas", inp.replicas),
+                        ("--max-batched-tokens", inp.max_batched_tokens),
+                        ("--max-num-seqs", inp.max_num_seqs), ("--block-size", inp.block_size)):
+        if value is not None and value < 1:
             raise UsageError(f"invalid {name} {value}: must be at least 1")
+    if inp.num_blocks_override is not None and inp.num_blocks_override < 0:
+        raise UsageError(f"invalid --num-gpu-blocks-override {inp.num_blocks_override}: "
+                         "must not be negative")
     heads = spec.num_attention_heads
     if heads and heads % inp.tp:
         raise UsageError(f"--tp {inp.tp} does not divide the {heads} attention heads "

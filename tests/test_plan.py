@@ -225,6 +225,12 @@ def test_plan_compare_gpus_and_gpus_command():
     (["--prompt-len", "8k", "--output-len", "1k", "--max-len", "4k"], "exceeds --max-len"),
     (["--trace", "/no/such/trace.jsonl"], "cannot read trace"),
     (["--pp", "0"], "invalid --pp 0"),
+    (["--max-batched-tokens", "0"], "invalid --max-batched-tokens 0"),
+    (["--max-num-seqs", "0"], "invalid --max-num-seqs 0"),
+    (["--num-gpu-blocks-override", "-1"], "must not be negative"),
+    (["--target-concurrency", "0"], "invalid --target-concurrency 0"),
+    (["--solve-max-len", "0"], "invalid --solve-max-len 0"),
+    (["--block-size", "0"], "invalid --block-size 0"),
 ])
 def test_plan_bad_input(args, message):
     result = run("plan", "-m", "llama-7b", *args)

@@ -115,6 +115,12 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
       kvcalc plan -m qwen2.5-7b --max-len 4k --dist lognormal --mean 900 --std 700
       kvcalc plan -m llama-3.1-70b --target-concurrency 64 --max-len 32k --compare-gpus
     """
+    from ..errors import UsageError
+
+    for name, value in (("--target-concurrency", target_concurrency),
+                        ("--solve-max-len", concurrency_for_len)):
+        if value is not None and value < 1:
+            raise UsageError(f"invalid {name} {value}: must be at least 1")
     resolved, spec = load_spec(model, revision)
     for message in spec.warnings:
         warn(message)
