@@ -25,7 +25,7 @@ AWQ/GPTQ/4-bit -> int4), else the model's ``torch_dtype``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -64,6 +64,13 @@ class ParamCount:
     mlp: int
     other: int              # norms, state mixers
     active: int             # parameters used per token (MoE: routed top-k only)
+    #: per decoder layer: (all parameters, of which MLP/MoE) — for pipeline-parallel stages
+    layers: tuple[tuple[int, int], ...] = field(default=(), compare=False)
+    #: the input embeddings (plus learned positions); the rest of ``embedding`` is the LM head
+    input_embedding: int = 0
+    final_norm: int = 0
+    #: vocab x hidden: the LM head matrix (a second copy on the last stage when tied and pp > 1)
+    head_matrix: int = 0
 
     @property
     def non_embedding(self) -> int:
@@ -94,9 +101,13 @@ def count_parameters(spec: ModelSpec) -> ParamCount:
         norms = 1
     if mt in LEARNED_POSITION_TYPES:
         embedding += int(cfg.get("n_positions") or spec.max_position_embeddings or 0) * h
+    input_embedding = embedding - (0 if tied else vocab * h)  # + learned positions
     if mt == "phi":  # the LM head has a bias
         embedding += vocab
+    per_layer: list[tuple[int, int]] = []
     for i, layer in enumerate(spec.layers):
+        before = attention + mlp + other
+        before_mlp = mlp
         if layer.kind != "none" or mt != "nemotron-nas":
             other += norms * norm
         if isinstance(layer, AttentionLayer):
@@ -113,10 +124,29 @@ def count_parameters(spec: ModelSpec) -> ParamCount:
         total_mlp, active = _mlp_params(cfg, mt, h, i, layer)
         mlp += total_mlp
         active_mlp += active
+        per_layer.append((attention + mlp + other - before, mlp - before_mlp))
     other += norm  # final norm
     total = embedding + attention + mlp + other
     active = total - mlp + active_mlp
-    return ParamCount(total, embedding, attention, mlp, other, active)
+    return ParamCount(total, embedding, attention, mlp, other, active, tuple(per_layer),
+                      input_embedding, norm, vocab * h)
+
+
+def stage_parameters(count: ParamCount, start: int, end: int, first: bool, last: bool,
+                     pp: int) -> ParamCount:
+    """The parameters one pipeline stage holds: its layers, the input embeddings on the first
+    stage, the LM head and final norm on the last. With pp > 1 a tied LM head is a second copy
+    on the last stage (vLLM builds the head there)."""
+    layers = count.layers[start:end]
+    body = sum(p for p, _ in layers)
+    mlp = sum(m for _, m in layers)
+    head = count.embedding - count.input_embedding
+    if pp > 1 and head == 0:  # tied: the last stage needs its own copy of the matrix
+        head = count.head_matrix
+    embedding = (count.input_embedding if first else 0) + (head if last else 0)
+    other = count.final_norm if last else 0
+    total = body + embedding + other
+    return ParamCount(total, embedding, 0, mlp, total - embedding - mlp, total)
 
 
 def _mla_params(cfg: dict, layer: MLALayer, h: int) -> int:

@@ -28,7 +28,7 @@ from .arch import ModelSpec
 from .errors import UsageError
 from .hardware import GpuSpec
 from .layout import Layout, build_layout
-from .params import ParamCount, count_parameters, weight_bytes
+from .params import ParamCount, count_parameters, stage_parameters, weight_bytes
 from .units import GiB, MiB, cdiv
 from .vllm_capacity import VllmCapacity, in_flight_tokens, pp_partition, vllm_capacity
 from .workload import AllocatorResult, Workload, compare_allocators
@@ -177,23 +177,15 @@ def activation_bytes(spec: ModelSpec, params: ParamCount, tokens: int, num_seqs:
 
 def stage_weight_bytes(spec: ModelSpec, params: ParamCount, dtype: str, tp: int,
                        stages: list[tuple[int, int]]) -> list[int]:
-    """Weight bytes per GPU for each pipeline stage (layers pro rata, embeddings first, head
-    last; everything sharded over ``tp``)."""
-    total = weight_bytes(params, dtype)
+    """Weight bytes per GPU for each pipeline stage: its own layers' parameters (exact, layer by
+    layer), the embeddings on the first stage and the LM head on the last, x the weights dtype,
+    sharded over ``tp``."""
     if len(stages) == 1:
-        return [cdiv(total, tp)]
-    emb = params.embedding
-    per_param = total / params.total
-    layer_bytes = (params.total - emb) * per_param
-    n = spec.num_layers
+        return [cdiv(weight_bytes(params, dtype), tp)]
     out = []
     for i, (start, end) in enumerate(stages):
-        share = layer_bytes * (end - start) / n
-        if i == 0:
-            share += emb / 2 * per_param
-        if i == len(stages) - 1:
-            share += emb / 2 * per_param
-        out.append(cdiv(int(share), tp))
+        stage = stage_parameters(params, start, end, i == 0, i == len(stages) - 1, len(stages))
+        out.append(cdiv(weight_bytes(stage, dtype), tp))
     return out
 
 

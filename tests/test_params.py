@@ -82,3 +82,28 @@ def test_checkpoint_dtype_from_quantization_config():
 def test_unknown_weights_dtype():
     with pytest.raises(UsageError, match="unknown weights dtype"):
         weights_dtype_bytes("int3")
+
+
+@pytest.mark.parametrize("name", ["llama-2-7b", "deepseek-v3", "gpt2", "nemotron-3-nano-30b",
+                                  "gemma-3-27b", "qwen3-next-80b-a3b"])
+def test_pipeline_stages_hold_their_own_layers(name):
+    from kvcalc.params import stage_parameters
+    from kvcalc.vllm_capacity import pp_partition
+
+    c = count(name)
+    assert sum(p for p, _ in c.layers) + c.embedding + c.final_norm == c.total
+    stages = pp_partition(len(c.layers), 4)
+    parts = [stage_parameters(c, a, b, i == 0, i == 3, 4) for i, (a, b) in enumerate(stages)]
+    copy = c.head_matrix if c.embedding == c.input_embedding else 0  # tied head on the last stage
+    assert sum(p.total for p in parts) == c.total + copy
+    assert parts[0].embedding == c.input_embedding
+    assert sum(p.mlp for p in parts) == c.mlp
+
+
+def test_deepseek_v3_dense_first_layers_make_stage_0_lighter():
+    from kvcalc.params import stage_parameters
+
+    c = count("deepseek-v3")  # 3 dense layers, then MoE
+    first = stage_parameters(c, 0, 15, True, False, 4).total
+    second = stage_parameters(c, 15, 30, False, False, 4).total
+    assert first < second
