@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from .arch import ModelSpec
 from .errors import UsageError
 from .hardware import GpuSpec
-from .layout import Layout, build_layout
+from .layout import KEEP_NONE, Layout, build_layout
 from .params import ParamCount, count_parameters, stage_parameters, weight_bytes
 from .units import GiB, MiB, cdiv
 from .vllm_capacity import VllmCapacity, in_flight_tokens, pp_partition, vllm_capacity
@@ -148,9 +148,18 @@ class Plan:
         return self.inputs.tp * self.inputs.pp * self.inputs.replicas
 
     @property
+    def bytes_per_token(self) -> int:
+        """KV bytes one token costs on one GPU of the tightest pipeline stage (tp applied; with
+        pp only that stage's layers)."""
+        stage = min(range(len(self.budgets)), key=lambda i: self.budgets[i].kv_bytes)
+        start, end = pp_partition(self.spec.num_layers, self.inputs.pp)[stage]
+        return sum(c.bytes_per_token for c in self.layout.layers[start:end]
+                   if c.keep != KEEP_NONE)
+
+    @property
     def kv_capacity_tokens(self) -> int:
         """Tokens the KV budget holds at bytes_per_token (per GPU, windows not counted)."""
-        bpt = self.layout.bytes_per_token
+        bpt = self.bytes_per_token
         return self.budget.kv_bytes // bpt if bpt and self.budget.kv_bytes > 0 else 0
 
     @property

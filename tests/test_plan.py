@@ -95,6 +95,8 @@ def test_pipeline_parallel_takes_the_tightest_stage():
     assert len(p.budgets) == 2 and p.num_gpus == 4
     # tp 2: 4 kv heads x (128 + 128) x 2 B = 2,048 B per token per layer; 40 layers per stage
     assert p.vllm.num_blocks == min(b.kv_bytes // (40 * 16 * 2048) for b in p.budgets)
+    assert p.bytes_per_token == 40 * 2048
+    assert p.kv_capacity_tokens == p.budget.kv_bytes // (40 * 2048)
 
 
 def test_realistic_workload_contiguous_keeps_20_to_40_percent():

@@ -214,7 +214,7 @@ def plan_record(p: Plan, resolved) -> dict:
             "source": b.source,
             "per_stage_kv_bytes": [s.kv_bytes for s in p.budgets],
         },
-        "bytes_per_token": p.layout.bytes_per_token,
+        "bytes_per_token": p.bytes_per_token,
         "kv_capacity_tokens": p.kv_capacity_tokens,
         "block_size": cap.block_size or p.layout.block_size,
         "num_blocks": p.num_blocks,
