@@ -22,7 +22,7 @@ Budget (per GPU, one pipeline stage; docs/planning.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .arch import ModelSpec
 from .errors import UsageError
@@ -247,12 +247,7 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
     token_layout = build_layout(spec, "vllm", inp.kv_dtype, block_size=1, tp=inp.tp)
     cap = vllm_capacity(layout, [max(0, b.kv_bytes) for b in budgets], inp.max_len,
                         inp.in_flight(), inp.era, inp.num_blocks_override, inp.disable_hybrid)
-    stage = min(budgets, key=lambda b: b.kv_bytes)
-    stage_layers = _stage_share(spec, inp.pp)
-    budget = max(0, stage.kv_bytes)
-    # the tightest stage holds its share of the layers of every sequence
-    contiguous, paged = compare_allocators(layout, token_layout, workload, inp.max_len,
-                                           int(budget / stage_layers))
+    contiguous, paged = _allocators(layout, token_layout, workload, inp, budgets)
     warnings = []
     kv = spec.kv_heads
     if kv and not spec.is_mla and inp.tp > kv:
@@ -270,10 +265,23 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
                 tuple(warnings), tuple(notes))
 
 
-def _stage_share(spec: ModelSpec, pp: int) -> float:
-    """Fraction of the layers the largest pipeline stage holds."""
-    stages = pp_partition(spec.num_layers, pp)
-    return max(e - s for s, e in stages) / spec.num_layers
+def _allocators(layout: Layout, token_layout: Layout, workload: Workload, inp: PlanInputs,
+                budgets: list[Budget]) -> tuple[AllocatorResult, AllocatorResult]:
+    """Contiguous and paged for the workload on one GPU. With pipeline parallelism every stage
+    holds its own layers of every sequence in its own budget; the stage that fits the fewest
+    sequences limits the replica (taken per allocator)."""
+    if len(budgets) == 1:
+        return compare_allocators(layout, token_layout, workload, inp.max_len,
+                                  max(0, budgets[0].kv_bytes))
+    results = []
+    for (start, end), b in zip(pp_partition(layout.spec.num_layers, len(budgets)), budgets):
+        paged_stage = replace(layout, layers=layout.layers[start:end])
+        token_stage = replace(token_layout, layers=token_layout.layers[start:end])
+        results.append(compare_allocators(paged_stage, token_stage, workload, inp.max_len,
+                                          max(0, b.kv_bytes)))
+    contiguous = min((r[0] for r in results), key=lambda a: a.max_sequences)
+    paged = min((r[1] for r in results), key=lambda a: a.max_sequences)
+    return contiguous, paged
 
 
 # --------------------------------------------------------------------------------------------

@@ -310,3 +310,14 @@ def test_vllm_era_mid_and_flags():
     assert off["kv_cache_groups"] == 1 and off["max_concurrency"] < new["max_concurrency"]
     forced = json.loads(run(*base, "--num-gpu-blocks-override", "1000").stdout)["vllm"]
     assert forced["num_gpu_blocks"] == 1000
+
+
+def test_pipeline_stages_hold_their_own_layers_of_each_sequence():
+    s = spec("gemma-3-27b")  # stage 0: layers 0-30, stage 1: 31-61 (different full/sliding mix)
+    p = make_plan(s, PlanInputs(gpu=find_gpu("h200"), pp=2, max_len=32768), fixed(4096, 0))
+    lay = build_layout(s, "vllm", "auto")
+    per_stage = []
+    for (a, b), budget in zip(((0, 31), (31, 62)), p.budgets):
+        held = sum(c.bytes_for(4096) for c in lay.layers[a:b])
+        per_stage.append(budget.kv_bytes / held)
+    assert abs(p.paged.max_sequences - min(per_stage)) < 1e-6
