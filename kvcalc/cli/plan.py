@@ -328,7 +328,9 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
         ("Engine", f"vLLM v1 ({'>= 0.20' if inp.era == 'new' else '0.9-0.19'}), block "
                    f"{r['block_size']}, KV {r['kv_dtype']}, max_model_len {inp.max_len:,}, "
                    f"max_num_batched_tokens {inp.batched_tokens():,} "
-                   f"({inp.in_flight():,} in flight for windows)"),
+                   f"({inp.in_flight():,} in flight for windows"
+                   f"{', async scheduling' if inp.async_scheduling and inp.era == 'new' else ''})"
+                   f"{', hybrid KV cache manager off' if inp.disable_hybrid else ''}"),
     ], fmt)
     if b["source"] == "--kv-budget":
         rows = [("KV budget (--kv-budget)", f"{b['kv_bytes']:,}", _gib(b["kv_bytes"]))]
@@ -343,7 +345,8 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
         ]
         if b["activation_bytes"] or b["non_torch_bytes"] or b["cuda_graph_bytes"]:
             rows += [
-                (f"- activations ({inp.batched_tokens():,} batched tokens, estimate)",
+                (f"- activations ({inp.batched_tokens():,} batched tokens + sampler over "
+                 f"{min(inp.num_seqs(), inp.batched_tokens()):,} seqs, estimate)",
                  f"{b['activation_bytes']:,}", _gib(b["activation_bytes"])),
                 ("- non-torch memory (NCCL, cuBLAS)", f"{b['non_torch_bytes']:,}",
                  _gib(b["non_torch_bytes"])),
