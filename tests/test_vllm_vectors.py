@@ -258,3 +258,22 @@ def test_gpt_oss_120b_log_figure():
     lay = build_layout(spec, "vllm", "bf16")
     cap = vllm_capacity(lay, [int(5.38 * GiB)], 131_072, 8192, era="mid")
     assert abs(cap.kv_cache_tokens - 78_384) <= 0.001 * 78_384   # 5.38 is rounded in the log
+
+
+def test_v4_pp_worker_with_only_one_groups_layers():
+    # worker 0 holds the full layer, worker 1 the sliding one: both see both groups
+    cap = vllm_capacity(layout_of(["full", "sliding"]), [M * 10, M * 10], 16, 2048)
+    assert cap.num_blocks == 10 and cap.groups == 2
+
+
+@pytest.mark.parametrize("n_state, n_attn, sizes", [
+    (20, 7, [7, 7, 6]),       # Kimi-Linear-like: 20 mamba + 7 MLA
+    (34, 11, [9, 9, 8, 8]),   # GLM-5-like mamba groups (11 MLA layers)
+])
+def test_v12_mamba_group_sizes(n_state, n_attn, sizes):
+    specs = {i: KVSpec("mamba", M, 16) for i in range(n_state)}
+    specs.update({n_state + i: FULL16 for i in range(n_attn)})
+    g = kv_cache_groups(specs)
+    assert sorted((len(x.layers) for x in g.groups if x.spec.kind == "mamba"),
+                  reverse=True) == sizes
+    assert g.group_size == n_attn
