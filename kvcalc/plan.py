@@ -94,6 +94,9 @@ class PlanInputs:
     max_num_seqs: int | None = None
     overhead: int | None = None
     cuda_graph: int | None = None
+    activation: int | None = None          # replaces the activation estimate
+    non_torch: int | None = None           # replaces the non-torch default
+    weights: int | None = None             # replaces the weights per GPU (e.g. from a log)
     kv_budget: int | None = None
     era: str = "new"
     engine: str = "vllm"
@@ -204,8 +207,12 @@ def compute_budgets(spec: ModelSpec, params: ParamCount, inp: PlanInputs) -> lis
         return [Budget(inp.gpu.memory_bytes, inp.gpu_util, 0, 0, 0, 0, 0, inp.kv_budget,
                        "--kv-budget")] * len(stages)
     weights = stage_weight_bytes(spec, params, inp.weights_dtype, inp.tp, stages)
-    act = activation_bytes(spec, params, inp.batched_tokens(), inp.num_seqs(), inp.tp)
-    non_torch = NON_TORCH_MULTI_GPU_BYTES if inp.tp * inp.pp > 1 else NON_TORCH_BYTES
+    if inp.weights is not None:
+        weights = [inp.weights] * len(stages)
+    act = (activation_bytes(spec, params, inp.batched_tokens(), inp.num_seqs(), inp.tp)
+           if inp.activation is None else inp.activation)
+    non_torch = (NON_TORCH_MULTI_GPU_BYTES if inp.tp * inp.pp > 1 else NON_TORCH_BYTES) \
+        if inp.non_torch is None else inp.non_torch
     graphs = CUDA_GRAPH_BYTES[inp.era] if inp.cuda_graph is None else inp.cuda_graph
     overhead = act + non_torch + graphs if inp.overhead is None else inp.overhead
     requested = int(inp.gpu.memory_bytes * inp.gpu_util)

@@ -321,3 +321,17 @@ def test_pipeline_stages_hold_their_own_layers_of_each_sequence():
         held = sum(c.bytes_for(4096) for c in lay.layers[a:b])
         per_stage.append(budget.kv_bytes / held)
     assert abs(p.paged.max_sequences - min(per_stage)) < 1e-6
+
+
+def test_every_budget_term_can_be_overridden():
+    d = json.loads(run("plan", "-m", "llama-3.1-8b", "--max-len", "8k", "--weights-memory",
+                       "14.99GiB", "--activation-memory", "1.2GiB", "--non-torch-memory",
+                       "0.1GiB", "--cuda-graph-memory", "0", "-f", "json").stdout)["budget"]
+    assert d["weights_bytes"] == int(14.99 * GiB)
+    assert (d["activation_bytes"], d["non_torch_bytes"], d["cuda_graph_bytes"]) == (
+        int(1.2 * GiB), int(0.1 * GiB), 0)
+    assert d["kv_bytes"] == d["requested_bytes"] - d["weights_bytes"] - d["overhead_bytes"]
+    over = json.loads(run("plan", "-m", "llama-3.1-8b", "--max-len", "8k", "--overhead", "3GiB",
+                          "-f", "json").stdout)["budget"]
+    assert over["overhead_bytes"] == 3 * GiB
+    assert over["kv_bytes"] == over["requested_bytes"] - over["weights_bytes"] - 3 * GiB

@@ -60,6 +60,12 @@ class ByteSize(click.ParamType):
               show_default=True, help="Weight storage; auto = the checkpoint's.")
 @click.option("--overhead", type=ByteSize(), default=None,
               help="Replace the activation + non-torch + CUDA-graph estimate, e.g. 3GiB.")
+@click.option("--weights-memory", "weights_mem", type=ByteSize(), default=None,
+              help="Replace the computed weights per GPU (vLLM logs 'Model loading took X GiB').")
+@click.option("--activation-memory", "activation_mem", type=ByteSize(), default=None,
+              help="Replace the activation-peak estimate (vLLM's 'torch peak memory increase').")
+@click.option("--non-torch-memory", "non_torch_mem", type=ByteSize(), default=None,
+              help="Replace the non-torch default (0.5GiB; 1GiB with several GPUs).")
 @click.option("--cuda-graph-memory", "cuda_graph", type=ByteSize(), default=None,
               help="CUDA graph memory per GPU (default 512MiB; 0 for --vllm-era mid).")
 @click.option("--kv-budget", type=ByteSize(), default=None,
@@ -100,7 +106,7 @@ class ByteSize(click.ParamType):
               help="Run the plan on every catalog GPU and compare.")
 @format_option
 def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, block_size, gpu_util,
-         weights_dtype, overhead, cuda_graph, kv_budget, max_batched_tokens, max_num_seqs,
+         weights_dtype, overhead, weights_mem, activation_mem, non_torch_mem, cuda_graph, kv_budget, max_batched_tokens, max_num_seqs,
          async_scheduling, disable_hybrid, blocks_override, vllm_era, prompt_len, output_len, dist, mean, std, samples, seed, trace,
          target_concurrency, concurrency_for_len, compare_gpus, fmt):
     """GPU sizing: memory budget, KV capacity, vLLM's start-up figures, contiguous versus paged
@@ -133,6 +139,7 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
                      weights_dtype=wdtype, kv_dtype=kv_dtype, block_size=block_size,
                      max_len=max_len, max_batched_tokens=max_batched_tokens,
                      max_num_seqs=max_num_seqs, overhead=overhead, cuda_graph=cuda_graph,
+                     activation=activation_mem, non_torch=non_torch_mem, weights=weights_mem,
                      kv_budget=kv_budget, era=vllm_era, engine=engine,
                      async_scheduling=async_scheduling, disable_hybrid=disable_hybrid,
                      num_blocks_override=blocks_override)
@@ -340,17 +347,24 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
             ("total memory", f"{b['total_bytes']:,}", _gib(b["total_bytes"])),
             (f"x gpu_util {b['utilization']}", f"{b['requested_bytes']:,}",
              _gib(b["requested_bytes"])),
-            (f"- weights ({inp.weights_dtype}: {wdesc}; / tp {inp.tp})",
+            (f"- weights (--weights-memory)" if inp.weights is not None else
+             f"- weights ({inp.weights_dtype}: {wdesc}; / tp {inp.tp}"
+             f"{'; this stage' if inp.pp > 1 else ''})",
              f"{b['weights_bytes']:,}", _gib(b["weights_bytes"])),
         ]
-        if b["activation_bytes"] or b["non_torch_bytes"] or b["cuda_graph_bytes"]:
+        if inp.overhead is None:
+            graphs = ("--cuda-graph-memory" if inp.cuda_graph is not None else
+                      "vLLM >= 0.20 estimate" if inp.era == "new" else "not counted before 0.20")
             rows += [
-                (f"- activations ({inp.batched_tokens():,} batched tokens + sampler over "
+                ("- activations (--activation-memory)" if inp.activation is not None else
+                 f"- activations ({inp.batched_tokens():,} batched tokens + sampler over "
                  f"{min(inp.num_seqs(), inp.batched_tokens()):,} seqs, estimate)",
                  f"{b['activation_bytes']:,}", _gib(b["activation_bytes"])),
-                ("- non-torch memory (NCCL, cuBLAS)", f"{b['non_torch_bytes']:,}",
+                ("- non-torch memory (--non-torch-memory)" if inp.non_torch is not None else
+                 "- non-torch memory (NCCL, cuBLAS; default)", f"{b['non_torch_bytes']:,}",
                  _gib(b["non_torch_bytes"])),
-                ("- CUDA graphs", f"{b['cuda_graph_bytes']:,}", _gib(b["cuda_graph_bytes"])),
+                (f"- CUDA graphs ({graphs})", f"{b['cuda_graph_bytes']:,}",
+                 _gib(b["cuda_graph_bytes"])),
             ]
         else:
             rows.append(("- overhead (--overhead)", f"{b['overhead_bytes']:,}",
