@@ -348,6 +348,12 @@ def vllm_capacity(layout: Layout, available_per_stage: list[int], max_len: int,
         tokens = int(concurrency * max_len)
     else:
         tokens = num_blocks // n_groups * grouping.block_size
+    notes = grouping.notes
+    attn_blocks = {sp.block_size for sp in specs.values() if sp.kind != MAMBA}
+    if any(sp.kind == MAMBA for sp in specs.values()) and layout.block_size and \
+            attn_blocks and min(attn_blocks) > layout.block_size:
+        notes = (f"Setting attention block size to {min(attn_blocks)} tokens to ensure that "
+                 f"attention page size is >= mamba page size (vLLM's log line)",) + notes
     return VllmCapacity(num_blocks, grouping.block_size, tokens, concurrency, max_len, n_groups,
                         grouping.bytes_per_block(), blocks_needed, fits, needed, avail, est,
-                        grouping.notes)
+                        notes)

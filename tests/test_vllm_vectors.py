@@ -277,3 +277,13 @@ def test_v12_mamba_group_sizes(n_state, n_attn, sizes):
     assert sorted((len(x.layers) for x in g.groups if x.spec.kind == "mamba"),
                   reverse=True) == sizes
     assert g.group_size == n_attn
+
+
+def test_nemotron_3_nano_attention_block_matches_a_real_log():
+    # engines.md A.1: a Mamba-hybrid vLLM log reads "Setting attention block size to 2096
+    # tokens": Nemotron-3-Nano (Mamba-2 state 2,134,016 B at TP 1, 1,024 B per token per
+    # attention layer) gives 16 x ceil(2,134,016 / (16 x 1,024)) = 2,096
+    _, spec = load_spec("nemotron-3-nano-30b")
+    cap = vllm_capacity(build_layout(spec, "vllm", "bf16"), [40 * GiB], 131_072, 8192)
+    assert cap.block_size == 2096
+    assert cap.notes[0].startswith("Setting attention block size to 2096 tokens")
