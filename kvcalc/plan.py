@@ -202,6 +202,11 @@ def stage_weight_bytes(spec: ModelSpec, params: ParamCount, dtype: str, tp: int,
 
 
 def compute_budgets(spec: ModelSpec, params: ParamCount, inp: PlanInputs) -> list[Budget]:
+    """The KV budget of one GPU of every pipeline stage (one :class:`Budget` per stage).
+
+    Public API (used by ``kvcalc plot``): ``compute_budgets(spec, count_parameters(spec),
+    PlanInputs(gpu=find_gpu("h100"), tp=2))[0].kv_bytes`` is the bytes one GPU has for KV.
+    """
     stages = pp_partition(spec.num_layers, inp.pp)
     if inp.kv_budget is not None:
         return [Budget(inp.gpu.memory_bytes, inp.gpu_util, 0, 0, 0, 0, 0, inp.kv_budget,
@@ -246,6 +251,14 @@ def validate(spec: ModelSpec, inp: PlanInputs) -> None:
 
 
 def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
+    """Everything ``kvcalc plan`` prints, for one model, one parallel layout and one workload.
+
+    Public API: ``make_plan(spec, PlanInputs(gpu=find_gpu("h100"), max_len=8192),
+    workload.fixed(1024, 256))`` gives ``.budget`` (tightest stage), ``.vllm`` (vLLM's
+    start-up figures), ``.contiguous`` / ``.paged`` (:class:`~kvcalc.workload.AllocatorResult`
+    per replica) and ``.warnings``. Raises :class:`~kvcalc.errors.UsageError` for invalid inputs;
+    a plan that does not fit is returned with ``fits`` False, never raised.
+    """
     validate(spec, inp)
     params = count_parameters(spec)
     budgets = compute_budgets(spec, params, inp)
