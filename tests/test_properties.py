@@ -50,7 +50,14 @@ def test_total_is_linear_in_batch(spec, engine, seq, batch):
 def test_monotonic_in_sequence_length(spec, engine, a, b):
     layout = build_layout(spec, engine, "bf16")
     lo, hi = sorted((a, b))
-    assert layout.bytes_per_sequence(lo) <= layout.bytes_per_sequence(hi)
+    windowed = any(c.window for c in layout.layers)
+    if engine == "vllm" and windowed:
+        # a vLLM sliding layer frees a whole block when the window leaves it, so its bytes
+        # move by up to one block per layer as a sequence grows; they never exceed that
+        slack = sum(c.page_bytes for c in layout.layers if c.window)
+        assert layout.bytes_per_sequence(lo) <= layout.bytes_per_sequence(hi) + slack
+    else:
+        assert layout.bytes_per_sequence(lo) <= layout.bytes_per_sequence(hi)
 
 
 @settings(max_examples=60, deadline=None)
