@@ -27,11 +27,11 @@ from dataclasses import dataclass, field, replace
 from .arch import ModelSpec
 from .errors import UsageError
 from .hardware import GpuSpec
-from .layout import KEEP_NONE, Layout, build_layout
+from .layout import KEEP_ALL, KEEP_NONE, Layout, build_layout
 from .params import ParamCount, count_parameters, stage_parameters, weight_bytes
-from .units import GiB, MiB, cdiv
+from .units import GiB, MiB, cdiv, largest_satisfying
 from .vllm_capacity import VllmCapacity, in_flight_tokens, pp_partition, vllm_capacity
-from .workload import AllocatorResult, Workload, compare_allocators
+from .workload import AllocatorResult, Workload, compare_allocators, peak_bytes
 
 DEFAULT_GPU_UTIL = 0.9                     # vLLM gpu_memory_utilization default
 NON_TORCH_BYTES = 512 * MiB                # NCCL/cuBLAS/... (vLLM "non-torch memory")
@@ -108,7 +108,7 @@ class PlanInputs:
         """``--block-size``, else vLLM's default: 16, or the MLA backend's block for MLA models."""
         if self.block_size is not None:
             return self.block_size
-        if spec.is_mla:
+        if _facts(spec).is_mla:
             return MLA_BACKEND_BLOCK[mla_backend(self.gpu)]
         return DEFAULT_BLOCK_SIZE
 
@@ -172,6 +172,44 @@ class Plan:
     @property
     def fits(self) -> bool:
         return self.vllm.fits and self.budget.kv_bytes > 0
+
+
+@dataclass(frozen=True)
+class _SpecFacts:
+    """What a plan asks of a ModelSpec again and again, computed once per spec object (hashing
+    a ModelSpec walks every layer, which dominated the sweep)."""
+
+    is_mla: bool
+    kv_heads: int | None
+    params: ParamCount
+
+
+_FACTS: dict[int, tuple[ModelSpec, _SpecFacts]] = {}
+_LAYOUTS: dict[tuple[int, str, int, int], tuple[ModelSpec, Layout]] = {}
+
+
+def _facts(spec: ModelSpec) -> _SpecFacts:
+    hit = _FACTS.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    facts = _SpecFacts(spec.is_mla, spec.kv_heads, count_parameters(spec))
+    if len(_FACTS) > 256:
+        _FACTS.clear()
+    _FACTS[id(spec)] = (spec, facts)
+    return facts
+
+
+def vllm_layout(spec: ModelSpec, kv_dtype: str, block: int, tp: int) -> Layout:
+    """``build_layout(spec, "vllm", ...)`` memoised per spec object."""
+    key = (id(spec), kv_dtype, block, tp)
+    hit = _LAYOUTS.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    layout = build_layout(spec, "vllm", kv_dtype, block_size=block, tp=tp)
+    if len(_LAYOUTS) > 4096:
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = (spec, layout)
+    return layout
 
 
 def activation_bytes(spec: ModelSpec, params: ParamCount, tokens: int, num_seqs: int,
@@ -260,29 +298,63 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
     a plan that does not fit is returned with ``fits`` False, never raised.
     """
     validate(spec, inp)
-    params = count_parameters(spec)
+    facts = _facts(spec)
+    params = facts.params
     budgets = compute_budgets(spec, params, inp)
     block = inp.block(spec)
-    layout = build_layout(spec, "vllm", inp.kv_dtype, block_size=block, tp=inp.tp)
-    token_layout = build_layout(spec, "vllm", inp.kv_dtype, block_size=1, tp=inp.tp)
+    layout = vllm_layout(spec, inp.kv_dtype, block, inp.tp)
+    token_layout = vllm_layout(spec, inp.kv_dtype, 1, inp.tp)
     cap = vllm_capacity(layout, [max(0, b.kv_bytes) for b in budgets], inp.max_len,
                         inp.in_flight(), inp.era, inp.num_blocks_override, inp.disable_hybrid)
     contiguous, paged = _allocators(layout, token_layout, workload, inp, budgets)
     warnings = []
-    kv = spec.kv_heads
-    if kv and not spec.is_mla and inp.tp > kv:
+    kv = facts.kv_heads
+    if kv and not facts.is_mla and inp.tp > kv:
         warnings.append(f"--tp {inp.tp} exceeds the model's {kv} KV heads: each GPU keeps a "
                         f"replicated copy (KV per GPU stops shrinking past tp {kv})")
     if spec.max_position_embeddings and inp.max_len > spec.max_position_embeddings:
         warnings.append(f"--max-len {inp.max_len:,} exceeds the model's context length "
                         f"({spec.max_position_embeddings:,})")
     notes = []
-    if spec.is_mla and inp.block_size is None:
+    engine_note = _engine_vs_held_note(layout, cap, budgets, inp)
+    if engine_note:
+        notes.append(engine_note)
+    if facts.is_mla and inp.block_size is None:
         notes.append(f"MLA: block size {block} of vLLM's default {mla_backend(inp.gpu)} backend "
                      f"on {inp.gpu.name} (FlashMLA 64, CUTLASS MLA 128, TRITON_MLA 16; "
                      f"--block-size overrides)")
     return Plan(spec, inp, params, tuple(budgets), layout, cap, contiguous, paged, workload,
                 tuple(warnings), tuple(notes))
+
+
+#: report the difference between vLLM's figure and what requests hold above this ratio
+ENGINE_GAP_NOTE_RATIO = 1.02
+
+
+def _engine_vs_held_note(layout: Layout, cap: VllmCapacity, budgets: list[Budget],
+                         inp: PlanInputs) -> str | None:
+    """Why vLLM's "Maximum concurrency" is below what requests of max_len really hold, for
+    models with sliding/chunked layers (vLLM sizes each window group for the window plus the
+    tokens in flight, and pads groups to equal size) -- field.md 5.2 item 4."""
+    windowed = [c for c in layout.layers if c.keep not in (KEEP_ALL, KEEP_NONE) and c.window]
+    if not windowed or inp.pp > 1 or inp.num_blocks_override is not None or inp.disable_hybrid:
+        return None
+    held = peak_bytes(layout, inp.max_len)
+    kv = max(0, budgets[0].kv_bytes)
+    achievable = kv / held if held else 0.0
+    if not cap.fits:
+        if kv <= 0 or held > kv:
+            return None
+        return (f"vLLM refuses to start although one {inp.max_len:,}-token request holds only "
+                f"{held / GiB:.2f} GiB at its peak: its check sizes every sliding/chunked group "
+                f"for the window plus {inp.in_flight():,} tokens in flight (a smaller "
+                f"--max-batched-tokens, or --no-async-scheduling, shrinks that term)")
+    if achievable < cap.max_concurrency * ENGINE_GAP_NOTE_RATIO:
+        return None
+    return (f"vLLM's maximum concurrency ({cap.max_concurrency:.2f}x) counts every sliding/chunked "
+            f"group at its window plus {inp.in_flight():,} tokens in flight (and any padding "
+            f"layers); {inp.max_len:,}-token requests hold only {held / GiB:.3f} GiB each at their "
+            f"peak, so {achievable:.2f} fit in the same {kv / GiB:.2f} GiB once running")
 
 
 def _allocators(layout: Layout, token_layout: Layout, workload: Workload, inp: PlanInputs,
@@ -311,23 +383,16 @@ def _allocators(layout: Layout, token_layout: Layout, workload: Workload, inp: P
 def solve_max_len(spec: ModelSpec, inp: PlanInputs, concurrency: int, limit: int) -> int:
     """Largest max length (<= limit) at which vLLM's maximum concurrency is >= ``concurrency``
     (binary search: the per-request cost is monotonic but not linear for windowed models)."""
-    params = count_parameters(spec)
+    params = _facts(spec).params
     budgets = [max(0, b.kv_bytes) for b in compute_budgets(spec, params, inp)]
-    layout = build_layout(spec, "vllm", inp.kv_dtype, block_size=inp.block(spec), tp=inp.tp)
+    layout = vllm_layout(spec, inp.kv_dtype, inp.block(spec), inp.tp)
 
     def ok(length: int) -> bool:
         cap = vllm_capacity(layout, budgets, length, inp.in_flight(), inp.era,
                             inp.num_blocks_override, inp.disable_hybrid)
         return cap.fits and cap.max_concurrency >= concurrency
 
-    lo, hi = 0, limit
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    return largest_satisfying(ok, limit)
 
 
 @dataclass(frozen=True)
@@ -350,7 +415,7 @@ def smallest_deployment(spec: ModelSpec, inp: PlanInputs, target: int,
     """Fewest GPUs of ``inp.gpu`` (TP in 1/2/4/8 within a node, then PP across nodes, then
     replicas) whose vLLM maximum concurrency at ``inp.max_len`` reaches ``target``."""
     best: Sizing | None = None
-    params = count_parameters(spec)
+    params = _facts(spec).params
     for pp in (1, 2, 4, 8):
         if pp > max_pp or pp > spec.num_layers:
             break
@@ -361,7 +426,7 @@ def smallest_deployment(spec: ModelSpec, inp: PlanInputs, target: int,
             budgets = [b.kv_bytes for b in compute_budgets(spec, params, trial)]
             if min(budgets) <= 0:
                 continue
-            layout = build_layout(spec, "vllm", trial.kv_dtype, block_size=trial.block(spec), tp=tp)
+            layout = vllm_layout(spec, trial.kv_dtype, trial.block(spec), tp)
             cap = vllm_capacity(layout, budgets, trial.max_len, trial.in_flight(), trial.era,
                                 None, trial.disable_hybrid)
             if not cap.fits or cap.max_concurrency <= 0:

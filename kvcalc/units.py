@@ -94,3 +94,16 @@ def format_tokens(n: int) -> str:
 def cdiv(a: int, b: int) -> int:
     """Ceiling division of non-negative integers."""
     return -(-a // b)
+
+
+def largest_satisfying(predicate, limit: int) -> int:
+    """Largest n in [0, limit] with ``predicate(n)`` true, for a predicate that is true up to
+    some point and false after it (binary search); 0 when only n = 0 qualifies."""
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if predicate(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

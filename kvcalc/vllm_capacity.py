@@ -28,11 +28,12 @@ Reimplements, from a :class:`~kvcalc.layout.Layout` laid out for ``vllm``, the r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .arch import CHUNKED, FULL, MLA, SLIDING
 from .errors import UsageError
 from .layout import KEEP_NONE, Layout
-from .units import GiB, cdiv
+from .units import GiB, cdiv, largest_satisfying
 
 ERAS = ("new", "mid")
 #: vLLM rounds the enlarged attention block of attention+Mamba hybrids to this alignment
@@ -87,8 +88,17 @@ class Grouping:
         sizes = [g.spec.block_size for g in self.groups if g.spec.kind != MAMBA]
         return min(sizes) if sizes else 0
 
+    @cached_property
+    def _bytes_per_block_all(self) -> int:
+        return self._bytes_per_block(None)
+
     def bytes_per_block(self, layers: set[int] | None = None) -> int:
         """Memory of one block id on a worker holding ``layers`` (all layers by default)."""
+        if layers is None:
+            return self._bytes_per_block_all
+        return self._bytes_per_block(layers)
+
+    def _bytes_per_block(self, layers: set[int] | None) -> int:
         if not self.groups:
             return 0
         per_group = []
@@ -205,24 +215,32 @@ def kv_cache_groups(specs: dict[int, KVSpec]) -> Grouping:
                     {l: max_page for l in layers})
 
 
-_GROUPING_CACHE: dict[tuple[int, int, bool], tuple[Layout, dict[int, KVSpec], Grouping]] = {}
+_GROUPING_CACHE: dict[tuple[int, int, bool],
+                     tuple[Layout, dict[int, KVSpec], Grouping, tuple[str, ...]]] = {}
 
 
 def _specs_and_groups(layout: Layout, max_len: int,
-                      disable_hybrid: bool) -> tuple[dict[int, KVSpec], Grouping]:
-    """layer_specs + kv_cache_groups, memoised per layout object (layouts are cached and
-    immutable; the grouping only depends on max_len through the Mamba block size)."""
+                      disable_hybrid: bool) -> tuple[dict[int, KVSpec], Grouping, tuple[str, ...]]:
+    """layer_specs + kv_cache_groups (+ vLLM's block-size notes), memoised per layout object
+    (layouts are cached and immutable; the grouping only depends on max_len through the Mamba
+    block size)."""
     has_state = any(c.fixed_bytes for c in layout.layers)
     key = (id(layout), max_len if has_state else 0, disable_hybrid)
     hit = _GROUPING_CACHE.get(key)
     if hit is not None and hit[0] is layout:
-        return hit[1], hit[2]
+        return hit[1], hit[2], hit[3]
     specs = layer_specs(layout, max_len, disable_hybrid)
     grouping = kv_cache_groups(specs)
+    notes = grouping.notes
+    attn_blocks = {sp.block_size for sp in specs.values() if sp.kind != MAMBA}
+    if any(sp.kind == MAMBA for sp in specs.values()) and layout.block_size and \
+            attn_blocks and min(attn_blocks) > layout.block_size:
+        notes = (f"Setting attention block size to {min(attn_blocks)} tokens to ensure that "
+                 f"attention page size is >= mamba page size (vLLM's log line)",) + notes
     if len(_GROUPING_CACHE) > 4096:
         _GROUPING_CACHE.clear()
-    _GROUPING_CACHE[key] = (layout, specs, grouping)
-    return specs, grouping
+    _GROUPING_CACHE[key] = (layout, specs, grouping, notes)
+    return specs, grouping, notes
 
 
 def pp_partition(num_layers: int, pp: int) -> list[tuple[int, int]]:
@@ -293,14 +311,7 @@ def estimate_max_model_len(grouping: Grouping, available: int, max_len: int,
     def fits(length: int) -> bool:
         return per_block * grouping.blocks_needed(length, batched_tokens) <= budget
 
-    lo, hi = 0, max_len
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    return largest_satisfying(fits, max_len)
 
 
 def vllm_capacity(layout: Layout, available_per_stage: list[int], max_len: int,
@@ -314,7 +325,7 @@ def vllm_capacity(layout: Layout, available_per_stage: list[int], max_len: int,
     """
     if era not in ERAS:
         raise UsageError(f"unknown vLLM era '{era}': choose one of {', '.join(ERAS)}")
-    specs, grouping = _specs_and_groups(layout, max_len, disable_hybrid)
+    specs, grouping, notes = _specs_and_groups(layout, max_len, disable_hybrid)
     n_layers = len(layout.layers)
     stages = pp_partition(n_layers, len(available_per_stage))
     if grouping.mode == "attention_free":
@@ -325,9 +336,10 @@ def vllm_capacity(layout: Layout, available_per_stage: list[int], max_len: int,
     per_stage_blocks = []
     worst = None
     for (start, end), avail in zip(stages, available_per_stage):
-        stage_layers = {l for l in specs if start <= l < end}
-        per_block = grouping.bytes_per_block(stage_layers) if len(stages) > 1 else \
-            grouping.bytes_per_block()
+        if len(stages) > 1:
+            per_block = grouping.bytes_per_block({l for l in specs if start <= l < end})
+        else:
+            per_block = grouping.bytes_per_block()
         blocks = max(0, avail // per_block) if per_block else 0
         per_stage_blocks.append(blocks)
         if worst is None or blocks < worst[0]:
@@ -336,24 +348,20 @@ def vllm_capacity(layout: Layout, available_per_stage: list[int], max_len: int,
     if num_blocks_override is not None:
         num_blocks = num_blocks_override
     _, avail, per_block = worst
+    if num_blocks_override is not None:
+        # vLLM >= 0.20 plans the check and the length estimate against override x block bytes
+        avail = num_blocks_override * per_block
     needed = per_block * blocks_needed + (per_block if null else 0)
     fits = avail > 0 and needed <= avail and (num_blocks - (1 if null else 0)) >= blocks_needed
     est = None
     if not fits:
-        est = estimate_max_model_len(grouping, avail, max_len, batched_tokens, null_block=null) \
-            if num_blocks_override is None else (num_blocks - (1 if null else 0)) * grouping.block_size
+        est = estimate_max_model_len(grouping, avail, max_len, batched_tokens, null_block=null)
     concurrency = num_blocks / blocks_needed
     n_groups = len(grouping.groups)
     if era == "new":
         tokens = int(concurrency * max_len)
     else:
         tokens = num_blocks // n_groups * grouping.block_size
-    notes = grouping.notes
-    attn_blocks = {sp.block_size for sp in specs.values() if sp.kind != MAMBA}
-    if any(sp.kind == MAMBA for sp in specs.values()) and layout.block_size and \
-            attn_blocks and min(attn_blocks) > layout.block_size:
-        notes = (f"Setting attention block size to {min(attn_blocks)} tokens to ensure that "
-                 f"attention page size is >= mamba page size (vLLM's log line)",) + notes
     return VllmCapacity(num_blocks, grouping.block_size, tokens, concurrency, max_len, n_groups,
                         grouping.bytes_per_block(), blocks_needed, fits, needed, avail, est,
                         notes)
