@@ -31,3 +31,7 @@ class MissingFieldError(ConfigError):
             msg += f" ({hint})"
         super().__init__(msg)
         self.field = field
+
+
+class HubError(KvcalcError):
+    """The Hugging Face hub could not give us a file (offline, gated, timeout, server error)."""

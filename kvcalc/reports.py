@@ -20,6 +20,9 @@ def source_record(resolved: ResolvedModel) -> dict[str, Any]:
         "location": resolved.location,
         "hub_id": resolved.hub_id,
         "revision": resolved.revision,
+        "ref": resolved.ref,
+        "cached": resolved.cached,
+        "detail": resolved.provenance,
     }
 
 

@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ModelNotFoundError
+from .errors import ConfigError, ModelNotFoundError, UsageError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(@[\w.\-/]+)?$")
@@ -35,17 +35,33 @@ class ResolvedModel:
     name: str
     config: Mapping[str, Any] = field(repr=False)
     kind: str                     # "preset" | "file" | "hub"
-    location: str                 # preset file, config path, or hub id
+    location: str                 # preset file, config path, or the hub cache file read
     hub_id: str | None = None
-    revision: str | None = None
+    revision: str | None = None   # hub: the commit sha the config came from
     description: str | None = None
+    ref: str | None = None        # hub: the branch, tag or commit asked for (default main)
+    cached: bool = False          # hub: read from the hub cache without the hub's answer
+    note: str | None = None       # hub: why the cache was used
+    origin: str | None = None     # preset: "built-in" or "user"
 
     @property
     def provenance(self) -> str:
+        """One line for humans: which source, and which revision or file."""
         if self.kind == "preset":
-            return f"preset {self.name} ({self.location})"
+            text = {"built-in": "built-in preset", "user": f"user preset {self.location}"}.get(
+                self.origin or "", f"preset file {self.location}")
+            if self.hub_id:
+                text += f", hub id {self.hub_id}"
+                text += f"@{self.revision[:12]}" if self.revision else ""
+            return text
         if self.kind == "hub":
-            return f"hub {self.hub_id}@{self.revision or 'main'}"
+            ref = self.ref or "main"
+            text = f"hub {self.hub_id}@{ref}"
+            if self.revision and self.revision != ref:
+                text += f" (commit {self.revision[:12]})"
+            if self.note:
+                text += f", cached copy: {self.note}"
+            return text
         return f"file {self.location}"
 
 
@@ -163,7 +179,104 @@ def find_preset(name: str) -> Preset | None:
     for preset in all_presets():
         if key == preset.name or key in preset.aliases:
             return preset
+    # an alias of a built-in preset that a user preset hides leads to the user preset
+    for preset in _scan_dir(str(builtin_preset_dir()), "built-in"):
+        if key in preset.aliases:
+            return find_preset(preset.name)
     return None
+
+
+#: what ``kvcalc models add --as NAME`` accepts: a file name and a --model value at once
+PRESET_NAME = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
+
+
+def user_preset_write_dir() -> Path:
+    """Where new user presets go: the first ``$KVCALC_PRESETS`` folder, else the XDG one."""
+    return user_preset_dirs()[0]
+
+
+def check_preset_name(name: str) -> str:
+    key = name.strip().lower()
+    if not PRESET_NAME.match(key) or key.endswith((".yaml", ".yml", ".json")):
+        raise UsageError(f"preset name {name!r} is not usable: use lowercase letters, digits, "
+                         "'.', '-', '_' or '+' (e.g. --as llama-3.1-8b-custom)")
+    return key
+
+
+def save_user_preset(name: str, data: Mapping[str, Any], *, force: bool = False,
+                     directory: Path | None = None) -> Path:
+    """Write ``data`` as ``<directory>/<name>.yaml`` atomically and return the path.
+
+    The YAML goes to a temporary file in the same folder (not ending in .yaml, so no scan ever
+    reads it), is flushed and fsynced, then renamed into place: a crash, an error or Ctrl-C
+    leaves either the old file or the new one, never half of one. Without ``force`` an existing
+    preset file is never replaced (the final link is ``os.link``, which refuses to overwrite)."""
+    import tempfile
+
+    import yaml
+
+    key = check_preset_name(name)
+    folder = directory or user_preset_write_dir()
+    target = folder / f"{key}.yaml"
+    existing = [target.with_suffix(s) for s in (".yaml", ".yml") if target.with_suffix(s).exists()]
+    if existing and not force:
+        raise UsageError(f"user preset {existing[0]} already exists: pass --force to replace it, "
+                         "or --as another name")
+    text = yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True, width=100)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the preset folder {folder}: "
+                          f"{exc.strerror or exc}") from None
+    tmp_name = None
+    try:
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, prefix=f".{key}.",
+                                         suffix=".tmp", delete=False) as tmp:
+            tmp_name = tmp.name
+            os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; presets are plain files
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        if force:
+            os.replace(tmp_name, target)
+        else:
+            try:
+                os.link(tmp_name, target)  # atomic and never clobbers
+            except FileExistsError:
+                raise UsageError(f"user preset {target} already exists: pass --force to replace "
+                                 "it, or --as another name") from None
+            except OSError:  # no hard links on this file system
+                if target.exists():
+                    raise UsageError(f"user preset {target} already exists: pass --force to "
+                                     "replace it") from None
+                os.replace(tmp_name, target)
+        _fsync_dir(folder)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:  # also on KeyboardInterrupt: no temporary file left behind
+        if tmp_name is not None and os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        _scan_dir.cache_clear()
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def preset_names() -> list[str]:
@@ -179,16 +292,36 @@ def suggest(name: str, choices: list[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
+_SOURCE_COMMIT = re.compile(r"^hub \S+@([0-9a-f]{40})\b")
+
+
+def _from_preset(preset: Preset, location: str | None = None) -> ResolvedModel:
+    """A preset saved by ``kvcalc models add`` records its commit in ``source``."""
+    commit = _SOURCE_COMMIT.match(str(preset.data.get("source") or ""))
+    return ResolvedModel(preset.name, preset.data["config"], "preset",
+                         location or str(preset.path), hub_id=preset.hub_id,
+                         revision=commit[1] if commit else None,
+                         description=preset.display_name, origin=preset.origin)
+
+
 def resolve(model: str, revision: str | None = None) -> ResolvedModel:
-    """Resolve ``--model`` (preset, path, or hub id) to a raw config."""
+    """Resolve ``--model`` (preset, path, or hub id) to a raw config.
+
+    ``revision`` (``--revision``, or ``@rev`` after a hub id) applies to hub ids only: a preset
+    or a local file is already pinned, so asking for a revision of one is an error that names
+    the hub id to use instead."""
     if not model or not model.strip():
         raise ModelNotFoundError("--model is empty: name a preset, a config.json path or a hub id")
+    base, _, at_rev = model.partition("@")
     preset = find_preset(model)
+    if preset is None and at_rev:
+        preset = find_preset(base)
     if preset is not None:
-        return ResolvedModel(preset.name, preset.data["config"], "preset", str(preset.path),
-                             hub_id=preset.hub_id, description=preset.display_name)
+        _no_revision(f"preset '{preset.name}'", revision or at_rev or None, preset.hub_id)
+        return _from_preset(preset)
     path = Path(model).expanduser()
     if path.exists():
+        _no_revision(f"local file {model}", revision, None)
         return _from_path(path)
     if _HUB_ID.match(model) and not model.startswith((".", "/", "~")):
         from . import hub  # imported only for hub ids
@@ -204,6 +337,14 @@ def resolve(model: str, revision: str | None = None) -> ResolvedModel:
     )
 
 
+def _no_revision(what: str, revision: str | None, hub_id: str | None) -> None:
+    if not revision:
+        return
+    fix = (f"use --model {hub_id}@{revision} to read that revision from the hub" if hub_id
+           else "--revision applies to hub ids (org/name) only")
+    raise UsageError(f"{what} is pinned and has no revision {revision!r}: {fix}")
+
+
 def _from_path(path: Path) -> ResolvedModel:
     if path.is_dir():
         candidate = path / "config.json"
@@ -211,9 +352,7 @@ def _from_path(path: Path) -> ResolvedModel:
             raise ModelNotFoundError(f"directory {path} holds no config.json")
         path = candidate
     if path.suffix in (".yaml", ".yml"):
-        preset = _load_preset(path, "file")
-        return ResolvedModel(preset.name, preset.data["config"], "preset", str(path),
-                             hub_id=preset.hub_id, description=preset.display_name)
+        return _from_preset(_load_preset(path, "file"), str(path))
     data = load_json_file(path)
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path} does not hold a JSON object")

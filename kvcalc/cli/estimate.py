@@ -100,6 +100,8 @@ def _sweep_table(records: list[dict], fmt: str) -> str:
 
 def _source(rec: dict) -> str:
     src = rec["source"]
+    if src.get("detail"):
+        return src["detail"]
     if src["kind"] == "preset":
         return f"preset, hub id {src['hub_id']}" if src["hub_id"] else "preset"
     if src["kind"] == "hub":

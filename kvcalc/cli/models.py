@@ -1,4 +1,4 @@
-"""kvcalc models: list presets, show one."""
+"""kvcalc models: list presets (and where each comes from), show one, add one from the hub."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ from ..arch import build_spec
 from ..errors import KvcalcError, ModelNotFoundError
 from ..layout import build_layout
 from ..render import key_values, table, to_csv, to_json, to_yaml
-from ..sources import all_presets, find_preset, preset_names, suggest
+from ..sources import (all_presets, builtin_preset_dir, find_preset, preset_names, suggest,
+                       user_preset_dirs)
 from ..units import format_bytes
 from .common import echo_output, format_option
 
 
 def _summary(preset) -> dict:
     row = {"name": preset.name, "display_name": preset.display_name, "hub_id": preset.hub_id,
-           "aliases": list(preset.aliases), "origin": preset.origin, "path": str(preset.path)}
+           "aliases": list(preset.aliases), "origin": preset.origin, "path": str(preset.path),
+           "folder": str(preset.path.parent), "overrides_builtin": _overrides(preset)}
     try:
         spec = build_spec(preset.data["config"], preset.name)
         row["model_type"] = spec.model_type
@@ -44,6 +46,7 @@ def models(ctx, fmt):
       kvcalc models
       kvcalc models --format json
       kvcalc models show llama-7b
+      kvcalc models add Qwen/Qwen3-8B --as qwen3-8b-mine
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -54,14 +57,43 @@ def models(ctx, fmt):
         echo_output(to_yaml(rows))
     elif fmt == "csv":
         echo_output(to_csv(rows, ("name", "hub_id", "model_type", "layers", "dtype",
-                                  "bytes_per_token_hf", "bytes_per_token_vllm", "origin")))
+                                  "bytes_per_token_hf", "bytes_per_token_vllm", "origin",
+                                  "path")))
     else:
         body = [(r["name"], r.get("hub_id") or "-", r.get("model_type", "?"),
                  _kinds(r.get("layer_kinds", {})), r.get("dtype", "?"),
                  _bpt(r.get("bytes_per_token_hf")), _bpt(r.get("bytes_per_token_vllm")),
-                 r["origin"]) for r in rows]
+                 _origin(r)) for r in rows]
         echo_output(table(body, ("name", "hub id", "type", "layers", "dtype", "hf B/token",
-                                 "vllm B/token", "origin"), fmt) + "\n")
+                                 "vllm B/token", "origin"), fmt) + "\n" + _folders_note(fmt))
+
+
+def _overrides(preset) -> bool:
+    if preset.origin != "user":
+        return False
+    return any((builtin_preset_dir() / f"{preset.name}{s}").is_file() for s in (".yaml", ".yml"))
+
+
+def _origin(row: dict) -> str:
+    if row["origin"] != "user":
+        return row["origin"]
+    text = f"user {_tilde(row['folder'])}"
+    return text + " (overrides built-in)" if row.get("overrides_builtin") else text
+
+
+def _tilde(path: str) -> str:
+    from pathlib import Path
+
+    home = str(Path.home())
+    return "~" + path[len(home):] if home != "/" and path.startswith(home + "/") else path
+
+
+def _folders_note(fmt: str) -> str:
+    folders = ", ".join(_tilde(str(d)) for d in user_preset_dirs())
+    if fmt == "markdown":
+        return ""
+    return (f"\nUser presets (first wins, then built-in): {folders}\n"
+            "Add one with: kvcalc models add org/name [--as NAME]\n")
 
 
 @models.command("show")
@@ -103,3 +135,60 @@ def _kinds(kinds: dict) -> str:
 
 def _bpt(value) -> str:
     return f"{value:,} ({format_bytes(value)})" if value is not None else "?"
+
+
+@models.command("add")
+@click.argument("hub_id", metavar="ORG/NAME[@REVISION]")
+@click.option("--as", "name", default=None, metavar="NAME",
+              help="Preset name (default: the repository name, lowercased).")
+@click.option("--revision", default=None, help="Branch, tag or commit (default main).")
+@click.option("--force", is_flag=True, help="Replace a user preset of the same name.")
+def add(hub_id, name, revision, force):
+    """Save a hub model's config.json as a user preset.
+
+    \b
+    The preset goes to the first user preset folder ($KVCALC_PRESETS, else
+    $XDG_CONFIG_HOME/kvcalc/presets) and then resolves by name, offline, ahead of a
+    built-in preset of the same name. Writes are atomic; an existing user preset is kept
+    unless --force.
+
+    \b
+    Examples:
+      kvcalc models add meta-llama/Llama-3.1-8B
+      kvcalc models add Qwen/Qwen3-8B@main --as qwen3-8b-mine
+      kvcalc estimate --model qwen3-8b-mine --seq 32k
+    """
+    from datetime import date
+
+    from .. import hub
+    from ..errors import UsageError
+    from ..sources import _HUB_ID, check_preset_name, save_user_preset
+
+    if not _HUB_ID.match(hub_id):
+        raise UsageError(f"'{hub_id}' is not a hub id: models add takes org/name[@revision] "
+                         "(a local config.json can be used directly with --model)")
+    repo_id, _ = hub.split_revision(hub_id, revision)
+    key = check_preset_name(name or repo_id.split("/")[-1])
+    resolved = hub.resolve_hub(hub_id, revision)
+    try:
+        spec = build_spec(resolved.config, key)
+    except KvcalcError as exc:
+        raise KvcalcError(f"not saved: kvcalc cannot read the config of {repo_id}: {exc}") from None
+    commit = resolved.revision or resolved.ref
+    fetched = "read from the hub cache" if resolved.cached else f"fetched {date.today()}"
+    data = {
+        "name": key,
+        "display_name": repo_id.split("/")[-1],
+        "hub_id": repo_id,
+        "aliases": [],
+        "family": spec.model_type,
+        "source": f"hub {repo_id}@{commit} {fetched}",
+        "notes": f"Saved by `kvcalc models add {hub_id}` from {hub.endpoint()} "
+                 f"({resolved.ref or 'main'}).",
+        "config": dict(resolved.config),
+    }
+    path = save_user_preset(key, data, force=force)
+    builtin = any((builtin_preset_dir() / f"{key}{s}").is_file() for s in (".yaml", ".yml"))
+    click.echo(f"saved {repo_id}@{(commit or 'main')[:12]} as preset '{key}' in {path}"
+               + (" (overrides the built-in preset of that name)" if builtin else ""))
+    click.echo(f"use it with: kvcalc estimate --model {key}")
