@@ -621,7 +621,8 @@ def _draw_memory(chart: Chart, ax) -> None:
         _log_gib_y(ax, values)
     else:
         ax.set_ylim(bottom=0, top=max(values) * 1.08)
-    _legend(ax, "upper left")
+    # curves rise to the upper right and budgets run along the top: the lower right is free
+    _legend(ax, "lower right")
 
 
 def _log_y(scale: str, values: list[float]) -> bool:

@@ -27,7 +27,12 @@ FIXTURES = Path(__file__).parent / "fixtures"
 REPORT = FIXTURES / "verify-report.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-pytest.importorskip("matplotlib")
+
+
+@pytest.fixture
+def mpl():
+    """Image tests need matplotlib (the optional extra); data and error tests do not."""
+    return pytest.importorskip("matplotlib")
 
 
 def run(*args: str):
@@ -72,16 +77,21 @@ IMAGE_CASES = {
 
 
 @pytest.mark.parametrize("kind", list(IMAGE_CASES))
-def test_each_kind_writes_a_png_of_the_expected_size(kind, tmp_path):
+def test_each_kind_writes_a_png_of_the_expected_size_without_a_display(kind, tmp_path,
+                                                                       monkeypatch, mpl):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setenv("MPLBACKEND", "TkAgg")        # a GUI backend asked for: Agg still used
     out = tmp_path / f"{kind}.png"
     result = run("plot", *IMAGE_CASES[kind], "--out", str(out))
     assert result.exit_code == 0, result.output
     assert png_size(out) == (1000, 600)          # 10 x 6 in at 100 dpi
     assert f"wrote {out}" in result.stdout
+    assert mpl.get_backend().lower() == "agg"
 
 
 @pytest.mark.parametrize("kind", list(IMAGE_CASES))
-def test_each_kind_writes_an_svg_with_title_units_and_version(kind, tmp_path):
+def test_each_kind_writes_an_svg_with_title_units_and_version(kind, tmp_path, mpl):
     out = tmp_path / f"{kind}.svg"
     result = run("plot", *IMAGE_CASES[kind], "--out", str(out))
     assert result.exit_code == 0, result.output
@@ -97,25 +107,12 @@ def test_each_kind_writes_an_svg_with_title_units_and_version(kind, tmp_path):
         assert "GiB = 2^30" in text                             # axis unit
 
 
-def test_size_and_dpi_set_the_pixels(tmp_path):
+def test_size_and_dpi_set_the_pixels(tmp_path, mpl):
     out = tmp_path / "m.png"
-    result = run("plot", "memory", "-m", "llama-7b", "--size", "8x5", "--dpi", "80",
+    result = run("plot", "timing", "--from", str(REPORT), "--size", "8x5", "--dpi", "80",
                  "--out", str(out))
     assert result.exit_code == 0, result.output
     assert png_size(out) == (640, 400)
-
-
-def test_plotting_needs_no_display(monkeypatch, tmp_path):
-    import matplotlib
-
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    monkeypatch.setenv("MPLBACKEND", "TkAgg")        # a GUI backend asked for: Agg still used
-    out = tmp_path / "t.png"
-    result = run("plot", "timing", "--from", str(REPORT), "--out", str(out))
-    assert result.exit_code == 0, result.output
-    assert matplotlib.get_backend().lower() == "agg"
-    assert png_size(out) == (1000, 600)
 
 
 # ---------------------------------------------------------------- data = estimate / plan
