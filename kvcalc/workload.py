@@ -18,8 +18,12 @@ Allocation (per GPU, with that GPU's share of the KV, see :func:`compare_allocat
   layer can hold at any point of a sequence up to ``max_len`` (for a sliding window
   ``ceil((W-1)/B) + 1`` blocks), so the comparison isolates the reservation policy and paged
   is never below contiguous;
-- paged: every sequence holds whole blocks of its actual length: ``budget / mean(bytes(n))``
-  sequences on average (a number, not an integer).
+- paged: every sequence holds whole blocks of its actual length: ``budget / mean(peak(n))``
+  sequences on average (a number, not an integer), where ``peak(n)`` is the most a sequence
+  that grows to ``n`` tokens holds at any point of its life (the final length for full layers;
+  for windowed layers a sequence may hold one block more while it passes a block edge than at
+  its last token, and a chunked layer's chunk empties at each chunk boundary). A sequence must
+  have its peak available to finish, so both allocators are compared at their peaks.
 """
 
 from __future__ import annotations
@@ -29,10 +33,9 @@ import json
 import math
 import random
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from statistics import fmean
-
-from functools import lru_cache
 
 from .errors import ConfigError, UsageError
 from .layout import KEEP_ALL, KEEP_CHUNK, KEEP_NONE, LayerCache, Layout
@@ -156,13 +159,15 @@ class AllocatorResult:
         return self.budget_bytes - self.allocated_bytes
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=8192)
 def peak_slots(layer: LayerCache, max_len: int) -> int:
     """Most token slots ``layer`` holds for one sequence at any length ``n <= max_len``.
 
-    Full layers grow with ``n`` (the peak is at ``max_len``). Sliding and chunked layers free
-    blocks as the sequence moves on, so the count is periodic in ``n`` with period ``B`` past
-    the window: the peak lies within two blocks of the window (or chunk) edge, or at ``max_len``.
+    Full layers grow with ``n`` (the peak is at ``max_len``). Sliding layers grow block by block
+    up to ``n = W - 1`` and from there repeat with period ``B`` (one block more enters as one
+    leaves), so the peak lies within one block past ``W - 1``. Chunked layers repeat with period
+    ``lcm(C, B)``; within a chunk the count grows, so each chunk peaks at its last token.
+    (tests/test_plan_workload.py checks this against the brute-force maximum.)
     """
     if layer.keep == KEEP_NONE:
         return 0
@@ -170,42 +175,56 @@ def peak_slots(layer: LayerCache, max_len: int) -> int:
         return layer.slots_held(max_len)
     bs = layer.block_size or 1
     w = layer.window
-    candidates = {max_len}
     if layer.keep == KEEP_CHUNK:
-        # within a chunk the count grows, so each chunk peaks at its last token; chunk starts
-        # repeat their offset within a block every bs chunks at most
-        for k in range(min(max_len // w, bs) + 1):
-            candidates.add(min(max_len, k * w + w - 1))
-    else:
-        # past the window the count is periodic in n with period bs
-        candidates.update(range(max(1, w - 1 - 2 * bs), min(max_len, w + 2 * bs) + 1))
-    return max(layer.slots_held(n) for n in candidates)
+        period = math.lcm(w, bs)
+        n = min(max_len, period)
+        candidates = {n}
+        candidates.update(min(n, k * w + w - 1) for k in range(n // w + 1))
+        return max(layer.slots_held(m) for m in candidates)
+    if max_len <= w - 1:
+        return layer.slots_held(max_len)
+    return max(layer.slots_held(m) for m in range(w - 1, min(max_len, w - 2 + bs) + 1))
+
+
+def _distinct(layout: Layout) -> tuple[tuple[LayerCache, int], ...]:
+    """The layout's layers with identical ones collapsed (index aside), memoised per layout."""
+    key = id(layout)
+    hit = _DISTINCT_CACHE.get(key)
+    if hit is not None and hit[0] is layout:
+        return hit[1]
+    counts: dict[LayerCache, int] = {}
+    for layer in layout.layers:
+        k = replace(layer, index=0)
+        counts[k] = counts.get(k, 0) + 1
+    value = tuple(counts.items())
+    if len(_DISTINCT_CACHE) > 1024:
+        _DISTINCT_CACHE.clear()
+    _DISTINCT_CACHE[key] = (layout, value)
+    return value
+
+
+_DISTINCT_CACHE: dict[int, tuple[Layout, tuple[tuple[LayerCache, int], ...]]] = {}
+
+
+def peak_bytes(layout: Layout, n: int) -> int:
+    """Most bytes one sequence holds while it grows to ``n`` tokens: every layer at its own
+    peak (:func:`peak_slots`) plus fixed states. Equals ``layout.bytes_per_sequence(n)`` for
+    models without windows."""
+    total = 0
+    for layer, count in _distinct(layout):
+        if layer.keep == KEEP_NONE:
+            slots = 0
+        elif layer.keep == KEEP_ALL or not layer.window:
+            slots = layer.slots_held(n)
+        else:
+            slots = peak_slots(layer, n)
+        total += count * (slots * layer.bytes_per_token + layer.fixed_bytes)
+    return total
 
 
 def reserved_bytes(layout: Layout, max_len: int) -> int:
     """Bytes a contiguous allocator reserves per sequence: every layer's peak for ``max_len``."""
-    key = (id(layout), max_len)
-    hit = _RESERVED_CACHE.get(key)
-    if hit is not None and hit[0] is layout:
-        return hit[1]
-    value = _reserved(layout.layers, max_len)
-    if len(_RESERVED_CACHE) > 4096:
-        _RESERVED_CACHE.clear()
-    _RESERVED_CACHE[key] = (layout, value)
-    return value
-
-
-_RESERVED_CACHE: dict[tuple[int, int], tuple[Layout, int]] = {}
-
-
-@lru_cache(maxsize=1024)
-def _reserved(layers: tuple[LayerCache, ...], max_len: int) -> int:
-    counts: dict[LayerCache, int] = {}
-    for layer in layers:
-        key = replace(layer, index=0)
-        counts[key] = counts.get(key, 0) + 1
-    return sum(n * (peak_slots(layer, max_len) * layer.bytes_per_token + layer.fixed_bytes)
-               for layer, n in counts.items())
+    return peak_bytes(layout, max_len)
 
 
 def compare_allocators(paged: Layout, token: Layout, workload: Workload, max_len: int,
@@ -213,18 +232,28 @@ def compare_allocators(paged: Layout, token: Layout, workload: Workload, max_len
     """Contiguous (reserve ``max_len``) versus paged (whole blocks of the actual length).
 
     ``paged`` is the engine layout (vLLM blocks); ``token`` the same model laid out token by
-    token (block size 1), which gives both the contiguous reservation and the bytes the tokens'
-    states need. Windows, states and MLA are honoured through ``Layout.bytes_per_sequence``.
+    token (block size 1), which gives the bytes the tokens' states need. Both are taken at each
+    sequence's peak (:func:`peak_bytes`), so windows, chunks, states and MLA are honoured and
+    the same moment is compared.
     """
     lengths = workload.lengths
-    used = fmean(token.bytes_per_sequence(n) for n in lengths)
+    distinct = sorted(set(lengths))
+    weights = {n: 0 for n in distinct}
+    for n in lengths:
+        weights[n] += 1
+    count = len(lengths)
+
+    def mean(fn) -> float:
+        return math.fsum(weights[n] * fn(n) for n in distinct) / count
+
+    used = mean(lambda n: peak_bytes(token, n))
     slots_used = fmean(lengths)
     block = paged.block_size or 1
     reserved = reserved_bytes(paged, max_len)
     contiguous = AllocatorResult("contiguous", budget // reserved if reserved else 0,
                                  -(-max_len // block) * block, slots_used, reserved, used, budget)
-    paged_bytes = fmean(paged.bytes_per_sequence(n) for n in lengths)
-    slots_paged = fmean(-(-n // block) * block for n in lengths)
+    paged_bytes = mean(lambda n: peak_bytes(paged, n))
+    slots_paged = mean(lambda n: -(-n // block) * block)
     paged_result = AllocatorResult("paged", budget / paged_bytes if paged_bytes else 0.0,
                                    slots_paged, slots_used, paged_bytes, used, budget)
     return contiguous, paged_result

@@ -18,7 +18,7 @@ from kvcalc.model import load_spec
 from kvcalc.params import weight_bytes
 from kvcalc.plan import PlanInputs, make_plan, smallest_deployment, solve_max_len
 from kvcalc.units import GiB
-from kvcalc.workload import compare_allocators, fixed, from_trace, sampled
+from kvcalc.workload import compare_allocators, fixed, from_trace, peak_slots, sampled
 
 TRACES = Path(__file__).parent / "fixtures" / "traces"
 
@@ -133,8 +133,15 @@ def test_windows_and_states_are_honoured_by_allocators():
     # 10 full layers x 32,768 + 52 sliding layers x (cdiv(1023, 16) + 1) blocks of 16 tokens
     # (the most a 1,024-token window holds in vLLM), 8,192 B per token per layer
     assert c.bytes_per_sequence == (10 * 32768 + 52 * 65 * 16) * 8192
-    # at 32k the sliding layers hold 64 blocks: paged holds less than the reservation
-    assert g.bytes_per_sequence == (10 * 32768 + 52 * 64 * 16) * 8192
+    # at exactly 32k the sliding layers hold 64 blocks, but on the way (e.g. at 32,760
+    # tokens) they held 65: a sequence needs its peak, so paged counts 65 too
+    sliding = paged.layers[0]
+    assert sliding.slots_held(32768) == 64 * 16 and sliding.slots_held(32760) == 65 * 16
+    assert g.bytes_per_sequence == c.bytes_per_sequence
+    # below the window edge paged holds only what the sequence reached
+    c, g = compare_allocators(paged, token, fixed(500, 0), 32768, 100 * GiB)
+    assert g.bytes_per_sequence == 62 * 512 * 8192   # 32 blocks of 16 in every layer
+    assert g.token_bytes_per_sequence == 62 * 500 * 8192
 
 
 def test_solvers():
@@ -318,7 +325,7 @@ def test_pipeline_stages_hold_their_own_layers_of_each_sequence():
     lay = build_layout(s, "vllm", "auto")
     per_stage = []
     for (a, b), budget in zip(((0, 31), (31, 62)), p.budgets):
-        held = sum(c.bytes_for(4096) for c in lay.layers[a:b])
+        held = sum(peak_slots(c, 4096) * c.bytes_per_token for c in lay.layers[a:b])
         per_stage.append(budget.kv_bytes / held)
     assert abs(p.paged.max_sequences - min(per_stage)) < 1e-6
 
@@ -335,3 +342,17 @@ def test_every_budget_term_can_be_overridden():
                           "-f", "json").stdout)["budget"]
     assert over["overhead_bytes"] == 3 * GiB
     assert over["kv_bytes"] == over["requested_bytes"] - over["weights_bytes"] - 3 * GiB
+
+
+def test_engine_figure_versus_what_requests_hold_is_explained():
+    # field.md 5.2 item 4: vLLM sizes sliding groups for window + tokens in flight
+    p = plan_for("gpt-oss-120b", max_len=131_072, weights_dtype="mxfp4")
+    assert p.fits and p.paged.max_sequences > p.vllm.max_concurrency * 1.05
+    assert any(n.startswith("vLLM's maximum concurrency") for n in p.notes)
+    g = plan_for("gemma-3-27b", max_len=131_072)
+    assert not g.fits and any(n.startswith("vLLM refuses to start although") for n in g.notes)
+    # smaller batches in flight shrink vLLM's sliding-window term until it starts
+    small = plan_for("gemma-3-27b", max_len=131_072, max_batched_tokens=2048,
+                     async_scheduling=False)
+    assert small.vllm.blocks_per_request < g.vllm.blocks_per_request
+    assert not any(n.startswith("vLLM") for n in plan_for("llama-3.1-8b", max_len=8192).notes)

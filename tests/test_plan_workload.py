@@ -69,3 +69,15 @@ def test_uniform_and_normal_are_clipped_to_the_max_length():
     assert min(w.lengths) >= 1 and max(w.lengths) == 1200
     w = sampled("normal", 10, 50, 4096, samples=500, seed=2)
     assert min(w.lengths) == 1
+
+
+def test_chunk_boundary_does_not_count_as_reservation_waste():
+    # Llama 4 Scout: a request of exactly 16 chunks ends with an empty chunk, but it held a full
+    # chunk on the way; contiguous and paged agree when every request reaches max_len
+    spec = SPECS["llama-4-scout"]
+    paged = build_layout(spec, "vllm", "bf16")
+    token = build_layout(spec, "vllm", "bf16", block_size=1)
+    work = Workload("t", (131_072,))
+    c, g = compare_allocators(paged, token, work, 131_072, 100 * GiB)
+    assert c.bytes_per_sequence == g.bytes_per_sequence
+    assert c.max_sequences == int(g.max_sequences)
