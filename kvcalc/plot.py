@@ -639,7 +639,7 @@ def _log_gib_y(ax, values: list[float]) -> None:
     lo = 2 ** math.floor(math.log2(min(values)))
     hi = 2 ** math.ceil(math.log2(max(values) * 1.05))
     ax.set_ylim(lo, hi)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
 
 
 def _draw_concurrency(chart: Chart, ax) -> None:
