@@ -197,10 +197,14 @@ def download(repo_id: str, filename: str, revision: str | None = None) -> HubFil
 
         # 2b. the hub answered: let huggingface_hub download into its cache (refs, snapshots)
         try:
-            path = Path(hf.hf_hub_download(repo_id, filename, revision=ref,
-                                           cache_dir=str(cache_dir()), endpoint=endpoint(),
-                                           etag_timeout=limit, tqdm_class=_quiet_tqdm(),
-                                           library_name="kvcalc", library_version=_version()))
+            path = Path(_within(DOWNLOAD_DEADLINE_FACTOR * limit, lambda: hf.hf_hub_download(
+                repo_id, filename, revision=ref, cache_dir=str(cache_dir()), endpoint=endpoint(),
+                etag_timeout=limit, tqdm_class=_quiet_tqdm(), library_name="kvcalc",
+                library_version=_version())))
+        except _Overdue:
+            raise HubError(f"the hub ({endpoint()}) answered but did not deliver {filename} of "
+                           f"{where} within {DOWNLOAD_DEADLINE_FACTOR * limit:g} s: "
+                           f"{_problem_fix('did not answer')}") from None
         except errors.HfHubHTTPError as exc:
             problem = _http_problem(exc, repo_id, filename, ref)
             raise HubError(f"{problem} for {where}: {_problem_fix(problem)}") from None
@@ -213,7 +217,40 @@ def download(repo_id: str, filename: str, revision: str | None = None) -> HubFil
         except OSError as exc:  # cache not writable, disk full
             raise HubError(f"cannot store {where} {filename} in the hub cache {cache_dir()}: "
                            f"{exc.strerror or exc} (set HF_HOME to a writable folder)") from None
+        except Exception as exc:  # noqa: BLE001 - network errors while downloading
+            problem = _network_problem(exc, limit)
+            raise HubError(f"{problem} for {where}: {_problem_fix(problem)}") from None
         return HubFile(repo_id, filename, ref, path, _commit_of(path))
+
+
+#: the download after a successful HEAD may take this many network bounds in all: its own HEAD
+#: and GET each get one; huggingface_hub would otherwise retry a stalled GET 5 more times
+DOWNLOAD_DEADLINE_FACTOR = 3
+
+
+class _Overdue(Exception):
+    pass
+
+
+def _within(seconds: float, call: Any) -> Any:
+    """Run ``call`` in a daemon thread and give up after ``seconds`` (the thread is left to
+    finish or time out on its own; huggingface_hub writes its cache atomically)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="kvcalc-hub-download", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise _Overdue
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _version() -> str:

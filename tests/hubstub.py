@@ -8,7 +8,8 @@ huggingface_hub 2.4.0 asks (read in its ``file_download.py`` / ``utils/_http.py`
   headers are read that way);
 - errors carry ``X-Error-Code`` as the hub's do: 404 ``RepoNotFound``, 404 ``RevisionNotFound``,
   404 ``EntryNotFound`` (with ``X-Repo-Commit``), 401/403 ``GatedRepo``; a 500; and repository
-  ``stub/silent``, which accepts the connection and never answers (until the server stops).
+  ``stub/silent``, which accepts the connection and never answers (until the server stops), and
+  ``stub/silent-get``, which answers HEAD but never GET.
 
 Every ``tests/fixtures/hf-configs/org__name[.partial].json`` is served as ``org/name``'s
 config.json at ``main``; a few extra repositories exercise the rest (see :func:`default_repos`).
@@ -47,6 +48,7 @@ class Repo:
     gated: bool = False
     status: int | None = None   # answer every request with this status (500...)
     silent: bool = False        # never answer
+    silent_get: bool = False    # answer HEAD, never answer GET
 
     @classmethod
     def simple(cls, name: str, files: dict[str, bytes], **kw) -> Repo:
@@ -117,6 +119,8 @@ def default_repos() -> dict[str, Repo]:
     repos["stub/no-config"] = Repo.simple("stub/no-config", {"README.md": b"# weights only\n"})
     repos["stub/error500"] = Repo.simple("stub/error500", {"config.json": small}, status=500)
     repos["stub/silent"] = Repo.simple("stub/silent", {"config.json": small}, silent=True)
+    repos["stub/silent-get"] = Repo.simple("stub/silent-get", {"config.json": small},
+                                           silent_get=True)
     return repos
 
 
@@ -180,7 +184,7 @@ class HubStub:
         if repo is None:
             return _send(h, 404, head, {"X-Error-Code": "RepoNotFound",
                                          "X-Error-Message": "Repository not found"})
-        if repo.silent:
+        if repo.silent or (repo.silent_get and not head):
             self._stop.wait(60)  # accept, then never answer
             return None
         if repo.status:

@@ -103,7 +103,9 @@ def show(name, fmt):
     """Show one preset: provenance, layers and the config fields kvcalc reads."""
     preset = find_preset(name)
     if preset is None:
-        raise ModelNotFoundError(f"unknown preset '{name}'" + suggest(name, preset_names()))
+        hint = (f" (a hub id: save it with `kvcalc models add {name}`)" if "/" in name
+                else suggest(name, preset_names()))
+        raise ModelNotFoundError(f"unknown preset '{name}'" + hint)
     row = _summary(preset)
     row["source"] = preset.data.get("source")
     row["notes"] = preset.data.get("notes")
