@@ -145,6 +145,15 @@ def test_gated_with_and_without_access(hub, monkeypatch):
     assert hub.requests_for("stub/gated")[-1].authorization == f"Bearer {GRANTED_TOKEN}"
 
 
+def test_token_saved_by_hf_auth_login_is_used(hub, tmp_path):
+    from huggingface_hub import constants
+
+    Path(constants.HF_TOKEN_PATH).parent.mkdir(parents=True, exist_ok=True)
+    Path(constants.HF_TOKEN_PATH).write_text(GRANTED_TOKEN)  # what `hf auth login` writes
+    assert estimate_json("stub/gated")["source"]["hub_id"] == "stub/gated"
+    assert hub.requests_for("stub/gated")[-1].authorization == f"Bearer {GRANTED_TOKEN}"
+
+
 def test_no_token_is_sent_without_one(hub):
     estimate_json("openai-community/gpt2")
     assert all(r.authorization is None for r in hub.log)
