@@ -403,6 +403,10 @@ def waste_chart(models: list[ModelInput], *, gpus: list[GpuSpec], kv_dtypes: lis
                         _add(warnings, w)
                     _add(layouts_seen, engine_detail(p.layout))
                     _add(dtypes_seen, p.layout.kv_dtype.name)
+                    if p.budget.kv_bytes <= 0:
+                        _add(warnings, f"{m.name} on {gpu.name} (KV {p.layout.kv_dtype.name}): "
+                                       f"no KV budget ({p.budget.kv_bytes / GiB:,.2f} GiB); "
+                                       f"empty bars")
                     for a in (p.contiguous, p.paged):
                         waste = int(a.waste_bytes)
                         rows.append({
@@ -559,14 +563,28 @@ def require_matplotlib():
     return matplotlib, plt
 
 
+def nothing_to_draw(chart: Chart) -> str | None:
+    """Why ``chart`` would be an empty picture (then no image is written), or None."""
+    if not chart.rows:
+        return f"nothing to plot for {chart.kind}"
+    if chart.kind == "concurrency" and not any(r["fits"] for r in chart.rows):
+        return ("nothing to plot: not one request fits at any --max-len on the GPU(s) given "
+                "(kvcalc plan shows the budget; try a larger GPU, --tp or --kv-dtype fp8)")
+    if chart.kind == "waste" and not any(r["budget_bytes"] > 0 for r in chart.rows):
+        return ("nothing to plot: the model leaves no KV budget on the GPU(s) given "
+                "(kvcalc plan shows the budget; try a larger GPU, --tp or --weights-dtype)")
+    return None
+
+
 def draw(chart: Chart, out: str | Path, size: tuple[float, float] = DEFAULT_SIZE_IN,
          dpi: int = DEFAULT_DPI) -> Path:
     """Draw ``chart`` into ``out`` (.png or .svg), ``size`` inches at ``dpi``."""
     out = Path(out)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise UsageError(f"unsupported image extension '{out.suffix}': use .png or .svg")
-    if not chart.rows:
-        raise UsageError(f"nothing to plot for {chart.kind}")
+    empty = nothing_to_draw(chart)
+    if empty:
+        raise UsageError(empty)
     _, plt = require_matplotlib()
     rc = {"font.size": FONT_SIZE, "axes.titlesize": TITLE_FONT_SIZE,
           "axes.labelsize": FONT_SIZE, "xtick.labelsize": LEGEND_FONT_SIZE,
@@ -674,9 +692,7 @@ def _draw_concurrency(chart: Chart, ax) -> None:
                label="contiguous: every request reserves --max-len"),
     ]
     ax.set_yscale("log")
-    from matplotlib.ticker import FuncFormatter
-
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    _plain_log_labels(ax.yaxis)
     _log2_x(ax, [r["max_len"] for r in chart.rows])
     _legend(ax, "best", handles=handles)
 
@@ -755,8 +771,8 @@ def _draw_timing(chart: Chart, ax) -> None:
                                 xytext=(0, 9), ha="center", fontsize=LEGEND_FONT_SIZE, color=c)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    _plain_log_labels(ax.xaxis)
+    _plain_log_labels(ax.yaxis)
     ax.margins(x=0.08, y=0.12)
     _legend(ax, "upper left", title="×N above a point: time without / with the cache",
             title_fontsize=LEGEND_FONT_SIZE)
@@ -768,6 +784,23 @@ DRAWERS = {"memory": _draw_memory, "concurrency": _draw_concurrency, "waste": _d
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _plain_number(v: float) -> str:
+    return f"{v:,.0f}" if v >= 1 else f"{v:g}"
+
+
+def _plain_log_labels(axis) -> None:
+    """Log-axis tick labels as plain numbers (1, 10, 100; 2 and 5 between decades when the axis
+    spans little), not matplotlib's 2×10^0."""
+    from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation
+
+    class PlainMinor(LogFormatterSciNotation):
+        def __call__(self, x, pos=None):
+            return _plain_number(x) if super().__call__(x, pos) else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: _plain_number(v)))
+    axis.set_minor_formatter(PlainMinor(labelOnlyBase=False))
 
 
 def _log2_x(ax, values: list[int]) -> None:

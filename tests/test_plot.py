@@ -428,3 +428,21 @@ def test_estimate_plan_and_plot_data_never_import_matplotlib():
             "assert 'matplotlib' not in sys.modules\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_chart_with_nothing_to_draw_is_one_error_not_an_empty_image(tmp_path):
+    # Qwen3-Next-80B in bf16 does not fit an H100: no KV budget, so nothing fits
+    out = tmp_path / "c.png"
+    result = run("plot", "concurrency", "-m", "qwen3-next", "--gpu", "h100", "--max-len", "4k",
+                 "--out", str(out))
+    assert result.exit_code != 0 and not out.exists()
+    assert "error: nothing to plot: not one request fits" in result.output
+    result = run("plot", "waste", "-m", "qwen3-next", "--gpu", "h100", "--max-len", "4k",
+                 "--prompt-len", "100", "--out", str(out))
+    assert result.exit_code != 0 and not out.exists()
+    assert "error: nothing to plot: the model leaves no KV budget" in result.output
+    # the data is still there: plan gives its allocators max(0, budget)
+    result = run("plot", "waste", "-m", "qwen3-next", "--gpu", "h100", "--max-len", "4k",
+                 "--prompt-len", "100", "--format", "csv")
+    assert result.exit_code == 0
+    assert all(int(r["budget_bytes"]) == 0 for r in csv_rows(result.stdout))
