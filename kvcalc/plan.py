@@ -319,6 +319,10 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
     engine_note = _engine_vs_held_note(layout, cap, budgets, inp)
     if engine_note:
         notes.append(engine_note)
+    if paged.max_sequences > inp.num_seqs():
+        notes.append(f"vLLM runs at most max_num_seqs = {inp.num_seqs():,} sequences at once per "
+                     f"replica (--max-num-seqs); the KV cache alone would hold "
+                     f"{paged.max_sequences:,.0f}")
     if facts.is_mla and inp.block_size is None:
         notes.append(f"MLA: block size {block} of vLLM's default {mla_backend(inp.gpu)} backend "
                      f"on {inp.gpu.name} (FlashMLA 64, CUTLASS MLA 128, TRITON_MLA 16; "
@@ -345,10 +349,12 @@ def _engine_vs_held_note(layout: Layout, cap: VllmCapacity, budgets: list[Budget
     if not cap.fits:
         if kv <= 0 or held > kv:
             return None
+        doubled = inp.in_flight() > inp.batched_tokens() and inp.pp == 1
         return (f"vLLM refuses to start although one {inp.max_len:,}-token request holds only "
                 f"{held / GiB:.2f} GiB at its peak: its check sizes every sliding/chunked group "
                 f"for the window plus {inp.in_flight():,} tokens in flight (a smaller "
-                f"--max-batched-tokens, or --no-async-scheduling, shrinks that term)")
+                f"--max-batched-tokens{', or --no-async-scheduling,' if doubled else ''} "
+                f"shrinks that term)")
     if achievable < cap.max_concurrency * ENGINE_GAP_NOTE_RATIO:
         return None
     return (f"vLLM's maximum concurrency ({cap.max_concurrency:.2f}x) counts every sliding/chunked "
@@ -401,9 +407,11 @@ class Sizing:
     tp: int
     pp: int
     replicas: int
-    per_replica_concurrency: float
+    per_replica_concurrency: float   # min(vLLM's KV concurrency, max_num_seqs)
     fits: bool
     reason: str = ""
+    kv_concurrency: float = 0.0      # vLLM's "Maximum concurrency" (KV cache only)
+    limited_by: str = "kv cache"     # or "max_num_seqs"
 
     @property
     def num_gpus(self) -> int:
@@ -413,7 +421,8 @@ class Sizing:
 def smallest_deployment(spec: ModelSpec, inp: PlanInputs, target: int,
                         max_pp: int = 8) -> Sizing:
     """Fewest GPUs of ``inp.gpu`` (TP in 1/2/4/8 within a node, then PP across nodes, then
-    replicas) whose vLLM maximum concurrency at ``inp.max_len`` reaches ``target``."""
+    replicas) whose vLLM maximum concurrency at ``inp.max_len`` reaches ``target``. A replica
+    never runs more than ``max_num_seqs`` sequences at once, whatever its KV cache holds."""
     best: Sizing | None = None
     params = _facts(spec).params
     for pp in (1, 2, 4, 8):
@@ -431,10 +440,13 @@ def smallest_deployment(spec: ModelSpec, inp: PlanInputs, target: int,
                                 None, trial.disable_hybrid)
             if not cap.fits or cap.max_concurrency <= 0:
                 continue
-            replicas = max(1, cdiv(target * 1000, int(cap.max_concurrency * 1000)))
-            if cap.max_concurrency * replicas < target:
+            seqs = trial.num_seqs()
+            effective = min(cap.max_concurrency, seqs)
+            replicas = max(1, cdiv(target * 1000, int(effective * 1000)))
+            if effective * replicas < target:
                 replicas += 1
-            s = Sizing(inp.gpu, tp, pp, replicas, cap.max_concurrency, True)
+            s = Sizing(inp.gpu, tp, pp, replicas, effective, True, "", cap.max_concurrency,
+                       "max_num_seqs" if cap.max_concurrency > seqs else "kv cache")
             if best is None or (s.num_gpus, s.tp * s.pp) < (best.num_gpus, best.tp * best.pp):
                 best = s
     if best is None:

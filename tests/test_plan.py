@@ -356,3 +356,17 @@ def test_engine_figure_versus_what_requests_hold_is_explained():
                      async_scheduling=False)
     assert small.vllm.blocks_per_request < g.vllm.blocks_per_request
     assert not any(n.startswith("vLLM") for n in plan_for("llama-3.1-8b", max_len=8192).notes)
+
+
+def test_sizing_respects_max_num_seqs():
+    # a 1B model on an L40S holds ~576 requests of 2k tokens, but vLLM schedules 256 at once
+    # (max_num_seqs default below 70 GiB), so 2,000 concurrent requests need 8 replicas
+    s = spec("llama-3.2-1b")
+    inp = PlanInputs(gpu=find_gpu("l40s"), max_len=2048)
+    size = smallest_deployment(s, inp, 2000)
+    assert size.limited_by == "max_num_seqs" and size.per_replica_concurrency == 256
+    assert size.kv_concurrency > 500 and size.num_gpus == 8
+    more = smallest_deployment(s, PlanInputs(**{**inp.__dict__, "max_num_seqs": 1024}), 2000)
+    assert more.limited_by == "kv cache" and more.num_gpus == 4
+    p = make_plan(s, inp, fixed(2048, 0))
+    assert any("max_num_seqs = 256" in n for n in p.notes)

@@ -158,6 +158,9 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
         sizing = smallest_deployment(spec, inp, target_concurrency)
         record["sizing"] = _sizing_record(sizing, target_concurrency, inp)
     if concurrency_for_len is not None:
+        if concurrency_for_len > inp.num_seqs():
+            warn(f"--solve-max-len {concurrency_for_len:,} exceeds max_num_seqs "
+                 f"({inp.num_seqs():,}): vLLM never runs that many at once (--max-num-seqs)")
         limit = max(max_len, spec.max_position_embeddings or max_len)
         best = solve_max_len(spec, inp, concurrency_for_len, limit)
         record["max_len_for_concurrency"] = {"concurrency": concurrency_for_len,
@@ -220,6 +223,15 @@ def plan_record(p: Plan, resolved) -> dict:
             "kv_bytes": b.kv_bytes,
             "source": b.source,
             "per_stage_kv_bytes": [s.kv_bytes for s in p.budgets],
+        },
+        "human": {
+            "gpu_memory": format_bytes(inp.gpu.memory_bytes),
+            "requested": format_bytes(b.requested_bytes),
+            "weights": format_bytes(b.weights_bytes),
+            "overhead": format_bytes(b.overhead_bytes),
+            "kv_budget": format_bytes(b.kv_bytes) if b.kv_bytes >= 0
+            else "-" + format_bytes(-b.kv_bytes),
+            "bytes_per_token": format_bytes(p.bytes_per_token),
         },
         "bytes_per_token": p.bytes_per_token,
         "kv_capacity_tokens": p.kv_capacity_tokens,
@@ -298,6 +310,7 @@ def _sizing_record(s, target, inp) -> dict:
     return {"target_concurrency": target, "max_len": inp.max_len, "gpu": s.gpu.name,
             "fits": s.fits, "tp": s.tp, "pp": s.pp, "replicas": s.replicas,
             "num_gpus": s.num_gpus, "per_replica_concurrency": round(s.per_replica_concurrency, 2),
+            "kv_concurrency": round(s.kv_concurrency, 2), "limited_by": s.limited_by,
             "reason": s.reason}
 
 
@@ -422,7 +435,10 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
             parts.append(f"\nsmallest deployment for {s['target_concurrency']:,} concurrent "
                          f"requests of {s['max_len']:,} tokens on {s['gpu']}: {s['num_gpus']} GPUs "
                          f"(tp {s['tp']} x pp {s['pp']} x {s['replicas']} replicas, "
-                         f"{s['per_replica_concurrency']:.2f}x per replica)")
+                         f"{s['per_replica_concurrency']:.2f}x per replica"
+                         + (f", capped by max_num_seqs; the KV cache holds "
+                            f"{s['kv_concurrency']:.2f}x" if s["limited_by"] == "max_num_seqs"
+                            else "") + ")")
         else:
             parts.append(f"\nno deployment found: {s['reason']}")
     if "max_len_for_concurrency" in r:
