@@ -427,6 +427,7 @@ def waste_chart(models: list[ModelInput], *, gpus: list[GpuSpec], kv_dtypes: lis
         f"Where the KV memory goes, contiguous vs paged: {_names(models)}",
         _subtitle(layouts_seen, dtypes_seen, gpus, plan.tp) + f"\nworkload: {workload.describe()}",
         WASTE_COLUMNS, rows,
+        xlabel="allocator and its max concurrent sequences per replica",
         ylabel="KV budget per GPU (GiB = 2^30 B)",
         warnings=warnings,
     )
