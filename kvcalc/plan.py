@@ -31,7 +31,7 @@ from .layout import KEEP_ALL, KEEP_NONE, Layout, build_layout
 from .params import ParamCount, count_parameters, stage_parameters, weight_bytes
 from .units import GiB, MiB, cdiv, largest_satisfying
 from .vllm_capacity import VllmCapacity, in_flight_tokens, pp_partition, vllm_capacity
-from .workload import AllocatorResult, Workload, compare_allocators, peak_bytes
+from .workload import AllocatorResult, Workload, compare_allocators, distinct, peak_bytes
 
 DEFAULT_GPU_UTIL = 0.9                     # vLLM gpu_memory_utilization default
 NON_TORCH_BYTES = 512 * MiB                # NCCL/cuBLAS/... (vLLM "non-torch memory")
@@ -340,7 +340,7 @@ def _engine_vs_held_note(layout: Layout, cap: VllmCapacity, budgets: list[Budget
     """Why vLLM's "Maximum concurrency" is below what requests of max_len really hold, for
     models with sliding/chunked layers (vLLM sizes each window group for the window plus the
     tokens in flight, and pads groups to equal size) -- field.md 5.2 item 4."""
-    windowed = [c for c in layout.layers if c.keep not in (KEEP_ALL, KEEP_NONE) and c.window]
+    windowed = any(c.keep not in (KEEP_ALL, KEEP_NONE) and c.window for c, _ in distinct(layout))
     if not windowed or inp.pp > 1 or inp.num_blocks_override is not None or inp.disable_hybrid:
         return None
     held = peak_bytes(layout, inp.max_len)

@@ -109,8 +109,17 @@ class Grouping:
             return self.group_size * max(g.spec.page_bytes for g in self.groups)
         return max(per_group)
 
+    @cached_property
+    def _spec_counts(self) -> tuple[tuple[KVSpec, int], ...]:
+        counts: dict[KVSpec, int] = {}
+        for g in self.groups:
+            counts[g.spec] = counts.get(g.spec, 0) + 1
+        return tuple(counts.items())
+
     def blocks_needed(self, max_len: int, batched_tokens: int) -> int:
-        return sum(g.spec.blocks_needed(max_len, batched_tokens) for g in self.groups)
+        """Blocks one request of ``max_len`` tokens needs, summed over the groups."""
+        return sum(n * spec.blocks_needed(max_len, batched_tokens)
+                   for spec, n in self._spec_counts)
 
 
 def in_flight_tokens(batched_tokens: int, era: str = "new", pp: int = 1,
@@ -219,13 +228,20 @@ _GROUPING_CACHE: dict[tuple[int, int, bool],
                      tuple[Layout, dict[int, KVSpec], Grouping, tuple[str, ...]]] = {}
 
 
+_HAS_STATE: dict[int, tuple[Layout, bool]] = {}
+
+
 def _specs_and_groups(layout: Layout, max_len: int,
                       disable_hybrid: bool) -> tuple[dict[int, KVSpec], Grouping, tuple[str, ...]]:
     """layer_specs + kv_cache_groups (+ vLLM's block-size notes), memoised per layout object
     (layouts are cached and immutable; the grouping only depends on max_len through the Mamba
     block size)."""
-    has_state = any(c.fixed_bytes for c in layout.layers)
-    key = (id(layout), max_len if has_state else 0, disable_hybrid)
+    state = _HAS_STATE.get(id(layout))
+    if state is None or state[0] is not layout:
+        if len(_HAS_STATE) > 4096:
+            _HAS_STATE.clear()
+        state = _HAS_STATE[id(layout)] = (layout, any(c.fixed_bytes for c in layout.layers))
+    key = (id(layout), max_len if state[1] else 0, disable_hybrid)
     hit = _GROUPING_CACHE.get(key)
     if hit is not None and hit[0] is layout:
         return hit[1], hit[2], hit[3]

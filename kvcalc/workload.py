@@ -186,7 +186,7 @@ def peak_slots(layer: LayerCache, max_len: int) -> int:
     return max(layer.slots_held(m) for m in range(w - 1, min(max_len, w - 2 + bs) + 1))
 
 
-def _distinct(layout: Layout) -> tuple[tuple[LayerCache, int], ...]:
+def distinct(layout: Layout) -> tuple[tuple[LayerCache, int], ...]:
     """The layout's layers with identical ones collapsed (index aside), memoised per layout."""
     key = id(layout)
     hit = _DISTINCT_CACHE.get(key)
@@ -211,7 +211,7 @@ def peak_bytes(layout: Layout, n: int) -> int:
     peak (:func:`peak_slots`) plus fixed states. Equals ``layout.bytes_per_sequence(n)`` for
     models without windows."""
     total = 0
-    for layer, count in _distinct(layout):
+    for layer, count in distinct(layout):
         if layer.keep == KEEP_NONE:
             slots = 0
         elif layer.keep == KEEP_ALL or not layer.window:

@@ -287,3 +287,20 @@ def test_nemotron_3_nano_attention_block_matches_a_real_log():
     cap = vllm_capacity(build_layout(spec, "vllm", "bf16"), [40 * GiB], 131_072, 8192)
     assert cap.block_size == 2096
     assert cap.notes[0].startswith("Setting attention block size to 2096 tokens")
+
+
+@pytest.mark.parametrize("blocks, max_len, concurrency, fits", [
+    (1952, 20_000, 1.56, True),    # kv_cache_size=3.81GiB -> "# GPU blocks: 1952 ... 1.56x"
+    (1478, 29_000, 0.82, False),   # kv_cache_size=2.89GiB -> 1478 blocks, 0.82x, refused
+])
+def test_llama31_8b_rtx3090_log(blocks, max_len, concurrency, fits):
+    # a real RTX 3090 log (vllm-project/vllm#10517): the logged GiB are rounded, so feed the
+    # budget the block count implies (2 MiB per block id) plus a part of one block
+    _, spec = load_spec("llama-3.1-8b")
+    lay = build_layout(spec, "vllm", "bf16")
+    avail = blocks * 2 * 1024 * 1024 + 12345
+    assert abs(avail / GiB - float(f"{avail / GiB:.2f}")) < 0.005
+    cap = vllm_capacity(lay, [avail], max_len, 2048, era="mid")
+    assert cap.num_blocks == blocks and cap.kv_cache_tokens == blocks * 16
+    assert round(cap.max_concurrency, 2) == concurrency and cap.fits is fits
+    assert vllm_capacity(lay, [int(3.81 * GiB)], 20_000, 2048).num_blocks in range(1950, 1953)
