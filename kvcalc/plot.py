@@ -223,6 +223,8 @@ def plateau_edges(layout: Layout, lo: int, hi: int) -> list[int]:
 def context_range(models: list[ModelInput], min_len: int | None,
                   max_len: int | None) -> tuple[int, dict[str, int], list[str]]:
     """The x range: ``min_len`` (1k) to each model's context length, or ``max_len`` for all."""
+    if min_len is not None and max_len is not None and min_len > max_len:
+        raise UsageError(f"--min-len {min_len:,} exceeds --max-len {max_len:,}")
     warnings = []
     ends: dict[str, int] = {}
     for m in models:

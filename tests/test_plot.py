@@ -387,6 +387,9 @@ def test_bad_workload_and_model_are_one_line(tmp_path):
     assert "unknown GPU 'h1000'" in line
     line = one_line_error(run("plot", "memory", "-m", "llama-7b", "--tp", "2", "--out", out))
     assert "--tp needs --engine vllm" in line
+    line = one_line_error(run("plot", "memory", "-m", "llama-7b", "--min-len", "8k",
+                              "--max-len", "2k", "--out", out))
+    assert "--min-len 8,192 exceeds --max-len 2,048" in line
 
 
 def test_check_out():
