@@ -695,6 +695,7 @@ def _draw_concurrency(chart: Chart, ax) -> None:
                label="contiguous: every request reserves --max-len"),
     ]
     ax.set_yscale("log")
+    ax.margins(y=0.1)                   # flat paged lines must not hug the frame
     _plain_log_labels(ax.yaxis)
     _log2_x(ax, [r["max_len"] for r in chart.rows])
     _legend(ax, "best", handles=handles)
