@@ -370,3 +370,22 @@ def test_sizing_respects_max_num_seqs():
     assert more.limited_by == "kv cache" and more.num_gpus == 4
     p = make_plan(s, inp, fixed(2048, 0))
     assert any("max_num_seqs = 256" in n for n in p.notes)
+
+
+@pytest.mark.parametrize("args, blocks, tokens, concurrency, bpt", [
+    ("llama-2-7b --gpu h100 --max-len 4096", 7215, 115_440, 28.18, 524_288),
+    ("llama-3-70b --tp 8 --max-len 8k", 82_324, 1_317_184, 160.79, 40_960),
+    ("llama-3-70b --tp 16 --max-len 8k", 95_915, 1_534_640, 187.33, 40_960),
+    ("deepseek-v3 --gpu h200 --tp 8 --max-len 32k", 10_241, 655_424, 20.0, 70_272),
+    ("mistral-7b-v0.1 --gpu l4 --max-len 32k", 2502, 159_815, 4.88, 131_072),
+    ("gpt-oss-120b --max-len 128k", 9914, 140_861, 1.07, 73_728),
+    ("qwen3-next-80b-a3b --gpu h200 --tp 2 --max-len 256k", 7549, 4_080_257, 15.56, 12_288),
+])
+def test_planning_doc_table(args, blocks, tokens, concurrency, bpt):
+    # docs/planning.md "Hand-derived checks": the figures printed there
+    r = run("plan", "-m", *args.split(), "-f", "json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    v = d["vllm"]
+    assert (v["num_gpu_blocks"], v["kv_cache_tokens"], v["max_concurrency"],
+            d["bytes_per_token"]) == (blocks, tokens, concurrency, bpt)
