@@ -138,6 +138,9 @@ def build_random(raw: Mapping[str, Any], *, device: str, dtype: str | None, name
         from transformers import initialization
 
         inits.append(initialization.no_init_weights())
+        # every op on meta runs a Python shape function; eager attention needs fewer of them
+        # than SDPA, and the cache does not depend on the attention implementation
+        kwargs["attn_implementation"] = "eager"
     with contextlib.ExitStack() as stack:
         for ctx in inits:
             stack.enter_context(ctx)

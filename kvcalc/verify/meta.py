@@ -104,8 +104,22 @@ def check_many(targets: list[tuple[str, dict, list[int] | None, str | None]], jo
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     ctx = multiprocessing.get_context("fork")
+    # longest first (cost ~ layers x forwards), so the workers finish together
+    targets = sorted(targets, key=_expected_cost, reverse=True)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         futures = [pool.submit(safe_meta_check, raw, name, seqs, dtype)
                    for name, raw, seqs, dtype in targets]
         for fut in as_completed(futures):
             yield fut.result()
+
+
+def _expected_cost(target: tuple[str, dict, list[int] | None, str | None]) -> int:
+    """Rough cost of checking one target: every op of every layer runs a Python shape
+    function on meta, once per forward (state layers scan token by token)."""
+    name, raw, seqs, _ = target
+    try:
+        spec = build_spec(raw, name)
+        forwards = len(seqs or check_lengths(raw, name))
+        return len(spec.layers) * forwards * (3 if spec.count("state") else 1)
+    except Exception:  # noqa: BLE001 - unbuildable targets are cheap
+        return 0
