@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..errors import UsageError
+from ..errors import KvcalcError, UsageError
 from ..render import key_values, table, to_csv, to_json, to_yaml
 from ..units import format_bytes
 from .common import TokenList, echo_output, format_option, warn
@@ -39,6 +39,9 @@ EXIT_VERIFY_FAILED = 4
               help="meta: check every built-in preset.")
 @click.option("--jobs", type=int, default=None,
               help="meta --all: parallel processes (default: the CPU count).")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads for torch (default: torch's own choice; timings on a busy "
+                   "machine are steadier with fewer).")
 @click.option("--without-cache/--no-without-cache", default=True, show_default=True,
               help="Also time generation with use_cache=False.")
 @click.option("--cache-tolerance", type=float, default=0.0, show_default=True,
@@ -47,7 +50,8 @@ EXIT_VERIFY_FAILED = 4
               help="Allowed |error| of the CUDA bytes/token slope, percent.")
 @format_option
 def verify(model, revision, device, dtype, prompt_len, new_tokens, repeats, layers, weights,
-           seqs, all_presets, jobs, without_cache, cache_tolerance, slope_tolerance, fmt):
+           seqs, all_presets, jobs, threads, without_cache, cache_tolerance, slope_tolerance,
+           fmt):
     """Measure real KV-cache memory with transformers and compare it with the prediction.
 
     \b
@@ -64,6 +68,10 @@ def verify(model, revision, device, dtype, prompt_len, new_tokens, repeats, laye
     torch, transformers = require(*(("gguf",) if weights and str(weights).endswith(".gguf") else ()))
     if repeats < 1:
         raise UsageError("--repeats must be at least 1")
+    if threads is not None:
+        if threads < 1:
+            raise UsageError("--threads must be at least 1")
+        torch.set_num_threads(threads)
     if device == "meta" or all_presets:
         if all_presets and device not in ("meta", "auto"):
             raise UsageError("--all runs on the meta device (--device meta)")
@@ -85,6 +93,8 @@ def verify(model, revision, device, dtype, prompt_len, new_tokens, repeats, laye
                         layers=layers, weights=weights, with_and_without=without_cache,
                         cache_tolerance=cache_tolerance, slope_tolerance=slope_tolerance)
     _emit(report, fmt)
+    if report.get("error"):
+        raise KvcalcError(report["error"])
     if report.get("interrupted"):
         click.get_current_context().exit(130)
     if not report["passed"]:
@@ -132,9 +142,12 @@ def _emit(report: dict, fmt: str) -> None:
     lines = [head, "", body, ""]
     if report.get("slope"):
         s = report["slope"]
-        lines.append(f"CUDA bytes/token slope: measured {s['measured']:,.0f}, predicted "
-                     f"{s['predicted']:,.0f} ({s['error_pct']:+.2f}%, tolerance "
-                     f"±{s['tolerance_pct']}%)")
+        lines.append(f"CUDA KV bytes/token (allocator, cache dropped): measured "
+                     f"{s['measured']:,.0f}, predicted {s['predicted']:,.0f} "
+                     f"({s['error_pct']:+.2f}%, tolerance ±{s['tolerance_pct']}%)")
+        if s.get("peak_slope") is not None:
+            lines.append(f"slope of the with-cache peaks (context, includes activations): "
+                         f"{s['peak_slope']:,.0f} B/token")
     lines.append(f"peak memory: {report['peak_note']}")
     verdict = "PASSED" if report["passed"] else "FAILED"
     lines.append(f"verdict: {verdict} — cache bytes {report['measured_cache_bytes']:,} measured vs "
@@ -142,6 +155,8 @@ def _emit(report: dict, fmt: str) -> None:
                  if report["measured_cache_bytes"] is not None else f"verdict: {verdict}")
     if report.get("interrupted"):
         lines.append("interrupted: the table shows the runs that finished")
+    if report.get("error"):
+        lines.append("stopped: the table shows the runs that fitted")
     echo_output("\n".join(lines) + "\n")
 
 

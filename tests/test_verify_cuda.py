@@ -1,0 +1,107 @@
+"""The CUDA measuring path, driven on the CPU through a stand-in for ``torch.cuda``.
+
+The stand-in's allocator holds a fixed baseline plus the storages of every live transformers
+cache (times ``overhead``), so the verdict logic, the slope fit, the peak bookkeeping and the
+order of synchronize / reset / empty_cache calls are exercised without a GPU. The real GPU
+figures are not measured here (docs/verification.md, "CUDA")."""
+
+from __future__ import annotations
+
+import gc
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from kvcalc.cli import cli  # noqa: E402
+
+TINY = Path(__file__).parent / "fixtures" / "tiny-configs"
+BASE = 50_000_000
+ACTIVATIONS = 3_000_000
+
+
+class FakeCuda:
+    def __init__(self, overhead: float = 1.0):
+        self.overhead = overhead
+        self.calls: list[str] = []
+
+    def _caches(self) -> int:
+        from transformers.cache_utils import Cache
+
+        from kvcalc.verify.cache import cache_bytes
+
+        total = 0
+        with warnings.catch_warnings():  # isinstance() on deprecated torch module objects
+            warnings.simplefilter("ignore")
+            caches = [obj for obj in gc.get_objects() if isinstance(obj, Cache)]
+        for obj in caches:
+            total += cache_bytes(obj).held_bytes or 0
+        return int(total * self.overhead)
+
+    def synchronize(self, device=None):
+        self.calls.append("synchronize")
+
+    def empty_cache(self):
+        self.calls.append("empty_cache")
+
+    def reset_peak_memory_stats(self, device=None):
+        self.calls.append("reset_peak_memory_stats")
+
+    def memory_allocated(self, device=None):
+        return BASE + self._caches()
+
+    def max_memory_allocated(self, device=None):
+        return BASE + ACTIVATIONS + self._caches()
+
+
+def _run(monkeypatch, fake, *extra):
+    from kvcalc.verify import measure
+
+    monkeypatch.setattr(measure, "make_meter", lambda device: measure.CudaMeter(device, api=fake))
+    return CliRunner().invoke(cli, ["verify", "-m", str(TINY / "llama-gqa.json"), "--device",
+                                    "cpu", "--prompt-len", "4", "--new-tokens", "1,5,9",
+                                    "--repeats", "1", "--no-without-cache", *extra])
+
+
+def test_cuda_slope_matches_prediction(monkeypatch):
+    fake = FakeCuda()
+    result = _run(monkeypatch, fake, "-f", "json")
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.stdout)
+    s = d["slope"]
+    # 2 layers x 2 kv heads x (32 + 32) dims x 4 B = 1,024 B per cached token
+    assert s["predicted"] == pytest.approx(1024) and s["measured"] == pytest.approx(1024)
+    assert s["passed"] and d["passed"]
+    for r in d["runs"]:
+        assert r["cache_allocated_bytes"] == r["cache_bytes"] == 1024 * (4 + r["new_tokens"] - 1)
+        assert r["peak_bytes"] == ACTIVATIONS + r["cache_bytes"]
+    # peak statistics reset and the allocator emptied before every run, counters synchronised
+    assert fake.calls.count("reset_peak_memory_stats") == 3
+    assert fake.calls.count("empty_cache") == 3
+    assert "synchronize" in fake.calls
+
+
+def test_cuda_slope_outside_tolerance_fails(monkeypatch):
+    result = _run(monkeypatch, FakeCuda(overhead=1.2))
+    assert result.exit_code == 4, result.output
+    assert "+20.00%" in result.stdout and "verdict: FAILED" in result.stdout
+    ok = _run(monkeypatch, FakeCuda(overhead=1.2), "--slope-tolerance", "25")
+    assert ok.exit_code == 0, ok.output
+
+
+def test_auto_falls_back_to_cpu_with_a_notice():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = CliRunner().invoke(cli, ["verify", "-m", str(TINY / "gpt2.json"), "--device", "auto",
+                                      "--prompt-len", "4", "--new-tokens", "2", "--repeats", "1",
+                                      "--no-without-cache", "--threads", "1", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    assert "no CUDA device: verifying on the CPU" in result.stderr
+    assert json.loads(result.stdout)["device"] == "cpu"
