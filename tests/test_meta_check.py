@@ -6,6 +6,7 @@ reason and must be exactly the known remote-code ones."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -33,3 +34,34 @@ def test_every_preset_matches_transformers_to_the_byte():
     # windowed models are checked inside and beyond their largest window
     gemma = sorted(r["seq"] for r in d["rows"] if r["model"] == "gemma-3-27b")
     assert gemma[0] < 1024 < gemma[-1]
+
+
+HF_CONFIGS = Path(__file__).parent / "fixtures" / "hf-configs"
+EXTRA_CONFIGS = Path(__file__).parent / "fixtures" / "extra-configs"
+
+
+def test_every_stored_hub_config_is_a_preset_so_the_check_above_covers_it():
+    """The preset-wide check is the done-when of issue 6 for ../shared/hf-configs only if every
+    stored config is a preset verbatim (fixtures mirror the shared folder)."""
+    from kvcalc.sources import all_presets
+
+    presets = {json.dumps(p.data["config"], sort_keys=True)
+               for p in all_presets() if p.origin == "built-in"}
+    files = sorted(HF_CONFIGS.glob("*.json")) + sorted(EXTRA_CONFIGS.glob("*.json"))
+    assert len(files) >= 60
+    missing = [f.name for f in files
+               if json.dumps(json.loads(f.read_text()), sort_keys=True) not in presets]
+    assert not missing
+
+
+@pytest.mark.skipif(int(transformers.__version__.split(".")[0]) < 5,
+                    reason="the meta-device forward needs transformers 5")
+def test_meta_check_of_a_config_path():
+    path = HF_CONFIGS / "Qwen__Qwen3-Next-80B-A3B-Thinking.json"
+    result = CliRunner().invoke(cli, ["verify", "--device", "meta", "-m", str(path), "--seq", "7",
+                                      "-f", "json"])
+    assert result.exit_code == 0, result.output[-2000:]
+    row = json.loads(result.stdout)["rows"][0]
+    # 12 full-attention layers x 2 kv heads x (256 + 256) x 2 B x 7 tokens + 36 Gated DeltaNet
+    # states (conv 8192 x 4 bf16 + recurrent 32 x 128 x 128 fp32) = 77,856,768 B
+    assert row["transformers_bytes"] == row["predicted_bytes"] == 12 * 2 * 512 * 2 * 7 + 77_856_768
