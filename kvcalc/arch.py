@@ -664,7 +664,8 @@ def _nas_layers(r: _Reader) -> list[Layer]:
 # --------------------------------------------------------------------------------------------
 # Truncation (kvcalc verify --layers N)
 
-_PER_LAYER_LISTS = ("layer_types", "block_configs", "no_rope_layers", "intermediate_size")
+_PER_LAYER_LISTS = ("layer_types", "block_configs", "no_rope_layers", "intermediate_size",
+                    "activation_sparsity_pattern")
 
 
 def truncate_config(raw: Mapping[str, Any], n: int) -> dict[str, Any]:

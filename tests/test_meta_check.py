@@ -65,3 +65,16 @@ def test_meta_check_of_a_config_path():
     # 12 full-attention layers x 2 kv heads x (256 + 256) x 2 B x 7 tokens + 36 Gated DeltaNet
     # states (conv 8192 x 4 bf16 + recurrent 32 x 128 x 128 fp32) = 77,856,768 B
     assert row["transformers_bytes"] == row["predicted_bytes"] == 12 * 2 * 512 * 2 * 7 + 77_856_768
+
+
+@pytest.mark.skipif(int(transformers.__version__.split(".")[0]) < 5,
+                    reason="the meta-device forward needs transformers 5")
+def test_layers_truncation_matches_on_meta():
+    """--layers N truncates every per-layer list (Gemma 3n's activation_sparsity_pattern and
+    layer_types, its shared-KV count) so transformers builds it and both sides agree."""
+    result = CliRunner().invoke(cli, ["verify", "--device", "meta", "-m", "gemma-3n-e4b",
+                                      "--layers", "10", "--seq", "600", "--jobs", "1",
+                                      "-f", "json"])
+    assert result.exit_code == 0, result.output[-2000:]
+    row = json.loads(result.stdout)["rows"][0]
+    assert row["match"] and row["transformers_bytes"] == row["predicted_bytes"] > 0
