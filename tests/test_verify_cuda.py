@@ -1,15 +1,14 @@
 """The CUDA measuring path, driven on the CPU through a stand-in for ``torch.cuda``.
 
-The stand-in's allocator holds a fixed baseline plus the storages of every live transformers
-cache (times ``overhead``), so the verdict logic, the slope fit, the peak bookkeeping and the
+The stand-in's allocator holds a fixed baseline plus the storages of every cache ``generate``
+returned that is still alive (times ``overhead``), so the verdict logic, the slope fit, the peak bookkeeping and the
 order of synchronize / reset / empty_cache calls are exercised without a GPU. The real GPU
 figures are not measured here (docs/verification.md, "CUDA")."""
 
 from __future__ import annotations
 
-import gc
 import json
-import warnings
+import weakref
 from pathlib import Path
 
 import pytest
@@ -29,19 +28,12 @@ class FakeCuda:
     def __init__(self, overhead: float = 1.0):
         self.overhead = overhead
         self.calls: list[str] = []
+        self.live = weakref.WeakSet()  # every cache generate returned, while it is alive
 
     def _caches(self) -> int:
-        from transformers.cache_utils import Cache
-
         from kvcalc.verify.cache import cache_bytes
 
-        total = 0
-        with warnings.catch_warnings():  # isinstance() on deprecated torch module objects
-            warnings.simplefilter("ignore")
-            caches = [obj for obj in gc.get_objects() if isinstance(obj, Cache)]
-        for obj in caches:
-            total += cache_bytes(obj).held_bytes or 0
-        return int(total * self.overhead)
+        return int(sum(cache_bytes(c).held_bytes or 0 for c in self.live) * self.overhead)
 
     def synchronize(self, device=None):
         self.calls.append("synchronize")
@@ -62,10 +54,20 @@ class FakeCuda:
 def _run(monkeypatch, fake, *extra):
     from kvcalc.verify import measure
 
+    real = measure.generate_once
+
+    def generate_once(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if out.past_key_values is not None:
+            fake.live.add(out.past_key_values)
+        return out
+
+    monkeypatch.setattr(measure, "generate_once", generate_once)
     monkeypatch.setattr(measure, "make_meter", lambda device: measure.CudaMeter(device, api=fake))
     return CliRunner().invoke(cli, ["verify", "-m", str(TINY / "llama-gqa.json"), "--device",
                                     "cpu", "--prompt-len", "4", "--new-tokens", "1,5,9",
-                                    "--repeats", "1", "--no-without-cache", *extra])
+                                    "--repeats", "1", "--no-without-cache", "--threads", "1",
+                                    *extra])
 
 
 def test_cuda_slope_matches_prediction(monkeypatch):

@@ -85,7 +85,7 @@ class CpuMeter:
         self.baseline = _rss_peak_bytes()
 
     def start(self) -> None:
-        gc.collect()
+        pass  # collecting would not lower the high-water mark
 
     def peak(self) -> int:
         return max(0, _rss_peak_bytes() - self.baseline)
