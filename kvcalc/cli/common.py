@@ -8,7 +8,7 @@ from ..dtypes import KV_DTYPE_CHOICES
 from ..errors import UsageError
 from ..layout import ENGINES
 from ..render import FORMATS
-from ..units import parse_token_list, parse_tokens
+from ..units import parse_bytes, parse_token_list, parse_tokens
 
 
 def model_options(f):
@@ -70,3 +70,17 @@ def warn(message: str) -> None:
 
 def echo_output(text: str) -> None:
     click.echo(text, nl=not text.endswith("\n"))
+
+
+class ByteSize(click.ParamType):
+    """A byte amount: 3GiB, 80GB, 512MiB, or plain bytes."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_bytes(value, param.opts[0] if param else "size")
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)

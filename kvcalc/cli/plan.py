@@ -11,27 +11,13 @@ from ..plan import (DEFAULT_GPU_UTIL, Plan, PlanInputs, make_plan, smallest_depl
                     solve_max_len)
 from ..render import key_values, table, to_csv, to_json, to_yaml
 from ..reports import source_record
-from ..units import GiB, format_bytes, parse_bytes
+from ..units import GiB, format_bytes
 from ..vllm_capacity import ERAS, vllm_error_message
 from ..workload import DEFAULT_SAMPLES, DISTRIBUTIONS, fixed, from_trace, sampled
-from .common import TokenList, echo_output, format_option, warn
+from .common import ByteSize, TokenList, echo_output, format_option, warn
 
 EXIT_DOES_NOT_FIT = 3
 WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4")
-
-
-class ByteSize(click.ParamType):
-    name = "size"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        from ..errors import UsageError
-
-        try:
-            return parse_bytes(value, param.opts[0] if param else "size")
-        except UsageError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 @click.command()

@@ -11,8 +11,7 @@ import click
 from ..dtypes import KV_DTYPE_CHOICES
 from ..errors import UsageError
 from ..layout import ENGINES
-from ..units import parse_bytes
-from .common import TokenList, echo_output, warn
+from .common import ByteSize, TokenList, echo_output, warn
 
 FORMAT_CHOICES = ("png", "svg", "csv", "json")
 PLAN_KV_DTYPES = ("auto", "fp32", "fp16", "bf16", "fp8", "int8", "int4")
@@ -36,18 +35,6 @@ class PlotGroup(click.Group):
         from ..plot import KINDS
 
         return list(KINDS)
-
-
-class ByteSize(click.ParamType):
-    name = "size"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_bytes(value, param.opts[0] if param else "size")
-        except UsageError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 class FigureSize(click.ParamType):
