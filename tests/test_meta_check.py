@@ -78,3 +78,32 @@ def test_layers_truncation_matches_on_meta():
     assert result.exit_code == 0, result.output[-2000:]
     row = json.loads(result.stdout)["rows"][0]
     assert row["match"] and row["transformers_bytes"] == row["predicted_bytes"] > 0
+
+
+@pytest.mark.skipif(int(transformers.__version__.split(".")[0]) < 5,
+                    reason="the meta-device forward needs transformers 5")
+@pytest.mark.parametrize("name, seq", [("deepseek-v3.2", 300), ("jamba-v0.1", 24),
+                                       ("gemma-3n-e4b", 600), ("gpt-oss-20b", 200),
+                                       ("nemotron-3-nano-30b", 24)])
+def test_layer_replay_gives_the_bytes_of_running_every_layer(name, seq):
+    """Each distinct decoder layer runs once and its twins replay its cache calls: the cache
+    must hold exactly what running every layer gives (MLA + indexer, Mamba, KV sharing,
+    sliding/full alternation, Mamba2 + MoE)."""
+    from kvcalc.arch import build_spec
+    from kvcalc.model import load_spec
+    from kvcalc.verify.build import build_random
+    from kvcalc.verify.meta import LayerReplay, meta_forward_bytes
+
+    raw = dict(load_spec(name, None)[0].config)
+    spec = build_spec(raw, name)
+    model = build_random(raw, device="meta", dtype=spec.dtype, name=name).model
+    every = meta_forward_bytes(model, seq, every_layer=True)
+    import torch
+
+    with torch.inference_mode(), LayerReplay(model) as replay:
+        out = model(input_ids=torch.zeros((1, seq), dtype=torch.long, device="meta"),
+                    use_cache=True, logits_to_keep=1)
+    from kvcalc.verify.cache import cache_bytes
+
+    assert cache_bytes(out.past_key_values).total == every > 0
+    assert replay.replayed > 0 and replay.ran < len(replay.layers)

@@ -37,6 +37,9 @@ EXIT_VERIFY_FAILED = 4
               help="meta: cache lengths to check (default: inside the windows and beyond).")
 @click.option("--all", "all_presets", is_flag=True,
               help="meta: check every built-in preset.")
+@click.option("--every-layer", is_flag=True,
+              help="meta: run every decoder layer (default: each distinct layer once, its "
+                   "twins replaying its cache calls; same bytes, several times faster).")
 @click.option("--jobs", type=int, default=None,
               help="meta --all: parallel processes (default: the CPU count).")
 @click.option("--threads", type=int, default=None,
@@ -50,8 +53,8 @@ EXIT_VERIFY_FAILED = 4
               help="Allowed |error| of the CUDA bytes/token slope, percent.")
 @format_option
 def verify(model, revision, device, dtype, prompt_len, new_tokens, repeats, layers, weights,
-           seqs, all_presets, jobs, threads, without_cache, cache_tolerance, slope_tolerance,
-           fmt):
+           seqs, all_presets, every_layer, jobs, threads, without_cache, cache_tolerance,
+           slope_tolerance, fmt):
     """Measure real KV-cache memory with transformers and compare it with the prediction.
 
     \b
@@ -75,7 +78,7 @@ def verify(model, revision, device, dtype, prompt_len, new_tokens, repeats, laye
     if device == "meta" or all_presets:
         if all_presets and device not in ("meta", "auto"):
             raise UsageError("--all runs on the meta device (--device meta)")
-        return _meta(model, revision, seqs, all_presets, dtype, layers, jobs, fmt)
+        return _meta(model, revision, seqs, all_presets, dtype, layers, jobs, every_layer, fmt)
     if model is None and weights is None:
         raise UsageError("give --model (or --weights)")
     if device == "auto":
@@ -166,7 +169,7 @@ def _secs(r) -> str:
     return f"{r['seconds_mean'] * 1000:,.1f} ± {r['seconds_std'] * 1000:,.1f} ms"
 
 
-def _meta(model, revision, seqs, all_presets, dtype, layers, jobs, fmt) -> None:
+def _meta(model, revision, seqs, all_presets, dtype, layers, jobs, every_layer, fmt) -> None:
     import os
 
     import transformers
@@ -192,7 +195,7 @@ def _meta(model, revision, seqs, all_presets, dtype, layers, jobs, fmt) -> None:
     jobs = jobs or os.cpu_count() or 1
     with click.progressbar(length=len(work), label="meta check", show_pos=True,
                            file=sys.stderr) as bar:
-        for results in check_many(work, jobs):
+        for results in check_many(work, jobs, every_layer):
             for r in results:
                 rows.append({"model": r.model, "partial_config": partial[r.model], "seq": r.seq,
                              "dtype": r.dtype, "predicted_bytes": r.predicted_bytes,
