@@ -8,7 +8,9 @@ Modules:
 * :mod:`.backend`  -- import torch/transformers or fail with the install command;
 * :mod:`.build`    -- raw config -> transformers config class -> model on a device (random or real
   weights, optional truncation to the first N layers);
-* :mod:`.measure`  -- the cache walker and the CUDA/CPU measurements (bytes, peaks, timings);
+* :mod:`.cache`    -- the cache walker: exact bytes of any transformers cache object;
+* :mod:`.measure`  -- generate with and without the cache; CPU/CUDA meters (peaks, the cache's
+  allocator footprint, timings), out-of-memory and Ctrl-C handling;
 * :mod:`.meta`     -- the meta-device check: exact cache shapes for any config, no memory;
-* :mod:`.report`   -- measured vs predicted, verdicts, the JSON contract.
+* :mod:`.run`      -- one verify run: build, measure, predict, compare; the JSON contract.
 """

@@ -193,13 +193,14 @@ def measure(model: Any, *, device: str, vocab: int, prompt_len: int, new_tokens:
     """
     import torch
 
+    oom_error = _oom_error(torch)
     prepare(model)
     ids = prompt_ids(vocab, prompt_len, device)
     meter = make_meter(device)
     results: list[RunResult] = []
     try:
         generate_once(model, ids, 1, True)  # warm-up: kernels, workspaces, allocator pools
-    except torch.OutOfMemoryError:
+    except oom_error:
         raise OutOfMemory(f"out of device memory in the warm-up (prompt {prompt_len} tokens, 1 "
                           "new token): the model itself leaves no room; try --layers N or a "
                           "smaller --dtype") from None
@@ -223,7 +224,7 @@ def measure(model: Any, *, device: str, vocab: int, prompt_len: int, new_tokens:
                     run.peak_bytes = meter.peak()
                     if use_cache:
                         _weigh_cache(run, out, meter, prompt_len + g - 1)
-                except torch.OutOfMemoryError:
+                except oom_error:
                     out = None
                     _free(meter)
                     done = ", ".join(f"{r.new_tokens}{'' if r.use_cache else ' (no cache)'}"
@@ -240,6 +241,11 @@ def measure(model: Any, *, device: str, vocab: int, prompt_len: int, new_tokens:
         exc.partial = results  # type: ignore[attr-defined]
         raise
     return results
+
+
+def _oom_error(torch: Any) -> type[BaseException]:
+    """``torch.OutOfMemoryError`` (torch >= 2.5), else ``torch.cuda.OutOfMemoryError``."""
+    return getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 
 
 def _weigh_cache(run: RunResult, out: Any, meter: Any, cached_tokens: int) -> None:
