@@ -64,13 +64,15 @@ def verify(model, revision, device, dtype, prompt_len, new_tokens, repeats, laye
       kvcalc verify -m deepseek-v3 --device cuda --layers 4
       kvcalc verify -m deepseek-v3 --device meta --seq 1k,32k
       kvcalc verify --device meta --all
-      kvcalc verify -m smollm2 --weights SmolLM2-135M-Instruct.Q4_1.gguf --device cpu
+      kvcalc verify --weights SmolLM2-135M-Instruct.Q4_1.gguf --device cpu --threads 1
     """
     from ..verify.backend import require
 
     torch, transformers = require(*(("gguf",) if weights and str(weights).endswith(".gguf") else ()))
     if repeats < 1:
         raise UsageError("--repeats must be at least 1")
+    if jobs is not None and jobs < 1:
+        raise UsageError("--jobs must be at least 1")
     if threads is not None:
         if threads < 1:
             raise UsageError("--threads must be at least 1")
