@@ -138,6 +138,20 @@ def plot():
     """
 
 
+def planner_layout_options(f):
+    """--gpu (repeatable), --engine vllm, --kv-dtype (repeatable), --block-size: the planner
+    charts (concurrency, waste)."""
+    f = click.option("--block-size", type=int, default=None,
+                     help="Tokens per KV block (default: vLLM's, as plan).")(f)
+    f = click.option("--kv-dtype", "kv_dtypes", type=click.Choice(PLAN_KV_DTYPES), multiple=True,
+                     default=("auto",), show_default=True, help="KV dtype (repeat to compare).")(f)
+    f = click.option("--engine", type=click.Choice(["vllm"]), default="vllm", show_default=True,
+                     help="Layout the planner models (vLLM PagedAttention).")(f)
+    f = click.option("--gpu", "-g", "gpus", multiple=True, default=("h100",), show_default=True,
+                     help="Catalog GPU or a size such as 48GiB; repeat to compare GPUs.")(f)
+    return f
+
+
 @plot.command()
 @models_option
 @click.option("--engine", "engines", type=click.Choice(ENGINES), multiple=True, default=("hf",),
@@ -187,14 +201,7 @@ def memory(models, revision, engines, kv_dtypes, block_size, hf_version, batch, 
 
 @plot.command()
 @models_option
-@click.option("--gpu", "-g", "gpus", multiple=True, default=("h100",), show_default=True,
-              help="Catalog GPU or a size such as 48GiB; repeat to compare GPUs.")
-@click.option("--engine", type=click.Choice(["vllm"]), default="vllm", show_default=True,
-              help="Layout the planner models (vLLM PagedAttention).")
-@click.option("--kv-dtype", "kv_dtypes", type=click.Choice(PLAN_KV_DTYPES), multiple=True,
-              default=("auto",), show_default=True, help="KV dtype (repeat to compare).")
-@click.option("--block-size", type=int, default=None,
-              help="Tokens per KV block (default: vLLM's, as plan).")
+@planner_layout_options
 @range_options
 @plan_options
 @workload_options
@@ -227,14 +234,7 @@ def concurrency(models, revision, gpus, engine, kv_dtypes, block_size, min_len, 
 
 @plot.command()
 @models_option
-@click.option("--gpu", "-g", "gpus", multiple=True, default=("h100",), show_default=True,
-              help="Catalog GPU or a size such as 48GiB; repeat to compare GPUs.")
-@click.option("--engine", type=click.Choice(["vllm"]), default="vllm", show_default=True,
-              help="Layout the planner models (vLLM PagedAttention).")
-@click.option("--kv-dtype", "kv_dtypes", type=click.Choice(PLAN_KV_DTYPES), multiple=True,
-              default=("auto",), show_default=True, help="KV dtype (repeat to compare).")
-@click.option("--block-size", type=int, default=None,
-              help="Tokens per KV block (default: vLLM's, as plan).")
+@planner_layout_options
 @click.option("--max-len", "max_lens", type=TokenList("max length"), default=None,
               help="Reservation length(s), a list such as 2k,8k,32k: one pair of bars each "
                    "(default: the model's context length, as plan).")
