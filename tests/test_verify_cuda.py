@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -51,15 +52,37 @@ class FakeCuda:
         return BASE + ACTIVATIONS + self._caches()
 
 
-def _run(monkeypatch, fake, *extra):
+class PastKeyValuesOutput(OrderedDict):
+    """``generate``'s output shaped as transformers <= 5.23 shaped it: the cache under
+    ``past_key_values``, kept both as a dict item and as an attribute (as ``ModelOutput`` does);
+    from 5.24 the field is ``cache``."""
+
+    def __init__(self, sequences, past_key_values):
+        super().__init__(sequences=sequences, past_key_values=past_key_values)
+        self.sequences = sequences
+        self.past_key_values = past_key_values
+
+
+def as_installed(out):
+    return out
+
+
+def as_past_key_values(out):
+    from kvcalc.verify.compat import output_cache
+
+    return PastKeyValuesOutput(out["sequences"], output_cache(out))
+
+
+def _run(monkeypatch, fake, *extra, shape=as_installed):
     from kvcalc.verify import measure
+    from kvcalc.verify.compat import output_cache
 
     real = measure.generate_once
 
     def generate_once(*args, **kwargs):
-        out = real(*args, **kwargs)
-        if out.past_key_values is not None:
-            fake.live.add(out.past_key_values)
+        out = shape(real(*args, **kwargs))
+        if output_cache(out) is not None:
+            fake.live.add(output_cache(out))
         return out
 
     monkeypatch.setattr(measure, "generate_once", generate_once)
@@ -70,9 +93,12 @@ def _run(monkeypatch, fake, *extra):
                                     *extra])
 
 
-def test_cuda_slope_matches_prediction(monkeypatch):
+@pytest.mark.parametrize("shape", [as_installed, as_past_key_values])
+def test_cuda_slope_matches_prediction(monkeypatch, shape):
+    """The allocator drop when the cache is released is the cache, whatever the output calls
+    it (``cache`` from transformers 5.24, ``past_key_values`` before)."""
     fake = FakeCuda()
-    result = _run(monkeypatch, fake, "-f", "json")
+    result = _run(monkeypatch, fake, "-f", "json", shape=shape)
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)
     s = d["slope"]

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import KvcalcError
 from .cache import cache_bytes
+from .compat import output_cache, release_output_cache
 
 
 class OutOfMemory(KvcalcError):
@@ -251,17 +252,14 @@ def _oom_error(torch: Any) -> type[BaseException]:
 def _weigh_cache(run: RunResult, out: Any, meter: Any, cached_tokens: int) -> None:
     """Exact tensor bytes of the returned cache and, on CUDA, what the allocator frees when
     the cache is dropped (its real device footprint, 512-byte rounding included)."""
-    pkv = out.past_key_values
+    pkv = output_cache(out)
     counted = cache_bytes(pkv)
     run.cache_bytes = counted.total
     run.cache_held_bytes = counted.held_bytes
     run.cached_tokens = cached_tokens
     if meter.allocated() is None:
         return
-    # ModelOutput keeps fields both as attributes and as dict items: clear both
-    if hasattr(out, "keys") and "past_key_values" in out.keys():
-        out["past_key_values"] = None
-    out.past_key_values = None
+    release_output_cache(out)  # whatever the installed transformers calls the field
     del out
     gc.collect()
     with_cache = meter.allocated()

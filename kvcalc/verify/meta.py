@@ -18,6 +18,7 @@ from ..errors import KvcalcError
 from ..layout import build_layout
 from .build import build_random
 from .cache import cache_bytes
+from .compat import cache_mutators, call_cache, output_cache
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,11 @@ def meta_forward_bytes(model: Any, seq: int, every_layer: bool = False) -> int:
             try:
                 with LayerReplay(model):
                     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-                return cache_bytes(out.past_key_values).total
+                return cache_bytes(output_cache(out)).total
             except Exception:  # noqa: BLE001 - fall back to the plain forward
                 pass
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    return cache_bytes(out.past_key_values).total
+    return cache_bytes(output_cache(out)).total
 
 
 def check_lengths(raw: Mapping[str, Any], name: str) -> list[int]:
@@ -146,13 +147,13 @@ def _expected_cost(target: tuple[str, dict, list[int] | None, str | None]) -> in
 # ``update_recurrent_state``, ``update_indexer``) are replayed at each later twin's own index
 # into transformers' own cache object, with fresh tensors of the same shapes: which layer class
 # the cache uses at that index, and what it keeps (windows, states), is still transformers'
-# decision. Twins must agree on the module tree (classes, parameter and buffer shapes and
+# decision. The cache argument and the cache methods are found from what the installed
+# transformers exposes (:mod:`.compat`): the argument whose value is a ``Cache``, the
+# cache class's ``update*`` methods that take a ``layer_idx``. Twins must agree on the module tree (classes, parameter and buffer shapes and
 # dtypes, primitive attributes other than the layer index), on the config's per-layer entries
 # at their index, on the cache layer waiting for them, and on the shapes of their inputs; a
 # layer whose cache calls name another index (KV sharing) is never replayed.
 
-#: cache methods that store something for a layer (transformers 5.x ``Cache``)
-CACHE_MUTATORS = ("update", "update_conv_state", "update_recurrent_state", "update_indexer")
 #: attributes that hold a layer's own index (excluded from its structural signature)
 INDEX_ATTRS = frozenset({"layer_idx", "layer_id", "layer_number", "layer_index", "idx"})
 _PRIMITIVE = (bool, int, float, str, type(None))
@@ -273,8 +274,7 @@ class LayerReplay:
 
     def _wrap(self, i: int, forward: Any):
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            cache = next((kwargs[k] for k in ("past_key_values", "past_key_value", "layer_past")
-                          if kwargs.get(k) is not None), None)
+            cache = call_cache(args, kwargs)
             if cache is None or not hasattr(cache, "layers"):
                 self.ran += 1
                 return forward(*args, **kwargs)
@@ -302,15 +302,12 @@ class LayerReplay:
 
     @staticmethod
     def _record(cache: Any, calls: list, forward: Any, args: tuple, kwargs: dict) -> Any:
-        import inspect
-
         depth = [0]
         patched = []
-        for name in CACHE_MUTATORS:
-            method = getattr(cache, name, None)
-            if method is None or name in vars(cache):
+        for name, sig in list(cache_mutators(cache)):
+            if name in vars(cache):
                 continue
-            sig = inspect.signature(method)
+            method = getattr(cache, name)
 
             def recorder(*a: Any, __name=name, __method=method, __sig=sig, **k: Any) -> Any:
                 if depth[0] == 0:
