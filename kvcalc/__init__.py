@@ -3,7 +3,7 @@
 Library entry points (all pure Python, no torch):
 
 >>> from kvcalc.model import load_spec
->>> from kvcalc.layout import build_layout
+>>> from kvcalc.engines import build_layout
 >>> from kvcalc.memory import estimate
 >>> _, spec = load_spec("llama-7b")
 >>> estimate(build_layout(spec, "hf", "fp16"), seq=4096).bytes_per_sequence

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field, replace
 from .arch import ModelSpec
 from .errors import UsageError
 from .hardware import GpuSpec
-from .layout import KEEP_ALL, KEEP_NONE, Layout, build_layout
+from .engines import get_engine
+from .engines.cache import KEEP_ALL, KEEP_NONE, Layout
 from .params import ParamCount, count_parameters, stage_parameters, weight_bytes
 from .units import GiB, MiB, cdiv, largest_satisfying
-from .vllm_capacity import VllmCapacity, in_flight_tokens, pp_partition, vllm_capacity
+from .engines.vllm import VllmCapacity, in_flight_tokens, pp_partition, vllm_capacity
 from .workload import AllocatorResult, Workload, compare_allocators, distinct, peak_bytes
 
 DEFAULT_GPU_UTIL = 0.9                     # vLLM gpu_memory_utilization default
@@ -185,7 +186,7 @@ class _SpecFacts:
 
 
 _FACTS: dict[int, tuple[ModelSpec, _SpecFacts]] = {}
-_LAYOUTS: dict[tuple[int, str, int, int], tuple[ModelSpec, Layout]] = {}
+_LAYOUTS: dict[tuple, tuple[ModelSpec, Layout]] = {}
 
 
 def _facts(spec: ModelSpec) -> _SpecFacts:
@@ -199,13 +200,13 @@ def _facts(spec: ModelSpec) -> _SpecFacts:
     return facts
 
 
-def vllm_layout(spec: ModelSpec, kv_dtype: str, block: int, tp: int) -> Layout:
-    """``build_layout(spec, "vllm", ...)`` memoised per spec object."""
-    key = (id(spec), kv_dtype, block, tp)
+def plan_layout(spec: ModelSpec, inp: PlanInputs, block: int, tp: int) -> Layout:
+    """The planning engine's layout of ``spec`` (registry), memoised per spec object."""
+    key = (id(spec), inp.engine, inp.kv_dtype, block, tp)
     hit = _LAYOUTS.get(key)
     if hit is not None and hit[0] is spec:
         return hit[1]
-    layout = build_layout(spec, "vllm", kv_dtype, block_size=block, tp=tp)
+    layout = get_engine(inp.engine).layout(spec, inp.kv_dtype, block_size=block, tp=tp)
     if len(_LAYOUTS) > 4096:
         _LAYOUTS.clear()
     _LAYOUTS[key] = (spec, layout)
@@ -302,8 +303,8 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
     params = facts.params
     budgets = compute_budgets(spec, params, inp)
     block = inp.block(spec)
-    layout = vllm_layout(spec, inp.kv_dtype, block, inp.tp)
-    token_layout = vllm_layout(spec, inp.kv_dtype, 1, inp.tp)
+    layout = plan_layout(spec, inp, block, inp.tp)
+    token_layout = plan_layout(spec, inp, 1, inp.tp)
     cap = vllm_capacity(layout, [max(0, b.kv_bytes) for b in budgets], inp.max_len,
                         inp.in_flight(), inp.era, inp.num_blocks_override, inp.disable_hybrid)
     contiguous, paged = _allocators(layout, token_layout, workload, inp, budgets)
@@ -391,7 +392,7 @@ def solve_max_len(spec: ModelSpec, inp: PlanInputs, concurrency: int, limit: int
     (binary search: the per-request cost is monotonic but not linear for windowed models)."""
     params = _facts(spec).params
     budgets = [max(0, b.kv_bytes) for b in compute_budgets(spec, params, inp)]
-    layout = vllm_layout(spec, inp.kv_dtype, inp.block(spec), inp.tp)
+    layout = plan_layout(spec, inp, inp.block(spec), inp.tp)
 
     def ok(length: int) -> bool:
         cap = vllm_capacity(layout, budgets, length, inp.in_flight(), inp.era,
@@ -435,7 +436,7 @@ def smallest_deployment(spec: ModelSpec, inp: PlanInputs, target: int,
             budgets = [b.kv_bytes for b in compute_budgets(spec, params, trial)]
             if min(budgets) <= 0:
                 continue
-            layout = vllm_layout(spec, trial.kv_dtype, trial.block(spec), tp)
+            layout = plan_layout(spec, trial, trial.block(spec), tp)
             cap = vllm_capacity(layout, budgets, trial.max_len, trial.in_flight(), trial.era,
                                 None, trial.disable_hybrid)
             if not cap.fits or cap.max_concurrency <= 0:

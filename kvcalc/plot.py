@@ -32,7 +32,8 @@ from . import __version__
 from .arch import ModelSpec
 from .errors import ConfigError, KvcalcError, UsageError
 from .hardware import GpuSpec
-from .layout import KEEP_CHUNK, KEEP_WINDOW, Layout, build_layout
+from .engines import build_layout, get_engine
+from .engines.cache import KEEP_CHUNK, KEEP_WINDOW, Layout
 from .memory import estimate
 from .reports import engine_detail
 from .units import GiB, format_tokens
@@ -251,7 +252,8 @@ def context_range(models: list[ModelInput], min_len: int | None,
 def memory_chart(models: list[ModelInput], *, engines: list[str], kv_dtypes: list[str],
                  batch: int = 1, gpus: list[GpuSpec] = (), min_len: int | None = None,
                  max_len: int | None = None, block_size: int | None = None,
-                 hf_version: str | None = None, plan: PlanOptions = PlanOptions(),
+                 versions: dict[str, str | None] | None = None,
+                 plan: PlanOptions = PlanOptions(),
                  y_scale: str = "auto") -> Chart:
     """KV bytes of ``batch`` sequences vs context length (``estimate``'s ``bytes_total``) for
     every model x engine x KV dtype, and each GPU's KV budget per model (``plan``'s)."""
@@ -262,9 +264,10 @@ def memory_chart(models: list[ModelInput], *, engines: list[str], kv_dtypes: lis
     for m in models:
         for engine in engines:
             for dtype in kv_dtypes:
+                runtime = get_engine(engine)
                 layout = build_layout(m.spec, engine, dtype, block_size=block_size,
-                                      tp=plan.tp if engine == "vllm" else 1,
-                                      hf_version=hf_version)
+                                      tp=plan.tp if runtime.tensor_parallel else 1,
+                                      version=(versions or {}).get(f"{runtime.name}_version"))
                 _add(layouts_seen, engine_detail(layout))
                 _add(dtypes_seen, layout.kv_dtype.name)
                 hi = ends[m.name]

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from .arch import ModelSpec
-from .layout import HF_DEFAULT_VERSION, Layout
+from .engines import get_engine
+from .engines.cache import Layout
 from .memory import Estimate, formula
 from .sources import ResolvedModel
 from .units import format_bytes
@@ -27,10 +28,8 @@ def source_record(resolved: ResolvedModel) -> dict[str, Any]:
 
 
 def engine_detail(layout: Layout) -> str:
-    if layout.engine == "hf":
-        return f"transformers {layout.hf_version or HF_DEFAULT_VERSION} DynamicCache"
-    detail = f"vLLM PagedAttention, block {layout.block_size}"
-    return detail + (f", tp {layout.tp} (per GPU)" if layout.tp > 1 else "")
+    """The engine, version band and layout settings, in one line (the engine's own words)."""
+    return get_engine(layout.engine).describe(layout)
 
 
 def context_warnings(spec: ModelSpec, seqs: list[int]) -> list[str]:
@@ -53,6 +52,8 @@ def estimate_record(est: Estimate, resolved: ResolvedModel, warnings: list[str])
         "source": source_record(resolved),
         "engine": layout.engine,
         "engine_detail": engine_detail(layout),
+        "engine_version": layout.version,
+        "version_band": layout.band,
         "kv_dtype": layout.kv_dtype.name,
         "block_size": layout.block_size,
         "seq": est.seq,

@@ -38,7 +38,7 @@ from pathlib import Path
 from statistics import fmean
 
 from .errors import ConfigError, UsageError
-from .layout import KEEP_ALL, KEEP_CHUNK, KEEP_NONE, LayerCache, Layout
+from .engines.cache import KEEP_ALL, KEEP_CHUNK, KEEP_NONE, LayerCache, Layout
 
 DISTRIBUTIONS = ("uniform", "normal", "lognormal")
 DEFAULT_SAMPLES = 2000

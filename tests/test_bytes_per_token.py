@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kvcalc.arch import build_spec
-from kvcalc.layout import build_layout
+from kvcalc.engines import build_layout
 from kvcalc.sources import load_json_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -226,8 +226,8 @@ def test_nemotron_h_vllm_state_honours_ssm_cache_dtype():
 ])
 def test_hf_legacy_mla_layout_is_decompressed(name, expanded):
     spec = spec_of(HF / name)
-    assert build_layout(spec, "hf", "bf16", hf_version="5.14").bytes_per_token == expanded
-    latent = build_layout(spec, "hf", "bf16", hf_version="5.15").bytes_per_token
+    assert build_layout(spec, "hf", "bf16", version="5.14").bytes_per_token == expanded
+    latent = build_layout(spec, "hf", "bf16", version="5.15").bytes_per_token
     assert latent == spec.num_layers * 576 * 2
     assert latent < expanded
 
@@ -235,7 +235,7 @@ def test_hf_legacy_mla_layout_is_decompressed(name, expanded):
 def test_deepseek_v3_docs_figures():
     spec = spec_of(HF / "deepseek-ai__DeepSeek-V3.json")
     latent = build_layout(spec, "vllm", "bf16").bytes_per_token
-    expanded = build_layout(spec, "hf", "bf16", hf_version="4.57").bytes_per_token
+    expanded = build_layout(spec, "hf", "bf16", version="4.57").bytes_per_token
     assert round(latent / 1024, 1) == 68.6           # KiB/token
     assert round(expanded / 2**20, 2) == 4.77         # MiB/token
 
@@ -243,7 +243,7 @@ def test_deepseek_v3_docs_figures():
 def test_hf_before_4_56_does_not_cap_windows():
     spec = spec_of(HF / "mistralai__Mistral-7B-v0.1.json")
     new = build_layout(spec, "hf", "bf16")
-    old = build_layout(spec, "hf", "bf16", hf_version="4.55")
+    old = build_layout(spec, "hf", "bf16", version="4.55")
     assert new.bytes_per_sequence(10_000) == 131_072 * 4095
     assert old.bytes_per_sequence(10_000) == 131_072 * 10_000
 

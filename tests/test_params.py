@@ -88,7 +88,7 @@ def test_unknown_weights_dtype():
                                   "gemma-3-27b", "qwen3-next-80b-a3b"])
 def test_pipeline_stages_hold_their_own_layers(name):
     from kvcalc.params import stage_parameters
-    from kvcalc.vllm_capacity import pp_partition
+    from kvcalc.engines.vllm import pp_partition
 
     c = count(name)
     assert sum(p for p, _ in c.layers) + c.embedding + c.final_norm == c.total

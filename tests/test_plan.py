@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from kvcalc.cli import cli
 from kvcalc.errors import ConfigError, UsageError
 from kvcalc.hardware import find_gpu, load_catalog
-from kvcalc.layout import build_layout
+from kvcalc.engines import build_layout
 from kvcalc.model import load_spec
 from kvcalc.params import weight_bytes
 from kvcalc.plan import PlanInputs, make_plan, smallest_deployment, solve_max_len

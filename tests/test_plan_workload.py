@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvcalc.layout import KEEP_CHUNK, KEEP_WINDOW, LayerCache, build_layout
+from kvcalc.engines import build_layout
+from kvcalc.engines.cache import KEEP_CHUNK, KEEP_WINDOW, LayerCache
 from kvcalc.model import load_spec
 from kvcalc.units import GiB
 from kvcalc.workload import Workload, compare_allocators, peak_slots, sampled

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvcalc.arch import build_spec
-from kvcalc.layout import build_layout
+from kvcalc.engines import build_layout
 from kvcalc.memory import estimate
 from kvcalc.sources import load_json_file
 
@@ -108,7 +108,7 @@ def test_mla_latent_below_decompressed(layers, rank, rope, nope, heads, engine):
            "qk_nope_head_dim": nope, "v_head_dim": nope, "torch_dtype": "bfloat16"}
     spec = build_spec(cfg)
     latent = build_layout(spec, engine, "bf16").bytes_per_token
-    expanded = build_layout(spec, "hf", "bf16", hf_version="5.14").bytes_per_token
+    expanded = build_layout(spec, "hf", "bf16", version="5.14").bytes_per_token
     assert latent == layers * (rank + rope) * 2
     assert expanded == layers * heads * (2 * nope + rope) * 2
     assert latent < expanded

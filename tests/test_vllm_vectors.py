@@ -1,5 +1,5 @@
 """vLLM's own test vectors (tests/v1/core/test_kv_cache_utils.py, ../shared/reference/engines.md
-A.6) and worked examples, reproduced by kvcalc.vllm_capacity."""
+A.6) and worked examples, reproduced by kvcalc.engines.vllm."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import pytest
 
 from kvcalc.arch import build_spec
 from kvcalc.dtypes import DTYPES
-from kvcalc.layout import KEEP_ALL, KEEP_NONE, KEEP_WINDOW, LayerCache, Layout, build_layout
+from kvcalc.engines import build_layout
+from kvcalc.engines.cache import KEEP_ALL, KEEP_NONE, KEEP_WINDOW, LayerCache, Layout
 from kvcalc.model import load_spec
 from kvcalc.units import GiB
-from kvcalc.vllm_capacity import (estimate_max_model_len, kv_cache_groups, layer_specs,
+from kvcalc.engines.vllm import (estimate_max_model_len, kv_cache_groups, layer_specs,
                                   pp_partition, vllm_capacity)
 
 M = 16_384  # helper default page: block 16 x 2 kv heads x (64 + 64) x 4 B (fp32)
@@ -157,7 +158,7 @@ def test_mamba_hybrid_enlarges_attention_block():
 # ------------------------------------------------------------------ more of A.6, by vector number
 
 from kvcalc.errors import UsageError  # noqa: E402
-from kvcalc.vllm_capacity import Group, Grouping, KVSpec, in_flight_tokens  # noqa: E402
+from kvcalc.engines.vllm import Group, Grouping, KVSpec, in_flight_tokens  # noqa: E402
 
 FULL16 = KVSpec("full", M, 16)
 SW1 = KVSpec("sliding", M, 16, 1)

@@ -6,8 +6,8 @@ import click
 
 from ..dtypes import KV_DTYPE_CHOICES
 from ..errors import UsageError
-from ..layout import ENGINES
-from ..render import FORMATS
+from ..engines import engine_names, engines, get_engine
+from ..render import FORMATS, printable
 from ..units import parse_bytes, parse_token_list, parse_tokens
 
 
@@ -21,17 +21,32 @@ def model_options(f):
     return f
 
 
+def version_options(f):
+    """One --<engine>-version option per registered engine (--hf-version, --vllm-version)."""
+    for engine in reversed(engines()):
+        bands = ", ".join(f"{b.name}" for b in engine.bands)
+        f = click.option(engine.version_flag, f"{engine.name}_version", default=None,
+                         metavar="X.Y",
+                         help=f"{engine.display_name} version whose layout is modelled "
+                              f"(default {engine.default_version}; bands {bands}).")(f)
+    return f
+
+
+def engine_version(engine: str, versions: dict) -> str | None:
+    """The version given for ``engine`` among the --<engine>-version options."""
+    return versions.get(f"{get_engine(engine).name}_version")
+
+
 def layout_options(f):
-    """--engine, --kv-dtype, --block-size, --hf-version."""
-    f = click.option("--hf-version", default=None, metavar="X.Y",
-                     help="transformers version band the hf layout models (default 5.23; "
-                          "<5.15 caches MLA decompressed, <4.56 does not cap windows).")(f)
+    """--engine, --kv-dtype, --block-size and the engines' --<engine>-version options."""
+    f = version_options(f)
     f = click.option("--block-size", type=int, default=None,
                      help="vLLM block size in tokens (default 16).")(f)
     f = click.option("--kv-dtype", type=click.Choice(KV_DTYPE_CHOICES, case_sensitive=False),
                      default="auto", show_default=True,
                      help="KV cache element type; auto = the model's torch_dtype.")(f)
-    f = click.option("--engine", type=click.Choice(ENGINES), default="hf", show_default=True,
+    f = click.option("--engine", type=click.Choice(engine_names()), default="hf",
+                     show_default=True,
                      help="Runtime layout: hf (transformers DynamicCache) or vllm "
                           "(PagedAttention).")(f)
     return f
@@ -65,11 +80,12 @@ class TokenList(click.ParamType):
 
 
 def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+    click.echo(printable(f"warning: {message}"), err=True)
 
 
 def echo_output(text: str) -> None:
-    click.echo(text, nl=not text.endswith("\n"))
+    """Everything a command prints on stdout: escaped by the one sanitiser (render.printable)."""
+    click.echo(printable(text), nl=not text.endswith("\n"))
 
 
 class ByteSize(click.ParamType):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
-from ..layout import build_layout
+from ..engines import build_layout
 from ..memory import estimate as estimate_point
 from ..model import load_spec
 from ..render import key_values, table, to_csv, to_json, to_yaml
 from ..reports import context_warnings, estimate_record
 from ..units import format_bytes
-from .common import TokenList, echo_output, format_option, layout_options, model_options, warn
+from .common import (TokenList, echo_output, engine_version, format_option, layout_options,
+                     model_options, warn)
 
 CSV_COLUMNS = ("model", "engine", "kv_dtype", "block_size", "seq", "batch", "bytes_per_token",
                "bytes_per_sequence", "bytes_total")
@@ -26,7 +27,7 @@ CSV_COLUMNS = ("model", "engine", "kv_dtype", "block_size", "seq", "batch", "byt
               show_default=True, help="Sequences in the batch; a list makes a sweep.")
 @layout_options
 @format_option
-def estimate(model, revision, seqs, batches, engine, kv_dtype, block_size, hf_version, fmt):
+def estimate(model, revision, seqs, batches, engine, kv_dtype, block_size, fmt, **versions):
     """KV-cache bytes per token, per sequence and per batch for one model.
 
     \b
@@ -37,7 +38,7 @@ def estimate(model, revision, seqs, batches, engine, kv_dtype, block_size, hf_ve
     """
     resolved, spec = load_spec(model, revision)
     layout = build_layout(spec, engine, kv_dtype.lower(), block_size=block_size,
-                          hf_version=hf_version)
+                          version=engine_version(engine, versions))
     extra = context_warnings(spec, seqs)
     for message in list(spec.warnings) + extra:
         warn(message)

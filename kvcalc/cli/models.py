@@ -6,7 +6,7 @@ import click
 
 from ..arch import build_spec
 from ..errors import KvcalcError, ModelNotFoundError
-from ..layout import build_layout
+from ..engines import build_layout
 from ..render import key_values, table, to_csv, to_json, to_yaml
 from ..sources import (all_presets, builtin_preset_dir, find_preset, preset_names, suggest,
                        user_preset_dirs)

@@ -12,7 +12,7 @@ from ..plan import (DEFAULT_GPU_UTIL, Plan, PlanInputs, make_plan, smallest_depl
 from ..render import key_values, table, to_csv, to_json, to_yaml
 from ..reports import source_record
 from ..units import GiB, format_bytes
-from ..vllm_capacity import ERAS, vllm_error_message
+from ..engines.vllm import ERAS, vllm_error_message
 from ..workload import DEFAULT_SAMPLES, DISTRIBUTIONS, fixed, from_trace, sampled
 from .common import ByteSize, TokenList, echo_output, format_option, warn
 

@@ -10,8 +10,8 @@ import click
 
 from ..dtypes import KV_DTYPE_CHOICES
 from ..errors import UsageError
-from ..layout import ENGINES
-from .common import ByteSize, TokenList, echo_output, warn
+from ..engines import engine_names, get_engine
+from .common import ByteSize, TokenList, echo_output, version_options, warn
 
 FORMAT_CHOICES = ("png", "svg", "csv", "json")
 PLAN_KV_DTYPES = ("auto", "fp32", "fp16", "bf16", "fp8", "int8", "int4")
@@ -145,7 +145,8 @@ def planner_layout_options(f):
                      help="Tokens per KV block (default: vLLM's, as plan).")(f)
     f = click.option("--kv-dtype", "kv_dtypes", type=click.Choice(PLAN_KV_DTYPES), multiple=True,
                      default=("auto",), show_default=True, help="KV dtype (repeat to compare).")(f)
-    f = click.option("--engine", type=click.Choice(["vllm"]), default="vllm", show_default=True,
+    f = click.option("--engine", type=click.Choice(engine_names(planning=True)), default="vllm",
+                     show_default=True,
                      help="Layout the planner models (vLLM PagedAttention).")(f)
     f = click.option("--gpu", "-g", "gpus", multiple=True, default=("h100",), show_default=True,
                      help="Catalog GPU or a size such as 48GiB; repeat to compare GPUs.")(f)
@@ -154,14 +155,13 @@ def planner_layout_options(f):
 
 @plot.command()
 @models_option
-@click.option("--engine", "engines", type=click.Choice(ENGINES), multiple=True, default=("hf",),
-              show_default=True, help="Layout (repeat to compare hf and vllm).")
+@click.option("--engine", "engines", type=click.Choice(engine_names()), multiple=True,
+              default=("hf",), show_default=True, help="Layout (repeat to compare hf and vllm).")
 @click.option("--kv-dtype", "kv_dtypes", type=click.Choice(KV_DTYPE_CHOICES, case_sensitive=False),
               multiple=True, default=("auto",), show_default=True,
               help="KV cache element type (repeat to compare).")
 @click.option("--block-size", type=int, default=None, help="vLLM block size (default 16).")
-@click.option("--hf-version", default=None, metavar="X.Y",
-              help="transformers version band for the hf layout (default 5.23).")
+@version_options
 @click.option("--batch", "-b", type=TokenList("batch size", single=True), default="1",
               show_default=True, help="Sequences: the y axis is the KV of this many.")
 @range_options
@@ -172,8 +172,8 @@ def planner_layout_options(f):
               show_default=True,
               help="y axis; auto = log when the values span more than 16x.")
 @output_options
-def memory(models, revision, engines, kv_dtypes, block_size, hf_version, batch, min_len,
-           max_len, gpus, tp, gpu_util, weights_dtype, kv_budget, y_scale, out, fmt, size, dpi):
+def memory(models, revision, engines, kv_dtypes, block_size, batch, min_len, max_len, gpus, tp,
+           gpu_util, weights_dtype, kv_budget, y_scale, out, fmt, size, dpi, **versions):
     """KV memory vs context length (log x, 1k to the models' context length).
 
     Each point is what `kvcalc estimate` prints for that sequence length; sliding-window and
@@ -187,12 +187,13 @@ def memory(models, revision, engines, kv_dtypes, block_size, hf_version, batch, 
     from ..plot import PlanOptions, memory_chart
 
     kind = _check_out(out, fmt)
-    if tp > 1 and "hf" in engines:
-        raise UsageError("--tp needs --engine vllm (the hf layout models one process)")
+    single = [e for e in engines if not get_engine(e).tensor_parallel]
+    if tp > 1 and single:
+        raise UsageError(f"--tp needs --engine vllm (the {single[0]} layout models one process)")
     chart = memory_chart(_load(models, revision), engines=list(engines),
                          kv_dtypes=_dtypes(kv_dtypes), batch=batch,
                          gpus=_gpus(gpus), min_len=min_len, max_len=max_len,
-                         block_size=block_size, hf_version=hf_version,
+                         block_size=block_size, versions=versions,
                          plan=PlanOptions(tp=tp, gpu_util=gpu_util, weights_dtype=weights_dtype,
                                           block_size=block_size, kv_budget=kv_budget),
                          y_scale=y_scale)

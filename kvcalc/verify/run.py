@@ -11,7 +11,7 @@ import click
 
 from ..arch import build_spec, truncate_config
 from ..errors import UsageError
-from ..layout import build_layout
+from ..engines import build_layout
 from ..model import load_spec
 from .backend import versions
 from .build import build_from_weights, build_random, weights_config
@@ -41,7 +41,7 @@ def run_verify(*, model: str | None, revision: str | None, device: str, dtype: s
         built = build_random(raw, device=device, dtype=dtype, name=name)
     spec = build_spec(raw, name)
     hf_version = versions()["transformers"]
-    layout = build_layout(spec, "hf", built.dtype, hf_version=hf_version)
+    layout = build_layout(spec, "hf", built.dtype, version=hf_version)
     predicted = {g: layout.bytes_per_sequence(prompt_len + g - 1) for g in new_tokens}
 
     steps = len(new_tokens) * (2 if with_and_without else 1) * repeats

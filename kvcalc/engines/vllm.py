@@ -1,6 +1,14 @@
-"""What vLLM (v1 engine) prints at start-up: GPU blocks, KV cache size, maximum concurrency.
+"""vLLM (v1 engine, PagedAttention): its layout, its version bands, and what it prints at
+start-up (GPU blocks, KV cache size, maximum concurrency).
 
-Reimplements, from a :class:`~kvcalc.layout.Layout` laid out for ``vllm``, the rules of
+Layout: pages of ``block_size`` tokens per layer; a sequence holds ``ceil(n / block)`` blocks of
+each full layer; sliding-window layers release blocks that fall wholly outside the window,
+chunked-local layers release completed chunks; MLA caches the latent once per layer (one
+"head", not split by tensor parallelism); KV heads per GPU are ``max(1, kv_heads // tp)``;
+Mamba-style states keep ``conv_kernel - 1`` columns and one state per sequence, in the model
+dtype unless the config sets ``mamba_ssm_cache_dtype``.
+
+Capacity: reimplements, from a :class:`~kvcalc.engines.cache.Layout` laid out for ``vllm``, the rules of
 ``vllm/v1/core/kv_cache_utils.py`` and ``kv_cache_interface.py`` (see
 ../shared/reference/engines.md Part A and docs/planning.md):
 
@@ -27,18 +35,109 @@ Reimplements, from a :class:`~kvcalc.layout.Layout` laid out for ``vllm``, the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass, field, replace
+from functools import cached_property, lru_cache
 
-from .arch import CHUNKED, FULL, MLA, SLIDING
-from .errors import UsageError
-from .layout import KEEP_NONE, Layout
-from .units import GiB, cdiv, largest_satisfying
+from .. import arch
+from ..arch import CHUNKED, FULL, MLA, SLIDING, AttentionLayer, MLALayer, ModelSpec, StateLayer
+from ..dtypes import DTYPES, KVDtype, resolve_kv_dtype
+from ..errors import UsageError
+from ..units import GiB, cdiv, largest_satisfying
+from . import Band, Engine, Setting, register
+from .cache import (KEEP_ALL, KEEP_CHUNK, KEEP_NONE, KEEP_WINDOW, LayerCache, Layout,
+                    attention_bytes_per_token, attention_formula, mla_latent_bytes_per_token,
+                    mla_latent_formula, no_cache_formula, state_bytes, state_formula)
 
 ERAS = ("new", "mid")
 #: vLLM rounds the enlarged attention block of attention+Mamba hybrids to this alignment
 MAMBA_HYBRID_BLOCK_ALIGNMENT = 16
 MAMBA = "mamba"
+
+
+DEFAULT_BLOCK_SIZE = 16          # vLLM CacheConfig default on CUDA/ROCm
+
+
+#: vLLM's DSA indexer key cache is fp8 with one fp32 scale per 128 values
+#: (``index_head_dim + index_head_dim // 128 * 4`` bytes per token per layer)
+VLLM_INDEXER_QUANT_BLOCK = 128
+
+
+def vllm_indexer_bytes_per_token(layer: MLALayer) -> int:
+    """DeepSeek-V3.2 lightning-indexer keys: vLLM stores ``index_head_dim`` fp8 values plus one
+    fp32 scale per :data:`VLLM_INDEXER_QUANT_BLOCK` values, whatever the KV dtype."""
+    if not layer.indexer_head_dim:
+        return 0
+    d = layer.indexer_head_dim
+    return d + d // VLLM_INDEXER_QUANT_BLOCK * 4
+
+
+def vllm_kv_heads_per_gpu(kv_heads: int, tp: int) -> int:
+    """vLLM ``ModelConfig.get_num_kv_heads``: ``max(1, kv_heads // tp)`` (replicated past kv)."""
+    return max(1, kv_heads // tp)
+
+
+@lru_cache(maxsize=256)
+def vllm_layout(spec: ModelSpec, kv_dtype: str = "auto", block_size: int = DEFAULT_BLOCK_SIZE,
+                tp: int = 1, version: str | None = None) -> Layout:
+    """``spec`` laid out by vLLM ``version`` (default: the newest band), per GPU at TP ``tp``."""
+    if tp < 1:
+        raise UsageError(f"invalid tensor-parallel size {tp}: must be at least 1")
+    if block_size < 1:
+        raise UsageError(f"invalid block size {block_size}: must be at least 1")
+    version = version or VLLM.default_version
+    band = VLLM.band(version)
+    dtype = resolve_kv_dtype(kv_dtype, spec.dtype)
+    return _vllm_layout(spec, dtype, block_size, tp, version, band)
+
+
+def _vllm_layout(spec: ModelSpec, dtype: KVDtype, block_size: int, tp: int, version: str,
+                 band: Band) -> Layout:
+    notes = [f"vLLM PagedAttention, block size {block_size} tokens"]
+    if tp > 1:
+        notes.append(f"tensor parallel {tp}: figures are per GPU")
+        kv = spec.kv_heads
+        if kv is not None and not spec.is_mla and tp > kv:
+            notes.append(f"tp {tp} exceeds {kv} KV heads: each GPU holds a replicated head")
+    if dtype.name == "int4":
+        notes.append("vLLM has no int4 KV cache; figures model a grouped int4 layout")
+    model_float = DTYPES[spec.dtype].element_bytes
+    out: list[LayerCache] = []
+    memo: dict[int, LayerCache] = {}
+    for i, layer in enumerate(spec.layers):
+        if id(layer) not in memo:
+            memo[id(layer)] = _vllm_layer(i, layer, dtype, block_size, tp, model_float)
+        out.append(replace(memo[id(layer)], index=i))
+    return Layout(spec, "vllm", dtype, tuple(out), block_size, tp, version, band.name,
+                  tuple(notes))
+
+
+def _vllm_layer(i: int, layer: arch.Layer, dtype: KVDtype, block_size: int, tp: int,
+                model_float: int) -> LayerCache:
+    if isinstance(layer, AttentionLayer):
+        heads = vllm_kv_heads_per_gpu(layer.kv_heads, tp)
+        bpt = attention_bytes_per_token(heads, layer.head_dim_k, layer.head_dim_v, dtype)
+        keep = {arch.FULL: KEEP_ALL, arch.SLIDING: KEEP_WINDOW, arch.CHUNKED: KEEP_CHUNK}[layer.kind]
+        text = attention_formula(heads, layer, dtype) + f", whole blocks of {block_size}"
+        if layer.kind == arch.SLIDING:
+            text += f", blocks wholly outside the window W = {layer.window:,} freed"
+        elif layer.kind == arch.CHUNKED:
+            text += f", blocks of completed chunks (C = {layer.window:,}) freed"
+        return LayerCache(i, layer.kind, bpt, keep, layer.window, block_size, formula=text)
+    if isinstance(layer, MLALayer):
+        extra = vllm_indexer_bytes_per_token(layer)
+        text = mla_latent_formula(layer, dtype) + f", whole blocks of {block_size}"
+        if extra:
+            text += (f" + indexer key {layer.indexer_head_dim} fp8 + "
+                     f"{layer.indexer_head_dim // VLLM_INDEXER_QUANT_BLOCK} fp32 scales")
+        return LayerCache(i, layer.kind, mla_latent_bytes_per_token(layer, dtype) + extra,
+                          KEEP_ALL, None, block_size, formula=text)
+    if isinstance(layer, StateLayer):
+        ssm_b = DTYPES[layer.ssm_dtype].element_bytes if layer.ssm_dtype else model_float
+        fixed = state_bytes(layer, layer.conv_kernel - 1, model_float, ssm_b, tp)
+        text = state_formula(layer, layer.conv_kernel - 1, model_float, ssm_b, tp)
+        return LayerCache(i, layer.kind, 0, KEEP_NONE, fixed_bytes=fixed, formula=text)
+    return LayerCache(i, layer.kind, 0, KEEP_NONE, formula=no_cache_formula(layer))
+
 
 
 @dataclass(frozen=True)
@@ -381,3 +480,71 @@ def vllm_capacity(layout: Layout, available_per_stage: list[int], max_len: int,
     return VllmCapacity(num_blocks, grouping.block_size, tokens, concurrency, max_len, n_groups,
                         grouping.bytes_per_block(), blocks_needed, fits, needed, avail, est,
                         notes)
+
+
+# --------------------------------------------------------------------------------------------
+# The engine: settings, version bands, registry entry
+
+BANDS = (
+    Band("0.9-0.19", (0, 9), (0, 19),
+         ("GPU KV cache size = num_blocks // groups x block_size (_report_kv_cache_config)",
+          "sliding/chunked layers reserve max_num_batched_tokens in flight",
+          "no null block; CUDA graphs captured after the KV cache and not counted"),
+         ("vllm-project/vllm vllm/v1/core/kv_cache_utils.py (_report_kv_cache_config, "
+          "get_max_concurrency_for_kv_cache_config)",)),
+    Band("0.20-0.32", (0, 20), (0, 32),
+         ("GPU KV cache size = int(max concurrency x max_model_len) (get_kv_cache_capacity, "
+          "PRs #37429 and #40384)",
+          "max_in_flight_tokens = max_concurrent_batches x max_num_batched_tokens (2 batches "
+          "with async scheduling at PP 1)",
+          "the null block is held back in the start-up check",
+          "CUDA graph memory estimated and subtracted by default (PR #30515, default from "
+          "0.21)"),
+         ("vllm-project/vllm vllm/v1/core/kv_cache_utils.py (get_kv_cache_capacity), "
+          "vllm/config/vllm.py (max_in_flight_tokens), vllm/v1/worker/gpu_worker.py",)),
+)
+
+
+class Vllm(Engine):
+    name = "vllm"
+    display_name = "vLLM"
+    package = "vllm"
+    bands = BANDS
+    newest_checked = "0.33.0"
+    default_version = "0.32"
+    version_flag = "--vllm-version"
+    version_example = "0.33"
+    plans = True
+    tensor_parallel = True
+    settings = (
+        Setting("block_size", None, "--block-size",
+                "tokens per KV block; None = the attention backend's choice (16, MLA backends "
+                "by GPU and KV dtype)"),
+        Setting("kv_cache_dtype", "auto", "--kv-dtype", "auto = the model dtype"),
+        Setting("tensor_parallel_size", 1, "--tp", "KV heads split over TP ranks"),
+        Setting("pipeline_parallel_size", 1, "--pp", "layers split over stages"),
+        Setting("gpu_memory_utilization", 0.9, "--gpu-util", "share of total GPU memory"),
+        Setting("max_num_batched_tokens", 8192, "--max-batched-tokens",
+                "8,192 on GPUs with >= 70 GiB, else 2,048 (serve defaults)"),
+        Setting("max_num_seqs", 1024, "--max-num-seqs",
+                "1,024 on GPUs with >= 70 GiB, else 256"),
+        Setting("async_scheduling", True, "--async-scheduling/--no-async-scheduling",
+                "2 batches in flight at PP 1"),
+        Setting("disable_hybrid_kv_cache_manager", False, "--disable-hybrid-kv-cache-manager",
+                "every layer keeps every token, one group"),
+        Setting("num_gpu_blocks_override", None, "--num-gpu-blocks-override",
+                "replaces the computed number of blocks"),
+    )
+
+    def layout(self, spec, kv_dtype: str = "auto", *, version: str | None = None,
+               block_size: int | None = None, tp: int = 1) -> Layout:
+        return vllm_layout(spec, kv_dtype, DEFAULT_BLOCK_SIZE if block_size is None
+                           else block_size, tp, version)
+
+    def describe(self, layout: Layout) -> str:
+        detail = (f"vLLM {layout.version} (band {layout.band}) PagedAttention, "
+                  f"block {layout.block_size}")
+        return detail + (f", tp {layout.tp} (per GPU)" if layout.tp > 1 else "")
+
+
+VLLM = register(Vllm())

@@ -1,0 +1,174 @@
+"""Engines: one module per runtime behind one small interface, and the registry that names them.
+
+An :class:`Engine` says
+
+- which **settings** it takes, under the engine's own names and with its defaults
+  (:attr:`Engine.settings`, a tuple of :class:`Setting`);
+- how it **lays out** a :class:`~kvcalc.arch.ModelSpec`'s KV cache for those settings
+  (:meth:`Engine.layout` -> :class:`~kvcalc.engines.cache.Layout`);
+- which **capacity figures** it prints for a KV budget (:attr:`Engine.plans`; vLLM's start-up
+  lines, :mod:`kvcalc.engines.vllm`);
+- which **version bands** each rule holds for (:attr:`Engine.bands`, a tuple of :class:`Band`,
+  each a version range, what it changes and a public source), the newest version checked
+  (:attr:`Engine.newest_checked`) and the version installed here (:meth:`Engine.installed_version`).
+
+The CLI, plan, plot and verify ask the registry (:func:`get_engine`, :func:`build_layout`) and
+never compare engine names themselves. Adding an engine = one module that defines an
+:class:`Engine` subclass and calls :func:`register`, its docs (docs/engines.md) and its tests.
+
+>>> from kvcalc.engines import get_engine
+>>> vllm = get_engine("vllm")
+>>> vllm.newest_checked, vllm.band().name
+('0.33.0', '0.33')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from ..errors import UsageError
+from .cache import Layout, parse_version
+
+#: a version as kvcalc compares them: (major, minor)
+Version = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Band:
+    """A range of engine releases over which the modelled rules do not change.
+
+    ``low`` and ``high`` are inclusive (major, minor) bounds; None leaves that side open.
+    """
+
+    name: str                      # how outputs name the band, e.g. "0.33" or "0.20-0.32"
+    low: Version | None
+    high: Version | None
+    changes: tuple[str, ...]       # what this band does differently, one sentence each
+    sources: tuple[str, ...]       # public sources (repository files, PRs) for the changes
+
+    def contains(self, version: Version) -> bool:
+        return ((self.low is None or version >= self.low)
+                and (self.high is None or version <= self.high))
+
+    @property
+    def versions(self) -> str:
+        """The range in words: ">= 0.33", "0.20-0.32", "< 4.56"."""
+        def text(v: Version) -> str:
+            return f"{v[0]}.{v[1]}"
+        if self.low and self.high:
+            return f"{text(self.low)}-{text(self.high)}"
+        if self.low:
+            return f">= {text(self.low)}"
+        if self.high:
+            return f"<= {text(self.high)}"
+        return "all"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One engine setting, under the engine's own name, with its default and kvcalc's flag."""
+
+    name: str          # as the engine names it: block_size, enable_prefix_caching, ...
+    default: Any
+    flag: str | None   # the kvcalc option that sets it (None: not settable from kvcalc)
+    description: str
+
+
+class Engine:
+    """The interface every engine module implements (one instance per engine, registered)."""
+
+    #: registry name (``--engine``) and the other names accepted for it
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+    #: how outputs name the runtime: "transformers", "vLLM"
+    display_name: str = ""
+    #: the Python distribution whose installed version :meth:`installed_version` reports
+    package: str = ""
+    #: version bands, oldest first; the last one is the newest band modelled
+    bands: tuple[Band, ...] = ()
+    #: the newest release whose figures were checked against the engine itself
+    newest_checked: str = ""
+    #: the version a layout models when none is given
+    default_version: str = ""
+    #: the kvcalc option that picks the version (``--hf-version``, ``--vllm-version``)
+    version_flag: str = ""
+    #: an example version for error messages
+    version_example: str = ""
+    settings: tuple[Setting, ...] = ()
+    #: True when the engine prints capacity figures for a budget (``kvcalc plan``)
+    plans: bool = False
+    #: True when the engine splits a model over GPUs (``--tp``)
+    tensor_parallel: bool = False
+
+    def installed_version(self) -> str | None:
+        """The version of :attr:`package` installed in this environment, None when absent."""
+        try:
+            return metadata.version(self.package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def parse_version(self, version: str) -> Version:
+        return parse_version(version, self.display_name, self.version_example)
+
+    def band(self, version: str | None = None) -> Band:
+        """The band that holds ``version`` (default: :attr:`default_version`)."""
+        v = self.parse_version(version or self.default_version)
+        for band in self.bands:
+            if band.contains(v):
+                return band
+        raise UsageError(f"{self.display_name} {version} is outside the bands kvcalc models "
+                         f"({', '.join(b.versions for b in self.bands)})")
+
+    def layout(self, spec, kv_dtype: str = "auto", *, version: str | None = None,
+               block_size: int | None = None, tp: int = 1) -> Layout:
+        """Lay ``spec`` out as this engine does, per GPU with tensor parallelism ``tp``."""
+        raise NotImplementedError
+
+    def describe(self, layout: Layout) -> str:
+        """One line naming the engine, version band and layout settings of ``layout``."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Engine] = {}
+
+
+def register(engine: Engine) -> Engine:
+    """Add ``engine`` to the registry under its name and aliases."""
+    for key in (engine.name, *engine.aliases):
+        _REGISTRY[key] = engine
+    return engine
+
+
+def engines() -> tuple[Engine, ...]:
+    """Every registered engine, once each, in registration order."""
+    return tuple(dict.fromkeys(_REGISTRY.values()))
+
+
+def engine_names(planning: bool = False) -> tuple[str, ...]:
+    """Names ``--engine`` accepts (aliases included); ``planning`` keeps engines that plan."""
+    return tuple(k for k, e in _REGISTRY.items() if e.plans or not planning)
+
+
+def get_engine(name: str) -> Engine:
+    """The engine registered as ``name`` (or an alias), with a suggestion when unknown."""
+    engine = _REGISTRY.get(str(name).strip().lower())
+    if engine is None:
+        from ..sources import suggest
+
+        raise UsageError(f"unknown engine '{name}': choose one of {', '.join(_REGISTRY)}"
+                         + suggest(str(name), list(_REGISTRY)))
+    return engine
+
+
+def build_layout(spec, engine: str = "hf", kv_dtype: str = "auto", *,
+                 block_size: int | None = None, tp: int = 1,
+                 version: str | None = None) -> Layout:
+    """``get_engine(engine).layout(...)``: ``spec`` laid out by ``engine``."""
+    return get_engine(engine).layout(spec, kv_dtype, version=version, block_size=block_size,
+                                     tp=tp)
+
+
+from . import transformers as _transformers  # noqa: E402,F401  (registers "hf")
+from . import vllm as _vllm  # noqa: E402,F401  (registers "vllm")

@@ -1,0 +1,171 @@
+"""transformers ``generate()`` with its default ``DynamicCache`` (token-granular): the ``hf`` engine.
+
+After a prompt of p tokens and g generated tokens the cache holds p + g - 1 tokens. Version
+bands (``--hf-version``; ../shared/reference/transformers.md, docs/engines.md):
+
+* ``>= 5.15`` (default 5.23, measured; 5.24 checked): sliding/chunked layers keep ``W - 1``
+  tokens, MLA caches the latent ``kv_lora_rank + qk_rope_head_dim`` per layer;
+* ``4.56 - 5.14``: windows capped the same way, MLA caches decompressed per-head K
+  (``qk_nope + qk_rope``) and V (``v_head_dim``);
+* ``< 4.56``: no window capping in DynamicCache (every layer keeps every token), MLA
+  decompressed, Gemma 3n's shared layers still store their own copy.
+
+Recurrent states: conv buffer of ``conv_kernel`` columns in the model dtype plus the
+SSM/recurrent state in fp32. Falcon's new decoder architecture caches all query heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import lru_cache
+
+from .. import arch
+from ..arch import AttentionLayer, MLALayer, ModelSpec, StateLayer
+from ..dtypes import DTYPES, KVDtype, resolve_kv_dtype
+from ..errors import UsageError
+from . import Band, Engine, Setting, register
+from .cache import (KEEP_ALL, KEEP_CHUNK, KEEP_NONE, KEEP_WINDOW, LayerCache, Layout,
+                    attention_bytes_per_token, attention_formula, element_text,
+                    mla_expanded_bytes_per_token, mla_latent_bytes_per_token, mla_latent_formula,
+                    no_cache_formula, state_bytes, state_formula)
+
+HF_DEFAULT_VERSION = "5.23"      # the transformers release the hf layout was measured against
+HF_NEWEST_CHECKED = "5.24"       # the newest release checked (kvcalc verify meta, issue 11)
+HF_WINDOW_CAP_SINCE = (4, 56)    # DynamicSlidingWindowLayer appears (transformers #40039 era)
+HF_MLA_LATENT_SINCE = (5, 15)    # transformers #47761: DeepSeek caches the compressed latent
+#: transformers keeps Mamba/GDN recurrent (SSM) states in fp32 even in a bf16 model (measured
+#: on 5.23, transformers.md §2.3); the conv buffer follows the model dtype
+HF_RECURRENT_STATE_BYTES = 4
+
+BANDS = (
+    Band("<4.56", None, (4, 55),
+         ("DynamicCache keeps every token in sliding/chunked layers (the window is applied by "
+          "the attention mask only)",
+          "MLA cached as decompressed per-head K (qk_nope + qk_rope) and V (v_head_dim)",
+          "KV-sharing layers (Gemma 3n) store their own copy"),
+         ("huggingface/transformers src/transformers/cache_utils.py (DynamicCache before "
+          "DynamicSlidingWindowLayer, PR #40039)",)),
+    Band("4.56-5.14", (4, 56), (5, 14),
+         ("sliding/chunked layers keep W - 1 tokens (DynamicSlidingWindowLayer)",
+          "MLA cached as decompressed per-head K and V"),
+         ("huggingface/transformers src/transformers/cache_utils.py "
+          "(DynamicSlidingWindowLayer)",)),
+    Band(">=5.15", (5, 15), None,
+         ("MLA caches the compressed latent kv_lora_rank + qk_rope_head_dim per layer "
+          "(transformers PR #47761)",),
+         ("huggingface/transformers src/transformers/models/deepseek_v3/modeling_deepseek_v3.py "
+          "(PR #47761)",)),
+)
+
+
+class Transformers(Engine):
+    name = "hf"
+    aliases = ("transformers",)
+    display_name = "transformers"
+    package = "transformers"
+    bands = BANDS
+    newest_checked = HF_NEWEST_CHECKED
+    default_version = HF_DEFAULT_VERSION
+    version_flag = "--hf-version"
+    version_example = "4.57"
+    settings = (
+        Setting("cache_implementation", "dynamic", None,
+                "generate()'s default DynamicCache (token-granular, no pre-allocation)"),
+        Setting("version", HF_DEFAULT_VERSION, "--hf-version",
+                "the transformers release whose cache layout is modelled"),
+    )
+
+    def layout(self, spec, kv_dtype: str = "auto", *, version: str | None = None,
+               block_size: int | None = None, tp: int = 1) -> Layout:
+        if tp < 1:
+            raise UsageError(f"invalid tensor-parallel size {tp}: must be at least 1")
+        if tp != 1:
+            raise UsageError("the hf layout models one process: tensor parallelism needs "
+                             "--engine vllm")
+        return hf_layout(spec, kv_dtype, version or HF_DEFAULT_VERSION)
+
+    def describe(self, layout: Layout) -> str:
+        return f"transformers {layout.version or HF_DEFAULT_VERSION} DynamicCache"
+
+
+@lru_cache(maxsize=256)
+def hf_layout(spec: ModelSpec, kv_dtype: str, version: str) -> Layout:
+    """The ``DynamicCache`` layout of ``spec`` in transformers ``version``."""
+    dtype = resolve_kv_dtype(kv_dtype, spec.dtype)
+    ver = TRANSFORMERS.parse_version(version)
+    band = TRANSFORMERS.band(version)
+    capped = ver >= HF_WINDOW_CAP_SINCE
+    latent = ver >= HF_MLA_LATENT_SINCE
+    notes = [f"transformers {version} DynamicCache: a prompt of p tokens plus g generated "
+             f"tokens leaves p + g - 1 tokens in the cache"]
+    if dtype.kind != "float":
+        notes.append(f"{dtype.name} KV in transformers means QuantizedCache "
+                     f"(cache_implementation='quantized'); states stay in floating point")
+    out: list[LayerCache] = []
+    memo: dict[int, LayerCache] = {}
+    for i, layer in enumerate(spec.layers):
+        if id(layer) not in memo:
+            memo[id(layer)] = _hf_layer(i, layer, dtype, spec, capped, latent, ver)
+        out.append(replace(memo[id(layer)], index=i))
+    if not capped and any(l.kind in (arch.SLIDING, arch.CHUNKED) for l in spec.layers):
+        notes.append("transformers < 4.56: DynamicCache keeps every token in sliding layers")
+    if spec.is_mla:
+        notes.append("MLA cached as the compressed latent" if latent else
+                     "MLA cached as decompressed per-head K and V (transformers < 5.15)")
+    return Layout(spec, "hf", dtype, tuple(out), None, 1, version, band.name, tuple(notes))
+
+
+def hf_indexer_bytes_per_token(layer: MLALayer, dtype: KVDtype) -> int:
+    """DeepSeek-V3.2 lightning-indexer keys: transformers keeps ``index_head_dim`` values in
+    the cache dtype (``DynamicIndexedLayer``)."""
+    return dtype.row_bytes(layer.indexer_head_dim) if layer.indexer_head_dim else 0
+
+
+def _float_bytes(dtype: KVDtype, model_dtype: str) -> int:
+    """Bytes per element for tensors that stay in floating point (states): the KV dtype when it
+    is a float type, otherwise the model's dtype."""
+    return dtype.element_bytes if dtype.kind == "float" else DTYPES[model_dtype].element_bytes
+
+
+def _hf_layer(i: int, layer: arch.Layer, dtype: KVDtype, spec: ModelSpec, capped: bool,
+              latent: bool, ver: tuple[int, int]) -> LayerCache:
+    if isinstance(layer, AttentionLayer):
+        heads = layer.hf_kv_heads or layer.kv_heads
+        bpt = attention_bytes_per_token(heads, layer.head_dim_k, layer.head_dim_v, dtype)
+        keep = {arch.FULL: KEEP_ALL, arch.SLIDING: KEEP_WINDOW, arch.CHUNKED: KEEP_CHUNK}[layer.kind]
+        text = attention_formula(heads, layer, dtype)
+        if layer.hf_kv_heads:
+            text += " (transformers caches every query head for Falcon's new architecture)"
+        if layer.window:
+            text += (f", at most W - 1 = {layer.window - 1:,} tokens" if capped
+                     else f", uncapped (window {layer.window:,} applied by the mask only)")
+        return LayerCache(i, layer.kind, bpt, keep, layer.window, capped=capped, formula=text)
+    if isinstance(layer, MLALayer):
+        if latent:
+            bpt, text = mla_latent_bytes_per_token(layer, dtype), mla_latent_formula(layer, dtype)
+        else:
+            bpt = mla_expanded_bytes_per_token(layer, dtype)
+            text = (f"{layer.num_heads} heads x (K {layer.qk_nope_head_dim} + "
+                    f"{layer.qk_rope_head_dim} + V {layer.v_head_dim}) x {element_text(dtype)} "
+                    f"(decompressed, transformers < 5.15)")
+        extra = hf_indexer_bytes_per_token(layer, dtype)
+        if extra:
+            text += f" + indexer key {layer.indexer_head_dim} x {element_text(dtype)}"
+        return LayerCache(i, layer.kind, bpt + extra, formula=text)
+    if isinstance(layer, StateLayer):
+        conv_b = _float_bytes(dtype, spec.dtype)
+        fixed = state_bytes(layer, layer.conv_kernel, conv_b, HF_RECURRENT_STATE_BYTES)
+        text = state_formula(layer, layer.conv_kernel, conv_b, HF_RECURRENT_STATE_BYTES)
+        return LayerCache(i, layer.kind, 0, KEEP_NONE, fixed_bytes=fixed, formula=text)
+    if isinstance(layer, arch.SharedLayer) and ver < HF_WINDOW_CAP_SINCE:
+        # before 4.56 the dynamic cache stored a full copy for KV-sharing layers too
+        src = spec.layers[layer.source]
+        assert isinstance(src, AttentionLayer)
+        bpt = attention_bytes_per_token(src.kv_heads, src.head_dim_k, src.head_dim_v, dtype)
+        return LayerCache(i, layer.kind, bpt, KEEP_ALL,
+                          formula=attention_formula(src.kv_heads, src, dtype)
+                          + " (transformers < 4.56 stores a copy for KV-sharing layers)")
+    return LayerCache(i, layer.kind, 0, KEEP_NONE, formula=no_cache_formula(layer))
+
+
+TRANSFORMERS = register(Transformers())
