@@ -23,6 +23,7 @@ No code from a model repository is ever executed: ``auto_map`` is ignored.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -241,6 +242,132 @@ _LAYER_TYPE_NAMES = {
 }
 
 
+# --------------------------------------------------------------------------------------------
+# The validated edge: every field any family reads (here and in params.py), its range
+
+#: most decoder layers a config may have (the largest published models have under 200)
+MAX_LAYERS = 10_000
+#: most attention, KV, state or expert heads / experts / groups
+MAX_HEADS = 65_536
+#: largest hidden size, head dim, intermediate size, rank or state size
+MAX_DIM = 1 << 20
+#: largest vocabulary
+MAX_VOCAB = 1 << 24
+#: largest context length, sliding window or chunk a config may name (2**40 tokens)
+MAX_CONFIG_TOKENS = 1 << 40
+
+_LAYER_COUNT = (1, MAX_LAYERS)
+_HEADS = (1, MAX_HEADS)
+_DIM = (1, MAX_DIM)
+_DIM0 = (0, MAX_DIM)
+_TOKENS = (1, MAX_CONFIG_TOKENS)
+_COUNT0 = (0, MAX_HEADS)
+_PERIOD = (1, MAX_LAYERS)
+_INDEX0 = (0, MAX_LAYERS)
+
+#: numeric config field -> (smallest, largest) allowed value, inclusive. A field that is present
+#: (not null) must be an integer in its range: not a bool, a string, NaN, Infinity or a
+#: fraction. Lists (per-layer ``intermediate_size``, ``mlp_only_layers``) are checked element
+#: by element. docs/security.md lists these limits.
+FIELD_RULES: dict[str, tuple[int, int]] = {
+    **{k: _LAYER_COUNT for k in ALIASES["num_hidden_layers"]},
+    **{k: _HEADS for k in ALIASES["num_attention_heads"]},
+    **{k: _DIM for k in ALIASES["hidden_size"]},
+    **{k: _TOKENS for k in ALIASES["max_position_embeddings"]},
+    **{k: _HEADS for k in ("num_key_value_heads", "n_head_kv", "num_kv_heads",
+                           "multi_query_group_num", "kv_n_heads", "n_heads_in_group",
+                           "mamba_num_heads", "mamba_n_heads", "n_groups", "mamba_n_groups",
+                           "linear_num_key_heads", "linear_num_value_heads", "index_n_heads",
+                           "num_experts_per_tok", "experts_per_token")},
+    **{k: _DIM for k in ("head_dim", "attention_head_dim", "kv_channels", "d_kv",
+                         "hidden_size_per_head", "intermediate_size", "n_inner",
+                         "ffn_hidden_size", "moe_intermediate_size", "intermediate_size_mlp",
+                         "kv_lora_rank",
+                         "v_head_dim", "index_head_dim", "mamba_d_state", "state_size",
+                         "ssm_state_size", "mamba_d_conv", "conv_kernel",
+                         "linear_conv_kernel_dim", "mamba_expand", "expand", "mamba_head_dim",
+                         "mamba_d_head", "linear_key_head_dim", "linear_value_head_dim",
+                         "mamba_dt_rank")},
+    #: 0 = none (no shared expert, no query compression)
+    **{k: _DIM0 for k in ("qk_rope_head_dim", "qk_nope_head_dim", "q_lora_rank",
+                          "shared_expert_intermediate_size",
+                          "moe_shared_expert_intermediate_size")},
+    "vocab_size": (1, MAX_VOCAB),
+    **{k: _TOKENS for k in ("sliding_window", "attention_chunk_size", "index_topk")},
+    **{k: _PERIOD for k in ("sliding_window_pattern", "full_attention_interval",
+                            "no_rope_layer_interval", "attn_layer_period", "expert_layer_period",
+                            "moe_layer_freq", "interleave_moe_layer_step",
+                            "decoder_sparse_step")},
+    **{k: _INDEX0 for k in ("max_window_layers", "attn_layer_offset", "expert_layer_offset",
+                            "num_kv_shared_layers", "first_k_dense_replace", "mlp_only_layers")},
+    **{k: _COUNT0 for k in ("num_local_experts", "num_experts", "n_routed_experts",
+                            "n_shared_experts")},
+}
+#: fields that must be text, and fields that must be true/false, when present
+TEXT_FIELDS = ("model_type", "torch_dtype", "dtype", "hybrid_override_pattern",
+               "mamba_ssm_cache_dtype", "topk_method")
+BOOL_FIELDS = ("use_sliding_window", "multi_query", "new_decoder_architecture",
+               "tie_word_embeddings", "attention_bias", "parallel_attn")
+#: the longest text field kvcalc accepts (a model_type, a dtype, a per-layer pattern)
+MAX_TEXT = 4 * MAX_LAYERS
+
+
+def checked_int(name: str, value: Any, where: str, lo: int = 0, hi: int | None = None) -> int:
+    """``value`` as an int when it is an integer in ``[lo, hi]``; otherwise the ConfigError
+    that names the field, its value and the rule. Integral floats (``4096.0``) are accepted."""
+    rule = f"an integer from {lo:,} to {hi:,}" if hi is not None else f"an integer >= {lo:,}"
+    bad = isinstance(value, bool) or not isinstance(value, (int, float))
+    if not bad and isinstance(value, float):
+        bad = not math.isfinite(value) or value != int(value)
+    if bad:
+        raise ConfigError(f"field '{name}' of {where} is {_show(value)}: it must be {rule}")
+    number = int(value)
+    if number < lo or (hi is not None and number > hi):
+        raise ConfigError(f"field '{name}' of {where} is {_show(number)}: it must be {rule}")
+    return number
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def validate_fields(cfg: Mapping[str, Any], where: str) -> None:
+    """The edge: every field of :data:`FIELD_RULES`, :data:`TEXT_FIELDS` and
+    :data:`BOOL_FIELDS` that ``cfg`` holds (not null) has the type and range its rule says."""
+    for name, (lo, hi) in FIELD_RULES.items():
+        value = cfg.get(name)
+        if value is None:
+            continue
+        if isinstance(value, list) and name in ("intermediate_size", "mlp_only_layers"):
+            if len(value) > MAX_LAYERS:
+                raise ConfigError(f"field '{name}' of {where} lists {len(value):,} entries: "
+                                  f"at most {MAX_LAYERS:,}")
+            for i, item in enumerate(value):
+                checked_int(f"{name}[{i}]", item, where, lo, hi)
+        else:
+            checked_int(name, value, where, lo, hi)
+    for name in TEXT_FIELDS:
+        value = cfg.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"field '{name}' of {where} is {_show(value)}: it must be text")
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            raise ConfigError(f"field '{name}' of {where} is {len(value):,} characters long: "
+                              f"at most {MAX_TEXT:,}")
+    for name in BOOL_FIELDS:
+        value = cfg.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"field '{name}' of {where} is {_show(value)}: it must be true "
+                              "or false")
+    for name in ("layer_types", "no_rope_layers", "block_configs"):
+        value = cfg.get(name)
+        if value is not None and not isinstance(value, list):
+            raise ConfigError(f"field '{name}' of {where} is {_show(value)}: it must be a list")
+        if isinstance(value, list) and len(value) > MAX_LAYERS:
+            raise ConfigError(f"field '{name}' of {where} lists {len(value):,} layers: at most "
+                              f"{MAX_LAYERS:,}")
+
+
 class _Reader:
     """Field access over one config dict with aliases, family defaults and a record of both."""
 
@@ -260,6 +387,9 @@ class _Reader:
                 self.notes.append(
                     f"config omits '{key}': using transformers' {model_type} default {value!r}"
                 )
+        if self.cfg.get("mamba_dt_rank") == "auto":  # transformers: ceil(hidden / 16)
+            del self.cfg["mamba_dt_rank"]
+        validate_fields(self.cfg, name)
 
     def _has_alias(self, key: str) -> bool:
         return any(self.cfg.get(k) is not None for k in ALIASES.get(key, ()))
@@ -281,11 +411,8 @@ class _Reader:
         value = self.require(key) if required else self.get(key, default)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            raise ConfigError(f"field '{key}' of {self.name} must be an integer, got {value!r}")
-        if value < 0:
-            raise ConfigError(f"field '{key}' of {self.name} must not be negative, got {value!r}")
-        return int(value)
+        lo, hi = FIELD_RULES.get(key, (0, None))
+        return checked_int(key, value, self.name, lo, hi)
 
     def assume(self, text: str) -> None:
         """Record an assumption: a warning for unknown families, a note for known ones."""
@@ -311,6 +438,9 @@ def build_spec(raw: Mapping[str, Any], name: str = "model") -> ModelSpec:
         raise ConfigError(f"the config of {name} is not a JSON object")
     text, nested_key = unwrap_text_config(raw)
     parent_type = raw.get("model_type")
+    for value in (parent_type, text.get("model_type")):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"field 'model_type' of {name} is {_show(value)}: it must be text")
     model_type = text.get("model_type") or _PARENT_TO_TEXT_TYPE.get(parent_type, parent_type)
     if nested_key and not text.get("model_type") and model_type:
         text["model_type"] = model_type
@@ -328,9 +458,10 @@ def build_spec(raw: Mapping[str, Any], name: str = "model") -> ModelSpec:
         r.notes.append("config has auto_map (remote code): read as plain JSON, no code executed")
 
     dtype = _model_dtype(r, raw)
+    hidden = r.integer("hidden_size", required=True)
     layers = _layers(r, family)
     num_heads = r.integer("num_attention_heads") or 0
-    hidden = r.integer("hidden_size") or 0
+    _check_experts(r)
     return ModelSpec(
         name=name,
         model_type=model_type,
@@ -344,6 +475,17 @@ def build_spec(raw: Mapping[str, Any], name: str = "model") -> ModelSpec:
         notes=tuple(r.notes),
         warnings=tuple(r.warnings),
     )
+
+
+def _check_experts(r: _Reader) -> None:
+    """Relations of the MoE fields params.py reads: top-k experts at most the experts."""
+    experts = next((r.integer(k) for k in ("num_local_experts", "num_experts",
+                                           "n_routed_experts") if r.cfg.get(k) is not None), None)
+    top_k = next((r.integer(k) for k in ("num_experts_per_tok", "experts_per_token")
+                  if r.cfg.get(k) is not None), None)
+    if experts and top_k and top_k > experts:
+        raise ConfigError(f"the config of {r.name} routes each token to {top_k} experts of "
+                          f"{experts}: num_experts_per_tok must be at most the experts")
 
 
 def _model_dtype(r: _Reader, raw: Mapping[str, Any]) -> str:
@@ -365,10 +507,10 @@ def _kv_heads(r: _Reader, num_heads: int) -> int:
     cfg = r.cfg
     if r.model_type in ("falcon", "RefinedWeb", "RefinedWebModel") or "new_decoder_architecture" in cfg:
         if cfg.get("new_decoder_architecture"):
-            return int(cfg.get("num_kv_heads") or cfg.get("n_head_kv") or num_heads)
+            return r.integer("num_kv_heads") or r.integer("n_head_kv") or num_heads
         if cfg.get("multi_query"):
             return 1
-        return int(cfg.get("num_kv_heads") or num_heads)
+        return r.integer("num_kv_heads") or num_heads
     if cfg.get("multi_query") is True:  # GPTBigCode (StarCoder 1)
         return 1
     for key in ("n_head_kv", "num_kv_heads", "num_key_value_heads", "multi_query_group_num"):
@@ -376,7 +518,8 @@ def _kv_heads(r: _Reader, num_heads: int) -> int:
             return r.integer(key)
     attn_config = cfg.get("attn_config")
     if isinstance(attn_config, Mapping) and attn_config.get("kv_n_heads") is not None:
-        return int(attn_config["kv_n_heads"])  # DBRX
+        return checked_int("attn_config.kv_n_heads", attn_config["kv_n_heads"], r.name,
+                           *FIELD_RULES["kv_n_heads"])  # DBRX
     r.assume(f"no KV-head field: multi-head attention, kv heads = num_attention_heads = {num_heads}")
     return num_heads
 
@@ -386,7 +529,7 @@ def _head_dim(r: _Reader, num_heads: int) -> int:
         if r.cfg.get(key) is not None:
             return r.integer(key)
     hidden = r.integer("hidden_size", required=True)
-    if num_heads <= 0 or hidden % num_heads:
+    if hidden % num_heads:
         raise ConfigError(
             f"cannot derive head_dim for {r.name}: hidden_size {hidden} is not a multiple of "
             f"num_attention_heads {num_heads} and the config has no 'head_dim'"
@@ -401,6 +544,10 @@ def _attention(r: _Reader, kind: str = FULL, window: int | None = None,
     if kv_heads is None:
         kv_heads = _kv_heads(r, num_heads)
     hd = _head_dim(r, num_heads)
+    if kv_heads < 1 or kv_heads > num_heads or num_heads % kv_heads:
+        raise ConfigError(
+            f"the config of {r.name} has {kv_heads} KV heads for {num_heads} attention heads: "
+            "the KV heads must be at least 1, at most the attention heads, and divide them")
     hf_heads = None
     if r.cfg.get("new_decoder_architecture") and kv_heads != num_heads:
         hf_heads = num_heads  # transformers' Falcon broadcasts K/V before caching
@@ -532,6 +679,10 @@ def _layer_kinds(r: _Reader, family: str, n: int) -> list[str]:
     if family == "jamba" or (cfg.get("attn_layer_period") and family not in ("nemotron_h",)):
         period = r.integer("attn_layer_period", required=True)
         offset = r.integer("attn_layer_offset", required=True)
+        if offset >= period or offset >= n:
+            raise ConfigError(
+                f"attn_layer_offset {offset} of {r.name} must be below attn_layer_period "
+                f"{period} and num_hidden_layers {n}: otherwise no layer is attention")
         return [FULL if i % period == offset else STATE for i in range(n)]
     pattern = cfg.get("hybrid_override_pattern")
     if pattern:
@@ -626,7 +777,11 @@ def _apply_kv_sharing(r: _Reader, layers: list[Layer]) -> list[Layer]:
     out = list(layers[:first_shared])
     for i in range(first_shared, n):
         kind = layers[i].kind
-        source = max(j for j in range(first_shared) if layers[j].kind == kind)
+        sources = [j for j in range(first_shared) if layers[j].kind == kind]
+        if not sources:
+            raise ConfigError(f"layer {i} of {r.name} shares the KV of an earlier {kind} layer "
+                              f"(num_kv_shared_layers {shared}) but none comes before it")
+        source = sources[-1]
         out.append(SharedLayer(source=source, attends_like=kind))
     return out
 
@@ -644,7 +799,17 @@ def _nas_layers(r: _Reader) -> list[Layer]:
         )
     layers: list[Layer] = []
     for i, block in enumerate(blocks):
-        attn = (block or {}).get("attention") or {}
+        block = block or {}
+        attn = block.get("attention") or {} if isinstance(block, Mapping) else None
+        ffn = block.get("ffn") or {} if isinstance(block, Mapping) else None
+        if not isinstance(attn, Mapping) or not isinstance(ffn, Mapping):
+            raise ConfigError(f"block_configs[{i}] of {r.name} must be an object with "
+                              "'attention' and 'ffn' objects")
+        mult = ffn.get("ffn_mult")
+        if mult is not None and (isinstance(mult, bool) or not isinstance(mult, (int, float))
+                                 or not math.isfinite(mult) or not 0 < mult <= 1000):
+            raise ConfigError(f"field 'block_configs[{i}].ffn.ffn_mult' of {r.name} is "
+                              f"{_show(mult)}: it must be a number above 0 and at most 1000")
         if attn.get("no_op") or attn.get("replace_with_linear"):
             why = "no_op" if attn.get("no_op") else "replace_with_linear"
             layers.append(NoCacheLayer(f"attention {why} in block_configs[{i}]"))
@@ -652,12 +817,14 @@ def _nas_layers(r: _Reader) -> list[Layer]:
         group = attn.get("n_heads_in_group")
         if not group:
             raise MissingFieldError(f"block_configs[{i}].attention.n_heads_in_group", r.name)
-        if num_heads % int(group):
+        group = checked_int(f"block_configs[{i}].attention.n_heads_in_group", group, r.name,
+                            *FIELD_RULES["n_heads_in_group"])
+        if num_heads % group:
             raise ConfigError(
                 f"block_configs[{i}] of {r.name}: n_heads_in_group {group} does not divide "
                 f"num_attention_heads {num_heads}"
             )
-        layers.append(_attention(r, FULL, kv_heads=num_heads // int(group)))
+        layers.append(_attention(r, FULL, kv_heads=num_heads // group))
     return layers
 
 

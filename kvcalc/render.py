@@ -5,14 +5,36 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 FORMATS = ("table", "json", "yaml", "csv", "markdown")
 
+#: characters a terminal acts on or that reorder text: C0 controls but tab and newline, DEL,
+#: C1 controls (0x9b is a one-byte CSI), and the Unicode bidirectional overrides/isolates
+UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f"
+                          "\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every character of :data:`UNSAFE_CHARS` written as a visible escape
+    (``\\x1b``, ``\\u202e``): the one sanitiser for strings that may come from a config, a
+    preset or the hub before they reach a terminal (every line the CLI prints passes here)."""
+    return UNSAFE_CHARS.sub(_escape, text)
+
+
+def _escape(m: re.Match) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
 
 def to_json(data: Any) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    """JSON with non-ASCII text kept, and every unsafe character escaped as ``\\uXXXX`` (json
+    escapes C0 controls itself; C1 controls and bidi overrides are escaped here), so the
+    document stays exact and reaches a terminal unescaped nowhere."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
+    return UNSAFE_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
 
 
 def to_yaml(data: Any) -> str:

@@ -16,15 +16,19 @@ import difflib
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ModelNotFoundError, UsageError
+from .errors import ConfigError, KvcalcError, LimitError, ModelNotFoundError, UsageError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+#: the largest config.json, preset or GPU file kvcalc reads (real configs are a few kB; the
+#: largest multimodal ones under 100 kB)
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(@[\w.\-/]+)?$")
 
 
@@ -103,54 +107,139 @@ def user_config_dir() -> Path:
     return Path(base).expanduser() / "kvcalc"
 
 
-def load_yaml_file(path: Path) -> Any:
-    """Parse a YAML file; a syntax error becomes a ConfigError naming the file and line."""
+class PresetWarning(UserWarning):
+    """A user preset that kvcalc skipped (malformed, unreadable): the message names the file
+    and why. The CLI prints it as one ``warning:`` line."""
+
+
+def read_text_file(path: Path, what: str = "file", limit: int = MAX_CONFIG_BYTES) -> str:
+    """The UTF-8 text of ``path`` (a leading byte-order mark dropped), at most ``limit`` bytes;
+    anything else is one ConfigError naming the file: unreadable, a directory, larger than the
+    limit (``/dev/zero`` included), not UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise LimitError(f"{what} {path} is larger than {limit:,} bytes, the most kvcalc reads "
+                         "(docs/security.md)")
+    return decode_text(data, f"{what} {path}")
+
+
+def decode_text(data: bytes, what: str) -> str:
+    """UTF-8 bytes -> text, accepting a UTF-8 byte-order mark (as spreadsheets write)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} is not UTF-8 text (byte {exc.start:,}): save it as "
+                          "UTF-8") from None
+
+
+def parse_yaml(text: str, what: str) -> Any:
+    """Safe YAML (no tags that build objects) without aliases: ``*name`` references are refused
+    before anything is built, so an alias bomb ("billion laughs") costs nothing."""
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
+        for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ConfigError(f"{what} uses a YAML alias ('*{event.anchor}'): kvcalc "
+                                  "refuses aliases in presets; write the value out")
         return yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        where = f"{what}:{mark.line + 1}" if mark is not None else what
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"malformed YAML in {where}: {problem}") from None
+    except (RecursionError, ValueError) as exc:  # nesting, 4,300+ digit numbers
+        raise ConfigError(f"{what} cannot be read: {_parse_problem(exc)}") from None
+
+
+def parse_json(text: str | bytes, what: str) -> Any:
+    """JSON text -> value; syntax errors, too deep nesting and 4,300+ digit numbers become one
+    ConfigError naming ``what``."""
+    if isinstance(text, bytes):
+        text = decode_text(text, what)
+    elif text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"malformed JSON in {what}:{exc.lineno}: {exc.msg}") from None
+    except (RecursionError, ValueError) as exc:
+        raise ConfigError(f"{what} cannot be read: {_parse_problem(exc)}") from None
+
+
+def _parse_problem(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return (str(exc).splitlines() or ["invalid value"])[0]
+
+
+def load_yaml_file(path: Path) -> Any:
+    """Parse a YAML file (see :func:`parse_yaml`); errors name the file and line."""
+    return parse_yaml(read_text_file(path), str(path))
 
 
 def load_json_file(path: Path) -> Any:
     """Parse a JSON file; a syntax error becomes a ConfigError naming the file and line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"malformed JSON in {path}:{exc.lineno}: {exc.msg}") from None
+    return parse_json(read_text_file(path), str(path))
+
+
+#: preset keys that must be text when present
+PRESET_TEXT_KEYS = ("name", "display_name", "hub_id", "source", "notes", "description")
 
 
 def _load_preset(path: Path, origin: str) -> Preset:
     data = load_yaml_file(path)
     if not isinstance(data, Mapping) or not isinstance(data.get("config"), Mapping):
         raise ConfigError(f"preset {path} has no 'config:' mapping (see docs/models.md)")
-    name = str(data.get("name") or path.stem).lower()
-    aliases = tuple(str(a).lower() for a in data.get("aliases") or ())
-    return Preset(name, path, origin, aliases, data)
+    for key in PRESET_TEXT_KEYS:
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise ConfigError(f"preset {path}: '{key}' must be text, got a "
+                              f"{type(data[key]).__name__} (quote it)")
+    aliases = data.get("aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise ConfigError(f"preset {path}: 'aliases' must be a list of names "
+                          "(aliases: [name-a, name-b])")
+    name = (data.get("name") or path.stem).lower()
+    return Preset(name, path, origin, tuple(a.lower() for a in aliases), data)
 
 
 def _preset_files(directory: Path) -> list[Path]:
-    if not directory.is_dir():
+    try:
+        if not directory.is_dir():
+            return []
+        return sorted(p for p in directory.iterdir()
+                      if p.suffix in (".yaml", ".yml") and p.is_file())
+    except OSError as exc:
+        _skip(f"cannot list the folder {directory}: {exc.strerror or exc}")
         return []
-    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml"))
+
+
+def _skip(why: str) -> None:
+    """Warn about a skipped user preset; ``why`` names the file or folder."""
+    warnings.warn(f"skipped a user preset: {why}", PresetWarning, stacklevel=2)
+
+
+def _try_load(path: Path, origin: str) -> Preset | None:
+    """A user preset, or None (with a :class:`PresetWarning`) when it cannot be used: one bad
+    file in a user folder never stops kvcalc. Built-in presets are part of kvcalc and raise."""
+    if origin == "built-in":
+        return _load_preset(path, origin)
+    try:
+        return _load_preset(path, origin)
+    except KvcalcError as exc:
+        _skip(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+        return None
 
 
 @lru_cache(maxsize=None)
 def _scan_dir(directory: str, origin: str) -> tuple[Preset, ...]:
-    return tuple(_load_preset(p, origin) for p in _preset_files(Path(directory)))
+    loaded = (_try_load(p, origin) for p in _preset_files(Path(directory)))
+    return tuple(p for p in loaded if p is not None)
 
 
 def all_presets() -> list[Preset]:
@@ -172,10 +261,14 @@ def find_preset(name: str) -> Preset | None:
     key = name.strip().lower()
     dirs = [(d, "user") for d in user_preset_dirs()] + [(builtin_preset_dir(), "built-in")]
     for directory, origin in dirs:  # fast path: the file is named after the preset
+        if not PRESET_NAME.match(key):  # never a path: '../x' is not a preset name
+            break
         for suffix in (".yaml", ".yml"):
             path = directory / f"{key}{suffix}"
             if path.is_file():
-                return _load_preset(path, origin)
+                preset = _try_load(path, origin)
+                if preset is not None:
+                    return preset
     for preset in all_presets():
         if key == preset.name or key in preset.aliases:
             return preset

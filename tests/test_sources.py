@@ -164,5 +164,8 @@ def test_malformed_user_preset_names_file_and_line(folders):
     a, _, _ = folders
     a.mkdir(parents=True)
     (a / "broken.yaml").write_text("name: broken\nconfig: [1, 2\n")
-    with pytest.raises(ConfigError, match=r"broken.yaml:\d+"):
-        resolve("broken")
+    # a bad user preset is skipped with a warning naming the file and line (issue 12)
+    with pytest.warns(sources.PresetWarning, match=r"broken.yaml:\d+"):
+        with pytest.raises(ModelNotFoundError):
+            resolve("broken")
+    assert resolve("llama-7b").name == "llama-2-7b"

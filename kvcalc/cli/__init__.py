@@ -9,7 +9,8 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import KvcalcError
+from ..errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, as_user_error
+from ..render import printable
 
 #: command name -> "module:attribute" (imported lazily)
 COMMANDS = {
@@ -51,24 +52,68 @@ class LazyGroup(click.Group):
         return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context):
+        import warnings
+
         try:
-            return super().invoke(ctx)
-        except KvcalcError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+            with warnings.catch_warnings():
+                _show_kvcalc_warnings()
+                return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
+            _say("interrupted")
+            ctx.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # `kvcalc ... | head`: the reader left; nothing more to say
+            _silence_stdout()
+            ctx.exit(EXIT_BROKEN_PIPE)
         except Exception as exc:  # noqa: BLE001 - last line of defence: never a traceback
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: internal error: {type(exc).__name__}: {exc} "
-                       "(run kvcalc --debug ... for the traceback)", err=True)
+            error = as_user_error(exc)
+            if error is not None:
+                _say(f"error: {error}")
+                ctx.exit(error.exit_code)
+            _say(f"error: internal error: {type(exc).__name__}: {exc} "
+                 "(run kvcalc --debug ... for the traceback)")
             ctx.exit(1)
+
+
+def _show_kvcalc_warnings() -> None:
+    """Warnings the library raises for the user (a skipped user preset) print as one
+    ``warning:`` line each, once per run; other warnings keep Python's handling."""
+    import warnings
+
+    from ..sources import PresetWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PresetWarning):
+            _say(f"warning: {message}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.simplefilter("default", PresetWarning)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, escaped (it may quote a config or the hub)."""
+    try:
+        click.echo(printable(line), err=True)
+    except OSError:  # stderr closed too
+        pass
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not complain."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (tests)
+        pass
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
