@@ -20,6 +20,7 @@ COMMANDS = {
     "gpus": "kvcalc.cli.gpus:gpus",
     "verify": "kvcalc.cli.verify:verify",
     "plot": "kvcalc.cli.plot:plot",
+    "versions": "kvcalc.cli.versions:versions",
 }
 
 

@@ -1,0 +1,101 @@
+"""Engine versions: bands, newest checked, installed, and the drift notice (`kvcalc versions`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kvcalc.cli import cli
+from kvcalc.engines import Engine, get_engine
+from kvcalc.versions import (ABSENT, CHECKED, NEWER, OUTSIDE, engine_versions, newer_than,
+                             release, verify_requirement)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("5.24.0", (5, 24, 0)), ("0.33.0rc1", (0, 33, 0)), ("2.13.0+cpu", (2, 13, 0)),
+    ("5.24", (5, 24)), ("5.24.0.dev0", (5, 24, 0)), ("dev", ()),
+])
+def test_release_parts(text, expected):
+    assert release(text) == expected
+
+
+def test_newer_than_compares_releases_not_strings():
+    assert newer_than("5.25.0", "5.24") and newer_than("5.24.1", "5.24.0")
+    assert newer_than("5.100.0", "5.24.0")          # a string comparison would say no
+    assert not newer_than("5.24.0", "5.24") and not newer_than("5.9.0", "5.24.0")
+
+
+def test_installed_newest_checked_release_is_checked():
+    hf = get_engine("hf")
+    v = engine_versions(hf, hf.newest_checked)
+    assert v.status == CHECKED and v.band == hf.bands[-1].name and v.notice is None
+
+
+def test_a_release_newer_than_checked_gets_a_notice_naming_the_band():
+    hf = get_engine("hf")
+    nxt = release(hf.newest_checked)
+    future = f"{nxt[0]}.{nxt[1] + 1}.0"
+    v = engine_versions(hf, future)
+    assert v.status == NEWER and v.band == hf.bands[-1].name
+    assert future in v.notice and hf.newest_checked in v.notice
+    assert "kvcalc verify --device meta --all" in v.notice
+
+
+def test_an_older_release_is_modelled_by_its_band():
+    hf = get_engine("hf")
+    assert engine_versions(hf, "5.14.1").band == "4.56-5.14"
+    assert engine_versions(hf, "4.45.2").band == "<4.56"
+    assert engine_versions(hf, "4.45.2").status == CHECKED
+
+
+def test_absent_and_outside():
+    class Nowhere(Engine):
+        name = "nowhere"
+        display_name = "Nowhere"
+        package = "kvcalc-no-such-distribution"
+        bands = get_engine("vllm").bands
+        newest_checked = "0.33.0"
+
+    assert engine_versions(Nowhere()).status == ABSENT
+    outside = engine_versions(Nowhere(), "0.1.0")  # vLLM's oldest band starts at 0.9
+    assert outside.status == OUTSIDE and "outside the bands" in outside.notice
+
+
+def test_versions_command_json_lists_every_engine_with_its_bands():
+    result = CliRunner().invoke(cli, ["versions", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    by_name = {r["engine"]: r for r in doc["engines"]}
+    for name in ("hf", "vllm"):
+        engine = get_engine(name)
+        r = by_name[name]
+        assert r["newest_checked"] == engine.newest_checked
+        assert [b["name"] for b in r["bands"]] == [b.name for b in engine.bands]
+        assert all(b["changes"] and b["sources"] for b in r["bands"])
+        assert r["installed"] == engine.installed_version()
+
+
+def test_versions_command_warns_when_the_installed_release_is_newer(monkeypatch):
+    hf = get_engine("hf")
+    monkeypatch.setattr(type(hf), "installed_version", lambda self: "99.0.0")
+    result = CliRunner().invoke(cli, ["versions"])
+    assert result.exit_code == 0, result.output
+    assert "newer" in result.stdout
+    assert re.search(r"warning: transformers 99\.0\.0 is installed, newer than", result.stderr)
+
+
+def test_verify_requirement_is_the_pyproject_floor():
+    tomllib = pytest.importorskip("tomllib")
+    req = verify_requirement()
+    if req is None:
+        pytest.skip("kvcalc is not installed (no metadata)")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    line = next(r for r in project["optional-dependencies"]["verify"]
+                if r.startswith("transformers"))
+    assert req == line.removeprefix("transformers").replace(" ", "")
