@@ -30,6 +30,9 @@ class GpuSpec(BaseModel):
     aliases: tuple[str, ...] = ()
     vendor: str = "unknown"
     architecture: str = "unknown"
+    #: CUDA compute capability "major.minor" (NVIDIA) or the gfx target (AMD): vLLM picks its
+    #: attention backends, hence block sizes, by it (presets/gpus/SOURCES.md)
+    compute_capability: str | None = None
     memory_bytes: int = Field(gt=0)
     marketing_memory: str | None = None
     memory_bandwidth_bytes_per_s: int | None = Field(default=None, ge=0)
@@ -42,6 +45,14 @@ class GpuSpec(BaseModel):
     @property
     def memory_gib(self) -> float:
         return self.memory_bytes / GiB
+
+    @property
+    def cuda_capability(self) -> tuple[int, int] | None:
+        """(major, minor) of an NVIDIA compute capability; None for AMD or an unknown card."""
+        parts = (self.compute_capability or "").split(".")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            return None
+        return int(parts[0]), int(parts[1])
 
 
 @lru_cache(maxsize=1)

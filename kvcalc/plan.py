@@ -31,7 +31,8 @@ from .engines import get_engine
 from .engines.cache import KEEP_ALL, KEEP_NONE, Layout
 from .params import ParamCount, count_parameters, stage_parameters, weight_bytes
 from .units import GiB, MiB, cdiv, largest_satisfying
-from .engines.vllm import VllmCapacity, in_flight_tokens, pp_partition, vllm_capacity
+from .engines.vllm import (VllmCapacity, VllmRules, default_block_size, in_flight_tokens,
+                           pp_partition, rules_for_gpu, tp_refusal, vllm_capacity)
 from .workload import AllocatorResult, Workload, compare_allocators, distinct, peak_bytes
 
 DEFAULT_GPU_UTIL = 0.9                     # vLLM gpu_memory_utilization default
@@ -46,21 +47,6 @@ LARGE_GPU_BYTES = 70 * GiB                 # vLLM picks larger batch defaults ab
 DEFAULT_MAX_NUM_SEQS = {True: 1024, False: 256}
 DEFAULT_BATCHED_TOKENS = {True: 8192, False: 2048}   # OpenAI server defaults (engines.md A.2)
 TP_CHOICES = (1, 2, 4, 8)
-DEFAULT_BLOCK_SIZE = 16                    # vLLM CacheConfig default on CUDA/ROCm
-#: MLA attention backends vLLM picks by GPU, and the block size each requires
-#: (engines.md A.1): FlashMLA on Hopper (64), CUTLASS MLA on datacenter Blackwell / sm100 (128),
-#: TRITON_MLA elsewhere (Ampere, Ada, consumer Blackwell, ROCm; no override: 16)
-MLA_BACKEND_BLOCK = {"FLASHMLA": 64, "CUTLASS_MLA": 128, "TRITON_MLA": 16}
-SM100_GPUS = frozenset({"b200", "b300", "gb200"})
-
-
-def mla_backend(gpu: GpuSpec) -> str:
-    """The MLA backend vLLM selects by default on ``gpu`` (sets the default block size)."""
-    if gpu.name in SM100_GPUS:
-        return "CUTLASS_MLA"
-    if gpu.architecture == "hopper":
-        return "FLASHMLA"
-    return "TRITON_MLA"
 
 
 @dataclass(frozen=True)
@@ -99,22 +85,42 @@ class PlanInputs:
     non_torch: int | None = None           # replaces the non-torch default
     weights: int | None = None             # replaces the weights per GPU (e.g. from a log)
     kv_budget: int | None = None
-    era: str = "new"
     engine: str = "vllm"
+    #: the engine version modelled (None: the engine's newest band)
+    version: str | None = None
     async_scheduling: bool = True
     disable_hybrid: bool = False
     num_blocks_override: int | None = None
+    prefix_caching: bool = True
+    speculative_tokens: int = 0
+    #: VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE (None: the band's default)
+    chunked_local_hybrid: bool | None = None
+
+    def rules(self) -> VllmRules:
+        """The vLLM configuration modelled: version band, settings and this GPU."""
+        return rules_for_gpu(self.version, self.gpu.compute_capability, self.gpu.vendor,
+                             enable_prefix_caching=self.prefix_caching,
+                             num_speculative_tokens=self.speculative_tokens,
+                             chunked_local_hybrid=self.chunked_local_hybrid)
+
+    @property
+    def era(self) -> str:
+        """"new" (vLLM >= 0.20) or "mid" (0.9-0.19): the capacity report of the band."""
+        return self.rules().era
+
+    def backend(self, spec: ModelSpec) -> str:
+        """The attention backend that sets the default block ("" when it is plain 16)."""
+        return default_block_size(spec, self.kv_dtype, self.rules())[1]
 
     def block(self, spec: ModelSpec) -> int:
-        """``--block-size``, else vLLM's default: 16, or the MLA backend's block for MLA models."""
+        """``--block-size``, else vLLM's default: 16, or the MLA backend's block for MLA models
+        (chosen by GPU generation and KV dtype, engines/vllm.py ``mla_backend``)."""
         if self.block_size is not None:
             return self.block_size
-        if _facts(spec).is_mla:
-            return MLA_BACKEND_BLOCK[mla_backend(self.gpu)]
-        return DEFAULT_BLOCK_SIZE
+        return default_block_size(spec, self.kv_dtype, self.rules())[0]
 
     def in_flight(self) -> int:
-        """``T`` for sliding/chunked block counts (vllm_capacity.in_flight_tokens)."""
+        """``T`` for sliding/chunked block counts (engines.vllm.in_flight_tokens)."""
         return in_flight_tokens(self.batched_tokens(), self.era, self.pp, self.async_scheduling)
 
     def batched_tokens(self) -> int:
@@ -202,11 +208,12 @@ def _facts(spec: ModelSpec) -> _SpecFacts:
 
 def plan_layout(spec: ModelSpec, inp: PlanInputs, block: int, tp: int) -> Layout:
     """The planning engine's layout of ``spec`` (registry), memoised per spec object."""
-    key = (id(spec), inp.engine, inp.kv_dtype, block, tp)
+    key = (id(spec), inp.engine, inp.version, inp.kv_dtype, block, tp)
     hit = _LAYOUTS.get(key)
     if hit is not None and hit[0] is spec:
         return hit[1]
-    layout = get_engine(inp.engine).layout(spec, inp.kv_dtype, block_size=block, tp=tp)
+    layout = get_engine(inp.engine).layout(spec, inp.kv_dtype, version=inp.version,
+                                           block_size=block, tp=tp)
     if len(_LAYOUTS) > 4096:
         _LAYOUTS.clear()
     _LAYOUTS[key] = (spec, layout)
@@ -281,10 +288,12 @@ def validate(spec: ModelSpec, inp: PlanInputs) -> None:
     if inp.num_blocks_override is not None and inp.num_blocks_override < 0:
         raise UsageError(f"invalid --num-gpu-blocks-override {inp.num_blocks_override}: "
                          "must not be negative")
-    heads = spec.num_attention_heads
-    if heads and heads % inp.tp:
-        raise UsageError(f"--tp {inp.tp} does not divide the {heads} attention heads "
-                         f"(vLLM requires it)")
+    if inp.speculative_tokens < 0:
+        raise UsageError(f"invalid --num-speculative-tokens {inp.speculative_tokens}: must not "
+                         "be negative")
+    refusal = tp_refusal(spec, inp.tp)
+    if refusal:
+        raise UsageError(refusal)
     if inp.pp > spec.num_layers:
         raise UsageError(f"--pp {inp.pp} exceeds the {spec.num_layers} layers")
 
@@ -306,7 +315,7 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
     layout = plan_layout(spec, inp, block, inp.tp)
     token_layout = plan_layout(spec, inp, 1, inp.tp)
     cap = vllm_capacity(layout, [max(0, b.kv_bytes) for b in budgets], inp.max_len,
-                        inp.in_flight(), inp.era, inp.num_blocks_override, inp.disable_hybrid)
+                        inp.in_flight(), inp.rules(), inp.num_blocks_override, inp.disable_hybrid)
     contiguous, paged = _allocators(layout, token_layout, workload, inp, budgets)
     warnings = []
     kv = facts.kv_heads
@@ -325,9 +334,10 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
                      f"replica (--max-num-seqs); the KV cache alone would hold "
                      f"{paged.max_sequences:,.0f}")
     if facts.is_mla and inp.block_size is None:
-        notes.append(f"MLA: block size {block} of vLLM's default {mla_backend(inp.gpu)} backend "
-                     f"on {inp.gpu.name} (FlashMLA 64, CUTLASS MLA 128, TRITON_MLA 16; "
-                     f"--block-size overrides)")
+        notes.append(f"MLA: block size {block} of the {inp.backend(spec)} backend vLLM "
+                     f"{layout.band} picks on {inp.gpu.name} (compute capability "
+                     f"{inp.gpu.compute_capability or 'unknown'}) for KV {layout.kv_dtype.name}; "
+                     f"--block-size overrides")
     return Plan(spec, inp, params, tuple(budgets), layout, cap, contiguous, paged, workload,
                 tuple(warnings), tuple(notes))
 
@@ -393,9 +403,10 @@ def solve_max_len(spec: ModelSpec, inp: PlanInputs, concurrency: int, limit: int
     params = _facts(spec).params
     budgets = [max(0, b.kv_bytes) for b in compute_budgets(spec, params, inp)]
     layout = plan_layout(spec, inp, inp.block(spec), inp.tp)
+    rules = inp.rules()
 
     def ok(length: int) -> bool:
-        cap = vllm_capacity(layout, budgets, length, inp.in_flight(), inp.era,
+        cap = vllm_capacity(layout, budgets, length, inp.in_flight(), rules,
                             inp.num_blocks_override, inp.disable_hybrid)
         return cap.fits and cap.max_concurrency >= concurrency
 
@@ -430,15 +441,15 @@ def smallest_deployment(spec: ModelSpec, inp: PlanInputs, target: int,
         if pp > max_pp or pp > spec.num_layers:
             break
         for tp in TP_CHOICES:
-            if spec.num_attention_heads % tp:
+            if tp_refusal(spec, tp):
                 continue
             trial = PlanInputs(**{**inp.__dict__, "tp": tp, "pp": pp, "replicas": 1})
             budgets = [b.kv_bytes for b in compute_budgets(spec, params, trial)]
             if min(budgets) <= 0:
                 continue
             layout = plan_layout(spec, trial, trial.block(spec), tp)
-            cap = vllm_capacity(layout, budgets, trial.max_len, trial.in_flight(), trial.era,
-                                None, trial.disable_hybrid)
+            cap = vllm_capacity(layout, budgets, trial.max_len, trial.in_flight(),
+                                trial.rules(), None, trial.disable_hybrid)
             if not cap.fits or cap.max_concurrency <= 0:
                 continue
             seqs = trial.num_seqs()

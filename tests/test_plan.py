@@ -254,7 +254,14 @@ def test_does_not_fit_explains_shortfall_and_what_fits():
     d = json.loads(result.stdout)["does_not_fit"]
     assert d["shortfall_bytes"] > 0 and d["shortfall_gib"] == round(d["shortfall_bytes"] / GiB, 2)
     assert 0 < d["estimated_max_model_len"] < 32768
-    assert "models's max seq len (32768)" in d["vllm_error"]
+    # vLLM 0.33's wording (_check_enough_kv_cache_memory); "models's" before
+    assert d["vllm_error"].startswith("To serve at least one request with the model's max seq "
+                                      "len (32768), (")
+    assert f"estimated maximum model length is {d['estimated_max_model_len']}. Try" \
+        in d["vllm_error"]
+    old = run("plan", "-m", "llama-3.1-70b", "--gpu", "h100", "--tp", "2", "--max-len", "32k",
+              "--vllm-version", "0.32", "-f", "json")
+    assert "models's max seq len (32768)" in json.loads(old.stdout)["does_not_fit"]["vllm_error"]
     assert d["would_fit"]["fits"] and d["would_fit"]["num_gpus"] > 2
     # weights alone do not fit: vLLM's "No available memory" and a larger layout
     result = run("plan", "-m", "deepseek-v3", "--gpu", "h100", "--tp", "8", "--max-len", "32k")
@@ -263,11 +270,19 @@ def test_does_not_fit_explains_shortfall_and_what_fits():
     assert "What fits: one request of 32,768 tokens on 16 h100-sxm GPUs" in result.stdout
 
 
-def test_mla_block_size_follows_the_backend():
+@pytest.mark.parametrize("version, kv, blocks", [
+    # vLLM 0.33 platforms/cuda.py: FLASH_ATTN_MLA first on SM 9.0 (bf16 only), FlashMLA for
+    # fp8; FlashInfer MLA (32) first on SM 10.x; TRITON_MLA on Ampere and consumer Blackwell
+    ("0.33", "auto", {"h200": 16, "b200": 32, "a100": 16, "rtx-5090": 16}),
+    ("0.33", "fp8", {"h200": 64, "b200": 32, "a100": 16}),
+    # before: FlashMLA on Hopper, CUTLASS MLA on SM 10.x, TRITON_MLA elsewhere
+    ("0.32", "auto", {"h200": 64, "b200": 128, "a100": 16, "rtx-5090": 16}),
+])
+def test_mla_block_size_follows_the_backend(version, kv, blocks):
     s = spec("deepseek-v3")
-    for gpu, block in (("h200", 64), ("b200", 128), ("a100", 16)):
-        p = make_plan(s, PlanInputs(gpu=find_gpu(gpu), tp=8, max_len=4096, weights_dtype="fp8"),
-                      fixed(4096, 0))
+    for gpu, block in blocks.items():
+        p = make_plan(s, PlanInputs(gpu=find_gpu(gpu), tp=8, max_len=4096, weights_dtype="fp8",
+                                    kv_dtype=kv, version=version), fixed(4096, 0))
         assert p.layout.block_size == block, gpu
     assert plan_for("llama-3.1-8b", max_len=4096).layout.block_size == 16
 
@@ -309,7 +324,8 @@ def test_plan_formats(fmt, marker):
 def test_vllm_era_mid_and_flags():
     base = ("plan", "-m", "gemma-3-27b", "--gpu", "h200", "--max-len", "32k", "-f", "json")
     new = json.loads(run(*base).stdout)["vllm"]
-    mid = json.loads(run(*base, "--vllm-era", "mid").stdout)["vllm"]
+    mid = json.loads(run(*base, "--vllm-version", "0.19").stdout)["vllm"]
+    assert json.loads(run(*base, "--vllm-era", "mid").stdout)["vllm"] == mid   # old flag name
     assert new["in_flight_tokens"] == 2 * mid["in_flight_tokens"] == 16384
     assert mid["kv_cache_tokens"] == mid["num_gpu_blocks"] // 7 * 16
     assert new["kv_cache_tokens"] == int(new["num_gpu_blocks"] / new["blocks_per_request"] * 32768)
@@ -376,10 +392,14 @@ def test_sizing_respects_max_num_seqs():
     ("llama-2-7b --gpu h100 --max-len 4096", 7215, 115_440, 28.18, 524_288),
     ("llama-3-70b --tp 8 --max-len 8k", 82_324, 1_317_184, 160.79, 40_960),
     ("llama-3-70b --tp 16 --max-len 8k", 95_915, 1_534_640, 187.33, 40_960),
-    ("deepseek-v3 --gpu h200 --tp 8 --max-len 32k", 10_241, 655_424, 20.0, 70_272),
+    ("deepseek-v3 --gpu h200 --tp 8 --max-len 32k", 40_966, 655_456, 20.0, 70_272),
+    ("deepseek-v3 --gpu h200 --tp 8 --max-len 32k --vllm-version 0.32", 10_241, 655_424, 20.0,
+     70_272),
     ("mistral-7b-v0.1 --gpu l4 --max-len 32k", 2502, 159_815, 4.88, 131_072),
     ("gpt-oss-120b --max-len 128k", 9914, 140_861, 1.07, 73_728),
-    ("qwen3-next-80b-a3b --gpu h200 --tp 2 --max-len 256k", 7549, 4_080_257, 15.56, 12_288),
+    ("qwen3-next-80b-a3b --gpu h200 --tp 2 --max-len 256k", 7129, 4_018_977, 15.33, 12_288),
+    ("qwen3-next-80b-a3b --gpu h200 --tp 2 --max-len 256k --vllm-version 0.32", 7549, 4_080_257,
+     15.56, 12_288),
 ])
 def test_planning_doc_table(args, blocks, tokens, concurrency, bpt):
     # docs/planning.md "Hand-derived checks": the figures printed there

@@ -11,9 +11,13 @@ from kvcalc.engines import build_layout
 from kvcalc.engines.cache import KEEP_ALL, KEEP_NONE, KEEP_WINDOW, LayerCache, Layout
 from kvcalc.model import load_spec
 from kvcalc.units import GiB
-from kvcalc.engines.vllm import (estimate_max_model_len, kv_cache_groups, layer_specs,
-                                  pp_partition, vllm_capacity)
+from kvcalc.engines.vllm import (VllmRules, estimate_max_model_len, kv_cache_groups,
+                                 layer_specs, pp_partition, vllm_capacity)
 
+#: the bands the vectors and logs come from: 0.9-0.19 (tests written against that era's
+#: kv_cache_utils.py) and 0.20-0.32
+MID = VllmRules("0.19")
+V032 = VllmRules("0.32")
 M = 16_384  # helper default page: block 16 x 2 kv heads x (64 + 64) x 4 B (fp32)
 DUMMY = build_spec({"model_type": "llama", "num_hidden_layers": 1, "num_attention_heads": 2,
                     "hidden_size": 128, "torch_dtype": "float32"})
@@ -32,7 +36,7 @@ def layout_of(kinds, block=16, per_token=M // 16, window=1):
 
 
 def blocks(kinds, avail, max_len=16, **kw):
-    return vllm_capacity(layout_of(kinds, **kw), [avail], max_len, 2048, era="mid").num_blocks
+    return vllm_capacity(layout_of(kinds, **kw), [avail], max_len, 2048, rules=MID).num_blocks
 
 
 @pytest.mark.parametrize("kinds, avail, expected", [
@@ -147,8 +151,8 @@ def test_gpt_oss_two_groups():
 
 def test_mamba_hybrid_enlarges_attention_block():
     _, spec = load_spec("qwen3-next")
-    lay = build_layout(spec, "vllm", "bf16")
-    specs = layer_specs(lay, 262_144)
+    lay = build_layout(spec, "vllm", "bf16", version="0.32")
+    specs = layer_specs(lay, 262_144, rules=V032)
     attn = next(s for s in specs.values() if s.kind == "full")
     state = next(s for s in specs.values() if s.kind == "mamba")
     # GDN state 1,097,728 B; attention 2,048 B/token/layer -> 536 tokens -> aligned to 544
@@ -177,9 +181,9 @@ def test_v2_unequal_group_sizes_use_the_sum_of_blocks_needed():
 
 def test_v3_disable_hybrid_kv_cache_manager_makes_one_full_group():
     lay = layout_of(["full", "sliding"])
-    cap = vllm_capacity(lay, [M * 2 * 32], 16, 2048, era="mid", disable_hybrid=True)
+    cap = vllm_capacity(lay, [M * 2 * 32], 16, 2048, rules=MID, disable_hybrid=True)
     assert cap.num_blocks == 32 and cap.groups == 1
-    assert vllm_capacity(lay, [M * 2 * 32], 16, 2048, era="mid").num_blocks == 64
+    assert vllm_capacity(lay, [M * 2 * 32], 16, 2048, rules=MID).num_blocks == 64
 
 
 def test_v9_disable_hybrid_without_full_layers_is_refused():
@@ -242,14 +246,14 @@ def test_gemma3_27b_concurrency_formula():
     # A.4: concurrency at L = num_blocks / (cdiv(L,16) + 6 x (cdiv(min(1023 + T, L), 16) + 1))
     _, spec = load_spec("gemma-3-27b")
     lay = build_layout(spec, "vllm", "bf16")
-    cap = vllm_capacity(lay, [40 * GiB], 131_072, 8192, era="mid")
+    cap = vllm_capacity(lay, [40 * GiB], 131_072, 8192, rules=MID)
     per_block = 10 * 131_072
     assert cap.num_blocks == 40 * GiB // per_block
     need = 131_072 // 16 + 6 * (-(-(1023 + 8192) // 16) + 1)
     assert cap.blocks_per_request == need
     assert cap.max_concurrency == cap.num_blocks / need
     assert cap.kv_cache_tokens == cap.num_blocks // 7 * 16   # mid era: num_blocks // groups x B
-    new = vllm_capacity(lay, [40 * GiB], 131_072, 8192, era="new")
+    new = vllm_capacity(lay, [40 * GiB], 131_072, 8192, rules=V032)
     assert new.kv_cache_tokens == int(new.max_concurrency * 131_072)
 
 
@@ -257,7 +261,7 @@ def test_gpt_oss_120b_log_figure():
     # a v0.10-era log: "Available KV cache memory: 5.38 GiB" -> "GPU KV cache size: 78,384 tokens"
     _, spec = load_spec("gpt-oss-120b")
     lay = build_layout(spec, "vllm", "bf16")
-    cap = vllm_capacity(lay, [int(5.38 * GiB)], 131_072, 8192, era="mid")
+    cap = vllm_capacity(lay, [int(5.38 * GiB)], 131_072, 8192, rules=MID)
     assert abs(cap.kv_cache_tokens - 78_384) <= 0.001 * 78_384   # 5.38 is rounded in the log
 
 
@@ -301,7 +305,7 @@ def test_llama31_8b_rtx3090_log(blocks, max_len, concurrency, fits):
     lay = build_layout(spec, "vllm", "bf16")
     avail = blocks * 2 * 1024 * 1024 + 12345
     assert abs(avail / GiB - float(f"{avail / GiB:.2f}")) < 0.005
-    cap = vllm_capacity(lay, [avail], max_len, 2048, era="mid")
+    cap = vllm_capacity(lay, [avail], max_len, 2048, rules=MID)
     assert cap.num_blocks == blocks and cap.kv_cache_tokens == blocks * 16
     assert round(cap.max_concurrency, 2) == concurrency and cap.fits is fits
     assert vllm_capacity(lay, [int(3.81 * GiB)], 20_000, 2048).num_blocks in range(1950, 1953)

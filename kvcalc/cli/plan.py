@@ -12,11 +12,14 @@ from ..plan import (DEFAULT_GPU_UTIL, Plan, PlanInputs, make_plan, smallest_depl
 from ..render import key_values, table, to_csv, to_json, to_yaml
 from ..reports import source_record
 from ..units import GiB, format_bytes
-from ..engines.vllm import ERAS, vllm_error_message
+from ..engines import engine_names, get_engine
+from ..engines.vllm import CHUNKED_LOCAL_HYBRID_ENV, ERAS, VLLM, vllm_error_message
 from ..workload import DEFAULT_SAMPLES, DISTRIBUTIONS, fixed, from_trace, sampled
 from .common import ByteSize, TokenList, echo_output, format_option, warn
 
 EXIT_DOES_NOT_FIT = 3
+#: the hidden --vllm-era of earlier kvcalc releases, as a version of its band
+ERA_VERSIONS = {"new": "0.32", "mid": "0.19"}
 WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4")
 
 
@@ -32,14 +35,14 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
 @click.option("--max-len", type=TokenList("max length", single=True), default=None,
               help="vLLM max_model_len: tokens one request may reach (default: the model's "
                    "context length).")
-@click.option("--engine", type=click.Choice(["vllm"]), default="vllm", show_default=True,
-              help="Layout the plan models (vLLM PagedAttention).")
+@click.option("--engine", type=click.Choice(engine_names(planning=True)), default="vllm",
+              show_default=True, help="Layout the plan models (vLLM PagedAttention).")
 @click.option("--kv-dtype", type=click.Choice(("auto", "fp32", "fp16", "bf16", "fp8", "int8",
                                                "int4")), default="auto", show_default=True)
 @click.option("--block-size", type=int, default=None,
-              help="Tokens per KV block (default 16; MLA models get their vLLM backend's "
-                   "block: FlashMLA 64 on Hopper, CUTLASS MLA 128 on B200/GB200/B300, "
-                   "TRITON_MLA 16 elsewhere).")
+              help="Tokens per KV block (default 16; MLA models get the block of the backend "
+                   "vLLM picks for the GPU and KV dtype: on an H100 FLASH_ATTN_MLA 16 for "
+                   "bf16, FlashMLA 64 for fp8; docs/engines.md).")
 @click.option("--gpu-util", type=float, default=DEFAULT_GPU_UTIL, show_default=True,
               help="vLLM gpu_memory_utilization: share of total memory the engine may use.")
 @click.option("--weights-dtype", type=click.Choice(WEIGHT_CHOICES), default="auto",
@@ -53,7 +56,7 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
 @click.option("--non-torch-memory", "non_torch_mem", type=ByteSize(), default=None,
               help="Replace the non-torch default (0.5GiB; 1GiB with several GPUs).")
 @click.option("--cuda-graph-memory", "cuda_graph", type=ByteSize(), default=None,
-              help="CUDA graph memory per GPU (default 512MiB; 0 for --vllm-era mid).")
+              help="CUDA graph memory per GPU (default 512MiB; 0 with --vllm-version 0.19 or older).")
 @click.option("--kv-budget", type=ByteSize(), default=None,
               help="Skip the budget: KV memory per GPU, as vLLM logs 'Available KV cache memory'.")
 @click.option("--max-batched-tokens", type=int, default=None,
@@ -68,9 +71,23 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
               help="As vLLM's flag: sliding/chunked layers keep every token (one group).")
 @click.option("--num-gpu-blocks-override", "blocks_override", type=int, default=None,
               help="As vLLM's flag: use this many GPU blocks instead of the computed number.")
-@click.option("--vllm-era", type=click.Choice(ERAS), default="new", show_default=True,
-              help="new: vLLM >= 0.20 (tokens = concurrency x max-len, null block, CUDA "
-                   "graphs counted); mid: 0.9-0.19.")
+@click.option("--vllm-version", default=None, metavar="X.Y",
+              help=f"vLLM version whose rules are modelled (default {VLLM.default_version}; "
+                   f"bands {', '.join(b.name for b in VLLM.bands)}).")
+@click.option("--vllm-era", type=click.Choice(ERAS), default=None, hidden=True,
+              help="Old name of --vllm-version: new = 0.32, mid = 0.19.")
+@click.option("--enable-prefix-caching/--no-enable-prefix-caching", "prefix_caching",
+              default=True, show_default=True,
+              help="As vLLM's flag: with prefix caching (its default) vLLM >= 0.33 keeps Mamba "
+                   "states in 'align' mode, 2-3 blocks per request.")
+@click.option("--num-speculative-tokens", "speculative_tokens", type=int, default=0,
+              show_default=True,
+              help="As vLLM's speculative_config: one more Mamba state block per token.")
+@click.option("--allow-chunked-local-hybrid/--no-allow-chunked-local-hybrid",
+              "chunked_local_hybrid", default=None, envvar=CHUNKED_LOCAL_HYBRID_ENV,
+              help=f"As vLLM's {CHUNKED_LOCAL_HYBRID_ENV} (read from the environment too): keep "
+                   "the hybrid KV cache manager for chunked local attention (Llama 4). Default: "
+                   "off from 0.33, on before.")
 @click.option("--prompt-len", type=TokenList("prompt length", single=True), default=None,
               help="Fixed workload: prompt tokens per request.")
 @click.option("--output-len", type=TokenList("output length", single=True), default=None,
@@ -93,7 +110,9 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
 @format_option
 def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, block_size, gpu_util,
          weights_dtype, overhead, weights_mem, activation_mem, non_torch_mem, cuda_graph, kv_budget, max_batched_tokens, max_num_seqs,
-         async_scheduling, disable_hybrid, blocks_override, vllm_era, prompt_len, output_len, dist, mean, std, samples, seed, trace,
+         async_scheduling, disable_hybrid, blocks_override, vllm_version, vllm_era, prefix_caching,
+         speculative_tokens, chunked_local_hybrid, prompt_len, output_len, dist, mean, std,
+         samples, seed, trace,
          target_concurrency, concurrency_for_len, compare_gpus, fmt):
     """GPU sizing: memory budget, KV capacity, vLLM's start-up figures, contiguous versus paged
     concurrency, tensor/pipeline parallelism, and the GPUs a target needs.
@@ -119,16 +138,22 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
     gpu_spec = resolve_gpu(gpu)
     if max_len is None:
         max_len = spec.max_position_embeddings or 4096
-    wdtype = default_weights_dtype(spec) if weights_dtype == "auto" else weights_dtype
+    runtime = get_engine(engine)
+    wdtype = (runtime.served_dtype(default_weights_dtype(spec)) if weights_dtype == "auto"
+              else weights_dtype)
+    if vllm_version is None and vllm_era is not None:
+        vllm_version = ERA_VERSIONS[vllm_era]
     weights_dtype_bytes(wdtype)
     inp = PlanInputs(gpu=gpu_spec, tp=tp, pp=pp, replicas=replicas, gpu_util=gpu_util,
                      weights_dtype=wdtype, kv_dtype=kv_dtype, block_size=block_size,
                      max_len=max_len, max_batched_tokens=max_batched_tokens,
                      max_num_seqs=max_num_seqs, overhead=overhead, cuda_graph=cuda_graph,
                      activation=activation_mem, non_torch=non_torch_mem, weights=weights_mem,
-                     kv_budget=kv_budget, era=vllm_era, engine=engine,
+                     kv_budget=kv_budget, version=vllm_version, engine=engine,
                      async_scheduling=async_scheduling, disable_hybrid=disable_hybrid,
-                     num_blocks_override=blocks_override)
+                     num_blocks_override=blocks_override, prefix_caching=prefix_caching,
+                     speculative_tokens=speculative_tokens,
+                     chunked_local_hybrid=chunked_local_hybrid)
     workload = _workload(max_len, prompt_len, output_len, dist, mean, std, samples, seed, trace)
     if compare_gpus:
         rows = _compare(spec, inp, workload, target_concurrency)
@@ -227,8 +252,15 @@ def plan_record(p: Plan, resolved) -> dict:
             "contiguous": int(c.max_sequences) * inp.replicas,
             "paged": round(g.max_sequences * inp.replicas, 2),
         },
+        "engine_version": p.layout.version,
+        "version_band": p.layout.band,
         "vllm": {
             "era": inp.era,
+            "version": p.layout.version,
+            "band": p.layout.band,
+            "attention_backend": inp.backend(p.spec) or None,
+            "enable_prefix_caching": inp.prefix_caching,
+            "num_speculative_tokens": inp.speculative_tokens,
             "num_gpu_blocks": cap.num_blocks,
             "kv_cache_tokens": cap.kv_cache_tokens,
             "max_concurrency": round(cap.max_concurrency, 2),
@@ -331,12 +363,14 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
         ("GPU", f"{gpu.display_name}: {gpu.memory_bytes:,} B = {_gib(gpu.memory_bytes)} "
                 f"as the runtime reports it"),
         ("Layout", layout),
-        ("Engine", f"vLLM v1 ({'>= 0.20' if inp.era == 'new' else '0.9-0.19'}), block "
+        ("Engine", f"vLLM {p.layout.version} (version band {p.layout.band}), block "
                    f"{r['block_size']}, KV {r['kv_dtype']}, max_model_len {inp.max_len:,}, "
                    f"max_num_batched_tokens {inp.batched_tokens():,} "
                    f"({inp.in_flight():,} in flight for windows"
                    f"{', async scheduling' if inp.async_scheduling and inp.era == 'new' else ''})"
-                   f"{', hybrid KV cache manager off' if inp.disable_hybrid else ''}"),
+                   f"{', hybrid KV cache manager off' if inp.disable_hybrid else ''}"
+                   f"{', prefix caching off' if not inp.prefix_caching else ''}"
+                   f"{f', {inp.speculative_tokens} speculative tokens' if inp.speculative_tokens else ''}"),
     ], fmt)
     if b["source"] == "--kv-budget":
         rows = [("KV budget (--kv-budget)", f"{b['kv_bytes']:,}", _gib(b["kv_bytes"]))]
@@ -375,12 +409,12 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
     cap_rows = [
         ("KV bytes per token (per GPU)", f"{r['bytes_per_token']:,}"),
         ("KV capacity (tokens at that rate)", f"{r['kv_capacity_tokens']:,}"),
-        ("# GPU blocks", f"{v['num_gpu_blocks']:,}"),
+        ("GPU blocks (num_gpu_blocks)", f"{v['num_gpu_blocks']:,}"),
         ("GPU KV cache size", f"{v['kv_cache_tokens']:,} tokens"),
         (f"Maximum concurrency for {inp.max_len:,} tokens per request",
          f"{p.vllm.max_concurrency:.2f}x"),
     ]
-    capacity = table(cap_rows, ("vLLM start-up figures", "value"), fmt)
+    capacity = table(cap_rows, (f"vLLM {p.layout.version} start-up figures", "value"), fmt)
     c, g = r["workload"]["allocators"]["contiguous"], r["workload"]["allocators"]["paged"]
     wl_rows = [
         ("max concurrent sequences / replica", f"{c['max_sequences_per_replica']:,.0f}",

@@ -130,6 +130,10 @@ class Engine:
         """One line naming the engine, version band and layout settings of ``layout``."""
         raise NotImplementedError
 
+    def served_dtype(self, model_dtype: str) -> str:
+        """The dtype the engine runs a checkpoint of ``model_dtype`` in (weights and 'auto')."""
+        return model_dtype
+
 
 _REGISTRY: dict[str, Engine] = {}
 

@@ -43,6 +43,10 @@ class LayerCache:
     fixed_bytes: int = 0
     #: hf only: a sliding layer caps at ``window - 1`` tokens when True, keeps all when False
     capped: bool = True
+    #: state layers: the recurrent mixer (mamba, mamba2, gated_deltanet) and, for GDN, the key
+    #: head dimension (vLLM's planning depends on both)
+    mixer: str | None = None
+    state_head_dim: int = 0
     #: how bytes_per_token / fixed_bytes were derived, with this model's numbers
     formula: str = field(default="", compare=False)
 

@@ -35,6 +35,7 @@ Capacity: reimplements, from a :class:`~kvcalc.engines.cache.Layout` laid out fo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 
@@ -48,6 +49,7 @@ from .cache import (KEEP_ALL, KEEP_CHUNK, KEEP_NONE, KEEP_WINDOW, LayerCache, La
                     attention_bytes_per_token, attention_formula, mla_latent_bytes_per_token,
                     mla_latent_formula, no_cache_formula, state_bytes, state_formula)
 
+#: the capacity-report eras of the bands: "new" (>= 0.20) and "mid" (0.9-0.19)
 ERAS = ("new", "mid")
 #: vLLM rounds the enlarged attention block of attention+Mamba hybrids to this alignment
 MAMBA_HYBRID_BLOCK_ALIGNMENT = 16
@@ -55,6 +57,146 @@ MAMBA = "mamba"
 
 
 DEFAULT_BLOCK_SIZE = 16          # vLLM CacheConfig default on CUDA/ROCm
+
+#: vLLM >= 0.20: tokens = int(concurrency x max_model_len), the null block held back, 2 batches
+#: in flight with async scheduling (PRs #37429, #40384; vllm/config/vllm.py max_in_flight_tokens)
+NEW_CAPACITY_SINCE = (0, 20)
+#: vLLM 0.33: kv_cache_planning.py (wording of the errors, one capacity log line), Mamba align
+#: mode with prefix caching, backend priorities per GPU generation (platforms/cuda.py)
+V0_33 = (0, 33)
+#: the GPU a layout is planned for when none is known: an H100 (SM 9.0), vLLM's most common target
+ASSUMED_CAPABILITY = (9, 0)
+#: ``FLASHINFER_GDN_CHECKPOINT_ALIGNMENT`` (vllm/v1/attention/backends/gdn_attn.py, 0.33.0):
+#: GDN prefill checkpoints land on multiples of 64 tokens when FlashInfer runs the GDN prefill
+FLASHINFER_GDN_CHECKPOINT_ALIGNMENT = 64
+#: FlashInfer's GDN prefill kernel needs head_k_dim 128 on Blackwell (SM 10.x / 12.x)
+#: (``_resolve_gdn_prefill_backend``, model_executor/layers/mamba/gdn/qwen_gdn_linear_attn.py)
+FLASHINFER_GDN_BLACKWELL_HEAD_K_DIM = 128
+#: the Mamba state blocks one request holds: one, plus the previous state kept for prefix
+#: caching in "align" mode (``MambaSpec.max_memory_usage_bytes``, vllm/v1/kv_cache_interface.py)
+MAMBA_BLOCKS_NONE = 1
+MAMBA_BLOCKS_ALIGN = 2
+#: mixers whose vLLM layer exports a prefill checkpoint block in align mode (0.33):
+#: ``MambaMixer2.get_kv_cache_spec`` (Nemotron-H, Nemotron-3, Mamba-2) always; the Qwen GDN
+#: layers only when FlashInfer runs their prefill; Jamba's / Mamba-1's ``MambaMixer`` never
+MAMBA2 = "mamba2"
+GATED_DELTANET = "gated_deltanet"
+#: VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE when not given, per band (docs/engines.md)
+CHUNKED_LOCAL_HYBRID_ENV = "VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE"
+#: float32 checkpoints are served in the platform's first supported dtype: bf16 on SM >= 8.0
+#: (``ModelConfig._resolve_auto_dtype``, "Downcast for float32 models", vllm/config/model.py)
+SERVED_FLOAT32_AS = "bf16"
+
+
+@dataclass(frozen=True)
+class VllmRules:
+    """The vLLM configuration whose figures are modelled: its version and the settings that
+    change how the cache is planned (vLLM's own names; docs/engines.md)."""
+
+    version: str = "0.33"
+    enable_prefix_caching: bool = True
+    num_speculative_tokens: int = 0
+    #: VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE; None = the band's default
+    chunked_local_hybrid: bool | None = None
+    #: the GPU's CUDA compute capability; None with ``cuda`` False = a ROCm GPU
+    capability: tuple[int, int] | None = ASSUMED_CAPABILITY
+    cuda: bool = True
+
+    @property
+    def parsed(self) -> tuple[int, int]:
+        return VLLM.parse_version(self.version)
+
+    @property
+    def band(self) -> Band:
+        return VLLM.band(self.version)
+
+    @property
+    def era(self) -> str:
+        """"new" (>= 0.20: int(concurrency x L) tokens, null block) or "mid" (0.9-0.19)."""
+        return "new" if self.parsed >= NEW_CAPACITY_SINCE else "mid"
+
+    @property
+    def mamba_align(self) -> bool:
+        """``mamba_cache_mode == "align"``: set by ``MambaModelConfig.verify_and_update_config``
+        when prefix caching is on (its default) from 0.33."""
+        return self.parsed >= V0_33 and self.enable_prefix_caching
+
+    @property
+    def allows_chunked_local_hybrid(self) -> bool:
+        if self.chunked_local_hybrid is not None:
+            return self.chunked_local_hybrid
+        return self.parsed < V0_33
+
+    def gdn_uses_flashinfer(self, head_k_dim: int) -> bool:
+        """``_resolve_gdn_prefill_backend``: FlashInfer on SM 9.0, and on SM 10.x / 12.x with
+        head_k_dim 128 (CUDA 13 runtime assumed); Triton elsewhere (Ampere, Ada, ROCm)."""
+        if not self.cuda or self.capability is None:
+            return False
+        major = self.capability[0]
+        return major == 9 or (major in (10, 12)
+                              and head_k_dim == FLASHINFER_GDN_BLACKWELL_HEAD_K_DIM)
+
+    def checkpoint_blocks(self, mixer: str | None, head_k_dim: int) -> int:
+        """``num_prefill_checkpoint_blocks`` of one Mamba-style layer (align mode only)."""
+        if not self.mamba_align:
+            return 0
+        if mixer == MAMBA2:
+            return 1
+        if mixer == GATED_DELTANET:
+            return int(self.gdn_uses_flashinfer(head_k_dim))
+        return 0
+
+    def hybrid_block_alignment(self, states: list[tuple[str | None, int]]) -> int:
+        """The alignment of the enlarged attention block of attention+Mamba hybrids
+        (``Platform._align_hybrid_block_size``): the backend's kernel block (16), made a
+        multiple of the Mamba prefill checkpoint alignment in align mode -- 64 when every
+        state layer is a GDN layer whose prefill FlashInfer runs, else none (1)."""
+        align = MAMBA_HYBRID_BLOCK_ALIGNMENT
+        if self.mamba_align and states and all(
+                m == GATED_DELTANET and self.gdn_uses_flashinfer(d) for m, d in states):
+            align = math.lcm(align, FLASHINFER_GDN_CHECKPOINT_ALIGNMENT)
+        return align
+
+
+def rules_for_gpu(version: str | None, capability: str | None, vendor: str = "nvidia",
+                  **settings) -> VllmRules:
+    """:class:`VllmRules` for a catalog GPU: its compute capability (presets/gpus); a card of
+    unknown capability is taken as :data:`ASSUMED_CAPABILITY`, an AMD card as ROCm."""
+    cuda = vendor != "amd"
+    parts = (capability or "").split(".")
+    cc = (int(parts[0]), int(parts[1])) if len(parts) == 2 and all(
+        p.isdigit() for p in parts) else (ASSUMED_CAPABILITY if cuda else None)
+    return VllmRules(version or VLLM.default_version, capability=cc, cuda=cuda, **settings)
+
+
+#: attention backends (``_get_backend_priorities``, vllm/platforms/cuda.py at v0.33.0) and the
+#: block each prefers with the default 16 (``get_preferred_block_size``: 16 when the backend
+#: takes it, else its smallest kernel block) and the KV dtypes it takes
+#: (``supported_kv_cache_dtypes``; "auto" = the served model dtype, bf16/fp16)
+MLA_BACKENDS = {
+    "FLASH_ATTN_MLA": (16, ("bf16", "fp16")),          # MultipleOf(16); SM 9.x only
+    "FLASHMLA": (64, ("bf16", "fp16", "fp8")),          # [64]; SM 9.x / 10.x
+    "FLASHINFER_MLA": (32, ("bf16", "fp16", "fp8")),    # [32, 64]; SM 10.x; qk_nope 64/128/192
+    "CUTLASS_MLA": (128, ("bf16", "fp16", "fp8")),      # [128]; SM 10.x
+    "TRITON_MLA": (16, ("bf16", "fp16", "fp8")),        # MultipleOf(16); any GPU
+    "FLASHMLA_SPARSE": (64, ("bf16", "fp8")),           # DeepSeek-V3.2 sparse attention
+}
+#: the priority lists per GPU generation at v0.33.0 (dense MLA; TOKENSPEED_MLA needs a package
+#: that vLLM does not install, so it is skipped)
+MLA_PRIORITY_V0_33 = {
+    9: ("FLASH_ATTN_MLA", "FLASHMLA", "FLASHINFER_MLA", "TRITON_MLA"),
+    10: ("FLASHINFER_MLA", "CUTLASS_MLA", "FLASH_ATTN_MLA", "FLASHMLA", "TRITON_MLA"),
+    12: ("TRITON_MLA",),
+}
+MLA_PRIORITY_OTHER = ("FLASH_ATTN_MLA", "FLASHMLA", "FLASHINFER_MLA", "TRITON_MLA")
+#: compute capability majors each backend runs on (``supports_compute_capability``)
+MLA_BACKEND_MAJORS = {"FLASH_ATTN_MLA": (9,), "FLASHMLA": (9, 10), "FLASHINFER_MLA": (10,),
+                      "CUTLASS_MLA": (10,)}
+#: FlashInfer MLA needs qk_nope_head_dim in these (``FlashInferMLABackend.supports_combination``)
+FLASHINFER_MLA_QK_NOPE = (64, 128, 192)
+#: before 0.33 (kvcalc's figures for 0.20-0.32): FlashMLA on Hopper, CUTLASS MLA on SM 10.x,
+#: TRITON_MLA elsewhere (engines reference A.1)
+MLA_BACKEND_BEFORE_V0_33 = {9: "FLASHMLA", 10: "CUTLASS_MLA"}
 
 
 #: vLLM's DSA indexer key cache is fp8 with one fp32 scale per 128 values
@@ -69,6 +211,74 @@ def vllm_indexer_bytes_per_token(layer: MLALayer) -> int:
         return 0
     d = layer.indexer_head_dim
     return d + d // VLLM_INDEXER_QUANT_BLOCK * 4
+
+
+def mla_backend(spec: ModelSpec, kv_dtype: str, rules: VllmRules) -> str:
+    """The MLA attention backend vLLM selects for ``spec`` with KV dtype ``kv_dtype`` (a
+    resolved name: bf16, fp16, fp8, ...) on the GPU of ``rules``: the first backend of the
+    GPU generation's priority list that runs on it and takes the KV dtype."""
+    cc = rules.capability if rules.cuda else None
+    if any(isinstance(l, MLALayer) and l.indexer_head_dim for l in spec.layers):
+        return "FLASHMLA_SPARSE"
+    if rules.parsed < V0_33:
+        return MLA_BACKEND_BEFORE_V0_33.get(cc[0], "TRITON_MLA") if cc else "TRITON_MLA"
+    if cc is None:
+        return "TRITON_MLA"
+    qk_nope = next((l.qk_nope_head_dim for l in spec.layers if isinstance(l, MLALayer)), 0)
+    for name in MLA_PRIORITY_V0_33.get(cc[0], MLA_PRIORITY_OTHER):
+        if cc[0] not in MLA_BACKEND_MAJORS.get(name, (cc[0],)):
+            continue
+        if kv_dtype not in MLA_BACKENDS[name][1]:
+            continue
+        if name == "FLASHINFER_MLA" and qk_nope not in FLASHINFER_MLA_QK_NOPE:
+            continue
+        return name
+    return "TRITON_MLA"
+
+
+def default_block_size(spec: ModelSpec, kv_dtype: str, rules: VllmRules) -> tuple[int, str]:
+    """vLLM's block size when ``--block-size`` is not given, and the backend that chose it:
+    16 for attention models (FLASH_ATTN / FLASHINFER / TRITON_ATTN all take 16), the MLA
+    backend's preferred block for MLA models."""
+    if not spec.is_mla:
+        return DEFAULT_BLOCK_SIZE, ""
+    backend = mla_backend(spec, served_kv_dtype(spec, kv_dtype).name, rules)
+    return MLA_BACKENDS[backend][0], backend
+
+
+def served_model_dtype(model_dtype: str) -> str:
+    """The dtype vLLM serves a checkpoint in: float32 checkpoints are downcast
+    (:data:`SERVED_FLOAT32_AS`), every other dtype is kept."""
+    return SERVED_FLOAT32_AS if model_dtype == "fp32" else model_dtype
+
+
+def served_kv_dtype(spec: ModelSpec, kv_dtype: str) -> KVDtype:
+    """``--kv-cache-dtype``: ``auto`` is the served model dtype (float32 -> bf16)."""
+    return resolve_kv_dtype(kv_dtype, served_model_dtype(spec.dtype))
+
+
+def tp_refusal(spec: ModelSpec, tp: int) -> str | None:
+    """Why vLLM refuses tensor parallelism ``tp`` for ``spec``, in its words, or None.
+
+    ``QKVParallelLinear`` divides the attention heads by tp, and the KV heads by tp when
+    tp < KV heads (else tp by the KV heads, replicating them): ``vllm.distributed.utils.divide``
+    asserts "{numerator} is not divisible by {denominator}". MLA layers replicate the latent.
+    """
+    if tp <= 1:
+        return None
+    heads = spec.num_attention_heads
+    if heads and heads % tp:
+        return (f"--tp {tp} does not divide the {heads} attention heads: vLLM stops with "
+                f"'{heads} is not divisible by {tp}'")
+    for kv in sorted({l.kv_heads for l in spec.layers if isinstance(l, AttentionLayer)}):
+        num, den = (kv, tp) if tp < kv else (tp, kv)
+        if num % den:
+            what = "divide" if tp < kv else "is not a multiple of"
+            verb = f"does not divide the {kv} KV heads" if what == "divide" else \
+                f"is not a multiple of the {kv} KV heads"
+            return (f"--tp {tp} {verb}: vLLM stops with '{num} is not divisible by {den}' "
+                    f"(QKVParallelLinear)")
+    return None
 
 
 def vllm_kv_heads_per_gpu(kv_heads: int, tp: int) -> int:
@@ -86,7 +296,10 @@ def vllm_layout(spec: ModelSpec, kv_dtype: str = "auto", block_size: int = DEFAU
         raise UsageError(f"invalid block size {block_size}: must be at least 1")
     version = version or VLLM.default_version
     band = VLLM.band(version)
-    dtype = resolve_kv_dtype(kv_dtype, spec.dtype)
+    refusal = tp_refusal(spec, tp)
+    if refusal:
+        raise UsageError(refusal)
+    dtype = served_kv_dtype(spec, kv_dtype)
     return _vllm_layout(spec, dtype, block_size, tp, version, band)
 
 
@@ -100,7 +313,11 @@ def _vllm_layout(spec: ModelSpec, dtype: KVDtype, block_size: int, tp: int, vers
             notes.append(f"tp {tp} exceeds {kv} KV heads: each GPU holds a replicated head")
     if dtype.name == "int4":
         notes.append("vLLM has no int4 KV cache; figures model a grouped int4 layout")
-    model_float = DTYPES[spec.dtype].element_bytes
+    served = served_model_dtype(spec.dtype)
+    if served != spec.dtype:
+        notes.append(f"{spec.dtype} checkpoint served as {served} (vLLM downcasts float32 "
+                     f"models): KV 'auto' and the Mamba states are {served}")
+    model_float = DTYPES[served].element_bytes
     out: list[LayerCache] = []
     memo: dict[int, LayerCache] = {}
     for i, layer in enumerate(spec.layers):
@@ -135,8 +352,14 @@ def _vllm_layer(i: int, layer: arch.Layer, dtype: KVDtype, block_size: int, tp: 
         ssm_b = DTYPES[layer.ssm_dtype].element_bytes if layer.ssm_dtype else model_float
         fixed = state_bytes(layer, layer.conv_kernel - 1, model_float, ssm_b, tp)
         text = state_formula(layer, layer.conv_kernel - 1, model_float, ssm_b, tp)
-        return LayerCache(i, layer.kind, 0, KEEP_NONE, fixed_bytes=fixed, formula=text)
+        return LayerCache(i, layer.kind, 0, KEEP_NONE, fixed_bytes=fixed, formula=text,
+                          mixer=layer.mixer, state_head_dim=_state_key_dim(layer))
     return LayerCache(i, layer.kind, 0, KEEP_NONE, formula=no_cache_formula(layer))
+
+
+def _state_key_dim(layer: StateLayer) -> int:
+    """GDN's head_k_dim (``linear_key_head_dim``: the recurrent state is heads x dk x dv)."""
+    return layer.ssm_shape[1] if layer.mixer == GATED_DELTANET else 0
 
 
 
@@ -150,6 +373,9 @@ class KVSpec:
     window: int | None = None
     #: Mamba only: extra state blocks kept for speculative decoding (``num_speculative_blocks``)
     spec_blocks: int = 0
+    #: Mamba only: ``mamba_cache_mode == "align"`` and its ``num_prefill_checkpoint_blocks``
+    align: bool = False
+    checkpoint_blocks: int = 0
 
     def blocks_needed(self, max_len: int, batched_tokens: int) -> int:
         """Blocks one request of ``max_len`` tokens needs (``max_memory_usage_bytes / page``)."""
@@ -159,8 +385,17 @@ class KVSpec:
         if self.kind == CHUNKED:
             return cdiv(min(self.window + batched_tokens, max_len), bs)
         if self.kind == MAMBA:
-            return 1 + self.spec_blocks  # one state per request (mamba_cache_mode "none")
+            return mamba_blocks_per_request(self.align, self.spec_blocks, self.checkpoint_blocks)
         return cdiv(max_len, bs)
+
+
+def mamba_blocks_per_request(align: bool, speculative: int, checkpoint: int) -> int:
+    """``MambaSpec.max_memory_usage_bytes / page``: one state per request, plus the previous
+    state and the prefill checkpoint in "align" mode (prefix caching on, 0.33), plus one block
+    per speculative token: 1 + s ("none"), 2 + s + c ("align")."""
+    if align:
+        return MAMBA_BLOCKS_ALIGN + speculative + checkpoint
+    return MAMBA_BLOCKS_NONE + speculative
 
 
 @dataclass(frozen=True)
@@ -236,33 +471,41 @@ def in_flight_tokens(batched_tokens: int, era: str = "new", pp: int = 1,
     return (2 if async_scheduling else 1) * batched_tokens
 
 
-def layer_specs(layout: Layout, max_len: int, disable_hybrid: bool = False) -> dict[int, KVSpec]:
+def layer_specs(layout: Layout, max_len: int, disable_hybrid: bool = False,
+                rules: VllmRules | None = None) -> dict[int, KVSpec]:
     """Layer index -> KVSpec, with vLLM's attention block enlargement for Mamba hybrids.
 
     ``disable_hybrid`` (``--disable-hybrid-kv-cache-manager``) makes every sliding/chunked layer
     a full-attention spec, as ``unify_hybrid_kv_cache_specs`` does; vLLM refuses this when the
-    model has no full-attention layer and its layer types differ.
+    model has no full-attention layer and its layer types differ. ``rules`` (default: the
+    newest band on an H100) decide the Mamba blocks per request and the block alignment.
     """
     if layout.engine != "vllm":
         raise UsageError("vLLM capacity figures need the vllm layout")
+    rules = rules or VllmRules()
     specs: dict[int, KVSpec] = {}
     states = [c for c in layout.layers if c.fixed_bytes]
     attn = [c for c in layout.layers if c.keep != KEEP_NONE]
-    block = layout.block_size or 16
+    block = layout.block_size or DEFAULT_BLOCK_SIZE
     if states and attn:
-        # HybridAttentionMambaModelConfig: attention pages must hold one Mamba state
-        mamba_page = max(c.fixed_bytes for c in states)
-        per_token = max(c.bytes_per_token for c in attn)
-        align = MAMBA_HYBRID_BLOCK_ALIGNMENT
-        needed = align * cdiv(mamba_page, align * per_token)
-        block = max(block, needed)
+        # Platform._align_hybrid_block_size: attention pages must hold one Mamba state
+        block = max(block, hybrid_attention_block(
+            max(c.fixed_bytes for c in states), max(c.bytes_per_token for c in attn),
+            rules.hybrid_block_alignment([(c.mixer, c.state_head_dim) for c in states])))
     for c in layout.layers:
         if c.fixed_bytes:
             page = block * max(a.bytes_per_token for a in attn) if attn else c.fixed_bytes
-            specs[c.index] = KVSpec(MAMBA, page, max_len)
+            specs[c.index] = KVSpec(MAMBA, page, max_len, spec_blocks=rules.num_speculative_tokens,
+                                    align=rules.mamba_align,
+                                    checkpoint_blocks=rules.checkpoint_blocks(
+                                        c.mixer, c.state_head_dim))
         elif c.keep != KEEP_NONE:
             kind = FULL if c.kind == MLA else c.kind
             specs[c.index] = KVSpec(kind, block * c.bytes_per_token, block, c.window)
+    if (not disable_hybrid and not rules.allows_chunked_local_hybrid
+            and any(s.kind == CHUNKED for s in specs.values())):
+        # VllmConfig.__post_init__: attention_chunk_size switches the hybrid allocator off
+        disable_hybrid = True
     if disable_hybrid and len({s.kind for s in specs.values()}) > 1:
         if not any(s.kind == FULL for s in specs.values()):
             raise UsageError("--disable-hybrid-kv-cache-manager needs at least one full-attention "
@@ -270,6 +513,13 @@ def layer_specs(layout: Layout, max_len: int, disable_hybrid: bool = False) -> d
         specs = {i: KVSpec(FULL, s.page_bytes, s.block_size, None)
                  if s.kind in (SLIDING, CHUNKED) else s for i, s in specs.items()}
     return specs
+
+
+def hybrid_attention_block(mamba_page: int, attention_bytes_per_token: int, align: int) -> int:
+    """The smallest attention block, a multiple of ``align``, whose page holds a Mamba state:
+    ``align x ceil(mamba_page / (align x bytes per token))`` (Qwen3-Next on an H100:
+    64 x ceil(1,097,728 / (64 x 2,048)) = 576; 544 with the alignment of 16)."""
+    return align * cdiv(mamba_page, align * attention_bytes_per_token)
 
 
 def kv_cache_groups(specs: dict[int, KVSpec]) -> Grouping:
@@ -293,14 +543,14 @@ def kv_cache_groups(specs: dict[int, KVSpec]) -> Grouping:
     notes = []
     for s in distinct:
         if s.page_bytes == max_page or s.kind == MAMBA:
-            unified[s] = KVSpec(s.kind, max_page, s.block_size, s.window, s.spec_blocks)
+            unified[s] = replace(s, page_bytes=max_page)
         elif max_page % s.page_bytes == 0:
             ratio = max_page // s.page_bytes
-            unified[s] = KVSpec(s.kind, max_page, s.block_size * ratio, s.window, s.spec_blocks)
+            unified[s] = replace(s, page_bytes=max_page, block_size=s.block_size * ratio)
             notes.append(f"{s.kind} layers: block size scaled to {s.block_size * ratio} so pages "
                          f"are equal")
         else:
-            unified[s] = KVSpec(s.kind, max_page, s.block_size, s.window, s.spec_blocks)
+            unified[s] = replace(s, page_bytes=max_page)
             notes.append(f"{s.kind} layers: page padded from {s.page_bytes:,} to {max_page:,} B")
     buckets: dict[KVSpec, list[int]] = {}
     for l in layers:
@@ -323,15 +573,15 @@ def kv_cache_groups(specs: dict[int, KVSpec]) -> Grouping:
                     {l: max_page for l in layers})
 
 
-_GROUPING_CACHE: dict[tuple[int, int, bool],
+_GROUPING_CACHE: dict[tuple[int, int, bool, VllmRules],
                      tuple[Layout, dict[int, KVSpec], Grouping, tuple[str, ...]]] = {}
 
 
 _HAS_STATE: dict[int, tuple[Layout, bool]] = {}
 
 
-def _specs_and_groups(layout: Layout, max_len: int,
-                      disable_hybrid: bool) -> tuple[dict[int, KVSpec], Grouping, tuple[str, ...]]:
+def _specs_and_groups(layout: Layout, max_len: int, disable_hybrid: bool,
+                      rules: VllmRules) -> tuple[dict[int, KVSpec], Grouping, tuple[str, ...]]:
     """layer_specs + kv_cache_groups (+ vLLM's block-size notes), memoised per layout object
     (layouts are cached and immutable; the grouping only depends on max_len through the Mamba
     block size)."""
@@ -340,13 +590,25 @@ def _specs_and_groups(layout: Layout, max_len: int,
         if len(_HAS_STATE) > 4096:
             _HAS_STATE.clear()
         state = _HAS_STATE[id(layout)] = (layout, any(c.fixed_bytes for c in layout.layers))
-    key = (id(layout), max_len if state[1] else 0, disable_hybrid)
+    key = (id(layout), max_len if state[1] else 0, disable_hybrid, rules)
     hit = _GROUPING_CACHE.get(key)
     if hit is not None and hit[0] is layout:
         return hit[1], hit[2], hit[3]
-    specs = layer_specs(layout, max_len, disable_hybrid)
+    specs = layer_specs(layout, max_len, disable_hybrid, rules)
     grouping = kv_cache_groups(specs)
     notes = grouping.notes
+    if (not disable_hybrid and not rules.allows_chunked_local_hybrid
+            and any(c.keep == KEEP_CHUNK for c in layout.layers)):
+        notes = (f"attention_chunk_size is set: vLLM {rules.band.name} switches the hybrid KV "
+                 f"cache manager off, so chunked-local layers keep every token as full "
+                 f"attention ({CHUNKED_LOCAL_HYBRID_ENV}=1 keeps it on)",) + notes
+    mamba = [sp for sp in specs.values() if sp.kind == MAMBA]
+    if mamba:
+        need = mamba[0].blocks_needed(max_len, 0)
+        mode = "align" if rules.mamba_align else "none"
+        notes = (f"Mamba cache mode '{mode}'"
+                 + (" (prefix caching on)" if rules.mamba_align else "")
+                 + f": {need} block(s) per request per Mamba group",) + notes
     attn_blocks = {sp.block_size for sp in specs.values() if sp.kind != MAMBA}
     if any(sp.kind == MAMBA for sp in specs.values()) and layout.block_size and \
             attn_blocks and min(attn_blocks) > layout.block_size:
@@ -390,23 +652,57 @@ class VllmCapacity:
     available_bytes: int           # the smallest per-stage budget
     estimated_max_model_len: int | None
     notes: tuple[str, ...] = ()
+    #: the configuration modelled (version band, prefix caching, GPU)
+    rules: VllmRules = field(default_factory=lambda: VllmRules())
 
     def log_lines(self) -> list[str]:
-        """The start-up lines as vLLM formats them."""
+        """The start-up lines as the band's vLLM formats them (0.33: one line from
+        ``update_kv_cache_capacity``; before: "# GPU blocks" and two lines)."""
         if not self.fits:
             return [vllm_error_message(self)]
-        return [f"# GPU blocks: {self.num_blocks:,}",
-                f"GPU KV cache size: {self.kv_cache_tokens:,} tokens",
-                f"Maximum concurrency for {self.max_model_len:,} tokens per request: "
-                f"{self.max_concurrency:.2f}x"]
+        size = f"GPU KV cache size: {self.kv_cache_tokens:,} tokens"
+        concurrency = (f"Maximum concurrency for {self.max_model_len:,} tokens per request: "
+                       f"{self.max_concurrency:.2f}x")
+        if self.rules.parsed >= V0_33:
+            return [f"{size}, {concurrency}"]
+        return [f"# GPU blocks: {self.num_blocks:,}", size, concurrency]
+
+
+def format_gib(n: int) -> str:
+    """``vllm.utils.mem_utils.format_gib``: ``str(round(n / 2**30, 2))`` (0.33 messages)."""
+    return f"{round(n / GiB, 2)}"
+
+
+#: the link vLLM's memory errors end with
+CONSERVING_MEMORY_URL = "https://docs.vllm.ai/en/latest/configuration/conserving_memory/"
 
 
 def vllm_error_message(cap: VllmCapacity) -> str:
-    """vLLM's ValueError text from ``check_enough_kv_cache_memory`` (its wording, typo kept)."""
+    """vLLM's ValueError text when one request of max_model_len does not fit: from
+    ``_check_enough_kv_cache_memory`` (vllm/v1/core/kv_cache_planning.py) in 0.33, from
+    ``check_enough_kv_cache_memory`` (kv_cache_utils.py, "models's" typo kept) before."""
+    if cap.rules.parsed >= V0_33:
+        if cap.available_bytes <= 0:
+            return ("No available memory for the cache blocks. Try increasing "
+                    "`gpu_memory_utilization` when initializing the engine (this flag also "
+                    "controls CPU memory reservation on the CPU backend, despite its name). "
+                    f"See {CONSERVING_MEMORY_URL} for more details.")
+        est = cap.estimated_max_model_len
+        estimate = (f"Based on the available memory, the estimated maximum model length is "
+                    f"{est}. " if est else "")
+        # the check plans against the memory left after the null block
+        null = cap.bytes_per_block if cap.rules.era == "new" else 0
+        return (f"To serve at least one request with the model's max seq len "
+                f"({cap.max_model_len}), ({format_gib(cap.needed_bytes - null)} GiB KV cache is "
+                f"needed, which is larger than the available KV cache memory "
+                f"({format_gib(cap.available_bytes - null)} GiB). {estimate}Try increasing "
+                "`gpu_memory_utilization` (which also controls CPU memory on the CPU backend) "
+                "or decreasing `max_model_len` when initializing the engine. "
+                f"See {CONSERVING_MEMORY_URL} for more details.")
     if cap.available_bytes <= 0:
         return ("No available memory for the cache blocks. Try increasing "
                 "`gpu_memory_utilization` when initializing the engine. See "
-                "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.")
+                f"{CONSERVING_MEMORY_URL} for more details.")
     est = cap.estimated_max_model_len
     estimate = (f"Based on the available memory, the estimated maximum model length is {est}."
                 if est else "The available memory cannot hold even one block of a request.")
@@ -430,24 +726,24 @@ def estimate_max_model_len(grouping: Grouping, available: int, max_len: int,
 
 
 def vllm_capacity(layout: Layout, available_per_stage: list[int], max_len: int,
-                  batched_tokens: int, era: str = "new",
+                  batched_tokens: int, rules: VllmRules | None = None,
                   num_blocks_override: int | None = None,
                   disable_hybrid: bool = False) -> VllmCapacity:
     """vLLM's figures for ``layout`` (per GPU, tp applied) with one budget per PP stage.
 
     ``batched_tokens`` is ``T`` of the sliding/chunked block counts, already multiplied by the
-    concurrent batches (:func:`in_flight_tokens`).
+    concurrent batches (:func:`in_flight_tokens`). ``rules`` (default: the newest band on an
+    H100, prefix caching on) pick the version band and the settings that change the plan.
     """
-    if era not in ERAS:
-        raise UsageError(f"unknown vLLM era '{era}': choose one of {', '.join(ERAS)}")
-    specs, grouping, notes = _specs_and_groups(layout, max_len, disable_hybrid)
+    rules = rules or VllmRules(layout.version or VLLM.default_version)
+    specs, grouping, notes = _specs_and_groups(layout, max_len, disable_hybrid, rules)
     n_layers = len(layout.layers)
     stages = pp_partition(n_layers, len(available_per_stage))
     if grouping.mode == "attention_free":
         return VllmCapacity(1, 0, 0, float("inf"), max_len, 0, 0, 0, True, 0,
-                            min(available_per_stage), None, ("attention-free model",))
+                            min(available_per_stage), None, ("attention-free model",), rules)
     blocks_needed = grouping.blocks_needed(max_len, batched_tokens)
-    null = era == "new"
+    null = rules.era == "new"
     per_stage_blocks = []
     worst = None
     for (start, end), avail in zip(stages, available_per_stage):
@@ -473,13 +769,13 @@ def vllm_capacity(layout: Layout, available_per_stage: list[int], max_len: int,
         est = estimate_max_model_len(grouping, avail, max_len, batched_tokens, null_block=null)
     concurrency = num_blocks / blocks_needed
     n_groups = len(grouping.groups)
-    if era == "new":
+    if null:
         tokens = int(concurrency * max_len)
     else:
         tokens = num_blocks // n_groups * grouping.block_size
     return VllmCapacity(num_blocks, grouping.block_size, tokens, concurrency, max_len, n_groups,
                         grouping.bytes_per_block(), blocks_needed, fits, needed, avail, est,
-                        notes)
+                        notes, rules)
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,6 +798,27 @@ BANDS = (
           "0.21)"),
          ("vllm-project/vllm vllm/v1/core/kv_cache_utils.py (get_kv_cache_capacity), "
           "vllm/config/vllm.py (max_in_flight_tokens), vllm/v1/worker/gpu_worker.py",)),
+    Band("0.33", V0_33, None,
+         ("prefix caching (on by default) puts Mamba layers in 'align' mode: 2 blocks per "
+          "request per Mamba group, + 1 prefill checkpoint block for Mamba-2 and for GDN "
+          "layers whose prefill FlashInfer runs (3 blocks); --no-enable-prefix-caching: 1",
+          "GDN hybrids align the attention block to FlashInfer's checkpoint grid of 64 tokens "
+          "(Qwen3-Next: 576 on Hopper, not 544)",
+          "MLA block size from the backend priority list per GPU generation and KV dtype: "
+          "FLASH_ATTN_MLA (16) first on SM 9.0 for bf16/fp16, FlashMLA (64) for fp8; "
+          "FlashInfer MLA (32) first on SM 10.x; TRITON_MLA (16) elsewhere",
+          "attention_chunk_size switches the hybrid KV cache manager off (chunked-local layers "
+          "become full attention, one group) unless "
+          "VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE is set",
+          "one capacity log line (update_kv_cache_capacity), no '# GPU blocks' line; the "
+          "'To serve at least one request' error reworded (_check_enough_kv_cache_memory)"),
+         ("vllm-project/vllm v0.33.0: vllm/v1/core/kv_cache_planning.py, "
+          "vllm/v1/core/kv_cache_utils.py, vllm/v1/kv_cache_interface.py (MambaSpec), "
+          "vllm/model_executor/models/config.py (MambaModelConfig), "
+          "vllm/model_executor/layers/mamba/mamba_mixer2.py, "
+          "vllm/model_executor/layers/mamba/gdn/qwen_gdn_linear_attn.py, "
+          "vllm/platforms/interface.py (_align_hybrid_block_size), vllm/platforms/cuda.py "
+          "(_get_backend_priorities), vllm/config/vllm.py (VllmConfig.__post_init__)",)),
 )
 
 
@@ -511,7 +828,7 @@ class Vllm(Engine):
     package = "vllm"
     bands = BANDS
     newest_checked = "0.33.0"
-    default_version = "0.32"
+    default_version = "0.33"
     version_flag = "--vllm-version"
     version_example = "0.33"
     plans = True
@@ -534,6 +851,17 @@ class Vllm(Engine):
                 "every layer keeps every token, one group"),
         Setting("num_gpu_blocks_override", None, "--num-gpu-blocks-override",
                 "replaces the computed number of blocks"),
+        Setting("enable_prefix_caching", True, "--enable-prefix-caching/"
+                "--no-enable-prefix-caching",
+                "0.33: Mamba layers in 'align' mode (2-3 blocks per request) when on"),
+        Setting("num_speculative_tokens", 0, "--num-speculative-tokens",
+                "one extra Mamba state block per speculative token"),
+        Setting(CHUNKED_LOCAL_HYBRID_ENV, None,
+                "--allow-chunked-local-hybrid/--no-allow-chunked-local-hybrid (or the "
+                "environment variable)",
+                "0.33: keeps the hybrid KV cache manager on for chunked local attention"),
+        Setting("compute_capability", "9.0", "--gpu",
+                "from the GPU catalog: picks the attention backend, so the block size"),
     )
 
     def layout(self, spec, kv_dtype: str = "auto", *, version: str | None = None,
@@ -542,9 +870,12 @@ class Vllm(Engine):
                            else block_size, tp, version)
 
     def describe(self, layout: Layout) -> str:
-        detail = (f"vLLM {layout.version} (band {layout.band}) PagedAttention, "
-                  f"block {layout.block_size}")
+        band = f" (band {layout.band})" if layout.band != layout.version else ""
+        detail = f"vLLM {layout.version}{band} PagedAttention, block {layout.block_size}"
         return detail + (f", tp {layout.tp} (per GPU)" if layout.tp > 1 else "")
+
+    def served_dtype(self, model_dtype: str) -> str:
+        return served_model_dtype(model_dtype)
 
 
 VLLM = register(Vllm())

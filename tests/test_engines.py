@@ -1,0 +1,203 @@
+"""The engines registry and vLLM 0.33.0's rules (docs/engines.md), with real figures: each number
+below is what vLLM 0.33.0's own capacity code prints for the same inputs (the issue 11 runs,
+../shared/reference/engines.md A.7), or what its source sets (platforms/cuda.py, gdn_attn.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from kvcalc.cli import cli
+from kvcalc.engines import Band, build_layout, engine_names, engines, get_engine
+from kvcalc.engines.vllm import (CHUNKED_LOCAL_HYBRID_ENV, VllmRules, hybrid_attention_block,
+                                 mamba_blocks_per_request, tp_refusal)
+from kvcalc.errors import UsageError
+from kvcalc.hardware import load_catalog
+from kvcalc.model import load_spec
+
+
+def plan(*args: str, env: dict | None = None) -> dict:
+    result = CliRunner().invoke(cli, ["plan", "-m", *args, "-f", "json"], env=env)
+    assert result.exit_code in (0, 3), result.output
+    return json.loads(result.stdout)
+
+
+# ---------------------------------------------------------------- registry and interface
+
+def test_registry_names_versions_and_bands():
+    assert [e.name for e in engines()] == ["hf", "vllm"]
+    assert get_engine("transformers") is get_engine("hf")
+    assert set(engine_names()) >= {"hf", "transformers", "vllm"}
+    assert engine_names(planning=True) == ("vllm",)
+    vllm, hf = get_engine("vllm"), get_engine("hf")
+    assert (vllm.newest_checked, hf.newest_checked) == ("0.33.0", "5.24")
+    assert (vllm.display_name, hf.display_name) == ("vLLM", "transformers")
+    assert [b.name for b in vllm.bands] == ["0.9-0.19", "0.20-0.32", "0.33"]
+    assert [b.name for b in hf.bands] == ["<4.56", "4.56-5.14", ">=5.15"]
+    for engine in engines():
+        assert all(isinstance(b, Band) and b.changes and b.sources for b in engine.bands)
+        assert engine.bands[-1].high is None            # the newest band is open-ended
+        assert engine.band().name == engine.band(engine.default_version).name
+    assert vllm.band("0.25").name == "0.20-0.32" and vllm.band("0.33.0").name == "0.33"
+    assert hf.installed_version() is not None           # transformers is installed here
+    with pytest.raises(UsageError, match="unknown engine 'vlm'.*did you mean vllm"):
+        get_engine("vlm")
+    with pytest.raises(UsageError, match="outside the bands"):
+        vllm.band("0.5")
+
+
+def test_every_catalog_gpu_has_a_compute_capability():
+    for gpu in load_catalog():
+        assert gpu.compute_capability, gpu.name
+        if gpu.vendor == "nvidia":
+            assert gpu.cuda_capability is not None, gpu.name
+    caps = {g.name: g.cuda_capability for g in load_catalog()}
+    assert caps["h100-sxm"] == (9, 0) and caps["a100-80gb"] == (8, 0) and caps["b200"] == (10, 0)
+
+
+def test_outputs_name_the_band():
+    d = plan("llama-3.1-8b", "--max-len", "8k")
+    assert (d["engine_version"], d["version_band"]) == ("0.33", "0.33")
+    assert (d["vllm"]["version"], d["vllm"]["band"]) == ("0.33", "0.33")
+    old = plan("llama-3.1-8b", "--max-len", "8k", "--vllm-version", "0.25")
+    assert old["version_band"] == "0.20-0.32"
+    table = CliRunner().invoke(cli, ["plan", "-m", "llama-3.1-8b", "--max-len", "8k"]).stdout
+    assert "vLLM 0.33 (version band 0.33)" in table
+    est = json.loads(CliRunner().invoke(cli, ["estimate", "-m", "llama-3.1-8b", "--engine",
+                                              "vllm", "--vllm-version", "0.19", "-f",
+                                              "json"]).stdout)
+    assert (est["engine_version"], est["version_band"]) == ("0.19", "0.9-0.19")
+    assert "vLLM 0.19 (band 0.9-0.19)" in est["engine_detail"]
+    hf = json.loads(CliRunner().invoke(cli, ["estimate", "-m", "llama-3.1-8b", "-f",
+                                             "json"]).stdout)
+    assert hf["version_band"] == ">=5.15"
+
+
+# ---------------------------------------------------------------- vLLM 0.33.0's rules
+
+def test_mamba_align_mode_nemotron_3_nano():
+    # 2.89 GiB, max_len 4096, bf16: 2 attention blocks of 2,096 + 4 Mamba groups x 3 blocks
+    d = plan("nemotron-3-nano-30b", "--kv-budget", "2.89GiB", "--max-len", "4k")["vllm"]
+    assert (d["blocks_per_request"], d["max_concurrency"], d["kv_cache_tokens"]) == \
+        (14, 17.14, 70_217)
+    assert d["block_size"] == 2096
+    assert d["log"] == ["GPU KV cache size: 70,217 tokens, Maximum concurrency for 4,096 tokens "
+                        "per request: 17.14x"]
+    # --no-enable-prefix-caching: mode "none", 1 block per Mamba group (and vLLM <= 0.32)
+    off = plan("nemotron-3-nano-30b", "--kv-budget", "2.89GiB", "--max-len", "4k",
+               "--no-enable-prefix-caching")["vllm"]
+    assert (off["blocks_per_request"], off["max_concurrency"]) == (6, 40.0)
+    old = plan("nemotron-3-nano-30b", "--kv-budget", "2.89GiB", "--max-len", "4k",
+               "--vllm-version", "0.32")["vllm"]
+    assert old["max_concurrency"] == 40.0
+    # each speculative token adds one state block per Mamba group: 2 + 4 x (3 + 2)
+    spec = plan("nemotron-3-nano-30b", "--kv-budget", "2.89GiB", "--max-len", "4k",
+                "--num-speculative-tokens", "2")["vllm"]
+    assert spec["blocks_per_request"] == 22
+
+
+def test_mamba_blocks_per_request_by_mixer():
+    assert mamba_blocks_per_request(False, 0, 0) == 1
+    assert mamba_blocks_per_request(True, 0, 1) == 3     # Mamba-2, GDN with FlashInfer
+    assert mamba_blocks_per_request(True, 0, 0) == 2     # Jamba's Mamba-1
+    rules = VllmRules()
+    assert rules.checkpoint_blocks("mamba2", 0) == 1
+    assert rules.checkpoint_blocks("mamba", 0) == 0
+    assert rules.checkpoint_blocks("gated_deltanet", 128) == 1
+    assert VllmRules(capability=(8, 0)).checkpoint_blocks("gated_deltanet", 128) == 0
+    assert VllmRules(enable_prefix_caching=False).checkpoint_blocks("mamba2", 0) == 0
+    jamba = plan("jamba-v0.1", "--kv-budget", "8GiB", "--max-len", "4k")
+    assert any("2 block(s) per request per Mamba group" in n for n in jamba["notes"])
+
+
+def test_a_request_that_cannot_start_estimates_length_zero():
+    # Nemotron-3-Nano needs 14 blocks at 4k and 13 at one token (1 attention + 12 Mamba);
+    # memory for 13 blocks leaves 12 after the null block: vLLM stops, estimated length 0,
+    # and its 0.33 message then has no "Based on the available memory" sentence
+    per_block = 6 * 2096 * 1024     # group size 6 (6 attention layers; 23 Mamba in 4 groups)
+    d = plan("nemotron-3-nano-30b", "--kv-budget", str(13 * per_block), "--max-len", "4k")
+    assert d["fits"] is False and d["does_not_fit"]["estimated_max_model_len"] == 0
+    err = d["does_not_fit"]["vllm_error"]
+    assert err.startswith("To serve at least one request with the model's max seq len (4096), "
+                          "(0.17 GiB KV cache is needed, which is larger than the available KV "
+                          "cache memory (0.14 GiB). Try increasing `gpu_memory_utilization` "
+                          "(which also controls CPU memory on the CPU backend)")
+    assert "estimated maximum model length" not in err
+
+
+def test_gdn_checkpoint_alignment_qwen3_next():
+    _, spec = load_spec("qwen3-next-80b-a3b")
+    # GDN state 1,097,728 B per layer, 2,048 B per token per attention layer (bf16, TP 1)
+    assert hybrid_attention_block(1_097_728, 2048, 64) == 576
+    assert hybrid_attention_block(1_097_728, 2048, 16) == 544
+    h100 = plan("qwen3-next-80b-a3b", "--kv-budget", "8GiB", "--max-len", "4k")["vllm"]
+    assert h100["block_size"] == 576 and h100["blocks_per_request"] == 8 + 3 * 3
+    # Ampere runs the GDN prefill on Triton: no alignment, no checkpoint block
+    a100 = plan("qwen3-next-80b-a3b", "--gpu", "a100", "--kv-budget", "8GiB", "--max-len",
+                "4k")["vllm"]
+    assert a100["block_size"] == 544 and a100["blocks_per_request"] == 8 + 3 * 2
+    assert plan("qwen3-next-80b-a3b", "--kv-budget", "8GiB", "--max-len", "4k",
+                "--vllm-version", "0.32")["vllm"]["block_size"] == 544
+
+
+@pytest.mark.parametrize("args, blocks, block, concurrency", [
+    # DeepSeek-V3, 8 GiB, 32k: FLASH_ATTN_MLA (16) first on SM 9.0 for bf16 KV
+    ((), 7639, 16, 3.73),
+    # fp8 KV: FLASH_ATTN_MLA takes no fp8, FlashMLA (64) is next; 1 B per element
+    (("--kv-dtype", "fp8"), 3819, 64, 7.46),
+    # before 0.33: FlashMLA (64) on Hopper whatever the dtype
+    (("--vllm-version", "0.32"), 1909, 64, 3.73),
+])
+def test_mla_backend_block_size(args, blocks, block, concurrency):
+    d = plan("deepseek-v3", "--kv-budget", "8GiB", "--max-len", "32k", *args)
+    v = d["vllm"]
+    assert (v["num_gpu_blocks"], v["block_size"], v["max_concurrency"]) == (blocks, block,
+                                                                           concurrency)
+
+
+def test_chunked_local_attention_switches_the_hybrid_manager_off():
+    # Llama-4-Scout, 8 GiB, 32k: chunked layers promoted to full attention, one group
+    d = plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k")["vllm"]
+    assert (d["num_gpu_blocks"], d["kv_cache_groups"], d["max_concurrency"]) == (2730, 1, 1.33)
+    for on in (plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k",
+                    "--allow-chunked-local-hybrid")["vllm"],
+               plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k",
+                    env={CHUNKED_LOCAL_HYBRID_ENV: "1"})["vllm"],
+               plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k",
+                    "--vllm-version", "0.32")["vllm"]):
+        assert (on["num_gpu_blocks"], on["kv_cache_groups"], on["max_concurrency"]) == \
+            (10_922, 4, 1.64)
+
+
+def test_float32_checkpoints_are_served_in_bf16():
+    _, spec = load_spec("olmo-2-7b")
+    assert spec.dtype == "fp32"
+    lay = build_layout(spec, "vllm")
+    assert lay.kv_dtype.name == "bf16" and lay.bytes_per_token == 32 * 32 * 256 * 2
+    assert any("served as bf16" in n for n in lay.notes)
+    assert build_layout(spec, "hf").kv_dtype.name == "fp32"     # transformers keeps fp32
+    d = plan("olmo-2-7b", "--max-len", "4k")
+    assert d["weights_dtype"] == "bf16" and d["kv_dtype"] == "bf16"
+
+
+def test_tp_that_does_not_divide_the_kv_heads_is_refused():
+    _, phi4 = load_spec("phi-4")            # 40 attention heads, 10 KV heads
+    assert tp_refusal(phi4, 8) == ("--tp 8 does not divide the 10 KV heads: vLLM stops with "
+                                   "'10 is not divisible by 8' (QKVParallelLinear)")
+    assert tp_refusal(phi4, 2) is None
+    result = CliRunner().invoke(cli, ["plan", "-m", "phi-4", "--tp", "8"])
+    assert result.exit_code not in (0, 3)
+    assert "10 is not divisible by 8" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    _, llama70 = load_spec("llama-3.1-70b")  # 8 KV heads: TP 16 replicates them (16 % 8 == 0)
+    assert tp_refusal(llama70, 16) is None
+
+
+def test_sliding_window_counts_two_batches_in_flight():
+    # gpt-oss-120b, 128 window, 8,192 batched tokens x 2 (async scheduling): per sliding group
+    # ceil((127 + 16,384) / 16) + 1 = 1,033 blocks
+    d = plan("gpt-oss-120b", "--kv-budget", "40GiB", "--max-len", "32k")["vllm"]
+    assert d["in_flight_tokens"] == 16_384
+    assert d["blocks_per_request"] == 32_768 // 16 + 1033
