@@ -312,6 +312,34 @@ BOOL_FIELDS = ("use_sliding_window", "multi_query", "new_decoder_architecture",
 MAX_TEXT = 4 * MAX_LAYERS
 
 
+#: config fields that name code, a kernel or a hub repository for transformers to load
+#: (remote code, hub kernels such as ``attn_implementation: kernels-community/...``,
+#: quantisation kernels). kvcalc reads them as data at most and never passes them on:
+#: :func:`without_code_fields` removes them before a config reaches transformers.
+CODE_FIELDS = ("auto_map", "attn_implementation", "_attn_implementation",
+               "experts_implementation", "_experts_implementation", "quantization_config",
+               "kernel_config", "use_kernels", "custom_pipelines", "trust_remote_code")
+
+
+def without_code_fields(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A copy of ``cfg`` without :data:`CODE_FIELDS` at any level (``text_config`` and other
+    sub-configs included), and the dotted names of what was removed."""
+    dropped: list[str] = []
+
+    def clean(node: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        out = {}
+        for key, value in node.items():
+            if key in CODE_FIELDS:
+                dropped.append(prefix + key)
+            elif isinstance(value, Mapping):
+                out[key] = clean(value, f"{prefix}{key}.")
+            else:
+                out[key] = value
+        return out
+
+    return clean(cfg, ""), dropped
+
+
 def checked_int(name: str, value: Any, where: str, lo: int = 0, hi: int | None = None) -> int:
     """``value`` as an int when it is an integer in ``[lo, hi]``; otherwise the ConfigError
     that names the field, its value and the rule. Integral floats (``4096.0``) are accepted."""
@@ -454,8 +482,10 @@ def build_spec(raw: Mapping[str, Any], name: str = "model") -> ModelSpec:
         r.warnings.append(
             f"unknown model_type '{model_type}': read with the generic Llama-style field names"
         )
-    if "auto_map" in raw:
-        r.notes.append("config has auto_map (remote code): read as plain JSON, no code executed")
+    named_code = [k for k in CODE_FIELDS if k in raw or k in text]
+    if named_code:
+        r.notes.append(f"config names code to load ({', '.join(named_code)}): read as plain "
+                       "JSON, never loaded or run")
 
     dtype = _model_dtype(r, raw)
     hidden = r.integer("hidden_size", required=True)

@@ -8,10 +8,19 @@ What it honours, read when a call is made (not when ``huggingface_hub`` was impo
 - ``HF_ENDPOINT`` (default https://huggingface.co), ``HF_HOME`` / ``HF_HUB_CACHE`` (the cache),
   ``HF_HUB_OFFLINE=1`` (cache only, no network at all);
 - the token: ``HF_TOKEN``, else the one ``hf auth login`` saved (huggingface_hub's rules);
-- ``KVCALC_HUB_TIMEOUT`` seconds (default 5): every wait on the network is bounded by it and
-  nothing is retried, so an unreachable hub costs one timeout, not huggingface_hub's ~23 s of
-  retries (the first request is a HEAD made here with ``retry_on_errors=False``; the download
-  that follows only runs once the hub has answered).
+- ``KVCALC_HUB_TIMEOUT`` seconds (default 5): each request as a whole (connect, headers,
+  body) is bounded by it, so a hub that drips its answer a byte at a time costs one timeout;
+  nothing is retried.
+
+The download is one GET made here (not huggingface_hub's downloader), so what the hub says is
+checked before anything is written: the commit (``X-Repo-Commit``) must be 40 hex digits (and
+the one asked for, when a commit was asked for), the ETag 40 or 64 hex digits (a git blob id
+or a sha256, the hub's shapes), the revision a git ref name (no ``..``, no leading ``/``), the
+body at most :data:`~kvcalc.sources.MAX_CONFIG_BYTES`. The file is then stored in
+huggingface_hub's cache layout (``blobs/<etag>``, ``snapshots/<commit>/<file>``,
+``refs/<ref>``), written atomically, every path checked to stay inside the repository's cache
+folder; nothing partial is left behind. Credentials in ``HF_ENDPOINT``
+(``https://user:pass@host``) are used for requests and never printed or saved.
 
 Every failure becomes one :class:`~kvcalc.errors.KvcalcError` line that says what to do.
 Nothing downloaded is ever executed: a config with ``auto_map`` (remote code) is read as JSON.
@@ -32,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, HubError, ModelNotFoundError, UsageError
+from .errors import (ConfigError, HubError, KvcalcError, LimitError, ModelNotFoundError,
+                     UsageError)
 from .sources import ResolvedModel
 
 #: seconds any single network wait may take (KVCALC_HUB_TIMEOUT overrides)
@@ -41,6 +51,12 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub.constants._is_true
 _SHA = re.compile(r"^[0-9a-f]{40}$")
+#: the hub's ETags: a git blob id (40 hex) or the sha256 of an LFS file (64 hex)
+_ETAG = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+#: a branch, tag or commit as git names them (``git check-ref-format``, plus ``refs/pr/N``):
+#: components of word characters, '.', '-', '+' separated by single '/', none starting with '.'
+_REVISION = re.compile(r"^(?!/)(?!.*//)(?!.*/$)(?!.*\.\.)(?!.*(?:^|/)\.)(?!.*\.lock(?:/|$))"
+                       r"[\w.+\-/]{1,255}$")
 
 #: endpoints that failed at the network level in this process: later optional look-ups
 #: (safetensors headers) skip them instead of waiting for another timeout
@@ -71,8 +87,40 @@ def is_offline() -> bool:
     return raw.strip().upper() in _TRUE
 
 
-def endpoint() -> str:
+def _request_endpoint() -> str:
+    """``HF_ENDPOINT`` as given, credentials included: for requests only, never for text."""
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def endpoint() -> str:
+    """``HF_ENDPOINT`` without any ``user:password@``: what messages and presets may show."""
+    return public_url(_request_endpoint())
+
+
+def public_url(url: str) -> str:
+    """``url`` with its userinfo (``user:password@``) removed."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a malformed endpoint: show nothing of what follows the scheme
+        return url.split("://", 1)[0] + "://…" if "://" in url else "…"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit((parts.scheme, host + port, parts.path, parts.query, parts.fragment))
+
+
+def check_revision(revision: str) -> str:
+    """A revision of the hub's shape (branch, tag, commit, ``refs/pr/N``) or a UsageError:
+    one with ``..``, a leading ``/`` or characters git refuses could name a path."""
+    if not _REVISION.match(revision):
+        raise UsageError(f"revision {revision!r} is not a branch, tag or commit name (letters, "
+                         "digits, '.', '-', '_', '+' and single '/'; no '..')")
+    return revision
 
 
 def cache_dir() -> Path:
@@ -91,13 +139,13 @@ def split_revision(model: str, revision: str | None = None) -> tuple[str, str | 
     """``'org/name@rev'`` -> ``('org/name', 'rev')``; ``--revision`` must agree with ``@rev``."""
     repo, sep, rev = model.partition("@")
     if not sep:
-        return model, revision or None
+        return model, check_revision(revision) if revision else None
     if not rev:
         raise UsageError(f"'{model}' ends with '@' but names no revision")
     if revision and revision != rev:
         raise UsageError(f"'{model}' names revision {rev!r} but --revision says {revision!r}: "
                          "give one of them")
-    return repo, rev
+    return repo, check_revision(rev)
 
 
 @contextmanager
@@ -172,14 +220,17 @@ def download(repo_id: str, filename: str, revision: str | None = None) -> HubFil
             if path is not None:
                 return HubFile(repo_id, filename, ref, path, ref, cached=True)
 
-        # 1. A bounded HEAD without retries: the hub's answer (or its silence) decides.
-        url = hf.hf_hub_url(repo_id, filename, revision=ref, endpoint=endpoint())
+        # 1. One GET, bounded as a whole, without retries: the hub's answer (or its silence)
         try:
-            hf.get_hf_file_metadata(url, timeout=limit, endpoint=endpoint(),
-                                    retry_on_errors=False, library_name="kvcalc",
-                                    library_version=_version())
+            got = _fetch(hf, repo_id, filename, ref, limit)
         except errors.HfHubHTTPError as exc:
             problem = _http_problem(exc, repo_id, filename, ref)  # raises for 4xx
+        except _Overdue:
+            problem = f"the hub ({endpoint()}) did not answer within {limit:g} s"
+            with _LOCK:
+                _UNREACHABLE.add(endpoint())
+        except KvcalcError:  # refused shapes and sizes: never covered by the cache
+            raise
         except Exception as exc:  # noqa: BLE001 - network errors (httpx, ssl, proxy) vary
             problem = _network_problem(exc, limit)
             with _LOCK:
@@ -195,37 +246,107 @@ def download(repo_id: str, filename: str, revision: str | None = None) -> HubFil
             return HubFile(repo_id, filename, ref, path, _commit_of(path), cached=True,
                            note=f"{problem}; used the cached copy")
 
-        # 2b. the hub answered: let huggingface_hub download into its cache (refs, snapshots)
-        try:
-            path = Path(_within(DOWNLOAD_DEADLINE_FACTOR * limit, lambda: hf.hf_hub_download(
-                repo_id, filename, revision=ref, cache_dir=str(cache_dir()), endpoint=endpoint(),
-                etag_timeout=limit, tqdm_class=_quiet_tqdm(), library_name="kvcalc",
-                library_version=_version())))
-        except _Overdue:
-            raise HubError(f"the hub ({endpoint()}) answered but did not deliver {filename} of "
-                           f"{where} within {DOWNLOAD_DEADLINE_FACTOR * limit:g} s: "
-                           f"{_problem_fix('did not answer')}") from None
-        except errors.HfHubHTTPError as exc:
-            problem = _http_problem(exc, repo_id, filename, ref)
-            raise HubError(f"{problem} for {where}: {_problem_fix(problem)}") from None
-        except errors.LocalEntryNotFoundError as exc:
-            cause = exc.__cause__ or exc.__context__ or exc
-            problem = _network_problem(cause, limit)
-            raise HubError(f"{problem} for {where}: {_problem_fix(problem)}") from None
-        except errors.EntryNotFoundError:
-            raise _entry_missing(repo_id, filename, ref) from None
-        except OSError as exc:  # cache not writable, disk full
-            raise HubError(f"cannot store {where} {filename} in the hub cache {cache_dir()}: "
-                           f"{exc.strerror or exc} (set HF_HOME to a writable folder)") from None
-        except Exception as exc:  # noqa: BLE001 - network errors while downloading
-            problem = _network_problem(exc, limit)
-            raise HubError(f"{problem} for {where}: {_problem_fix(problem)}") from None
-        return HubFile(repo_id, filename, ref, path, _commit_of(path))
+        # 2b. the hub answered with checked shapes: store it in the cache layout
+        body, commit, etag = got
+        path = _store(repo_id, filename, ref, commit, etag, body)
+        return HubFile(repo_id, filename, ref, path, commit)
 
 
-#: the download after a successful HEAD may take this many network bounds in all: its own HEAD
-#: and GET each get one; huggingface_hub would otherwise retry a stalled GET 5 more times
-DOWNLOAD_DEADLINE_FACTOR = 3
+def _fetch(hf: Any, repo_id: str, filename: str, ref: str, limit: float
+           ) -> tuple[bytes, str, str]:
+    """GET ``filename`` at ``ref``: ``(body, commit, etag)`` once every shape is checked.
+    The whole request must finish within ``limit`` seconds (:class:`_Overdue` otherwise); a
+    hub error answer raises huggingface_hub's typed error (``hf_raise_for_status``)."""
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    from .sources import MAX_CONFIG_BYTES
+
+    url = hf.hf_hub_url(repo_id, filename, revision=ref, endpoint=_request_endpoint())
+    headers = build_hf_headers(library_name="kvcalc", library_version=_version())
+    what = f"{filename} of {repo_id}@{ref}"
+
+    def get() -> tuple[Any, bytes]:
+        # huggingface_hub's HTTP client (proxies, CA bundle); redirects followed (a renamed
+        # repository, a CDN), the token dropped by the client when the host changes
+        with get_session().stream("GET", url, headers=headers, timeout=limit,
+                                  follow_redirects=True) as response:
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_CONFIG_BYTES:
+                    raise LimitError(f"the hub sent more than {MAX_CONFIG_BYTES:,} bytes for "
+                                     f"{what}, the most kvcalc reads: refused")
+                chunks.append(chunk)
+        return response, b"".join(chunks)
+
+    response, body = _within(limit, get)
+    if response.status_code >= 400:
+        hf_raise_for_status(response)
+    answers = [*response.history, response]
+    commit = next((r.headers.get("X-Repo-Commit") for r in answers
+                   if r.headers.get("X-Repo-Commit")), None)
+    etag = next((r.headers.get("X-Linked-Etag") or r.headers.get("ETag") for r in answers
+                 if r.headers.get("X-Linked-Etag") or r.headers.get("ETag")), None)
+    etag = etag.removeprefix("W/").strip('"') if etag else None
+    if not commit or not _SHA.match(commit):
+        raise HubError(f"the hub ({endpoint()}) answered {what} with commit "
+                       f"{_shown(commit)}, not a 40-hex commit id: refused, nothing written")
+    if _SHA.match(ref) and commit != ref:
+        raise HubError(f"the hub ({endpoint()}) answered {what} from commit {commit[:12]}, not "
+                       "the commit asked for: refused, nothing written")
+    if not etag or not _ETAG.match(etag):
+        raise HubError(f"the hub ({endpoint()}) answered {what} with ETag {_shown(etag)}, not "
+                       "a 40- or 64-hex content id: refused, nothing written")
+    return body, commit, etag
+
+
+def _shown(value: str | None) -> str:
+    if value is None:
+        return "(none)"
+    return repr(value if len(value) <= 80 else value[:77] + "...")
+
+
+def _store(repo_id: str, filename: str, ref: str, commit: str, etag: str, body: bytes) -> Path:
+    """Write ``body`` into huggingface_hub's cache layout for ``repo_id`` and return the
+    snapshot path. Atomic (temporary file + rename), every path checked to stay inside the
+    repository's folder; a failure leaves nothing partial and is one line."""
+    storage = cache_dir() / f"models--{repo_id.replace('/', '--')}"
+    blob = storage / "blobs" / etag
+    pointer = storage / "snapshots" / commit / filename
+    ref_file = storage / "refs" / ref
+    for target in (blob, pointer, ref_file):
+        _inside(storage, target)
+    try:
+        _atomic_write(blob, body)
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        if not pointer.exists():
+            try:
+                os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+            except OSError:  # no symlinks here (Windows without developer mode...)
+                _atomic_write(pointer, body)
+        if ref != commit:
+            _atomic_write(ref_file, commit.encode())
+    except OSError as exc:
+        raise HubError(f"cannot store {repo_id}@{ref} {filename} in the hub cache "
+                       f"{cache_dir()}: {exc.strerror or exc} (set HF_HOME to a writable "
+                       "folder)") from None
+    return pointer
+
+
+def _inside(base: Path, path: Path) -> None:
+    """Refuse a cache path that would leave ``base`` (defence in depth: shapes are checked)."""
+    if not os.path.normpath(path).startswith(os.path.normpath(base) + os.sep):
+        raise HubError(f"refused to write outside the hub cache: {path}")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class _Overdue(Exception):
@@ -234,7 +355,7 @@ class _Overdue(Exception):
 
 def _within(seconds: float, call: Any) -> Any:
     """Run ``call`` in a daemon thread and give up after ``seconds`` (the thread is left to
-    finish or time out on its own; huggingface_hub writes its cache atomically)."""
+    finish or time out on its own; it only reads into memory, the caller writes)."""
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -366,13 +487,13 @@ def _commit_of(path: Path) -> str | None:
 
 def parse_config(data: bytes | str, what: str) -> dict[str, Any]:
     """config.json text -> dict, as plain JSON (``auto_map`` code is never looked at)."""
+    from .sources import parse_json
+
     try:
-        config = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else \
-            "not UTF-8"
-        raise ConfigError(f"config.json of {what} is not valid JSON ({where}): the repository's "
-                          "file is broken; pass a corrected local config.json") from None
+        config = parse_json(data, f"config.json of {what}")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}: the repository's file is broken; pass a corrected local "
+                          "config.json") from None
     if not isinstance(config, Mapping):
         raise ConfigError(f"config.json of {what} is a JSON {type(config).__name__}, not an "
                           "object: it is not a transformers config; pass a local config.json")
@@ -399,6 +520,8 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 #: parallel range requests for sharded checkpoints (DeepSeek-V3 has 163 shards)
 SHARD_WORKERS = 8
+#: most shards an index may name (DeepSeek-V3 has 163)
+MAX_SHARDS = 10_000
 
 
 @dataclass(frozen=True)
@@ -460,11 +583,12 @@ def _safetensors_info(hub_id: str, revision: str | None) -> SafetensorsInfo | No
         from huggingface_hub import errors
 
         _validate(hf, repo_id)
-        api = hf.HfApi(endpoint=endpoint(), library_name="kvcalc", library_version=_version())
-        url = hf.hf_hub_url(repo_id, SINGLE_FILE, revision=ref, endpoint=endpoint())
+        api = hf.HfApi(endpoint=_request_endpoint(), library_name="kvcalc",
+                       library_version=_version())
+        url = hf.hf_hub_url(repo_id, SINGLE_FILE, revision=ref, endpoint=_request_endpoint())
         try:
-            meta = hf.get_hf_file_metadata(url, timeout=limit, endpoint=endpoint(),
-                                           retry_on_errors=False)
+            meta = _within(limit, lambda: hf.get_hf_file_metadata(
+                url, timeout=limit, endpoint=_request_endpoint(), retry_on_errors=False))
         except errors.RemoteEntryNotFoundError:
             meta = None
         except errors.HfHubHTTPError as exc:
@@ -476,7 +600,7 @@ def _safetensors_info(hub_id: str, revision: str | None) -> SafetensorsInfo | No
             raise HubError(_network_problem(exc, limit)) from None
 
         if meta is not None:
-            commit = meta.commit_hash
+            commit = meta.commit_hash if _SHA.match(meta.commit_hash or "") else None
             hit = _read_counts(repo_id, commit)
             if hit is not None:
                 return hit
@@ -495,7 +619,16 @@ def _safetensors_info(hub_id: str, revision: str | None) -> SafetensorsInfo | No
             if not files:
                 raise ConfigError(f"{INDEX_FILE} of {repo_id} has no weight_map")
 
-        counts = _parse_headers(api, repo_id, files, commit or ref, limit)
+        if len(files) > MAX_SHARDS:
+            raise ConfigError(f"{INDEX_FILE} of {repo_id} names {len(files):,} files: at most "
+                              f"{MAX_SHARDS:,}")
+        rounds = 1 + len(files) // SHARD_WORKERS
+        try:  # every header within the bound, as a whole
+            counts = _within(rounds * limit, lambda: _parse_headers(
+                api, repo_id, files, commit or ref, limit))
+        except _Overdue:
+            raise HubError(f"the hub ({endpoint()}) did not deliver the safetensors headers of "
+                           f"{repo_id} within {rounds * limit:g} s") from None
     info = SafetensorsInfo(repo_id, commit, sum(counts.values()), counts, len(files))
     _write_counts(info)
     return info

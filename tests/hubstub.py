@@ -11,6 +11,12 @@ huggingface_hub 2.4.0 asks (read in its ``file_download.py`` / ``utils/_http.py`
   ``stub/silent``, which accepts the connection and never answers (until the server stops), and
   ``stub/silent-get``, which answers HEAD but never GET.
 
+A hostile part (issue 12), repositories under ``evil/``: ETags and commits that are paths
+(``evil/etag-dotdot``, ``evil/etag-absolute``, ``evil/commit-dotdot``), a hub that drips its
+headers a byte at a time (``evil/drip``), a config whose strings carry terminal escapes
+(``evil/escapes``), one naming a hub kernel and remote code (``evil/kernel``), one larger
+than kvcalc reads (``evil/huge``); and a UTF-8 byte-order mark (``evil/bom``).
+
 Every ``tests/fixtures/hf-configs/org__name[.partial].json`` is served as ``org/name``'s
 config.json at ``main``; a few extra repositories exercise the rest (see :func:`default_repos`).
 Import the fixtures into a test module with ``from hubstub import hub, hub_server``.
@@ -49,6 +55,9 @@ class Repo:
     status: int | None = None   # answer every request with this status (500...)
     silent: bool = False        # never answer
     silent_get: bool = False    # answer HEAD, never answer GET
+    etag: str | None = None     # send this ETag header value instead of the real one
+    commit: str | None = None   # send this X-Repo-Commit instead of the real one
+    drip: float = 0.0           # seconds between bytes of the status line and headers
 
     @classmethod
     def simple(cls, name: str, files: dict[str, bytes], **kw) -> Repo:
@@ -121,6 +130,33 @@ def default_repos() -> dict[str, Repo]:
     repos["stub/silent"] = Repo.simple("stub/silent", {"config.json": small}, silent=True)
     repos["stub/silent-get"] = Repo.simple("stub/silent-get", {"config.json": small},
                                            silent_get=True)
+    repos.update(hostile_repos(small))
+    return repos
+
+
+ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x1b[31m\x9b1m\u202e"
+
+
+def hostile_repos(small: bytes) -> dict[str, Repo]:
+    cfg = json.loads(small)
+    evil = {
+        "evil/etag-dotdot": dict(etag='"../../../../../../tmp/kvcalc-evil-etag"'),
+        "evil/etag-absolute": dict(etag='"/tmp/kvcalc-evil-etag-abs"'),
+        "evil/commit-dotdot": dict(commit="../../../../kvcalc-evil-commit"),
+        "evil/drip": dict(drip=0.05),
+    }
+    repos = {name: Repo.simple(name, {"config.json": small}, **kw) for name, kw in evil.items()}
+    escapes = {**cfg, "model_type": "llama" + ESCAPES, "torch_dtype": "bfloat16"}
+    kernel = {**cfg, "attn_implementation": "kernels-community/flash-attn",
+              "experts_implementation": "kernels-community/moe",
+              "auto_map": {"AutoModelForCausalLM": "evil.modeling.Model"},
+              "text_config": None}
+    huge = {**cfg, "padding": "x" * (4 * 1024 * 1024)}
+    for name, body in (("evil/escapes", json.dumps(escapes).encode()),
+                       ("evil/kernel", json.dumps(kernel).encode()),
+                       ("evil/huge", json.dumps(huge).encode()),
+                       ("evil/bom", b"\xef\xbb\xbf" + small)):
+        repos[name] = Repo.simple(name, {"config.json": body})
     return repos
 
 
@@ -205,8 +241,11 @@ class HubStub:
             return _send(h, 404, head, {"X-Error-Code": "EntryNotFound",
                                          "X-Error-Message": "Entry not found",
                                          "X-Repo-Commit": commit})
-        headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(body).hexdigest()}"',
+        headers = {"X-Repo-Commit": repo.commit or commit,
+                   "ETag": repo.etag or f'"{hashlib.sha256(body).hexdigest()}"',
                    "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        if repo.drip:
+            return self._drip(h, headers, body, repo.drip)
         rng = re.match(r"bytes=(\d+)-(\d*)$", (h.headers.get("Range") or "").strip())
         if rng and not head:
             start = int(rng[1])
@@ -214,6 +253,22 @@ class HubStub:
             headers["Content-Range"] = f"bytes {start}-{end}/{len(body)}"
             return _send(h, 206, head, headers, body[start:end + 1])
         return _send(h, 200, head, headers, body)
+
+
+    def _drip(self, h: BaseHTTPRequestHandler, headers: dict[str, str], body: bytes,
+              pause: float) -> None:
+        """Status line and headers one byte at a time: every read is quick, the whole slow."""
+        head = "HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head += f"Content-Length: {len(body)}\r\n\r\n"
+        try:
+            for byte in head.encode():
+                if self._stop.wait(pause):
+                    return
+                h.wfile.write(bytes([byte]))
+                h.wfile.flush()
+            h.wfile.write(body)
+        except OSError:  # the client gave up
+            pass
 
 
 def _send(h: BaseHTTPRequestHandler, status: int, head: bool, headers: dict[str, str],

@@ -2,8 +2,10 @@
 
 * The config class is chosen by ``model_type`` from transformers' own ``CONFIG_MAPPING``
   (remote-code types mapped to their native equivalent: ``kimi_k2`` -> ``deepseek_v3``).
-  ``auto_map`` is dropped and ``trust_remote_code`` is never used: no code from a model
-  repository runs.
+  Every field that names code, a kernel or a hub repository to load (``auto_map``,
+  ``attn_implementation: kernels-community/...``, ``quantization_config``...:
+  :data:`kvcalc.arch.CODE_FIELDS`) is dropped at every level and ``trust_remote_code`` is never
+  used: no code from a model repository or the hub runs.
 * Multimodal checkpoints are reduced to their decoder (``text_config``), the part that caches.
 * Random weights are created directly on the target device in the target dtype (a
   ``torch.device`` context), so a GPU model never passes through a CPU copy; on the meta device
@@ -15,7 +17,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,6 @@ REMOTE_TO_NATIVE = {
     "RefinedWeb": "falcon",            # legacy Falcon remote code
     "RefinedWebModel": "falcon",
 }
-#: keys dropped before building: remote code pointers and weight-quantisation recipes that
-#: would make transformers look for kernels (the cache layout does not depend on them)
-DROPPED_KEYS = ("auto_map", "quantization_config")
 #: config keys that name the dtype (older ``torch_dtype``, newer ``dtype``)
 DTYPE_KEYS = ("dtype", "torch_dtype")
 
@@ -62,7 +60,7 @@ def dtype_short(dtype) -> str:
 def decoder_config_dict(raw: Mapping[str, Any]) -> dict[str, Any]:
     """The decoder's config as a plain dict: nested ``text_config`` unwrapped (its model_type
     filled from the parent's), the parent's dtype carried over, remote-code keys dropped."""
-    text, nested = arch.unwrap_text_config(raw)
+    text, nested = arch.unwrap_text_config(arch.without_code_fields(raw)[0])
     if nested:
         if not text.get("model_type"):
             parent = raw.get("model_type")
@@ -70,8 +68,6 @@ def decoder_config_dict(raw: Mapping[str, Any]) -> dict[str, Any]:
         for key in DTYPE_KEYS:
             if text.get(key) is None and raw.get(key) is not None:
                 text[key] = raw[key]
-    for key in DROPPED_KEYS:
-        text.pop(key, None)
     return text
 
 
@@ -183,11 +179,12 @@ def build_from_weights(path: str | Path, *, device: str, dtype: str | None,
         kwargs["dtype"] = torch_dtype(dtype)
     try:
         cfg = AutoConfig.from_pretrained(location, local_files_only=True, **_only(kwargs, "gguf_file"))
-        raw = cfg.to_dict()
-        raw.pop("auto_map", None)
+        raw = arch.without_code_fields(cfg.to_dict())[0]
         if layers is not None:
             raw = arch.truncate_config(raw, layers)
-            cfg = type(cfg)(**{k: v for k, v in raw.items() if k != "model_type"})
+        # rebuilt from the cleaned dict: the checkpoint's attn_implementation (a hub kernel?)
+        # and remote-code pointers never reach from_pretrained
+        cfg = type(cfg)(**{k: v for k, v in raw.items() if k != "model_type"})
         with _device_context(device):
             model = AutoModelForCausalLM.from_pretrained(location, config=cfg,
                                                          local_files_only=True, **kwargs)
@@ -204,7 +201,9 @@ def weights_config(path: str | Path) -> dict[str, Any] | None:
     """The config.json next to checkpoint weights, read as plain JSON (None for GGUF)."""
     path = Path(path).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
-        return json.loads((path / "config.json").read_text(encoding="utf-8"))
+        from ..sources import load_json_file
+
+        return load_json_file(path / "config.json")
     return None
 
 
