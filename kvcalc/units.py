@@ -5,12 +5,17 @@ Conventions (documented in docs/cli.md):
   (``128k`` = 131,072 tokens); a plain integer is taken as it is.
 - byte amounts: binary suffixes (KiB, MiB, GiB, TiB) are powers of 1024, decimal suffixes
   (KB, MB, GB, TB) powers of 1000; a bare number is bytes.
+- numbers are read exactly (decimal arithmetic, never a float): ``9007199254740993`` stays
+  itself, ``1.5k`` is 1,536, ``1e3`` is 1,000; a token count must come out whole;
+- limits (docs/security.md): token counts at most :data:`MAX_TOKENS` (2**40), byte amounts at
+  most :data:`MAX_BYTES` (2**60); NaN, Infinity and negative numbers are refused;
 - every figure kvcalc computes stays an ``int`` of bytes until it is formatted for humans.
 """
 
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 
 from .errors import UsageError
 
@@ -27,24 +32,44 @@ _BYTE_SUFFIX = {
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
 }
-_NUM = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+_NUM = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,4})?)\s*([a-zA-Z]*)\s*$")
+#: the largest token count kvcalc accepts (about 1.1 trillion tokens)
+MAX_TOKENS = 1 << 40
+#: the largest byte amount kvcalc accepts (1 EiB)
+MAX_BYTES = 1 << 60
+
+
+def _exact(text: str, suffixes: dict[str, int]) -> Decimal | None:
+    """``'1.5k'`` -> Decimal(1536) exactly, or None when ``text`` is not such a number."""
+    m = _NUM.match(str(text))
+    if not m or m.group(2).lower() not in suffixes:
+        return None
+    number = m.group(1).replace("_", "")
+    try:
+        return Decimal(number) * suffixes[m.group(2).lower()]
+    except InvalidOperation:  # pragma: no cover - the pattern admits only numbers
+        return None
 
 
 def parse_tokens(text: str | int, what: str = "token count") -> int:
     """'4k' -> 4096, '128K' -> 131072, '1M' -> 1048576, '4096' -> 4096. Must be >= 1."""
+    if isinstance(text, bool):
+        raise UsageError(f"invalid {what} {text!r}: use an integer")
     if isinstance(text, int):
         value = text
     else:
-        m = _NUM.match(str(text))
-        if not m or m.group(2).lower() not in _TOKEN_SUFFIX:
+        scaled = _exact(text, _TOKEN_SUFFIX)
+        if scaled is None:
             raise UsageError(f"invalid {what} '{text}': use an integer or a size like 4k, 128K, 1M")
-        number, suffix = m.group(1).replace("_", ""), m.group(2).lower()
-        scaled = float(number) * _TOKEN_SUFFIX[suffix]
-        if scaled != int(scaled):
+        if scaled != scaled.to_integral_value():
             raise UsageError(f"invalid {what} '{text}': not a whole number of tokens")
+        if scaled > MAX_TOKENS:
+            raise UsageError(f"invalid {what} '{text}': at most {MAX_TOKENS:,} tokens (2**40)")
         value = int(scaled)
     if value < 1:
         raise UsageError(f"invalid {what} '{text}': must be at least 1")
+    if value > MAX_TOKENS:
+        raise UsageError(f"invalid {what} '{text}': at most {MAX_TOKENS:,} tokens (2**40)")
     return value
 
 
@@ -63,17 +88,23 @@ def parse_token_list(text: str, what: str = "token count") -> list[int]:
 
 def parse_bytes(text: str | int, what: str = "size") -> int:
     """'48GiB' -> 51539607552, '80GB' -> 80000000000, '3.81GiB' -> int(3.81 * 2**30)."""
+    if isinstance(text, bool):
+        raise UsageError(f"invalid {what} {text!r}: use bytes or a size like 48GiB")
     if isinstance(text, int):
         value = text
     else:
-        m = _NUM.match(str(text))
-        if not m or m.group(2).lower() not in _BYTE_SUFFIX:
+        scaled = _exact(text, _BYTE_SUFFIX)
+        if scaled is None:
             raise UsageError(
                 f"invalid {what} '{text}': use bytes or a size like 48GiB, 80GB, 512MiB"
             )
-        value = int(float(m.group(1).replace("_", "")) * _BYTE_SUFFIX[m.group(2).lower()])
+        if scaled > MAX_BYTES:
+            raise UsageError(f"invalid {what} '{text}': at most {MAX_BYTES:,} bytes (1 EiB)")
+        value = int(scaled)  # a fraction of a byte rounds down
     if value < 0:
         raise UsageError(f"invalid {what} '{text}': must not be negative")
+    if value > MAX_BYTES:
+        raise UsageError(f"invalid {what} '{text}': at most {MAX_BYTES:,} bytes (1 EiB)")
     return value
 
 

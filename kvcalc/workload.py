@@ -32,16 +32,20 @@ import csv
 import json
 import math
 import random
+import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from statistics import fmean
 
 from .errors import ConfigError, UsageError
+from .units import MAX_TOKENS
 from .engines.cache import KEEP_ALL, KEEP_CHUNK, KEEP_NONE, LayerCache, Layout
 
 DISTRIBUTIONS = ("uniform", "normal", "lognormal")
 DEFAULT_SAMPLES = 2000
+#: the most sequences a workload may hold (``--samples``, rows of a trace): docs/security.md
+MAX_SEQUENCES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,10 @@ def sampled(kind: str, mean: float, std: float, max_len: int, samples: int = DEF
         raise UsageError(f"unknown distribution '{kind}': choose one of {', '.join(DISTRIBUTIONS)}")
     if mean <= 0 or std < 0:
         raise UsageError("--mean must be positive and --std not negative")
-    if samples < 1:
-        raise UsageError("--samples must be at least 1")
+    if samples < 1 or samples > MAX_SEQUENCES:
+        raise UsageError(f"--samples must be from 1 to {MAX_SEQUENCES:,}, got {samples:,}")
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        raise UsageError("--mean and --std must be finite numbers")
     rng = random.Random(seed)
     if kind == "uniform":
         half = math.sqrt(3) * std
@@ -83,9 +89,11 @@ def sampled(kind: str, mean: float, std: float, max_len: int, samples: int = DEF
 
 def from_trace(path: str | Path, max_len: int) -> tuple[Workload, int]:
     """Read a JSONL or CSV trace; returns the workload and how many sequences were clipped."""
+    from .sources import decode_text
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = decode_text(path.read_bytes(), f"trace {path}")  # a UTF-8 BOM is fine
     except OSError as exc:
         raise ConfigError(f"cannot read trace {path}: {exc.strerror or exc}") from None
     rows: list[tuple[int, int]] = []
@@ -94,7 +102,8 @@ def from_trace(path: str | Path, max_len: int) -> tuple[Workload, int]:
         if not reader.fieldnames or not {"prompt_len", "output_len"} <= set(reader.fieldnames):
             raise ConfigError(f"{path}:1: a CSV trace needs prompt_len and output_len columns")
         for line, row in enumerate(reader, start=2):
-            rows.append(_lengths(path, line, row.get("prompt_len"), row.get("output_len")))
+            rows.append(_lengths(path, line, row.get("prompt_len"), row.get("output_len"),
+                                 text=True))
     else:
         for line, raw in enumerate(text.splitlines(), start=1):
             if not raw.strip():
@@ -108,19 +117,39 @@ def from_trace(path: str | Path, max_len: int) -> tuple[Workload, int]:
             rows.append(_lengths(path, line, obj.get("prompt_len"), obj.get("output_len")))
     if not rows:
         raise ConfigError(f"trace {path} holds no sequences")
+    if len(rows) > MAX_SEQUENCES:
+        raise ConfigError(f"trace {path} holds {len(rows):,} sequences: at most "
+                          f"{MAX_SEQUENCES:,} (sample it)")
     clipped = sum(1 for p, o in rows if p + o > max_len)
     lengths = tuple(min(max_len, p + o) for p, o in rows)
     return Workload(f"trace {path.name}: {len(rows):,} sequences", lengths), clipped
 
 
-def _lengths(path: Path, line: int, prompt, output) -> tuple[int, int]:
-    try:
-        p, o = int(prompt), int(output)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{path}:{line}: prompt_len and output_len must be integers") from None
+def _lengths(path: Path, line: int, prompt, output, text: bool = False) -> tuple[int, int]:
+    """Exact lengths of one trace row; ``text``: CSV cells (digits), else JSON numbers."""
+    p, o = _token_count(prompt, text), _token_count(output, text)
+    if p is None or o is None:
+        raise ConfigError(f"{path}:{line}: prompt_len and output_len must be whole numbers of "
+                          f"tokens, got {prompt!r} and {output!r}")
+    if p > MAX_TOKENS or o > MAX_TOKENS:
+        raise ConfigError(f"{path}:{line}: lengths must be at most {MAX_TOKENS:,} tokens")
     if p < 0 or o < 0 or p + o < 1:
         raise ConfigError(f"{path}:{line}: lengths must be non-negative and not both zero")
     return p, o
+
+
+def _token_count(value, text: bool) -> int | None:
+    """An exact integer from a trace cell: an int (not a bool), an integral float, or digits
+    when ``text`` (CSV); None for anything else (``1.9``, ``true``, ``"12abc"``, NaN)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value == int(value) else None
+    if text and isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]{1,19}\s*", value):
+        return int(value)
+    return None
 
 
 @dataclass(frozen=True)

@@ -234,3 +234,58 @@ def test_full_disk_is_one_line(monkeypatch, tmp_path):
     error = as_user_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path)))
     assert "no space left" in str(error) and str(tmp_path) in str(error)
     assert as_user_error(ZeroDivisionError()) is None  # a bug stays an internal error
+
+
+# ------------------------------------------------------------------ numbers and traces
+
+def test_token_counts_are_exact_integers():
+    from kvcalc.units import MAX_TOKENS, parse_bytes, parse_tokens
+
+    assert parse_tokens("1099511627775") == 1099511627775  # no float rounding
+    assert parse_tokens("1.5k") == 1536 and parse_tokens("1e3") == 1000
+    assert parse_bytes("3.81GiB") == 4090956349
+    for bad in ("1e30", "nan", "inf", "-1", "1.5", "0x10", str(MAX_TOKENS + 1)):
+        with pytest.raises(Exception) as info:
+            parse_tokens(bad)
+        assert type(info.value).__name__ == "UsageError"
+
+
+@pytest.mark.parametrize("seq", ["1e30", "nan", "-5", "9007199254740993"])
+def test_bad_token_options_are_usage_errors(seq):
+    result = run("estimate", "-m", "llama-7b", "--seq", seq)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("line", [
+    '{"prompt_len": 1.9, "output_len": 10}', '{"prompt_len": true, "output_len": 10}',
+    '{"prompt_len": "12", "output_len": 10}', '{"prompt_len": NaN, "output_len": 10}',
+])
+def test_trace_lengths_must_be_whole_numbers(tmp_path, line):
+    from kvcalc.workload import from_trace
+
+    path = tmp_path / "t.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError, match="whole numbers"):
+        from_trace(path, 4096)
+
+
+def test_csv_trace_from_a_spreadsheet_with_a_bom(tmp_path):
+    from kvcalc.workload import from_trace
+
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"\xef\xbb\xbfprompt_len,output_len\r\n100,20\r\n7,1\r\n")
+    workload, clipped = from_trace(path, 4096)
+    assert workload.lengths == (120, 8) and clipped == 0
+    path.write_text("prompt_len,output_len\n1.9,3\n")
+    with pytest.raises(ConfigError, match=":2: prompt_len"):
+        from_trace(path, 4096)
+
+
+def test_samples_are_bounded():
+    from kvcalc.errors import UsageError
+    from kvcalc.workload import MAX_SEQUENCES, sampled
+
+    with pytest.raises(UsageError, match="--samples"):
+        sampled("normal", 100, 10, 4096, samples=MAX_SEQUENCES + 1)
+    with pytest.raises(UsageError, match="finite"):
+        sampled("normal", float("nan"), 10, 4096)
