@@ -273,10 +273,9 @@ def tp_refusal(spec: ModelSpec, tp: int) -> str | None:
     for kv in sorted({l.kv_heads for l in spec.layers if isinstance(l, AttentionLayer)}):
         num, den = (kv, tp) if tp < kv else (tp, kv)
         if num % den:
-            what = "divide" if tp < kv else "is not a multiple of"
-            verb = f"does not divide the {kv} KV heads" if what == "divide" else \
-                f"is not a multiple of the {kv} KV heads"
-            return (f"--tp {tp} {verb}: vLLM stops with '{num} is not divisible by {den}' "
+            relation = (f"does not divide the {kv} KV heads" if tp < kv
+                        else f"is not a multiple of the {kv} KV heads")
+            return (f"--tp {tp} {relation}: vLLM stops with '{num} is not divisible by {den}' "
                     f"(QKVParallelLinear)")
     return None
 
