@@ -66,16 +66,12 @@ def verify(model, revision, device, dtype, prompt_len, new_tokens, repeats, laye
       kvcalc verify --device meta --all
       kvcalc verify --weights SmolLM2-135M-Instruct.Q4_1.gguf --device cpu --threads 1
     """
+    _check_numbers(repeats=repeats, jobs=jobs, threads=threads, layers=layers,
+                   cache_tolerance=cache_tolerance, slope_tolerance=slope_tolerance)
     from ..verify.backend import require
 
     torch, transformers = require(*(("gguf",) if weights and str(weights).endswith(".gguf") else ()))
-    if repeats < 1:
-        raise UsageError("--repeats must be at least 1")
-    if jobs is not None and jobs < 1:
-        raise UsageError("--jobs must be at least 1")
     if threads is not None:
-        if threads < 1:
-            raise UsageError("--threads must be at least 1")
         torch.set_num_threads(threads)
     if device == "meta" or all_presets:
         if all_presets and device not in ("meta", "auto"):
@@ -104,6 +100,25 @@ def verify(model, revision, device, dtype, prompt_len, new_tokens, repeats, laye
         click.get_current_context().exit(130)
     if not report["passed"]:
         click.get_current_context().exit(EXIT_VERIFY_FAILED)
+
+
+#: the most --repeats, --jobs and --threads verify takes
+MAX_COUNT = 10_000
+
+
+def _check_numbers(*, repeats, jobs, threads, layers, cache_tolerance, slope_tolerance) -> None:
+    """Every numeric option, before anything is imported or built: counts at least 1 (a
+    ``--layers 0`` must not verify the whole model), tolerances finite and not negative."""
+    import math
+
+    for flag, value in (("--repeats", repeats), ("--jobs", jobs), ("--threads", threads),
+                        ("--layers", layers)):
+        if value is not None and not 1 <= value <= MAX_COUNT:
+            raise UsageError(f"{flag} must be from 1 to {MAX_COUNT:,}, got {value}")
+    for flag, value in (("--cache-tolerance", cache_tolerance),
+                        ("--slope-tolerance", slope_tolerance)):
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"{flag} must be a finite percentage of at least 0, got {value}")
 
 
 def _emit(report: dict, fmt: str) -> None:
@@ -210,7 +225,9 @@ def _meta(model, revision, seqs, all_presets, dtype, layers, jobs, every_layer, 
                "matched": sum(1 for r in rows if r["match"]),
                "mismatched": sum(1 for r in rows if r["match"] is False),
                "not_built": sorted({r["model"] for r in rows if r["match"] is None}),
-               "passed": not any(r["match"] is False for r in rows), "rows": rows}
+               "rows": rows}
+    # a verdict needs at least one check: "0 of 0" (an unknown model_type, remote code) fails
+    summary["passed"] = summary["checked"] > 0 and summary["mismatched"] == 0
     if fmt == "json":
         echo_output(to_json(summary))
     elif fmt == "yaml":
@@ -227,5 +244,9 @@ def _meta(model, revision, seqs, all_presets, dtype, layers, jobs, every_layer, 
                     f"{summary['matched']} of {summary['checked']} checks match to the byte\n\n"
                     + table(body, ("model", "seq", "dtype", "predicted B", "transformers B",
                                    "match"), fmt) + "\n")
+    if not summary["checked"]:
+        reasons = sorted({str(r["reason"]) for r in rows if r["reason"]})
+        warn("no check could be made, so nothing is verified: " + ("; ".join(reasons)
+                                                                   or "nothing to check"))
     if not summary["passed"]:
         click.get_current_context().exit(EXIT_VERIFY_FAILED)

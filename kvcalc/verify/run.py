@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from ..arch import build_spec, truncate_config
-from ..errors import UsageError
 from ..engines import build_layout
 from ..model import load_spec
 from .backend import versions
@@ -38,6 +37,8 @@ def run_verify(*, model: str | None, revision: str | None, device: str, dtype: s
         raw = dict(resolved.config)
         if layers:
             raw = truncate_config(raw, layers)
+        if device == "cpu":
+            check_memory(build_spec(raw, name), dtype, layers)
         built = build_random(raw, device=device, dtype=dtype, name=name)
     spec = build_spec(raw, name)
     hf_version = versions()["transformers"]
@@ -63,9 +64,10 @@ def run_verify(*, model: str | None, revision: str | None, device: str, dtype: s
         except OutOfMemory as exc:
             runs = exc.partial
             oom = str(exc)
-    if (interrupted or oom) and not runs:
-        raise (UsageError("interrupted before any run finished") if interrupted
-               else OutOfMemory(oom))
+    if interrupted and not runs:
+        raise KeyboardInterrupt  # the CLI: "interrupted", exit 130
+    if oom and not runs:
+        raise OutOfMemory(oom)
 
     cached = [r for r in runs if r.use_cache and r.cache_bytes is not None]
     largest = max(cached, key=lambda r: r.new_tokens) if cached else None
@@ -103,6 +105,46 @@ def run_verify(*, model: str | None, revision: str | None, device: str, dtype: s
         "interrupted": interrupted,
         "error": oom,
     }
+
+
+#: share of the available memory the weights of a CPU verify may take (the rest: activations,
+#: the cache, the interpreter)
+CPU_WEIGHTS_SHARE = 0.8
+
+
+def check_memory(spec, dtype: str, layers: int | None) -> None:
+    """Refuse a CPU build whose weights alone would not fit: predicted weight bytes (the
+    parameter count of :mod:`kvcalc.params` x the dtype) against the memory available now."""
+    from ..params import count_parameters, weight_bytes
+    from ..units import format_bytes
+
+    need = weight_bytes(count_parameters(spec), dtype)
+    available = available_memory()
+    if available is None or need <= CPU_WEIGHTS_SHARE * available:
+        return
+    raise OutOfMemory(
+        f"building {spec.name} on the CPU needs about {format_bytes(need)} of {dtype} weights "
+        f"({need:,} B), more than {CPU_WEIGHTS_SHARE:.0%} of the {format_bytes(available)} "
+        f"available: use --layers N (now {layers or 'all'}), --device meta, or a machine with "
+        "more memory")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``; else free
+    pages), None when the system does not say."""
+    import os
+
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def cuda_slope(cached: list, predicted: dict[int, int], prompt_len: int,
