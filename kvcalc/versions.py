@@ -100,6 +100,19 @@ def engine_versions(engine: Engine, installed: str | None = None) -> EngineVersi
     return EngineVersions(engine, installed, status, band)
 
 
+def drift_notice(layout: Any) -> str | None:
+    """The notice for a figure modelled with ``layout``: set when the engine installed here is a
+    release newer than the newest one checked and the layout models the newest band (the band
+    that release falls into), None otherwise."""
+    from .engines import get_engine
+
+    engine = get_engine(layout.engine)
+    found = engine_versions(engine)
+    if found.status != NEWER or found.band != getattr(layout, "band", None):
+        return None
+    return found.notice
+
+
 def all_engine_versions() -> list[EngineVersions]:
     return [engine_versions(e) for e in engines()]
 

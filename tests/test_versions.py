@@ -99,3 +99,45 @@ def test_verify_requirement_is_the_pyproject_floor():
     line = next(r for r in project["optional-dependencies"]["verify"]
                 if r.startswith("transformers"))
     assert req == line.removeprefix("transformers").replace(" ", "")
+
+
+@pytest.mark.parametrize("model, version, per_token", [
+    # DeepSeek-V3.2 (MLA + lightning indexer, 61 layers, bf16): decompressed K and V until
+    # 5.17, 61 x (128 x (128 + 64 + 128) + 128 indexer) x 2 = 5,012,736; the latent from 5.18,
+    # 61 x (512 + 64 + 128) x 2 = 85,888 (both measured on the meta device, 5.17.0 / 5.18.0)
+    ("deepseek-v3.2", "5.16", 5_012_736), ("deepseek-v3.2", "5.18", 85_888),
+    ("deepseek-v3.2", "5.14", 5_012_736),
+    # DeepSeek-V3 (no indexer) caches the latent from 5.15: 61 x 576 x 2 = 70,272
+    ("deepseek-v3", "5.15", 70_272), ("deepseek-v3", "5.14", 4_997_120),
+])
+def test_sparse_attention_mla_band(model, version, per_token):
+    result = CliRunner().invoke(cli, ["estimate", "-m", model, "--seq", "1", "--hf-version",
+                                      version, "-f", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["bytes_per_token"] == per_token
+
+
+def test_estimate_names_band_and_installed_release_and_warns_on_drift(monkeypatch):
+    hf = get_engine("hf")
+    out = CliRunner().invoke(cli, ["estimate", "-m", "llama-7b", "--seq", "4k"])
+    assert f"(band {hf.bands[-1].name}; checked against {hf.newest_checked}" in out.stdout
+    assert "warning" not in out.stderr or "newer than" not in out.stderr
+    monkeypatch.setattr(type(hf), "installed_version", lambda self: "99.0.0")
+    out = CliRunner().invoke(cli, ["estimate", "-m", "llama-7b", "--seq", "4k"])
+    assert out.exit_code == 0 and "installed here: 99.0.0" in out.stdout
+    assert "warning: transformers 99.0.0 is installed, newer than" in out.stderr
+    # an older band asked for explicitly is not "drift"
+    out = CliRunner().invoke(cli, ["estimate", "-m", "llama-7b", "--seq", "4k",
+                                   "--hf-version", "5.14"])
+    assert "newer than" not in out.stderr
+
+
+def test_verify_refuses_transformers_below_the_floor():
+    pytest.importorskip("torch")
+    from kvcalc.verify.backend import BackendMissingError, check_transformers_floor
+
+    if verify_requirement() is None:
+        pytest.skip("kvcalc is not installed (no metadata)")
+    with pytest.raises(BackendMissingError, match=r"needs transformers >=[\d.]+; 5\.10\.4 is "):
+        check_transformers_floor("5.10.4")
+    check_transformers_floor("99.0.0")  # newer passes (drift is a notice, not a refusal)

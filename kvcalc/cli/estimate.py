@@ -9,6 +9,7 @@ from ..memory import estimate as estimate_point
 from ..model import load_spec
 from ..render import key_values, table, to_csv, to_json, to_yaml
 from ..reports import context_warnings, estimate_record
+from ..versions import drift_notice
 from ..units import format_bytes
 from .common import (TokenList, echo_output, engine_version, format_option, layout_options,
                      model_options, warn)
@@ -39,7 +40,7 @@ def estimate(model, revision, seqs, batches, engine, kv_dtype, block_size, fmt, 
     resolved, spec = load_spec(model, revision)
     layout = build_layout(spec, engine, kv_dtype.lower(), block_size=block_size,
                           version=engine_version(engine, versions))
-    extra = context_warnings(spec, seqs)
+    extra = context_warnings(spec, seqs) + [n for n in [drift_notice(layout)] if n]
     for message in list(spec.warnings) + extra:
         warn(message)
     points = [estimate_point(layout, s, b) for s in seqs for b in batches]

@@ -3,7 +3,9 @@
 After a prompt of p tokens and g generated tokens the cache holds p + g - 1 tokens. Version
 bands (``--hf-version``; ../shared/reference/transformers.md, docs/engines.md):
 
-* ``>= 5.15`` (default 5.23, measured; 5.24 checked): sliding/chunked layers keep ``W - 1``
+* ``>= 5.18`` (default 5.24, checked): as 5.15-5.17, and the DeepSeek Sparse Attention models
+  (MLA with a lightning indexer: DeepSeek-V3.2, GLM-5) cache the latent too;
+* ``5.15 - 5.17``: sliding/chunked layers keep ``W - 1``
   tokens, MLA caches the latent ``kv_lora_rank + qk_rope_head_dim`` per layer;
 * ``4.56 - 5.14``: windows capped the same way, MLA caches decompressed per-head K
   (``qk_nope + qk_rope``) and V (``v_head_dim``);
@@ -29,10 +31,15 @@ from .cache import (KEEP_ALL, KEEP_CHUNK, KEEP_NONE, KEEP_WINDOW, LayerCache, La
                     mla_expanded_bytes_per_token, mla_latent_bytes_per_token, mla_latent_formula,
                     no_cache_formula, state_bytes, state_formula)
 
-HF_DEFAULT_VERSION = "5.23"      # the transformers release the hf layout was measured against
-HF_NEWEST_CHECKED = "5.24"       # the newest release checked (kvcalc verify meta, issue 11)
+HF_DEFAULT_VERSION = "5.24"      # the transformers release the hf layout models by default
+HF_NEWEST_CHECKED = "5.24.0"     # the newest release checked (kvcalc verify --device meta --all)
 HF_WINDOW_CAP_SINCE = (4, 56)    # DynamicSlidingWindowLayer appears (transformers #40039 era)
 HF_MLA_LATENT_SINCE = (5, 15)    # transformers #47761: DeepSeek caches the compressed latent
+#: DeepSeek Sparse Attention (MLA + lightning indexer: deepseek_v32, glm_moe_dsa) kept caching
+#: the decompressed K and V until 5.17 ("Sparse-attention models cache the expanded K/V" TODO
+#: in modeling_deepseek_v32.py); 5.18 caches the latent (PR #48761). Measured with the meta
+#: check: DeepSeek-V3.2 at 1,000 tokens holds 5,012,736,000 B on 5.17.0, 85,888,000 B on 5.18.0
+HF_DSA_LATENT_SINCE = (5, 18)
 #: transformers keeps Mamba/GDN recurrent (SSM) states in fp32 even in a bf16 model (measured
 #: on 5.23, transformers.md §2.3); the conv buffer follows the model dtype
 HF_RECURRENT_STATE_BYTES = 4
@@ -50,11 +57,20 @@ BANDS = (
           "MLA cached as decompressed per-head K and V"),
          ("huggingface/transformers src/transformers/cache_utils.py "
           "(DynamicSlidingWindowLayer)",)),
-    Band(">=5.15", (5, 15), None,
+    Band("5.15-5.17", (5, 15), (5, 17),
          ("MLA caches the compressed latent kv_lora_rank + qk_rope_head_dim per layer "
-          "(transformers PR #47761)",),
+          "(transformers PR #47761)",
+          "DeepSeek Sparse Attention models (MLA with an indexer: DeepSeek-V3.2, GLM-5) still "
+          "cache decompressed per-head K and V, plus the indexer keys"),
          ("huggingface/transformers src/transformers/models/deepseek_v3/modeling_deepseek_v3.py "
-          "(PR #47761)",)),
+          "(PR #47761)",
+          "huggingface/transformers src/transformers/models/deepseek_v32/modeling_deepseek_v32.py "
+          "(v5.17.0: 'Sparse-attention models cache the expanded K/V')")),
+    Band(">=5.18", (5, 18), None,
+         ("MLA caches the compressed latent, DeepSeek Sparse Attention models included "
+          "(+ the indexer keys)",),
+         ("huggingface/transformers src/transformers/models/deepseek_v32/modeling_deepseek_v32.py "
+          "(v5.18.0; PR #48761)",)),
 )
 
 
@@ -85,7 +101,10 @@ class Transformers(Engine):
         return hf_layout(spec, kv_dtype, version or HF_DEFAULT_VERSION)
 
     def describe(self, layout: Layout) -> str:
-        return f"transformers {layout.version or HF_DEFAULT_VERSION} DynamicCache"
+        installed = self.installed_version()
+        return (f"transformers {layout.version or HF_DEFAULT_VERSION} DynamicCache (band "
+                f"{layout.band}; checked against {self.newest_checked}; installed here: "
+                f"{installed or 'none'})")
 
 
 @lru_cache(maxsize=256)
@@ -96,6 +115,7 @@ def hf_layout(spec: ModelSpec, kv_dtype: str, version: str) -> Layout:
     band = TRANSFORMERS.band(version)
     capped = ver >= HF_WINDOW_CAP_SINCE
     latent = ver >= HF_MLA_LATENT_SINCE
+    dsa_latent = ver >= HF_DSA_LATENT_SINCE
     notes = [f"transformers {version} DynamicCache: a prompt of p tokens plus g generated "
              f"tokens leaves p + g - 1 tokens in the cache"]
     if dtype.kind != "float":
@@ -105,14 +125,25 @@ def hf_layout(spec: ModelSpec, kv_dtype: str, version: str) -> Layout:
     memo: dict[int, LayerCache] = {}
     for i, layer in enumerate(spec.layers):
         if id(layer) not in memo:
-            memo[id(layer)] = _hf_layer(i, layer, dtype, spec, capped, latent, ver)
+            memo[id(layer)] = _hf_layer(i, layer, dtype, spec, capped,
+                                        dsa_latent if _is_dsa(layer) else latent, ver)
         out.append(replace(memo[id(layer)], index=i))
     if not capped and any(l.kind in (arch.SLIDING, arch.CHUNKED) for l in spec.layers):
         notes.append("transformers < 4.56: DynamicCache keeps every token in sliding layers")
     if spec.is_mla:
-        notes.append("MLA cached as the compressed latent" if latent else
-                     "MLA cached as decompressed per-head K and V (transformers < 5.15)")
+        dsa = any(_is_dsa(l) for l in spec.layers)
+        if dsa and latent and not dsa_latent:
+            notes.append("DeepSeek Sparse Attention cached as decompressed per-head K and V "
+                         "(transformers 5.15-5.17)")
+        else:
+            notes.append("MLA cached as the compressed latent" if latent else
+                         "MLA cached as decompressed per-head K and V (transformers < 5.15)")
     return Layout(spec, "hf", dtype, tuple(out), None, 1, version, band.name, tuple(notes))
+
+
+def _is_dsa(layer: arch.Layer) -> bool:
+    """An MLA layer with a lightning indexer (DeepSeek Sparse Attention)."""
+    return isinstance(layer, MLALayer) and bool(layer.indexer_head_dim)
 
 
 def hf_indexer_bytes_per_token(layer: MLALayer, dtype: KVDtype) -> int:
@@ -147,7 +178,8 @@ def _hf_layer(i: int, layer: arch.Layer, dtype: KVDtype, spec: ModelSpec, capped
             bpt = mla_expanded_bytes_per_token(layer, dtype)
             text = (f"{layer.num_heads} heads x (K {layer.qk_nope_head_dim} + "
                     f"{layer.qk_rope_head_dim} + V {layer.v_head_dim}) x {element_text(dtype)} "
-                    f"(decompressed, transformers < 5.15)")
+                    f"(decompressed"
+                    + (", transformers < 5.18)" if _is_dsa(layer) else ", transformers < 5.15)"))
         extra = hf_indexer_bytes_per_token(layer, dtype)
         if extra:
             text += f" + indexer key {layer.indexer_head_dim} x {element_text(dtype)}"

@@ -34,7 +34,24 @@ def require(*extra: str) -> tuple[ModuleType, ModuleType]:
             f"kvcalc verify needs {what}, which {'is' if len(missing) == 1 else 'are'} not "
             f"installed: {INSTALL_HINT}"
         )
+    check_transformers_floor(mods["transformers"].__version__)
     return mods["torch"], mods["transformers"]
+
+
+def check_transformers_floor(installed: str) -> None:
+    """Refuse a transformers release older than the floor of the ``verify`` extra (read from
+    kvcalc's metadata): older releases fail on meta tensors, lack model classes, or lay states
+    out differently, and a verdict against them would mislead (docs/verification.md)."""
+    from ..versions import release, verify_requirement
+
+    requirement = verify_requirement()
+    if not requirement or not requirement.startswith(">="):
+        return
+    floor = requirement[2:]
+    if release(installed) < release(floor):
+        raise BackendMissingError(
+            f"kvcalc verify needs transformers {requirement}; {installed} is installed: "
+            f"pip install -U 'transformers{requirement}'")
 
 
 def versions() -> dict[str, str]:

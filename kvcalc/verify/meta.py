@@ -4,7 +4,8 @@ The model is built on PyTorch's ``meta`` device (no weights, no initialisation) 
 config ``estimate`` reads, one forward of ``seq`` tokens fills its cache (``use_cache=True``,
 ``logits_to_keep=1``), and the cache's tensors — meta tensors with exact shapes and dtypes — are
 summed. Structurally identical decoder layers run once per forward (:class:`LayerReplay`). The result is compared to ``estimate --engine hf`` for the installed transformers
-version. (transformers >= 5.0; 4.x fails on meta tensors.)
+version (transformers >= 5.14.1, the floor of the ``verify`` extra; older releases fail on
+meta tensors or lack model classes).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from ..arch import build_spec
 from ..errors import KvcalcError
-from ..layout import build_layout
+from ..engines import build_layout
 from .build import build_random
 from .cache import cache_bytes
 from .compat import cache_mutators, call_cache, output_cache
@@ -81,7 +82,7 @@ def meta_check(raw: Mapping[str, Any], name: str, seqs: list[int],
     # a config that names no dtype is built in the dtype kvcalc assumes for it (bf16), not in
     # transformers' fp32 default, so both sides describe the same model
     built = build_random(raw, device="meta", dtype=dtype or spec.dtype, name=name)
-    layout = build_layout(spec, "hf", built.dtype, hf_version=transformers.__version__)
+    layout = build_layout(spec, "hf", built.dtype, version=transformers.__version__)
     out = []
     for seq in seqs:
         try:
