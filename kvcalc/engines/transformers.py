@@ -103,8 +103,8 @@ class Transformers(Engine):
     def describe(self, layout: Layout) -> str:
         installed = self.installed_version()
         return (f"transformers {layout.version or HF_DEFAULT_VERSION} DynamicCache (band "
-                f"{layout.band}; checked against {self.newest_checked}; installed here: "
-                f"{installed or 'none'})")
+                f"{layout.band}; checked against {self.newest_checked}"
+                + (f"; installed here: {installed})" if installed else ")"))
 
 
 @lru_cache(maxsize=256)
