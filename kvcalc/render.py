@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,11 +31,23 @@ def _escape(m: re.Match) -> str:
 
 
 def to_json(data: Any) -> str:
-    """JSON with non-ASCII text kept, and every unsafe character escaped as ``\\uXXXX`` (json
+    """Valid JSON: non-ASCII text kept, every unsafe character escaped as ``\\uXXXX`` (json
     escapes C0 controls itself; C1 controls and bidi overrides are escaped here), so the
-    document stays exact and reaches a terminal unescaped nowhere."""
-    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
+    document stays exact and reaches a terminal unescaped nowhere; a number without a finite
+    value (the concurrency of a model that caches nothing) is ``null``, never ``Infinity``."""
+    text = json.dumps(_finite(data), indent=2, ensure_ascii=False, allow_nan=False)
     return UNSAFE_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
+def _finite(data: Any) -> Any:
+    """``data`` with NaN and infinite floats replaced by None (JSON has no such numbers)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def to_yaml(data: Any) -> str:
