@@ -21,6 +21,7 @@ COMMANDS = {
     "verify": "kvcalc.cli.verify:verify",
     "plot": "kvcalc.cli.plot:plot",
     "versions": "kvcalc.cli.versions:versions",
+    "simulate": "kvcalc.cli.simulate:simulate",
 }
 
 

@@ -1,0 +1,251 @@
+"""kvcalc simulate: the KV cache over time on a request trace (vLLM v1's scheduler and cache, and
+the PagedAttention paper's contiguous baselines), on the capacity ``kvcalc plan`` computes."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import click
+
+from ..errors import UsageError
+from .common import ByteSize, TokenList, echo_output, format_option, warn
+
+#: ``kvcalc plan`` options reused as they are (the same click objects: same names, help, types)
+PLAN_OPTIONS = ("model", "revision", "gpu", "tp", "max_len", "kv_dtype", "block_size",
+                "gpu_util", "weights_dtype", "overhead", "weights_mem", "activation_mem",
+                "non_torch_mem", "cuda_graph", "kv_budget", "max_batched_tokens",
+                "max_num_seqs", "blocks_override", "vllm_version")
+
+
+def plan_options(f):
+    """Attach ``kvcalc plan``'s model/GPU/budget/engine options to ``f``."""
+    from .plan import plan as plan_command
+
+    by_name = {p.name: p for p in plan_command.params}
+    for name in reversed(PLAN_OPTIONS):
+        f.__click_params__ = getattr(f, "__click_params__", [])
+        f.__click_params__.append(by_name[name])
+    return f
+
+
+@click.command()
+@plan_options
+@click.option("--trace", default=None, metavar="NAME|FILE",
+              help="Built-in trace (azure-conv-2023, azure-code-2023, mooncake-conv, "
+                   "mooncake-synthetic) or a CSV/JSONL file: prompt_len, output_len and an "
+                   "optional arrival_s (seconds), Azure's or Mooncake's columns; .gz read too.")
+@click.option("--rate-scale", type=float, default=1.0, show_default=True,
+              help="Trace: arrivals this many times as fast (2 = twice the traffic).")
+@click.option("--rate", type=float, default=None,
+              help="Synthetic: Poisson arrivals at this many requests/s (default: all at once).")
+@click.option("--requests", "num_requests", type=int, default=None,
+              help="Synthetic: how many requests (default 1000).")
+@click.option("--input-len", type=TokenList("prompt length", single=True), default=None,
+              help="Synthetic: prompt tokens per request (the mean with --dist).")
+@click.option("--output-len", type=TokenList("output length", single=True), default=None,
+              help="Synthetic: output tokens per request (the mean with --dist).")
+@click.option("--dist", type=click.Choice(("uniform", "normal", "lognormal")), default=None,
+              help="Synthetic: draw prompt and output lengths with --input-len/--output-len "
+                   "as means (plan's distributions).")
+@click.option("--input-std", type=float, default=None,
+              help="--dist: standard deviation of the prompt length (default: its mean).")
+@click.option("--output-std", type=float, default=None,
+              help="--dist: standard deviation of the output length (default: its mean).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of synthetic arrivals and lengths.")
+@click.option("--allocator", "allocators", multiple=True,
+              type=click.Choice(("paged", "orca-max", "orca-pow2", "orca-oracle")),
+              help="KV allocator to simulate; repeat for several (default: all four).")
+@click.option("--prefix-caching/--no-prefix-caching", "--enable-prefix-caching/"
+              "--no-enable-prefix-caching", "prefix_caching", default=True, show_default=True,
+              help="vLLM's automatic prefix caching (on by default in vLLM v1).")
+@click.option("--cpu-offload", type=ByteSize(), default=0, metavar="SIZE",
+              help="CPU tier for evicted prefix-cache blocks, e.g. 64GiB (default none).")
+@click.option("--step-time", type=float, default=None, metavar="SECONDS",
+              help="Every engine step takes this long (replaces the roofline estimate).")
+@click.option("--step-overhead", type=float, default=None, metavar="SECONDS",
+              help="Fixed cost of every engine step in the roofline estimate (default 0.002).")
+@click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, writable=True),
+              default=None, metavar="FILE.csv",
+              help="Write the memory breakdown over time (one row per allocator per "
+                   "--timeline-interval) for `kvcalc plot timeline`.")
+@click.option("--timeline-interval", type=float, default=1.0, show_default=True,
+              metavar="SECONDS", help="Modelled seconds between two --timeline rows.")
+@format_option
+def simulate(model, revision, gpu, tp, max_len, kv_dtype, block_size, gpu_util, weights_dtype,
+             overhead, weights_mem, activation_mem, non_torch_mem, cuda_graph, kv_budget,
+             max_batched_tokens, max_num_seqs, blocks_override, vllm_version, trace, rate_scale,
+             rate, num_requests, input_len, output_len, dist, input_std, output_std, seed,
+             allocators, prefix_caching, cpu_offload, step_time, step_overhead, timeline_path,
+             timeline_interval, fmt):
+    """Replay requests over time through vLLM v1's scheduler (chunked prefill, preemption by
+    recompute, prefix caching, CPU tier) and the contiguous baselines of the PagedAttention
+    paper, on the KV capacity `kvcalc plan` computes. Times are modelled (roofline estimate).
+
+    \b
+    Examples:
+      kvcalc simulate -m llama-3.1-8b --gpu h100 --trace azure-conv-2023
+      kvcalc simulate -m llama-3.1-8b --trace mooncake-conv --allocator paged --cpu-offload 64GiB
+      kvcalc simulate -m llama-3.1-8b --trace azure-conv-2023 --rate-scale 4 --timeline t.csv
+      kvcalc simulate -m llama-2-13b --gpu a100-40gb --max-len 2048 --rate 2 --requests 1000 \\
+          --dist lognormal --input-len 161 --output-len 338
+    """
+    from ..hardware import resolve_gpu
+    from ..model import load_spec
+    from ..params import default_weights_dtype, weights_dtype_bytes
+    from ..plan import PlanInputs
+    from ..engines import get_engine
+    from ..simulate import Options, result_record, simulate as run_simulation
+    from ..simulate.requests import load_trace, synthetic
+
+    synthetic_given = any(x is not None for x in (rate, num_requests, input_len, output_len,
+                                                   dist))
+    if trace and synthetic_given:
+        raise UsageError("give --trace, or synthetic arrivals (--rate, --requests, "
+                         "--input-len, --output-len, --dist), not both")
+    if not trace and not synthetic_given:
+        raise UsageError("give a workload: --trace NAME|FILE, or --input-len and --output-len "
+                         "(with --rate and --requests)")
+    if timeline_interval is not None and not timeline_interval > 0:
+        raise UsageError(f"invalid --timeline-interval {timeline_interval}: must be positive")
+    resolved, spec = load_spec(model, revision)
+    for message in spec.warnings:
+        warn(message)
+    gpu_spec = resolve_gpu(gpu)
+    if max_len is None:
+        max_len = spec.max_position_embeddings or 4096
+    wdtype = (get_engine("vllm").served_dtype(default_weights_dtype(spec))
+              if weights_dtype == "auto" else weights_dtype)
+    weights_dtype_bytes(wdtype)
+    inp = PlanInputs(gpu=gpu_spec, tp=tp, gpu_util=gpu_util, weights_dtype=wdtype,
+                     kv_dtype=kv_dtype, block_size=block_size, max_len=max_len,
+                     max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs,
+                     overhead=overhead, cuda_graph=cuda_graph, activation=activation_mem,
+                     non_torch=non_torch_mem, weights=weights_mem, kv_budget=kv_budget,
+                     version=vllm_version, engine="vllm", num_blocks_override=blocks_override,
+                     prefix_caching=prefix_caching)
+    if trace:
+        arrivals = load_trace(trace).scaled(rate_scale)
+    else:
+        if rate_scale != 1.0:
+            raise UsageError("--rate-scale scales a --trace; give --rate for synthetic arrivals")
+        if input_len is None or output_len is None:
+            raise UsageError("synthetic arrivals need --input-len and --output-len")
+        n = 1000 if num_requests is None else num_requests
+        # validate now (one clear line), generate lazily per allocator
+        next(iter(synthetic(n, rate, input_len, output_len, dist, input_std, output_std,
+                            max_len, seed)))
+
+        def arrivals():
+            return synthetic(n, rate, input_len, output_len, dist, input_std, output_std,
+                             max_len, seed)
+    options = Options(allocators=tuple(dict.fromkeys(allocators)) or Options().allocators,
+                      prefix_caching=prefix_caching, cpu_offload_bytes=cpu_offload,
+                      step_time_s=step_time, step_overhead_s=step_overhead,
+                      timeline_interval_s=timeline_interval if timeline_path else None)
+    result = run_simulation(spec, inp, arrivals, options)
+    record = result_record(result)
+    record["model"] = resolved.name
+    if not trace:
+        record["workload"] = (f"synthetic: {n:,} requests, "
+                              + (f"Poisson {rate:g}/s" if rate else "all at time 0") + ", "
+                              + (f"{dist} " if dist else "fixed ")
+                              + f"prompt {input_len:,} / output {output_len:,} tokens, "
+                                f"seed {seed}")
+    if timeline_path:
+        _write_timeline(timeline_path, result)
+    for name, r in result.runs.items():
+        if r.totals.rejected:
+            warn(f"{name}: {r.totals.rejected:,} requests rejected (prompt >= --max-len "
+                 f"{max_len:,}, or larger than the whole KV cache)")
+    _emit(record, fmt)
+
+
+def _write_timeline(path: str, result) -> None:
+    from ..simulate.metrics import CATEGORIES
+
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["allocator", "time_s", "running", "waiting", "preemptions", *CATEGORIES])
+    for name, r in result.runs.items():
+        slots = r.budget_slots or 1
+        for t, running, waiting, pre, *mem in r.totals.timeline:
+            w.writerow([name, f"{t:.6f}", running, waiting, pre,
+                        *(f"{m / slots:.6f}" for m in mem)])
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(out.getvalue())
+    except OSError as exc:
+        raise UsageError(f"cannot write --timeline {path}: {exc.strerror or exc}") from None
+
+
+def _emit(record: dict, fmt: str) -> None:
+    from ..render import key_values, table, to_csv, to_json, to_yaml
+
+    if fmt == "json":
+        echo_output(to_json(record))
+        return
+    if fmt == "yaml":
+        echo_output(to_yaml(record))
+        return
+    runs = record["allocators"]
+    if fmt == "csv":
+        rows = []
+        for name, a in runs.items():
+            row = {"allocator": name}
+            for k, v in a.items():
+                if isinstance(v, dict):
+                    row.update({f"{k}_{kk}": vv for kk, vv in v.items()})
+                else:
+                    row[k] = v
+            rows.append(row)
+        echo_output(to_csv(rows))
+        return
+    names = list(runs)
+    head = key_values([
+        ("Model", record["model"]),
+        ("GPU", f"{record['gpu']}: KV budget {record['kv_budget_bytes']:,} B, "
+                f"{record['bytes_per_token']:,} B/token"),
+        ("Engine", f"vLLM {record['engine_version']} (band {record['version_band']}): "
+                   f"{record['num_gpu_blocks']:,} blocks of {record['block_size']} tokens, "
+                   f"max_model_len {record['max_len']:,}, max_num_batched_tokens "
+                   f"{record['max_num_batched_tokens']:,}, max_num_seqs "
+                   f"{record['max_num_seqs']:,}, prefix caching "
+                   f"{'on' if record['prefix_caching'] else 'off'}"
+                   + (f", CPU tier {record['cpu_offload_blocks']:,} blocks"
+                      if record["cpu_offload_blocks"] else "")),
+        ("Workload", record["workload"]),
+        ("Step time", f"{record['step_time_model']} (modelled)"),
+    ], fmt)
+
+    def row(label, fn):
+        return [label] + [fn(runs[n]) for n in names]
+
+    def pct(x):
+        return f"{100 * x:.1f}%"
+
+    summary = table([
+        row("requests completed / rejected", lambda a: f"{a['completed']:,} / {a['rejected']:,}"),
+        row("seconds modelled", lambda a: f"{a['seconds_modelled']:,.1f}"),
+        row("output tokens/s (modelled)", lambda a: f"{a['output_tokens_per_s_modelled']:,.1f}"),
+        row("running mean / p50 / p99", lambda a: f"{a['running']['mean']:,.1f} / "
+            f"{a['running']['p50']:,} / {a['running']['p99']:,}"),
+        row("waiting mean / p50 / p99", lambda a: f"{a['waiting']['mean']:,.1f} / "
+            f"{a['waiting']['p50']:,} / {a['waiting']['p99']:,}"),
+        row("preemptions (recomputed tokens)", lambda a: f"{a['preemptions']:,} "
+            f"({a['recomputed_tokens']:,})"),
+        row("prefix-cache hit rate (tokens saved)", lambda a: f"{pct(a['prefix_hit_rate'])} "
+            f"({a['prefix_hit_tokens']:,})"),
+        row("CPU-tier hits (tokens)", lambda a: f"{a['offload_hit_tokens']:,}"),
+        row("queueing delay p50 / p99 (s, modelled)", lambda a: f"{a['queue_delay_s']['p50']:,.3f}"
+            f" / {a['queue_delay_s']['p99']:,.3f}"),
+        row("time to first token p50 / p99 (s, modelled)", lambda a: f"{a['ttft_s']['p50']:,.3f}"
+            f" / {a['ttft_s']['p99']:,.3f}"),
+    ], ["summary"] + names, fmt)
+    labels = {"token_states": "token states", "reservation": "reservation",
+              "internal_fragmentation": "internal fragmentation",
+              "external_fragmentation": "external fragmentation", "free": "free"}
+    memory = table([row(label, lambda a, k=k: pct(a["memory"][k])) for k, label in labels.items()],
+                   ["KV memory, averaged over time"] + names, fmt)
+    echo_output(head + "\n\n" + summary + "\n\n" + memory + "\n")

@@ -1,0 +1,141 @@
+"""Contiguous KV reservation, as the PagedAttention paper's baselines (Kwon et al., SOSP 2023,
+§2.3 and Fig. 2: Orca (Max), Orca (Pow2), Orca (Oracle)).
+
+Each request reserves one contiguous range of token slots when it is admitted and keeps it until
+it finishes, in a linear address space of ``KV budget // bytes per token`` slots:
+
+- ``orca-max``: ``max_len`` slots (the most a request may reach);
+- ``orca-pow2``: the next power of two of prompt + output (at most ``max_len``);
+- ``orca-oracle``: exactly prompt + output.
+
+A real first-fit allocator places the ranges (lowest address that fits), freed ranges merge
+with free neighbours, so external fragmentation arises as it does in practice: a waiting request
+whose range fits in the free slots in total but in no single hole is not admitted. Reserved
+ranges never run out, so nothing is ever preempted. The scheduler is the same continuous-
+batching loop as vLLM's (Orca's iteration-level scheduling): only the allocation differs.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+POLICIES = ("orca-max", "orca-pow2", "orca-oracle")
+
+
+def reservation(policy: str, prompt: int, output: int, max_len: int) -> int:
+    """Token slots one request reserves under ``policy``."""
+    need = prompt + output
+    if policy == "orca-max":
+        return max_len
+    if policy == "orca-pow2":
+        return min(max_len, 1 << (need - 1).bit_length())
+    return need
+
+
+class ContiguousCache:
+    def __init__(self, policy: str, pool_slots: int, budget_slots: float, max_len: int):
+        self.name = policy
+        self.policy = policy
+        self.n = pool_slots
+        self.budget_slots = budget_slots
+        self.max_len = max_len
+        #: free holes: sorted starts and their sizes
+        self.starts: list[int] = [0] if pool_slots else []
+        self.sizes: list[int] = [pool_slots] if pool_slots else []
+        self.reserved = 0
+
+    def rejects(self, r) -> bool:
+        r.reserve = reservation(self.policy, r.prompt, r.output, self.max_len)
+        return r.reserve > self.n
+
+    def lookup(self, r):
+        return None
+
+    def admit(self, r, hits, upto: int) -> bool:
+        if r.addr >= 0:
+            return True
+        for i, size in enumerate(self.sizes):
+            if size >= r.reserve:                       # first fit
+                r.addr = self.starts[i]
+                if size == r.reserve:
+                    del self.starts[i], self.sizes[i]
+                else:
+                    self.starts[i] += r.reserve
+                    self.sizes[i] -= r.reserve
+                self.reserved += r.reserve
+                return True
+        return False
+
+    def grow(self, r, upto: int) -> bool:
+        return True
+
+    def on_computed(self, r) -> None:
+        return None
+
+    def free(self, r, preempted: bool) -> None:
+        if r.addr < 0:
+            return
+        start, size = r.addr, r.reserve
+        i = bisect.bisect_left(self.starts, start)
+        # merge with the hole after, then the hole before
+        if i < len(self.starts) and start + size == self.starts[i]:
+            size += self.sizes[i]
+            del self.starts[i], self.sizes[i]
+        if i > 0 and self.starts[i - 1] + self.sizes[i - 1] == start:
+            self.sizes[i - 1] += size
+        else:
+            self.starts.insert(i, start)
+            self.sizes.insert(i, size)
+        self.reserved -= r.reserve
+        r.addr = -1
+
+    def max_steps(self, running, k: int) -> int:
+        return k
+
+    def advance(self, running, k: int) -> None:
+        return None
+
+    # ---- memory ------------------------------------------------------------------------
+    def used_slots(self, running) -> int:
+        return self.reserved
+
+    def _free_split(self, head) -> tuple[int, int]:
+        """(stranded, usable) free slots: slots outside the largest hole are stranded; all of
+        them when the waiting request at the head would fit in the total but in no hole."""
+        total = self.n - self.reserved
+        largest = max(self.sizes) if self.sizes else 0
+        if head is not None and head.addr < 0 and largest < head.reserve <= total:
+            return total, 0
+        return total - largest, largest
+
+    def idle_split(self) -> tuple[float, float]:
+        return self.budget_slots - self.n, self.n
+
+    def snapshot(self, running, head) -> tuple[float, ...]:
+        toks = res = ifrag = 0
+        for r in running:
+            toks += r.computed
+            keep = min(r.reserve, r.final)
+            res += keep - r.computed
+            ifrag += r.reserve - keep
+        stranded, usable = self._free_split(head)
+        return (toks, res, ifrag, self.budget_slots - self.n + stranded, usable)
+
+    def decode_integrals(self, running, k: int, c0: float, c1: float, d_total: float,
+                         dj: float, head) -> tuple[float, ...]:
+        toks = res = ifrag = 0.0
+        for r in running:
+            keep = min(r.reserve, r.final)
+            tok = (r.computed + 1) * d_total + dj
+            toks += tok
+            res += keep * d_total - tok
+            ifrag += (r.reserve - keep) * d_total
+        stranded, usable = self._free_split(head)
+        return (toks, res, ifrag, (self.budget_slots - self.n + stranded) * d_total,
+                usable * d_total)
+
+    def check(self, running) -> None:
+        assert sum(self.sizes) + self.reserved == self.n, "slots not conserved"
+        assert sum(r.reserve for r in running if r.addr >= 0) == self.reserved
+        for a, b, s in zip(self.starts, self.starts[1:], self.sizes):
+            assert a + s < b, "holes overlap or touch"

@@ -1,0 +1,304 @@
+"""vLLM v1's KV cache manager over time: a pool of ``num_gpu_blocks`` blocks of ``block_size``
+tokens (the figures ``kvcalc plan`` computes), prefix caching and an optional CPU tier.
+
+As ``vllm/v1/core/kv_cache_manager.py``, ``block_pool.py`` and ``kv_cache_utils.py``:
+
+- a request holds ``ceil(tokens / block_size)`` blocks; blocks come from the head of the free
+  queue (``FreeKVCacheBlockQueue``); the null block is never handed out (vLLM >= 0.20);
+- prefix caching: a *full* block is identified by the hash of its tokens chained with its
+  prefix's; computed full blocks are cached; a new request reuses the longest run of cached
+  blocks of its prompt (at most ``tokens - 1``: the last token is always computed); freed blocks
+  go to the tail of the free queue (a request's blocks in reverse order, so its tail is evicted
+  first) and keep their hash until the head of the queue reaches them and they are evicted
+  (least recently freed first) -- a hit takes a block back out of the queue;
+- in a trace, the hash of block ``m`` is the Mooncake hash id of the 512-token block holding
+  its last token plus its end offset in that block (equal ids = equal prefixes). Requests
+  without hash ids share nothing, but a preempted request finds its own blocks again while they
+  are cached (recompute becomes a cache hit);
+- CPU tier (``--cpu-offload SIZE``): a cached block evicted from the GPU goes to an LRU store of
+  ``SIZE // block bytes`` blocks; a lookup continues there after the GPU hits end; CPU hits
+  need GPU blocks but no compute (counted as offload hits).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from .metrics import t_ceil_sum
+
+
+class PagedCache:
+    name = "paged"
+
+    def __init__(self, num_blocks: int, block_size: int, budget_slots: float,
+                 prefix_caching: bool = True, cpu_blocks: int = 0, hash_block: int = 512):
+        self.n = num_blocks                    # usable blocks (null block excluded)
+        self.B = block_size
+        self.budget_slots = budget_slots       # the KV budget in token slots
+        self.prefix = prefix_caching
+        self.hash_block = hash_block
+        self.free_count = num_blocks
+        #: free queue: int keys = runs of clean blocks (value: count); tuple keys = one cached
+        #: block each (value 1); iteration order = eviction order
+        self.queue: OrderedDict = OrderedDict()
+        self._serial = -1
+        if num_blocks:
+            self.queue[self._serial] = num_blocks
+        #: cached blocks on the GPU: key -> reference count (0 = in the free queue)
+        self.cache: dict = {}
+        self.cpu_blocks = cpu_blocks
+        self.cpu: OrderedDict | None = OrderedDict() if cpu_blocks else None
+        self.evictions = 0
+
+    # ---- capacity ----------------------------------------------------------------------
+    def rejects(self, r) -> bool:
+        """A request whose last step needs more blocks than the pool holds never finishes."""
+        return -(-r.final // self.B) > self.n
+
+    def _pop(self, n: int) -> None:
+        self.free_count -= n
+        q = self.queue
+        while n:
+            k, v = q.popitem(last=False)
+            if type(k) is int:
+                if v > n:
+                    q[k] = v - n
+                    q.move_to_end(k, last=False)
+                    return
+                n -= v
+            else:
+                del self.cache[k]
+                self.evictions += 1
+                if self.cpu is not None:
+                    self.cpu[k] = None
+                    self.cpu.move_to_end(k)
+                    if len(self.cpu) > self.cpu_blocks:
+                        self.cpu.popitem(last=False)
+                n -= 1
+
+    def _push_clean(self, n: int) -> None:
+        if n:
+            self._serial -= 1
+            self.queue[self._serial] = n
+            self.free_count += n
+
+    # ---- keys --------------------------------------------------------------------------
+    def _trace_key(self, r, m: int):
+        """The prefix-cache identity of block ``m`` of ``r``'s prompt, or None."""
+        end = (m + 1) * self.B
+        if r.hash_ids is None or end > r.prompt:
+            return None
+        h = (end - 1) // self.hash_block
+        if h >= len(r.hash_ids):
+            return None
+        return (r.hash_ids[h], end - h * self.hash_block)
+
+    def _key(self, r, m: int):
+        key = self._trace_key(r, m)
+        if key is None and r.preempted:
+            return (-1 - r.rid, m)
+        return key
+
+    # ---- the scheduler's calls ---------------------------------------------------------
+    def lookup(self, r):
+        """Cached leading blocks of ``r``: (hit tokens, GPU hit tokens, CPU hit tokens, GPU
+        keys, CPU keys), or None."""
+        if not self.prefix or r.computed or (r.hash_ids is None and not r.preempted):
+            return None
+        limit = (r.num_tokens - 1) // self.B
+        gpu, cpu = [], []
+        cache, store = self.cache, self.cpu
+        for m in range(limit):
+            key = self._key(r, m)
+            if key is None:
+                break
+            if key in cache:
+                gpu.append(key)
+            elif store is not None and key in store:
+                cpu.append(key)
+            else:
+                break
+        if not gpu and not cpu:
+            return None
+        B = self.B
+        return ((len(gpu) + len(cpu)) * B, len(gpu) * B, len(cpu) * B, gpu, cpu)
+
+    def admit(self, r, hits, upto: int) -> bool:
+        blocks = -(-upto // self.B)
+        if hits is None:
+            if blocks > self.free_count:
+                return False
+            self._pop(blocks)
+            r.held = blocks
+            r.bkeys = [] if r.hash_ids is not None else None
+            return True
+        _, _, _, gpu, cpu = hits
+        cache = self.cache
+        idle = sum(1 for k in gpu if cache[k] == 0)
+        new = blocks - len(gpu)
+        if new > self.free_count - idle:
+            return False
+        for k in gpu:
+            if cache[k] == 0:
+                del self.queue[k]
+                self.free_count -= 1
+            cache[k] += 1
+        self._pop(new)
+        for k in cpu:                  # loaded from the CPU tier into fresh GPU blocks
+            self.cpu.move_to_end(k)
+            cache[k] = 1
+        r.held = blocks
+        r.bkeys = gpu + cpu
+        return True
+
+    def grow(self, r, upto: int) -> bool:
+        need = -(-upto // self.B) - r.held
+        if need <= 0:
+            return True
+        if need > self.free_count:
+            return False
+        self._pop(need)
+        r.held += need
+        return True
+
+    def on_computed(self, r) -> None:
+        """Cache the prompt blocks ``r`` filled (those a trace hash identifies)."""
+        if not self.prefix or r.hash_ids is None:
+            return
+        keys = r.bkeys
+        full = min(r.computed, r.prompt) // self.B
+        cache = self.cache
+        while len(keys) < full:
+            key = self._trace_key(r, len(keys))
+            if key is None:
+                break
+            if key in cache:
+                keys.append(None)      # a twin computed concurrently: stays private
+            else:
+                cache[key] = 1
+                keys.append(key)
+
+    def free(self, r, preempted: bool) -> None:
+        cache = self.cache
+        keys = r.bkeys or []
+        if preempted and self.prefix:
+            # keep the computed full blocks cached under this request's own identity
+            full = r.computed // self.B
+            keys = list(keys) + [None] * (full - len(keys))
+            for m in range(full):
+                if keys[m] is None:
+                    key = self._key_for_preempted(r, m)
+                    if key not in cache:
+                        cache[key] = 1
+                        keys[m] = key
+        shared = [k for k in keys if k is not None]
+        self._push_clean(r.held - len(shared))
+        for k in reversed(shared):
+            cache[k] -= 1
+            if cache[k] == 0:
+                self.queue[k] = 1
+                self.free_count += 1
+        r.held = 0
+        r.bkeys = None
+
+    def _key_for_preempted(self, r, m: int):
+        key = self._trace_key(r, m)
+        return key if key is not None else (-1 - r.rid, m)
+
+    # ---- bulk decode -------------------------------------------------------------------
+    def max_steps(self, running, k: int) -> int:
+        """Most decode steps (<= k) whose new blocks the free queue can give."""
+        B, free = self.B, self.free_count
+
+        def need(s: int) -> int:
+            return sum(-(-(r.computed + s) // B) - r.held for r in running)
+
+        if need(k) <= free:
+            return k
+        lo, hi = 0, k          # need(lo) <= free < need(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if need(mid) <= free:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def advance(self, running, k: int) -> None:
+        B = self.B
+        total = 0
+        for r in running:
+            blocks = -(-(r.computed + k) // B)
+            total += blocks - r.held
+            r.held = blocks
+        if total:
+            self._pop(total)
+
+    # ---- memory ------------------------------------------------------------------------
+    def used_slots(self, running) -> int:
+        return (self.n - self.free_count) * self.B
+
+    def idle_split(self) -> tuple[float, float]:
+        ext = self.budget_slots - self.n * self.B
+        return ext, self.n * self.B
+
+    def snapshot(self, running, head) -> tuple[float, ...]:
+        B = self.B
+        tails = ifrag = 0
+        for r in running:
+            alloc = r.held * B
+            tails += alloc - r.computed
+            if alloc > r.final:
+                ifrag += alloc - r.final
+        used = (self.n - self.free_count) * B
+        return (used - tails, tails - ifrag, ifrag, self.budget_slots - self.n * B,
+                self.n * B - used)
+
+    def decode_integrals(self, running, k: int, c0: float, c1: float, d_total: float,
+                         dj: float, head) -> tuple[float, ...]:
+        """Time-weighted memory over k decode steps (step j: c0 + c1 j seconds; a request
+        holding c tokens holds t = c + j + 1 at the end of step j, in ceil(t/B) blocks, so
+        its unused tail is rho(t) = B ceil(t/B) - t; closed forms in :mod:`.metrics`)."""
+        B = self.B
+        held_now = 0
+        tails = toks = ifrag = 0.0
+        for r in running:
+            c = r.computed
+            held_now += r.held
+            # sum_j d_j B ceil((c+1+j)/B) = (c0 - c1 (c+1)) B dF + c1 B dG
+            q1, m1 = divmod(c + k, B)
+            q0, m0 = divmod(c, B)
+            f = B * (q1 * (q1 + 1) - q0 * (q0 + 1)) // 2 + m1 * (q1 + 1) - m0 * (q0 + 1)
+            g = t_ceil_sum(c + k, B) - t_ceil_sum(c, B) if c1 else 0
+            tok = (c + 1) * d_total + dj
+            toks += tok
+            tails += B * ((c0 - c1 * (c + 1)) * f + c1 * g) - tok
+            last = -(-r.final // B)
+            waste = last * B - r.final
+            if waste:
+                j0 = B * (last - 1) - c
+                if j0 < k:
+                    if j0 <= 0:
+                        ifrag += waste * d_total
+                    else:
+                        ifrag += waste * (d_total - (c0 * j0 + c1 * j0 * (j0 - 1) / 2))
+        dup = (held_now - (self.n - self.free_count)) * B   # shared blocks counted twice
+        used = toks + tails - dup * d_total
+        total_slots = self.n * B
+        return (used - tails, tails - ifrag, ifrag,
+                (self.budget_slots - total_slots) * d_total, total_slots * d_total - used)
+
+    def check(self, running) -> None:
+        """Conservation: blocks held by running requests + free blocks = the pool."""
+        shared = {}
+        private = 0
+        for r in running:
+            keys = [k for k in (r.bkeys or []) if k is not None]
+            private += r.held - len(keys)
+            for k in keys:
+                shared[k] = shared.get(k, 0) + 1
+        assert sum(self.queue.values()) == self.free_count, "free queue count"
+        assert private + len(shared) + self.free_count == self.n, "blocks not conserved"
+        for k, refs in shared.items():
+            assert self.cache[k] == refs, "reference count"
+        assert 0 <= self.free_count <= self.n

@@ -1,0 +1,234 @@
+"""Requests over time: traces (Azure 2023, Mooncake FAST'25, kvcalc's JSONL/CSV with an
+optional ``arrival_s``), the built-in traces shipped in the package, and synthetic arrivals.
+
+A request is an :class:`Arrival`: arrival time (seconds since the start), prompt tokens,
+output tokens and, when the trace has them, Mooncake's prefix hash ids (one per
+:data:`MOONCAKE_HASH_BLOCK` prompt tokens; equal ids = the same prefix up to that block).
+
+Row validation (whole numbers, bounds, not both zero) is :func:`kvcalc.workload._lengths`, the
+one trace-row check ``kvcalc plan --trace`` uses too.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import ConfigError, UsageError
+from ..workload import MAX_SEQUENCES, _lengths, sampled
+
+#: tokens per Mooncake hash id (FAST'25 release README: "block size 512")
+MOONCAKE_HASH_BLOCK = 512
+#: synthetic requests are drawn in chunks of this many (memory stays flat in --requests)
+SYNTHETIC_CHUNK = 10_000
+
+#: built-in trace name -> (file in kvcalc/simulate/traces, description)
+BUILTIN_TRACES = {
+    "azure-conv-2023": ("azure-llm-2023-conv.csv.gz",
+                        "Azure LLM inference 2023, conversation (CC-BY 4.0)"),
+    "azure-code-2023": ("azure-llm-2023-code.csv.gz",
+                        "Azure LLM inference 2023, code completion (CC-BY 4.0)"),
+    "mooncake-conv": ("mooncake-conversation.jsonl.gz",
+                      "Mooncake FAST'25 conversation, prefix hash ids (Apache-2.0)"),
+    "mooncake-synthetic": ("mooncake-synthetic.jsonl.gz",
+                           "Mooncake FAST'25 synthetic, prefix hash ids (Apache-2.0)"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    arrival_s: float
+    prompt: int
+    output: int
+    hash_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A trace read into memory, sorted by arrival (stable)."""
+
+    description: str
+    arrivals: tuple[Arrival, ...]
+    hash_block: int = MOONCAKE_HASH_BLOCK
+
+    def __len__(self) -> int:
+        return len(self.arrivals)
+
+    def scaled(self, rate_scale: float) -> "Trace":
+        """The same requests arriving ``rate_scale`` times as fast (``--rate-scale 2``)."""
+        if not (math.isfinite(rate_scale) and rate_scale > 0):
+            raise UsageError(f"invalid --rate-scale {rate_scale}: must be a positive number")
+        if rate_scale == 1:
+            return self
+        return Trace(f"{self.description}, arrivals x{rate_scale:g} as fast",
+                     tuple(Arrival(a.arrival_s / rate_scale, a.prompt, a.output, a.hash_ids)
+                           for a in self.arrivals), self.hash_block)
+
+
+def load_trace(name_or_path: str) -> Trace:
+    """A built-in trace by name (:data:`BUILTIN_TRACES`) or a file (CSV/JSONL, .gz allowed)."""
+    if name_or_path in BUILTIN_TRACES:
+        file, what = BUILTIN_TRACES[name_or_path]
+        data = resources.files("kvcalc.simulate").joinpath("traces", file).read_bytes()
+        return _parse(gzip.decompress(data), Path(file[:-3]), f"{name_or_path}: {what}")
+    path = Path(name_or_path)
+    if not path.exists():
+        from ..sources import suggest
+
+        raise UsageError(f"no trace '{name_or_path}': give a CSV/JSONL file or one of "
+                         f"{', '.join(BUILTIN_TRACES)}" + suggest(name_or_path,
+                                                                  list(BUILTIN_TRACES)))
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read trace {path}: {exc.strerror or exc}") from None
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise ConfigError(f"trace {path}: not a valid gzip file ({exc})") from None
+        path = path.with_suffix("")
+    return _parse(raw, path, f"trace {path.name}")
+
+
+def _parse(raw: bytes, path: Path, description: str) -> Trace:
+    from ..sources import decode_text
+
+    text = decode_text(raw, f"trace {path}")
+    rows = _csv_rows(text, path) if path.suffix.lower() == ".csv" else _jsonl_rows(text, path)
+    if not rows:
+        raise ConfigError(f"trace {path} holds no requests")
+    rows.sort(key=lambda a: a.arrival_s)
+    start = rows[0].arrival_s
+    if start:
+        rows = [Arrival(a.arrival_s - start, a.prompt, a.output, a.hash_ids) for a in rows]
+    return Trace(f"{description}: {len(rows):,} requests over {rows[-1].arrival_s:,.0f} s",
+                 tuple(rows))
+
+
+def _check_count(path: Path, n: int) -> None:
+    if n > MAX_SEQUENCES:
+        raise ConfigError(f"trace {path} holds more than {MAX_SEQUENCES:,} requests (sample it)")
+
+
+def _arrival(path: Path, line: int, value) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, bool):
+        value = None
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not math.isfinite(t) or t < 0:
+        raise ConfigError(f"{path}:{line}: arrival time must be a non-negative number of "
+                          f"seconds, got {value!r}")
+    return t
+
+
+def _csv_rows(text: str, path: Path) -> list[Arrival]:
+    reader = csv.DictReader(text.splitlines())
+    fields = set(reader.fieldnames or ())
+    rows: list[Arrival] = []
+    if {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= fields:      # Azure 2023
+        for line, row in enumerate(reader, start=2):
+            _check_count(path, len(rows) + 1)
+            p, o = _lengths(path, line, row["ContextTokens"], row["GeneratedTokens"], text=True)
+            rows.append(Arrival(_azure_time(path, line, row["TIMESTAMP"]), p, o))
+        return rows
+    if not {"prompt_len", "output_len"} <= fields:
+        raise ConfigError(f"{path}:1: a CSV trace needs prompt_len and output_len columns "
+                          "(optional arrival_s), or Azure's TIMESTAMP,ContextTokens,"
+                          "GeneratedTokens")
+    for line, row in enumerate(reader, start=2):
+        _check_count(path, len(rows) + 1)
+        p, o = _lengths(path, line, row.get("prompt_len"), row.get("output_len"), text=True)
+        rows.append(Arrival(_arrival(path, line, row.get("arrival_s") or None), p, o))
+    return rows
+
+
+def _azure_time(path: Path, line: int, text: str | None) -> float:
+    """Seconds since the epoch of an Azure timestamp (``2023-11-16 18:15:46.6805900``: seven
+    fractional digits, more than ``fromisoformat`` takes before Python 3.11)."""
+    try:
+        head, _, frac = (text or "").strip().partition(".")
+        stamp = datetime.fromisoformat(head)
+        return stamp.timestamp() + (float("0." + frac) if frac else 0.0)
+    except ValueError:
+        raise ConfigError(f"{path}:{line}: invalid TIMESTAMP {text!r}") from None
+
+
+def _jsonl_rows(text: str, path: Path) -> list[Arrival]:
+    rows: list[Arrival] = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        _check_count(path, len(rows) + 1)
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{line}: invalid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{path}:{line}: expected an object with prompt_len and "
+                              "output_len (or Mooncake's input_length and output_length)")
+        if "input_length" in obj:                                        # Mooncake FAST'25
+            p, o = _lengths(path, line, obj.get("input_length"), obj.get("output_length"))
+            ms = _arrival(path, line, obj.get("timestamp"))
+            rows.append(Arrival(ms / 1000.0, p, o, _hash_ids(path, line, obj.get("hash_ids"))))
+        else:
+            p, o = _lengths(path, line, obj.get("prompt_len"), obj.get("output_len"))
+            rows.append(Arrival(_arrival(path, line, obj.get("arrival_s")), p, o,
+                                _hash_ids(path, line, obj.get("hash_ids"))))
+    return rows
+
+
+def _hash_ids(path: Path, line: int, value) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+            isinstance(h, int) and not isinstance(h, bool) for h in value):
+        raise ConfigError(f"{path}:{line}: hash_ids must be a list of integers")
+    return tuple(value)
+
+
+def synthetic(requests: int, rate: float | None, input_len: int, output_len: int,
+              dist: str | None = None, input_std: float | None = None,
+              output_std: float | None = None, max_len: int = 1 << 40,
+              seed: int = 0) -> Iterator[Arrival]:
+    """``requests`` arrivals: Poisson at ``rate`` per second (None: all at time 0), fixed
+    lengths or drawn from ``dist`` (plan's distributions, :func:`kvcalc.workload.sampled`, with
+    the lengths as means and the std defaulting to the mean), generated lazily in chunks."""
+    if requests < 1 or requests > MAX_SEQUENCES:
+        raise UsageError(f"--requests must be from 1 to {MAX_SEQUENCES:,}, got {requests:,}")
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise UsageError(f"invalid --rate {rate}: must be a positive number of requests/s")
+    if input_len < 1 or output_len < 1:
+        raise UsageError("--input-len and --output-len must be at least 1 token")
+    rng = random.Random(seed)
+    t = 0.0
+    done = 0
+    chunk_no = 0
+    while done < requests:
+        n = min(SYNTHETIC_CHUNK, requests - done)
+        if dist:
+            s1 = seed * 1_000_003 + 2 * chunk_no
+            ins = sampled(dist, input_len, input_std if input_std is not None else input_len,
+                          max_len, n, s1).lengths
+            outs = sampled(dist, output_len, output_std if output_std is not None else output_len,
+                           max_len, n, s1 + 1).lengths
+        else:
+            ins, outs = (input_len,) * n, (output_len,) * n
+        for p, o in zip(ins, outs):
+            if rate is not None:
+                t += rng.expovariate(rate)
+            yield Arrival(t, p, o)
+        done += n
+        chunk_no += 1

@@ -1,0 +1,349 @@
+"""The engine loop: vLLM v1's scheduler (continuous batching, chunked prefill, preemption by
+recompute), driving one KV cache (:mod:`.paged` or :mod:`.contiguous`) over time.
+
+One engine step, as ``Scheduler.schedule`` in ``vllm/v1/core/sched/scheduler.py``:
+
+1. running requests, oldest first, each get ``min(tokens not yet computed, token budget)``
+   new tokens (1 while decoding, a chunk while prefilling); when the cache cannot hold them,
+   the newest running request is preempted (its blocks freed, its computed tokens dropped, put
+   back at the head of the waiting queue) until it can -- or the request itself is preempted;
+2. when no request was preempted this step, waiting requests (first come, first served) are
+   admitted while the budget lasts and fewer than ``max_num_seqs`` run: prefix-cache hits are
+   looked up, the first chunk allocated; the first that does not fit stops the admission;
+3. the step runs (its duration from :mod:`.timing`); a request whose computed tokens catch up
+   with its tokens samples one more token (the first one is its time to first token); a request
+   with all its output tokens finishes and frees its cache.
+
+Steps in which nothing but decoding happens and nothing can change the schedule are taken in
+bulk (event-driven): the run ends at the next arrival, the next completion, or the step at
+which the cache runs out; memory and time over the run are integrated in closed form.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from .metrics import (CATEGORIES, CountHistogram, LogHistogram, series_jtime, series_time,
+                      steps_until)
+from .requests import Arrival
+from .timing import StepTime
+
+
+class Req:
+    """One request in flight."""
+
+    __slots__ = ("rid", "arrival", "prompt", "output", "final", "hash_ids", "num_tokens",
+                 "computed", "hwm", "generated", "scheduled_at", "preempted", "held", "bkeys",
+                 "reserve", "addr")
+
+    def __init__(self, rid: int, a: Arrival, output: int):
+        self.rid = rid
+        self.arrival = a.arrival_s
+        self.prompt = a.prompt
+        self.output = output
+        #: tokens the cache holds at the request's last step (its last token is never cached)
+        self.final = a.prompt + output - 1
+        self.hash_ids = a.hash_ids
+        self.num_tokens = a.prompt
+        self.computed = 0
+        self.hwm = 0                 # most tokens ever computed (recomputation after this)
+        self.generated = 0
+        self.scheduled_at: float | None = None
+        self.preempted = False
+        self.held = 0                # paged: blocks held
+        self.bkeys: list | None = None   # paged: prefix-cache keys of the leading blocks
+        self.reserve = 0             # contiguous: token slots reserved
+        self.addr = -1               # contiguous: where
+
+
+@dataclass
+class Config:
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    max_len: int
+    timeline_interval_s: float | None = None
+    #: check conservation and non-negative memory after every step (tests)
+    check: bool = False
+
+
+@dataclass
+class Totals:
+    """What one allocator's run produced (raw figures; :mod:`kvcalc.simulate` shapes them)."""
+
+    requests: int = 0
+    completed: int = 0
+    rejected: int = 0
+    clipped: int = 0
+    preemptions: int = 0
+    recomputed_tokens: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    queried_tokens: int = 0
+    prefix_hit_tokens: int = 0
+    offload_hit_tokens: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    memory: dict = field(default_factory=lambda: {c: 0.0 for c in CATEGORIES})
+    running: CountHistogram = field(default_factory=CountHistogram)
+    waiting: CountHistogram = field(default_factory=CountHistogram)
+    queue_delay: LogHistogram = field(default_factory=LogHistogram)
+    ttft: LogHistogram = field(default_factory=LogHistogram)
+    timeline: list = field(default_factory=list)
+    peak_used_slots: float = 0.0
+
+
+def run(arrivals: Iterable[Arrival], cache, cfg: Config, timing: StepTime) -> Totals:
+    """Replay ``arrivals`` (sorted by time) through the scheduler and ``cache``."""
+    tot = Totals()
+    sim = _Loop(iter(arrivals), cache, cfg, timing, tot)
+    sim.loop()
+    return tot
+
+
+class _Loop:
+    def __init__(self, arrivals: Iterator[Arrival], cache, cfg: Config, timing: StepTime,
+                 tot: Totals):
+        self.arrivals = arrivals
+        self.cache = cache
+        self.cfg = cfg
+        self.timing = timing
+        self.tot = tot
+        self.waiting: deque[Req] = deque()
+        self.running: list[Req] = []
+        self.t = 0.0
+        self.start: float | None = None
+        self.next: Arrival | None = next(self.arrivals, None)
+        self.rid = 0
+        self.next_sample = 0.0
+        #: the last detailed step changed nothing the next one could do differently
+        self.stable = False
+
+    # ---- arrivals ----------------------------------------------------------------------
+    def _take_arrivals(self) -> None:
+        cfg, tot = self.cfg, self.tot
+        while self.next is not None and self.next.arrival_s <= self.t:
+            a = self.next
+            self.next = next(self.arrivals, None)
+            tot.requests += 1
+            if a.prompt >= cfg.max_len or a.prompt < 1 or a.output < 1:
+                tot.rejected += 1        # vLLM refuses prompts of max_model_len or more
+                continue
+            output = a.output
+            if a.prompt + output > cfg.max_len:
+                output = cfg.max_len - a.prompt    # generation stops at max_model_len
+                tot.clipped += 1
+            req = Req(self.rid, a, output)
+            self.rid += 1
+            if self.cache.rejects(req):
+                tot.rejected += 1
+                continue
+            tot.prompt_tokens += req.prompt
+            self.waiting.append(req)
+            self.stable = False
+
+    # ---- the loop ----------------------------------------------------------------------
+    def loop(self) -> None:
+        tot = self.tot
+        if self.next is None:
+            return
+        self.t = self.start = self.next.arrival_s
+        while True:
+            self._take_arrivals()
+            if not self.running and not self.waiting:
+                if self.next is None:
+                    break
+                gap = self.next.arrival_s - self.t
+                self._accumulate_idle(gap)
+                self.t = self.next.arrival_s
+                continue
+            if self.stable and self._decode_run():
+                continue
+            self._step()
+        tot.seconds = self.t - self.start
+
+    def _accumulate_idle(self, dt: float) -> None:
+        mem = self.tot.memory
+        ext, free = self.cache.idle_split()
+        mem["external_fragmentation"] += ext * dt
+        mem["free"] += free * dt
+
+    # ---- one detailed step -------------------------------------------------------------
+    def _step(self) -> None:
+        cfg, cache, tot = self.cfg, self.cache, self.tot
+        running, waiting = self.running, self.waiting
+        budget = cfg.max_num_batched_tokens
+        scheduled: list[tuple[Req, int]] = []
+        preempted = False
+        i = 0
+        while i < len(running) and budget > 0:
+            r = running[i]
+            new = min(r.num_tokens - r.computed, budget)
+            while not cache.grow(r, r.computed + new):
+                victim = running.pop()
+                self._preempt(victim)
+                preempted = True
+                if victim is r:
+                    break
+            else:
+                scheduled.append((r, new))
+                budget -= new
+                i += 1
+                continue
+            break
+        blocked = False
+        if not preempted:
+            while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
+                r = waiting[0]
+                hits = cache.lookup(r)
+                hit_tokens = hits[0] if hits else 0
+                new = min(r.num_tokens - hit_tokens, budget)
+                if not cache.admit(r, hits, hit_tokens + new):
+                    blocked = True
+                    break
+                waiting.popleft()
+                if hits:
+                    tot.queried_tokens += r.num_tokens
+                    tot.prefix_hit_tokens += hits[1]
+                    tot.offload_hit_tokens += hits[2]
+                else:
+                    tot.queried_tokens += r.num_tokens
+                r.computed = hit_tokens
+                if r.scheduled_at is None:
+                    r.scheduled_at = self.t
+                    tot.queue_delay.add(self.t - r.arrival)
+                running.append(r)
+                scheduled.append((r, new))
+                budget -= new
+        tokens = kv = 0
+        for r, new in scheduled:
+            tokens += new
+            kv += r.computed + new
+        d = self.timing.duration(tokens, kv)
+        end = self.t + d
+        finished = []
+        all_decode = True
+        for r, new in scheduled:
+            before = r.computed
+            r.computed += new
+            if before < r.hwm:
+                tot.recomputed_tokens += min(r.computed, r.hwm) - before
+            if r.computed > r.hwm:
+                r.hwm = r.computed
+            cache.on_computed(r)
+            if r.computed == r.num_tokens:
+                r.generated += 1
+                r.num_tokens += 1
+                tot.output_tokens += 1
+                if r.generated == 1:
+                    tot.ttft.add(end - r.arrival)
+                if r.generated >= r.output:
+                    finished.append(r)
+            else:
+                all_decode = False
+        head = waiting[0] if waiting else None
+        self._accumulate_step(d, head)
+        tot.steps += 1
+        tot.running.add(len(running))
+        tot.waiting.add(len(waiting))
+        self.t = end
+        if finished:
+            self._finish(finished)
+        self._sample()
+        if cfg.check:
+            self._check()
+        # the next step schedules the same way (bulk decode) when nothing was preempted,
+        # every running request decodes, and no waiting request can get in: none waits, or
+        # the cache or max_num_seqs stopped the admission and nothing was freed since
+        self.stable = (not preempted and all_decode and len(scheduled) == len(running)
+                       and len(running) <= cfg.max_num_batched_tokens
+                       and (not waiting or (not finished and (
+                           blocked or len(running) >= cfg.max_num_seqs))))
+
+    def _preempt(self, r: Req) -> None:
+        self.cache.free(r, preempted=True)
+        r.computed = 0
+        r.preempted = True
+        self.waiting.appendleft(r)
+        self.tot.preemptions += 1
+
+    def _finish(self, finished: list[Req]) -> None:
+        done = set(id(r) for r in finished)
+        for r in finished:
+            self.cache.free(r, preempted=False)
+            self.tot.completed += 1
+        self.running = [r for r in self.running if id(r) not in done]
+        if self.waiting:
+            self.stable = False
+
+    def _accumulate_step(self, d: float, head: Req | None) -> None:
+        mem = self.tot.memory
+        snap = self.cache.snapshot(self.running, head)
+        for c, v in zip(CATEGORIES, snap):
+            mem[c] += v * d
+        used = snap[0] + snap[1] + snap[2]
+        if used > self.tot.peak_used_slots:
+            self.tot.peak_used_slots = used
+
+    def _sample(self, force: bool = False) -> None:
+        interval = self.cfg.timeline_interval_s
+        if interval is None or (self.t < self.next_sample and not force):
+            return
+        head = self.waiting[0] if self.waiting else None
+        snap = self.cache.snapshot(self.running, head)
+        self.tot.timeline.append((self.t - self.start, len(self.running), len(self.waiting),
+                                  self.tot.preemptions, *snap))
+        self.next_sample = self.t + interval
+
+    # ---- bulk decode -------------------------------------------------------------------
+    def _decode_run(self) -> bool:
+        """Take the coming decode-only steps at once. False when not even one step fits."""
+        running, cache, tot = self.running, self.cache, self.tot
+        k = min(r.output - r.generated for r in running)
+        kv = sum(r.computed for r in running)
+        n = len(running)
+        c0, c1 = self.timing.decode_series(n, kv)
+        if not self.waiting and self.next is not None:
+            k = min(k, steps_until(self.next.arrival_s - self.t, c0, c1))
+        k = cache.max_steps(running, k)
+        if k < 1:
+            self.stable = False
+            return False
+        d_total = series_time(k, c0, c1)
+        dj = series_jtime(k, c0, c1)
+        # memory over the run, before the cache grows (integrals use the start state)
+        integrals = cache.decode_integrals(running, k, c0, c1, d_total, dj,
+                                           self.waiting[0] if self.waiting else None)
+        mem = tot.memory
+        for c, v in zip(CATEGORIES, integrals):
+            mem[c] += v
+        cache.advance(running, k)
+        for r in running:
+            r.computed += k
+            if r.computed > r.hwm:
+                r.hwm = r.computed
+            r.generated += k
+            r.num_tokens += k
+        tot.output_tokens += k * n
+        tot.steps += k
+        tot.running.add(n, k)
+        tot.waiting.add(len(self.waiting), k)
+        self.t += d_total
+        finished = [r for r in running if r.generated >= r.output]
+        used = cache.used_slots(running)
+        if used > tot.peak_used_slots:
+            tot.peak_used_slots = used
+        if finished:
+            self._finish(finished)
+        self._sample()
+        if self.cfg.check:
+            self._check()
+        return True
+
+    def _check(self) -> None:
+        self.cache.check(self.running)
+        snap = self.cache.snapshot(self.running, self.waiting[0] if self.waiting else None)
+        for category, value in zip(CATEGORIES, snap):
+            assert value >= -1e-6, f"negative {category}: {value}"
+        assert abs(sum(snap) - self.cache.budget_slots) < 1e-6 * max(1, self.cache.budget_slots)
