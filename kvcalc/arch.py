@@ -310,6 +310,13 @@ BOOL_FIELDS = ("use_sliding_window", "multi_query", "new_decoder_architecture",
                "tie_word_embeddings", "attention_bias", "parallel_attn")
 #: the longest text field kvcalc accepts (a model_type, a dtype, a per-layer pattern)
 MAX_TEXT = 4 * MAX_LAYERS
+#: per-layer lists
+LIST_FIELDS = ("layer_types", "no_rope_layers", "block_configs")
+#: the non-numeric fields: (names, type, the rule as the error states it, most characters or
+#: entries)
+_SHAPE_RULES = ((TEXT_FIELDS, str, "text", MAX_TEXT),
+                (BOOL_FIELDS, bool, "true or false", None),
+                (LIST_FIELDS, list, "a list", MAX_LAYERS))
 
 
 #: config fields that name code, a kernel or a hub repository for transformers to load
@@ -375,25 +382,18 @@ def validate_fields(cfg: Mapping[str, Any], where: str) -> None:
                 checked_int(f"{name}[{i}]", item, where, lo, hi)
         else:
             checked_int(name, value, where, lo, hi)
-    for name in TEXT_FIELDS:
-        value = cfg.get(name)
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"field '{name}' of {where} is {_show(value)}: it must be text")
-        if isinstance(value, str) and len(value) > MAX_TEXT:
-            raise ConfigError(f"field '{name}' of {where} is {len(value):,} characters long: "
-                              f"at most {MAX_TEXT:,}")
-    for name in BOOL_FIELDS:
-        value = cfg.get(name)
-        if value is not None and not isinstance(value, bool):
-            raise ConfigError(f"field '{name}' of {where} is {_show(value)}: it must be true "
-                              "or false")
-    for name in ("layer_types", "no_rope_layers", "block_configs"):
-        value = cfg.get(name)
-        if value is not None and not isinstance(value, list):
-            raise ConfigError(f"field '{name}' of {where} is {_show(value)}: it must be a list")
-        if isinstance(value, list) and len(value) > MAX_LAYERS:
-            raise ConfigError(f"field '{name}' of {where} lists {len(value):,} layers: at most "
-                              f"{MAX_LAYERS:,}")
+    for names, kind, rule, most in _SHAPE_RULES:
+        for name in names:
+            value = cfg.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, kind):
+                raise ConfigError(f"field '{name}' of {where} is {_show(value)}: it must be "
+                                  f"{rule}")
+            if most is not None and len(value) > most:
+                raise ConfigError(f"field '{name}' of {where} holds {len(value):,} "
+                                  f"{'characters' if kind is str else 'entries'}: at most "
+                                  f"{most:,}")
 
 
 class _Reader:

@@ -30,7 +30,7 @@ from .hardware import GpuSpec
 from .engines import get_engine
 from .engines.cache import KEEP_ALL, KEEP_NONE, Layout
 from .params import ParamCount, count_parameters, stage_parameters, weight_bytes
-from .units import GiB, MiB, cdiv, largest_satisfying
+from .units import MAX_TOKENS, GiB, MiB, cdiv, largest_satisfying
 from .engines.vllm import (VllmCapacity, VllmRules, default_block_size, in_flight_tokens,
                            pp_partition, rules_for_gpu, tp_refusal, vllm_capacity)
 from .workload import AllocatorResult, Workload, compare_allocators, distinct, peak_bytes
@@ -277,14 +277,23 @@ def compute_budgets(spec: ModelSpec, params: ParamCount, inp: PlanInputs) -> lis
     return out
 
 
+#: limits of the planner's counts (docs/security.md): vLLM's largest blocks (hybrid models
+#: aligned to a Mamba state) are a few thousand tokens; the largest clusters a few thousand GPUs
+MAX_BLOCK_SIZE = 1 << 16
+MAX_GPUS = 1 << 16
+
+
 def validate(spec: ModelSpec, inp: PlanInputs) -> None:
     if not 0 < inp.gpu_util <= 1:
         raise UsageError(f"invalid --gpu-util {inp.gpu_util}: must be in (0, 1]")
-    for name, value in (("--tp", inp.tp), ("--pp", inp.pp), ("--replicas", inp.replicas),
-                        ("--max-batched-tokens", inp.max_batched_tokens),
-                        ("--max-num-seqs", inp.max_num_seqs), ("--block-size", inp.block_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"invalid {name} {value}: must be at least 1")
+    for name, value, most in (("--tp", inp.tp, MAX_GPUS), ("--pp", inp.pp, MAX_GPUS),
+                              ("--replicas", inp.replicas, MAX_GPUS),
+                              ("--max-batched-tokens", inp.max_batched_tokens, MAX_TOKENS),
+                              ("--max-num-seqs", inp.max_num_seqs, MAX_TOKENS),
+                              ("--block-size", inp.block_size, MAX_BLOCK_SIZE)):
+        if value is not None and not 1 <= value <= most:
+            raise UsageError(f"invalid {name} {value}: must be from 1 to {most:,} "
+                             "(docs/security.md)")
     if inp.num_blocks_override is not None and inp.num_blocks_override < 0:
         raise UsageError(f"invalid --num-gpu-blocks-override {inp.num_blocks_override}: "
                          "must not be negative")

@@ -35,7 +35,7 @@ BASES = [json.loads(p.read_text()) for p in (
 )]
 FIELDS = sorted(FIELD_RULES) + list(TEXT_FIELDS) + list(BOOL_FIELDS) + [
     "layer_types", "block_configs", "no_rope_layers", "text_config", "attn_config"]
-FAST = settings(max_examples=150, deadline=None, derandomize=True,
+FAST = settings(max_examples=100, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 hostile_scalars = st.one_of(
@@ -172,7 +172,7 @@ number_text = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(text=number_text)
 def test_numeric_options_are_exact_integers_or_usage_errors(text):
     for parse in (parse_tokens, parse_bytes):

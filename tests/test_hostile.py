@@ -289,3 +289,46 @@ def test_samples_are_bounded():
         sampled("normal", 100, 10, 4096, samples=MAX_SEQUENCES + 1)
     with pytest.raises(UsageError, match="finite"):
         sampled("normal", float("nan"), 10, 4096)
+
+
+# ------------------------------------------------------------------ planner and plot limits
+
+def test_huge_block_size_on_a_sliding_model_is_refused_not_a_hang():
+    import time
+
+    start = time.monotonic()
+    result = run("plan", "-m", "mistral-7b-v0.1", "--gpu", "h100-sxm", "--max-len", "1g",
+                 "--block-size", "1073741824")
+    assert "--block-size" in one_line_error(result, 2)
+    assert time.monotonic() - start < 5
+
+
+def test_plan_json_of_an_attention_free_model_is_valid_json():
+    cfg = {"model_type": "nemotron-nas", "hidden_size": 64, "num_attention_heads": 4,
+           "num_hidden_layers": 2, "vocab_size": 100, "intermediate_size": 128,
+           "torch_dtype": "bfloat16", "block_configs": [
+               {"attention": {"no_op": True}, "ffn": {"ffn_mult": 1.0}}] * 2}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "config.json"
+        path.write_text(json.dumps(cfg))
+        result = run("plan", "-m", str(path), "--gpu", "h100-sxm", "--max-len", "4k",
+                     "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert "Infinity" not in result.stdout and "NaN" not in result.stdout
+    json.loads(result.stdout)
+
+
+def test_a_60000_px_plot_is_refused(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = run("plot", "memory", "-m", "llama-7b", "--size", "100x100", "--dpi", "600",
+                 "--out", str(tmp_path / "x.png"))
+    assert "60,000x60,000 px" in one_line_error(result, 2)
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("version", ["-1.-1", "5", "1e3", "a.b"])
+def test_hf_version_is_validated(version):
+    result = run("estimate", "-m", "llama-7b", "--hf-version", version)
+    assert "version" in one_line_error(result, 2)

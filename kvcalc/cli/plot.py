@@ -37,6 +37,10 @@ class PlotGroup(click.Group):
         return list(KINDS)
 
 
+#: the largest side of a chart image, in pixels (a 10x6 in chart at 600 dpi is 6,000 px)
+MAX_PLOT_PIXELS = 10_000
+
+
 class FigureSize(click.ParamType):
     """WIDTHxHEIGHT in inches: 10x6."""
 
@@ -337,6 +341,10 @@ def _emit(chart, kind: str, out: str | None, size, dpi: int) -> None:
         else:
             echo_output(text)
         return
+    width, height = round(size[0] * dpi), round(size[1] * dpi)
+    if max(width, height) > MAX_PLOT_PIXELS:  # docs/security.md
+        raise UsageError(f"a {width:,}x{height:,} px image is too large: at most "
+                         f"{MAX_PLOT_PIXELS:,} px a side (lower --size or --dpi)")
     path = draw(chart, out, size, dpi)
     click.echo(f"wrote {path} ({round(size[0] * dpi)}x{round(size[1] * dpi)} px, "
                f"{chart.kind} chart, {len(chart.rows):,} data rows)")

@@ -11,6 +11,8 @@ are in docs/formulas.md and docs/engines.md.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -118,12 +120,16 @@ class Layout:
 
 
 def parse_version(text: str, what: str = "transformers", example: str = "4.57") -> tuple[int, int]:
-    """``"5.23"`` / ``"0.33.0"`` / ``"5.24.0.dev0"`` -> ``(major, minor)``."""
-    try:
-        parts = str(text).strip().split(".")
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-    except (ValueError, IndexError):
-        raise UsageError(f"invalid {what} version '{text}': use MAJOR.MINOR, e.g. {example}") from None
+    """``"5.23"`` / ``"0.33.0"`` / ``"5.24.0.dev0"`` -> ``(major, minor)``; anything else
+    (``-1.-1``, ``5``, ``５.23``, ``1e3``) is a UsageError."""
+    m = _VERSION.match(str(text))
+    if not m:
+        raise UsageError(f"invalid {what} version '{text}': use MAJOR.MINOR, e.g. {example}")
+    return int(m[1]), int(m[2])
+
+
+#: MAJOR.MINOR[.PATCH][suffix] in ASCII digits (PEP 440 releases, pre/dev/post/local tails)
+_VERSION = re.compile(r"^\s*([0-9]{1,4})\.([0-9]{1,4})(?:\.[0-9]{1,6})?(?:[.+\-]?[A-Za-z0-9.+\-]{1,32})?\s*$")
 
 
 def attention_bytes_per_token(kv_heads: int, head_dim_k: int, head_dim_v: int,
