@@ -38,7 +38,7 @@ class ResolvedModel:
 
     name: str
     config: Mapping[str, Any] = field(repr=False)
-    kind: str                     # "preset" | "file" | "hub"
+    kind: str                     # "preset" | "file" | "hub" | "config" (a dict, Python API)
     location: str                 # preset file, config path, or the hub cache file read
     hub_id: str | None = None
     revision: str | None = None   # hub: the commit sha the config came from
@@ -66,6 +66,8 @@ class ResolvedModel:
             if self.note:
                 text += f", cached copy: {self.note}"
             return text
+        if self.kind == "config":
+            return "config dict given in Python"
         return f"file {self.location}"
 
 

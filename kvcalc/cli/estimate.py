@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..engines import build_layout
-from ..memory import estimate as estimate_point
-from ..model import load_spec
+from .. import api
 from ..render import key_values, table, to_csv, to_json, to_yaml
-from ..reports import context_warnings, estimate_record
-from ..versions import drift_notice
 from ..units import format_bytes
-from .common import (TokenList, echo_output, engine_version, format_option, layout_options,
-                     model_options, warn)
+from .common import TokenList, echo_output, format_option, layout_options, model_options, warn
 
 CSV_COLUMNS = ("model", "engine", "kv_dtype", "block_size", "seq", "batch", "bytes_per_token",
                "bytes_per_sequence", "bytes_total")
@@ -37,14 +32,12 @@ def estimate(model, revision, seqs, batches, engine, kv_dtype, block_size, fmt, 
       kvcalc estimate --model deepseek-v3 --seq 32k --engine vllm --kv-dtype fp8
       kvcalc estimate --model gemma-3-27b --seq 1k,8k,128k --batch 1,8 --format csv
     """
-    resolved, spec = load_spec(model, revision)
-    layout = build_layout(spec, engine, kv_dtype.lower(), block_size=block_size,
-                          version=engine_version(engine, versions))
-    extra = context_warnings(spec, seqs) + [n for n in [drift_notice(layout)] if n]
-    for message in list(spec.warnings) + extra:
+    results = api.estimate_sweep(model, revision=revision, seqs=seqs, batches=batches,
+                                 engine=engine, kv_dtype=kv_dtype, block_size=block_size,
+                                 **versions)
+    records = [r.to_dict() for r in results]
+    for message in dict.fromkeys(w for r in records for w in r["warnings"]):
         warn(message)
-    points = [estimate_point(layout, s, b) for s in seqs for b in batches]
-    records = [estimate_record(p, resolved, extra) for p in points]
     if fmt == "json":
         echo_output(to_json(records[0] if len(records) == 1 else records))
     elif fmt == "yaml":
