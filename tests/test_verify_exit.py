@@ -103,3 +103,22 @@ def test_exit_1_when_the_weights_would_not_fit(monkeypatch):
     line = result.stderr.strip()
     assert "fp32 weights" in line and "available" in line and "--layers" in line
     assert built == []  # refused before building anything
+
+
+def test_ctrl_c_during_a_parallel_meta_check_exits_130_promptly():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "kvcalc", "verify", "--device", "meta",
+                             "--all", "--jobs", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    time.sleep(5)  # imports done, workers busy, checks queued (--all takes far longer)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the whole process group
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-500:]
+    assert time.monotonic() - sent < 10  # not after every queued check
+    assert "interrupted" in err.decode()

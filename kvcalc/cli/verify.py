@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 import click
 
@@ -121,6 +122,30 @@ def _check_numbers(*, repeats, jobs, threads, layers, cache_tolerance, slope_tol
             raise UsageError(f"{flag} must be a finite percentage of at least 0, got {value}")
 
 
+@contextmanager
+def _stop_workers_on_interrupt():
+    """Ctrl-C during a parallel meta check stops the worker processes at once, so the queued
+    checks are not run and the command exits 130 promptly (the process pool would otherwise
+    run every queued check before the interrupt reached the command)."""
+    import multiprocessing
+    import signal
+
+    def stop(signum, frame):
+        for child in multiprocessing.active_children():
+            child.terminate()
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, stop)
+    except ValueError:  # not the main thread (an embedding program): leave SIGINT alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _emit(report: dict, fmt: str) -> None:
     if fmt == "json":
         echo_output(to_json(report))
@@ -211,7 +236,7 @@ def _meta(model, revision, seqs, all_presets, dtype, layers, jobs, every_layer, 
     rows = []
     jobs = jobs or os.cpu_count() or 1
     with click.progressbar(length=len(work), label="meta check", show_pos=True,
-                           file=sys.stderr) as bar:
+                           file=sys.stderr) as bar, _stop_workers_on_interrupt():
         for results in check_many(work, jobs, every_layer):
             for r in results:
                 rows.append({"model": r.model, "partial_config": partial[r.model], "seq": r.seq,

@@ -12,6 +12,7 @@ import click
 from ..arch import build_spec, truncate_config
 from ..engines import build_layout
 from ..model import load_spec
+from ..render import printable
 from .backend import versions
 from .build import build_from_weights, build_random, weights_config
 from .measure import OutOfMemory, fit_slope, measure
@@ -49,7 +50,7 @@ def run_verify(*, model: str | None, revision: str | None, device: str, dtype: s
     interrupted = False
     oom = None
     # a progress bar on stderr (click draws it only on a terminal; stdout stays the report)
-    with click.progressbar(length=steps, label=f"verify {name} on {device}", file=sys.stderr,
+    with click.progressbar(length=steps, label=printable(f"verify {name} on {device}"), file=sys.stderr,
                            show_pos=True, item_show_func=lambda item: item) as bar:
         def progress(label: str) -> None:
             bar.update(1, label)
