@@ -31,6 +31,9 @@ from typing import Any, Union
 from .dtypes import normalise_dtype_name
 from .errors import ConfigError, MissingFieldError
 
+#: the key under which a GGUF model's facts travel in its raw config (kvcalc.gguf)
+GGUF_CONFIG_KEY = "gguf"
+
 # --------------------------------------------------------------------------------------------
 # Layer kinds (the domain model of DESIGN.md §2)
 
@@ -464,6 +467,10 @@ def build_spec(raw: Mapping[str, Any], name: str = "model") -> ModelSpec:
     """Read a raw HF config dict (a preset's ``config``, a config.json) into a ModelSpec."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"the config of {name} is not a JSON object")
+    if GGUF_CONFIG_KEY in raw:  # read from a GGUF header: llama.cpp's rules (kvcalc/gguf.py)
+        from .gguf import build_gguf_spec
+
+        return build_gguf_spec(raw, name)
     text, nested_key = unwrap_text_config(raw)
     parent_type = raw.get("model_type")
     for value in (parent_type, text.get("model_type")):

@@ -441,11 +441,20 @@ def _no_revision(what: str, revision: str | None, hub_id: str | None) -> None:
 
 
 def _from_path(path: Path) -> ResolvedModel:
+    from . import gguf
+
     if path.is_dir():
         candidate = path / "config.json"
         if not candidate.is_file():
-            raise ModelNotFoundError(f"directory {path} holds no config.json")
+            found = gguf.find_gguf(path)
+            if found is None:
+                raise ModelNotFoundError(f"directory {path} holds no config.json and no .gguf file")
+            candidate = found
         path = candidate
+    if path.is_file() and gguf.is_gguf(path):  # GGUF header only (kvcalc/gguf.py)
+        config = gguf.read_gguf_config(path)
+        return ResolvedModel(path.stem, config, "file", str(path),
+                             description=config[gguf.GGUF_CONFIG_KEY].get("name"))
     if path.suffix in (".yaml", ".yml"):
         return _from_preset(_load_preset(path, "file"), str(path))
     data = load_json_file(path)

@@ -1,0 +1,416 @@
+"""GGUF files: the header and key/values only (never the tensor data), read into a ModelSpec.
+
+``--model FILE.gguf`` (or a directory holding one GGUF file) comes here from
+:mod:`kvcalc.sources`. The header is parsed by streaming through it: the key/value section and
+the tensor table, skipping long arrays (the tokenizer's 262,144 strings) without keeping them,
+so a 100 GB file reads in milliseconds. (The ``gguf`` package's ``GGUFReader`` builds a numpy
+view per tokenizer entry: 30 s to 3 min for the small models kvcalc tests with.) The ``gguf``
+package supplies the tensor type table (``GGML_QUANT_SIZES``): bytes per block of each ggml type,
+so the file's tensor bytes -- the weights llama.cpp loads -- are known without reading them.
+
+The layer rules follow llama.cpp (``src/llama-model.cpp``, ``src/llama-hparams.cpp``,
+``src/models/<arch>.cpp``; ggml-org/llama.cpp), the one reader of these files that matters:
+
+- ``{arch}.block_count`` layers; ``{arch}.attention.head_count`` and ``head_count_kv`` are a
+  scalar or one value per layer (``head_count_kv`` defaults to ``head_count``; a layer with 0 KV
+  heads caches nothing);
+- head sizes: ``{arch}.attention.key_length`` / ``value_length`` when present, else
+  ``embedding_length / head_count`` (``llama_model_loader``: ``n_embd_head_k``); SWA layers use
+  ``key_length_swa`` / ``value_length_swa`` when the file has them;
+- sliding-window layers: ``{arch}.attention.sliding_window`` with the file's
+  ``sliding_window_pattern`` (a per-layer bool array, or a period ``n``: layer ``il`` is SWA
+  iff ``il % n < n - 1``, ``llama_hparams::set_swa_pattern``), else the architecture's built-in
+  period (:data:`SWA_PATTERNS`); architectures without an SWA rule ignore the key, as
+  llama.cpp does (Mistral v0.1 runs as ``llama`` with full attention);
+- MLA (``deepseek2`` and kin, ``attention.kv_lora_rank``): one K row of
+  ``kv_lora_rank + rope.dimension_count`` values per token, no V;
+- KV reuse (``attention.shared_kv_layers``, Gemma 3n): the last layers read an earlier layer's
+  cache and store nothing;
+- recurrent architectures (``{arch}.ssm.*``, ``{arch}.wkv.*`` keys) are refused: kvcalc's
+  llama.cpp layout covers attention caches.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from . import arch
+from .errors import ConfigError, LimitError
+
+GGUF_MAGIC = b"GGUF"
+#: header versions llama.cpp reads (gguf.cpp: v1 is refused, v2 and v3 read)
+GGUF_VERSIONS = (2, 3)
+#: bounds on what a header may declare (a real file: < 2,000 tensors, < 100 keys)
+MAX_TENSORS = 1_000_000
+MAX_KEYS = 100_000
+MAX_STRING_BYTES = 64 * 1024 * 1024     # chat templates are < 100 kB
+MAX_ARRAY_ITEMS = 1 << 31
+MAX_DIMS = 4                             # GGML_MAX_DIMS
+#: arrays longer than this are skipped, not kept (tokenizer vocabularies, merges, scores);
+#: per-layer arrays are far shorter
+KEEP_ARRAY_ITEMS = 4096
+#: the key under which the GGUF facts travel inside the raw config (arch.build_spec hands a
+#: config holding it to :func:`build_gguf_spec`)
+GGUF_CONFIG_KEY = arch.GGUF_CONFIG_KEY
+
+#: value types of the GGUF key/value section (gguf.h ``enum gguf_type``): struct formats
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+            10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+#: SWA period per architecture when the file has no ``sliding_window_pattern``
+#: (``load_swa_pattern(ml, n)`` in src/models/<arch>.cpp): layer il is SWA iff il % n < n - 1
+SWA_PATTERNS = {"gemma3": 6, "gemma2": 2, "cohere2": 4, "gpt-oss": 2, "exaone4": 4,
+                "exaone-moe": 4}
+#: architectures that use the sliding window only when the file gives one (gemma3: else full)
+SWA_DEFAULT_WINDOW = {"gemma2": 4096}   # src/models/gemma2.cpp: n_swa = 4096 unless given
+#: llama.cpp architecture -> the Hugging Face model_type of the same family (for parameter
+#: counts and the other engines' rules)
+HF_TYPES = {"gemma3": "gemma3_text", "gpt-oss": "gpt_oss", "gemma3n": "gemma3n_text",
+            "deepseek2": "deepseek_v3", "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe",
+            "phi3": "phi3", "command-r": "cohere"}
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    """What a GGUF file declares before its tensor data."""
+
+    path: str
+    version: int
+    metadata: Mapping[str, Any]        # long arrays kept as ("array", n) placeholders
+    tensor_count: int
+    tensor_bytes: int                  # bytes of every tensor, from its type and shape
+    tensor_types: Mapping[str, int]    # ggml type name -> tensors of that type
+
+    @property
+    def architecture(self) -> str:
+        return str(self.metadata.get("general.architecture", ""))
+
+
+class _Stream:
+    """Bounded little-endian reads; a short read is a truncated file."""
+
+    def __init__(self, fh: BinaryIO, path: str):
+        self.fh, self.path = fh, path
+
+    def read(self, n: int) -> bytes:
+        data = self.fh.read(n)
+        if len(data) != n:
+            raise ConfigError(f"{self.path}: truncated GGUF header (the file ends inside it)")
+        return data
+
+    def unpack(self, fmt: str) -> Any:
+        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        n = self.unpack("<Q")
+        if n > MAX_STRING_BYTES:
+            raise LimitError(f"{self.path}: a GGUF string of {n:,} bytes (at most "
+                             f"{MAX_STRING_BYTES:,})")
+        return self.read(n).decode("utf-8", errors="replace")
+
+    def skip_string(self) -> None:
+        n = self.unpack("<Q")
+        if n > MAX_STRING_BYTES:
+            raise LimitError(f"{self.path}: a GGUF string of {n:,} bytes (at most "
+                             f"{MAX_STRING_BYTES:,})")
+        self.fh.seek(n, 1)
+
+    def value(self, vtype: int, keep: bool = True) -> Any:
+        if vtype in _SCALARS:
+            return self.unpack(_SCALARS[vtype])
+        if vtype == _STRING:
+            return self.string() if keep else self.skip_string()
+        if vtype == _ARRAY:
+            itype, n = self.unpack("<I"), self.unpack("<Q")
+            if n > MAX_ARRAY_ITEMS:
+                raise LimitError(f"{self.path}: a GGUF array of {n:,} items")
+            if itype == _ARRAY:
+                raise ConfigError(f"{self.path}: nested GGUF arrays are not part of the format")
+            if n > KEEP_ARRAY_ITEMS or not keep:
+                if itype in _SCALARS:
+                    self.fh.seek(n * struct.calcsize(_SCALARS[itype]), 1)
+                elif itype == _STRING:
+                    for _ in range(n):
+                        self.skip_string()
+                else:
+                    raise ConfigError(f"{self.path}: unknown GGUF value type {itype}")
+                return ("array", n)
+            return [self.value(itype) for _ in range(n)]
+        raise ConfigError(f"{self.path}: unknown GGUF value type {vtype}")
+
+
+def read_header(path: str | Path) -> GGUFHeader:
+    """Parse the header of the GGUF file at ``path``: key/values and the tensor table."""
+    quant = _quant_sizes()
+    p = Path(path)
+    try:
+        fh = p.open("rb")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc.strerror or exc}") from None
+    with fh:
+        s = _Stream(fh, str(p))
+        magic = fh.read(4)
+        if magic != GGUF_MAGIC:
+            raise ConfigError(f"{p} is not a GGUF file (it does not start with 'GGUF')")
+        version = s.unpack("<I")
+        if version not in GGUF_VERSIONS:
+            raise ConfigError(f"{p}: GGUF version {version} (kvcalc reads versions 2 and 3, "
+                              "as llama.cpp does)")
+        n_tensors, n_kv = s.unpack("<Q"), s.unpack("<Q")
+        if n_tensors > MAX_TENSORS or n_kv > MAX_KEYS:
+            raise LimitError(f"{p}: the GGUF header declares {n_tensors:,} tensors and "
+                             f"{n_kv:,} keys (at most {MAX_TENSORS:,} and {MAX_KEYS:,})")
+        meta: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = s.string()
+            meta[key] = s.value(s.unpack("<I"), keep=not key.startswith("tokenizer.ggml."))
+        total, types = 0, {}
+        for _ in range(n_tensors):
+            s.skip_string()
+            n_dims = s.unpack("<I")
+            if n_dims > MAX_DIMS:
+                raise ConfigError(f"{p}: a tensor with {n_dims} dimensions (at most {MAX_DIMS})")
+            elements = 1
+            for _ in range(n_dims):
+                elements *= s.unpack("<Q")
+            ttype = s.unpack("<I")
+            s.unpack("<Q")  # offset into the data section
+            if ttype not in quant:
+                raise ConfigError(f"{p}: a tensor of unknown ggml type {ttype}")
+            name, block, size = quant[ttype]
+            total += tensor_bytes(elements, block, size)
+            types[name] = types.get(name, 0) + 1
+    return GGUFHeader(str(p), version, meta, n_tensors, total, types)
+
+
+def tensor_bytes(elements: int, block_elements: int, block_bytes: int) -> int:
+    """Bytes of a tensor of ``elements`` values in a ggml type storing ``block_elements``
+    values in ``block_bytes`` (``ggml_nbytes`` for a contiguous tensor)."""
+    return elements // block_elements * block_bytes
+
+
+def _quant_sizes() -> dict[int, tuple[str, int, int]]:
+    """ggml type id -> (name, values per block, bytes per block), from the ``gguf`` package."""
+    try:
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+    except ImportError:
+        raise ConfigError("reading a GGUF file needs the gguf package: pip install gguf "
+                          "(or kvcalc[gguf])") from None
+    return {int(t): (t.name.lower(), *GGML_QUANT_SIZES[t]) for t in GGMLQuantizationType
+            if t in GGML_QUANT_SIZES}
+
+
+def find_gguf(directory: Path) -> Path | None:
+    """The one ``*.gguf`` file in ``directory`` (None when there is none; an error when there
+    are several, naming them)."""
+    files = sorted(f for f in directory.glob("*.gguf") if f.is_file())
+    if len(files) > 1:
+        raise ConfigError(f"directory {directory} holds {len(files)} GGUF files "
+                          f"({', '.join(f.name for f in files[:4])}): name one")
+    return files[0] if files else None
+
+
+def is_gguf(path: Path) -> bool:
+    """A file whose name ends in .gguf or whose first bytes are the GGUF magic."""
+    if path.suffix.lower() == ".gguf":
+        return True
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# header -> raw config (Hugging Face names for the shared fields + the GGUF facts)
+
+
+def gguf_config(header: GGUFHeader) -> dict[str, Any]:
+    """The raw config of a GGUF model: the fields every engine and params.py read, under their
+    Hugging Face names, and the llama.cpp facts under :data:`GGUF_CONFIG_KEY`."""
+    meta = header.metadata
+    arch = header.architecture
+    if not arch:
+        raise ConfigError(f"{header.path}: the GGUF header has no 'general.architecture'")
+    if any(k.startswith((f"{arch}.ssm.", f"{arch}.wkv.", f"{arch}.shortconv."))
+           for k in meta):
+        raise ConfigError(f"{header.path}: llama.cpp architecture '{arch}' keeps a recurrent "
+                          "state; kvcalc reads GGUF models whose cache is attention only")
+    prefix = f"{arch}."
+    required = ("block_count", "embedding_length", "attention.head_count")
+    missing = [prefix + k for k in required if prefix + k not in meta]
+    if missing:
+        raise ConfigError(f"{header.path}: llama.cpp architecture '{arch}' is missing "
+                          f"{', '.join(repr(k) for k in missing)}")
+    arch_meta = {k[len(prefix):]: v for k, v in meta.items() if k.startswith(prefix)}
+    vocab = meta.get(prefix + "vocab_size")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if vocab is None and isinstance(tokens, tuple):
+        vocab = tokens[1]
+    heads = arch_meta["attention.head_count"]
+    kv = arch_meta.get("attention.head_count_kv", heads)
+    cfg: dict[str, Any] = {
+        "model_type": HF_TYPES.get(arch, arch),
+        "hidden_size": arch_meta["embedding_length"],
+        "num_hidden_layers": arch_meta["block_count"],
+        "num_attention_heads": heads if isinstance(heads, int) else max(heads),
+        "num_key_value_heads": kv if isinstance(kv, int) else max(kv),
+        "intermediate_size": _scalar(arch_meta.get("feed_forward_length")),
+        "max_position_embeddings": arch_meta.get("context_length"),
+        "vocab_size": vocab,
+        "torch_dtype": "float16",
+        GGUF_CONFIG_KEY: {
+            "architecture": arch,
+            "name": meta.get("general.name"),
+            "file": header.path,
+            "file_type": meta.get("general.file_type"),
+            "tensor_bytes": header.tensor_bytes,
+            "tensor_count": header.tensor_count,
+            "tensor_types": dict(header.tensor_types),
+            "hparams": {k: v for k, v in arch_meta.items() if not isinstance(v, tuple)},
+        },
+    }
+    if "attention.key_length" in arch_meta:
+        cfg["head_dim"] = arch_meta["attention.key_length"]
+    return {k: v for k, v in cfg.items() if v is not None}
+
+
+def _scalar(value: Any) -> Any:
+    return max(value) if isinstance(value, list) and value else value
+
+
+def read_gguf_config(path: str | Path) -> dict[str, Any]:
+    """``gguf_config(read_header(path))``."""
+    return gguf_config(read_header(path))
+
+
+# --------------------------------------------------------------------------------------------
+# raw config -> ModelSpec (called by arch.build_spec for configs holding GGUF_CONFIG_KEY)
+
+
+def build_gguf_spec(raw: Mapping[str, Any], name: str):
+    """The :class:`~kvcalc.arch.ModelSpec` of a GGUF model, by llama.cpp's rules (module doc)."""
+    facts = raw[GGUF_CONFIG_KEY]
+    if not isinstance(facts, Mapping) or not isinstance(facts.get("hparams"), Mapping):
+        raise ConfigError(f"the config of {name}: '{GGUF_CONFIG_KEY}' must be an object holding "
+                          "'hparams'")
+    h = facts["hparams"]
+    a = str(facts.get("architecture", ""))
+    where = f"{name} (GGUF, architecture '{a}')"
+    arch.validate_fields({k: v for k, v in raw.items() if k != GGUF_CONFIG_KEY}, where)
+    notes: list[str] = [f"read from the GGUF header ({a}; {facts.get('tensor_count', 0):,} "
+                        f"tensors, {facts.get('tensor_bytes', 0):,} bytes of weights)"]
+
+    def integer(key: str, value: Any, lo: int = 0) -> int:
+        return arch.checked_int(f"{a}.{key}", value, where, lo, arch.MAX_CONFIG_TOKENS)
+
+    n = integer("block_count", h.get("block_count"), 1)
+    if n > arch.MAX_LAYERS:
+        raise ConfigError(f"{where}: {n:,} layers (at most {arch.MAX_LAYERS:,})")
+    embd = integer("embedding_length", h.get("embedding_length"), 1)
+    heads = per_layer(h.get("attention.head_count"), n, "attention.head_count", where)
+    kv_heads = per_layer(h.get("attention.head_count_kv", h.get("attention.head_count")), n,
+                         "attention.head_count_kv", where)
+    heads = [integer("attention.head_count", x) for x in heads]
+    kv_heads = [integer("attention.head_count_kv", x) for x in kv_heads]
+    head0 = next((x for x in heads if x), 0)
+    default_dim = embd // head0 if head0 else 0
+    hd_k = integer("attention.key_length", h.get("attention.key_length", default_dim))
+    hd_v = integer("attention.value_length", h.get("attention.value_length", default_dim))
+    hd_k_swa = integer("attention.key_length_swa", h.get("attention.key_length_swa", hd_k))
+    hd_v_swa = integer("attention.value_length_swa", h.get("attention.value_length_swa", hd_v))
+    if "attention.key_length" not in h:
+        notes.append(f"no '{a}.attention.key_length': head size embedding_length / head_count "
+                     f"= {embd} / {head0} = {default_dim}, as llama.cpp computes it")
+    swa, window = swa_layers(a, h, n, where)
+    if window:
+        notes.append(f"sliding window {window:,} on {sum(swa)} of {n} layers "
+                     f"({swa_rule_text(a, h)})")
+    elif "attention.sliding_window" in h:
+        notes.append(f"'{a}.attention.sliding_window' is ignored: llama.cpp runs '{a}' with "
+                     "full attention on every layer")
+    layers: list[Any] = []
+    lora = h.get("attention.kv_lora_rank")
+    for il in range(n):
+        if lora:
+            rope = integer("rope.dimension_count", h.get("rope.dimension_count"), 1)
+            layers.append(arch.MLALayer(heads[il] or head0, integer("attention.kv_lora_rank", lora, 1),
+                                        rope, max(hd_k - rope, 0), hd_v))
+        elif kv_heads[il] == 0:
+            layers.append(arch.NoCacheLayer("no KV heads in this layer (head_count_kv 0)"))
+        elif swa[il]:
+            layers.append(arch.AttentionLayer(arch.SLIDING, kv_heads[il], hd_k_swa, hd_v_swa,
+                                              window))
+        else:
+            layers.append(arch.AttentionLayer(arch.FULL, kv_heads[il], hd_k, hd_v))
+    shared = integer("attention.shared_kv_layers", h.get("attention.shared_kv_layers", 0))
+    if shared:
+        layers = _share_kv(layers, shared, n)
+        notes.append(f"the last {shared} layers reuse an earlier layer's cache "
+                     f"('{a}.attention.shared_kv_layers')")
+    ctx = h.get("context_length")
+    return arch.ModelSpec(
+        name=name, model_type=str(raw.get("model_type") or a), layers=tuple(layers),
+        dtype="fp16", hidden_size=embd, num_attention_heads=head0,
+        max_position_embeddings=integer("context_length", ctx, 1) if ctx is not None else None,
+        vocab_size=raw.get("vocab_size"), config=dict(raw), notes=tuple(notes))
+
+
+def per_layer(value: Any, n: int, key: str, where: str) -> list[Any]:
+    """A scalar repeated ``n`` times, or a per-layer array of exactly ``n`` values."""
+    if isinstance(value, list):
+        if len(value) != n:
+            raise ConfigError(f"{where}: '{key}' lists {len(value)} values for {n} layers")
+        return list(value)
+    if value is None:
+        raise ConfigError(f"{where}: '{key}' is missing")
+    return [value] * n
+
+
+def swa_layers(a: str, h: Mapping[str, Any], n: int, where: str) -> tuple[list[bool], int]:
+    """Which of the ``n`` layers use the sliding window, and the window (0: none)."""
+    if a not in SWA_PATTERNS and "attention.sliding_window_pattern" not in h:
+        return [False] * n, 0
+    window = h.get("attention.sliding_window", SWA_DEFAULT_WINDOW.get(a, 0))
+    if not window:
+        return [False] * n, 0
+    pattern = h.get("attention.sliding_window_pattern", SWA_PATTERNS.get(a, 0))
+    window = arch.checked_int("attention.sliding_window", window, where, 1, arch.MAX_CONFIG_TOKENS)
+    if isinstance(pattern, list):
+        flags = per_layer(pattern, n, "attention.sliding_window_pattern", where)
+        return [bool(x) for x in flags], window
+    period = arch.checked_int("attention.sliding_window_pattern", pattern, where, 0, n + 1)
+    return [swa_by_period(il, period) for il in range(n)], window
+
+
+def swa_by_period(il: int, period: int) -> bool:
+    """``llama_hparams::set_swa_pattern(n)``: layer il is SWA iff ``il % n < n - 1``; a period
+    of 0 makes every layer SWA (and 1 none)."""
+    return period == 0 or il % period < period - 1
+
+
+def swa_rule_text(a: str, h: Mapping[str, Any]) -> str:
+    pattern = h.get("attention.sliding_window_pattern")
+    if isinstance(pattern, list):
+        return "the file's per-layer sliding_window_pattern"
+    if pattern is not None:
+        return f"the file's sliding_window_pattern {pattern}: layer il is SWA iff il % {pattern} < {int(pattern) - 1}"
+    p = SWA_PATTERNS[a]
+    return f"llama.cpp's rule for {a}: every {p}th layer is full attention"
+
+
+def _share_kv(layers: list[Any], shared: int, n: int) -> list[Any]:
+    """Layers from ``n - shared`` on read the cache of the last earlier layer of their kind."""
+    first = max(n - shared, 0)
+    out = list(layers)
+    for il in range(first, n):
+        kind = layers[il].kind
+        source = max((j for j in range(first) if layers[j].kind == kind), default=None)
+        if source is not None:
+            out[il] = arch.SharedLayer(source, kind)
+    return out
