@@ -280,8 +280,7 @@ FIELD_RULES: dict[str, tuple[int, int]] = {
     **{k: _HEADS for k in ("num_key_value_heads", "n_head_kv", "num_kv_heads",
                            "multi_query_group_num", "kv_n_heads", "n_heads_in_group",
                            "mamba_num_heads", "mamba_n_heads", "n_groups", "mamba_n_groups",
-                           "linear_num_key_heads", "linear_num_value_heads", "index_n_heads",
-                           "num_experts_per_tok", "experts_per_token")},
+                           "linear_num_key_heads", "linear_num_value_heads", "index_n_heads")},
     **{k: _DIM for k in ("head_dim", "attention_head_dim", "kv_channels", "d_kv",
                          "hidden_size_per_head", "intermediate_size", "n_inner",
                          "ffn_hidden_size", "moe_intermediate_size", "intermediate_size_mlp",
@@ -296,15 +295,18 @@ FIELD_RULES: dict[str, tuple[int, int]] = {
                           "shared_expert_intermediate_size",
                           "moe_shared_expert_intermediate_size")},
     "vocab_size": (1, MAX_VOCAB),
-    **{k: _TOKENS for k in ("sliding_window", "attention_chunk_size", "index_topk")},
+    "index_topk": _TOKENS,
+    #: 0 = none (as transformers reads a falsy window); a layer that slides needs at least 1
+    **{k: (0, MAX_CONFIG_TOKENS) for k in ("sliding_window", "attention_chunk_size")},
     **{k: _PERIOD for k in ("sliding_window_pattern", "full_attention_interval",
                             "no_rope_layer_interval", "attn_layer_period", "expert_layer_period",
                             "moe_layer_freq", "interleave_moe_layer_step",
                             "decoder_sparse_step")},
     **{k: _INDEX0 for k in ("max_window_layers", "attn_layer_offset", "expert_layer_offset",
                             "num_kv_shared_layers", "first_k_dense_replace", "mlp_only_layers")},
+    #: 0 = a dense model
     **{k: _COUNT0 for k in ("num_local_experts", "num_experts", "n_routed_experts",
-                            "n_shared_experts")},
+                            "n_shared_experts", "num_experts_per_tok", "experts_per_token")},
 }
 #: fields that must be text, and fields that must be true/false, when present
 TEXT_FIELDS = ("model_type", "torch_dtype", "dtype", "hybrid_override_pattern",
@@ -697,18 +699,23 @@ def _layers(r: _Reader, family: str) -> list[Layer]:
             if kind not in attention_cache:
                 window = None
                 if kind == SLIDING:
-                    window = r.integer("sliding_window")
-                    if window is None:
-                        raise MissingFieldError("sliding_window", r.name,
-                                                "layer_types lists sliding layers")
+                    window = _window(r, "sliding_window", "sliding")
                 elif kind == CHUNKED:
-                    window = r.integer("attention_chunk_size")
-                    if window is None:
-                        raise MissingFieldError("attention_chunk_size", r.name,
-                                                "layer_types lists chunked layers")
+                    window = _window(r, "attention_chunk_size", "chunked")
                 attention_cache[kind] = _attention(r, kind, window)
             layers.append(attention_cache[kind])
     return _apply_kv_sharing(r, layers)
+
+
+def _window(r: _Reader, key: str, kind: str) -> int:
+    """The window (or chunk) of a layer the config says is ``kind``: present and at least 1."""
+    window = r.integer(key)
+    if window is None:
+        raise MissingFieldError(key, r.name, f"layer_types lists {kind} layers")
+    if window < 1:
+        raise ConfigError(f"field '{key}' of {r.name} is {window}: {kind} layers need a window "
+                          "of at least 1 token")
+    return window
 
 
 def _layer_kinds(r: _Reader, family: str, n: int) -> list[str]:
