@@ -1,7 +1,7 @@
 """Raw Hugging Face config dict -> :class:`ModelSpec`, a list of decoder layers with their KV kind.
 
 This is the ONLY module that knows Hugging Face field names, their aliases and the per-family
-quirks (see docs/formulas.md §1 and ../shared/reference/transformers.md §2). Everything after it
+quirks (see docs/formulas.md §1: the fields each transformers config class reads). Everything after it
 (layouts, totals, plans) works on :class:`ModelSpec` alone.
 
 Resolution rules, in order:

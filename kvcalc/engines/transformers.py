@@ -1,7 +1,7 @@
 """transformers ``generate()`` with its default ``DynamicCache`` (token-granular): the ``hf`` engine.
 
 After a prompt of p tokens and g generated tokens the cache holds p + g - 1 tokens. Version
-bands (``--hf-version``; ../shared/reference/transformers.md, docs/engines.md):
+bands (``--hf-version``; docs/engines.md §2):
 
 * ``>= 5.18`` (default 5.24, checked): as 5.15-5.17, and the DeepSeek Sparse Attention models
   (MLA with a lightning indexer: DeepSeek-V3.2, GLM-5) cache the latent too;

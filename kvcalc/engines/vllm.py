@@ -10,7 +10,7 @@ dtype unless the config sets ``mamba_ssm_cache_dtype``.
 
 Capacity: reimplements, from a :class:`~kvcalc.engines.cache.Layout` laid out for ``vllm``, the rules of
 ``vllm/v1/core/kv_cache_utils.py`` and ``kv_cache_interface.py`` (see
-../shared/reference/engines.md Part A and docs/planning.md):
+docs/engines.md §3 and docs/planning.md):
 
 - one *spec* per layer (full / sliding / chunked attention or MLA, Mamba-style state); a page
   is one block of one layer; layers with nothing to cache (KV sharing, MLP-only) have no spec;

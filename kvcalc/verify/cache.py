@@ -1,6 +1,6 @@
 """Walk whatever ``past_key_values`` transformers returns and count its bytes.
 
-Shapes handled (../shared/reference/transformers.md §3.2):
+Shapes handled (transformers ``src/transformers/cache_utils.py`` of each release):
 
 * 4.45: a tuple of ``(key, value)`` tuples (GPTBigCode: one fused tensor per layer);
 * 4.46-4.53: ``DynamicCache`` with ``key_cache`` / ``value_cache`` lists; Jamba/Qwen3-Next
