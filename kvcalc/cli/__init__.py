@@ -37,11 +37,14 @@ class LazyGroup(click.Group):
             return None
         module, attr = target.split(":")
         try:
-            return getattr(importlib.import_module(module), attr)
+            command = getattr(importlib.import_module(module), attr)
         except ModuleNotFoundError as exc:
             if exc.name == module:  # a command not built yet
                 return None
             raise
+        from .completion import attach
+
+        return attach(command)
 
     def resolve_command(self, ctx, args):
         name = args[0] if args else None
