@@ -134,6 +134,14 @@ class Engine:
         """The dtype the engine runs a checkpoint of ``model_dtype`` in (weights and 'auto')."""
         return model_dtype
 
+    def allocation(self, spec, options: dict[str, Any], kv_dtype: str = "auto",
+                   version: str | None = None):
+        """What the engine allocates up front for ``options`` (its own settings, by kvcalc's
+        option names; None = not given): an object with ``layout``, ``record()``, ``notes``
+        and ``extra`` (llama.cpp: every cache, :mod:`kvcalc.engines.llamacpp`), or None for
+        engines that allocate as sequences grow."""
+        return None
+
 
 _REGISTRY: dict[str, Engine] = {}
 
@@ -176,3 +184,4 @@ def build_layout(spec, engine: str = "hf", kv_dtype: str = "auto", *,
 
 from . import transformers as _transformers  # noqa: E402,F401  (registers "hf")
 from . import vllm as _vllm  # noqa: E402,F401  (registers "vllm")
+from . import llamacpp as _llamacpp  # noqa: E402,F401  (registers "llamacpp")

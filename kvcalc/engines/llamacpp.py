@@ -1,0 +1,497 @@
+"""llama.cpp (``llama-server``, ``llama-cli``, llama-cpp-python): the caches it allocates up front.
+
+llama.cpp is a contiguous allocator: at start-up it creates K and V tensors for every cell of
+every stream and never grows them. What it allocates depends on the model, the context size,
+the slots and a handful of settings, by these rules (llama.cpp ``src/llama-context.cpp``
+``llama_context::llama_context``, ``src/llama-kv-cache.cpp``, ``src/llama-kv-cache-iswa.cpp``,
+``src/llama-model.cpp`` ``create_memory``; docs/llamacpp.md derives them with examples):
+
+- ``n_ctx0`` = ``--ctx-size``, or the model's ``context_length`` when 0 (the default);
+  ``n_batch = min(n_ctx0, --batch-size)``, ``n_ubatch = min(n_batch, --ubatch-size)``;
+- ``n_ctx = pad(n_ctx0, 256)``; unified cache: ``n_ctx_seq = n_ctx``, one stream; otherwise
+  ``n_ctx_seq = pad(n_ctx // n_seq_max, 256)``, ``n_ctx = n_ctx_seq * n_seq_max`` and one
+  stream per slot (:func:`context_sizes`);
+- models without sliding-window layers: one cache of ``n_ctx_seq`` cells per stream on every
+  layer; with SWA layers (``llama_kv_cache_iswa``) a base cache for the full-attention layers
+  (``n_ctx_seq`` cells) and an SWA cache of
+  ``pad(min(n_ctx_seq, n_swa x (unified ? n_seq_max : 1) + n_ubatch), 256)`` cells, or
+  ``n_ctx_seq`` with ``--swa-full`` (:func:`swa_cells`);
+- per layer and stream a K tensor of ``cells`` rows of ``n_head_kv x head_dim_k`` values and a
+  V tensor likewise (MLA: no V); a row of ``n`` values in a block type costs
+  ``n / block x block bytes`` (:data:`GGML_TYPES`, ggml ``ggml-common.h``);
+- a quantized V cache needs flash attention: with ``--flash-attn off`` llama.cpp refuses to
+  create the context (:data:`QUANTIZED_V_REFUSAL`); ``auto`` turns it on. With flash attention
+  a quantized K type's block must divide the head size.
+
+Version bands (``--llamacpp-version YYYY.MM``, the month of the llama.cpp build): from Nov 2025
+(ggml-org/llama.cpp#17046) the rules above; before (#16812, Oct 2025, and earlier) the context
+was not padded to 256 and each stream's cache was padded to 256 cells with flash attention, 32
+without (#7257).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import metadata
+from typing import Any
+
+from .. import arch
+from ..arch import AttentionLayer, MLALayer, ModelSpec
+from ..dtypes import KVDtype
+from ..errors import UsageError
+from ..units import cdiv
+from . import Band, Engine, Setting, register
+from .cache import KEEP_ALL, KEEP_NONE, KEEP_WINDOW, LayerCache, Layout, no_cache_formula
+
+#: llama.cpp pads the context and the per-sequence context to 256 cells
+#: (``GGML_PAD(cparams.n_ctx, 256)`` in llama_context, ggml-org/llama.cpp#17046)
+CTX_PAD = 256
+#: the SWA cache is padded to 256 cells too ("always padded to 256 for performance",
+#: llama-kv-cache-iswa.cpp, ggml-org/llama.cpp#17037)
+SWA_PAD = 256
+#: before Nov 2025: each stream's cache padded to 256 cells with flash attention, 32 without
+#: (``llama_kv_cache::get_padding``, ggml-org/llama.cpp#7257; removed by #16812)
+OLD_PAD_FLASH_ATTN = 256
+OLD_PAD_NO_FLASH_ATTN = 32
+#: llama-server's defaults (``common_params``, common/common.h): -c 0 = the model's context,
+#: -b 2048, -ub 512, --swa-full off, -fa auto, -ctk/-ctv f16; -np left on auto = 4 slots
+#: with a unified cache (tools/server/server.cpp)
+SERVER_BATCH = 2048
+SERVER_UBATCH = 512
+SERVER_AUTO_PARALLEL = 4
+#: the error llama.cpp gives for a quantized V cache without flash attention
+#: (``llama_init_from_model``, src/llama-context.cpp)
+QUANTIZED_V_REFUSAL = "quantized V cache requires flash_attn to be enabled"
+FLASH_ATTN_CHOICES = ("on", "off", "auto")
+#: the month from which the rules above hold (ggml-org/llama.cpp#17046, 6 Nov 2025)
+PAD_256_SINCE = (2025, 11)
+DEFAULT_VERSION = "2026.10"
+#: llama.cpp vendored by the llama-cpp-python releases kvcalc was checked against
+VENDORED_BUILDS = {"0.3.36": "2026.10"}
+
+
+@dataclass(frozen=True)
+class GgmlType(KVDtype):
+    """A ggml tensor type: ``block`` values stored in ``block_bytes`` bytes (ggml-common.h)."""
+
+    block: int = 1
+    block_bytes: int = 2
+
+    def row_bytes(self, elements: int) -> int:
+        """``ggml_row_size``: bytes of a row of ``elements`` values (a whole number of blocks)."""
+        if elements % self.block:
+            raise UsageError(f"cache type {self.name} stores blocks of {self.block} values: a row "
+                             f"of {elements} values does not fit (llama.cpp refuses it)")
+        return elements // self.block * self.block_bytes
+
+    @property
+    def quantized(self) -> bool:
+        return self.block > 1
+
+    @property
+    def element_bytes(self) -> int:
+        return max(1, self.block_bytes // self.block)
+
+
+def _ggml(name: str, block: int, block_bytes: int) -> GgmlType:
+    return GgmlType(name, block_bytes * 8 // block, "ggml", block, block_bytes)
+
+
+#: the cache types llama-server accepts for -ctk / -ctv (common/arg.cpp ``kv_cache_types``)
+#: with their block sizes (ggml/src/ggml-common.h: block_q8_0 = fp16 scale + 32 int8, ...)
+GGML_TYPES: dict[str, GgmlType] = {t.name: t for t in (
+    _ggml("f32", 1, 4),
+    _ggml("f16", 1, 2),
+    _ggml("bf16", 1, 2),
+    _ggml("q8_0", 32, 34),      # fp16 scale + 32 x int8
+    _ggml("q4_0", 32, 18),      # fp16 scale + 16 bytes of nibbles
+    _ggml("q4_1", 32, 20),      # fp16 scale + fp16 min + 16 bytes
+    _ggml("iq4_nl", 32, 18),    # fp16 scale + 16 bytes (non-linear 4-bit)
+    _ggml("q5_0", 32, 22),      # fp16 scale + 4 bytes of high bits + 16 bytes
+    _ggml("q5_1", 32, 24),      # fp16 scale + fp16 min + 4 + 16 bytes
+)}
+CACHE_TYPE_CHOICES = tuple(GGML_TYPES)
+#: kvcalc's --kv-dtype names for the llama.cpp types they mean
+KV_DTYPE_TO_GGML = {"auto": "f16", "fp16": "f16", "fp32": "f32", "bf16": "bf16"}
+
+
+def ggml_type(name: str) -> GgmlType:
+    key = str(name).strip().lower()
+    key = KV_DTYPE_TO_GGML.get(key, key)
+    if key not in GGML_TYPES:
+        raise UsageError(f"unknown llama.cpp cache type '{name}': choose one of "
+                         f"{', '.join(CACHE_TYPE_CHOICES)}")
+    return GGML_TYPES[key]
+
+
+def pad(x: int, m: int) -> int:
+    """``GGML_PAD(x, m)``: ``x`` rounded up to a multiple of ``m``."""
+    return cdiv(x, m) * m
+
+
+@dataclass(frozen=True)
+class LlamaCppSettings:
+    """A llama.cpp context's settings, under llama-server's option names (defaults: its own)."""
+
+    ctx_size: int = 0                  # -c; 0 = the model's context_length
+    parallel: int | None = None        # -np; None = auto (4 slots, unified cache)
+    kv_unified: bool | None = None     # -kvu; None = llama-server's choice
+    cache_type_k: str = "f16"          # -ctk
+    cache_type_v: str = "f16"          # -ctv
+    flash_attn: str = "auto"           # -fa on|off|auto
+    swa_full: bool = False             # --swa-full
+    batch_size: int = SERVER_BATCH     # -b
+    ubatch_size: int = SERVER_UBATCH   # -ub
+    version: str = DEFAULT_VERSION
+
+    @property
+    def n_seq_max(self) -> int:
+        return SERVER_AUTO_PARALLEL if self.parallel is None else self.parallel
+
+    @property
+    def unified(self) -> bool:
+        """llama-server: -np auto turns the unified cache on; an explicit -np keeps it off
+        unless -kvu (tools/server/server.cpp)."""
+        if self.kv_unified is not None:
+            return self.kv_unified
+        return self.parallel is None
+
+    def validate(self) -> None:
+        for flag, value, lo in (("--ctx-size", self.ctx_size, 0), ("--parallel", self.n_seq_max, 1),
+                                ("--batch-size", self.batch_size, 1),
+                                ("--ubatch-size", self.ubatch_size, 1)):
+            if value < lo:
+                raise UsageError(f"invalid {flag} {value}: must be at least {lo}")
+        if self.flash_attn not in FLASH_ATTN_CHOICES:
+            raise UsageError(f"invalid --flash-attn '{self.flash_attn}': choose on, off or auto")
+        ggml_type(self.cache_type_k), ggml_type(self.cache_type_v)
+
+
+@dataclass(frozen=True)
+class ContextSizes:
+    """What ``llama_context`` derives from the settings (its start-up log prints them)."""
+
+    n_ctx: int
+    n_ctx_seq: int
+    n_seq_max: int
+    n_stream: int
+    n_batch: int
+    n_ubatch: int
+    unified: bool
+
+
+def context_sizes(settings: LlamaCppSettings, context_length: int | None) -> ContextSizes:
+    """n_ctx, n_ctx_seq, streams and batch sizes (``llama_context::llama_context``)."""
+    n_ctx0 = settings.ctx_size or context_length
+    if not n_ctx0:
+        raise UsageError("the model names no context length: give --ctx-size")
+    n_seq = settings.n_seq_max
+    n_batch = min(n_ctx0, settings.batch_size)          # causal models: the unpadded n_ctx
+    n_ubatch = min(n_batch, settings.ubatch_size)
+    old = _old_band(settings.version)
+    if old:
+        n_ctx = n_ctx0
+        n_ctx_seq = n_ctx if settings.unified else n_ctx // n_seq
+    else:
+        n_ctx = pad(n_ctx0, CTX_PAD)
+        if settings.unified:
+            n_ctx_seq = n_ctx
+        else:
+            n_ctx_seq = pad(n_ctx // n_seq, CTX_PAD)
+            n_ctx = n_ctx_seq * n_seq
+    if n_ctx_seq == 0:
+        raise UsageError(f"--ctx-size {n_ctx0:,} over {n_seq} slots leaves no cells per slot "
+                         "(llama.cpp: n_ctx_seq == 0)")
+    return ContextSizes(n_ctx, n_ctx_seq, n_seq, 1 if settings.unified else n_seq, n_batch,
+                        n_ubatch, settings.unified)
+
+
+def _old_band(version: str) -> bool:
+    return LLAMACPP.parse_version(version) < PAD_256_SINCE
+
+
+def flash_attn_enabled(settings: LlamaCppSettings) -> bool:
+    """auto turns flash attention on where the backend has it (CPU, CUDA, Metal, Vulkan)."""
+    return settings.flash_attn != "off"
+
+
+def refusal(settings: LlamaCppSettings, layout: Layout) -> str | None:
+    """llama.cpp's reason for refusing these settings, None when it creates the context."""
+    type_v = ggml_type(settings.cache_type_v)
+    type_k = ggml_type(settings.cache_type_k)
+    if type_v.quantized and settings.flash_attn == "off":
+        return QUANTIZED_V_REFUSAL
+    if type_k.quantized and flash_attn_enabled(settings):
+        for layer in layout.spec.layers:
+            dim = _head_dim_k(layer)
+            if dim and dim % type_k.block:
+                return (f"K cache type {type_k.name} with block size {type_k.block} does not "
+                        f"divide n_embd_head_k={dim}")
+    return None
+
+
+def _head_dim_k(layer: arch.Layer) -> int:
+    if isinstance(layer, AttentionLayer):
+        return layer.head_dim_k
+    if isinstance(layer, MLALayer):
+        return layer.kv_lora_rank + layer.qk_rope_head_dim
+    return 0
+
+
+@dataclass(frozen=True)
+class Cache:
+    """One llama.cpp KV cache (``llama_kv_cache``): its cells per stream and tensor bytes."""
+
+    cache: str              # "base" or "swa"
+    cells_per_stream: int
+    n_stream: int
+    layers: int
+    k_bytes: int
+    v_bytes: int
+    type_k: str
+    type_v: str
+
+    @property
+    def total_bytes(self) -> int:
+        return self.k_bytes + self.v_bytes
+
+    def record(self) -> dict[str, Any]:
+        return {"cache": self.cache, "cells_per_stream": self.cells_per_stream,
+                "n_stream": self.n_stream, "layers": self.layers, "k_bytes": self.k_bytes,
+                "v_bytes": self.v_bytes, "total_bytes": self.total_bytes}
+
+    def log_line(self, n_seq_max: int) -> str:
+        """The line llama.cpp logs for this cache (``llama_kv_cache``; MiB = 2^20, %.2f)."""
+        mib = 1024 * 1024
+        return (f"llama_kv_cache: size = {self.total_bytes / mib:7.2f} MiB "
+                f"({self.cells_per_stream:6d} cells, {self.layers:3d} layers, "
+                f"{n_seq_max:2d}/{self.n_stream} seqs), K ({self.type_k}): "
+                f"{self.k_bytes / mib:7.2f} MiB, V ({self.type_v}): {self.v_bytes / mib:7.2f} MiB")
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Everything llama.cpp allocates for the KV cache of one context."""
+
+    settings: LlamaCppSettings
+    sizes: ContextSizes
+    flash_attn: bool
+    caches: tuple[Cache, ...]
+    layout: Layout
+    notes: tuple[str, ...] = ()
+    #: the engine's own object(s) in JSON beside "llamacpp" (Ollama's mapping)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def k_bytes(self) -> int:
+        return sum(c.k_bytes for c in self.caches)
+
+    @property
+    def v_bytes(self) -> int:
+        return sum(c.v_bytes for c in self.caches)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.k_bytes + self.v_bytes
+
+    @property
+    def bytes_per_slot(self) -> int:
+        """Bytes per slot when each slot has its own stream; the whole cache when unified."""
+        return self.total_bytes // self.sizes.n_stream
+
+    def record(self) -> dict[str, Any]:
+        s, z = self.settings, self.sizes
+        return {
+            "version": s.version, "band": self.layout.band,
+            "n_ctx": z.n_ctx, "n_ctx_seq": z.n_ctx_seq, "n_seq_max": z.n_seq_max,
+            "n_stream": z.n_stream, "kv_unified": z.unified, "n_batch": z.n_batch,
+            "n_ubatch": z.n_ubatch, "flash_attn": self.flash_attn, "swa_full": s.swa_full,
+            "cache_type_k": ggml_type(s.cache_type_k).name,
+            "cache_type_v": ggml_type(s.cache_type_v).name,
+            "caches": [c.record() for c in self.caches],
+            "k_bytes": self.k_bytes, "v_bytes": self.v_bytes, "total_bytes": self.total_bytes,
+            "log": self.log_lines(),
+        }
+
+    def log_lines(self) -> list[str]:
+        return [c.log_line(self.sizes.n_seq_max) for c in self.caches]
+
+
+def swa_cells(sizes: ContextSizes, n_swa: int, swa_full: bool, cell_pad: int) -> int:
+    """Cells per stream of the SWA cache (``llama_kv_cache_iswa``): the window of every sequence
+    sharing the stream plus one micro-batch, padded; the base size with ``--swa-full``."""
+    if swa_full:
+        return sizes.n_ctx_seq
+    per_stream = n_swa * (sizes.n_seq_max if sizes.unified else 1) + sizes.n_ubatch
+    return pad(min(sizes.n_ctx_seq, per_stream), cell_pad)
+
+
+def allocate(spec: ModelSpec, settings: LlamaCppSettings) -> Allocation:
+    """The caches llama.cpp allocates for ``spec`` with ``settings`` (module doc), or the
+    UsageError with llama.cpp's reason when it refuses them."""
+    settings.validate()
+    layout = llamacpp_layout(spec, settings.cache_type_k, settings.cache_type_v, settings.version)
+    reason = refusal(settings, layout)
+    if reason:
+        raise UsageError(f"llama.cpp refuses these settings: {reason}"
+                         + (" (use --flash-attn on or auto, or an f16 V cache)"
+                            if reason == QUANTIZED_V_REFUSAL else ""))
+    sizes = context_sizes(settings, spec.max_position_embeddings)
+    fa = flash_attn_enabled(settings)
+    old = _old_band(settings.version)
+    cell_pad = 1 if not old else (OLD_PAD_FLASH_ATTN if fa else OLD_PAD_NO_FLASH_ATTN)
+    base_cells = pad(sizes.n_ctx_seq, cell_pad)
+    type_k, type_v = ggml_type(settings.cache_type_k), ggml_type(settings.cache_type_v)
+    groups: dict[str, list[arch.Layer]] = {"base": [], "swa": []}
+    window = 0
+    for layer in spec.layers:
+        if isinstance(layer, AttentionLayer) and layer.kind == arch.SLIDING:
+            groups["swa"].append(layer)
+            window = layer.window or window
+        elif isinstance(layer, (AttentionLayer, MLALayer)):
+            groups["base"].append(layer)
+    caches = []
+    for name, layers in groups.items():
+        if not layers:
+            continue
+        cells = base_cells if name == "base" else swa_cells(
+            sizes, window, settings.swa_full, SWA_PAD if not old else cell_pad)
+        k = v = 0
+        for layer in layers:
+            k_row, v_row = cell_rows(layer, type_k, type_v)
+            k += k_row * cells * sizes.n_stream
+            v += v_row * cells * sizes.n_stream
+        caches.append(Cache(name, cells, sizes.n_stream, len(layers), k, v, type_k.name,
+                            type_v.name))
+    notes = [f"llama.cpp reserves every cell at start-up: {sizes.n_stream} stream(s) of "
+             f"{sizes.n_ctx_seq:,} cells" + (" shared by all slots" if sizes.unified else
+                                              ", one per slot")]
+    if settings.ctx_size and sizes.n_ctx != settings.ctx_size:
+        notes.append(f"--ctx-size {settings.ctx_size:,} becomes n_ctx {sizes.n_ctx:,} "
+                     f"(padded to {CTX_PAD} cells" + ("" if sizes.unified else
+                                                       f", {sizes.n_ctx_seq:,} per slot") + ")")
+    if not settings.ctx_size:
+        notes.append(f"--ctx-size 0: the model's context length "
+                     f"{spec.max_position_embeddings:,} tokens")
+    return Allocation(settings, sizes, fa, tuple(caches), layout, tuple(notes))
+
+
+def cell_rows(layer: arch.Layer, type_k: GgmlType, type_v: GgmlType) -> tuple[int, int]:
+    """K and V bytes of one cell of one layer: ``n_head_kv x head_dim`` values in each type
+    (MLA: one K row of ``kv_lora_rank + rope`` values, no V)."""
+    if isinstance(layer, MLALayer):
+        return type_k.row_bytes(layer.kv_lora_rank + layer.qk_rope_head_dim), 0
+    assert isinstance(layer, AttentionLayer)
+    return (type_k.row_bytes(layer.kv_heads * layer.head_dim_k),
+            type_v.row_bytes(layer.kv_heads * layer.head_dim_v))
+
+
+@lru_cache(maxsize=256)
+def llamacpp_layout(spec: ModelSpec, type_k: str = "f16", type_v: str = "f16",
+                    version: str = DEFAULT_VERSION, engine: str = "llamacpp") -> Layout:
+    """Bytes per token per layer in llama.cpp's cache types (token-granular; what a context
+    allocates up front is :func:`allocate`)."""
+    tk, tv = ggml_type(type_k), ggml_type(type_v)
+    band = LLAMACPP.band(version)
+    out = []
+    for i, layer in enumerate(spec.layers):
+        if isinstance(layer, (AttentionLayer, MLALayer)):
+            k, v = cell_rows(layer, tk, tv)
+            if isinstance(layer, MLALayer):
+                text = (f"latent (kv_lora_rank {layer.kv_lora_rank} + rope "
+                        f"{layer.qk_rope_head_dim}) in {tk.name}, no V: {k} B")
+            else:
+                text = (f"{layer.kv_heads} kv heads x (K {layer.head_dim_k} in {tk.name} + V "
+                        f"{layer.head_dim_v} in {tv.name}) = {k} + {v} B")
+            if layer.kind == arch.SLIDING:
+                out.append(LayerCache(i, layer.kind, k + v, KEEP_WINDOW, layer.window + 1,
+                                      formula=text + f", window {layer.window:,}"))
+            else:
+                out.append(LayerCache(i, layer.kind, k + v, KEEP_ALL, formula=text))
+        elif isinstance(layer, arch.StateLayer):
+            raise UsageError(f"{spec.name} has recurrent layers: kvcalc's llama.cpp layout "
+                             "covers attention caches only")
+        else:
+            out.append(LayerCache(i, layer.kind, 0, KEEP_NONE, formula=no_cache_formula(layer)))
+    dtype = tk if tk == tv else replace(tk, name=f"{tk.name}/{tv.name}")
+    return Layout(spec, engine, dtype, tuple(out), None, 1, version, band.name,
+                  (f"llama.cpp cache types: K {tk.name}, V {tv.name}",))
+
+
+BANDS = (
+    Band("<2025.11", None, (2025, 10),
+         ("the context is not padded to 256; each stream's cache is padded to 256 cells with "
+          "flash attention, 32 without (modelled from the PRs, not checked against a build)",),
+         ("ggml-org/llama.cpp#7257 (KV padding 32 when FA is off)",
+          "ggml-org/llama.cpp#16812 (Oct 2025: KV cache size padding removed)")),
+    Band(">=2025.11", (2025, 11), None,
+         ("n_ctx and the per-sequence context padded to 256 cells; the SWA cache is "
+          "n_swa x (unified ? slots : 1) + n_ubatch cells padded to 256",),
+         ("ggml-org/llama.cpp#17046 (Nov 2025: pad the cache size to 256)",
+          "ggml-org/llama.cpp src/llama-context.cpp, src/llama-kv-cache-iswa.cpp "
+          "(commit 0c1e57098, vendored by llama-cpp-python 0.3.36)")),
+)
+
+
+class LlamaCpp(Engine):
+    name = "llamacpp"
+    aliases = ("llama.cpp", "llama-cpp", "llama-server")
+    display_name = "llama.cpp"
+    package = "llama-cpp-python"
+    bands = BANDS
+    newest_checked = DEFAULT_VERSION
+    default_version = DEFAULT_VERSION
+    version_flag = "--llamacpp-version"
+    version_example = "2025.10"
+    settings = (
+        Setting("n_ctx", 0, "--ctx-size", "tokens over all slots; 0 = the model's context"),
+        Setting("n_parallel", None, "--parallel", "slots; auto = 4 with a unified cache"),
+        Setting("kv_unified", None, "--kv-unified/--no-kv-unified",
+                "one stream shared by all slots; on with -np auto, off with an explicit -np"),
+        Setting("type_k", "f16", "--cache-type-k", ", ".join(CACHE_TYPE_CHOICES)),
+        Setting("type_v", "f16", "--cache-type-v", "quantized types need flash attention"),
+        Setting("flash_attn", "auto", "--flash-attn", "on, off or auto"),
+        Setting("swa_full", False, "--swa-full", "SWA layers keep the full context"),
+        Setting("n_batch", SERVER_BATCH, "--batch-size", "logical batch"),
+        Setting("n_ubatch", SERVER_UBATCH, "--ubatch-size", "micro-batch: sizes the SWA cache"),
+    )
+
+    def installed_version(self) -> str | None:
+        """The llama.cpp build (YYYY.MM) vendored by the installed llama-cpp-python, when known."""
+        try:
+            return VENDORED_BUILDS.get(metadata.version(self.package))
+        except metadata.PackageNotFoundError:
+            return None
+
+    def layout(self, spec, kv_dtype: str = "auto", *, version: str | None = None,
+               block_size: int | None = None, tp: int = 1) -> Layout:
+        if tp != 1:
+            raise UsageError("the llama.cpp layout models one process: --tp needs --engine vllm")
+        return llamacpp_layout(spec, kv_dtype, kv_dtype, version or DEFAULT_VERSION)
+
+    def allocation(self, spec, options: dict[str, Any], kv_dtype: str = "auto",
+                   version: str | None = None) -> Allocation:
+        return allocate(spec, server_settings(options, kv_dtype, version))
+
+    def describe(self, layout: Layout) -> str:
+        return (f"llama.cpp {layout.version} (band {layout.band}), contiguous cache reserved "
+                f"at start-up")
+
+
+def server_settings(options: dict[str, Any], kv_dtype: str = "auto",
+                    version: str | None = None) -> LlamaCppSettings:
+    """llama-server's options (kvcalc's option names, None = not given) as settings."""
+    default = KV_DTYPE_TO_GGML.get(kv_dtype, kv_dtype)
+    given = {k: v for k, v in {
+        "ctx_size": options.get("ctx_size"), "parallel": options.get("parallel"),
+        "kv_unified": options.get("kv_unified"),
+        "cache_type_k": options.get("cache_type_k") or default,
+        "cache_type_v": options.get("cache_type_v") or default,
+        "flash_attn": options.get("flash_attn"), "swa_full": options.get("swa_full"),
+        "batch_size": options.get("batch_size"), "ubatch_size": options.get("ubatch_size"),
+        "version": version}.items() if v is not None}
+    return LlamaCppSettings(**given)
+
+
+LLAMACPP = register(LlamaCpp())
