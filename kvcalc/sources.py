@@ -145,7 +145,8 @@ def parse_yaml(text: str, what: str) -> Any:
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        for event in yaml.parse(text, Loader=loader):
+        events = yaml.parse(text, Loader=loader) if "*" in text else ()  # an alias needs '*'
+        for event in events:
             if isinstance(event, yaml.AliasEvent):
                 raise ConfigError(f"{what} uses a YAML alias ('*{event.anchor}'): kvcalc "
                                   "refuses aliases in presets; write the value out")

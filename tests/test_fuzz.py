@@ -112,7 +112,7 @@ preset_docs = st.one_of(
 )
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
+@settings(max_examples=15, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=preset_docs, raw=st.binary(max_size=64))
 def test_a_bad_user_preset_never_breaks_kvcalc(tmp_path, monkeypatch, doc, raw):
