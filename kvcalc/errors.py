@@ -69,7 +69,7 @@ def as_user_error(exc: BaseException) -> KvcalcError | None:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return KvcalcError(f"no space left on the device writing {where or 'output'}: "
                                "free some space or write elsewhere")
-        return KvcalcError(f"{where}: {what}" if where else f"{what} ({exc})")
+        return KvcalcError(f"cannot use {where}: {what}" if where else f"{what} ({exc})")
     if isinstance(exc, RecursionError):
         return ConfigError("the input is nested too deeply to read (limit: "
                            "docs/security.md)")
