@@ -60,7 +60,7 @@ class PagedCache:
         q = self.queue
         while n:
             k, v = q.popitem(last=False)
-            if type(k) is int:
+            if type(k) is int and k < 0:
                 if v > n:
                     q[k] = v - n
                     q.move_to_end(k, last=False)
@@ -83,21 +83,23 @@ class PagedCache:
             self.free_count += n
 
     # ---- keys --------------------------------------------------------------------------
-    def _trace_key(self, r, m: int):
-        """The prefix-cache identity of block ``m`` of ``r``'s prompt, or None."""
-        end = (m + 1) * self.B
-        if r.hash_ids is None or end > r.prompt:
-            return None
-        h = (end - 1) // self.hash_block
-        if h >= len(r.hash_ids):
-            return None
-        return (r.hash_ids[h], end - h * self.hash_block)
+    # a block's identity: trace blocks an int >= 0 (hash id x (H + 1) + end offset in the
+    # hash block), a preempted request's own blocks (rid, m); clean runs in the queue use
+    # negative ints
+    def _tkeys(self, r) -> list[int]:
+        """The identities of ``r``'s full prompt blocks that its trace hash ids name."""
+        if r.tkeys is None:
+            ids, B, H = r.hash_ids or (), self.B, self.hash_block
+            n = min(r.prompt // B, len(ids) * H // B)
+            r.tkeys = [ids[(e - 1) // H] * (H + 1) + e - (e - 1) // H * H
+                       for e in range(B, (n + 1) * B, B)]
+        return r.tkeys
 
     def _key(self, r, m: int):
-        key = self._trace_key(r, m)
-        if key is None and r.preempted:
-            return (-1 - r.rid, m)
-        return key
+        t = self._tkeys(r)
+        if m < len(t):
+            return t[m]
+        return (r.rid, m) if r.preempted else None
 
     # ---- the scheduler's calls ---------------------------------------------------------
     def lookup(self, r):
@@ -108,9 +110,15 @@ class PagedCache:
         limit = (r.num_tokens - 1) // self.B
         gpu, cpu = [], []
         cache, store = self.cache, self.cpu
+        t = self._tkeys(r)
+        n = len(t)
+        own = r.preempted
         for m in range(limit):
-            key = self._key(r, m)
-            if key is None:
+            if m < n:
+                key = t[m]
+            elif own:
+                key = (r.rid, m)
+            else:
                 break
             if key in cache:
                 gpu.append(key)
@@ -166,12 +174,13 @@ class PagedCache:
         if not self.prefix or r.hash_ids is None:
             return
         keys = r.bkeys
-        full = min(r.computed, r.prompt) // self.B
+        t = self._tkeys(r)
+        full = min(r.computed // self.B, len(t))
+        if len(keys) >= full:
+            return
         cache = self.cache
-        while len(keys) < full:
-            key = self._trace_key(r, len(keys))
-            if key is None:
-                break
+        for m in range(len(keys), full):
+            key = t[m]
             if key in cache:
                 keys.append(None)      # a twin computed concurrently: stays private
             else:
@@ -187,7 +196,7 @@ class PagedCache:
             keys = list(keys) + [None] * (full - len(keys))
             for m in range(full):
                 if keys[m] is None:
-                    key = self._key_for_preempted(r, m)
+                    key = self._key(r, m)
                     if key not in cache:
                         cache[key] = 1
                         keys[m] = key
@@ -200,10 +209,6 @@ class PagedCache:
                 self.free_count += 1
         r.held = 0
         r.bkeys = None
-
-    def _key_for_preempted(self, r, m: int):
-        key = self._trace_key(r, m)
-        return key if key is not None else (-1 - r.rid, m)
 
     # ---- bulk decode -------------------------------------------------------------------
     def max_steps(self, running, k: int) -> int:

@@ -194,8 +194,8 @@ def _hash_ids(path: Path, line: int, value) -> tuple[int, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not all(
-            isinstance(h, int) and not isinstance(h, bool) for h in value):
-        raise ConfigError(f"{path}:{line}: hash_ids must be a list of integers")
+            isinstance(h, int) and not isinstance(h, bool) and 0 <= h < 2**62 for h in value):
+        raise ConfigError(f"{path}:{line}: hash_ids must be a list of non-negative integers")
     return tuple(value)
 
 

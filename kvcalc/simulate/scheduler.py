@@ -36,7 +36,7 @@ class Req:
 
     __slots__ = ("rid", "arrival", "prompt", "output", "final", "hash_ids", "num_tokens",
                  "computed", "hwm", "generated", "scheduled_at", "preempted", "held", "bkeys",
-                 "reserve", "addr")
+                 "tkeys", "reserve", "addr")
 
     def __init__(self, rid: int, a: Arrival, output: int):
         self.rid = rid
@@ -54,6 +54,7 @@ class Req:
         self.preempted = False
         self.held = 0                # paged: blocks held
         self.bkeys: list | None = None   # paged: prefix-cache keys of the leading blocks
+        self.tkeys: list | None = None   # paged: identities of the trace's prompt blocks
         self.reserve = 0             # contiguous: token slots reserved
         self.addr = -1               # contiguous: where
 
@@ -262,9 +263,9 @@ class _Loop:
                            blocked or len(running) >= cfg.max_num_seqs))))
 
     def _preempt(self, r: Req) -> None:
+        r.preempted = True
         self.cache.free(r, preempted=True)
         r.computed = 0
-        r.preempted = True
         self.waiting.appendleft(r)
         self.tot.preemptions += 1
 

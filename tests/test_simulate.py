@@ -1,0 +1,323 @@
+"""kvcalc simulate: hand-checked scenarios, properties and the PagedAttention paper's ordering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvcalc.cli import cli
+from kvcalc.hardware import resolve_gpu
+from kvcalc.model import load_spec
+from kvcalc.plan import PlanInputs, make_plan
+from kvcalc.simulate import Options, result_record, simulate
+from kvcalc.simulate.contiguous import reservation
+from kvcalc.simulate.metrics import steps_until, t_ceil_sum, ceil_sum, series_time
+from kvcalc.simulate.requests import Arrival, Trace, load_trace, synthetic
+from kvcalc.workload import fixed
+
+FIX = Path(__file__).parent / "fixtures" / "simulate"
+OPT13B = str(FIX / "facebook__opt-13b.partial.json")
+#: Llama-3.1-8B: 32 layers x 8 KV heads x 128 x 2 (K, V) x 2 B = 131,072 B per token
+BLOCK_BYTES = 16 * 131_072
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return load_spec("llama-3.1-8b")[1]
+
+
+def tiny(blocks: int, **kw) -> PlanInputs:
+    """An H100 plan whose KV budget is exactly ``blocks`` blocks of Llama-3.1-8B (the null
+    block among them)."""
+    return PlanInputs(gpu=resolve_gpu("h100"), max_len=kw.pop("max_len", 64),
+                      kv_budget=blocks * BLOCK_BYTES, **kw)
+
+
+def run(spec, inp, arrivals, **kw):
+    kw.setdefault("check", True)
+    return simulate(spec, inp, arrivals, Options(**kw))
+
+
+# --------------------------------------------------------------------------------------------
+# Hand-checked
+
+
+def test_capacity_is_plans(llama):
+    inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=8192)
+    plan = make_plan(llama, inp, fixed(1, 0))
+    res = run(llama, inp, load_trace(str(FIX / "toy3.csv")), allocators=("paged",))
+    assert res.usable_blocks == plan.vllm.num_blocks - 1          # the null block
+    rec = result_record(res)
+    assert rec["kv_budget_bytes"] == plan.budget.kv_bytes
+    assert rec["block_size"] == plan.vllm.block_size == 16
+    assert rec["num_gpu_blocks"] == plan.vllm.num_blocks
+
+
+def test_toy_trace_preempts_at_step_18(llama):
+    """4 usable blocks (5 with the null block; max_model_len 64 fits), two requests of 16 + 20 tokens at t=0, a third
+    (40 + 1) at t=30, 1 s per step. Step 1 prefills both (1 block each); decode step s leaves
+    15 + s tokens, so step 17 ends with 32 each in 2 blocks (pool full); step 18 needs a 3rd
+    block for A: B (newest) is preempted. A finishes at step 20, B is recomputed (33 tokens,
+    32 of them computed before) at step 21 and finishes at step 23; C runs alone at t=30."""
+    trace = load_trace(str(FIX / "toy3.csv"))
+    res = run(llama, tiny(5), trace, allocators=("paged",), step_time_s=1.0,
+              prefix_caching=False, timeline_interval_s=1.0)
+    t = res.runs["paged"].totals
+    assert (t.completed, t.rejected, t.preemptions, t.recomputed_tokens) == (3, 0, 1, 32)
+    assert t.steps == 24 and t.seconds == pytest.approx(31.0)
+    rows = {round(r[0]): r for r in t.timeline}
+    # (time, running, waiting, preemptions, token states, reservation, internal, external, free)
+    assert rows[17][1:] == (2, 0, 0, 64, 0, 0, 16, 0)              # 4 blocks, 64 tokens
+    assert rows[18][1:] == (1, 1, 1, 33, 2, 13, 16, 16)            # A: 3 blocks, final 35
+    assert rows[21][1:] == (1, 0, 1, 33, 2, 13, 16, 16)            # B back: 33 tokens
+    # token-state share over time: hand integral of the states above, 1 s per step
+    mem = res.runs["paged"].memory
+    assert sum(mem.values()) == pytest.approx(1.0)
+    assert mem["external_fragmentation"] == pytest.approx(16 / 80)   # the null block
+
+
+def test_toy_trace_with_prefix_caching_recomputes_nothing(llama):
+    """With prefix caching B's two full blocks stay cached when it is preempted, at the tail of
+    the free queue (its last block first); A's third block evicts B's second one, so on resume
+    B hits its first block (16 tokens) and recomputes 16 of the 32 it had computed."""
+    trace = load_trace(str(FIX / "toy3.csv"))
+    t = run(llama, tiny(5), trace, allocators=("paged",), step_time_s=1.0).runs["paged"].totals
+    assert t.preemptions == 1
+    assert t.prefix_hit_tokens == 32 - 16 and t.recomputed_tokens == 16
+
+
+def test_contiguous_oracle_never_preempts(llama):
+    trace = load_trace(str(FIX / "toy3.csv"))
+    res = run(llama, tiny(5), trace, allocators=("orca-oracle", "orca-pow2", "orca-max"),
+              step_time_s=1.0)
+    assert res.runs["orca-oracle"].totals.preemptions == 0
+    assert res.runs["orca-oracle"].pool_slots == 80
+    # oracle: 36 + 36 slots fit in 80; pow2: 64 + 64 do not -> B waits for A
+    assert res.runs["orca-oracle"].totals.seconds == pytest.approx(31.0)
+    assert res.runs["orca-pow2"].totals.waiting.summary()["max"] == 1
+    # max: every request reserves max_len = 64 slots: one at a time
+    assert res.runs["orca-max"].totals.running.summary()["max"] == 1
+    assert res.runs["orca-max"].totals.completed == 3
+
+
+def test_reservations():
+    assert reservation("orca-max", 161, 338, 2048) == 2048
+    assert reservation("orca-pow2", 161, 338, 2048) == 512
+    assert reservation("orca-pow2", 1500, 600, 2048) == 2048
+    assert reservation("orca-oracle", 161, 338, 2048) == 499
+
+
+def test_prefix_hits_on_a_hash_chain(llama):
+    """Unlimited cache, requests 100 s apart. r2 reuses r1's 2 x 512 tokens (64 blocks: 1,024);
+    r3 shares hash id 1 only (512); r4 repeats r1 but its last token is always computed, so
+    63 blocks hit (1,008). 2,544 tokens in all."""
+    trace = load_trace(str(FIX / "chain.jsonl"))
+    inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=4096)
+    t = run(llama, inp, trace, allocators=("paged",)).runs["paged"].totals
+    assert t.prefix_hit_tokens == 1024 + 512 + 1008
+    t_off = run(llama, inp, trace, allocators=("paged",),
+                prefix_caching=False).runs["paged"].totals
+    assert t_off.prefix_hit_tokens == 0
+
+
+def hit_bound(trace: Trace, block: int) -> int:
+    """Leading full blocks of each prompt that an earlier prompt computed, capped at
+    (prompt - 1) // block, from the hash ids alone."""
+    seen: set = set()
+    total = 0
+    H = trace.hash_block
+    for a in trace.arrivals:
+        keys = []
+        for m in range(a.prompt // block):
+            end = (m + 1) * block
+            h = (end - 1) // H
+            if h >= len(a.hash_ids):
+                break
+            keys.append((a.hash_ids[h], end - h * H))
+        hits = 0
+        for k in keys[:(a.prompt - 1) // block]:
+            if k not in seen:
+                break
+            hits += 1
+        total += hits * block
+        seen.update(keys)
+    return total
+
+
+def test_prefix_hits_equal_the_bound_on_mooncake(llama):
+    """The first 40 Mooncake conversation requests, 10,000 s apart on an unlimited cache: the
+    hits are exactly what the hash ids allow."""
+    head = load_trace(str(FIX / "mooncake-conversation-head40.jsonl"))
+    spaced = Trace("spaced", tuple(Arrival(i * 10_000.0, a.prompt, a.output, a.hash_ids)
+                                   for i, a in enumerate(head.arrivals)))
+    inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=131072, kv_budget=1 << 40)
+    t = run(llama, inp, spaced, allocators=("paged",), check=False).runs["paged"].totals
+    assert t.prefix_hit_tokens == hit_bound(spaced, 16) > 10_000
+    assert t.completed == 40
+
+
+def test_cpu_tier_catches_evicted_prefixes(llama):
+    """69 usable blocks. r1 (1,024 tokens: 65 blocks) frees 64 cached blocks, r2 reuses them and
+    frees 68 (hash ids 1, 2, 3). r3 (600 + 200 tokens, 50 blocks) hits the 32 blocks of id 1 and
+    takes 18 more from the head of the free queue: 1 clean block, then 17 cached ones, the
+    least recently freed first -- id 3's 4 blocks, then id 2's blocks 63..51 (a request's
+    blocks are freed tail first). r4 repeats r1: 51 blocks hit on the GPU (816 tokens); with a
+    CPU tier blocks 51..62 are found there (192 tokens; block 63 holds r4's last token)."""
+    trace = load_trace(str(FIX / "chain.jsonl"))
+    inp = tiny(70, max_len=1104)
+    no_tier = run(llama, inp, trace, allocators=("paged",)).runs["paged"].totals
+    tier = run(llama, inp, trace, allocators=("paged",),
+               cpu_offload_bytes=200 * BLOCK_BYTES).runs["paged"].totals
+    assert (no_tier.prefix_hit_tokens, no_tier.offload_hit_tokens) == (1024 + 512 + 816, 0)
+    assert (tier.prefix_hit_tokens, tier.offload_hit_tokens) == (1024 + 512 + 816, 192)
+
+
+# --------------------------------------------------------------------------------------------
+# Properties
+
+
+def test_no_preemption_when_the_budget_is_ample(llama):
+    trace = load_trace("azure-conv-2023")
+    head = Trace("head", trace.arrivals[:400])
+    t = run(llama, PlanInputs(gpu=resolve_gpu("h100"), max_len=32768), head,
+            allocators=("paged",)).runs["paged"].totals
+    assert t.preemptions == 0 and t.completed == 400
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 300), st.integers(1, 200), st.floats(0, 20)),
+                min_size=1, max_size=25),
+       st.integers(4, 60), st.booleans(), st.integers(0, 40))
+def test_conservation(llama, reqs, blocks, prefix, cpu):
+    """Blocks in use never exceed the pool, no category goes negative, the categories sum to
+    the budget (checked after every step), every request finishes or is rejected."""
+    arrivals = tuple(sorted((Arrival(t, p, o, (0, 1, 2) if prefix else None)
+                             for p, o, t in reqs), key=lambda a: a.arrival_s))
+    trace = Trace("hypothesis", arrivals)
+    res = run(llama, tiny(blocks, max_len=16 * (blocks - 1), max_batched_tokens=64,
+                          max_num_seqs=8), trace,
+              prefix_caching=prefix, cpu_offload_bytes=cpu * BLOCK_BYTES)
+    for r in res.runs.values():
+        t = r.totals
+        assert t.completed + t.rejected == t.requests == len(reqs)
+        assert sum(r.memory.values()) == pytest.approx(1.0)
+        assert min(r.memory.values()) >= -1e-9
+
+
+def test_determinism_under_a_seed(llama):
+    inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=4096, kv_budget=400 * BLOCK_BYTES)
+
+    def once(seed):
+        return result_record(run(llama, inp, lambda: synthetic(
+            300, 20.0, 500, 200, "lognormal", max_len=4096, seed=seed), check=False))
+
+    assert once(3) == once(3)
+    assert once(3) != once(4)
+
+
+def test_paper_ordering_sharegpt_like():
+    """PagedAttention paper Fig. 2 (OPT-13B, A100-40GB, ShareGPT means 161 in / 338 out):
+    token states Orca Max 20.4% < Pow2 26.8% < Oracle 38.2% < vLLM 96.3%."""
+    spec = load_spec(OPT13B)[1]
+    inp = PlanInputs(gpu=resolve_gpu("a100-40gb"), max_len=2048)
+    res = run(spec, inp, lambda: synthetic(2500, None, 161, 338, "lognormal", max_len=2048,
+                                           seed=0), check=False)
+    share = {n: r.memory["token_states"] for n, r in res.runs.items()}
+    assert share["orca-max"] < share["orca-pow2"] < share["orca-oracle"] < share["paged"]
+    assert share["paged"] > 0.95
+    assert 0.15 < share["orca-max"] < 0.30
+
+
+# --------------------------------------------------------------------------------------------
+# Closed forms
+
+
+@given(st.integers(0, 3000), st.integers(1, 70))
+def test_ceil_sums(m, b):
+    assert ceil_sum(m, b) == sum(-(-t // b) for t in range(1, m + 1))
+    assert t_ceil_sum(m, b) == sum(t * -(-t // b) for t in range(1, m + 1))
+
+
+@given(st.floats(0, 100), st.floats(1e-4, 1), st.floats(0, 1e-3))
+def test_steps_until(dt, c0, c1):
+    k = steps_until(dt, c0, c1)
+    assert series_time(k, c0, c1) >= dt
+    assert k == 1 or series_time(k - 1, c0, c1) < dt
+
+
+# --------------------------------------------------------------------------------------------
+# Traces and the CLI
+
+
+def test_builtin_traces_read():
+    azure = load_trace("azure-conv-2023")
+    assert len(azure) == 19_366 and azure.arrivals[0].arrival_s == 0.0
+    assert (azure.arrivals[0].prompt, azure.arrivals[0].output) == (374, 44)
+    moon = load_trace("mooncake-conv")
+    assert len(moon) == 12_031 and moon.arrivals[0].hash_ids[:3] == (0, 1, 2)
+    assert load_trace("azure-code-2023").scaled(2).arrivals[-1].arrival_s == pytest.approx(
+        load_trace("azure-code-2023").arrivals[-1].arrival_s / 2)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trace", "azure-conv"], "did you mean"),
+    (["--trace", "azure-conv-2023", "--rate", "2"], "not both"),
+    ([], "give a workload"),
+    (["--input-len", "100", "--output-len", "10", "--requests", "0"], "--requests must be"),
+    (["--input-len", "100", "--output-len", "10", "--rate", "-1"], "invalid --rate"),
+    (["--trace", "azure-conv-2023", "--rate-scale", "0"], "invalid --rate-scale"),
+    (["--input-len", "100", "--output-len", "10", "--step-time", "0"], "invalid --step-time"),
+    (["-m", "gemma-2-9b", "--input-len", "100", "--output-len", "10"], "sliding"),
+])
+def test_cli_errors_are_one_line(args, message):
+    if "-m" not in args:
+        args = ["-m", "llama-3.1-8b"] + args
+    result = CliRunner().invoke(cli, ["simulate", *args])
+    assert result.exit_code != 0
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_cli_bad_trace_file(tmp_path):
+    bad = tmp_path / "t.jsonl"
+    bad.write_text('{"prompt_len": 10, "output_len": 1.5}\n')
+    result = CliRunner().invoke(cli, ["simulate", "-m", "llama-3.1-8b", "--trace", str(bad)])
+    assert result.exit_code != 0 and "t.jsonl:1" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_json_and_timeline(tmp_path):
+    timeline = tmp_path / "t.csv"
+    result = CliRunner().invoke(cli, [
+        "simulate", "-m", "llama-3.1-8b", "--kv-budget", str(5 * BLOCK_BYTES), "--max-len",
+        "64", "--trace", str(FIX / "toy3.csv"), "--step-time", "1", "--no-prefix-caching",
+        "--timeline", str(timeline), "-f", "json"])
+    assert result.exit_code == 0, result.output
+    rec = json.loads(result.output)
+    assert (rec["requests"], rec["completed"], rec["rejected"]) == (3, 3, 0)
+    assert set(rec["allocators"]) == {"paged", "orca-max", "orca-pow2", "orca-oracle"}
+    paged = rec["allocators"]["paged"]
+    assert paged["preemptions"] == 1 and paged["recomputed_tokens"] == 32
+    for a in rec["allocators"].values():
+        assert set(a["memory"]) == {"token_states", "reservation", "internal_fragmentation",
+                                    "external_fragmentation", "free"}
+        for key in ("preemptions", "recomputed_tokens", "prompt_tokens", "prefix_hit_tokens",
+                    "running", "queue_delay_s", "ttft_s", "seconds_modelled"):
+            assert key in a
+    lines = timeline.read_text().splitlines()
+    assert lines[0].startswith("allocator,time_s,running,waiting,preemptions,token_states")
+    assert any(l.startswith("paged,18.000000,1,1,1,") for l in lines)
+
+
+def test_cli_table_names_every_allocator():
+    result = CliRunner().invoke(cli, ["simulate", "-m", "llama-3.1-8b", "--input-len", "200",
+                                      "--output-len", "50", "--requests", "100", "--rate", "5"])
+    assert result.exit_code == 0, result.output
+    for word in ("paged", "orca-max", "orca-pow2", "orca-oracle", "token states",
+                 "external fragmentation", "time to first token"):
+        assert word in result.output
