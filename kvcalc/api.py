@@ -157,9 +157,19 @@ def estimate(model: Any, *, seq: int, batch: int = 1, engine: str = "hf",
     version = versions.get(f"{eng.name}_version")
     layout = build_layout(m.spec, engine, str(kv_dtype).lower(), block_size=block_size,
                           version=version)
-    warnings = context_warnings(m.spec, [seq]) + [n for n in [drift_notice(layout)] if n]
+    warnings = (context_warnings(m.spec, [seq]) + ignored_settings(eng, block_size=block_size)
+                + [n for n in [drift_notice(layout)] if n])
     point: Estimate = _estimate_point(layout, seq, batch)
     return EstimateResult(estimate_record(point, m.resolved, warnings))
+
+
+def ignored_settings(engine: Any, **given: Any) -> list[str]:
+    """A warning for each setting given (not None) that ``engine`` does not take: e.g. a block
+    size for transformers' token-granular DynamicCache."""
+    takes = {s.name for s in engine.settings}
+    return [f"{name} = {value} does not apply to {engine.display_name} (its settings: "
+            f"{', '.join(sorted(takes)) or 'none'}): ignored"
+            for name, value in given.items() if value is not None and name not in takes]
 
 
 def estimate_sweep(model: Any, *, seqs: Sequence[int], batches: Sequence[int] = (1,),

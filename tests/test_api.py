@@ -111,3 +111,13 @@ def test_done_when_command():
                           "'llama-7b', seq=4096).bytes_per_sequence)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "2147483648"
+
+
+def test_a_setting_the_engine_does_not_take_is_a_warning():
+    r = kvcalc.estimate("llama-7b", seq=16, block_size=32)          # hf: token-granular
+    assert any("block_size = 32 does not apply to transformers" in w for w in r.warnings)
+    assert r.bytes_per_sequence == 16 * 524_288                     # and ignored
+    v = kvcalc.estimate("llama-7b", seq=16, engine="vllm", block_size=32)
+    assert not any("does not apply" in w for w in v.warnings) and v.block_size == 32
+    out = CliRunner().invoke(cli, ["estimate", "-m", "llama-7b", "--block-size", "32"])
+    assert "warning: block_size = 32 does not apply to transformers" in out.stderr
