@@ -52,6 +52,89 @@ def layout_options(f):
     return f
 
 
+#: options of the engines that allocate the cache up front, under the engines' own names
+#: (llama-server's and Ollama's; docs/llamacpp.md), as estimate/plan keyword -> engines
+ALLOCATION_OPTIONS = {
+    "ctx_size": "llamacpp", "parallel": "llamacpp", "kv_unified": "llamacpp",
+    "cache_type_k": "llamacpp", "cache_type_v": "llamacpp", "flash_attn": "llamacpp",
+    "swa_full": "llamacpp", "batch_size": "llamacpp", "ubatch_size": "llamacpp",
+    "num_ctx": "ollama", "num_parallel": "ollama", "kv_cache_type": "ollama",
+    "flash_attention": "ollama", "num_batch": "ollama",
+}
+
+
+def allocation_options(f):
+    """llama-server's options (--ctx-size, --parallel, ...) and Ollama's (--num-ctx, ...,
+    read from the OLLAMA_* environment variables when absent)."""
+    from ..engines.llamacpp import CACHE_TYPE_CHOICES, FLASH_ATTN_CHOICES
+    from ..engines.ollama import KV_CACHE_TYPES
+
+    tokens = TokenList("token count", single=True)
+    options = [
+        click.option("--ctx-size", type=tokens, default=None,
+                     help="llamacpp: llama-server -c, tokens over all slots (default 0 = the "
+                          "model's context length)."),
+        click.option("--parallel", type=int, default=None,
+                     help="llamacpp: llama-server -np, slots (default auto: 4 with a unified "
+                          "cache)."),
+        click.option("--kv-unified/--no-kv-unified", "kv_unified", default=None,
+                     help="llamacpp: one cache stream shared by all slots (default: on with "
+                          "-np auto, off with an explicit --parallel)."),
+        click.option("--cache-type-k", type=click.Choice(CACHE_TYPE_CHOICES), default=None,
+                     help="llamacpp: K cache type (default f16, or --kv-dtype)."),
+        click.option("--cache-type-v", type=click.Choice(CACHE_TYPE_CHOICES), default=None,
+                     help="llamacpp: V cache type; quantized types need flash attention."),
+        click.option("--flash-attn", type=click.Choice(FLASH_ATTN_CHOICES), default=None,
+                     help="llamacpp: flash attention (default auto)."),
+        click.option("--swa-full/--no-swa-full", "swa_full", default=None,
+                     help="llamacpp: sliding-window layers keep the full context (default "
+                          "off in llama-server, on in the C API and llama-cpp-python)."),
+        click.option("--batch-size", type=int, default=None,
+                     help="llamacpp: llama-server -b, logical batch (default 2048)."),
+        click.option("--ubatch-size", type=int, default=None,
+                     help="llamacpp: llama-server -ub, micro-batch (default 512); sizes the "
+                          "SWA cache."),
+        click.option("--num-ctx", type=tokens, default=None, envvar="OLLAMA_CONTEXT_LENGTH",
+                     help="ollama: context per request (OLLAMA_CONTEXT_LENGTH; default 4096)."),
+        click.option("--num-parallel", type=int, default=None, envvar="OLLAMA_NUM_PARALLEL",
+                     help="ollama: requests at once (OLLAMA_NUM_PARALLEL; default 1)."),
+        click.option("--kv-cache-type", type=click.Choice(KV_CACHE_TYPES), default=None,
+                     envvar="OLLAMA_KV_CACHE_TYPE",
+                     help="ollama: K and V cache type (OLLAMA_KV_CACHE_TYPE; default f16)."),
+        click.option("--flash-attention/--no-flash-attention", "flash_attention", default=None,
+                     envvar="OLLAMA_FLASH_ATTENTION",
+                     help="ollama: OLLAMA_FLASH_ATTENTION (default: unset = auto)."),
+        click.option("--num-batch", type=int, default=None,
+                     help="ollama: num_batch (default 512 / 1024 / 2048 by num_ctx x "
+                          "num_parallel)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def allocation_settings(engine: str, kwargs: dict) -> dict:
+    """The up-front allocation options given, checked against ``engine``: an option of another
+    engine is an error naming the engine it belongs to. Environment variables (OLLAMA_*) only
+    count for Ollama."""
+    name = get_engine(engine).name
+    ctx = click.get_current_context(silent=True)
+    given = {}
+    for key, owner in ALLOCATION_OPTIONS.items():
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        from_env = ctx is not None and ctx.get_parameter_source(key) == \
+            click.core.ParameterSource.ENVIRONMENT
+        if owner != name:
+            if from_env:
+                continue
+            raise UsageError(f"--{key.replace('_', '-')} is a setting of --engine {owner}, "
+                             f"not {name}")
+        given[key] = value
+    return given
+
+
 def format_option(f):
     return click.option("--format", "-f", "fmt", type=click.Choice(FORMATS), default="table",
                         show_default=True, help="Output format.")(f)

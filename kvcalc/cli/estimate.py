@@ -7,7 +7,8 @@ import click
 from .. import api
 from ..render import key_values, table, to_csv, to_json, to_yaml
 from ..units import format_bytes
-from .common import TokenList, echo_output, format_option, layout_options, model_options, warn
+from .common import (TokenList, allocation_options, allocation_settings, echo_output,
+                     format_option, layout_options, model_options, warn)
 
 CSV_COLUMNS = ("model", "engine", "kv_dtype", "block_size", "seq", "batch", "bytes_per_token",
                "bytes_per_sequence", "bytes_total")
@@ -22,6 +23,7 @@ CSV_COLUMNS = ("model", "engine", "kv_dtype", "block_size", "seq", "batch", "byt
 @click.option("--batch", "-b", "batches", type=TokenList("batch size"), default="1",
               show_default=True, help="Sequences in the batch; a list makes a sweep.")
 @layout_options
+@allocation_options
 @format_option
 def estimate(model, revision, seqs, batches, engine, kv_dtype, block_size, fmt, **versions):
     """KV-cache bytes per token, per sequence and per batch for one model.
@@ -31,10 +33,14 @@ def estimate(model, revision, seqs, batches, engine, kv_dtype, block_size, fmt, 
       kvcalc estimate --model llama-7b --seq 4096
       kvcalc estimate --model deepseek-v3 --seq 32k --engine vllm --kv-dtype fp8
       kvcalc estimate --model gemma-3-27b --seq 1k,8k,128k --batch 1,8 --format csv
+      kvcalc estimate --model model.gguf --engine llamacpp --ctx-size 32k --parallel 4
+      kvcalc estimate --model model.gguf --engine ollama --num-ctx 8192 --num-parallel 4
     """
+    settings = allocation_settings(engine, versions)
+    versions = {k: v for k, v in versions.items() if k.endswith("_version")}
     results = api.estimate_sweep(model, revision=revision, seqs=seqs, batches=batches,
                                  engine=engine, kv_dtype=kv_dtype, block_size=block_size,
-                                 **versions)
+                                 **versions, **settings)
     records = [r.to_dict() for r in results]
     for message in dict.fromkeys(w for r in records for w in r["warnings"]):
         warn(message)
@@ -76,10 +82,29 @@ def _single_table(rec: dict, fmt: str) -> str:
     layers = table(rows, ("layer kind", "layers", "B/token/layer", "window", "tokens held",
                           "state B/layer", "per sequence"), fmt)
     parts = [header, "", totals, "", layers, "", f"{bold}Formula{bold}: {rec['formula']}"]
+    if "llamacpp" in rec:
+        parts += ["", _allocation_table(rec["llamacpp"], fmt)]
     if rec["notes"]:
         parts.append("")
         parts.extend(f"note: {n}" for n in rec["notes"])
     return "\n".join(parts) + "\n"
+
+
+def _allocation_table(a: dict, fmt: str) -> str:
+    """What llama.cpp allocates at start-up: one row per cache, and the total."""
+    title = (f"llama.cpp allocates at start-up: n_ctx {a['n_ctx']:,}, n_ctx_seq "
+             f"{a['n_ctx_seq']:,}, {a['n_seq_max']} slot(s) in {a['n_stream']} stream(s)"
+             f"{' (unified)' if a['kv_unified'] else ''}, K {a['cache_type_k']}, V "
+             f"{a['cache_type_v']}, flash attention {'on' if a['flash_attn'] else 'off'}, "
+             f"n_ubatch {a['n_ubatch']:,}{', swa_full' if a['swa_full'] else ''}")
+    rows = [(c["cache"], f"{c['cells_per_stream']:,}", c["n_stream"], c["layers"],
+             f"{c['k_bytes']:,}", f"{c['v_bytes']:,}", f"{c['total_bytes']:,}",
+             format_bytes(c["total_bytes"])) for c in a["caches"]]
+    rows.append(("total", "", "", "", f"{a['k_bytes']:,}", f"{a['v_bytes']:,}",
+                 f"{a['total_bytes']:,}", format_bytes(a["total_bytes"])))
+    body = table(rows, ("cache", "cells/stream", "streams", "layers", "K bytes", "V bytes",
+                        "bytes", "human"), fmt)
+    return f"{title}\n\n{body}"
 
 
 def _sweep_table(records: list[dict], fmt: str) -> str:

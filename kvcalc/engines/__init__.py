@@ -185,3 +185,4 @@ def build_layout(spec, engine: str = "hf", kv_dtype: str = "auto", *,
 from . import transformers as _transformers  # noqa: E402,F401  (registers "hf")
 from . import vllm as _vllm  # noqa: E402,F401  (registers "vllm")
 from . import llamacpp as _llamacpp  # noqa: E402,F401  (registers "llamacpp")
+from . import ollama as _ollama  # noqa: E402,F401  (registers "ollama")

@@ -317,6 +317,10 @@ class Allocation:
     def log_lines(self) -> list[str]:
         return [c.log_line(self.sizes.n_seq_max) for c in self.caches]
 
+    def records(self) -> dict[str, Any]:
+        """The JSON objects estimate and plan add: ``llamacpp`` and the engine's own."""
+        return {"llamacpp": self.record(), **self.extra}
+
 
 def swa_cells(sizes: ContextSizes, n_swa: int, swa_full: bool, cell_pad: int) -> int:
     """Cells per stream of the SWA cache (``llama_kv_cache_iswa``): the window of every sequence

@@ -1,0 +1,226 @@
+"""Ollama: its settings turned into the llama.cpp context it creates (docs/llamacpp.md).
+
+Ollama >= 0.30 (ollama/ollama#16031) runs upstream ``llama-server`` (``llm/llama_server.go``):
+
+- ``-c num_ctx x num_parallel -np num_parallel``: an explicit ``-np`` keeps the cache
+  per slot (kv_unified off), so each slot gets ``pad(num_ctx, 256)`` cells in its own stream;
+- ``--cache-type-k`` and ``--cache-type-v`` both ``OLLAMA_KV_CACHE_TYPE`` (f16, q8_0, q4_0;
+  default f16); ``--flash-attn`` from ``OLLAMA_FLASH_ATTENTION`` (unset: auto);
+- ``-b = -ub = num_batch``; when the request does not set it the scheduler picks 512 for
+  ``num_ctx x np <= 4096``, 1,024 up to 32,768, else 2,048 (``server/sched.go``) -- it sizes
+  the SWA cache; ``--swa-full`` is not passed (off);
+- ``num_ctx`` defaults to ``OLLAMA_CONTEXT_LENGTH`` (4,096; 32,768 on GPUs with >= 23 GiB and
+  262,144 with >= 47 GiB, ``server/routes.go``), capped at the model's context length;
+  ``OLLAMA_NUM_PARALLEL`` defaults to 1.
+
+Ollama < 0.30: the CGO runner (``llama/llama.go``) starts from llama.cpp's C defaults (swa_full
+on, kv_unified off) with ``n_ctx = num_ctx x np``, ``n_batch = num_batch x np``, ``n_ubatch =
+num_batch``, and drops a quantized cache type unless flash attention is on; the architectures
+that Ollama's own Go engine ran (:data:`GO_ENGINE_ARCHS`, ``kvcache/causal.go``) keep one cache
+shared by all slots: ``roundUp(np x num_ctx, 256)`` cells on full-attention layers and
+``roundUp(np x (window + 1 if np > 1 else window) + num_batch, 256)`` on sliding ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import arch
+from ..arch import AttentionLayer, MLALayer
+from ..errors import UsageError
+from . import Band, Engine, Setting, register
+from .cache import Layout
+from .llamacpp import (LLAMACPP, Allocation, Cache, ContextSizes, LlamaCppSettings, allocate,
+                       cell_rows, ggml_type, llamacpp_layout, pad)
+
+#: OLLAMA_CONTEXT_LENGTH when unset and no GPU size is known (server/routes.go)
+DEFAULT_NUM_CTX = 4096
+DEFAULT_NUM_PARALLEL = 1
+DEFAULT_KV_CACHE_TYPE = "f16"
+#: the cache types Ollama accepts for OLLAMA_KV_CACHE_TYPE
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+#: the scheduler's num_batch by num_ctx x np (server/sched.go): (largest total, batch)
+NUM_BATCH_STEPS = ((4096, 512), (32768, 1024))
+NUM_BATCH_LARGE = 2048
+#: llama-server since Ollama 0.30 (ollama/ollama#16031)
+LLAMA_SERVER_SINCE = (0, 30)
+#: the llama.cpp build month Ollama's pinned llama-server (LLAMA_CPP_VERSION b10488) follows
+LLAMA_SERVER_BUILD = "2026.10"
+#: the older CGO runner vendored llama.cpp before the Nov 2025 padding change
+CGO_RUNNER_BUILD = "2025.10"
+#: architectures Ollama < 0.30 ran on its own Go engine (``KV.OllamaEngineRequired()``)
+GO_ENGINE_ARCHS = ("gemma3", "gemma3n", "gemma4", "qwen3", "qwen3moe", "llama4", "mllama",
+                   "gpt-oss", "qwen25vl", "mistral3")
+#: the Go engine's cache padding (kvcache/causal.go CachePadding)
+GO_CACHE_PADDING = 256
+
+
+def scheduler_num_batch(num_ctx: int, num_parallel: int) -> int:
+    """The num_batch Ollama's scheduler picks when the request sets none (server/sched.go)."""
+    total = num_ctx * num_parallel
+    for limit, batch in NUM_BATCH_STEPS:
+        if total <= limit:
+            return batch
+    return NUM_BATCH_LARGE
+
+
+def ollama_flash_attn(value: bool | None) -> str:
+    """OLLAMA_FLASH_ATTENTION: unset = auto; true = on; false = off."""
+    return "auto" if value is None else ("on" if value else "off")
+
+
+class Ollama(Engine):
+    name = "ollama"
+    display_name = "Ollama"
+    package = ""
+    bands = (
+        Band("<0.30", None, (0, 29),
+             ("CGO runner: llama.cpp C defaults (swa_full on), n_batch = num_batch x np, a "
+              "quantized cache type dropped without flash attention; gemma3, qwen3, gpt-oss, "
+              "llama4 ... on Ollama's Go engine: one cache shared by the slots",),
+             ("ollama/ollama llama/llama.go (NewContextParams), kvcache/causal.go",)),
+        Band(">=0.30", (0, 30), None,
+             ("llama-server with -c num_ctx x np -np np (a stream per slot), -b = -ub = "
+              "num_batch, --cache-type-k/-v OLLAMA_KV_CACHE_TYPE",),
+             ("ollama/ollama llm/llama_server.go, server/sched.go (ollama/ollama#16031)",)),
+    )
+    newest_checked = "0.33.0"
+    default_version = "0.33"
+    version_flag = "--ollama-version"
+    version_example = "0.30"
+    settings = (
+        Setting("num_ctx", DEFAULT_NUM_CTX, "--num-ctx (OLLAMA_CONTEXT_LENGTH)",
+                "tokens per request (per slot); capped at the model's context length"),
+        Setting("num_parallel", DEFAULT_NUM_PARALLEL, "--num-parallel (OLLAMA_NUM_PARALLEL)",
+                "requests served at once, each with num_ctx tokens"),
+        Setting("kv_cache_type", DEFAULT_KV_CACHE_TYPE, "--kv-cache-type (OLLAMA_KV_CACHE_TYPE)",
+                "f16, q8_0, q4_0 (K and V alike)"),
+        Setting("flash_attention", None, "--flash-attention/--no-flash-attention "
+                "(OLLAMA_FLASH_ATTENTION)", "unset = auto (>= 0.30)"),
+        Setting("num_batch", None, "--num-batch",
+                "unset = 512 / 1,024 / 2,048 by num_ctx x num_parallel"),
+    )
+
+    def installed_version(self) -> str | None:
+        return None  # a server, not a Python distribution
+
+    def layout(self, spec, kv_dtype: str = "auto", *, version: str | None = None,
+               block_size: int | None = None, tp: int = 1) -> Layout:
+        if tp != 1:
+            raise UsageError("the Ollama layout models one process: --tp needs --engine vllm")
+        self.band(version)
+        return llamacpp_layout(spec, kv_dtype, kv_dtype, LLAMA_SERVER_BUILD, "ollama")
+
+    def allocation(self, spec, options: dict[str, Any], kv_dtype: str = "auto",
+                   version: str | None = None) -> Allocation:
+        return ollama_allocation(spec, options, kv_dtype, version or self.default_version)
+
+    def describe(self, layout: Layout) -> str:
+        return (f"Ollama {layout.version} (band {layout.band}): llama.cpp, a contiguous cache "
+                f"reserved at start-up")
+
+
+def ollama_settings(spec, options: dict[str, Any], kv_dtype: str = "auto") -> dict[str, Any]:
+    """Ollama's settings with its defaults filled in (num_ctx capped at the model's)."""
+    num_ctx = options.get("num_ctx") or DEFAULT_NUM_CTX
+    notes = []
+    if spec.max_position_embeddings and num_ctx > spec.max_position_embeddings:
+        notes.append(f"num_ctx {num_ctx:,} capped at the model's context length "
+                     f"{spec.max_position_embeddings:,}, as Ollama does")
+        num_ctx = spec.max_position_embeddings
+    np_ = options.get("num_parallel") or DEFAULT_NUM_PARALLEL
+    kv = options.get("kv_cache_type") or (kv_dtype if kv_dtype != "auto" else
+                                          DEFAULT_KV_CACHE_TYPE)
+    kv = ggml_type(kv).name
+    if kv not in KV_CACHE_TYPES:
+        raise UsageError(f"Ollama's OLLAMA_KV_CACHE_TYPE takes {', '.join(KV_CACHE_TYPES)}, "
+                         f"not {kv}")
+    for flag, value in (("--num-ctx", num_ctx), ("--num-parallel", np_),
+                        ("--num-batch", options.get("num_batch") or 1)):
+        if value < 1:
+            raise UsageError(f"invalid {flag} {value}: must be at least 1")
+    batch = options.get("num_batch") or scheduler_num_batch(num_ctx, np_)
+    return {"num_ctx": num_ctx, "num_parallel": np_, "kv_cache_type": kv,
+            "flash_attention": options.get("flash_attention"), "num_batch": batch,
+            "num_batch_from_scheduler": not options.get("num_batch"), "notes": notes}
+
+
+def ollama_allocation(spec, options: dict[str, Any], kv_dtype: str, version: str) -> Allocation:
+    o = ollama_settings(spec, options, kv_dtype)
+    ver = OLLAMA.parse_version(version)
+    OLLAMA.band(version)
+    if ver >= LLAMA_SERVER_SINCE:
+        s = LlamaCppSettings(ctx_size=o["num_ctx"] * o["num_parallel"],
+                             parallel=o["num_parallel"], kv_unified=None,
+                             cache_type_k=o["kv_cache_type"], cache_type_v=o["kv_cache_type"],
+                             flash_attn=ollama_flash_attn(o["flash_attention"]),
+                             swa_full=False, batch_size=o["num_batch"],
+                             ubatch_size=o["num_batch"], version=LLAMA_SERVER_BUILD)
+        alloc = allocate(spec, s)
+        args = (f"llama-server -c {s.ctx_size} -np {s.parallel} --cache-type-k {s.cache_type_k} "
+                f"--cache-type-v {s.cache_type_v} --flash-attn {s.flash_attn} -b {s.batch_size} "
+                f"-ub {s.ubatch_size}")
+        runner = "llama-server"
+    else:
+        fa = bool(o["flash_attention"])
+        kv = o["kv_cache_type"] if fa else "f16"
+        if kv != o["kv_cache_type"]:
+            o["notes"].append(f"Ollama < 0.30 drops OLLAMA_KV_CACHE_TYPE={o['kv_cache_type']} "
+                              "without flash attention: f16")
+        arch_name = str((spec.config.get(arch.GGUF_CONFIG_KEY) or {}).get("architecture", ""))
+        if arch_name in GO_ENGINE_ARCHS:
+            alloc = go_engine_allocation(spec, o, kv, version)
+            args, runner = "(Ollama's Go engine, no llama.cpp context)", "ollama-engine"
+        else:
+            s = LlamaCppSettings(ctx_size=o["num_ctx"] * o["num_parallel"],
+                                 parallel=o["num_parallel"], kv_unified=False,
+                                 cache_type_k=kv, cache_type_v=kv,
+                                 flash_attn="on" if fa else "off", swa_full=True,
+                                 batch_size=o["num_batch"] * o["num_parallel"],
+                                 ubatch_size=o["num_batch"], version=CGO_RUNNER_BUILD)
+            alloc = allocate(spec, s)
+            args, runner = "(CGO runner: llama_new_context_with_model)", "cgo-runner"
+    extra = {"ollama": {
+        "version": version, "runner": runner, "num_ctx": o["num_ctx"],
+        "num_parallel": o["num_parallel"], "kv_cache_type": o["kv_cache_type"],
+        "flash_attention": o["flash_attention"], "num_batch": o["num_batch"],
+        "num_batch_from_scheduler": o["num_batch_from_scheduler"], "llama_server_args": args}}
+    notes = tuple(o["notes"]) + (f"Ollama {version} runs: {args}",) + alloc.notes
+    layout = Layout(alloc.layout.spec, "ollama", alloc.layout.kv_dtype, alloc.layout.layers,
+                    None, 1, version, OLLAMA.band(version).name, alloc.layout.notes)
+    return Allocation(alloc.settings, alloc.sizes, alloc.flash_attn, alloc.caches, layout,
+                      notes, extra)
+
+
+def go_engine_allocation(spec, o: dict[str, Any], kv: str, version: str) -> Allocation:
+    """Ollama's Go engine (< 0.30, kvcache/causal.go): one cache shared by all slots."""
+    np_, ctx, batch = o["num_parallel"], o["num_ctx"], o["num_batch"]
+    t = ggml_type(kv)
+    full_cells = pad(np_ * ctx, GO_CACHE_PADDING)
+    groups: dict[str, list] = {"base": [], "swa": []}
+    window = 0
+    for layer in spec.layers:
+        if isinstance(layer, AttentionLayer) and layer.kind == arch.SLIDING:
+            groups["swa"].append(layer)
+            window = layer.window or window
+        elif isinstance(layer, (AttentionLayer, MLALayer)):
+            groups["base"].append(layer)
+    swa = pad(np_ * (window + 1 if np_ > 1 else window) + batch, GO_CACHE_PADDING)
+    caches = []
+    for name, layers in groups.items():
+        if layers:
+            cells = full_cells if name == "base" else min(swa, full_cells)
+            k = sum(cell_rows(l, t, t)[0] for l in layers) * cells
+            v = sum(cell_rows(l, t, t)[1] for l in layers) * cells
+            caches.append(Cache(name, cells, 1, len(layers), k, v, t.name, t.name))
+    s = LlamaCppSettings(ctx_size=np_ * ctx, parallel=np_, kv_unified=True, cache_type_k=kv,
+                         cache_type_v=kv, batch_size=batch, ubatch_size=batch,
+                         version=CGO_RUNNER_BUILD)
+    sizes = ContextSizes(full_cells, full_cells, np_, 1, batch, batch, True)
+    layout = llamacpp_layout(spec, kv, kv, CGO_RUNNER_BUILD, "ollama")
+    return Allocation(s, sizes, bool(o["flash_attention"]), tuple(caches), layout,
+                      ("Ollama's Go engine: one cache shared by all slots",))
+
+
+OLLAMA = register(Ollama())
+assert LLAMACPP  # the llama.cpp engine is registered first
