@@ -155,12 +155,21 @@ def estimate(model: Any, *, seq: int, batch: int = 1, engine: str = "hf",
     eng = get_engine(engine)
     versions = {"hf_version": hf_version, "vllm_version": vllm_version, **versions}
     version = versions.get(f"{eng.name}_version")
-    layout = build_layout(m.spec, engine, str(kv_dtype).lower(), block_size=block_size,
-                          version=version)
+    # settings of engines that allocate up front (llama.cpp, Ollama: ctx_size, num_ctx, ...)
+    settings = {k: v for k, v in versions.items() if not k.endswith("_version") and v is not None}
+    alloc = eng.allocation(m.spec, settings, str(kv_dtype).lower(), version)
+    if alloc is None and settings:
+        raise UsageError(f"{', '.join(settings)}: not settings of {eng.display_name}")
+    layout = alloc.layout if alloc is not None else build_layout(
+        m.spec, engine, str(kv_dtype).lower(), block_size=block_size, version=version)
     warnings = (context_warnings(m.spec, [seq]) + ignored_settings(eng, block_size=block_size)
                 + [n for n in [drift_notice(layout)] if n])
     point: Estimate = _estimate_point(layout, seq, batch)
-    return EstimateResult(estimate_record(point, m.resolved, warnings))
+    record = estimate_record(point, m.resolved, warnings)
+    if alloc is not None:  # what the engine allocates at start-up ("llamacpp" object)
+        record.update(alloc.records())
+        record["notes"] = list(record["notes"]) + list(alloc.notes)
+    return EstimateResult(record)
 
 
 def ignored_settings(engine: Any, **given: Any) -> list[str]:
