@@ -114,11 +114,10 @@ def steps_until(dt: float, c0: float, c1: float) -> int:
     """The fewest steps k >= 1 whose total duration reaches ``dt``."""
     if dt <= 0:
         return 1
-    if c1 <= 0:
-        k = max(1, math.ceil(dt / c0))
-    else:
-        a, b = c1 / 2, c0 - c1 / 2
-        k = max(1, math.ceil((-b + math.sqrt(b * b + 4 * a * dt)) / (2 * a)))
+    a, b = c1 / 2, c0 - c1 / 2
+    # the positive root of a k^2 + b k = dt, in the form that needs no division by a
+    denom = b + math.sqrt(b * b + 4 * a * dt)
+    k = max(1, math.ceil(2 * dt / denom)) if denom > 0 else 1
     while k > 1 and series_time(k - 1, c0, c1) >= dt:
         k -= 1
     while series_time(k, c0, c1) < dt:

@@ -265,6 +265,7 @@ class PagedCache:
         holding c tokens holds t = c + j + 1 at the end of step j, in ceil(t/B) blocks, so
         its unused tail is rho(t) = B ceil(t/B) - t; closed forms in :mod:`.metrics`)."""
         B = self.B
+        bb, bb1 = B * B, B * B - B
         held_now = 0
         tails = toks = ifrag = 0.0
         for r in running:
@@ -274,7 +275,13 @@ class PagedCache:
             q1, m1 = divmod(c + k, B)
             q0, m0 = divmod(c, B)
             f = B * (q1 * (q1 + 1) - q0 * (q0 + 1)) // 2 + m1 * (q1 + 1) - m0 * (q0 + 1)
-            g = t_ceil_sum(c + k, B) - t_ceil_sum(c, B) if c1 else 0
+            if c1:      # t_ceil_sum(c + k, B) - t_ceil_sum(c, B), inlined (the hot spot)
+                g = (bb * (q1 * (q1 + 1) * (2 * q1 + 1) - q0 * (q0 + 1) * (2 * q0 + 1)) // 3
+                     - bb1 * (q1 * (q1 + 1) - q0 * (q0 + 1)) // 2
+                     + (q1 + 1) * m1 * (2 * q1 * B + m1 + 1)
+                     - (q0 + 1) * m0 * (2 * q0 * B + m0 + 1)) // 2
+            else:
+                g = 0
             tok = (c + 1) * d_total + dj
             toks += tok
             tails += B * ((c0 - c1 * (c + 1)) * f + c1 * g) - tok

@@ -204,12 +204,10 @@ class _Loop:
                     blocked = True
                     break
                 waiting.popleft()
+                tot.queried_tokens += r.num_tokens
                 if hits:
-                    tot.queried_tokens += r.num_tokens
                     tot.prefix_hit_tokens += hits[1]
                     tot.offload_hit_tokens += hits[2]
-                else:
-                    tot.queried_tokens += r.num_tokens
                 r.computed = hit_tokens
                 if r.scheduled_at is None:
                     r.scheduled_at = self.t
@@ -301,8 +299,13 @@ class _Loop:
     def _decode_run(self) -> bool:
         """Take the coming decode-only steps at once. False when not even one step fits."""
         running, cache, tot = self.running, self.cache, self.tot
-        k = min(r.output - r.generated for r in running)
-        kv = sum(r.computed for r in running)
+        k = 1 << 62
+        kv = 0
+        for r in running:
+            left = r.output - r.generated
+            if left < k:
+                k = left
+            kv += r.computed
         n = len(running)
         c0, c1 = self.timing.decode_series(n, kv)
         if not self.waiting and self.next is not None:
@@ -320,18 +323,19 @@ class _Loop:
         for c, v in zip(CATEGORIES, integrals):
             mem[c] += v
         cache.advance(running, k)
+        finished = []
         for r in running:
-            r.computed += k
-            if r.computed > r.hwm:
-                r.hwm = r.computed
+            # a decoding request has computed every token it ever had: computed >= hwm
+            r.hwm = r.computed = r.computed + k
             r.generated += k
             r.num_tokens += k
+            if r.generated >= r.output:
+                finished.append(r)
         tot.output_tokens += k * n
         tot.steps += k
         tot.running.add(n, k)
         tot.waiting.add(len(self.waiting), k)
         self.t += d_total
-        finished = [r for r in running if r.generated >= r.output]
         used = cache.used_slots(running)
         if used > tot.peak_used_slots:
             tot.peak_used_slots = used
