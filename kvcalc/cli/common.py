@@ -63,11 +63,9 @@ ALLOCATION_OPTIONS = {
 }
 
 
-def allocation_options(f):
-    """llama-server's options (--ctx-size, --parallel, ...) and Ollama's (--num-ctx, ...,
-    read from the OLLAMA_* environment variables when absent)."""
+def llamacpp_options(f):
+    """llama-server's options, under its own names (--ctx-size, --parallel, ...)."""
     from ..engines.llamacpp import CACHE_TYPE_CHOICES, FLASH_ATTN_CHOICES
-    from ..engines.ollama import KV_CACHE_TYPES
 
     tokens = TokenList("token count", single=True)
     options = [
@@ -94,6 +92,18 @@ def allocation_options(f):
         click.option("--ubatch-size", type=int, default=None,
                      help="llamacpp: llama-server -ub, micro-batch (default 512); sizes the "
                           "SWA cache."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def ollama_options(f):
+    """Ollama's settings (--num-ctx, ...), read from the OLLAMA_* variables when absent."""
+    from ..engines.ollama import KV_CACHE_TYPES
+
+    tokens = TokenList("token count", single=True)
+    options = [
         click.option("--num-ctx", type=tokens, default=None, envvar="OLLAMA_CONTEXT_LENGTH",
                      help="ollama: context per request (OLLAMA_CONTEXT_LENGTH; default 4096)."),
         click.option("--num-parallel", type=int, default=None, envvar="OLLAMA_NUM_PARALLEL",
@@ -111,6 +121,11 @@ def allocation_options(f):
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def allocation_options(f):
+    """llama-server's options and Ollama's (docs/llamacpp.md)."""
+    return llamacpp_options(ollama_options(f))
 
 
 def allocation_settings(engine: str, kwargs: dict) -> dict:

@@ -10,7 +10,7 @@ import click
 from ..errors import KvcalcError, UsageError
 from ..render import key_values, table, to_csv, to_json, to_yaml
 from ..units import format_bytes
-from .common import TokenList, echo_output, format_option, warn
+from .common import TokenList, echo_output, format_option, llamacpp_options, warn
 
 EXIT_VERIFY_FAILED = 4
 
@@ -52,10 +52,18 @@ EXIT_VERIFY_FAILED = 4
               help="Allowed |error| of the cache bytes, percent (0 = exact).")
 @click.option("--slope-tolerance", type=float, default=5.0, show_default=True,
               help="Allowed |error| of the CUDA bytes/token slope, percent.")
+@click.option("--engine", type=click.Choice(("hf", "llamacpp")), default="hf",
+              show_default=True,
+              help="hf: transformers; llamacpp: llama.cpp through llama-cpp-python on the CPU "
+                   "(--weights FILE.gguf, llama-server's options; docs/llamacpp.md).")
+@click.option("--grid", is_flag=True,
+              help="llamacpp: check a grid of context sizes, cache types, slots, unified, "
+                   "swa_full and micro-batches.")
+@llamacpp_options
 @format_option
 def verify(model, revision, device, dtype, prompt_len, new_tokens, repeats, layers, weights,
            seqs, all_presets, every_layer, jobs, threads, without_cache, cache_tolerance,
-           slope_tolerance, fmt):
+           slope_tolerance, fmt, engine="hf", grid=False, **server):
     """Measure real KV-cache memory with transformers and compare it with the prediction.
 
     \b
@@ -66,9 +74,16 @@ def verify(model, revision, device, dtype, prompt_len, new_tokens, repeats, laye
       kvcalc verify -m deepseek-v3 --device meta --seq 1k,32k
       kvcalc verify --device meta --all
       kvcalc verify --weights SmolLM2-135M-Instruct.Q4_1.gguf --device cpu --threads 1
+      kvcalc verify --engine llamacpp --weights model.gguf --ctx-size 4096 --parallel 2
     """
     _check_numbers(repeats=repeats, jobs=jobs, threads=threads, layers=layers,
                    cache_tolerance=cache_tolerance, slope_tolerance=slope_tolerance)
+    if engine == "llamacpp":  # kvcalc/verify/llamacpp.py, no torch needed
+        from .verify_llamacpp import verify_llamacpp_command
+
+        return verify_llamacpp_command(weights, model, server, grid, threads, fmt)
+    if grid or any(v is not None for v in server.values()):
+        raise UsageError("--grid and llama-server options apply to --engine llamacpp")
     from ..verify.backend import require
 
     torch, transformers = require(*(("gguf",) if weights and str(weights).endswith(".gguf") else ()))
