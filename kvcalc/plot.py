@@ -38,7 +38,7 @@ from .memory import estimate
 from .reports import engine_detail
 from .units import GiB, format_tokens
 
-KINDS = ("memory", "concurrency", "waste", "timing")
+KINDS = ("memory", "concurrency", "waste", "timing", "timeline")
 IMAGE_SUFFIXES = (".png", ".svg")
 DATA_FORMATS = ("csv", "json")
 INSTALL_HINT = "pip install 'kvcalc[plot]'"
@@ -785,8 +785,14 @@ def _draw_timing(chart: Chart, ax) -> None:
             title_fontsize=LEGEND_FONT_SIZE)
 
 
+def _draw_timeline(chart: Chart, ax) -> None:
+    from .simulate.plot import draw_timeline
+
+    draw_timeline(chart, ax)
+
+
 DRAWERS = {"memory": _draw_memory, "concurrency": _draw_concurrency, "waste": _draw_waste,
-           "timing": _draw_timing}
+           "timing": _draw_timing, "timeline": _draw_timeline}
 
 
 # --------------------------------------------------------------------------------------------

@@ -321,3 +321,24 @@ def test_cli_table_names_every_allocator():
     for word in ("paged", "orca-max", "orca-pow2", "orca-oracle", "token states",
                  "external fragmentation", "time to first token"):
         assert word in result.output
+
+
+def test_plot_timeline(tmp_path):
+    pytest.importorskip("matplotlib")
+    timeline = tmp_path / "t.csv"
+    runner = CliRunner()
+    result = runner.invoke(cli, [
+        "simulate", "-m", "llama-3.1-8b", "--kv-budget", str(5 * BLOCK_BYTES), "--max-len",
+        "64", "--trace", str(FIX / "toy3.csv"), "--step-time", "1", "--timeline", str(timeline)])
+    assert result.exit_code == 0, result.output
+    for extra in ([], ["--allocator", "paged"]):
+        out = tmp_path / f"t{len(extra)}.png"
+        result = runner.invoke(cli, ["plot", "timeline", "--from", str(timeline), "--out",
+                                     str(out), *extra])
+        assert result.exit_code == 0, result.output
+        assert out.stat().st_size > 1000
+    data = runner.invoke(cli, ["plot", "timeline", "--from", str(timeline), "-f", "csv",
+                               "--allocator", "paged"])
+    assert data.output.splitlines()[0].startswith("allocator,time_s,running")
+    bad = runner.invoke(cli, ["plot", "timeline", "--from", str(FIX / "toy3.csv"), "-f", "csv"])
+    assert bad.exit_code != 0 and "not a kvcalc simulate --timeline CSV" in bad.output

@@ -129,6 +129,7 @@ def plot():
       waste        where the KV budget goes: token states, reservation waste,
                    internal fragmentation, free (stacked bars)
       timing       generation time with/without the cache, from a verify JSON report
+      timeline     KV memory over time, from a `kvcalc simulate --timeline` CSV
 
     \b
     Examples:
@@ -290,6 +291,27 @@ def timing(reports, out, fmt, size, dpi):
 
     kind = _check_out(out, fmt)
     _emit(timing_chart(list(reports)), kind, out, size, dpi)
+
+
+@plot.command()
+@click.option("--from", "timeline", required=True, metavar="TIMELINE.csv",
+              help="A `kvcalc simulate --timeline` CSV.")
+@click.option("--allocator", default=None,
+              help="Draw one allocator's categories stacked (default: all, as lines).")
+@output_options
+def timeline(timeline, allocator, out, fmt, size, dpi):
+    """KV memory over time from `kvcalc simulate --timeline`: one allocator's token states,
+    reservation, fragmentation and free stacked, or every allocator's token-state share.
+
+    \b
+    Example:
+      kvcalc simulate -m llama-3.1-8b --trace azure-conv-2023 --timeline t.csv
+      kvcalc plot timeline --from t.csv --allocator paged --out timeline.png
+    """
+    from ..simulate.plot import timeline_chart
+
+    kind = _check_out(out, fmt)
+    _emit(timeline_chart(timeline, allocator), kind, out, size, dpi)
 
 
 # --------------------------------------------------------------------------------------------
