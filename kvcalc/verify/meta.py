@@ -120,11 +120,28 @@ def check_many(targets: list[tuple[str, dict, list[int] | None, str | None]], jo
     ctx = multiprocessing.get_context("fork")
     # longest first (cost ~ layers x forwards), so the workers finish together
     targets = sorted(targets, key=_expected_cost, reverse=True)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
+    try:
         futures = [pool.submit(safe_meta_check, raw, name, seqs, dtype, every_layer)
                    for name, raw, seqs, dtype in targets]
         for fut in as_completed(futures):
             yield fut.result()
+    except BaseException:
+        # Ctrl-C (or the caller closing the generator): stop the workers now instead of
+        # letting the pool run every queued check first
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _worker_init() -> None:
+    """Workers leave SIGINT to the parent (which stops them): a terminal's Ctrl-C reaches the
+    whole process group, and a worker dying mid-check would only break the pool."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _expected_cost(target: tuple[str, dict, list[int] | None, str | None]) -> int:
