@@ -342,3 +342,16 @@ def test_plot_timeline(tmp_path):
     assert data.output.splitlines()[0].startswith("allocator,time_s,running")
     bad = runner.invoke(cli, ["plot", "timeline", "--from", str(FIX / "toy3.csv"), "-f", "csv"])
     assert bad.exit_code != 0 and "not a kvcalc simulate --timeline CSV" in bad.output
+
+
+@pytest.mark.parametrize("cpu_blocks", [0, 3, 100, 5000])
+def test_mooncake_head_under_pressure(llama, cpu_blocks):
+    """40 real Mooncake requests (long shared prefixes) at once on 1,500 blocks, with CPU tiers
+    from tiny (hits pushed out while they load) to ample: conservation after every step."""
+    head = load_trace(str(FIX / "mooncake-conversation-head40.jsonl"))
+    res = run(llama, tiny(1500, max_len=16 * 1499), head, allocators=("paged",),
+              cpu_offload_bytes=cpu_blocks * BLOCK_BYTES)
+    t = res.runs["paged"].totals
+    assert t.completed + t.rejected == 40 and t.preemptions > 0
+    assert t.prefix_hit_tokens > 0
+    assert (t.offload_hit_tokens > 0) == (cpu_blocks > 0)

@@ -151,9 +151,10 @@ class PagedCache:
                 del self.queue[k]
                 self.free_count -= 1
             cache[k] += 1
+        for k in cpu:                  # used now: the most recent in the CPU tier's LRU
+            self.cpu.move_to_end(k)
         self._pop(new)
         for k in cpu:                  # loaded from the CPU tier into fresh GPU blocks
-            self.cpu.move_to_end(k)
             cache[k] = 1
         r.held = blocks
         r.bkeys = gpu + cpu
