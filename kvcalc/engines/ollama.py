@@ -50,7 +50,9 @@ LLAMA_SERVER_BUILD = "2026.10"
 CGO_RUNNER_BUILD = "2025.10"
 #: architectures Ollama < 0.30 ran on its own Go engine (``KV.OllamaEngineRequired()``)
 GO_ENGINE_ARCHS = ("gemma3", "gemma3n", "gemma4", "qwen3", "qwen3moe", "llama4", "mllama",
-                   "gpt-oss", "qwen25vl", "mistral3")
+                   "gpt-oss", "qwen25vl", "mistral3",
+                   # the same families under their Hugging Face model_type (presets, config.json)
+                   "gemma3_text", "gemma3n_text", "qwen3_moe", "llama4_text", "gpt_oss")
 #: the Go engine's cache padding (kvcache/causal.go CachePadding)
 GO_CACHE_PADDING = 256
 
@@ -167,7 +169,8 @@ def ollama_allocation(spec, options: dict[str, Any], kv_dtype: str, version: str
         if kv != o["kv_cache_type"]:
             o["notes"].append(f"Ollama < 0.30 drops OLLAMA_KV_CACHE_TYPE={o['kv_cache_type']} "
                               "without flash attention: f16")
-        arch_name = str((spec.config.get(arch.GGUF_CONFIG_KEY) or {}).get("architecture", ""))
+        arch_name = str((spec.config.get(arch.GGUF_CONFIG_KEY) or {}).get("architecture")
+                        or spec.model_type)
         if arch_name in GO_ENGINE_ARCHS:
             alloc = go_engine_allocation(spec, o, kv, version)
             args, runner = "(Ollama's Go engine, no llama.cpp context)", "ollama-engine"
