@@ -34,6 +34,11 @@ class GpuSpec(BaseModel):
     #: attention backends, hence block sizes, by it (presets/gpus/SOURCES.md)
     compute_capability: str | None = None
     memory_bytes: int = Field(gt=0)
+    #: the total ``nvidia-smi --query-gpu=memory.total`` prints, in MiB (larger than the runtime
+    #: total: it includes the driver's reservation); SGLang sizes its automatic
+    #: ``mem_fraction_static`` from it (``get_nvgpu_memory_capacity``)
+    smi_memory_mib: int | None = Field(default=None, gt=0)
+    smi_memory_source: str | None = None
     marketing_memory: str | None = None
     memory_bandwidth_bytes_per_s: int | None = Field(default=None, ge=0)
     bf16_tflops: float | None = None
@@ -53,6 +58,12 @@ class GpuSpec(BaseModel):
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
             return None
         return int(parts[0]), int(parts[1])
+
+    @property
+    def smi_mib(self) -> int:
+        """The nvidia-smi total in MiB: the catalog's figure, else the runtime total in MiB
+        (smaller by the driver's reservation, a few hundred MiB)."""
+        return self.smi_memory_mib or self.memory_bytes // (1 << 20)
 
 
 @lru_cache(maxsize=1)

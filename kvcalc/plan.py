@@ -95,6 +95,15 @@ class PlanInputs:
     speculative_tokens: int = 0
     #: VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE (None: the band's default)
     chunked_local_hybrid: bool | None = None
+    #: the free GPU memory the engine measures before loading weights (SGLang; None: estimated)
+    free_memory: int | None = None
+    #: settings only the planning engine takes, as (its setting name, value) pairs
+    #: (SGLang's mem_fraction_static, TensorRT-LLM's free_gpu_memory_fraction, ...)
+    engine_options: tuple[tuple[str, object], ...] = ()
+
+    def option(self, name: str, default=None):
+        """The value of the engine setting ``name`` given for this plan, else ``default``."""
+        return dict(self.engine_options).get(name, default)
 
     def rules(self) -> VllmRules:
         """The vLLM configuration modelled: version band, settings and this GPU."""
@@ -117,6 +126,9 @@ class PlanInputs:
         (chosen by GPU generation and KV dtype, engines/vllm.py ``mla_backend``)."""
         if self.block_size is not None:
             return self.block_size
+        own = get_engine(self.engine).plan_block_size(spec, self)
+        if own is not None:
+            return own
         return default_block_size(spec, self.kv_dtype, self.rules())[0]
 
     def in_flight(self) -> int:
@@ -141,12 +153,15 @@ class Plan:
     params: ParamCount
     budgets: tuple[Budget, ...]            # one per pipeline stage
     layout: Layout                         # per GPU (tp applied)
-    vllm: VllmCapacity
+    vllm: VllmCapacity | None              # None when another engine plans (engine_figures)
     contiguous: AllocatorResult
     paged: AllocatorResult
     workload: Workload
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    #: the planning engine's own capacity figures (SGLang, TensorRT-LLM); None for vLLM,
+    #: whose figures are :attr:`vllm`
+    engine_figures: object | None = None
 
     @property
     def budget(self) -> Budget:
@@ -174,10 +189,14 @@ class Plan:
 
     @property
     def num_blocks(self) -> int:
+        if self.engine_figures is not None:
+            return self.engine_figures.num_blocks
         return self.vllm.num_blocks
 
     @property
     def fits(self) -> bool:
+        if self.engine_figures is not None:
+            return self.engine_figures.fits
         return self.vllm.fits and self.budget.kv_bytes > 0
 
 
@@ -257,6 +276,9 @@ def compute_budgets(spec: ModelSpec, params: ParamCount, inp: PlanInputs) -> lis
     if inp.kv_budget is not None:
         return [Budget(inp.gpu.memory_bytes, inp.gpu_util, 0, 0, 0, 0, 0, inp.kv_budget,
                        "--kv-budget")] * len(stages)
+    own = get_engine(inp.engine).plan_budgets(spec, params, inp)
+    if own is not None:
+        return own
     weights = stage_weight_bytes(spec, params, inp.weights_dtype, inp.tp, stages)
     if inp.weights is not None:
         weights = [inp.weights] * len(stages)
@@ -323,8 +345,10 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
     block = inp.block(spec)
     layout = plan_layout(spec, inp, block, inp.tp)
     token_layout = plan_layout(spec, inp, 1, inp.tp)
-    cap = vllm_capacity(layout, [max(0, b.kv_bytes) for b in budgets], inp.max_len,
-                        inp.in_flight(), inp.rules(), inp.num_blocks_override, inp.disable_hybrid)
+    figures = get_engine(inp.engine).plan_figures(spec, inp, layout, budgets)
+    cap = None if figures is not None else vllm_capacity(
+        layout, [max(0, b.kv_bytes) for b in budgets], inp.max_len, inp.in_flight(),
+        inp.rules(), inp.num_blocks_override, inp.disable_hybrid)
     contiguous, paged = _allocators(layout, token_layout, workload, inp, budgets)
     warnings = []
     kv = facts.kv_heads
@@ -334,6 +358,9 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
     if spec.max_position_embeddings and inp.max_len > spec.max_position_embeddings:
         warnings.append(f"--max-len {inp.max_len:,} exceeds the model's context length "
                         f"({spec.max_position_embeddings:,})")
+    if figures is not None:
+        return Plan(spec, inp, params, tuple(budgets), layout, cap, contiguous, paged, workload,
+                    tuple(warnings), tuple(getattr(figures, "notes", ())), figures)
     notes = []
     engine_note = _engine_vs_held_note(layout, cap, budgets, inp)
     if engine_note:
@@ -348,7 +375,7 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
                      f"{inp.gpu.compute_capability or 'unknown'}) for KV {layout.kv_dtype.name}; "
                      f"--block-size overrides")
     return Plan(spec, inp, params, tuple(budgets), layout, cap, contiguous, paged, workload,
-                tuple(warnings), tuple(notes))
+                tuple(warnings), tuple(notes), figures)
 
 
 #: report the difference between vLLM's figure and what requests hold above this ratio

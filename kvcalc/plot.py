@@ -357,9 +357,9 @@ def concurrency_chart(models: list[ModelInput], *, gpus: list[GpuSpec], kv_dtype
                         "kv_budget_bytes": p.budget.kv_bytes,
                         "contiguous": int(p.contiguous.max_sequences),
                         "paged": p.paged.max_sequences,
-                        "vllm_max_concurrency": p.vllm.max_concurrency,
+                        "vllm_max_concurrency": p.vllm.max_concurrency if p.vllm else None,
                         "fits": p.fits,
-                        "estimated_max_model_len": (None if p.vllm.fits
+                        "estimated_max_model_len": (None if p.vllm is None or p.vllm.fits
                                                     else p.vllm.estimated_max_model_len),
                         "gpu_label": gpu.display_name,
                     })

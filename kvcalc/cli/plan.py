@@ -32,17 +32,22 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
 @click.option("--pp", type=int, default=1, show_default=True, help="Pipeline-parallel size.")
 @click.option("--replicas", type=int, default=1, show_default=True,
               help="Independent engine replicas (data parallel).")
-@click.option("--max-len", type=TokenList("max length", single=True), default=None,
-              help="vLLM max_model_len: tokens one request may reach (default: the model's "
-                   "context length).")
+@click.option("--max-len", "--context-length", "max_len",
+              type=TokenList("max length", single=True), default=None,
+              help="vLLM max_model_len / SGLang context_length: tokens one request may reach "
+                   "(default: the model's context length).")
 @click.option("--engine", type=click.Choice(engine_names(planning=True)), default="vllm",
-              show_default=True, help="Layout the plan models (vLLM PagedAttention).")
-@click.option("--kv-dtype", type=click.Choice(("auto", "fp32", "fp16", "bf16", "fp8", "int8",
-                                               "int4")), default="auto", show_default=True)
-@click.option("--block-size", type=int, default=None,
+              show_default=True,
+              help="Engine whose figures the plan models: vllm (PagedAttention start-up "
+                   "figures), sglang (token pool from mem_fraction_static); docs/engines.md.")
+@click.option("--kv-dtype", type=click.Choice(("auto", "fp32", "fp16", "bf16", "fp8", "fp8_e4m3",
+                                               "fp8_e5m2", "int8", "int4")),
+              default="auto", show_default=True)
+@click.option("--block-size", "--page-size", "block_size", type=int, default=None,
               help="Tokens per KV block (default 16; MLA models get the block of the backend "
                    "vLLM picks for the GPU and KV dtype: on an H100 FLASH_ATTN_MLA 16 for "
-                   "bf16, FlashMLA 64 for fp8; docs/engines.md).")
+                   "bf16, FlashMLA 64 for fp8; docs/engines.md). --page-size: SGLang's name "
+                   "(default 1; 64 on Blackwell).")
 @click.option("--gpu-util", type=float, default=DEFAULT_GPU_UTIL, show_default=True,
               help="vLLM gpu_memory_utilization: share of total memory the engine may use.")
 @click.option("--weights-dtype", type=click.Choice(WEIGHT_CHOICES), default="auto",
@@ -88,6 +93,25 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
               help=f"As vLLM's {CHUNKED_LOCAL_HYBRID_ENV} (read from the environment too): keep "
                    "the hybrid KV cache manager for chunked local attention (Llama 4). Default: "
                    "off from 0.33, on before.")
+@click.option("--mem-fraction-static", "mem_fraction_static", type=float, default=None,
+              help="SGLang: weights + KV pool as a share of the free memory before loading "
+                   "(default: SGLang's automatic value for the GPU, TP/PP, chunked prefill and "
+                   "CUDA graphs).")
+@click.option("--max-running-requests", "max_running_requests", type=int, default=None,
+              help="SGLang: cap on running requests (default from the pool, 2048-4096).")
+@click.option("--max-total-tokens", "max_total_tokens", type=int, default=None,
+              help="SGLang: cap on the pool's tokens.")
+@click.option("--chunked-prefill-size", "chunked_prefill_size", type=int, default=None,
+              help="SGLang: prefill chunk (default 2048-16384 by GPU memory); enters the "
+                   "automatic fraction.")
+@click.option("--cuda-graph-max-bs", "cuda_graph_max_bs", type=int, default=None,
+              help="SGLang: largest decode CUDA-graph batch (default 8-512 by GPU and TP).")
+@click.option("--disable-cuda-graph", "disable_cuda_graph", is_flag=True, default=None,
+              help="SGLang: no CUDA graphs (their reserve leaves the automatic fraction).")
+@click.option("--free-memory", "free_memory", type=ByteSize(), default=None,
+              help="SGLang: the free GPU memory measured before loading weights, per GPU "
+                   "(its 'Load weight begin. avail mem'; default: the runtime total less the "
+                   "CUDA context).")
 @click.option("--prompt-len", type=TokenList("prompt length", single=True), default=None,
               help="Fixed workload: prompt tokens per request.")
 @click.option("--output-len", type=TokenList("output length", single=True), default=None,
@@ -111,7 +135,9 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
 def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, block_size, gpu_util,
          weights_dtype, overhead, weights_mem, activation_mem, non_torch_mem, cuda_graph, kv_budget, max_batched_tokens, max_num_seqs,
          async_scheduling, disable_hybrid, blocks_override, vllm_version, vllm_era, prefix_caching,
-         speculative_tokens, chunked_local_hybrid, prompt_len, output_len, dist, mean, std,
+         speculative_tokens, chunked_local_hybrid, mem_fraction_static, max_running_requests,
+         max_total_tokens, chunked_prefill_size, cuda_graph_max_bs, disable_cuda_graph,
+         free_memory, prompt_len, output_len, dist, mean, std,
          samples, seed, trace,
          target_concurrency, concurrency_for_len, compare_gpus, fmt):
     """GPU sizing: memory budget, KV capacity, vLLM's start-up figures, contiguous versus paged
@@ -144,6 +170,15 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
     if vllm_version is None and vllm_era is not None:
         vllm_version = ERA_VERSIONS[vllm_era]
     weights_dtype_bytes(wdtype)
+    engine_options = _engine_options(runtime, {
+        "--mem-fraction-static": ("mem_fraction_static", mem_fraction_static),
+        "--max-running-requests": ("max_running_requests", max_running_requests),
+        "--max-total-tokens": ("max_total_tokens", max_total_tokens),
+        "--chunked-prefill-size": ("chunked_prefill_size", chunked_prefill_size),
+        "--cuda-graph-max-bs": ("cuda_graph_max_bs", cuda_graph_max_bs),
+        "--disable-cuda-graph": ("disable_cuda_graph", disable_cuda_graph),
+        "--free-memory": ("free_memory", free_memory),
+    })
     inp = PlanInputs(gpu=gpu_spec, tp=tp, pp=pp, replicas=replicas, gpu_util=gpu_util,
                      weights_dtype=wdtype, kv_dtype=kv_dtype, block_size=block_size,
                      max_len=max_len, max_batched_tokens=max_batched_tokens,
@@ -153,7 +188,8 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
                      async_scheduling=async_scheduling, disable_hybrid=disable_hybrid,
                      num_blocks_override=blocks_override, prefix_caching=prefix_caching,
                      speculative_tokens=speculative_tokens,
-                     chunked_local_hybrid=chunked_local_hybrid)
+                     chunked_local_hybrid=chunked_local_hybrid, free_memory=free_memory,
+                     engine_options=engine_options)
     workload = _workload(max_len, prompt_len, output_len, dist, mean, std, samples, seed, trace)
     if compare_gpus:
         rows = _compare(spec, inp, workload, target_concurrency)
@@ -179,6 +215,31 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
     _emit(record, result, fmt)
     if not result.fits:
         click.get_current_context().exit(EXIT_DOES_NOT_FIT)
+
+
+def _engine_options(runtime, given: dict) -> tuple:
+    """The engine-only options given, as (setting name, value) pairs; one the engine does not
+    take is an error naming the engine that does."""
+    from ..engines import engines
+    from ..errors import UsageError
+
+    out = []
+    for flag, (name, value) in given.items():
+        if value is None:
+            continue
+        if flag not in runtime.plan_options:
+            owners = [e.display_name for e in engines() if flag in e.plan_options]
+            raise UsageError(f"{flag} is a setting of {' / '.join(owners) or 'another engine'}; "
+                             f"--engine {runtime.name} does not take it")
+        out.append((name, value))
+    for name, value in out:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            bad = (not 0 < value <= 1) if isinstance(value, float) else value < 1 \
+                if name != "free_memory" else value <= 0
+            if bad:
+                rule = "in (0, 1]" if isinstance(value, float) else "positive"
+                raise UsageError(f"invalid --{name.replace('_', '-')} {value}: must be {rule}")
+    return tuple(out)
 
 
 def _workload(max_len, prompt_len, output_len, dist, mean, std, samples, seed, trace):
@@ -208,6 +269,17 @@ def plan_record(p: Plan, resolved) -> dict:
     """The documented JSON contract (docs/planning.md)."""
     b, inp, cap = p.budget, p.inputs, p.vllm
     c, g = p.contiguous, p.paged
+    record = _plan_record(p, resolved, b, inp, cap, c, g)
+    figures = p.engine_figures
+    if figures is not None:
+        record["engine"] = inp.engine
+        record[figures.key] = figures.record()
+        record["block_size"] = p.layout.block_size
+    return record
+
+
+def _plan_record(p: Plan, resolved, b, inp: PlanInputs, cap, c, g) -> dict:
+    """The record every engine shares."""
     return {
         "model": resolved.name,
         "source": source_record(resolved),
@@ -246,7 +318,7 @@ def plan_record(p: Plan, resolved) -> dict:
         },
         "bytes_per_token": p.bytes_per_token,
         "kv_capacity_tokens": p.kv_capacity_tokens,
-        "block_size": cap.block_size or p.layout.block_size,
+        "block_size": (cap.block_size if cap is not None else 0) or p.layout.block_size,
         "num_blocks": p.num_blocks,
         "max_concurrency": {
             "contiguous": int(c.max_sequences) * inp.replicas,
@@ -254,27 +326,7 @@ def plan_record(p: Plan, resolved) -> dict:
         },
         "engine_version": p.layout.version,
         "version_band": p.layout.band,
-        "vllm": {
-            "era": inp.era,
-            "version": p.layout.version,
-            "band": p.layout.band,
-            "attention_backend": inp.backend(p.spec) or None,
-            "enable_prefix_caching": inp.prefix_caching,
-            "num_speculative_tokens": inp.speculative_tokens,
-            "num_gpu_blocks": cap.num_blocks,
-            "kv_cache_tokens": cap.kv_cache_tokens,
-            "max_concurrency": round(cap.max_concurrency, 2),
-            "kv_cache_groups": cap.groups,
-            "max_num_batched_tokens": inp.batched_tokens(),
-            "in_flight_tokens": inp.in_flight(),
-            "max_model_len": inp.max_len,
-            "bytes_per_block": cap.bytes_per_block,
-            "blocks_per_request": cap.blocks_per_request,
-            "block_size": cap.block_size,
-            "fits": cap.fits,
-            "estimated_max_model_len": cap.estimated_max_model_len,
-            "log": cap.log_lines(),
-        },
+        "vllm": _vllm_record(p, inp, cap),
         "workload": {
             "description": p.workload.description,
             "mean_tokens": round(p.workload.mean_length, 1),
@@ -282,8 +334,35 @@ def plan_record(p: Plan, resolved) -> dict:
             "paged_gain": round(g.max_sequences / c.max_sequences, 2) if c.max_sequences else None,
         },
         "fits": p.fits,
-        "notes": list(p.notes) + list(cap.notes),
+        "notes": list(p.notes) + (list(cap.notes) if cap is not None else []),
         "warnings": list(p.warnings),
+    }
+
+
+def _vllm_record(p: Plan, inp: PlanInputs, cap) -> dict | None:
+    """The ``vllm`` object: vLLM's start-up figures (null when another engine plans)."""
+    if cap is None:
+        return None
+    return {
+        "era": inp.era,
+        "version": p.layout.version,
+        "band": p.layout.band,
+        "attention_backend": inp.backend(p.spec) or None,
+        "enable_prefix_caching": inp.prefix_caching,
+        "num_speculative_tokens": inp.speculative_tokens,
+        "num_gpu_blocks": cap.num_blocks,
+        "kv_cache_tokens": cap.kv_cache_tokens,
+        "max_concurrency": round(cap.max_concurrency, 2),
+        "kv_cache_groups": cap.groups,
+        "max_num_batched_tokens": inp.batched_tokens(),
+        "in_flight_tokens": inp.in_flight(),
+        "max_model_len": inp.max_len,
+        "bytes_per_block": cap.bytes_per_block,
+        "blocks_per_request": cap.blocks_per_request,
+        "block_size": cap.block_size,
+        "fits": cap.fits,
+        "estimated_max_model_len": cap.estimated_max_model_len,
+        "log": cap.log_lines(),
     }
 
 
@@ -303,6 +382,13 @@ def _alloc_record(a, replicas: int) -> dict:
 
 def _shortfall(p: Plan, spec, inp: PlanInputs) -> dict:
     """Why a plan does not fit, by how much, and what would."""
+    if p.engine_figures is not None:
+        figures = p.engine_figures
+        return {"reason": figures.error or "the pool holds no token", "shortfall_bytes":
+                max(0, -p.budget.kv_bytes), "shortfall_gib": round(max(0, -p.budget.kv_bytes)
+                                                                   / GiB, 2),
+                "estimated_max_model_len": 0, "engine_error": figures.error,
+                "would_fit": {"fits": False}}
     cap, b = p.vllm, p.budget
     if b.kv_bytes <= 0:
         reason = (f"weights ({_gib(b.weights_bytes)}) and runtime overhead "
@@ -341,7 +427,10 @@ def _emit(record: dict, p: Plan, fmt: str) -> None:
         flat = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
         flat.update({f"budget_{k}": v for k, v in record["budget"].items()
                      if not isinstance(v, list)})
-        flat.update({f"vllm_{k}": v for k, v in record["vllm"].items() if k != "log"})
+        figures = p.engine_figures
+        key = figures.key if figures is not None else "vllm"
+        flat.update({f"{key}_{k}": v for k, v in record[key].items()
+                     if k != "log" and not isinstance(v, (dict, list))})
         flat["max_concurrency_contiguous"] = record["max_concurrency"]["contiguous"]
         flat["max_concurrency_paged"] = record["max_concurrency"]["paged"]
         echo_output(to_csv([flat]))
@@ -357,6 +446,9 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
     inp, b = p.inputs, r["budget"]
     gpu = inp.gpu
     layout = f"tp {inp.tp} x pp {inp.pp} x {inp.replicas} replica(s) = {r['num_gpus']} GPU(s)"
+    figures = p.engine_figures
+    if figures is not None:
+        return _engine_table(r, p, fmt, figures)
     head = key_values([
         ("Model", f"{r['model']} ({p.spec.model_type}, {r['parameters']:,} parameters, "
                   f"{r['active_parameters']:,} active)"),
@@ -470,6 +562,33 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _engine_table(r: dict, p: Plan, fmt: str, figures) -> str:
+    """The plan of an engine with its own figures (SGLang): its budget and capacity rows."""
+    inp = p.inputs
+    gpu = inp.gpu
+    head = key_values([
+        ("Model", f"{r['model']} ({p.spec.model_type}, {r['parameters']:,} parameters, "
+                  f"{r['active_parameters']:,} active)"),
+        ("GPU", f"{gpu.display_name}: {gpu.memory_bytes:,} B = {_gib(gpu.memory_bytes)} "
+                f"as the runtime reports it"),
+        ("Layout", f"tp {inp.tp} x pp {inp.pp} x {inp.replicas} replica(s) = "
+                   f"{r['num_gpus']} GPU(s)"),
+        ("Engine", f"{get_engine(inp.engine).describe(p.layout)}, KV {r['kv_dtype']}, "
+                   f"context {inp.max_len:,}"),
+    ], fmt)
+    budget = table([(k, f"{v:,}", _gib(v)) for k, v in figures.budget_rows()],
+                   ("budget (per GPU)", "bytes", "GiB = 2^30"), fmt)
+    capacity = table(figures.capacity_rows(), (f"{get_engine(inp.engine).display_name} "
+                                               "figures", "value"), fmt)
+    parts = [head, "", budget, "", capacity, ""]
+    parts += [f"log: {line}" for line in figures.log_lines()]
+    if "does_not_fit" in r:
+        parts.append(f"DOES NOT FIT: {r['does_not_fit']['reason']}")
+    for note in r["notes"]:
+        parts.append(f"note: {note}")
+    return "\n".join(parts) + "\n"
+
+
 def _compare(spec, inp, workload, target):
     rows = []
     for gpu in load_catalog():
@@ -479,10 +598,11 @@ def _compare(spec, inp, workload, target):
         except Exception as exc:  # noqa: BLE001 - one bad row must not hide the others
             rows.append({"gpu": gpu.name, "error": str(exc)})
             continue
+        cap = p.engine_figures if p.engine_figures is not None else p.vllm
         row = {"gpu": gpu.name, "memory_bytes": gpu.memory_bytes,
-               "kv_bytes": p.budget.kv_bytes, "num_gpu_blocks": p.vllm.num_blocks,
-               "kv_cache_tokens": p.vllm.kv_cache_tokens,
-               "max_concurrency": round(p.vllm.max_concurrency, 2), "fits": p.fits}
+               "kv_bytes": p.budget.kv_bytes, "num_gpu_blocks": p.num_blocks,
+               "kv_cache_tokens": cap.kv_cache_tokens,
+               "max_concurrency": round(cap.max_concurrency, 2), "fits": p.fits}
         if target is not None:
             s = smallest_deployment(spec, trial, target)
             row.update({"gpus_needed": s.num_gpus if s.fits else None, "tp": s.tp, "pp": s.pp,

@@ -134,6 +134,25 @@ class Engine:
         """The dtype the engine runs a checkpoint of ``model_dtype`` in (weights and 'auto')."""
         return model_dtype
 
+    # -- planning hooks (``kvcalc plan``); the defaults are vLLM's figures in plan.py --------
+
+    #: the plan options only this engine takes (kvcalc option names, e.g. "--mem-fraction-static")
+    plan_options: tuple[str, ...] = ()
+
+    def plan_block_size(self, spec, inp) -> int | None:
+        """The engine's default block / page size for a plan (None: plan's vLLM default)."""
+        return None
+
+    def plan_budgets(self, spec, params, inp) -> list | None:
+        """The engine's own KV budget per pipeline stage (``plan.Budget``), None for plan's
+        vLLM-style budget (total x utilization - weights - overheads)."""
+        return None
+
+    def plan_figures(self, spec, inp, layout, budgets):
+        """The capacity figures the engine prints for a plan (an object with ``key``,
+        ``fits``, ``record()``, ``log_lines()``, ``capacity_rows()``), None for vLLM's."""
+        return None
+
     def allocation(self, spec, options: dict[str, Any], kv_dtype: str = "auto",
                    version: str | None = None):
         """What the engine allocates up front for ``options`` (its own settings, by kvcalc's
@@ -186,3 +205,4 @@ from . import transformers as _transformers  # noqa: E402,F401  (registers "hf")
 from . import vllm as _vllm  # noqa: E402,F401  (registers "vllm")
 from . import llamacpp as _llamacpp  # noqa: E402,F401  (registers "llamacpp")
 from . import ollama as _ollama  # noqa: E402,F401  (registers "ollama")
+from . import sglang as _sglang  # noqa: E402,F401  (registers "sglang")
