@@ -165,3 +165,21 @@ def test_cli_refusals_are_one_line(models, args, message):
     result = CliRunner().invoke(cli, ["estimate", "-m", models["smollm2"], *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_plan_capacity_slots_and_context(models):
+    from kvcalc.engines.llamacpp import plan_capacity
+
+    spec = spec_of(models["gemma3"])
+    s = LlamaCppSettings(ctx_size=32768, parallel=4)
+    cap = plan_capacity(spec, s, 1 << 30)
+    one = allocate(spec, LlamaCppSettings(ctx_size=8192, parallel=1)).total_bytes
+    assert cap["fits"] and cap["slot_context"] == 8192 and cap["kv_bytes"] == 4 * one
+    # per-slot streams: each slot costs the same; 1 GiB holds floor(2^30 / one) of them
+    assert cap["max_slots"]["per_slot"] == (1 << 30) // one
+    # unified: one SWA cache of window x slots + ubatch cells instead of one per slot
+    assert cap["max_slots"]["unified"] > cap["max_slots"]["per_slot"]
+    assert cap["per_slot_vs_unified_bytes"]["unified"] < cap["per_slot_vs_unified_bytes"]["per_slot"]
+    best = cap["max_ctx_size"]
+    assert allocate(spec, LlamaCppSettings(ctx_size=best, parallel=4)).total_bytes <= 1 << 30
+    assert allocate(spec, LlamaCppSettings(ctx_size=best + 1024, parallel=4)).total_bytes > 1 << 30

@@ -499,3 +499,74 @@ def server_settings(options: dict[str, Any], kv_dtype: str = "auto",
 
 
 LLAMACPP = register(LlamaCpp())
+
+
+# --------------------------------------------------------------------------------------------
+# Plans: a memory budget, the slots and contexts that fit, per-slot versus unified
+
+
+def model_weight_bytes(spec: ModelSpec) -> tuple[int, str]:
+    """The weights llama.cpp loads: the GGUF file's tensor bytes; for other models the
+    parameter count in f16 (llama.cpp's unquantised type), and where the figure came from."""
+    gg = spec.config.get(arch.GGUF_CONFIG_KEY) if spec.config else None
+    if isinstance(gg, dict) and isinstance(gg.get("tensor_bytes"), int):
+        return gg["tensor_bytes"], "the GGUF file's tensors"
+    from ..params import count_parameters, weight_bytes
+
+    return weight_bytes(count_parameters(spec), "fp16"), "parameters x 2 B (f16)"
+
+
+def fits(spec: ModelSpec, settings: LlamaCppSettings, budget: int) -> bool:
+    """True when llama.cpp's caches for ``settings`` fit in ``budget`` bytes."""
+    try:
+        return allocate(spec, settings).total_bytes <= budget
+    except UsageError:
+        return False
+
+
+def max_slots(spec: ModelSpec, settings: LlamaCppSettings, slot_ctx: int, budget: int,
+              unified: bool, limit: int = 4096) -> int:
+    """Most slots of ``slot_ctx`` tokens each whose caches fit in ``budget`` (``-c slot_ctx x
+    slots -np slots``), per-slot streams or one unified stream."""
+    from ..units import largest_satisfying
+
+    def ok(n: int) -> bool:
+        return fits(spec, replace(settings, ctx_size=slot_ctx * n, parallel=n,
+                                  kv_unified=unified), budget)
+
+    return largest_satisfying(ok, limit) if ok(1) else 0
+
+
+def max_ctx_size(spec: ModelSpec, settings: LlamaCppSettings, budget: int,
+                 limit: int = 1 << 24) -> int:
+    """The largest ``--ctx-size`` (a multiple of 256) whose caches fit with ``settings``."""
+    from ..units import largest_satisfying
+
+    slots = settings.n_seq_max
+
+    def ok(k: int) -> bool:
+        return fits(spec, replace(settings, ctx_size=k * CTX_PAD * slots), budget)
+
+    return largest_satisfying(ok, limit // (CTX_PAD * slots)) * CTX_PAD * slots if ok(1) else 0
+
+
+def plan_capacity(spec: ModelSpec, settings: LlamaCppSettings, budget: int) -> dict[str, Any]:
+    """What fits in a KV budget: the configured context, the most slots of its per-slot
+    context (per-slot streams and unified), the largest context for its slots."""
+    alloc = allocate(spec, settings)
+    slot_ctx = alloc.sizes.n_ctx_seq if not alloc.sizes.unified else \
+        max(1, alloc.sizes.n_ctx // alloc.sizes.n_seq_max)
+    per_slot = replace(settings, kv_unified=False, parallel=settings.n_seq_max,
+                       ctx_size=slot_ctx * settings.n_seq_max)
+    unified = replace(per_slot, kv_unified=True)
+    return {
+        "kv_budget_bytes": budget,
+        "fits": alloc.total_bytes <= budget,
+        "kv_bytes": alloc.total_bytes,
+        "slot_context": slot_ctx,
+        "max_slots": {"per_slot": max_slots(spec, settings, slot_ctx, budget, False),
+                      "unified": max_slots(spec, settings, slot_ctx, budget, True)},
+        "max_ctx_size": max_ctx_size(spec, settings, budget),
+        "per_slot_vs_unified_bytes": {"per_slot": allocate(spec, per_slot).total_bytes,
+                                      "unified": allocate(spec, unified).total_bytes},
+    }
