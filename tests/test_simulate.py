@@ -88,7 +88,7 @@ def test_toy_trace_with_prefix_caching_recomputes_nothing(llama):
     trace = load_trace(str(FIX / "toy3.csv"))
     t = run(llama, tiny(5), trace, allocators=("paged",), step_time_s=1.0).runs["paged"].totals
     assert t.preemptions == 1
-    assert t.prefix_hit_tokens == 32 - 16 and t.recomputed_tokens == 16
+    assert t.prefix_hit_tokens == t.resume_hit_tokens == 32 - 16 and t.recomputed_tokens == 16
 
 
 def test_contiguous_oracle_never_preempts(llama):

@@ -238,6 +238,7 @@ def _emit(record: dict, fmt: str) -> None:
         row("prefix-cache hit rate (tokens saved)", lambda a: f"{pct(a['prefix_hit_rate'])} "
             f"({a['prefix_hit_tokens']:,})"),
         row("CPU-tier hits (tokens)", lambda a: f"{a['offload_hit_tokens']:,}"),
+        row("hits of resumed preempted requests", lambda a: f"{a['resume_hit_tokens']:,}"),
         row("queueing delay p50 / p99 (s, modelled)", lambda a: f"{a['queue_delay_s']['p50']:,.3f}"
             f" / {a['queue_delay_s']['p99']:,.3f}"),
         row("time to first token p50 / p99 (s, modelled)", lambda a: f"{a['ttft_s']['p50']:,.3f}"

@@ -194,6 +194,7 @@ def run_record(r: AllocatorRun) -> dict:
         "output_tokens": t.output_tokens,
         "prefix_hit_tokens": t.prefix_hit_tokens,
         "offload_hit_tokens": t.offload_hit_tokens,
+        "resume_hit_tokens": t.resume_hit_tokens,
         "prefix_hit_rate": round(t.prefix_hit_tokens / t.queried_tokens, 6)
         if t.queried_tokens else 0.0,
         "running": t.running.summary(),

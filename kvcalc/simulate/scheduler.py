@@ -84,6 +84,8 @@ class Totals:
     queried_tokens: int = 0
     prefix_hit_tokens: int = 0
     offload_hit_tokens: int = 0
+    #: hits (GPU or CPU) of preempted requests coming back: recompute saved, not prefix reuse
+    resume_hit_tokens: int = 0
     steps: int = 0
     seconds: float = 0.0
     memory: dict = field(default_factory=lambda: {c: 0.0 for c in CATEGORIES})
@@ -208,6 +210,8 @@ class _Loop:
                 if hits:
                     tot.prefix_hit_tokens += hits[1]
                     tot.offload_hit_tokens += hits[2]
+                    if r.preempted:
+                        tot.resume_hit_tokens += hits[0]
                 r.computed = hit_tokens
                 if r.scheduled_at is None:
                     r.scheduled_at = self.t
