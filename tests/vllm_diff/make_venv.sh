@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Build .vllm-venv/ (repo root): vLLM 0.33.0 installed --no-deps, the CPU build of torch, and
+# the small packages vLLM's config / attention-selector / KV-cache planning modules import
+# (requirements.txt beside this script, also --no-deps). Used by tests/test_vllm_differential.py
+# and tests/vllm_diff/compare.py. Idempotent: an existing, working environment is kept.
+#   VLLM_VENV=path  build elsewhere (default: <repo>/.vllm-venv)
+#   PYTHON=python3  interpreter to build it from
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+venv="${VLLM_VENV:-$root/.vllm-venv}"
+py="${PYTHON:-python3}"
+stamp="$venv/.kvcalc-vllm-venv"
+want="vllm==0.33.0 torch==2.13.0 $(sha256sum "$here/requirements.txt" | cut -c1-16)"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+   && "$venv/bin/python" -c "import vllm, torch" 2>/dev/null; then
+  echo "vllm venv: $venv is up to date"
+  exit 0
+fi
+
+start=$(date +%s)
+rm -rf "$venv"
+"$py" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
+# torch first, on its own: the CPU wheel (a bare `torch` pulled in by vllm's requirements could
+# be a multi-GB CUDA build; --no-deps below keeps vllm from asking for one).
+"${pip[@]}" install "torch==2.13.0"
+"$venv/bin/python" - <<'PY'
+import torch
+assert torch.version.cuda is None, f"expected the CPU build of torch, got CUDA {torch.version.cuda}"
+PY
+"${pip[@]}" install --no-deps "vllm==0.33.0"
+"${pip[@]}" install --no-deps -r "$here/requirements.txt"
+# Byte-compile once, so each harness run does not recompile vLLM (PYTHONDONTWRITEBYTECODE).
+"$venv/bin/python" -m compileall -q -j 0 "$venv/lib" > /dev/null 2>&1 || true
+echo "$want" > "$stamp"
+echo "vllm venv: built $venv in $(( $(date +%s) - start )) s ($(du -sh "$venv" | cut -f1))"

@@ -1,0 +1,565 @@
+"""vLLM 0.33.0's own KV-cache capacity figures for kvcalc's presets, on a simulated H100.
+
+Run with the interpreter of the separate environment that `make_venv.sh` builds
+(`.vllm-venv/bin/python tests/vllm_diff/vllm_side.py --help`). It reads a JSON request
+(presets with their raw Hugging Face config, and the grid) and prints one JSON document with
+one record per case. It does not import kvcalc: the point is an independent answer.
+
+What runs is vLLM's code, in the order its engine runs it
+---------------------------------------------------------
+
+1. ``EngineArgs(model=<dir with the preset's config.json>, tensor_parallel_size=tp,
+   kv_cache_dtype=..., max_model_len=..., skip_tokenizer_init=True, load_format="dummy")
+   .create_engine_config(UsageContext.OPENAI_API_SERVER)`` (``vllm/engine/arg_utils.py``):
+   ``ModelConfig`` (dtype resolution, float32 -> bf16 on CUDA), ``CacheConfig`` (prefix
+   caching on, ``sliding_window`` for all-sliding models), ``SchedulerConfig`` (``vllm serve``
+   defaults for an 80 GB GPU: ``max_num_batched_tokens`` 8192), ``VllmConfig.__post_init__``
+   (hybrid allocator switched off for chunked local attention; ``MambaModelConfig`` /
+   ``HybridAttentionMambaModelConfig`` hooks: Mamba "align" mode with prefix caching).
+   The config.json is written to a temporary directory; nothing is fetched from a hub.
+2. The model's KV-carrying layers are created as vLLM layer objects (see *Layer mapping*)
+   and registered in ``compilation_config.static_forward_context``, as the model's
+   constructor does; each attention layer's backend is chosen by vLLM's selector
+   (``vllm.v1.attention.selector.get_attn_backend`` -> ``CudaPlatform.get_attn_backend_cls``
+   -> ``_get_backend_priorities`` for SM90 and each backend's ``validate_configuration``).
+3. ``current_platform.update_block_size_for_backend(vllm_config)`` (what
+   ``UniProcExecutor`` calls after loading the model): the backend's preferred block size,
+   ``_align_hybrid_block_size`` for hybrids (Mamba page vs attention page, GDN checkpoint
+   alignment).
+4. Per layer ``layer.get_kv_cache_spec(vllm_config)`` + ``customize_attention_spec(backend,
+   spec)``, skipping KV-sharing layers - the loop of ``GPUModelRunner.get_kv_cache_spec``.
+5. ``register_all_kvcache_specs``, ``get_global_kv_cache_groups``, ``get_kv_cache_configs``
+   (which runs ``_check_enough_kv_cache_memory`` with the null block held back and, when it
+   fails, ``_estimate_max_model_len_from_groups``), ``generate_scheduler_kv_cache_config``,
+   the engine core's block size (smallest prefix-cacheable group block), then
+   ``get_kv_cache_capacity`` / ``get_max_concurrency_for_kv_cache_config``
+   (``vllm/v1/core/kv_cache_planning.py``, ``kv_cache_utils.py``, ``vllm/v1/engine/core.py``
+   ``EngineCore._initialize_kv_caches``).
+
+The KV budget stands for what ``Worker.determine_available_memory`` would measure
+("Available KV cache memory"). Every TP rank has the same specs and budget, so one worker is
+planned (``get_kv_cache_configs`` takes the minimum over identical workers).
+
+What is faked: the GPU, nothing else
+------------------------------------
+
+* Platform detection: ``vllm.platforms.current_platform`` is set to vLLM's
+  ``CudaPlatform`` (NVML is not there to detect it).
+* The GPU queries of that class: ``get_device_capability`` -> 9.0 (SM90),
+  ``get_device_name`` -> "NVIDIA H100 80GB HBM3", ``get_device_total_memory`` -> 79.2 GiB
+  (85,045,477,376 B, what an H100 SXM reports), ``device_count`` -> 8.
+* vLLM's compiled CUDA extension modules (``vllm/_C_stable_libtorch.abi3.so``,
+  ``vllm/vllm_flash_attn/_vllm_fa{2,3}_C.abi3.so``, ``_flashmla_C`` …) link against the
+  NVIDIA driver (``libcuda.so.1``) and cannot be loaded on a machine without one; they hold
+  GPU kernels, no Python logic. Empty modules stand in for them, so their presence is what it
+  is on a real H100 install, and one kernel capability query that runs at import time,
+  ``torch.ops._C.cutlass_scaled_mm_supports_block_fp8(cap)``, answers ``cap >= 90``.
+* Nothing in vLLM's configuration, backend selection, spec or planning code is replaced.
+  The layer objects are real vLLM classes; only their ``__init__`` is not run, because it
+  builds weights and kernels (and needs a TP process group): the harness sets the attributes
+  that ``__init__`` sets and that ``get_kv_cache_spec`` reads (listed per class below).
+
+Layer mapping (HF config -> vLLM layer, as the vLLM 0.33.0 model files build them)
+-----------------------------------------------------------------------------------
+
+Per-rank KV heads follow ``QKVParallelLinear.__init__`` (``layers/linear.py``):
+``divide(total_kv_heads, tp)`` when tp < total, else 1 head replicated
+``divide(tp, total_kv_heads)`` times - ``vllm.distributed.utils.divide`` raises
+"10 is not divisible by 8" for phi-4 at TP 8, recorded as the TP refusal. ``total_kv_heads``
+= ``ModelConfig.get_total_num_kv_heads()``, head size = ``ModelConfig.get_head_size()``.
+
+* ``Attention`` (``layers/attention/attention.py``), every decoder layer of Llama, Mistral,
+  Mixtral, Qwen2/3(-MoE), Gemma 1/2/3, Phi-2/3/4, GPT-2, GPT-J, GPT-NeoX, Falcon,
+  StarCoder2, InternLM2, OLMo-2, gpt-oss; the attention layers of Jamba, Nemotron-H,
+  Qwen3-Next; the NoPE layers of Llama 4. Attributes: ``num_kv_heads``, ``head_size``,
+  ``head_size_v`` (= head size), ``kv_cache_dtype``, ``kv_cache_torch_dtype``
+  (``kv_cache_dtype_str_to_dtype``), ``attn_type`` DECODER, ``sliding_window``,
+  ``attn_backend``, ``kv_sharing_target_layer_name``. Sliding window: the per-layer window
+  where the model file passes one - ``layer_types[i] == "sliding_attention"`` (Llama/Mistral
+  family, Gemma 2/3/3n), every even layer (gpt-oss, with attention sinks) - otherwise
+  ``cache_config.sliding_window`` (set by ``EngineArgs`` only when the model is all-sliding,
+  e.g. Mistral-7B-v0.1, Phi-3-mini, StarCoder2).
+* DeciLM / Nemotron-NAS (``nemotron_nas.py``): per layer ``block_configs[i].attention``;
+  ``no_op`` layers have no attention, others ``num_attention_heads // n_heads_in_group``
+  KV heads.
+* Gemma 3n (``gemma3n.py``): the last ``num_kv_shared_layers`` layers share the KV of an
+  earlier layer (``kv_sharing_target_layer_name``) and get no spec.
+* ``ChunkedLocalAttention`` (``chunked_local_attention.py``), Llama 4 layers with RoPE
+  (``no_rope_layers[i] != 0``) when ``attention_chunk_size`` is set; backend =
+  ``create_chunked_local_attention_backend(get_attn_backend(...), chunk)``; NoPE layers are
+  plain ``Attention``.
+* ``MLAAttention`` (``mla_attention.py``), every layer of DeepSeek V2/V3/R1 and Kimi K2:
+  ``head_size = kv_lora_rank + qk_rope_head_dim``, ``num_kv_heads`` 1, backend from
+  ``get_attn_backend(head_size, dtype, kv_cache_dtype, use_mla=True, num_heads=heads/tp)``
+  (SM90: FLASH_ATTN_MLA for bf16, FlashMLA for fp8), ``topk_buffer_width`` None, no indexer.
+* Mamba layers: ``MambaMixer`` (Jamba, ``layers_block_type[i] == "mamba"``),
+  ``MambaMixer2`` (Nemotron-H, ``hybrid_override_pattern[i] == "M"``),
+  ``QwenGatedDeltaNetAttention`` (Qwen3-Next, ``layer_types[i] == "linear_attention"``,
+  with ``_checkpoint_alignment`` set as its ``__init__`` does from
+  ``_resolve_gdn_prefill_backend``). Their state shapes and dtypes are the model class's own
+  ``get_mamba_state_shape_from_config`` / ``get_mamba_state_dtype_from_config`` (the
+  functions vLLM's ``_align_hybrid_block_size`` uses for the same purpose).
+
+Presets whose architecture the harness does not map are reported with ``skipped`` and the
+reason; see ``SKIPPED`` below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import traceback
+import types
+
+H100_MEMORY_BYTES = 85_045_477_376
+H100_NAME = "NVIDIA H100 80GB HBM3"
+SM90 = (9, 0)
+
+# Compiled CUDA extension modules of the vllm 0.33.0 wheel (find vllm -name '*.so').
+CUDA_EXTENSION_MODULES = (
+    "vllm._C_stable_libtorch",
+    "vllm._moe_C_stable_libtorch",
+    "vllm._qutlass_C",
+    "vllm.cumem_allocator",
+    "vllm._flashmla_C",
+    "vllm._flashmla_extension_C",
+    "vllm._flashkda_C",
+    "vllm._deepselect_C",
+    "vllm.spinloop",
+    "vllm.fs_io_C",
+    "vllm.vllm_flash_attn._vllm_fa2_C",
+    "vllm.vllm_flash_attn._vllm_fa3_C",
+    "vllm.third_party.deep_gemm._C_extension",
+)
+
+# Architectures (HF `architectures[0]`) that vLLM 0.33.0 serves but this harness does not
+# map to layers yet, with the reason.
+SKIPPED = {
+    "DeepseekV32ForCausalLM": "sparse MLA with a lightning indexer (indexer KV spec, "
+                              "fp8_ds_mla): layer mapping not written yet",
+}
+
+
+def install_gpu_fakes() -> None:
+    """Make vLLM see one SM90 H100; see the module docstring for the exact list."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    for name in CUDA_EXTENSION_MODULES:
+        sys.modules.setdefault(name, types.ModuleType(name))
+    import torch
+
+    lib = torch.library.Library("_C", "DEF")
+    lib.define("cutlass_scaled_mm_supports_block_fp8(int cap) -> bool")
+    lib.impl("cutlass_scaled_mm_supports_block_fp8", lambda cap: cap >= 90,
+             "CompositeExplicitAutograd")
+    install_gpu_fakes.lib = lib  # keep the registration alive
+
+    import vllm.platforms
+    import vllm.platforms.cuda as cuda
+    from vllm.platforms.interface import DeviceCapability
+
+    cls = cuda.CudaPlatform
+    cls.get_device_capability = classmethod(lambda c, device_id=0: DeviceCapability(*SM90))
+    cls.get_device_name = classmethod(lambda c, device_id=0: H100_NAME)
+    cls.get_device_total_memory = classmethod(lambda c, device_id=0: H100_MEMORY_BYTES)
+    cls.device_count = classmethod(lambda c: 8)
+    vllm.platforms._current_platform = cls()
+
+    from vllm.triton_utils import HAS_TRITON, triton
+
+    if not HAS_TRITON:
+        # Triton needs a GPU driver; vLLM then uses its TritonPlaceholder, whose Config is a
+        # no-op decorator. Kernel modules imported on the SM90 path read autotune configs'
+        # fields at import time, so Config records its arguments here.
+        def config(kwargs=None, num_warps=4, num_stages=3, num_ctas=1, **extra):
+            return types.SimpleNamespace(kwargs=kwargs or {}, num_warps=num_warps,
+                                         num_stages=num_stages, num_ctas=num_ctas, **extra)
+
+        triton.Config = config
+
+
+class Refused(Exception):
+    """vLLM refuses the configuration before any KV planning (e.g. TP vs KV heads)."""
+
+
+def _shell(cls, **attrs):
+    """A vLLM layer object whose __init__ (weights, kernels) is not run; attrs are the
+    attributes that __init__ sets and get_kv_cache_spec reads."""
+    import torch.nn as nn
+
+    obj = cls.__new__(cls)
+    nn.Module.__init__(obj)
+    for k, v in attrs.items():
+        object.__setattr__(obj, k, v)
+    return obj
+
+
+def _register(vc, name, layer):
+    ctx = vc.compilation_config.static_forward_context
+    if name in ctx:
+        raise ValueError(f"Duplicate layer name: {name}")
+    ctx[name] = layer
+
+
+def per_rank_kv_heads(total: int, tp: int) -> int:
+    """QKVParallelLinear.__init__'s rule, with vLLM's own divide()."""
+    from vllm.distributed.utils import divide
+
+    try:
+        if tp >= total:
+            divide(tp, total)
+            return 1
+        return divide(total, tp)
+    except (AssertionError, ValueError) as exc:
+        raise Refused(str(exc)) from exc
+
+
+def _attention(vc, name, num_kv_heads, head_size, window=None, has_sink=False,
+               kv_sharing_target=None, backend=None):
+    import torch
+    from vllm.model_executor.layers.attention.attention import Attention
+    from vllm.utils.torch_utils import kv_cache_dtype_str_to_dtype
+    from vllm.v1.attention.backend import AttentionType
+    from vllm.v1.attention.selector import get_attn_backend
+
+    cc = vc.cache_config
+    sliding = window if window is not None else cc.sliding_window
+    kv_dtype = cc.cache_dtype
+    if backend is None:
+        backend = get_attn_backend(head_size, torch.get_default_dtype(), kv_dtype,
+                                   use_mla=False, has_sink=has_sink,
+                                   attn_type=AttentionType.DECODER,
+                                   has_sliding_window=sliding is not None)
+    layer = _shell(Attention, layer_name=name, num_heads=None, num_kv_heads=num_kv_heads,
+                   head_size=head_size, head_size_v=head_size, sliding_window=sliding,
+                   kv_cache_dtype=kv_dtype,
+                   kv_cache_torch_dtype=kv_cache_dtype_str_to_dtype(kv_dtype, vc.model_config),
+                   attn_type=AttentionType.DECODER, attn_backend=backend,
+                   kv_sharing_target_layer_name=kv_sharing_target, has_sink=has_sink)
+    _register(vc, name, layer)
+
+
+def _chunked(vc, name, num_kv_heads, head_size, chunk):
+    import torch
+    from vllm.model_executor.layers.attention.chunked_local_attention import (
+        ChunkedLocalAttention, create_chunked_local_attention_backend)
+    from vllm.utils.torch_utils import kv_cache_dtype_str_to_dtype
+    from vllm.v1.attention.backend import AttentionType
+    from vllm.v1.attention.selector import get_attn_backend
+
+    cc = vc.cache_config
+    under = get_attn_backend(head_size, torch.get_default_dtype(), cc.cache_dtype)
+    backend = create_chunked_local_attention_backend(under, chunk)
+    layer = _shell(ChunkedLocalAttention, layer_name=name, num_kv_heads=num_kv_heads,
+                   head_size=head_size, head_size_v=head_size, sliding_window=None,
+                   kv_cache_dtype=cc.cache_dtype,
+                   kv_cache_torch_dtype=kv_cache_dtype_str_to_dtype(cc.cache_dtype,
+                                                                    vc.model_config),
+                   attn_type=AttentionType.DECODER, attn_backend=backend,
+                   attention_chunk_size=chunk, kv_sharing_target_layer_name=None)
+    _register(vc, name, layer)
+
+
+def _mla(vc, name, head_size, num_heads_rank):
+    import torch
+    from vllm.model_executor.layers.attention.mla_attention import (
+        MLAAttention, _canonicalize_sparse_mla_kv_cache_dtype)
+    from vllm.v1.attention.selector import get_attn_backend
+
+    kv_dtype = vc.cache_config.cache_dtype
+    backend = get_attn_backend(head_size, torch.get_default_dtype(), kv_dtype, use_mla=True,
+                               use_sparse=False, num_heads=num_heads_rank)
+    kv_dtype = _canonicalize_sparse_mla_kv_cache_dtype(backend, kv_dtype)
+    layer = _shell(MLAAttention, layer_name=name, head_size=head_size, num_kv_heads=1,
+                   num_heads=num_heads_rank, kv_cache_dtype=kv_dtype, attn_backend=backend,
+                   sliding_window=None, indexer=None, topk_buffer_width=None,
+                   non_causal_multi_token_decode=False)
+    _register(vc, name, layer)
+
+
+def _mamba(vc, name, layer_cls, model_cls, **extra):
+    shapes = tuple(model_cls.get_mamba_state_shape_from_config(vc))
+    dtypes = tuple(model_cls.get_mamba_state_dtype_from_config(vc))
+    layer = _shell(layer_cls, layer_name=name, prefix=name, vllm_config=vc,
+                   model_config=vc.model_config, cache_config=vc.cache_config, **extra)
+    object.__setattr__(layer, "get_state_shape", lambda: shapes)
+    object.__setattr__(layer, "get_state_dtype", lambda: dtypes)
+    _register(vc, name, layer)
+
+
+def build_layers(vc) -> None:
+    """Create the model's KV-carrying vLLM layers (module docstring: Layer mapping)."""
+    mc, pc = vc.model_config, vc.parallel_config
+    tp = pc.tensor_parallel_size
+    cfg = mc.hf_text_config
+    arch = mc.architecture
+    n = cfg.num_hidden_layers
+    head = mc.get_head_size()
+    total_kv = mc.get_total_num_kv_heads()
+    prefix = "model.layers"
+
+    if mc.use_mla:
+        heads_rank = cfg.num_attention_heads // tp
+        for i in range(n):
+            _mla(vc, f"{prefix}.{i}.self_attn.attn", head, heads_rank)
+        return
+
+    if arch == "DeciLMForCausalLM":
+        for i, block in enumerate(cfg.block_configs):
+            att = block.attention if not isinstance(block, dict) else block["attention"]
+            get = (lambda k, a=att: a.get(k) if isinstance(a, dict) else getattr(a, k, None))
+            if get("no_op") or get("replace_with_linear"):
+                continue
+            kv = cfg.num_attention_heads // get("n_heads_in_group")
+            _attention(vc, f"{prefix}.{i}.self_attn.attn", per_rank_kv_heads(kv, tp), head)
+        return
+
+    kv_rank = per_rank_kv_heads(total_kv, tp)
+
+    if arch.startswith("Llama4"):
+        chunk = getattr(cfg, "attention_chunk_size", None)
+        for i in range(n):
+            name = f"language_model.model.layers.{i}.self_attn.attn"
+            nope = cfg.no_rope_layers[i] == 0
+            if chunk and not nope:
+                _chunked(vc, name, kv_rank, head, chunk)
+            else:
+                _attention(vc, name, kv_rank, head)
+        return
+
+    if arch == "JambaForCausalLM":
+        from vllm.model_executor.layers.mamba.mamba_mixer import MambaMixer
+        from vllm.model_executor.models.jamba import JambaForCausalLM
+
+        for i, kind in enumerate(cfg.layers_block_type):
+            if kind == "mamba":
+                _mamba(vc, f"{prefix}.{i}.mamba", MambaMixer, JambaForCausalLM)
+            else:
+                _attention(vc, f"{prefix}.{i}.self_attn.attn", kv_rank, head)
+        return
+
+    if arch == "NemotronHForCausalLM":
+        from vllm.model_executor.layers.mamba.mamba_mixer2 import MambaMixer2
+        from vllm.model_executor.models.nemotron_h import NemotronHForCausalLM
+
+        for i, kind in enumerate(cfg.hybrid_override_pattern):
+            if kind == "M":
+                _mamba(vc, f"{prefix}.{i}.mixer", MambaMixer2, NemotronHForCausalLM)
+            elif kind == "*":
+                _attention(vc, f"{prefix}.{i}.mixer.attn", kv_rank, head,
+                           window=getattr(cfg, "sliding_window", None))
+        return
+
+    if arch == "Qwen3NextForCausalLM":
+        from vllm.model_executor.layers.mamba.gdn.qwen_gdn_linear_attn import (
+            QwenGatedDeltaNetAttention, _resolve_gdn_prefill_backend)
+        from vllm.model_executor.models.qwen3_next import Qwen3NextForCausalLM
+        from vllm.v1.attention.backends.gdn_attn import FLASHINFER_GDN_CHECKPOINT_ALIGNMENT
+
+        _, active = _resolve_gdn_prefill_backend(vc)
+        align = (FLASHINFER_GDN_CHECKPOINT_ALIGNMENT
+                 if vc.cache_config.mamba_cache_mode == "align" and active == "flashinfer"
+                 else None)
+        for i, kind in enumerate(cfg.layer_types):
+            if kind == "linear_attention":
+                _mamba(vc, f"{prefix}.{i}.linear_attn", QwenGatedDeltaNetAttention,
+                       Qwen3NextForCausalLM, gdn_prefill_backend=active,
+                       _checkpoint_alignment=align)
+            else:
+                _attention(vc, f"{prefix}.{i}.self_attn.attn", kv_rank, head)
+        return
+
+    layer_types = getattr(cfg, "layer_types", None)
+    shared_from = None
+    if arch.startswith("Gemma3n"):
+        shared_from = n - cfg.num_kv_shared_layers
+    for i in range(n):
+        window = None
+        if arch.startswith("GptOss"):
+            window = cfg.sliding_window if i % 2 == 0 else None
+        elif layer_types and len(set(layer_types)) > 1:
+            window = cfg.sliding_window if layer_types[i] == "sliding_attention" else None
+        target = None
+        if shared_from is not None and i >= shared_from:
+            offset = 2 if window is not None else 1
+            target = f"{prefix}.{shared_from - offset}.self_attn.attn"
+        _attention(vc, f"{prefix}.{i}.self_attn.attn", kv_rank, head, window=window,
+                   has_sink=arch.startswith("GptOss"), kv_sharing_target=target)
+
+
+def kv_cache_specs(vc) -> dict:
+    """GPUModelRunner.get_kv_cache_spec's loop."""
+    from dataclasses import replace
+
+    from vllm.config import get_layers_from_vllm_config
+    from vllm.model_executor.layers.attention import Attention
+    from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
+    from vllm.v1.kv_cache_interface import AttentionSpec
+    from vllm.v1.worker.utils import customize_attention_spec
+
+    specs = {}
+    for name, module in get_layers_from_vllm_config(vc, AttentionLayerBase).items():
+        if isinstance(module, Attention) and module.kv_sharing_target_layer_name:
+            continue
+        if spec := module.get_kv_cache_spec(vc):
+            if isinstance(spec, AttentionSpec):
+                spec = customize_attention_spec(module.get_attn_backend(), spec)
+            if module.is_draft_layer:
+                spec = replace(spec, is_draft=True)
+            specs[name] = spec
+    return specs
+
+
+def engine_config(config_dir: str, tp: int, kv_dtype: str, max_len: int):
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    args = EngineArgs(model=config_dir, skip_tokenizer_init=True, tensor_parallel_size=tp,
+                      max_model_len=max_len, kv_cache_dtype=kv_dtype, load_format="dummy",
+                      trust_remote_code=False)
+    return args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+
+
+def plan(vc, specs: dict, budget: int) -> dict:
+    """EngineCore._initialize_kv_caches from the grouping to the capacity line."""
+    from vllm.v1.core.kv_cache_config_builder import get_kv_cache_config_builder
+    from vllm.v1.core.kv_cache_planning import (
+        _estimate_max_model_len_from_groups, _pool_bytes_per_block_from_builder,
+        get_global_kv_cache_groups, get_kv_cache_configs)
+    from vllm.v1.core.kv_cache_utils import (
+        generate_scheduler_kv_cache_config, get_kv_cache_capacity)
+    from vllm.v1.core.single_type_kv_cache_manager import register_all_kvcache_specs
+
+    from types import SimpleNamespace
+
+    from vllm.v1.attention.backends.utils import (record_kv_cache_layout,
+                                                  resolve_kv_cache_layout)
+    from vllm.v1.worker.worker_base import WorkerBase
+
+    register_all_kvcache_specs(vc)
+    worker_specs = [dict(specs)]
+    # The worker reports its backends' layouts; the core resolves one and records it.
+    supported = WorkerBase.get_supported_kv_cache_layouts(SimpleNamespace(vllm_config=vc))
+    layout = resolve_kv_cache_layout(vc, [supported], list(specs.values()))
+    groups = get_global_kv_cache_groups(vc, worker_specs)
+    vc.adjust_dcp_kv_cache_interleave_size(groups)
+    record_kv_cache_layout(vc.cache_config, layout.name)
+    builder = get_kv_cache_config_builder(vc)
+    bytes_per_block = _pool_bytes_per_block_from_builder(builder, vc, groups)
+    rec = {"groups": len(groups), "bytes_per_block": bytes_per_block,
+           "group_block_sizes": [g.kv_cache_spec.block_size for g in groups],
+           "group_kinds": [type(g.kv_cache_spec).__name__ for g in groups]}
+    rec["block_size"] = min(
+        [g.kv_cache_spec.block_size for g in groups if g.kv_cache_spec.prefix_cacheable]
+        or [g.kv_cache_spec.block_size for g in groups])
+    try:
+        configs = get_kv_cache_configs(vc, worker_specs, [budget], groups)
+    except ValueError as exc:
+        rec.update(fits=False, error=str(exc), num_blocks=budget // bytes_per_block,
+                   estimated_max_model_len=_estimate_max_model_len_from_groups(
+                       builder, vc, groups, budget - bytes_per_block))
+        return rec
+    sched = generate_scheduler_kv_cache_config(configs)
+    tokens, concurrency = get_kv_cache_capacity(vc, sched)
+    rec.update(fits=True, error=None, num_blocks=sched.num_blocks, kv_cache_tokens=tokens,
+               max_concurrency=concurrency, estimated_max_model_len=None)
+    return rec
+
+
+def run_case(config_dir: str, tp: int, kv_dtype: str, max_len: int, budgets) -> list[dict]:
+    from vllm.config import set_current_vllm_config
+
+    vc = engine_config(config_dir, tp, kv_dtype, max_len)
+    from vllm.utils.torch_utils import set_default_torch_dtype
+
+    with set_current_vllm_config(vc), set_default_torch_dtype(vc.model_config.dtype):
+        build_layers(vc)
+        from vllm.platforms import current_platform
+
+        current_platform.update_block_size_for_backend(vc)
+        specs = kv_cache_specs(vc)
+        backends = sorted({m.get_attn_backend().get_name() for m in
+                           vc.compilation_config.static_forward_context.values()})
+        out = []
+        for budget in budgets:
+            rec = plan(vc, specs, budget)
+            rec.update(budget=budget, backends=backends,
+                       mamba_cache_mode=vc.cache_config.mamba_cache_mode,
+                       max_num_batched_tokens=vc.scheduler_config.max_num_batched_tokens,
+                       model_dtype=str(vc.model_config.dtype).replace("torch.", ""))
+            out.append(rec)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("request", help="JSON file: {presets: {name: config}, budgets, "
+                                    "max_lens, tps, kv_dtypes}")
+    ap.add_argument("--out", default="-", help="where to write the JSON result")
+    args = ap.parse_args(argv)
+    req = json.load(open(args.request))
+    t0 = time.time()
+    install_gpu_fakes()
+    import logging
+
+    logging.disable(logging.WARNING)
+    import vllm
+
+    records, skipped = [], {}
+    for name, config in req["presets"].items():
+        arch = (config.get("architectures") or ["?"])[0]
+        if arch in SKIPPED:
+            skipped[name] = SKIPPED[arch]
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(config, f)
+            for tp in req["tps"]:
+                for kv in req["kv_dtypes"]:
+                    for max_len in req["max_lens"]:
+                        key = dict(model=name, tp=tp, kv_dtype=kv, max_len=max_len)
+                        t = time.time()
+                        try:
+                            for rec in run_case(d, tp, kv, max_len, req["budgets"]):
+                                records.append({**key, **rec})
+                        except Refused as exc:
+                            for b in req["budgets"]:
+                                records.append({**key, "budget": b, "refused": str(exc)})
+                        except Exception as exc:  # noqa: BLE001 - reported, not hidden
+                            msg = f"{type(exc).__name__}: {exc}"
+                            if "are not supported for now" in msg:  # vLLM's registry
+                                skipped.setdefault(name, "vLLM 0.33.0 does not serve "
+                                                   f"{arch}")
+                                break
+                            for b in req["budgets"]:
+                                records.append({**key, "budget": b, "harness_error": msg,
+                                                "traceback": traceback.format_exc()[-2000:]})
+                        print(f"{name} tp{tp} {kv} {max_len}: {time.time() - t:.1f} s",
+                              file=sys.stderr)
+                    else:
+                        continue
+                    break
+                else:
+                    continue
+                break
+    doc = {"vllm_version": vllm.__version__, "gpu": H100_NAME, "compute_capability": SM90,
+           "seconds": round(time.time() - t0, 1), "records": records, "skipped": skipped}
+    text = json.dumps(doc, indent=None)
+    if args.out == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
