@@ -225,24 +225,28 @@ def _emit(record: dict, fmt: str) -> None:
     def pct(x):
         return f"{100 * x:.1f}%"
 
+    def spread(key, p50_fmt=",.3f"):
+        """'mean / p50 / p99' of a batch-size summary, or 'p50 / p99' of a latency one."""
+        def cell(a):
+            d = a[key]
+            head = f"{d['mean']:,.1f} / " if p50_fmt == "," else ""
+            return head + f"{d['p50']:{p50_fmt}} / {d['p99']:{p50_fmt}}"
+        return cell
+
     summary = table([
         row("requests completed / rejected", lambda a: f"{a['completed']:,} / {a['rejected']:,}"),
         row("seconds modelled", lambda a: f"{a['seconds_modelled']:,.1f}"),
         row("output tokens/s (modelled)", lambda a: f"{a['output_tokens_per_s_modelled']:,.1f}"),
-        row("running mean / p50 / p99", lambda a: f"{a['running']['mean']:,.1f} / "
-            f"{a['running']['p50']:,} / {a['running']['p99']:,}"),
-        row("waiting mean / p50 / p99", lambda a: f"{a['waiting']['mean']:,.1f} / "
-            f"{a['waiting']['p50']:,} / {a['waiting']['p99']:,}"),
+        row("running mean / p50 / p99", spread("running", ",")),
+        row("waiting mean / p50 / p99", spread("waiting", ",")),
         row("preemptions (recomputed tokens)", lambda a: f"{a['preemptions']:,} "
             f"({a['recomputed_tokens']:,})"),
         row("prefix-cache hit rate (tokens saved)", lambda a: f"{pct(a['prefix_hit_rate'])} "
             f"({a['prefix_hit_tokens']:,})"),
         row("CPU-tier hits (tokens)", lambda a: f"{a['offload_hit_tokens']:,}"),
         row("hits of resumed preempted requests", lambda a: f"{a['resume_hit_tokens']:,}"),
-        row("queueing delay p50 / p99 (s, modelled)", lambda a: f"{a['queue_delay_s']['p50']:,.3f}"
-            f" / {a['queue_delay_s']['p99']:,.3f}"),
-        row("time to first token p50 / p99 (s, modelled)", lambda a: f"{a['ttft_s']['p50']:,.3f}"
-            f" / {a['ttft_s']['p99']:,.3f}"),
+        row("queueing delay p50 / p99 (s, modelled)", spread("queue_delay_s")),
+        row("time to first token p50 / p99 (s, modelled)", spread("ttft_s")),
     ], ["summary"] + names, fmt)
     labels = {"token_states": "token states", "reservation": "reservation",
               "internal_fragmentation": "internal fragmentation",
