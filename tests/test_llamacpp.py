@@ -183,3 +183,24 @@ def test_plan_capacity_slots_and_context(models):
     best = cap["max_ctx_size"]
     assert allocate(spec, LlamaCppSettings(ctx_size=best, parallel=4)).total_bytes <= 1 << 30
     assert allocate(spec, LlamaCppSettings(ctx_size=best + 1024, parallel=4)).total_bytes > 1 << 30
+
+
+def test_cli_plan_llamacpp_and_ollama(models):
+    result = CliRunner().invoke(cli, ["plan", "-m", models["gemma3"], "--engine", "ollama",
+                                      "--gpu", "8GiB", "--num-ctx", "8192", "--num-parallel", "4",
+                                      "--kv-cache-type", "q8_0", "--prompt-len", "1000",
+                                      "--output-len", "500", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.stdout)
+    a = d["llamacpp"]
+    assert d["max_len"] == 8192 and d["fits"] and a["total_bytes"] == 103_612_416
+    assert a["ollama"]["llama_server_args"].startswith("llama-server -c 32768 -np 4")
+    assert a["capacity"]["per_slot_vs_unified_bytes"] == {"per_slot": 103_612_416,
+                                                          "unified": 78_544_896}
+    assert d["workload"]["allocators"]["contiguous"]["slots_reserved_per_sequence"] == 8192
+    result = CliRunner().invoke(cli, ["plan", "-m", models["smollm2"], "--engine", "llamacpp",
+                                      "--gpu", "1GiB", "--ctx-size", "8k", "--parallel", "2"])
+    assert result.exit_code == 0, result.output
+    assert "most slots of 4,096 tokens" in result.output
+    result = CliRunner().invoke(cli, ["plan", "-m", models["smollm2"], "--ctx-size", "4k"])
+    assert result.exit_code == 2 and "--ctx-size is a setting of --engine llamacpp" in result.output

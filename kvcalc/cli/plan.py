@@ -15,7 +15,8 @@ from ..units import GiB, format_bytes
 from ..engines import engine_names, get_engine
 from ..engines.vllm import CHUNKED_LOCAL_HYBRID_ENV, ERAS, VLLM, vllm_error_message
 from ..workload import DEFAULT_SAMPLES, DISTRIBUTIONS, fixed, from_trace, sampled
-from .common import ByteSize, TokenList, echo_output, format_option, warn
+from .common import (ByteSize, TokenList, allocation_options, allocation_settings, echo_output,
+                     format_option, warn)
 
 EXIT_DOES_NOT_FIT = 3
 #: the hidden --vllm-era of earlier kvcalc releases, as a version of its band
@@ -131,6 +132,7 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
               help="Solve: the largest --max-len at which this many requests fit at once.")
 @click.option("--compare-gpus", is_flag=True,
               help="Run the plan on every catalog GPU and compare.")
+@allocation_options
 @format_option
 def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, block_size, gpu_util,
          weights_dtype, overhead, weights_mem, activation_mem, non_torch_mem, cuda_graph, kv_budget, max_batched_tokens, max_num_seqs,
@@ -139,7 +141,7 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
          max_total_tokens, chunked_prefill_size, cuda_graph_max_bs, disable_cuda_graph,
          free_memory, prompt_len, output_len, dist, mean, std,
          samples, seed, trace,
-         target_concurrency, concurrency_for_len, compare_gpus, fmt):
+         target_concurrency, concurrency_for_len, compare_gpus, fmt, **engine_settings):
     """GPU sizing: memory budget, KV capacity, vLLM's start-up figures, contiguous versus paged
     concurrency, tensor/pipeline parallelism, and the GPUs a target needs.
 
@@ -162,9 +164,11 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
     for message in spec.warnings:
         warn(message)
     gpu_spec = resolve_gpu(gpu)
-    if max_len is None:
-        max_len = spec.max_position_embeddings or 4096
     runtime = get_engine(engine)
+    own_settings = allocation_settings(engine, engine_settings)  # llama-server's, Ollama's
+    if max_len is None:
+        max_len = (runtime.plan_max_len(spec, own_settings) or spec.max_position_embeddings
+                   or 4096)
     wdtype = (runtime.served_dtype(default_weights_dtype(spec)) if weights_dtype == "auto"
               else weights_dtype)
     if vllm_version is None and vllm_era is not None:
@@ -179,6 +183,10 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
         "--disable-cuda-graph": ("disable_cuda_graph", disable_cuda_graph),
         "--free-memory": ("free_memory", free_memory),
     })
+    # llama-server's and Ollama's options (--ctx-size, --num-ctx, ...; OLLAMA_* read only for ollama)
+    engine_options += _engine_options(runtime, {
+        f"--{k.replace('_', '-')}": (k, v)
+        for k, v in own_settings.items()})
     inp = PlanInputs(gpu=gpu_spec, tp=tp, pp=pp, replicas=replicas, gpu_util=gpu_util,
                      weights_dtype=wdtype, kv_dtype=kv_dtype, block_size=block_size,
                      max_len=max_len, max_batched_tokens=max_batched_tokens,

@@ -153,6 +153,12 @@ class Engine:
         ``fits``, ``record()``, ``log_lines()``, ``capacity_rows()``), None for vLLM's."""
         return None
 
+    def plan_max_len(self, spec, options: dict[str, Any]) -> int | None:
+        """Tokens one request may reach under the engine's own settings (llama.cpp: the
+        per-slot context of --ctx-size / --parallel; Ollama: --num-ctx), None when they do not
+        say (``kvcalc plan`` then uses --max-len or the model's context length)."""
+        return None
+
     def allocation(self, spec, options: dict[str, Any], kv_dtype: str = "auto",
                    version: str | None = None):
         """What the engine allocates up front for ``options`` (its own settings, by kvcalc's

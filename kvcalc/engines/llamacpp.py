@@ -482,6 +482,29 @@ class LlamaCpp(Engine):
         return (f"llama.cpp {layout.version} (band {layout.band}), contiguous cache reserved "
                 f"at start-up")
 
+    # -- kvcalc plan: the budget, the caches for llama-server's options, what else fits -------
+
+    plans = True
+
+    @property
+    def plan_options(self) -> tuple[str, ...]:
+        return tuple(f"--{k.replace('_', '-')}" for k in SERVER_OPTIONS)
+
+    def plan_block_size(self, spec, inp) -> int:
+        return 1  # cells of one token
+
+    def plan_max_len(self, spec, options: dict[str, Any]) -> int | None:
+        if not options.get("ctx_size"):
+            return None
+        return max(1, options["ctx_size"] // server_settings(options).n_seq_max)
+
+    def plan_budgets(self, spec, params, inp) -> list:
+        return _plan_budgets(self, spec, inp)
+
+    def plan_figures(self, spec, inp, layout, budgets):
+        return plan_figures_for(spec, inp, lambda: self.allocation(
+            spec, _server_options_for_plan(inp), inp.kv_dtype, None))
+
 
 def server_settings(options: dict[str, Any], kv_dtype: str = "auto",
                     version: str | None = None) -> LlamaCppSettings:
@@ -570,3 +593,126 @@ def plan_capacity(spec: ModelSpec, settings: LlamaCppSettings, budget: int) -> d
         "per_slot_vs_unified_bytes": {"per_slot": allocate(spec, per_slot).total_bytes,
                                       "unified": allocate(spec, unified).total_bytes},
     }
+
+
+#: the llama-server options kvcalc plan takes for --engine llamacpp (setting names as kvcalc's)
+SERVER_OPTIONS = ("ctx_size", "parallel", "kv_unified", "cache_type_k", "cache_type_v",
+                  "flash_attn", "swa_full", "batch_size", "ubatch_size")
+
+
+@dataclass(frozen=True)
+class LlamaCppPlanFigures:
+    """What ``kvcalc plan --engine llamacpp`` prints: the budget, the caches llama.cpp allocates
+    for the settings, and what else fits (plan.Plan's ``engine_figures``)."""
+
+    alloc: Allocation | None
+    capacity: dict[str, Any] | None
+    total_bytes: int
+    weights_bytes: int
+    weights_source: str
+    overhead_bytes: int
+    error: str | None = None
+    key = "llamacpp"
+
+    @property
+    def kv_budget(self) -> int:
+        return self.total_bytes - self.weights_bytes - self.overhead_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.error is None and self.alloc is not None and \
+            self.alloc.total_bytes <= self.kv_budget
+
+    @property
+    def num_blocks(self) -> int:
+        """Cells (a llama.cpp cache has blocks of one token)."""
+        return self.alloc.sizes.n_ctx if self.alloc else 0
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        return self.num_blocks
+
+    @property
+    def max_concurrency(self) -> float:
+        """Slots of the per-slot context that fit in the budget (as configured: per-slot
+        streams or unified)."""
+        if not self.capacity or not self.alloc:
+            return 0.0
+        return float(self.capacity["max_slots"]["unified" if self.alloc.sizes.unified
+                                                else "per_slot"])
+
+    def budget_rows(self) -> list[tuple[str, int]]:
+        return [("total memory", self.total_bytes),
+                (f"- weights ({self.weights_source})", self.weights_bytes),
+                ("- compute buffers and the rest (--overhead; default 0)", self.overhead_bytes),
+                ("= memory for the KV cache", self.kv_budget)]
+
+    def capacity_rows(self) -> list[tuple[str, str]]:
+        if self.alloc is None:
+            return [("llama.cpp refuses", self.error or "")]
+        z, cap = self.alloc.sizes, self.capacity or {}
+        rows = [("n_ctx / n_ctx_seq / streams", f"{z.n_ctx:,} / {z.n_ctx_seq:,} / {z.n_stream}"
+                 + (" (unified)" if z.unified else "")),
+                ("KV cache llama.cpp allocates", f"{self.alloc.total_bytes:,} B"),
+                ("fits", "yes" if self.fits else "no")]
+        if cap:
+            rows += [(f"most slots of {cap['slot_context']:,} tokens (per-slot / unified)",
+                      f"{cap['max_slots']['per_slot']:,} / {cap['max_slots']['unified']:,}"),
+                     (f"largest --ctx-size for {z.n_seq_max} slot(s)",
+                      f"{cap['max_ctx_size']:,}"),
+                     ("same context per-slot / unified",
+                      f"{cap['per_slot_vs_unified_bytes']['per_slot']:,} B / "
+                      f"{cap['per_slot_vs_unified_bytes']['unified']:,} B")]
+        return rows
+
+    def log_lines(self) -> list[str]:
+        return self.alloc.log_lines() if self.alloc else [self.error or ""]
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.alloc.notes if self.alloc else ()
+
+    def record(self) -> dict[str, Any]:
+        """The ``llamacpp`` object of ``kvcalc plan --format json`` (Ollama's mapping nested
+        under ``ollama``)."""
+        out = dict(self.alloc.record()) if self.alloc else {}
+        if self.alloc:
+            out.update(self.alloc.extra)
+        out.update({"error": self.error, "kv_budget_bytes": self.kv_budget,
+                    "weights_bytes": self.weights_bytes, "weights_source": self.weights_source,
+                    "fits": self.fits, "capacity": self.capacity})
+        return out
+
+
+def plan_figures_for(spec: ModelSpec, inp, make_alloc) -> LlamaCppPlanFigures:
+    """Figures for a plan: ``make_alloc(settings_or_None)`` gives the Allocation."""
+    weights, source = model_weight_bytes(spec)
+    if inp.weights is not None:
+        weights, source = inp.weights, "--weights-memory"
+    overhead = inp.overhead or 0
+    total = inp.gpu.memory_bytes
+    try:
+        alloc = make_alloc()
+    except UsageError as exc:
+        return LlamaCppPlanFigures(None, None, total, weights, source, overhead, str(exc))
+    budget = inp.kv_budget if inp.kv_budget is not None else total - weights - overhead
+    cap = plan_capacity(spec, alloc.settings, max(0, budget)) if budget > 0 else None
+    return LlamaCppPlanFigures(alloc, cap, total if inp.kv_budget is None else
+                               budget + weights + overhead, weights, source, overhead)
+
+
+def _plan_budgets(engine, spec, inp) -> list:
+    from ..plan import Budget
+
+    f = engine.plan_figures(spec, inp, None, None)
+    return [Budget(f.total_bytes, 1.0, f.weights_bytes, 0, 0, 0, f.overhead_bytes, f.kv_budget,
+                   "--kv-budget" if inp.kv_budget is not None else "llama.cpp")]
+
+
+def _server_options_for_plan(inp) -> dict[str, Any]:
+    """llama-server options of a plan; ``--ctx-size`` defaults to --max-len per slot."""
+    given = {k: inp.option(k) for k in SERVER_OPTIONS if inp.option(k) is not None}
+    if "ctx_size" not in given:
+        slots = given.get("parallel") or SERVER_AUTO_PARALLEL
+        given["ctx_size"] = inp.max_len * slots
+    return given

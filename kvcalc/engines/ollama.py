@@ -23,6 +23,7 @@ shared by all slots: ``roundUp(np x num_ctx, 256)`` cells on full-attention laye
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from .. import arch
@@ -110,12 +111,39 @@ class Ollama(Engine):
                block_size: int | None = None, tp: int = 1) -> Layout:
         if tp != 1:
             raise UsageError("the Ollama layout models one process: --tp needs --engine vllm")
-        self.band(version)
-        return llamacpp_layout(spec, kv_dtype, kv_dtype, LLAMA_SERVER_BUILD, "ollama")
+        band = self.band(version)
+        layout = llamacpp_layout(spec, kv_dtype, kv_dtype, LLAMA_SERVER_BUILD, "ollama")
+        return replace(layout, version=version or self.default_version, band=band.name)
 
     def allocation(self, spec, options: dict[str, Any], kv_dtype: str = "auto",
                    version: str | None = None) -> Allocation:
         return ollama_allocation(spec, options, kv_dtype, version or self.default_version)
+
+    # -- kvcalc plan: as llama.cpp's, for the llama-server call Ollama makes ------------------
+
+    plans = True
+    plan_options = ("--num-ctx", "--num-parallel", "--kv-cache-type", "--flash-attention",
+                    "--num-batch")
+
+    def plan_block_size(self, spec, inp) -> int:
+        return 1
+
+    def plan_max_len(self, spec, options: dict[str, Any]) -> int | None:
+        return options.get("num_ctx")
+
+    def plan_budgets(self, spec, params, inp) -> list:
+        from .llamacpp import _plan_budgets
+
+        return _plan_budgets(self, spec, inp)
+
+    def plan_figures(self, spec, inp, layout, budgets):
+        from .llamacpp import plan_figures_for
+
+        options = {k: inp.option(k) for k in ("num_ctx", "num_parallel", "kv_cache_type",
+                                               "flash_attention", "num_batch")}
+        options["num_ctx"] = options["num_ctx"] or inp.max_len
+        return plan_figures_for(spec, inp, lambda: self.allocation(spec, options, inp.kv_dtype,
+                                                                   None))
 
     def describe(self, layout: Layout) -> str:
         return (f"Ollama {layout.version} (band {layout.band}): llama.cpp, a contiguous cache "
