@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from .metrics import t_ceil_sum
 
 
 class PagedCache:
@@ -49,6 +48,7 @@ class PagedCache:
         self.cpu_blocks = cpu_blocks
         self.cpu: OrderedDict | None = OrderedDict() if cpu_blocks else None
         self.evictions = 0
+        self._tables: tuple | None = None
 
     # ---- capacity ----------------------------------------------------------------------
     def rejects(self, r) -> bool:
@@ -132,6 +132,10 @@ class PagedCache:
         return ((len(gpu) + len(cpu)) * B, len(gpu) * B, len(cpu) * B, gpu, cpu)
 
     def admit(self, r, hits, upto: int) -> bool:
+        if r.waste < 0:
+            last = -(-r.final // self.B)
+            r.waste = last * self.B - r.final          # slots of the last block never filled
+            r.last_block_from = self.B * (last - 1)    # tokens held before it is allocated
         blocks = -(-upto // self.B)
         if hits is None:
             if blocks > self.free_count:
@@ -260,41 +264,66 @@ class PagedCache:
         return (used - tails, tails - ifrag, ifrag, self.budget_slots - self.n * B,
                 self.n * B - used)
 
+    def _tail_tables(self) -> tuple[list[list[int]], list[list[int]]]:
+        """P0[u][b] = sum_{s<b} (u - s) mod B and P1[u][b] = sum_{s<b} s ((u - s) mod B): the
+        unused tail of a request's last block over b decode steps, starting from tail u."""
+        if self._tables is None:
+            B = self.B
+            p0, p1 = [], []
+            for u in range(B):
+                row0, row1, t0, t1 = [0], [0], 0, 0
+                for step in range(B):
+                    rho = (u - step) % B
+                    t0 += rho
+                    t1 += step * rho
+                    row0.append(t0)
+                    row1.append(t1)
+                p0.append(row0)
+                p1.append(row1)
+            self._tables = (p0, p1)
+        return self._tables
+
     def decode_integrals(self, running, k: int, c0: float, c1: float, d_total: float,
                          dj: float, head) -> tuple[float, ...]:
-        """Time-weighted memory over k decode steps (step j: c0 + c1 j seconds; a request
-        holding c tokens holds t = c + j + 1 at the end of step j, in ceil(t/B) blocks, so
-        its unused tail is rho(t) = B ceil(t/B) - t; closed forms in :mod:`.metrics`)."""
+        """Time-weighted memory over k decode steps, step j lasting c0 + c1 j seconds.
+
+        A request holding c tokens holds t = c + j + 1 at the end of step j, in ceil(t/B)
+        blocks; its unused tail rho(t) = B ceil(t/B) - t = (u - j) mod B with u = rho(c + 1)
+        repeats every B steps, so with k = a B + b:
+
+            sum_j (c0 + c1 j) rho = a c0 S + c1 B S a(a-1)/2 + a c1 W(u)
+                                    + (c0 + c1 a B) P0[u][b] + c1 P1[u][b]
+
+        (S = B(B-1)/2, W(u) = P1[u][B]; :meth:`_tail_tables`). The tail slots either fill
+        later (reservation) or never (internal fragmentation: once the request holds its last
+        block, B ceil(final/B) - final slots)."""
         B = self.B
-        bb, bb1 = B * B, B * B - B
-        held_now = 0
-        tails = toks = ifrag = 0.0
+        p0, p1 = self._tail_tables()
+        a, b = divmod(k, B)
+        n = len(running)
+        S = B * (B - 1) // 2
+        per_request = a * c0 * S + c1 * B * S * a * (a - 1) / 2
+        w_coef, p0_coef = a * c1, c0 + c1 * a * B
+        held_now = computed = 0
+        tail_sum = 0.0
+        ifrag = 0.0
         for r in running:
             c = r.computed
             held_now += r.held
-            # sum_j d_j B ceil((c+1+j)/B) = (c0 - c1 (c+1)) B dF + c1 B dG
-            q1, m1 = divmod(c + k, B)
-            q0, m0 = divmod(c, B)
-            f = B * (q1 * (q1 + 1) - q0 * (q0 + 1)) // 2 + m1 * (q1 + 1) - m0 * (q0 + 1)
-            if c1:      # t_ceil_sum(c + k, B) - t_ceil_sum(c, B), inlined (the hot spot)
-                g = (bb * (q1 * (q1 + 1) * (2 * q1 + 1) - q0 * (q0 + 1) * (2 * q0 + 1)) // 3
-                     - bb1 * (q1 * (q1 + 1) - q0 * (q0 + 1)) // 2
-                     + (q1 + 1) * m1 * (2 * q1 * B + m1 + 1)
-                     - (q0 + 1) * m0 * (2 * q0 * B + m0 + 1)) // 2
-            else:
-                g = 0
-            tok = (c + 1) * d_total + dj
-            toks += tok
-            tails += B * ((c0 - c1 * (c + 1)) * f + c1 * g) - tok
-            last = -(-r.final // B)
-            waste = last * B - r.final
+            computed += c
+            u = (-c - 1) % B
+            row0, row1 = p0[u], p1[u]
+            tail_sum += w_coef * row1[B] + p0_coef * row0[b] + c1 * row1[b]
+            waste = r.waste
             if waste:
-                j0 = B * (last - 1) - c
+                j0 = r.last_block_from - c
                 if j0 < k:
                     if j0 <= 0:
                         ifrag += waste * d_total
                     else:
                         ifrag += waste * (d_total - (c0 * j0 + c1 * j0 * (j0 - 1) / 2))
+        tails = n * per_request + tail_sum
+        toks = (computed + n) * d_total + n * dj
         dup = (held_now - (self.n - self.free_count)) * B   # shared blocks counted twice
         used = toks + tails - dup * d_total
         total_slots = self.n * B

@@ -36,7 +36,7 @@ class Req:
 
     __slots__ = ("rid", "arrival", "prompt", "output", "final", "hash_ids", "num_tokens",
                  "computed", "hwm", "generated", "scheduled_at", "preempted", "held", "bkeys",
-                 "tkeys", "reserve", "addr")
+                 "tkeys", "reserve", "addr", "waste", "last_block_from")
 
     def __init__(self, rid: int, a: Arrival, output: int):
         self.rid = rid
@@ -57,6 +57,8 @@ class Req:
         self.tkeys: list | None = None   # paged: identities of the trace's prompt blocks
         self.reserve = 0             # contiguous: token slots reserved
         self.addr = -1               # contiguous: where
+        self.waste = -1              # paged: slots of the last block never filled (-1: unset)
+        self.last_block_from = 0     # paged: tokens held before the last block is allocated
 
 
 @dataclass
