@@ -182,9 +182,17 @@ class _Loop:
         scheduled: list[tuple[Req, int]] = []
         preempted = False
         i = 0
+        # slots a request's blocks hold beyond its tokens need no allocation (paged: block
+        # size; contiguous: the reservation covers every token)
+        B = getattr(cache, "B", 0)
         while i < len(running) and budget > 0:
             r = running[i]
             new = min(r.num_tokens - r.computed, budget)
+            if B and r.computed + new <= r.held * B:
+                scheduled.append((r, new))
+                budget -= new
+                i += 1
+                continue
             while not cache.grow(r, r.computed + new):
                 victim = running.pop()
                 self._preempt(victim)
@@ -229,6 +237,7 @@ class _Loop:
         end = self.t + d
         finished = []
         all_decode = True
+        track = getattr(cache, "prefix", False)
         for r, new in scheduled:
             before = r.computed
             r.computed += new
@@ -236,7 +245,8 @@ class _Loop:
                 tot.recomputed_tokens += min(r.computed, r.hwm) - before
             if r.computed > r.hwm:
                 r.hwm = r.computed
-            cache.on_computed(r)
+            if track and r.hash_ids is not None:
+                cache.on_computed(r)
             if r.computed == r.num_tokens:
                 r.generated += 1
                 r.num_tokens += 1
