@@ -1,4 +1,5 @@
-"""Every `$ kvcalc …` example in README.md and docs/ runs, and ends the way the docs say.
+"""Every `$ kvcalc …` example in README.md and docs/ runs, ends the way the docs say, and
+prints every output line the docs show after it (in order; ``...`` marks lines left out).
 
 An example ends with exit status 0 unless its line says otherwise with a comment such as
 ``# exits 3`` (or ``(exit 3`` in the comment). Examples that need what a test machine does not
@@ -30,17 +31,51 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 SLOW = ("--all",)
 
 
-def examples() -> list[tuple[str, int, str]]:
-    found = []
+def examples() -> list[tuple[str, int, str, tuple[str, ...]]]:
+    """(doc, line number, command, the output lines the doc shows after it)."""
+    found: list[tuple[str, int, str, list[str]]] = []
     for doc in DOCS:
         in_console = False
+        current: list[str] | None = None
+        block = 0
         for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
             if line.startswith("```"):
                 in_console = line.strip() in ("```console", "```bash", "```sh", "```shell")
+                current = None
+                block = n
                 continue
-            if in_console and line.startswith("$ kvcalc"):
-                found.append((doc.name, n, line[2:]))
-    return found
+            if not in_console:
+                continue
+            if line.startswith("$ "):
+                current = None
+                if line.startswith("$ kvcalc"):
+                    current = []
+                    found.append((f"{doc.name}:{block}", n, line[2:], current))
+            elif current is not None:
+                current.append(line)
+    return [(d, n, c, tuple(out)) for d, n, c, out in found]
+
+
+#: parts of the output that depend on the machine, not on kvcalc (the installed transformers)
+MACHINE = [(re.compile(r"; installed here: [^)]*\)"), ")")]
+
+
+def shown_lines_missing(shown: tuple[str, ...], output: str) -> list[str]:
+    """The output lines a doc shows that the command does not print, in order; ``...`` stands
+    for lines left out. A doc that shows no output checks nothing."""
+    actual = output
+    for pattern, repl in MACHINE:
+        actual = pattern.sub(repl, actual)
+    lines = [l.rstrip() for l in actual.splitlines()]
+    missing, at = [], 0
+    for want in (l.rstrip() for l in shown):
+        if not want or want == "..." or want.startswith("#"):
+            continue
+        try:
+            at = lines.index(want, at) + 1
+        except ValueError:
+            missing.append(want)
+    return missing
 
 
 def _stand_ins(tmp: Path) -> dict[str, Path]:
@@ -83,9 +118,25 @@ def _skip_reason(args: list[str], raw: str) -> str | None:
 CASES = examples()
 
 
-@pytest.mark.parametrize("doc, line, command", CASES,
-                         ids=[f"{d}:{n}" for d, n, _ in CASES])
-def test_example_runs(doc, line, command, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def block_dirs(tmp_path_factory):
+    """One scratch folder per code block: the examples of a block run in order in it, so a
+    later line can read what an earlier one wrote (simulate --timeline, then plot it)."""
+    made: dict[str, Path] = {}
+
+    def get(block: str) -> Path:
+        if block not in made:
+            made[block] = tmp_path_factory.mktemp("example")
+            _stand_ins(made[block])
+        return made[block]
+
+    return get
+
+
+@pytest.mark.parametrize("block, line, command, shown", CASES,
+                         ids=[f"{b.split(':')[0]}:{n}" for b, n, _, _ in CASES])
+def test_example_runs(block, line, command, shown, block_dirs, monkeypatch):
+    doc = block.split(":")[0]
     expected = 0
     m = EXIT.search(command)
     if m:
@@ -98,11 +149,14 @@ def test_example_runs(doc, line, command, tmp_path, monkeypatch):
     reason = _skip_reason(args, command)
     if reason:
         pytest.skip(reason)
-    _stand_ins(tmp_path)
-    monkeypatch.chdir(tmp_path)
+    folder = block_dirs(block)
+    monkeypatch.chdir(folder)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("KVCALC_PRESETS", str(tmp_path / "user-presets"))
+    monkeypatch.setenv("KVCALC_PRESETS", str(folder / "user-presets"))
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == expected, (
         f"{doc}:{line} `{command}` exited {result.exit_code}, the docs say {expected}:\n"
         f"{result.output[-1500:]}")
+    missing = shown_lines_missing(shown, result.output)
+    assert not missing, (f"{doc}:{line} `{command}` no longer prints {len(missing)} line(s) "
+                         f"the docs show, e.g.:\n" + "\n".join(missing[:5]))
