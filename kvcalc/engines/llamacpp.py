@@ -331,6 +331,20 @@ def swa_cells(sizes: ContextSizes, n_swa: int, swa_full: bool, cell_pad: int) ->
     return pad(min(sizes.n_ctx_seq, per_stream), cell_pad)
 
 
+def cache_groups(spec: ModelSpec) -> tuple[dict[str, list[arch.Layer]], int]:
+    """The layers of the base cache (full attention, MLA) and of the SWA cache (sliding), and
+    the window (``llama_kv_cache_iswa``'s filters; layers without a cache in neither)."""
+    groups: dict[str, list[arch.Layer]] = {"base": [], "swa": []}
+    window = 0
+    for layer in spec.layers:
+        if isinstance(layer, AttentionLayer) and layer.kind == arch.SLIDING:
+            groups["swa"].append(layer)
+            window = layer.window or window
+        elif isinstance(layer, (AttentionLayer, MLALayer)):
+            groups["base"].append(layer)
+    return groups, window
+
+
 def allocate(spec: ModelSpec, settings: LlamaCppSettings) -> Allocation:
     """The caches llama.cpp allocates for ``spec`` with ``settings`` (module doc), or the
     UsageError with llama.cpp's reason when it refuses them."""
@@ -347,14 +361,7 @@ def allocate(spec: ModelSpec, settings: LlamaCppSettings) -> Allocation:
     cell_pad = 1 if not old else (OLD_PAD_FLASH_ATTN if fa else OLD_PAD_NO_FLASH_ATTN)
     base_cells = pad(sizes.n_ctx_seq, cell_pad)
     type_k, type_v = ggml_type(settings.cache_type_k), ggml_type(settings.cache_type_v)
-    groups: dict[str, list[arch.Layer]] = {"base": [], "swa": []}
-    window = 0
-    for layer in spec.layers:
-        if isinstance(layer, AttentionLayer) and layer.kind == arch.SLIDING:
-            groups["swa"].append(layer)
-            window = layer.window or window
-        elif isinstance(layer, (AttentionLayer, MLALayer)):
-            groups["base"].append(layer)
+    groups, window = cache_groups(spec)
     caches = []
     for name, layers in groups.items():
         if not layers:

@@ -27,12 +27,11 @@ from dataclasses import replace
 from typing import Any
 
 from .. import arch
-from ..arch import AttentionLayer, MLALayer
 from ..errors import UsageError
 from . import Band, Engine, Setting, register
 from .cache import Layout
 from .llamacpp import (LLAMACPP, Allocation, Cache, ContextSizes, LlamaCppSettings, allocate,
-                       cell_rows, ggml_type, llamacpp_layout, pad)
+                       cache_groups, cell_rows, ggml_type, llamacpp_layout, pad)
 
 #: OLLAMA_CONTEXT_LENGTH when unset and no GPU size is known (server/routes.go)
 DEFAULT_NUM_CTX = 4096
@@ -228,14 +227,7 @@ def go_engine_allocation(spec, o: dict[str, Any], kv: str, version: str) -> Allo
     np_, ctx, batch = o["num_parallel"], o["num_ctx"], o["num_batch"]
     t = ggml_type(kv)
     full_cells = pad(np_ * ctx, GO_CACHE_PADDING)
-    groups: dict[str, list] = {"base": [], "swa": []}
-    window = 0
-    for layer in spec.layers:
-        if isinstance(layer, AttentionLayer) and layer.kind == arch.SLIDING:
-            groups["swa"].append(layer)
-            window = layer.window or window
-        elif isinstance(layer, (AttentionLayer, MLALayer)):
-            groups["base"].append(layer)
+    groups, window = cache_groups(spec)
     swa = pad(np_ * (window + 1 if np_ > 1 else window) + batch, GO_CACHE_PADDING)
     caches = []
     for name, layers in groups.items():
