@@ -355,3 +355,23 @@ def test_mooncake_head_under_pressure(llama, cpu_blocks):
     assert t.completed + t.rejected == 40 and t.preemptions > 0
     assert t.prefix_hit_tokens > 0
     assert (t.offload_hit_tokens > 0) == (cpu_blocks > 0)
+
+
+def test_step_time_roofline(llama):
+    """One decode step of one request holding 1,000 tokens on an H100: 2 ms + (weights +
+    1,001 tokens x 131,072 B) / 3.35 TB/s + 2 x params / 989 TFLOP/s; at tp 2 the weights,
+    the KV bytes per token and the FLOPs are halved per GPU."""
+    from kvcalc.params import count_parameters, weight_bytes
+
+    trace = Trace("one", (Arrival(0.0, 1000, 2),))
+    params = count_parameters(llama)
+    for tp in (1, 2):
+        inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=4096, tp=tp)
+        res = run(llama, inp, trace, allocators=("paged",))
+        w = -(-weight_bytes(params, "bf16") // tp)
+        step = res.timing.duration(1, 1001)
+        assert step == pytest.approx(0.002 + (w + 1001 * 131_072 // tp) / 3.35e12
+                                     + 2 * params.active / tp / 989e12)
+        prefill = res.timing.duration(1000, 1000)
+        # two steps: the prefill (first token), one decode
+        assert res.runs["paged"].totals.seconds == pytest.approx(prefill + step)

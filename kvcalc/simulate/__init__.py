@@ -116,7 +116,9 @@ def simulate(spec, inputs: PlanInputs, arrivals: Trace | Callable[[], Iterable[A
     budget_slots = budget.kv_bytes / slot_bytes
     weights = budget.weights_bytes or -(-weight_bytes(plan.params, inputs.weights_dtype)
                                         // inputs.tp)
-    timing = step_time_model(inputs.gpu, weights, bpt, plan.params.active,
+    # per GPU: with tensor parallelism each GPU reads its shard of the weights and of the KV
+    # (bpt is per GPU already) and computes its share of the FLOPs, all at once
+    timing = step_time_model(inputs.gpu, weights, bpt, plan.params.active / inputs.tp,
                              options.step_overhead_s, options.step_time_s)
     cfg = Config(inputs.batched_tokens(), inputs.num_seqs(), inputs.max_len,
                  options.timeline_interval_s, options.check)

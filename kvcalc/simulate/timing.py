@@ -10,6 +10,9 @@ it is *modelled*, not measured).
 - plus a fixed per-step overhead (scheduler, sampler, kernel launches), 2 ms by default
   (``--step-overhead``).
 
+With tensor parallelism every figure is per GPU (the weights' and the KV's shard, the FLOPs
+divided by tp): the GPUs work at once; communication is not modelled.
+
 The two roofline terms are added rather than maxed: a step that mixes a prefill chunk with
 decodes pays for both, and the sum is an upper bound of the max within a factor of 2.
 ``--step-time`` replaces the whole estimate with a constant. Memory figures depend on time only
@@ -64,7 +67,7 @@ class StepTime:
                 f"{self.peak_flops / 1e12:.0f} TFLOP/s")
 
 
-def step_time_model(gpu, weight_bytes: int, kv_bytes_per_token: float, active_params: int,
+def step_time_model(gpu, weight_bytes: int, kv_bytes_per_token: float, active_params: float,
                     overhead_s: float | None = None, fixed_s: float | None = None) -> StepTime:
     """The model for ``gpu`` (catalog bandwidth and bf16 peak), or a constant ``fixed_s``."""
     if fixed_s is not None:
