@@ -273,6 +273,10 @@ def test_builtin_traces_read():
     (["--trace", "azure-conv-2023", "--rate-scale", "0"], "invalid --rate-scale"),
     (["--input-len", "100", "--output-len", "10", "--step-time", "0"], "invalid --step-time"),
     (["-m", "gemma-2-9b", "--input-len", "100", "--output-len", "10"], "sliding"),
+    (["--input-len", "100", "--output-len", "10", "--dist", "normal", "--input-std", "-3"],
+     "invalid --input-std"),
+    (["--input-len", "100", "--output-len", "10", "--timeline", "/nonexistent/t.csv"],
+     "cannot write --timeline"),
 ])
 def test_cli_errors_are_one_line(args, message):
     if "-m" not in args:

@@ -109,6 +109,11 @@ def simulate(model, revision, gpu, tp, max_len, kv_dtype, block_size, gpu_util, 
                          "(with --rate and --requests)")
     if timeline_interval is not None and not timeline_interval > 0:
         raise UsageError(f"invalid --timeline-interval {timeline_interval}: must be positive")
+    for name, value in (("--input-std", input_std), ("--output-std", output_std)):
+        if value is not None and not 0 <= value < float("inf"):
+            raise UsageError(f"invalid {name} {value}: must be a non-negative number of tokens")
+    if timeline_path:
+        _check_writable(timeline_path)
     resolved, spec = load_spec(model, revision)
     for message in spec.warnings:
         warn(message)
@@ -160,6 +165,15 @@ def simulate(model, revision, gpu, tp, max_len, kv_dtype, block_size, gpu_util, 
             warn(f"{name}: {r.totals.rejected:,} requests rejected (prompt >= --max-len "
                  f"{max_len:,}, or larger than the whole KV cache)")
     _emit(record, fmt)
+
+
+def _check_writable(path: str) -> None:
+    """Fail before a long simulation, not after it, when --timeline cannot be written."""
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write --timeline {path}: {exc.strerror or exc}") from None
 
 
 def _write_timeline(path: str, result) -> None:
