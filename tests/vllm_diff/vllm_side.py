@@ -54,6 +54,9 @@ What is faked: the GPU, nothing else
   GPU kernels, no Python logic. Empty modules stand in for them, so their presence is what it
   is on a real H100 install, and one kernel capability query that runs at import time,
   ``torch.ops._C.cutlass_scaled_mm_supports_block_fp8(cap)``, answers ``cap >= 90``.
+* vLLM inspects a model class (``_ModelInfo``: hybrid? attention-free? ...) in a child
+  process (``registry._run_in_subprocess``) so that the parent never initialises CUDA; with no
+  CUDA here that same inspection runs in-process.
 * Nothing in vLLM's configuration, backend selection, spec or planning code is replaced.
   The layer objects are real vLLM classes; only their ``__init__`` is not run, because it
   builds weights and kernels (and needs a TP process group): the harness sets the attributes
@@ -146,21 +149,51 @@ SKIPPED = {
 }
 
 
+REMOTE_CODE_MARKERS = ("contains custom code which must be executed",
+                       "Transformers does not recognize this architecture")
+#: vLLM's own refusals of a layout, raised while it validates the configuration.
+REFUSAL_PATTERNS = (r"Total number of attention heads \(\d+\) must be divisible by tensor "
+                    r"parallel size \(\d+\)",)
+
+
+def _config_refusal(msg: str) -> str | None:
+    for pattern in REFUSAL_PATTERNS:
+        if m := re.search(pattern, msg):
+            return m.group(0)
+    return None
+
+
 def install_gpu_fakes() -> None:
     """Make vLLM see one SM90 H100; see the module docstring for the exact list."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("VLLM_CACHE_ROOT", tempfile.mkdtemp(prefix="vllm-cache-"))
+    # The grid asks for max lengths beyond some models' context (e.g. 131,072 for Llama 2);
+    # vLLM's documented switch lets the capacity code run for them.
+    os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
     for name in CUDA_EXTENSION_MODULES:
         sys.modules.setdefault(name, types.ModuleType(name))
     import torch
 
+    # Kernel capability queries vLLM makes while importing its quantization modules (they pick
+    # fp8 GEMM kernels for the weights, not the KV cache); answered as the SM90 build does.
     lib = torch.library.Library("_C", "DEF")
-    lib.define("cutlass_scaled_mm_supports_block_fp8(int cap) -> bool")
-    lib.impl("cutlass_scaled_mm_supports_block_fp8", lambda cap: cap >= 90,
-             "CompositeExplicitAutograd")
-    install_gpu_fakes.lib = lib  # keep the registration alive
+    for op, answer in KERNEL_QUERIES.items():
+        lib.define(f"{op}(int cap) -> bool")
+        lib.impl(op, answer, "CompositeExplicitAutograd")
+    libs = [lib]
+    try:
+        torch.ops.load_library(_torchvision_ops_path())
+    except Exception:  # noqa: BLE001 - PyPI's torchvision ops are linked to CUDA torch
+        # `import torchvision` registers fake kernels for these two operators; declare their
+        # schemas (no kernel: no torchvision op runs here).
+        tv = torch.library.Library("torchvision", "DEF")
+        tv.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        tv.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        libs.append(tv)
+    install_gpu_fakes.libs = libs  # keep the registrations alive
 
     import vllm.platforms
     import vllm.platforms.cuda as cuda
@@ -173,6 +206,13 @@ def install_gpu_fakes() -> None:
     cls.device_count = classmethod(lambda c: 8)
     vllm.platforms._current_platform = cls()
 
+    # vLLM inspects each model class (is it hybrid, attention-free, ...) in a child process so
+    # that the parent never initialises CUDA; there is no CUDA here, so the same inspection
+    # function runs in this process (and sees the same simulated GPU).
+    import vllm.model_executor.models.registry as registry
+
+    registry._run_in_subprocess = lambda fn: fn()
+
     from vllm.triton_utils import HAS_TRITON, triton
 
     if not HAS_TRITON:
@@ -184,6 +224,22 @@ def install_gpu_fakes() -> None:
                                          num_stages=num_stages, num_ctas=num_ctas, **extra)
 
         triton.Config = config
+
+
+#: torch.ops._C capability queries made at import time -> the answer of vLLM's SM90 build.
+KERNEL_QUERIES = {
+    "cutlass_scaled_mm_supports_block_fp8": lambda cap: cap >= 90,
+    "cutlass_scaled_mm_supports_fp8": lambda cap: cap >= 89,
+}
+
+
+def _torchvision_ops_path() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("torchvision")
+    return os.path.join(list(spec.submodule_search_locations)[0], "_C.so")
 
 
 class Refused(Exception):
@@ -477,7 +533,13 @@ def plan(vc, specs: dict, budget: int) -> dict:
 def run_case(config_dir: str, tp: int, kv_dtype: str, max_len: int, budgets) -> list[dict]:
     from vllm.config import set_current_vllm_config
 
-    vc = engine_config(config_dir, tp, kv_dtype, max_len)
+    try:
+        vc = engine_config(config_dir, tp, kv_dtype, max_len)
+    except Exception as exc:  # pydantic's ValidationError wraps vLLM's ValueError
+        refusal = _config_refusal(str(exc))
+        if refusal:
+            raise Refused(refusal) from exc
+        raise
     from vllm.utils.torch_utils import set_default_torch_dtype
 
     with set_current_vllm_config(vc), set_default_torch_dtype(vc.model_config.dtype):
@@ -535,6 +597,12 @@ def main(argv=None) -> int:
                                 records.append({**key, "budget": b, "refused": str(exc)})
                         except Exception as exc:  # noqa: BLE001 - reported, not hidden
                             msg = f"{type(exc).__name__}: {exc}"
+                            if REMOTE_CODE_MARKERS[0] in msg or REMOTE_CODE_MARKERS[1] in msg:
+                                skipped.setdefault(name, "its config class is remote code in "
+                                                   "the model repository "
+                                                   "(trust_remote_code), not available "
+                                                   "offline")
+                                break
                             if "are not supported for now" in msg:  # vLLM's registry
                                 skipped.setdefault(name, "vLLM 0.33.0 does not serve "
                                                    f"{arch}")
