@@ -16,7 +16,7 @@ from kvcalc.model import load_spec
 from kvcalc.plan import PlanInputs, make_plan
 from kvcalc.simulate import Options, result_record, simulate
 from kvcalc.simulate.contiguous import reservation
-from kvcalc.simulate.metrics import steps_until, t_ceil_sum, ceil_sum, series_time
+from kvcalc.simulate.metrics import series_jtime, series_time, steps_until
 from kvcalc.simulate.requests import Arrival, Trace, load_trace, synthetic
 from kvcalc.workload import fixed
 
@@ -237,10 +237,28 @@ def test_paper_ordering_sharegpt_like():
 # Closed forms
 
 
-@given(st.integers(0, 3000), st.integers(1, 70))
-def test_ceil_sums(m, b):
-    assert ceil_sum(m, b) == sum(-(-t // b) for t in range(1, m + 1))
-    assert t_ceil_sum(m, b) == sum(t * -(-t // b) for t in range(1, m + 1))
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 64), st.integers(1, 3000), st.integers(1, 400), st.floats(1e-4, 1),
+       st.floats(0, 1e-3), st.integers(0, 500))
+def test_decode_run_integral_by_brute_force(B, c, k, c0, c1, extra):
+    """A decode run's time-weighted unused tail (reservation + internal fragmentation) and
+    token states equal the step-by-step sums."""
+    from kvcalc.simulate.paged import PagedCache
+    from kvcalc.simulate.scheduler import Req
+
+    r = Req(0, Arrival(0.0, c, k + extra + 1), k + extra + 1)
+    cache = PagedCache(10_000, B, 10_000 * B, prefix_caching=False)
+    cache.admit(r, None, c)          # a decoding request holds its c tokens in ceil(c/B) blocks
+    r.computed = c
+    d_total, dj = series_time(k, c0, c1), series_jtime(k, c0, c1)
+    tok, res, ifrag, _, _ = cache.decode_integrals([r], k, c0, c1, d_total, dj, None)
+    want_tail = want_tok = 0.0
+    for j in range(k):
+        t = c + 1 + j
+        want_tail += (c0 + c1 * j) * (B * -(-t // B) - t)
+        want_tok += (c0 + c1 * j) * t
+    assert res + ifrag == pytest.approx(want_tail, rel=1e-9, abs=1e-9)
+    assert tok == pytest.approx(want_tok, rel=1e-9)
 
 
 @given(st.floats(0, 100), st.floats(1e-4, 1), st.floats(0, 1e-3))

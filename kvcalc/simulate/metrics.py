@@ -1,6 +1,6 @@
 """Accumulators of a simulation: time-weighted memory, step-weighted batch sizes, latency
-percentiles in flat memory (log-bucketed histograms), and the closed forms that integrate a
-run of decode steps without stepping through it."""
+percentiles in flat memory (log-bucketed histograms), and the closed forms of a run of decode
+steps' duration (the memory integrals are the caches' own: :mod:`.paged`, :mod:`.contiguous`)."""
 
 from __future__ import annotations
 
@@ -93,21 +93,6 @@ def series_time(k: int, c0: float, c1: float) -> float:
 def series_jtime(k: int, c0: float, c1: float) -> float:
     """sum_{j<k} j (c0 + c1 j)."""
     return c0 * k * (k - 1) / 2 + c1 * (k - 1) * k * (2 * k - 1) / 6
-
-
-def ceil_sum(m: int, b: int) -> int:
-    """sum_{t=1}^{m} ceil(t / b)."""
-    q, r = divmod(m, b)
-    return b * q * (q + 1) // 2 + r * (q + 1)
-
-
-def t_ceil_sum(m: int, b: int) -> int:
-    """sum_{t=1}^{m} t x ceil(t / b)."""
-    q, r = divmod(m, b)
-    s1 = q * (q + 1) // 2
-    s2 = q * (q + 1) * (2 * q + 1) // 6
-    twice = 2 * b * b * s2 - (b * b - b) * s1 + (q + 1) * r * (2 * q * b + r + 1)
-    return twice // 2
 
 
 def steps_until(dt: float, c0: float, c1: float) -> int:
