@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 
 import pytest
 
@@ -53,7 +54,9 @@ def test_kvcalc_matches_vllm(vllm_result, model):
     assert cases, f"no case for {model}"
     bad = [c for c in cases if c["diffs"]]
     if bad:
+        fields = Counter(f for c in bad for f in c["diffs"])
         lines = [f"{model} ({cases[0]['family']}): {len(bad)} of {len(cases)} cases differ "
-                 f"from vLLM 0.33.0 (vLLM backends: {cases[0]['vllm_backends']})"]
+                 f"from vLLM 0.33.0 (vLLM backends: {cases[0]['vllm_backends']}); fields: "
+                 + ", ".join(f"{f} x{n}" for f, n in sorted(fields.items()))]
         lines += ["  " + compare.describe(c) for c in bad]
         pytest.fail("\n".join(lines), pytrace=False)

@@ -295,8 +295,13 @@ def summary(result: dict, max_diffs: int = 30, by: str = "family") -> str:
                 fields[f] += 1
         parts += ["", "fields that differ: " + ", ".join(f"{f} ({n})" for f, n in
                                                         sorted(fields.items()))]
-        parts += ["", f"first {min(max_diffs, len(bad))} of {len(bad)} disagreements:"]
-        parts += ["  " + describe(c) for c in bad[:max_diffs]]
+        groups = defaultdict(list)
+        for c in bad:
+            groups[(c["model"], tuple(sorted(c["diffs"])))].append(c)
+        parts += ["", f"{len(bad)} disagreements in {len(groups)} groups (model, fields that "
+                      f"differ); an example of each:"]
+        for (model, fields), cs in list(groups.items())[:max_diffs]:
+            parts.append(f"  [{len(cs):3d} cases] {describe(cs[0])}")
     if result["skipped"]:
         parts += ["", "presets not checked:"]
         parts += [f"  {m}: {why}" for m, why in sorted(result["skipped"].items())]
@@ -315,7 +320,8 @@ def main(argv=None) -> int:
     ap.add_argument("-m", "--model", action="append", help="preset (repeatable; default all)")
     ap.add_argument("--vllm-json", help="reuse a saved vLLM-side document")
     ap.add_argument("--save-vllm", help="save the vLLM-side document here")
-    ap.add_argument("--diffs", type=int, default=30, help="disagreements to list")
+    ap.add_argument("--diffs", type=int, default=30,
+                    help="groups of disagreements to list (one example each)")
     ap.add_argument("--by", choices=("family", "model"), default="family")
     ap.add_argument("--json", help="write every compared case here")
     ap.add_argument("--workers", type=int, default=None)
