@@ -38,7 +38,9 @@ def test_grid_matches_llamacpp_to_the_byte(model):
     for r in compared:
         assert r["measured"]["total_bytes"] == r["predicted"]["total_bytes"]
         for got, want in zip(r["measured"]["caches"], r["predicted"]["caches"]):
+            assert got["total_bytes"] == want["total_bytes"]
             assert (got["k_bytes"], got["v_bytes"]) == (want["k_bytes"], want["v_bytes"])
+            assert got["k_v_split"] >= 1     # the logged K and V MiB admit the split
     refused = [r for r in report["results"] if r["refused_by_llamacpp"]]
     assert len(refused) == 1 and "quantized V cache" in refused[0]["refused_by_kvcalc"]
     assert "flash_attn" in refused[0]["refused_by_llamacpp"].lower() or \

@@ -77,6 +77,8 @@ class GgmlType(KVDtype):
 
     block: int = 1
     block_bytes: int = 2
+    #: ``enum ggml_type`` (ggml/include/ggml.h): what llama.cpp's C API takes for type_k/type_v
+    ggml_id: int = 1
 
     def row_bytes(self, elements: int) -> int:
         """``ggml_row_size``: bytes of a row of ``elements`` values (a whole number of blocks)."""
@@ -94,22 +96,22 @@ class GgmlType(KVDtype):
         return max(1, self.block_bytes // self.block)
 
 
-def _ggml(name: str, block: int, block_bytes: int) -> GgmlType:
-    return GgmlType(name, block_bytes * 8 // block, "ggml", block, block_bytes)
+def _ggml(name: str, block: int, block_bytes: int, ggml_id: int) -> GgmlType:
+    return GgmlType(name, block_bytes * 8 // block, "ggml", block, block_bytes, ggml_id)
 
 
 #: the cache types llama-server accepts for -ctk / -ctv (common/arg.cpp ``kv_cache_types``)
 #: with their block sizes (ggml/src/ggml-common.h: block_q8_0 = fp16 scale + 32 int8, ...)
 GGML_TYPES: dict[str, GgmlType] = {t.name: t for t in (
-    _ggml("f32", 1, 4),
-    _ggml("f16", 1, 2),
-    _ggml("bf16", 1, 2),
-    _ggml("q8_0", 32, 34),      # fp16 scale + 32 x int8
-    _ggml("q4_0", 32, 18),      # fp16 scale + 16 bytes of nibbles
-    _ggml("q4_1", 32, 20),      # fp16 scale + fp16 min + 16 bytes
-    _ggml("iq4_nl", 32, 18),    # fp16 scale + 16 bytes (non-linear 4-bit)
-    _ggml("q5_0", 32, 22),      # fp16 scale + 4 bytes of high bits + 16 bytes
-    _ggml("q5_1", 32, 24),      # fp16 scale + fp16 min + 4 + 16 bytes
+    _ggml("f32", 1, 4, 0),
+    _ggml("f16", 1, 2, 1),
+    _ggml("bf16", 1, 2, 30),
+    _ggml("q8_0", 32, 34, 8),      # fp16 scale + 32 x int8
+    _ggml("q4_0", 32, 18, 2),      # fp16 scale + 16 bytes of nibbles
+    _ggml("q4_1", 32, 20, 3),      # fp16 scale + fp16 min + 16 bytes
+    _ggml("iq4_nl", 32, 18, 20),    # fp16 scale + 16 bytes (non-linear 4-bit)
+    _ggml("q5_0", 32, 22, 6),      # fp16 scale + 4 bytes of high bits + 16 bytes
+    _ggml("q5_1", 32, 24, 7),      # fp16 scale + fp16 min + 4 + 16 bytes
 )}
 CACHE_TYPE_CHOICES = tuple(GGML_TYPES)
 #: kvcalc's --kv-dtype names for the llama.cpp types they mean

@@ -110,8 +110,8 @@ class _Runtime:
         p.flash_attn_type = {"on": self.lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
                              "off": self.lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
                              "auto": self.lib.LLAMA_FLASH_ATTN_TYPE_AUTO}[s.flash_attn]
-        p.type_k = getattr(self.lib, f"GGML_TYPE_{ggml_type(s.cache_type_k).name.upper()}")
-        p.type_v = getattr(self.lib, f"GGML_TYPE_{ggml_type(s.cache_type_v).name.upper()}")
+        p.type_k = ggml_type(s.cache_type_k).ggml_id
+        p.type_v = ggml_type(s.cache_type_v).ggml_id
         p.n_threads = p.n_threads_batch = self.threads
         p.no_perf = True
         return p
@@ -230,7 +230,8 @@ def _compare(settings, alloc: Allocation, logged: list[dict], per_cell: int,
                                   f"{value / MIB:.2f} MiB predicted ({value:,} B)")
         caches.append({"cache": cache.cache, **got, "k_mib": log["k"], "v_mib": log["v"],
                        "total_mib": log["total"]})
-    _measured_bytes(caches, cell_bytes)
+    _measured_bytes(caches, cell_bytes, [c.k_bytes // (c.cells_per_stream * c.n_stream
+                                                       * c.layers) for c in alloc.caches])
     measured = {"caches": caches, "state_bytes_per_token": per_cell,
                 "total_bytes": (sum(c["total_bytes"] for c in caches)
                                 if all(c["total_bytes"] is not None for c in caches) else None),
@@ -245,21 +246,30 @@ def _compare(settings, alloc: Allocation, logged: list[dict], per_cell: int,
     return CaseResult(settings, not mismatches, None, None, predicted, measured, mismatches)
 
 
-def _measured_bytes(caches: list[dict], cell_bytes: int) -> None:
+def _measured_bytes(caches: list[dict], cell_bytes: int, predicted_k_rows: list[int]) -> None:
     """Bytes of each logged cache from llama.cpp's integers (cells, streams, layers) and the
     measured bytes of one cell: with every layer's rows alike (both test models), a layer's
-    K + V row is ``cell_bytes / layers``, split into K and V as the logged MiB figures are."""
+    K + V row is ``cell_bytes / layers``. The split into K and V comes from the logged MiB
+    figures: the K rows whose bytes print as the logged K and V MiB. On small caches several
+    splits print alike (2 decimals of a MiB); then ``k_v_split`` says how many, and the
+    predicted split is taken when it is among them."""
     layers = sum(c["layers"] for c in caches)
     uniform = layers and cell_bytes % layers == 0
-    for c in caches:
+    for c, predicted_k in zip(caches, predicted_k_rows):
         if not uniform:
-            c.update(k_bytes=None, v_bytes=None, total_bytes=None)
+            c.update(k_bytes=None, v_bytes=None, total_bytes=None, k_v_split=None)
             continue
         row = cell_bytes // layers
-        k_mib, v_mib = float(c["k_mib"]), float(c["v_mib"])
-        k_row = round(row * k_mib / (k_mib + v_mib)) if k_mib + v_mib else 0
         slots = c["cells_per_stream"] * c["n_stream"] * c["layers"]
-        c.update(k_bytes=slots * k_row, v_bytes=slots * (row - k_row), total_bytes=slots * row)
+        fits = [k for k in range(row + 1)
+                if f"{slots * k / MIB:.2f}" == c["k_mib"]
+                and f"{slots * (row - k) / MIB:.2f}" == c["v_mib"]]
+        if not fits:
+            c.update(k_bytes=None, v_bytes=None, total_bytes=slots * row, k_v_split=0)
+            continue
+        k_row = predicted_k if predicted_k in fits else fits[0]
+        c.update(k_bytes=slots * k_row, v_bytes=slots * (row - k_row), total_bytes=slots * row,
+                 k_v_split=len(fits))
 
 
 def grid(spec, ubatches=(64, 512)) -> list[LlamaCppSettings]:
