@@ -14,7 +14,8 @@ What runs is vLLM's code, in the order its engine runs it
    ``ModelConfig`` (dtype resolution, float32 -> bf16 on CUDA), ``CacheConfig`` (prefix
    caching on, ``sliding_window`` for all-sliding models), ``SchedulerConfig`` (``vllm serve``
    defaults for an 80 GB GPU: ``max_num_batched_tokens`` 8192), ``VllmConfig.__post_init__``
-   (hybrid allocator switched off for chunked local attention; ``MambaModelConfig`` /
+   (whether the hybrid KV cache manager stays on - for chunked local attention only when
+   ``VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE=0``, default 1; ``MambaModelConfig`` /
    ``HybridAttentionMambaModelConfig`` hooks: Mamba "align" mode with prefix caching).
    The config.json is written to a temporary directory; nothing is fetched from a hub.
 2. The model's KV-carrying layers are created as vLLM layer objects (see *Layer mapping*)
