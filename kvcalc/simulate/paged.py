@@ -219,6 +219,8 @@ class PagedCache:
     def max_steps(self, running, k: int) -> int:
         """Most decode steps (<= k) whose new blocks the free queue can give."""
         B, free = self.B, self.free_count
+        if free >= len(running) * (k // B + 1):
+            return k           # each request crosses at most k // B + 1 block boundaries
 
         def need(s: int) -> int:
             return sum(-(-(r.computed + s) // B) - r.held for r in running)

@@ -185,12 +185,17 @@ class _Loop:
         # slots a request's blocks hold beyond its tokens need no allocation (paged: block
         # size; contiguous: the reservation covers every token)
         B = getattr(cache, "B", 0)
+        tokens = kv = 0
         while i < len(running) and budget > 0:
             r = running[i]
-            new = min(r.num_tokens - r.computed, budget)
+            new = r.num_tokens - r.computed
+            if new > budget:
+                new = budget
             if B and r.computed + new <= r.held * B:
                 scheduled.append((r, new))
                 budget -= new
+                tokens += new
+                kv += r.computed + new
                 i += 1
                 continue
             while not cache.grow(r, r.computed + new):
@@ -202,6 +207,8 @@ class _Loop:
             else:
                 scheduled.append((r, new))
                 budget -= new
+                tokens += new
+                kv += r.computed + new
                 i += 1
                 continue
             break
@@ -229,10 +236,8 @@ class _Loop:
                 running.append(r)
                 scheduled.append((r, new))
                 budget -= new
-        tokens = kv = 0
-        for r, new in scheduled:
-            tokens += new
-            kv += r.computed + new
+                tokens += new
+                kv += r.computed + new
         d = self.timing.duration(tokens, kv)
         end = self.t + d
         finished = []
