@@ -40,11 +40,13 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
 @click.option("--engine", type=click.Choice(engine_names(planning=True)), default="vllm",
               show_default=True,
               help="Engine whose figures the plan models: vllm (PagedAttention start-up "
-                   "figures), sglang (token pool from mem_fraction_static); docs/engines.md.")
+                   "figures), sglang (token pool from mem_fraction_static), trtllm (blocks "
+                   "from free_gpu_memory_fraction); docs/engines.md.")
 @click.option("--kv-dtype", type=click.Choice(("auto", "fp32", "fp16", "bf16", "fp8", "fp8_e4m3",
                                                "fp8_e5m2", "int8", "int4")),
               default="auto", show_default=True)
-@click.option("--block-size", "--page-size", "block_size", type=int, default=None,
+@click.option("--block-size", "--page-size", "--tokens-per-block", "block_size", type=int,
+              default=None,
               help="Tokens per KV block (default 16; MLA models get the block of the backend "
                    "vLLM picks for the GPU and KV dtype: on an H100 FLASH_ATTN_MLA 16 for "
                    "bf16, FlashMLA 64 for fp8; docs/engines.md). --page-size: SGLang's name "
@@ -113,6 +115,14 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
               help="SGLang: the free GPU memory measured before loading weights, per GPU "
                    "(its 'Load weight begin. avail mem'; default: the runtime total less the "
                    "CUDA context).")
+@click.option("--free-gpu-memory-fraction", "free_gpu_memory_fraction", type=float, default=None,
+              help="TensorRT-LLM: share of the free memory for the KV pool (default 0.9).")
+@click.option("--max-tokens", "trt_max_tokens", type=int, default=None,
+              help="TensorRT-LLM KvCacheConfig.max_tokens: cap on the pool's tokens.")
+@click.option("--max-gpu-total-bytes", "max_gpu_total_bytes", type=ByteSize(), default=None,
+              help="TensorRT-LLM: cap on the pool's bytes.")
+@click.option("--host-cache-size", "host_cache_size", type=ByteSize(), default=None,
+              help="TensorRT-LLM: host (secondary) pool bytes.")
 @click.option("--prompt-len", type=TokenList("prompt length", single=True), default=None,
               help="Fixed workload: prompt tokens per request.")
 @click.option("--output-len", type=TokenList("output length", single=True), default=None,
@@ -139,7 +149,8 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
          async_scheduling, disable_hybrid, blocks_override, vllm_version, vllm_era, prefix_caching,
          speculative_tokens, chunked_local_hybrid, mem_fraction_static, max_running_requests,
          max_total_tokens, chunked_prefill_size, cuda_graph_max_bs, disable_cuda_graph,
-         free_memory, prompt_len, output_len, dist, mean, std,
+         free_memory, free_gpu_memory_fraction, trt_max_tokens, max_gpu_total_bytes,
+         host_cache_size, prompt_len, output_len, dist, mean, std,
          samples, seed, trace,
          target_concurrency, concurrency_for_len, compare_gpus, fmt, **engine_settings):
     """GPU sizing: memory budget, KV capacity, vLLM's start-up figures, contiguous versus paged
@@ -182,6 +193,10 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
         "--cuda-graph-max-bs": ("cuda_graph_max_bs", cuda_graph_max_bs),
         "--disable-cuda-graph": ("disable_cuda_graph", disable_cuda_graph),
         "--free-memory": ("free_memory", free_memory),
+        "--free-gpu-memory-fraction": ("free_gpu_memory_fraction", free_gpu_memory_fraction),
+        "--max-tokens": ("max_tokens", trt_max_tokens),
+        "--max-gpu-total-bytes": ("max_gpu_total_bytes", max_gpu_total_bytes),
+        "--host-cache-size": ("host_cache_size", host_cache_size),
     })
     # llama-server's and Ollama's options (--ctx-size, --num-ctx, ...; OLLAMA_* read only for ollama)
     engine_options += _engine_options(runtime, {
