@@ -85,3 +85,16 @@ def test_no_memory_for_the_kv_cache_is_sglangs_error():
     err = json.loads(out.output)["sglang"]["error"]
     assert err.startswith("Loaded weights leave no GPU memory for the KV cache under "
                           "--mem-fraction-static=0.835. Raise --mem-fraction-static above")
+
+
+def test_three_engines_on_one_h100_as_docs_engines_md_says():
+    """docs/engines.md 3.10: Llama-3.1-8B on one H100, 8k context."""
+    def plan(engine):
+        out = run("plan", "-m", "llama-3.1-8b", "--gpu", "h100", "--max-len", "8k",
+                  "--engine", engine, "-f", "json")
+        assert out.exit_code == 0, out.output
+        return json.loads(out.output)
+    assert plan("vllm")["vllm"]["kv_cache_tokens"] == 425_760
+    assert plan("sglang")["sglang"]["max_total_num_tokens"] == 415_245
+    t = plan("trtllm")["trtllm"]
+    assert (t["blocks"], t["blocks"] * t["tokens_per_block"]) == (14_459, 462_688)
