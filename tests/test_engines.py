@@ -157,18 +157,23 @@ def test_mla_backend_block_size(args, blocks, block, concurrency):
                                                                            concurrency)
 
 
-def test_chunked_local_attention_switches_the_hybrid_manager_off():
-    # Llama-4-Scout, 8 GiB, 32k: chunked layers promoted to full attention, one group
-    d = plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k")["vllm"]
-    assert (d["num_gpu_blocks"], d["kv_cache_groups"], d["max_concurrency"]) == (2730, 1, 1.33)
-    for on in (plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k",
-                    "--allow-chunked-local-hybrid")["vllm"],
+def test_chunked_local_attention_keeps_the_hybrid_manager_unless_told_not_to():
+    # Llama-4-Scout, 8 GiB, 32k: vLLM 0.33.0 reads
+    # VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE with a default of "1": 4 groups
+    for on in (plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k")["vllm"],
                plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k",
                     env={CHUNKED_LOCAL_HYBRID_ENV: "1"})["vllm"],
                plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k",
                     "--vllm-version", "0.32")["vllm"]):
         assert (on["num_gpu_blocks"], on["kv_cache_groups"], on["max_concurrency"]) == \
             (10_922, 4, 1.64)
+    # set to 0: chunked layers promoted to full attention, one group
+    for off in (plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k",
+                     "--no-allow-chunked-local-hybrid")["vllm"],
+                plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k",
+                     env={CHUNKED_LOCAL_HYBRID_ENV: "0"})["vllm"]):
+        assert (off["num_gpu_blocks"], off["kv_cache_groups"], off["max_concurrency"]) == \
+            (2730, 1, 1.33)
 
 
 def test_float32_checkpoints_are_served_in_bf16():
@@ -193,6 +198,10 @@ def test_tp_that_does_not_divide_the_kv_heads_is_refused():
     assert len(result.output.strip().splitlines()) == 1
     _, llama70 = load_spec("llama-3.1-70b")  # 8 KV heads: TP 16 replicates them (16 % 8 == 0)
     assert tp_refusal(llama70, 16) is None
+    # attention heads are checked first, by ModelConfig (vllm/config/model.py), in its words
+    _, qwen = load_spec("qwen2.5-7b")        # 28 attention heads, 4 KV heads
+    assert tp_refusal(qwen, 8).endswith("'Total number of attention heads (28) must be "
+                                        "divisible by tensor parallel size (8).'")
 
 
 def test_sliding_window_counts_two_batches_in_flight():

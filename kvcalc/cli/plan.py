@@ -95,7 +95,7 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
               "chunked_local_hybrid", default=None, envvar=CHUNKED_LOCAL_HYBRID_ENV,
               help=f"As vLLM's {CHUNKED_LOCAL_HYBRID_ENV} (read from the environment too): keep "
                    "the hybrid KV cache manager for chunked local attention (Llama 4). Default: "
-                   "off from 0.33, on before.")
+                   "on (vLLM reads the variable with a default of 1).")
 @click.option("--mem-fraction-static", "mem_fraction_static", type=float, default=None,
               help="SGLang: weights + KV pool as a share of the free memory before loading "
                    "(default: SGLang's automatic value for the GPU, TP/PP, chunked prefill and "

@@ -123,9 +123,13 @@ class VllmRules:
 
     @property
     def allows_chunked_local_hybrid(self) -> bool:
+        """``envs.VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE``: read with a default of
+        "1" (vllm/envs.py at v0.33.0), so the hybrid manager stays on for chunked local
+        attention unless the variable is set to 0 (checked against vLLM's own
+        ``VllmConfig.__post_init__``, tests/test_vllm_differential.py)."""
         if self.chunked_local_hybrid is not None:
             return self.chunked_local_hybrid
-        return self.parsed < V0_33
+        return True
 
     def gdn_uses_flashinfer(self, head_k_dim: int) -> bool:
         """``_resolve_gdn_prefill_backend``: FlashInfer on SM 9.0, and on SM 10.x / 12.x with
@@ -268,8 +272,10 @@ def tp_refusal(spec: ModelSpec, tp: int) -> str | None:
         return None
     heads = spec.num_attention_heads
     if heads and heads % tp:
+        # ModelConfig.verify_with_parallel_config (vllm/config/model.py), before any layer
         return (f"--tp {tp} does not divide the {heads} attention heads: vLLM stops with "
-                f"'{heads} is not divisible by {tp}'")
+                f"'Total number of attention heads ({heads}) must be divisible by tensor "
+                f"parallel size ({tp}).'")
     for kv in sorted({l.kv_heads for l in spec.layers if isinstance(l, AttentionLayer)}):
         num, den = (kv, tp) if tp < kv else (tp, kv)
         if num % den:
