@@ -219,6 +219,9 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
         _emit_compare(rows, fmt, resolved.name, inp, target_concurrency)
         return
     result = make_plan(spec, inp, workload)
+    if result.engine_figures is not None and (target_concurrency or concurrency_for_len):
+        raise UsageError(f"--target-concurrency and --solve-max-len solve with vLLM's rules; "
+                         f"--engine {engine} does not take them (use --engine vllm)")
     for message in result.warnings:
         warn(message)
     record = plan_record(result, resolved)
@@ -447,7 +450,8 @@ def _emit(record: dict, p: Plan, fmt: str) -> None:
     elif fmt == "yaml":
         echo_output(to_yaml(record))
     elif fmt == "csv":
-        flat = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
+        flat = {k: v for k, v in record.items()
+                if not isinstance(v, (dict, list)) and not (k == "vllm" and v is None)}
         flat.update({f"budget_{k}": v for k, v in record["budget"].items()
                      if not isinstance(v, list)})
         figures = p.engine_figures
