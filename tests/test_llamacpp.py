@@ -204,3 +204,20 @@ def test_cli_plan_llamacpp_and_ollama(models):
     assert "most slots of 4,096 tokens" in result.output
     result = CliRunner().invoke(cli, ["plan", "-m", models["smollm2"], "--ctx-size", "4k"])
     assert result.exit_code == 2 and "--ctx-size is a setting of --engine llamacpp" in result.output
+
+
+def test_cli_verify_llamacpp_errors_are_one_line(models, monkeypatch):
+    import importlib.util
+
+    result = CliRunner().invoke(cli, ["verify", "--grid", "-m", "llama-7b"])
+    assert result.exit_code == 2 and "apply to --engine llamacpp" in result.output
+    result = CliRunner().invoke(cli, ["verify", "--engine", "llamacpp"])
+    assert result.exit_code == 2 and "needs --weights FILE.gguf" in result.output
+    result = CliRunner().invoke(cli, ["verify", "--engine", "llamacpp", "--weights",
+                                      models["smollm2"], "--grid", "--ctx-size", "512"])
+    assert result.exit_code == 2 and "either --grid or llama-server options" in result.output
+    if importlib.util.find_spec("llama_cpp") is None:
+        result = CliRunner().invoke(cli, ["verify", "--engine", "llamacpp", "--weights",
+                                          models["smollm2"]])
+        assert result.exit_code == 1 and "needs llama-cpp-python" in result.output
+        assert "Traceback" not in result.output
