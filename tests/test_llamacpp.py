@@ -198,10 +198,18 @@ def test_cli_plan_llamacpp_and_ollama(models):
     assert a["capacity"]["per_slot_vs_unified_bytes"] == {"per_slot": 103_612_416,
                                                           "unified": 78_544_896}
     assert d["workload"]["allocators"]["contiguous"]["slots_reserved_per_sequence"] == 8192
+    # the workload's contiguous/paged figures use the q8_0 rows: 18 layers x 2 x 272 B
+    assert (d["kv_dtype"], d["bytes_per_token"]) == ("q8_0", 9792)
     result = CliRunner().invoke(cli, ["plan", "-m", models["smollm2"], "--engine", "llamacpp",
                                       "--gpu", "1GiB", "--ctx-size", "8k", "--parallel", "2"])
     assert result.exit_code == 0, result.output
     assert "most slots of 4,096 tokens" in result.output
+    result = CliRunner().invoke(cli, ["plan", "-m", models["gemma3"], "--engine", "llamacpp",
+                                      "--gpu", "8GiB", "--ctx-size", "8192", "--parallel", "2",
+                                      "--cache-type-k", "q8_0", "-f", "json"])
+    d = json.loads(result.stdout)
+    assert (d["kv_dtype"], d["bytes_per_token"]) == ("q8_0/f16", 18 * (272 + 512))
+    assert (d["llamacpp"]["cache_type_k"], d["llamacpp"]["cache_type_v"]) == ("q8_0", "f16")
     result = CliRunner().invoke(cli, ["plan", "-m", models["smollm2"], "--ctx-size", "4k"])
     assert result.exit_code == 2 and "--ctx-size is a setting of --engine llamacpp" in result.output
 

@@ -180,6 +180,7 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
     if max_len is None:
         max_len = (runtime.plan_max_len(spec, own_settings) or spec.max_position_embeddings
                    or 4096)
+    kv_dtype = runtime.plan_kv_dtype(own_settings) or kv_dtype
     wdtype = (runtime.served_dtype(default_weights_dtype(spec)) if weights_dtype == "auto"
               else weights_dtype)
     if vllm_version is None and vllm_era is not None:

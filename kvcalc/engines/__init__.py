@@ -159,6 +159,11 @@ class Engine:
         say (``kvcalc plan`` then uses --max-len or the model's context length)."""
         return None
 
+    def plan_kv_dtype(self, options: dict[str, Any]) -> str | None:
+        """The KV dtype the engine's own settings name (llama.cpp's --cache-type-k/-v as
+        "K/V", Ollama's --kv-cache-type), None when they name none (--kv-dtype then)."""
+        return None
+
     def allocation(self, spec, options: dict[str, Any], kv_dtype: str = "auto",
                    version: str | None = None):
         """What the engine allocates up front for ``options`` (its own settings, by kvcalc's

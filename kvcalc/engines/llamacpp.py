@@ -481,7 +481,8 @@ class LlamaCpp(Engine):
                block_size: int | None = None, tp: int = 1) -> Layout:
         if tp != 1:
             raise UsageError("the llama.cpp layout models one process: --tp needs --engine vllm")
-        return llamacpp_layout(spec, kv_dtype, kv_dtype, version or DEFAULT_VERSION)
+        type_k, _, type_v = str(kv_dtype).partition("/")   # "q8_0/f16": K and V types
+        return llamacpp_layout(spec, type_k, type_v or type_k, version or DEFAULT_VERSION)
 
     def allocation(self, spec, options: dict[str, Any], kv_dtype: str = "auto",
                    version: str | None = None) -> Allocation:
@@ -502,6 +503,12 @@ class LlamaCpp(Engine):
     def plan_block_size(self, spec, inp) -> int:
         return 1  # cells of one token
 
+    def plan_kv_dtype(self, options: dict[str, Any]) -> str | None:
+        k, v = options.get("cache_type_k"), options.get("cache_type_v")
+        if not (k or v):
+            return None
+        return f"{k or 'f16'}/{v or 'f16'}"
+
     def plan_max_len(self, spec, options: dict[str, Any]) -> int | None:
         if not options.get("ctx_size"):
             return None
@@ -512,7 +519,8 @@ class LlamaCpp(Engine):
 
     def plan_figures(self, spec, inp, layout, budgets):
         return plan_figures_for(spec, inp, lambda: self.allocation(
-            spec, _server_options_for_plan(inp), inp.kv_dtype, None))
+            spec, _server_options_for_plan(inp),
+            "auto" if "/" in inp.kv_dtype else inp.kv_dtype, None))
 
 
 def server_settings(options: dict[str, Any], kv_dtype: str = "auto",

@@ -127,6 +127,9 @@ class Ollama(Engine):
     def plan_block_size(self, spec, inp) -> int:
         return 1
 
+    def plan_kv_dtype(self, options: dict[str, Any]) -> str | None:
+        return options.get("kv_cache_type")
+
     def plan_max_len(self, spec, options: dict[str, Any]) -> int | None:
         return options.get("num_ctx")
 
