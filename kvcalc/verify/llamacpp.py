@@ -180,7 +180,8 @@ def run_case(rt: _Runtime, spec, s: LlamaCppSettings) -> CaseResult:
         if alloc is None:
             return CaseResult(settings, False, kvcalc_reason, None,
                               mismatches=["kvcalc refused settings llama.cpp accepts"])
-        logged = [m.groupdict() for _, t in rt.lines if (m := LOG_LINE.search(t))]
+        logged = [dict(m.groupdict(), line=m.group(0)) for _, t in rt.lines
+                  if (m := LOG_LINE.search(t))]
         n1, n2 = STATE_TOKENS
         rt.decode(ctx, 100, n1)
         s1 = rt.lib.llama_state_get_size(ctx)
@@ -223,6 +224,9 @@ def _compare(settings, alloc: Allocation, logged: list[dict], per_cell: int,
             if got[key] != want[key]:
                 mismatches.append(f"{cache.cache} cache: {key} {got[key]} logged, "
                                   f"{want[key]} predicted")
+        if cache.log_line(alloc.sizes.n_seq_max) != log["line"]:
+            mismatches.append(f"{cache.cache} cache: llama.cpp logged '{log['line']}', kvcalc "
+                              f"prints '{cache.log_line(alloc.sizes.n_seq_max)}'")
         for key, value in (("k", cache.k_bytes), ("v", cache.v_bytes),
                            ("total", cache.total_bytes)):
             if f"{value / MIB:.2f}" != log[key]:
