@@ -105,6 +105,12 @@ def test_sliding_window_ignored_where_llamacpp_ignores_it(tmp_path):
     (lambda p: p.write_bytes(b"NOPE" + b"\0" * 64), "not a GGUF file"),
     (lambda p: p.write_bytes(b"GGUF\x03\0\0\0" + b"\1\0"), "truncated GGUF header"),
     (lambda p: p.write_bytes(b"GGUF\x01\0\0\0" + b"\0" * 16), "GGUF version 1"),
+    # a header declaring 2^40 keys, or a 2^40-byte key name: refused before reading on
+    (lambda p: p.write_bytes(b"GGUF\x03\0\0\0" + (0).to_bytes(8, "little")
+                             + (1 << 40).to_bytes(8, "little")), "1,099,511,627,776 keys"),
+    (lambda p: p.write_bytes(b"GGUF\x03\0\0\0" + (0).to_bytes(8, "little")
+                             + (1).to_bytes(8, "little") + (1 << 40).to_bytes(8, "little")),
+     "a GGUF string of 1,099,511,627,776 bytes"),
 ])
 def test_bad_files_are_one_line(tmp_path, make, message):
     path = tmp_path / "bad.gguf"
