@@ -26,7 +26,7 @@ pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
 # torch first, on its own: the CPU wheel (a bare `torch` pulled in by vllm's requirements could
 # be a multi-GB CUDA build; --no-deps below keeps vllm from asking for one).
 "${pip[@]}" install "torch==2.13.0"
-"$venv/bin/python" - <<'PY'
+"$venv/bin/python" -W ignore - <<'PY'
 import torch
 assert torch.version.cuda is None, f"expected the CPU build of torch, got CUDA {torch.version.cuda}"
 PY
