@@ -12,7 +12,7 @@ from ..plan import (DEFAULT_GPU_UTIL, Plan, PlanInputs, make_plan, smallest_depl
 from ..render import key_values, table, to_csv, to_json, to_yaml
 from ..reports import source_record
 from ..units import GiB, format_bytes
-from ..engines import engine_names, get_engine
+from ..engines import Engine, engine_names, get_engine
 from ..engines.vllm import CHUNKED_LOCAL_HYBRID_ENV, ERAS, VLLM, vllm_error_message
 from ..workload import DEFAULT_SAMPLES, DISTRIBUTIONS, fixed, from_trace, sampled
 from .common import (ByteSize, TokenList, allocation_options, allocation_settings, echo_output,
@@ -214,6 +214,18 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
                      speculative_tokens=speculative_tokens,
                      chunked_local_hybrid=chunked_local_hybrid, free_memory=free_memory,
                      engine_options=engine_options)
+    if type(runtime).plan_figures is not Engine.plan_figures:
+        vllm_only = [flag for flag, given in (
+            ("--gpu-util", gpu_util != DEFAULT_GPU_UTIL), ("--max-batched-tokens",
+                                                          max_batched_tokens is not None),
+            ("--max-num-seqs", max_num_seqs is not None), ("--cuda-graph-memory",
+                                                           cuda_graph is not None),
+            ("--activation-memory", activation_mem is not None),
+            ("--non-torch-memory", non_torch_mem is not None),
+            ("--num-gpu-blocks-override", blocks_override is not None)) if given]
+        if vllm_only:
+            warn(f"{', '.join(vllm_only)}: vLLM setting(s), not used by --engine {engine} "
+                 f"(docs/engines.md)")
     workload = _workload(max_len, prompt_len, output_len, dist, mean, std, samples, seed, trace)
     if compare_gpus:
         rows = _compare(spec, inp, workload, target_concurrency)

@@ -35,6 +35,7 @@ from ..dtypes import DTYPES, KVDtype, resolve_kv_dtype
 from ..errors import UsageError
 from ..units import GiB, MiB
 from . import Band, Engine, Setting, register
+from .vllm import VLLM_INDEXER_QUANT_BLOCK, vllm_indexer_bytes_per_token
 from .cache import (KEEP_ALL, KEEP_NONE, LayerCache, Layout, attention_bytes_per_token,
                     attention_formula, mla_latent_bytes_per_token, mla_latent_formula,
                     no_cache_formula, state_bytes, state_formula)
@@ -84,8 +85,7 @@ MAMBA_SLOTS_PER_REQUEST = 5
 #: Llama 4); Gemma 2/3, Mistral, Phi-3 keep one full-length pool for every layer
 HYBRID_SWA_MODEL_TYPES = ("gpt_oss", "llama4", "llama4_text")
 #: DeepSeek-V3.2 indexer keys: fp8 values + one fp32 scale per 128 (``DSATokenToKVPool``)
-DSA_INDEXER_QUANT_BLOCK = 128
-DSA_INDEXER_SCALE_BYTES = 4
+DSA_INDEXER_QUANT_BLOCK = VLLM_INDEXER_QUANT_BLOCK
 #: default attention backend and page size per GPU generation (``get_default_attn_backend``,
 #: ``_page_size_default``): compute-capability major -> (backend, page_size)
 DEFAULT_BACKENDS = {9: ("fa3", 1), 10: ("trtllm_mha", 64)}
@@ -184,9 +184,8 @@ def sglang_kv_heads_per_gpu(kv_heads: int, tp: int) -> int:
 
 def sglang_indexer_bytes_per_token(layer: MLALayer) -> int:
     """DeepSeek-V3.2 lightning-indexer keys: ``index_head_dim`` fp8 values + one fp32 scale per
-    128 (``_compute_dsa_indexer_cell_size``)."""
-    d = layer.indexer_head_dim or 0
-    return d + d // DSA_INDEXER_QUANT_BLOCK * DSA_INDEXER_SCALE_BYTES if d else 0
+    128 (``_compute_dsa_indexer_cell_size``) -- the layout vLLM uses too, so its function."""
+    return vllm_indexer_bytes_per_token(layer)
 
 
 def served_kv_dtype(spec: ModelSpec, kv_dtype: str) -> KVDtype:

@@ -20,7 +20,7 @@ on a CPU, so the figures are checked against real logs, tests/test_trtllm.py):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 from .. import arch
