@@ -96,6 +96,14 @@ Per-rank KV heads follow ``QKVParallelLinear.__init__`` (``layers/linear.py``):
   ``head_size = kv_lora_rank + qk_rope_head_dim``, ``num_kv_heads`` 1, backend from
   ``get_attn_backend(head_size, dtype, kv_cache_dtype, use_mla=True, num_heads=heads/tp)``
   (SM90: FLASH_ATTN_MLA for bf16, FlashMLA for fp8), ``topk_buffer_width`` None, no indexer.
+* DeepSeek V3.2 (``index_topk`` in the config): sparse ``MLAAttention`` (backend from
+  ``get_attn_backend(..., use_mla=True, use_sparse=True)``; the KV dtype canonicalised with
+  ``_canonicalize_sparse_mla_kv_cache_dtype`` and written back to ``cache_config`` as
+  ``MLAAttention.__init__`` does - fp8 becomes ``fp8_ds_mla``, 656 B/token, on
+  FLASHMLA_SPARSE; ``topk_buffer_width`` = ``index_topk``), plus a real
+  ``DeepseekV32IndexerCache`` (its ``__init__`` is light; head ``index_head_dim`` + 4 B of
+  scale per 128, uint8) on each layer the IndexCache rule of ``DeepseekV2MLAAttention``
+  (``index_topk_freq`` / ``index_topk_pattern``) gives an indexer.
 * Mamba layers: ``MambaMixer`` (Jamba, ``layers_block_type[i] == "mamba"``),
   ``MambaMixer2`` (Nemotron-H, ``hybrid_override_pattern[i] == "M"``),
   ``QwenGatedDeltaNetAttention`` (Qwen3-Next, ``layer_types[i] == "linear_attention"``,
@@ -144,10 +152,7 @@ CUDA_EXTENSION_MODULES = (
 
 # Architectures (HF `architectures[0]`) that vLLM 0.33.0 serves but this harness does not
 # map to layers yet, with the reason.
-SKIPPED = {
-    "DeepseekV32ForCausalLM": "sparse MLA with a lightning indexer (indexer KV spec, "
-                              "fp8_ds_mla): layer mapping not written yet",
-}
+SKIPPED: dict[str, str] = {}
 
 
 REMOTE_CODE_MARKERS = ("contains custom code which must be executed",
@@ -325,7 +330,8 @@ def _chunked(vc, name, num_kv_heads, head_size, chunk):
     _register(vc, name, layer)
 
 
-def _mla(vc, name, head_size, num_heads_rank):
+def _mla(vc, name, head_size, num_heads_rank, use_sparse=False, indexer=None,
+         topk_buffer_width=None):
     import torch
     from vllm.model_executor.layers.attention.mla_attention import (
         MLAAttention, _canonicalize_sparse_mla_kv_cache_dtype)
@@ -333,13 +339,25 @@ def _mla(vc, name, head_size, num_heads_rank):
 
     kv_dtype = vc.cache_config.cache_dtype
     backend = get_attn_backend(head_size, torch.get_default_dtype(), kv_dtype, use_mla=True,
-                               use_sparse=False, num_heads=num_heads_rank)
-    kv_dtype = _canonicalize_sparse_mla_kv_cache_dtype(backend, kv_dtype)
+                               use_sparse=use_sparse, num_heads=num_heads_rank)
+    normalized = _canonicalize_sparse_mla_kv_cache_dtype(backend, kv_dtype)
+    if normalized != kv_dtype:  # as MLAAttention.__init__ does
+        vc.cache_config.cache_dtype = normalized
     layer = _shell(MLAAttention, layer_name=name, head_size=head_size, num_kv_heads=1,
-                   num_heads=num_heads_rank, kv_cache_dtype=kv_dtype, attn_backend=backend,
-                   sliding_window=None, indexer=None, topk_buffer_width=None,
+                   num_heads=num_heads_rank, kv_cache_dtype=normalized, attn_backend=backend,
+                   sliding_window=None, indexer=indexer, topk_buffer_width=topk_buffer_width,
                    non_causal_multi_token_decode=False)
     _register(vc, name, layer)
+
+
+def _v32_has_indexer(cfg, layer_id: int) -> bool:
+    """DeepseekV2MLAAttention.__init__'s IndexCache rule (index_topk_freq / pattern)."""
+    freq = getattr(cfg, "index_topk_freq", 1)
+    pattern = getattr(cfg, "index_topk_pattern", None)
+    offset = getattr(cfg, "index_skip_topk_offset", 2)
+    if pattern is None:
+        return max(layer_id - offset + 1, 0) % freq == 0
+    return not (0 <= layer_id < len(pattern) and pattern[layer_id] == "S")
 
 
 def _mamba(vc, name, layer_cls, model_cls, **extra):
@@ -365,8 +383,20 @@ def build_layers(vc) -> None:
 
     if mc.use_mla:
         heads_rank = cfg.num_attention_heads // tp
+        sparse = hasattr(cfg, "index_topk")  # DeepSeek V3.2: sparse MLA + indexer cache
         for i in range(n):
-            _mla(vc, f"{prefix}.{i}.self_attn.attn", head, heads_rank)
+            indexer = None
+            if sparse and _v32_has_indexer(cfg, i):
+                import torch
+                from vllm.model_executor.models.deepseek_v2 import DeepseekV32IndexerCache
+
+                # Indexer.__init__: fp8 keys + one fp32 scale per 128 values, uint8
+                indexer = DeepseekV32IndexerCache(
+                    head_dim=cfg.index_head_dim + cfg.index_head_dim // 128 * 4,
+                    dtype=torch.uint8, prefix=f"{prefix}.{i}.self_attn.indexer.k_cache",
+                    cache_config=vc.cache_config)
+            _mla(vc, f"{prefix}.{i}.self_attn.attn", head, heads_rank, use_sparse=sparse,
+                 indexer=indexer, topk_buffer_width=cfg.index_topk if sparse else None)
         return
 
     if arch == "DeciLMForCausalLM":
