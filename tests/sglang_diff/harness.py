@@ -28,6 +28,12 @@ every other resolution hook), ``ModelConfig.from_server_args``, ``resolve_layer_
    build of torch; SGLang imports it at module level for multimodal preprocessing
    (``multimodal/internvl_utils.py``), which sizing never calls, so a stand-in module is put in
    ``sys.modules`` (after transformers has decided that torchvision is absent).
+5. ``quantization_config`` is dropped from the config SGLang reads: the weights per GPU are given
+   as a number (``weights``), and some methods (gpt-oss's mxfp4) register only on a CUDA
+   platform; the KV pool does not depend on the weights' format.
+
+Models the KV pool does depend on are SGLang's own decisions: ``ModelConfig.is_hybrid_swa``,
+``resolve_sliding_window_size`` and ``resolve_layer_indices`` (the SWA / full layer ids).
 """
 
 from __future__ import annotations
@@ -83,6 +89,8 @@ from sglang.srt.arg_groups.overrides import resolution_result  # noqa: E402
 from sglang.srt.configs.model_config import AttentionArch, ModelConfig  # noqa: E402
 from sglang.srt.model_executor.model_runner_components.layer_setup import (  # noqa: E402
     resolve_layer_indices)
+from sglang.srt.model_executor.model_runner_components.load_model_utils import (  # noqa: E402
+    resolve_sliding_window_size)
 from sglang.srt.model_executor.model_runner_components.spec_aux_hidden_state import (  # noqa: E402
     SpecAuxHiddenStateConfig)
 from sglang.srt.runtime_context import get_context, get_parallel  # noqa: E402
@@ -95,7 +103,11 @@ KV_DTYPES = {"auto": None, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.fl
 def run_case(case: dict) -> dict:
     model_dir = tempfile.mkdtemp(prefix="sglang-diff-")
     try:
-        shutil.copy(case["config"], os.path.join(model_dir, "config.json"))
+        with open(case["config"], encoding="utf-8") as f:
+            config = json.load(f)
+        config.pop("quantization_config", None)                                  # patch 5
+        with open(os.path.join(model_dir, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f)
         return _run(case, model_dir)
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)
@@ -123,9 +135,10 @@ def _run(case: dict, model_dir: str) -> dict:
         device="cuda", gpu_id=0, attn_dp_size=1, pp_size=1, pp_group=None, model=None,
         model_config=mc, server_args=sa, kv_cache_dtype=kv_dtype,
         kv_cache_dtype_str=case["kv_cache_dtype"], model_dtype=mc.dtype, page_size=page_size,
-        sliding_window_size=None, spec_algorithm=SpeculativeAlgorithm.from_string(None),
+        sliding_window_size=resolve_sliding_window_size(None, mc),
+        spec_algorithm=SpeculativeAlgorithm.from_string(None),
         is_draft_worker=False, post_capture_kv_active=False,
-        spec_aux_config=SpecAuxHiddenStateConfig(), is_hybrid_swa=False,
+        spec_aux_config=SpecAuxHiddenStateConfig(), is_hybrid_swa=mc.is_hybrid_swa,
         is_hybrid_swa_compress=False, use_mla_backend=mc.attention_arch == AttentionArch.MLA,
         layer_info=layers, forward_stream=None, req_to_token_pool=None,
         token_to_kv_pool_allocator=None, memory_pool_config=None)
