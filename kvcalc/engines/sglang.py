@@ -497,9 +497,13 @@ def sglang_capacity(layout: Layout, *, free_before: int, weights: int, context_l
         if settings.max_mamba_cache_size is not None:
             mamba_size = settings.max_mamba_cache_size
     if rest <= 0:
+        notes = () if free_after > 0 else (
+            f"the weights ({weights / GiB:,.2f} GiB per GPU) exceed the free memory "
+            f"({free_before / GiB:,.2f} GiB): SGLang runs out of memory loading them, before "
+            f"it sizes the pool (more GPUs: --tp)",)
         return SglangCapacity(available_bytes=0, max_total_num_tokens=0,
                               max_running_requests=0, error=no_memory_error(
-                                  mfs, free_before, free_after), **common)
+                                  mfs, free_before, free_after), notes=notes, **common)
     available = int(rest * SGLANG_GB)
     swa_tokens = None
     if any(c.keep == "window" for c in layout.layers):
