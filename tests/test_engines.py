@@ -211,3 +211,21 @@ def test_sliding_window_counts_two_batches_in_flight():
     d = plan("gpt-oss-120b", "--kv-budget", "40GiB", "--max-len", "32k")["vllm"]
     assert d["in_flight_tokens"] == 16_384
     assert d["blocks_per_request"] == 32_768 // 16 + 1033
+
+
+def test_sparse_mla_fp8_is_served_as_fp8_ds_mla():
+    # DeepSeek-V3.2 with --kv-dtype fp8: FLASHMLA_SPARSE stores the fp8_ds_mla blob, 512 fp8 +
+    # 4 fp32 scales + 64 bf16 rope = 656 B, plus the indexer's 128 fp8 + 1 fp32 scale = 132 B,
+    # per layer and token: 61 x 64 x 788 = 3,076,352 B per block; vLLM 0.33.0's own code, 8 GiB,
+    # 4k: 2,792 blocks, 43.62x (tests/test_vllm_differential.py)
+    from kvcalc.engines.vllm import ds_mla_fp8_bytes_per_token
+
+    _, spec = load_spec("deepseek-v3.2")
+    mla = next(l for l in spec.layers if l.kind == "mla")
+    assert ds_mla_fp8_bytes_per_token(mla) == 656
+    assert build_layout(spec, "vllm", "fp8").bytes_per_token == 61 * 788
+    d = plan("deepseek-v3.2", "--kv-budget", "8GiB", "--max-len", "4k", "--kv-dtype", "fp8")
+    v = d["vllm"]
+    assert (v["num_gpu_blocks"], v["block_size"], v["max_concurrency"]) == (2792, 64, 43.62)
+    # bf16 keeps the 576-element latent (+ indexer): 61 x (1,152 + 132)
+    assert build_layout(spec, "vllm", "bf16").bytes_per_token == 61 * 1284

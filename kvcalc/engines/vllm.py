@@ -217,6 +217,22 @@ def vllm_indexer_bytes_per_token(layer: MLALayer) -> int:
     return d + d // VLLM_INDEXER_QUANT_BLOCK * 4
 
 
+#: FlashMLA-sparse's fp8 cache format "fp8_ds_mla" (what vLLM serves any fp8 KV dtype of a
+#: DeepSeek Sparse Attention model as: ``_canonicalize_sparse_mla_kv_cache_dtype``): per token
+#: the kv_lora_rank NoPE values in fp8 with one fp32 scale per 128 of them, and the RoPE values
+#: in bf16 — 512 + 4 x 4 + 64 x 2 = 656 bytes for DeepSeek-V3.2, the ``state_content_bytes``
+#: of ``MLAAttention.get_kv_cache_spec`` (vllm/model_executor/layers/attention/mla_attention.py)
+DS_MLA_FP8_SCALE_BLOCK = 128
+DS_MLA_ROPE_BYTES = 2
+
+
+def ds_mla_fp8_bytes_per_token(layer: MLALayer) -> int:
+    """Bytes of one token of the ``fp8_ds_mla`` latent (656 for DeepSeek-V3.2)."""
+    nope = layer.kv_lora_rank
+    return (nope + nope // DS_MLA_FP8_SCALE_BLOCK * 4
+            + layer.qk_rope_head_dim * DS_MLA_ROPE_BYTES)
+
+
 def mla_backend(spec: ModelSpec, kv_dtype: str, rules: VllmRules) -> str:
     """The MLA attention backend vLLM selects for ``spec`` with KV dtype ``kv_dtype`` (a
     resolved name: bf16, fp16, fp8, ...) on the GPU of ``rules``: the first backend of the
@@ -347,12 +363,20 @@ def _vllm_layer(i: int, layer: arch.Layer, dtype: KVDtype, block_size: int, tp: 
         return LayerCache(i, layer.kind, bpt, keep, layer.window, block_size, formula=text)
     if isinstance(layer, MLALayer):
         extra = vllm_indexer_bytes_per_token(layer)
-        text = mla_latent_formula(layer, dtype) + f", whole blocks of {block_size}"
+        if extra and dtype.name.startswith("fp8"):   # FLASHMLA_SPARSE serves fp8 as fp8_ds_mla
+            latent = ds_mla_fp8_bytes_per_token(layer)
+            text = (f"fp8_ds_mla latent ({layer.kv_lora_rank} fp8 + "
+                    f"{layer.kv_lora_rank // DS_MLA_FP8_SCALE_BLOCK} fp32 scales + "
+                    f"{layer.qk_rope_head_dim} rope x {DS_MLA_ROPE_BYTES} B = {latent} B)")
+        else:
+            latent = mla_latent_bytes_per_token(layer, dtype)
+            text = mla_latent_formula(layer, dtype)
+        text += f", whole blocks of {block_size}"
         if extra:
             text += (f" + indexer key {layer.indexer_head_dim} fp8 + "
                      f"{layer.indexer_head_dim // VLLM_INDEXER_QUANT_BLOCK} fp32 scales")
-        return LayerCache(i, layer.kind, mla_latent_bytes_per_token(layer, dtype) + extra,
-                          KEEP_ALL, None, block_size, formula=text)
+        return LayerCache(i, layer.kind, latent + extra, KEEP_ALL, None, block_size,
+                          formula=text)
     if isinstance(layer, StateLayer):
         ssm_b = DTYPES[layer.ssm_dtype].element_bytes if layer.ssm_dtype else model_float
         fixed = state_bytes(layer, layer.conv_kernel - 1, model_float, ssm_b, tp)
