@@ -138,10 +138,14 @@ def check_many(targets: list[tuple[str, dict, list[int] | None, str | None]], jo
 
 def _worker_init() -> None:
     """Workers leave SIGINT to the parent (which stops them): a terminal's Ctrl-C reaches the
-    whole process group, and a worker dying mid-check would only break the pool."""
+    whole process group, and a worker dying mid-check would only break the pool. Each worker
+    uses one torch thread: meta ops compute nothing, and N workers x N threads only contend."""
     import signal
 
+    import torch
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
 
 
 def _expected_cost(target: tuple[str, dict, list[int] | None, str | None]) -> int:
