@@ -84,7 +84,10 @@ def test_layers_truncation_matches_on_meta():
                     reason="the meta-device forward needs transformers 5")
 @pytest.mark.parametrize("name, seq", [("deepseek-v3.2", 300), ("jamba-v0.1", 24),
                                        ("gemma-3n-e4b", 600), ("gpt-oss-20b", 200),
-                                       ("nemotron-3-nano-30b", 24)])
+                                       ("nemotron-3-nano-30b", 24),
+                                       # moe_layers lists layer indices (all 48): per-layer
+                                       # membership, not the i-th entry, tells twins apart
+                                       ("llama-4-scout", 8292)])
 def test_layer_replay_gives_the_bytes_of_running_every_layer(name, seq):
     """Each distinct decoder layer runs once and its twins replay its cache calls: the cache
     must hold exactly what running every layer gives (MLA + indexer, Mamba, KV sharing,

@@ -219,11 +219,24 @@ def _module_signature(layer: Any) -> tuple:
 
 
 def _per_layer_config(cfg: Any, n: int, i: int) -> tuple:
+    """Layer ``i``'s entries of the config's per-layer lists. A list of layer indices
+    (strictly increasing ints below ``n``, e.g. Llama 4's ``moe_layers``) says whether ``i`` is
+    in it; any other list of ``n`` entries gives its ``i``-th entry."""
     out = []
     for key, value in sorted(vars(cfg).items()):
-        if isinstance(value, (list, tuple)) and len(value) == n:
+        if not isinstance(value, (list, tuple)):
+            continue
+        if _is_index_list(value, n):
+            out.append((key, i in value))
+        elif len(value) == n:
             out.append((key, repr(value[i])))
     return tuple(out)
+
+
+def _is_index_list(value: Any, n: int) -> bool:
+    return (len(value) > 2 and all(type(v) is int for v in value)
+            and all(a < b for a, b in zip(value, value[1:])) and 0 <= value[0]
+            and value[-1] < n)
 
 
 def _shape_key(value: Any) -> Any:
