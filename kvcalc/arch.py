@@ -59,7 +59,8 @@ class AttentionLayer:
     #: local attention (``attention_chunk_size``); None for full attention
     window: int | None = None
     #: heads that transformers actually caches, when it differs from ``kv_heads``
-    #: (Falcon's new decoder architecture broadcasts K/V to every query head before caching)
+    #: (Falcon's new decoder architecture broadcast K/V to every query head before caching,
+    #: transformers < 5.25)
     hf_kv_heads: int | None = None
 
 
@@ -589,7 +590,7 @@ def _attention(r: _Reader, kind: str = FULL, window: int | None = None,
             "the KV heads must be at least 1, at most the attention heads, and divide them")
     hf_heads = None
     if r.cfg.get("new_decoder_architecture") and kv_heads != num_heads:
-        hf_heads = num_heads  # transformers' Falcon broadcasts K/V before caching
+        hf_heads = num_heads  # transformers < 5.25: Falcon broadcasts K/V before caching
     return AttentionLayer(kind, kv_heads, hd, hd, window, hf_heads)
 
 

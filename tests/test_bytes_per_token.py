@@ -92,9 +92,9 @@ EXPECTED_UNSEEN_BF16 = {
     "mistralai__Mixtral-8x22B-v0.1.json": (attn(56, 8, 6144 // 48),) * 2,
     "moonshotai__Kimi-K2-Instruct.json": (61 * (512 + 64) * BF16,) * 2,
     "openai__gpt-oss-20b.json": (attn(24, 8, 64),) * 2,
-    # Falcon-40B new decoder architecture: vLLM caches the 8 kv heads, transformers
-    # broadcasts K/V to all 128 query heads before caching
-    "tiiuae__falcon-40b-instruct.json": (attn(60, 128, 64), attn(60, 8, 64)),
+    # Falcon-40B new decoder architecture: vLLM and transformers >= 5.25 cache the 8 kv heads
+    # (transformers <= 5.24 broadcast K/V to all 128 query heads: test_falcon_40b_hf_bands)
+    "tiiuae__falcon-40b-instruct.json": (attn(60, 8, 64),) * 2,
     # Nemotron-Super-49B (NAS): 49 attention blocks with n_heads_in_group 8 -> 64 / 8 = 8 kv
     # heads, head_dim 8192 / 64 = 128; 31 blocks are no_op
     "nvidia__Llama-3_3-Nemotron-Super-49B-v1.json": (attn(49, 8, 128),) * 2,
@@ -128,6 +128,17 @@ def test_bytes_per_token_unseen_configs(name, engine):
     hf, vllm = EXPECTED_UNSEEN_BF16[name]
     layout = build_layout(spec_of(EXTRA / name), engine, "bf16")
     assert layout.bytes_per_token == (hf if engine == "hf" else vllm)
+
+
+def test_falcon_40b_hf_bands():
+    # transformers <= 5.24 broadcast Falcon-40B's 8 KV heads to its 128 query heads before
+    # caching (1,966,080 B/token, measured on 5.24.0); 5.25 caches the 8 (122,880, on 5.25.0)
+    spec = spec_of(EXTRA / "tiiuae__falcon-40b-instruct.json")
+    by_version = {v: build_layout(spec, "hf", "bf16", version=v).bytes_per_token
+                  for v in ("5.14", "5.24", "5.25", "5.30")}
+    assert by_version == {"5.14": 1_966_080, "5.24": 1_966_080, "5.25": 122_880,
+                          "5.30": 122_880}
+    assert 1_966_080 == attn(60, 128, 64) and 122_880 == attn(60, 8, 64)
 
 
 def test_llama2_7b_fp16_textbook_figure():

@@ -33,10 +33,11 @@ def test_registry_names_versions_and_bands():
     assert {"vllm", "sglang", "llamacpp", "ollama"} <= set(engine_names(planning=True))
     assert "hf" not in engine_names(planning=True)
     vllm, hf = get_engine("vllm"), get_engine("hf")
-    assert (vllm.newest_checked, hf.newest_checked) == ("0.33.0", "5.24.0")
+    assert (vllm.newest_checked, hf.newest_checked) == ("0.33.0", "5.25.0")
     assert (vllm.display_name, hf.display_name) == ("vLLM", "transformers")
     assert [b.name for b in vllm.bands] == ["0.9-0.19", "0.20-0.32", "0.33"]
-    assert [b.name for b in hf.bands] == ["<4.56", "4.56-5.14", "5.15-5.17", ">=5.18"]
+    assert [b.name for b in hf.bands] == ["<4.56", "4.56-5.14", "5.15-5.17", "5.18-5.24",
+                                         ">=5.25"]
     for engine in engines():
         assert all(isinstance(b, Band) and b.changes and b.sources for b in engine.bands)
         assert engine.bands[-1].high is None            # the newest band is open-ended
@@ -73,7 +74,7 @@ def test_outputs_name_the_band():
     assert "vLLM 0.19 (band 0.9-0.19)" in est["engine_detail"]
     hf = json.loads(CliRunner().invoke(cli, ["estimate", "-m", "llama-3.1-8b", "-f",
                                              "json"]).stdout)
-    assert hf["version_band"] == ">=5.18"
+    assert hf["version_band"] == ">=5.25"
 
 
 # ---------------------------------------------------------------- vLLM 0.33.0's rules

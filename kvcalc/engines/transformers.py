@@ -3,7 +3,9 @@
 After a prompt of p tokens and g generated tokens the cache holds p + g - 1 tokens. Version
 bands (``--hf-version``; docs/engines.md §2):
 
-* ``>= 5.18`` (default 5.24, checked): as 5.15-5.17, and the DeepSeek Sparse Attention models
+* ``>= 5.25`` (default 5.25, checked): as 5.18-5.24, and Falcon's new decoder architecture
+  (Falcon-40B/180B) caches its KV heads, no longer every query head;
+* ``5.18 - 5.24``: as 5.15-5.17, and the DeepSeek Sparse Attention models
   (MLA with a lightning indexer: DeepSeek-V3.2, GLM-5) cache the latent too;
 * ``5.15 - 5.17``: sliding/chunked layers keep ``W - 1``
   tokens, MLA caches the latent ``kv_lora_rank + qk_rope_head_dim`` per layer;
@@ -13,7 +15,7 @@ bands (``--hf-version``; docs/engines.md §2):
   decompressed, Gemma 3n's shared layers still store their own copy.
 
 Recurrent states: conv buffer of ``conv_kernel`` columns in the model dtype plus the
-SSM/recurrent state in fp32. Falcon's new decoder architecture caches all query heads.
+SSM/recurrent state in fp32. Falcon's new decoder architecture caches all query heads before 5.25.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from .cache import (KEEP_ALL, KEEP_CHUNK, KEEP_NONE, KEEP_WINDOW, LayerCache, La
                     mla_expanded_bytes_per_token, mla_latent_bytes_per_token, mla_latent_formula,
                     no_cache_formula, state_bytes, state_formula)
 
-HF_DEFAULT_VERSION = "5.24"      # the transformers release the hf layout models by default
-HF_NEWEST_CHECKED = "5.24.0"     # the newest release checked (kvcalc verify --device meta --all)
+HF_DEFAULT_VERSION = "5.25"      # the transformers release the hf layout models by default
+HF_NEWEST_CHECKED = "5.25.0"     # the newest release checked (kvcalc verify --device meta --all)
 HF_WINDOW_CAP_SINCE = (4, 56)    # DynamicSlidingWindowLayer appears (transformers #40039 era)
 HF_MLA_LATENT_SINCE = (5, 15)    # transformers #47761: DeepSeek caches the compressed latent
 #: DeepSeek Sparse Attention (MLA + lightning indexer: deepseek_v32, glm_moe_dsa) kept caching
@@ -40,6 +42,12 @@ HF_MLA_LATENT_SINCE = (5, 15)    # transformers #47761: DeepSeek caches the comp
 #: in modeling_deepseek_v32.py); 5.18 caches the latent (PR #48761). Measured with the meta
 #: check: DeepSeek-V3.2 at 1,000 tokens holds 5,012,736,000 B on 5.17.0, 85,888,000 B on 5.18.0
 HF_DSA_LATENT_SINCE = (5, 18)
+#: Falcon's new decoder architecture (``new_decoder_architecture``: Falcon-40B/180B) broadcast K
+#: and V to every query head before caching them until 5.24 (``_split_heads`` +
+#: ``torch.broadcast_to`` in modeling_falcon.py); 5.25 moved Falcon onto the shared attention
+#: interface (``repeat_kv`` after the cache), so the cache holds the KV heads. Measured with the
+#: meta check: Falcon-40B at 1,000 tokens holds 1,966,080,000 B on 5.24.0, 122,880,000 B on 5.25.0
+HF_FALCON_KV_HEADS_SINCE = (5, 25)
 #: transformers keeps Mamba/GDN recurrent (SSM) states in fp32 even in a bf16 model (measured
 #: on 5.23, transformers.md §2.3); the conv buffer follows the model dtype
 HF_RECURRENT_STATE_BYTES = 4
@@ -66,11 +74,20 @@ BANDS = (
           "(PR #47761)",
           "huggingface/transformers src/transformers/models/deepseek_v32/modeling_deepseek_v32.py "
           "(v5.17.0: 'Sparse-attention models cache the expanded K/V')")),
-    Band(">=5.18", (5, 18), None,
+    Band("5.18-5.24", (5, 18), (5, 24),
          ("MLA caches the compressed latent, DeepSeek Sparse Attention models included "
-          "(+ the indexer keys)",),
+          "(+ the indexer keys)",
+          "Falcon's new decoder architecture caches every query head (K/V broadcast before "
+          "the cache)"),
          ("huggingface/transformers src/transformers/models/deepseek_v32/modeling_deepseek_v32.py "
-          "(v5.18.0; PR #48761)",)),
+          "(v5.18.0; PR #48761)",
+          "huggingface/transformers src/transformers/models/falcon/modeling_falcon.py "
+          "(v5.24.0: FalconAttention._split_heads, torch.broadcast_to)")),
+    Band(">=5.25", (5, 25), None,
+         ("Falcon's new decoder architecture caches its KV heads (shared attention interface, "
+          "repeat_kv after the cache)",),
+         ("huggingface/transformers src/transformers/models/falcon/modeling_falcon.py "
+          "(v5.25.0: eager_attention_forward with repeat_kv)",)),
 )
 
 
@@ -161,12 +178,14 @@ def _float_bytes(dtype: KVDtype, model_dtype: str) -> int:
 def _hf_layer(i: int, layer: arch.Layer, dtype: KVDtype, spec: ModelSpec, capped: bool,
               latent: bool, ver: tuple[int, int]) -> LayerCache:
     if isinstance(layer, AttentionLayer):
-        heads = layer.hf_kv_heads or layer.kv_heads
+        expanded = bool(layer.hf_kv_heads) and ver < HF_FALCON_KV_HEADS_SINCE
+        heads = layer.hf_kv_heads if expanded else layer.kv_heads
         bpt = attention_bytes_per_token(heads, layer.head_dim_k, layer.head_dim_v, dtype)
         keep = {arch.FULL: KEEP_ALL, arch.SLIDING: KEEP_WINDOW, arch.CHUNKED: KEEP_CHUNK}[layer.kind]
         text = attention_formula(heads, layer, dtype)
-        if layer.hf_kv_heads:
-            text += " (transformers caches every query head for Falcon's new architecture)"
+        if expanded:
+            text += (" (transformers < 5.25 caches every query head for Falcon's new "
+                     "architecture)")
         if layer.window:
             text += (f", at most W - 1 = {layer.window - 1:,} tokens" if capped
                      else f", uncapped (window {layer.window:,} applied by the mask only)")
