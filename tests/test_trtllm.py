@@ -4,6 +4,7 @@ engines reference (Part E). TensorRT-LLM does not install on a CPU, so real logs
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -13,6 +14,8 @@ from kvcalc.engines.trtllm import (TOKENS_PER_BLOCK_OLD_ENGINES, trtllm_bytes_pe
                                    trtllm_capacity, trtllm_layout)
 from kvcalc.model import load_spec
 from kvcalc.units import GiB
+
+FIXTURES = Path(__file__).parent / "fixtures" / "trtllm-logs"
 
 
 def bpt(model, kv="auto", tp=1, block=32):
@@ -40,6 +43,78 @@ def test_qwen15_7b_engine_log_issue_2268():
                           tokens_per_block=TOKENS_PER_BLOCK_OLD_ENGINES)
     assert cap.blocks == 631
     assert "Number of blocks in KV cache primary pool: 631" in cap.log_lines()
+
+
+def printed_interval(gib: float) -> tuple[int, int]:
+    """The bytes a log's ``%0.2f GiB`` figure stands for: ``[x - 0.005, x + 0.005)`` GiB."""
+    return int((gib - 0.005) * GiB), int((gib + 0.005) * GiB) - 1
+
+
+def blocks_over(interval, per_token, **kw) -> tuple[int, int]:
+    """kvcalc's block count at both ends of a printed figure's interval (monotone in between)."""
+    lo, hi = interval
+    return (trtllm_capacity(lo, per_token, **kw).blocks, trtllm_capacity(hi, per_token, **kw).blocks)
+
+
+def test_llama31_8b_fp8_rtx5090_engine_log_issue_4275():
+    """NVIDIA/TensorRT-LLM#4275 (comment of 2025-06-05): Llama-3.1-8B-Instruct quantized to FP8
+    with an FP8 KV cache, a TRT engine built with 0.19.0 (tritonserver 25.05 image), served on an
+    RTX 5090 with kv_cache_free_gpu_mem_fraction 0.9 and the default 32 tokens per block. Its log:
+
+        Memory usage when calculating max tokens in paged kv cache: total: 31.84 GiB, available: 17.83 GiB
+        Number of blocks in KV cache primary pool: 8219
+        Number of tokens per block: 32.
+        [MemUsageChange] Allocated 16.05 GiB for max tokens in paged KV cache (263008)
+
+    The pool caches 32 layers x 8 KV heads x 128 x 2 x 1 B = 65,536 B per token. "17.83 GiB" is
+    rounded: any free memory printed so is 17.825..17.835 GiB, where kvcalc's blocks run from
+    8,214 to 8,219; the log's 8,219 lies at the top (free memory 17.8344..17.835 GiB)."""
+    per_token = bpt("llama-3.1-8b", "fp8")
+    assert per_token == 65_536
+    lo, hi = blocks_over(printed_interval(17.83), per_token)
+    assert (lo, hi) == (8_214, 8_219)
+    # a free-memory figure within the printed one gives every printed figure exactly
+    cap = trtllm_capacity(int(17.8349 * GiB), per_token)
+    assert f"{cap.available_bytes / GiB:0.2f}" == "17.83"
+    assert (cap.blocks, cap.kv_cache_tokens) == (8_219, 263_008)
+    assert cap.log_lines()[0] == "Number of tokens per block: 32."
+    # 0.19.0 printed this line without the closing full stop
+    assert cap.log_lines()[1].rstrip(".") == \
+        "[MemUsageChange] Allocated 16.05 GiB for max tokens in paged KV cache (263008)"
+    assert cap.log_lines()[2] == "Number of blocks in KV cache primary pool: 8219"
+    # the block count is ceil(max_tokens / 32): flooring whole blocks from the bytes would need
+    # at least 17.8355 GiB free, which prints as 17.84, not 17.83
+    floor_blocks = int(int(17.835 * GiB) * 0.9) // (32 * per_token)
+    assert floor_blocks == 8_218
+
+
+def test_smollm2_135m_pytorch_backend_log():
+    """lmontigny/lm7 docs/tensorrt-llm.md: trtllm-serve 1.2.1 (PyTorch backend) with
+    SmolLM2-135M-Instruct on an RTX 4070 SUPER (12 GiB), --max_seq_len 2049, defaults otherwise:
+
+        Estimated max memory in KV cache : 9.06 GiB
+        Max KV cache blocks per sequence: 65 [window size=2049], tokens per block=32,
+          primary blocks=13189, max sequence length=2049
+        [MemUsageChange] Allocated 9.06 GiB for max tokens in paged KV cache (422048).
+
+    and with --free_gpu_memory_fraction 0.25 "2.52 GiB / 117,216 tokens". The estimated memory is
+    the budget after the fraction (``KvCacheCreator.configure_kv_cache_capacity``), so kvcalc takes
+    it with fraction 1. SmolLM2 caches 30 x 3 x 64 x 2 x 2 B = 23,040 B per token."""
+    spec = load_spec(str(FIXTURES / "HuggingFaceTB__SmolLM2-135M.partial.json"))[1]
+    per_token = trtllm_bytes_per_token(trtllm_layout(spec))
+    assert per_token == 23_040
+    lo, hi = blocks_over(printed_interval(9.06), per_token, fraction=1.0)
+    assert lo <= 13_189 <= hi and (lo, hi) == (13_188, 13_202)
+    cap = trtllm_capacity(int(9.056 * GiB), per_token, fraction=1.0, max_seq_len=2049)
+    assert (cap.blocks, cap.kv_cache_tokens) == (13_189, 422_048)
+    assert cap.log_lines()[1] == \
+        "[MemUsageChange] Allocated 9.06 GiB for max tokens in paged KV cache (422048)."
+    # blocks per sequence: ceil(2049 / 32) = 65
+    assert -(-2049 // cap.tokens_per_block) == 65
+    # the run at free_gpu_memory_fraction 0.25: 3,663 blocks of 32 tokens
+    quarter = trtllm_capacity(3_663 * 32 * per_token, per_token, fraction=1.0)
+    assert quarter.kv_cache_tokens == 117_216
+    assert f"{quarter.kv_cache_bytes / GiB:.2f}" == "2.52"
 
 
 def test_gpt_oss_120b_rounds_blocks_up():
