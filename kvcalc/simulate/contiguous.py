@@ -43,6 +43,8 @@ class ContiguousCache:
         self.starts: list[int] = [0] if pool_slots else []
         self.sizes: list[int] = [pool_slots] if pool_slots else []
         self.reserved = 0
+        #: over the admitted requests: slots they will fill (min(reservation, final tokens))
+        self.keep_total = 0
 
     def rejects(self, r) -> bool:
         r.reserve = reservation(self.policy, r.prompt, r.output, self.max_len)
@@ -63,6 +65,7 @@ class ContiguousCache:
                     self.starts[i] += r.reserve
                     self.sizes[i] -= r.reserve
                 self.reserved += r.reserve
+                self.keep_total += min(r.reserve, r.final)
                 return True
         return False
 
@@ -87,6 +90,7 @@ class ContiguousCache:
             self.starts.insert(i, start)
             self.sizes.insert(i, size)
         self.reserved -= r.reserve
+        self.keep_total -= min(r.reserve, r.final)
         r.addr = -1
 
     def max_steps(self, running, k: int) -> int:
@@ -111,13 +115,10 @@ class ContiguousCache:
     def idle_split(self) -> tuple[float, float]:
         return self.budget_slots - self.n, self.n
 
-    def snapshot(self, running, head) -> tuple[float, ...]:
-        toks = res = ifrag = 0
-        for r in running:
-            toks += r.computed
-            keep = min(r.reserve, r.final)
-            res += keep - r.computed
-            ifrag += r.reserve - keep
+    def snapshot(self, running, head, computed: int | None = None) -> tuple[float, ...]:
+        toks = sum(r.computed for r in running) if computed is None else computed
+        res = self.keep_total - toks
+        ifrag = self.reserved - self.keep_total
         stranded, usable = self._free_split(head)
         return (toks, res, ifrag, self.budget_slots - self.n + stranded, usable)
 
@@ -134,8 +135,35 @@ class ContiguousCache:
         return (toks, res, ifrag, (self.budget_slots - self.n + stranded) * d_total,
                 usable * d_total)
 
+    def decode_run(self, running, k: int, c0: float, c1: float, d_total: float, dj: float,
+                   head) -> tuple[tuple[float, ...], list, int]:
+        """:meth:`decode_integrals` and every request's k new tokens in one pass: (integrals,
+        the requests that finished, the fewest output tokens one of the others has left)."""
+        toks = res = ifrag = 0.0
+        finished = []
+        min_left = 1 << 62
+        for r in running:
+            keep = min(r.reserve, r.final)
+            c = r.computed
+            tok = (c + 1) * d_total + dj
+            toks += tok
+            res += keep * d_total - tok
+            ifrag += (r.reserve - keep) * d_total
+            r.hwm = r.computed = c + k
+            r.num_tokens += k
+            g = r.generated = r.generated + k
+            left = r.output - g
+            if left <= 0:
+                finished.append(r)
+            elif left < min_left:
+                min_left = left
+        stranded, usable = self._free_split(head)
+        return ((toks, res, ifrag, (self.budget_slots - self.n + stranded) * d_total,
+                 usable * d_total), finished, min_left)
+
     def check(self, running) -> None:
         assert sum(self.sizes) + self.reserved == self.n, "slots not conserved"
         assert sum(r.reserve for r in running if r.addr >= 0) == self.reserved
+        assert sum(min(r.reserve, r.final) for r in running) == self.keep_total
         for a, b, s in zip(self.starts, self.starts[1:], self.sizes):
             assert a + s < b, "holes overlap or touch"

@@ -49,6 +49,11 @@ class PagedCache:
         self.cpu: OrderedDict | None = OrderedDict() if cpu_blocks else None
         self.evictions = 0
         self._tables: tuple | None = None
+        #: blocks the running requests hold (shared blocks once per holder), and the slots of
+        #: their last blocks that will never be filled (internal fragmentation): kept up to
+        #: date at every change so that :meth:`snapshot` need not walk the batch
+        self.held_total = 0
+        self.ifrag_slots = 0
 
     # ---- capacity ----------------------------------------------------------------------
     def rejects(self, r) -> bool:
@@ -141,7 +146,7 @@ class PagedCache:
             if blocks > self.free_count:
                 return False
             self._pop(blocks)
-            r.held = blocks
+            self._hold(r, blocks)
             r.bkeys = [] if r.hash_ids is not None else None
             return True
         _, _, _, gpu, cpu = hits
@@ -160,7 +165,7 @@ class PagedCache:
         self._pop(new)
         for k in cpu:                  # loaded from the CPU tier into fresh GPU blocks
             cache[k] = 1
-        r.held = blocks
+        self._hold(r, blocks)
         r.bkeys = gpu + cpu
         return True
 
@@ -171,8 +176,17 @@ class PagedCache:
         if need > self.free_count:
             return False
         self._pop(need)
-        r.held += need
+        self._hold(r, r.held + need)
         return True
+
+    def _hold(self, r, blocks: int) -> None:
+        """``r`` holds ``blocks`` blocks now (more than before)."""
+        self.held_total += blocks - r.held
+        over = blocks * self.B - r.final
+        if over > 0:
+            was = r.held * self.B - r.final
+            self.ifrag_slots += over - was if was > 0 else over
+        r.held = blocks
 
     def on_computed(self, r) -> None:
         """Cache the prompt blocks ``r`` filled (those a trace hash identifies)."""
@@ -212,6 +226,10 @@ class PagedCache:
             if cache[k] == 0:
                 self.queue[k] = 1
                 self.free_count += 1
+        self.held_total -= r.held
+        over = r.held * self.B - r.final
+        if over > 0:
+            self.ifrag_slots -= over
         r.held = 0
         r.bkeys = None
 
@@ -236,16 +254,6 @@ class PagedCache:
                 hi = mid
         return lo
 
-    def advance(self, running, k: int) -> None:
-        B = self.B
-        total = 0
-        for r in running:
-            blocks = -(-(r.computed + k) // B)
-            total += blocks - r.held
-            r.held = blocks
-        if total:
-            self._pop(total)
-
     # ---- memory ------------------------------------------------------------------------
     def used_slots(self, running) -> int:
         return (self.n - self.free_count) * self.B
@@ -254,14 +262,14 @@ class PagedCache:
         ext = self.budget_slots - self.n * self.B
         return ext, self.n * self.B
 
-    def snapshot(self, running, head) -> tuple[float, ...]:
+    def snapshot(self, running, head, computed: int | None = None) -> tuple[float, ...]:
+        """The categories now, in token slots (``computed``: the running requests' computed
+        tokens, when the caller keeps their sum)."""
         B = self.B
-        tails = ifrag = 0
-        for r in running:
-            alloc = r.held * B
-            tails += alloc - r.computed
-            if alloc > r.final:
-                ifrag += alloc - r.final
+        if computed is None:
+            computed = sum(r.computed for r in running)
+        tails = self.held_total * B - computed
+        ifrag = self.ifrag_slots
         used = (self.n - self.free_count) * B
         return (used - tails, tails - ifrag, ifrag, self.budget_slots - self.n * B,
                 self.n * B - used)
@@ -332,6 +340,71 @@ class PagedCache:
         return (used - tails, tails - ifrag, ifrag,
                 (self.budget_slots - total_slots) * d_total, total_slots * d_total - used)
 
+    def decode_run(self, running, k: int, c0: float, c1: float, d_total: float, dj: float,
+                   head) -> tuple[tuple[float, ...], list, int]:
+        """:meth:`decode_integrals`, :meth:`advance` and every request's k new tokens in one
+        pass over the batch (the same figures, summed in the same order): (integrals, the
+        requests that finished, the fewest output tokens one of the others has left)."""
+        B = self.B
+        p0, p1 = self._tail_tables()
+        a, b = divmod(k, B)
+        n = len(running)
+        S = B * (B - 1) // 2
+        per_request = a * c0 * S + c1 * B * S * a * (a - 1) / 2
+        w_coef, p0_coef = a * c1, c0 + c1 * a * B
+        held_now = computed = 0
+        tail_sum = 0.0
+        ifrag = 0.0
+        grown = 0
+        ifrag_slots = self.ifrag_slots
+        finished = []
+        min_left = 1 << 62
+        for r in running:
+            c = r.computed
+            held = r.held
+            held_now += held
+            computed += c
+            u = (-c - 1) % B
+            row0, row1 = p0[u], p1[u]
+            tail_sum += w_coef * row1[B] + p0_coef * row0[b] + c1 * row1[b]
+            waste = r.waste
+            if waste:
+                j0 = r.last_block_from - c
+                if j0 < k:
+                    if j0 <= 0:
+                        ifrag += waste * d_total
+                    else:
+                        ifrag += waste * (d_total - (c0 * j0 + c1 * j0 * (j0 - 1) / 2))
+            # advance: k tokens more, in ceil((c + k) / B) blocks
+            c += k
+            blocks = -(-c // B)
+            if blocks != held:
+                grown += blocks - held
+                r.held = blocks
+                over = blocks * B - r.final
+                if over > 0:
+                    was = held * B - r.final
+                    ifrag_slots += over - was if was > 0 else over
+            r.hwm = r.computed = c       # a decoding request has computed every token it had
+            r.num_tokens += k
+            g = r.generated = r.generated + k
+            left = r.output - g
+            if left <= 0:
+                finished.append(r)
+            elif left < min_left:
+                min_left = left
+        tails = n * per_request + tail_sum
+        toks = (computed + n) * d_total + n * dj
+        dup = (held_now - (self.n - self.free_count)) * B   # shared blocks counted twice
+        used = toks + tails - dup * d_total
+        total_slots = self.n * B
+        if grown:
+            self._pop(grown)
+            self.held_total += grown
+            self.ifrag_slots = ifrag_slots
+        return ((used - tails, tails - ifrag, ifrag, (self.budget_slots - total_slots) * d_total,
+                 total_slots * d_total - used), finished, min_left)
+
     def check(self, running) -> None:
         """Conservation: blocks held by running requests + free blocks = the pool."""
         shared = {}
@@ -346,3 +419,5 @@ class PagedCache:
         for k, refs in shared.items():
             assert self.cache[k] == refs, "reference count"
         assert 0 <= self.free_count <= self.n
+        assert self.held_total == sum(r.held for r in running), "held blocks"
+        assert self.ifrag_slots == sum(max(0, r.held * self.B - r.final) for r in running)

@@ -124,6 +124,10 @@ class _Loop:
         self.next_sample = 0.0
         #: the last detailed step changed nothing the next one could do differently
         self.stable = False
+        #: sum of ``computed`` over the running requests (kept up to date at every change)
+        self.kv_sum = 0
+        #: fewest output tokens a running request has left (valid while ``stable``)
+        self.min_left = 0
 
     # ---- arrivals ----------------------------------------------------------------------
     def _take_arrivals(self) -> None:
@@ -179,39 +183,58 @@ class _Loop:
         cfg, cache, tot = self.cfg, self.cache, self.tot
         running, waiting = self.running, self.waiting
         budget = cfg.max_num_batched_tokens
-        scheduled: list[tuple[Req, int]] = []
-        preempted = False
-        i = 0
+        preemptions = tot.preemptions
         # slots a request's blocks hold beyond its tokens need no allocation (paged: block
         # size; contiguous: the reservation covers every token)
         B = getattr(cache, "B", 0)
-        tokens = kv = 0
+        track = getattr(cache, "prefix", False)
+        tokens = kv = out = 0
+        finished: list[Req] = []
+        first: list[Req] = []          # requests sampling their first token this step
+        cached: list[Req] = []         # prompt blocks to cache once the step is scheduled
+        all_decode = True
+        min_left = 1 << 62
+        # 1. running requests, oldest first; each one's tokens are computed as it is
+        # scheduled (what the step does to it depends on nothing scheduled after it)
+        i = 0
         while i < len(running) and budget > 0:
             r = running[i]
-            new = r.num_tokens - r.computed
+            c = r.computed
+            new = r.num_tokens - c
             if new > budget:
                 new = budget
-            if B and r.computed + new <= r.held * B:
-                scheduled.append((r, new))
-                budget -= new
-                tokens += new
-                kv += r.computed + new
-                i += 1
-                continue
-            while not cache.grow(r, r.computed + new):
-                victim = running.pop()
-                self._preempt(victim)
-                preempted = True
-                if victim is r:
-                    break
+            # paged: the last block may hold the new tokens already; else grow, preempting
+            # the newest requests if need be
+            if not (B and c + new <= r.held * B) and not self._make_room(r, new):
+                break                            # r itself was preempted
+            budget -= new
+            tokens += new
+            kv += c + new
+            i += 1
+            r.computed = c + new
+            if c < r.hwm:
+                tot.recomputed_tokens += min(c + new, r.hwm) - c
+            if c + new > r.hwm:
+                r.hwm = c + new
+            if track and r.hash_ids is not None:
+                cached.append(r)
+            if c + new == r.num_tokens:
+                r.generated += 1
+                r.num_tokens += 1
+                out += 1
+                if r.generated == 1:
+                    first.append(r)
+                left = r.output - r.generated
+                if left <= 0:
+                    finished.append(r)
+                elif left < min_left:
+                    min_left = left
             else:
-                scheduled.append((r, new))
-                budget -= new
-                tokens += new
-                kv += r.computed + new
-                i += 1
-                continue
-            break
+                all_decode = False
+        scheduled_running = i
+        preempted = tot.preemptions != preemptions
+        # 2. waiting requests, first come first served, when nothing was preempted
+        admitted: list[tuple[Req, int]] = []
         blocked = False
         if not preempted:
             while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
@@ -230,38 +253,48 @@ class _Loop:
                     if r.preempted:
                         tot.resume_hit_tokens += hits[0]
                 r.computed = hit_tokens
+                self.kv_sum += hit_tokens
                 if r.scheduled_at is None:
                     r.scheduled_at = self.t
                     tot.queue_delay.add(self.t - r.arrival)
                 running.append(r)
-                scheduled.append((r, new))
+                admitted.append((r, new))
                 budget -= new
                 tokens += new
-                kv += r.computed + new
+                kv += hit_tokens + new
         d = self.timing.duration(tokens, kv)
         end = self.t + d
-        finished = []
-        all_decode = True
-        track = getattr(cache, "prefix", False)
-        for r, new in scheduled:
+        # the running requests' computed prompt blocks are cached after the admissions
+        # looked the cache up, as vLLM caches blocks once the step has run
+        for r in cached:
+            cache.on_computed(r)
+        for r in first:
+            tot.ttft.add(end - r.arrival)
+        for r, new in admitted:
             before = r.computed
-            r.computed += new
+            r.computed = c = before + new
             if before < r.hwm:
-                tot.recomputed_tokens += min(r.computed, r.hwm) - before
-            if r.computed > r.hwm:
-                r.hwm = r.computed
+                tot.recomputed_tokens += min(c, r.hwm) - before
+            if c > r.hwm:
+                r.hwm = c
             if track and r.hash_ids is not None:
                 cache.on_computed(r)
-            if r.computed == r.num_tokens:
+            if c == r.num_tokens:
                 r.generated += 1
                 r.num_tokens += 1
-                tot.output_tokens += 1
+                out += 1
                 if r.generated == 1:
                     tot.ttft.add(end - r.arrival)
-                if r.generated >= r.output:
+                left = r.output - r.generated
+                if left <= 0:
                     finished.append(r)
+                elif left < min_left:
+                    min_left = left
             else:
                 all_decode = False
+        self.kv_sum += tokens
+        tot.output_tokens += out
+        self.min_left = min_left
         head = waiting[0] if waiting else None
         self._accumulate_step(d, head)
         tot.steps += 1
@@ -276,12 +309,24 @@ class _Loop:
         # the next step schedules the same way (bulk decode) when nothing was preempted,
         # every running request decodes, and no waiting request can get in: none waits, or
         # the cache or max_num_seqs stopped the admission and nothing was freed since
-        self.stable = (not preempted and all_decode and len(scheduled) == len(running)
+        self.stable = (not preempted and all_decode
+                       and scheduled_running + len(admitted) == len(running)
                        and len(running) <= cfg.max_num_batched_tokens
                        and (not waiting or (not finished and (
                            blocked or len(running) >= cfg.max_num_seqs))))
 
+    def _make_room(self, r: Req, new: int) -> bool:
+        """Grow ``r``'s cache to hold ``new`` more tokens, preempting the newest running
+        requests until it can. False when ``r`` itself had to be preempted."""
+        while not self.cache.grow(r, r.computed + new):
+            victim = self.running.pop()
+            self._preempt(victim)
+            if victim is r:
+                return False
+        return True
+
     def _preempt(self, r: Req) -> None:
+        self.kv_sum -= r.computed
         r.preempted = True
         self.cache.free(r, preempted=True)
         r.computed = 0
@@ -292,14 +337,15 @@ class _Loop:
         done = set(id(r) for r in finished)
         for r in finished:
             self.cache.free(r, preempted=False)
-            self.tot.completed += 1
+            self.kv_sum -= r.computed
+        self.tot.completed += len(finished)
         self.running = [r for r in self.running if id(r) not in done]
         if self.waiting:
             self.stable = False
 
     def _accumulate_step(self, d: float, head: Req | None) -> None:
         mem = self.tot.memory
-        snap = self.cache.snapshot(self.running, head)
+        snap = self.cache.snapshot(self.running, head, self.kv_sum)
         for c, v in zip(CATEGORIES, snap):
             mem[c] += v * d
         used = snap[0] + snap[1] + snap[2]
@@ -320,15 +366,10 @@ class _Loop:
     def _decode_run(self) -> bool:
         """Take the coming decode-only steps at once. False when not even one step fits."""
         running, cache, tot = self.running, self.cache, self.tot
-        k = 1 << 62
-        kv = 0
-        for r in running:
-            left = r.output - r.generated
-            if left < k:
-                k = left
-            kv += r.computed
+        # every running request decodes (stable): the aggregates of the last step hold
+        k = self.min_left
         n = len(running)
-        c0, c1 = self.timing.decode_series(n, kv)
+        c0, c1 = self.timing.decode_series(n, self.kv_sum)
         if not self.waiting and self.next is not None:
             k = min(k, steps_until(self.next.arrival_s - self.t, c0, c1))
         k = cache.max_steps(running, k)
@@ -337,21 +378,14 @@ class _Loop:
             return False
         d_total = series_time(k, c0, c1)
         dj = series_jtime(k, c0, c1)
-        # memory over the run, before the cache grows (integrals use the start state)
-        integrals = cache.decode_integrals(running, k, c0, c1, d_total, dj,
-                                           self.waiting[0] if self.waiting else None)
+        # memory over the run (integrals from the start state), the cache grown and every
+        # request advanced by k tokens, in one pass over the batch
+        integrals, finished, self.min_left = cache.decode_run(
+            running, k, c0, c1, d_total, dj, self.waiting[0] if self.waiting else None)
         mem = tot.memory
         for c, v in zip(CATEGORIES, integrals):
             mem[c] += v
-        cache.advance(running, k)
-        finished = []
-        for r in running:
-            # a decoding request has computed every token it ever had: computed >= hwm
-            r.hwm = r.computed = r.computed + k
-            r.generated += k
-            r.num_tokens += k
-            if r.generated >= r.output:
-                finished.append(r)
+        self.kv_sum += k * n
         tot.output_tokens += k * n
         tot.steps += k
         tot.running.add(n, k)
@@ -368,6 +402,7 @@ class _Loop:
         return True
 
     def _check(self) -> None:
+        assert self.kv_sum == sum(r.computed for r in self.running), "computed tokens"
         self.cache.check(self.running)
         snap = self.cache.snapshot(self.running, self.waiting[0] if self.waiting else None)
         for category, value in zip(CATEGORIES, snap):
