@@ -397,3 +397,77 @@ def test_step_time_roofline(llama):
         prefill = res.timing.duration(1000, 1000)
         # two steps: the prefill (first token), one decode
         assert res.runs["paged"].totals.seconds == pytest.approx(prefill + step)
+
+
+# --------------------------------------------------------------------------------------------
+# llama.cpp slots
+
+
+def test_llamacpp_slots_by_hand(llama):
+    """llama-server -np 2 -c 512: 2 slots of 256 cells (131,072 B each), a KV budget of 768
+    cells, 1 s per step. A (100 + 50) and B (200 + 100, clipped to 56 output tokens at the slot
+    context) take both slots at t=0; C (prompt 300 >= 256) is rejected; D (50 + 20) waits for
+    A's slot (t=50) and finishes at t=70, B at t=56. Cell-seconds by hand: token states
+    A sum(99+s, s<=50) 6,225 + B sum(199+s, s<=56) 12,740 + D sum(50..69) 1,190 = 20,155;
+    reservation (keep - tokens) 1,225 + 1,540 + 190 = 2,955; internal fragmentation (256 -
+    final) 107 x 50 + 1 x 56 + 187 x 20 = 9,146; external (budget not allocated) 256 x 70 =
+    17,920; free (one idle slot, t=56..70) 256 x 14 = 3,584; 768 x 70 = 53,760 in all."""
+    trace = Trace("slots", (Arrival(0.0, 100, 50, None), Arrival(0.0, 200, 100, None),
+                            Arrival(0.0, 300, 10, None), Arrival(0.0, 50, 20, None)))
+    inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=256, engine="llamacpp",
+                     kv_budget=768 * 131_072, engine_options=(("parallel", 2),
+                                                              ("ctx_size", 512)))
+    res = run(llama, inp, trace, step_time_s=1.0)
+    assert list(res.runs) == ["llamacpp-slots"]
+    r = res.runs["llamacpp-slots"]
+    t = r.totals
+    assert (t.requests, t.completed, t.rejected, t.clipped) == (4, 3, 1, 1)
+    assert (t.steps, t.output_tokens, t.preemptions) == (70, 50 + 56 + 20, 0)
+    assert t.seconds == pytest.approx(70.0)
+    assert r.pool_slots == 512 and r.budget_slots == 768
+    want = {"token_states": 20_155, "reservation": 2_955, "internal_fragmentation": 9_146,
+            "external_fragmentation": 17_920, "free": 3_584}
+    assert t.memory == pytest.approx(want)
+    assert r.memory["token_states"] == pytest.approx(20_155 / 53_760)
+    assert t.queue_delay.percentile(99) == pytest.approx(50.0, rel=0.005)   # D waited 50 s
+    rec = result_record(res)
+    assert (rec["slots"], rec["n_ctx_seq"], rec["kv_allocated_bytes"]) == (2, 256, 512 * 131_072)
+
+
+def test_llamacpp_slots_capacity_is_llamacpps(llama):
+    """The slots and cells are what kvcalc's llama.cpp engine allocates: -np 3 -c 10000 pads
+    to 3 slots of pad(10240 // 3, 256) = 3,584 cells."""
+    from kvcalc.engines.llamacpp import LlamaCppSettings, allocate
+
+    alloc = allocate(llama, LlamaCppSettings(ctx_size=10_000, parallel=3))
+    inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=4096, engine="llamacpp",
+                     engine_options=(("parallel", 3), ("ctx_size", 10_000)))
+    res = run(llama, inp, Trace("one", (Arrival(0.0, 1000, 5, None),)), check=False)
+    assert res.runs["llamacpp-slots"].pool_slots == 3 * 3584 == alloc.sizes.n_ctx
+    assert res.config.max_len == alloc.sizes.n_ctx_seq == 3584
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engine", "llamacpp", "--ctx-size", "8192"], "give --parallel N"),
+    (["--engine", "llamacpp", "--parallel", "2", "--ctx-size", "8192", "--allocator", "paged"],
+     "does not apply to --engine llamacpp"),
+    (["--allocator", "llamacpp-slots"], "does not apply to --engine vllm"),
+    (["--parallel", "2"], "--parallel is a setting of --engine llamacpp"),
+    (["--engine", "llamacpp", "--parallel", "2", "--ctx-size", "8192", "--cpu-offload", "1GiB"],
+     "llama.cpp has no CPU tier"),
+])
+def test_cli_llamacpp_errors_are_one_line(args, message):
+    result = CliRunner().invoke(cli, ["simulate", "-m", "llama-3.1-8b", "--input-len", "100",
+                                      "--output-len", "10", *args])
+    assert result.exit_code != 0
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_cli_llamacpp_table():
+    result = CliRunner().invoke(cli, ["simulate", "-m", "llama-3.1-8b", "--engine", "llamacpp",
+                                      "--parallel", "4", "--ctx-size", "16k", "--input-len",
+                                      "500", "--output-len", "100", "--requests", "50",
+                                      "--rate", "2"])
+    assert result.exit_code == 0, result.output
+    assert "llamacpp-slots" in result.output and "4 slots of 4,096 tokens" in result.output

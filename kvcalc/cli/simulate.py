@@ -9,7 +9,8 @@ import io
 import click
 
 from ..errors import UsageError
-from .common import ByteSize, TokenList, echo_output, format_option, warn
+from .common import (ByteSize, TokenList, allocation_settings, echo_output, format_option,
+                     llamacpp_options, warn)
 
 #: ``kvcalc plan`` options reused as they are (the same click objects: same names, help, types)
 PLAN_OPTIONS = ("model", "revision", "gpu", "tp", "max_len", "kv_dtype", "block_size",
@@ -31,6 +32,11 @@ def plan_options(f):
 
 @click.command()
 @plan_options
+@click.option("--engine", type=click.Choice(("vllm", "llamacpp")), default="vllm",
+              show_default=True,
+              help="Engine whose scheduler and cache are replayed: vllm (paged blocks and the "
+                   "contiguous baselines) or llamacpp (llama-server's slots: give --parallel).")
+@llamacpp_options
 @click.option("--trace", default=None, metavar="NAME|FILE",
               help="Built-in trace (azure-conv-2023, azure-code-2023, mooncake-conv, "
                    "mooncake-synthetic) or a CSV/JSONL file: prompt_len, output_len and an "
@@ -55,8 +61,10 @@ def plan_options(f):
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of synthetic arrivals and lengths.")
 @click.option("--allocator", "allocators", multiple=True,
-              type=click.Choice(("paged", "orca-max", "orca-pow2", "orca-oracle")),
-              help="KV allocator to simulate; repeat for several (default: all four).")
+              type=click.Choice(("paged", "orca-max", "orca-pow2", "orca-oracle",
+                                 "llamacpp-slots")),
+              help="KV allocator to simulate; repeat for several (default: the engine's: the "
+                   "four vLLM ones, or llamacpp-slots).")
 @click.option("--prefix-caching/--no-prefix-caching", "--enable-prefix-caching/"
               "--no-enable-prefix-caching", "prefix_caching", default=True, show_default=True,
               help="vLLM's automatic prefix caching (on by default in vLLM v1).")
@@ -78,7 +86,7 @@ def simulate(model, revision, gpu, tp, max_len, kv_dtype, block_size, gpu_util, 
              max_batched_tokens, max_num_seqs, blocks_override, vllm_version, trace, rate_scale,
              rate, num_requests, input_len, output_len, dist, input_std, output_std, seed,
              allocators, prefix_caching, cpu_offload, step_time, step_overhead, timeline_path,
-             timeline_interval, fmt):
+             timeline_interval, fmt, engine, **server_settings):
     """Replay requests over time through vLLM v1's scheduler (chunked prefill, preemption by
     recompute, prefix caching, CPU tier) and the contiguous baselines of the PagedAttention
     paper, on the KV capacity `kvcalc plan` computes. Times are modelled (roofline estimate).
@@ -90,6 +98,8 @@ def simulate(model, revision, gpu, tp, max_len, kv_dtype, block_size, gpu_util, 
       kvcalc simulate -m llama-3.1-8b --trace azure-conv-2023 --rate-scale 4 --timeline t.csv
       kvcalc simulate -m llama-2-13b --gpu a100-40gb --max-len 2048 --rate 2 --requests 1000 \\
           --dist lognormal --input-len 161 --output-len 338
+      kvcalc simulate -m llama-3.1-8b --engine llamacpp --parallel 8 --ctx-size 64k \\
+          --trace azure-conv-2023
     """
     from ..hardware import resolve_gpu
     from ..model import load_spec
@@ -118,8 +128,12 @@ def simulate(model, revision, gpu, tp, max_len, kv_dtype, block_size, gpu_util, 
     for message in spec.warnings:
         warn(message)
     gpu_spec = resolve_gpu(gpu)
+    settings = allocation_settings(engine, server_settings)
     if max_len is None:
         max_len = spec.max_position_embeddings or 4096
+    if engine == "llamacpp" and settings.get("ctx_size"):
+        # the per-slot context, as kvcalc plan --engine llamacpp derives it
+        max_len = get_engine("llamacpp").plan_max_len(spec, settings) or max_len
     wdtype = (get_engine("vllm").served_dtype(default_weights_dtype(spec))
               if weights_dtype == "auto" else weights_dtype)
     weights_dtype_bytes(wdtype)
@@ -128,8 +142,9 @@ def simulate(model, revision, gpu, tp, max_len, kv_dtype, block_size, gpu_util, 
                      max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs,
                      overhead=overhead, cuda_graph=cuda_graph, activation=activation_mem,
                      non_torch=non_torch_mem, weights=weights_mem, kv_budget=kv_budget,
-                     version=vllm_version, engine="vllm", num_blocks_override=blocks_override,
-                     prefix_caching=prefix_caching)
+                     version=vllm_version if engine == "vllm" else None, engine=engine,
+                     num_blocks_override=blocks_override, prefix_caching=prefix_caching,
+                     engine_options=tuple(settings.items()))
     if trace:
         arrivals = load_trace(trace).scaled(rate_scale)
     else:
@@ -160,11 +175,29 @@ def simulate(model, revision, gpu, tp, max_len, kv_dtype, block_size, gpu_util, 
                                 f"seed {seed}")
     if timeline_path:
         _write_timeline(timeline_path, result)
+    limit = result.config.max_len
     for name, r in result.runs.items():
         if r.totals.rejected:
-            warn(f"{name}: {r.totals.rejected:,} requests rejected (prompt >= --max-len "
-                 f"{max_len:,}, or larger than the whole KV cache)")
+            warn(f"{name}: {r.totals.rejected:,} requests rejected (prompt >= "
+                 + (f"the slot context {limit:,}" if engine == "llamacpp" else
+                    f"--max-len {limit:,}, or larger than the whole KV cache") + ")")
     _emit(record, fmt)
+
+
+def _engine_line(record: dict) -> str:
+    if record.get("engine") == "llamacpp":
+        return (f"llama.cpp {record['engine_version']} (band {record['version_band']}): "
+                f"{record['slots']} slots of {record['n_ctx_seq']:,} tokens (n_ctx "
+                f"{record['n_ctx']:,}, {record['kv_allocated_bytes']:,} B allocated), "
+                f"n_batch {record['n_batch']:,}")
+    return (f"vLLM {record['engine_version']} (band {record['version_band']}): "
+            f"{record['num_gpu_blocks']:,} blocks of {record['block_size']} tokens, "
+            f"max_model_len {record['max_len']:,}, max_num_batched_tokens "
+            f"{record['max_num_batched_tokens']:,}, max_num_seqs "
+            f"{record['max_num_seqs']:,}, prefix caching "
+            f"{'on' if record['prefix_caching'] else 'off'}"
+            + (f", CPU tier {record['cpu_offload_blocks']:,} blocks"
+               if record["cpu_offload_blocks"] else ""))
 
 
 def _check_writable(path: str) -> None:
@@ -221,14 +254,7 @@ def _emit(record: dict, fmt: str) -> None:
         ("Model", record["model"]),
         ("GPU", f"{record['gpu']}: KV budget {record['kv_budget_bytes']:,} B, "
                 f"{record['bytes_per_token']:,} B/token"),
-        ("Engine", f"vLLM {record['engine_version']} (band {record['version_band']}): "
-                   f"{record['num_gpu_blocks']:,} blocks of {record['block_size']} tokens, "
-                   f"max_model_len {record['max_len']:,}, max_num_batched_tokens "
-                   f"{record['max_num_batched_tokens']:,}, max_num_seqs "
-                   f"{record['max_num_seqs']:,}, prefix caching "
-                   f"{'on' if record['prefix_caching'] else 'off'}"
-                   + (f", CPU tier {record['cpu_offload_blocks']:,} blocks"
-                      if record["cpu_offload_blocks"] else "")),
+        ("Engine", _engine_line(record)),
         ("Workload", record["workload"]),
         ("Step time", f"{record['step_time_model']} (modelled)"),
     ], fmt)

@@ -28,15 +28,19 @@ from ..errors import UsageError
 from ..params import weight_bytes
 from ..plan import Plan, PlanInputs, make_plan
 from ..workload import fixed
-from .contiguous import POLICIES, ContiguousCache
+from .contiguous import POLICIES, SLOTS, ContiguousCache, SlotsCache
 from .metrics import CATEGORIES
 from .paged import PagedCache
 from .requests import MOONCAKE_HASH_BLOCK, Arrival, Trace
 from .scheduler import Config, Totals, run
 from .timing import StepTime, step_time_model
 
-#: allocator names: vLLM's paged pool, then the paper's contiguous baselines
+#: allocator names: vLLM's paged pool, then the paper's contiguous baselines (--engine vllm)
 ALLOCATORS = ("paged",) + POLICIES
+#: --engine llamacpp: llama-server's slots
+LLAMACPP_ALLOCATORS = (SLOTS,)
+#: every allocator name, for the CLI's choices
+ALL_ALLOCATORS = ALLOCATORS + LLAMACPP_ALLOCATORS
 
 
 @dataclass(frozen=True)
@@ -78,13 +82,18 @@ class SimulationResult:
     runs: dict[str, AllocatorRun] = field(default_factory=dict)
     cpu_blocks: int = 0
     usable_blocks: int = 0
+    config: Config | None = None
 
 
 def check_simulable(plan: Plan) -> None:
     """The simulator models one KV cache group of full-attention (or MLA) layers."""
     layout = plan.layout
+    if plan.inputs.engine == "llamacpp":
+        _check_llamacpp(plan)
+        return
     if plan.inputs.engine != "vllm":
-        raise UsageError("kvcalc simulate models vLLM's scheduler: use --engine vllm")
+        raise UsageError("kvcalc simulate models vLLM's scheduler and llama.cpp's slots: use "
+                         "--engine vllm or --engine llamacpp")
     if plan.inputs.pp != 1:
         raise UsageError("kvcalc simulate models one pipeline stage: use --pp 1 (tp is fine)")
     odd = [c for c in layout.layers if c.keep not in (KEEP_ALL, KEEP_NONE) or c.fixed_bytes]
@@ -98,18 +107,57 @@ def check_simulable(plan: Plan) -> None:
                          f"shows why)")
 
 
+def _check_llamacpp(plan: Plan) -> None:
+    """llama.cpp's slots: per-slot streams of one cache (no SWA cache), within the budget."""
+    figures = plan.engine_figures
+    if figures.alloc is None:
+        raise UsageError(figures.error or "llama.cpp refuses these settings")
+    alloc = figures.alloc
+    if plan.inputs.pp != 1 or plan.inputs.tp != 1:
+        raise UsageError("kvcalc simulate models llama.cpp on one GPU: use --tp 1 --pp 1")
+    if alloc.sizes.unified:
+        raise UsageError("kvcalc simulate models llama.cpp's per-slot contexts, not the unified "
+                         "KV cache (llama-server's -np auto or --kv-unified): give --parallel N")
+    if len(alloc.caches) != 1 or alloc.caches[0].cache != "base":
+        raise UsageError(f"kvcalc simulate models llama.cpp caches of full-attention and MLA "
+                         f"layers; {plan.spec.model_type} has sliding-window layers (an SWA "
+                         f"cache; not modelled yet)")
+    if not figures.fits:
+        raise UsageError(f"the plan does not fit: llama.cpp allocates "
+                         f"{alloc.total_bytes:,} B of KV cache, the budget is "
+                         f"{figures.kv_budget:,} B (kvcalc plan --engine llamacpp shows why)")
+
+
+def _allocators(options: Options, engine: str) -> tuple[str, ...]:
+    """The allocators to run: the engine's own by default, each checked against it."""
+    if engine == "llamacpp":
+        names = LLAMACPP_ALLOCATORS if options.allocators == ALLOCATORS else options.allocators
+        own = LLAMACPP_ALLOCATORS
+    else:
+        names, own = options.allocators, ALLOCATORS
+    for name in names:
+        if name in own:
+            continue
+        if name in ALL_ALLOCATORS:
+            raise UsageError(f"--allocator {name} does not apply to --engine {engine}: choose "
+                             f"from {', '.join(own)}" + (" (--engine llamacpp)"
+                                                         if name == SLOTS else ""))
+        raise UsageError(f"unknown allocator '{name}': choose from {', '.join(own)}")
+    return tuple(names)
+
+
 def simulate(spec, inputs: PlanInputs, arrivals: Trace | Callable[[], Iterable[Arrival]],
              options: Options | None = None, **kw) -> SimulationResult:
     """Replay ``arrivals`` (a :class:`Trace`, or a function returning fresh arrivals, called
     once per allocator) on the plan of ``spec`` with ``inputs``, once per allocator."""
     options = options or Options(**kw)
-    for name in options.allocators:
-        if name not in ALLOCATORS:
-            raise UsageError(f"unknown allocator '{name}': choose from {', '.join(ALLOCATORS)}")
+    names = _allocators(options, inputs.engine)
     if options.cpu_offload_bytes < 0:
         raise UsageError("--cpu-offload must not be negative")
     plan = make_plan(spec, inputs, fixed(1, 0))
     check_simulable(plan)
+    if inputs.engine == "llamacpp":
+        return _simulate_llamacpp(plan, arrivals, options, names)
     cap, budget = plan.vllm, plan.budget
     bpt = plan.bytes_per_token
     slot_bytes = cap.bytes_per_block / cap.block_size
@@ -137,8 +185,8 @@ def simulate(spec, inputs: PlanInputs, arrivals: Trace | Callable[[], Iterable[A
         hash_block = options.hash_block
         replay = arrivals
     result = SimulationResult(plan, timing, options, description, cpu_blocks=cpu_blocks,
-                              usable_blocks=usable)
-    for name in options.allocators:
+                              usable_blocks=usable, config=cfg)
+    for name in names:
         if name == "paged":
             cache = PagedCache(usable, cap.block_size, budget_slots, options.prefix_caching,
                                cpu_blocks, hash_block)
@@ -151,10 +199,47 @@ def simulate(spec, inputs: PlanInputs, arrivals: Trace | Callable[[], Iterable[A
     return result
 
 
+def _replay(arrivals) -> tuple[Callable[[], Iterable[Arrival]], str]:
+    if isinstance(arrivals, Trace):
+        trace = arrivals
+        return (lambda: iter(trace.arrivals)), trace.description
+    return arrivals, "synthetic arrivals"
+
+
+def _simulate_llamacpp(plan: Plan, arrivals, options: Options,
+                       names: tuple[str, ...]) -> SimulationResult:
+    """llama-server's slots (:class:`.contiguous.SlotsCache`) on the caches llama.cpp allocates
+    for the plan (:func:`kvcalc.engines.llamacpp.allocate`, through ``kvcalc plan``)."""
+    if options.cpu_offload_bytes:
+        raise UsageError("--cpu-offload is a vLLM setting (llama.cpp has no CPU tier)")
+    inputs = plan.inputs
+    figures = plan.engine_figures
+    alloc = figures.alloc
+    sizes, cache = alloc.sizes, alloc.caches[0]
+    slots, cells = sizes.n_stream, cache.cells_per_stream
+    cell_bytes = cache.total_bytes // (slots * cells)      # bytes of one token of one slot
+    budget_slots = figures.kv_budget / cell_bytes
+    timing = step_time_model(inputs.gpu, figures.weights_bytes, cell_bytes,
+                             plan.params.active, options.step_overhead_s, options.step_time_s)
+    # llama-server's loop: every generating slot decodes one token, prompts fill the rest of
+    # the n_batch tokens of a batch; at most one request per slot; a slot's context is n_ctx_seq
+    cfg = Config(sizes.n_batch, slots, sizes.n_ctx_seq, options.timeline_interval_s,
+                 options.check)
+    replay, description = _replay(arrivals)
+    result = SimulationResult(plan, timing, options, description, usable_blocks=slots * cells,
+                              config=cfg)
+    for name in names:
+        totals = run(replay(), SlotsCache(slots, cells, budget_slots), cfg, timing)
+        result.runs[name] = AllocatorRun(name, totals, budget_slots, slots * cells)
+    return result
+
+
 def result_record(res: SimulationResult) -> dict:
     """The documented JSON of ``kvcalc simulate`` (docs/simulation.md)."""
     plan, inp = res.plan, res.plan.inputs
     first = next(iter(res.runs.values()))
+    if inp.engine == "llamacpp":
+        return _llamacpp_record(res, first)
     rec = {
         "model": None,
         "gpu": inp.gpu.name,
@@ -179,6 +264,39 @@ def result_record(res: SimulationResult) -> dict:
         "allocators": {name: run_record(r) for name, r in res.runs.items()},
     }
     return rec
+
+
+def _llamacpp_record(res: SimulationResult, first: AllocatorRun) -> dict:
+    plan, inp, cfg = res.plan, res.plan.inputs, res.config
+    figures = plan.engine_figures
+    z = figures.alloc.sizes
+    cache = figures.alloc.caches[0]
+    return {
+        "model": None,
+        "gpu": inp.gpu.name,
+        "engine": "llamacpp",
+        "workload": res.description,
+        "requests": first.totals.requests,
+        "completed": first.totals.completed,
+        "rejected": first.totals.rejected,
+        "kv_budget_bytes": figures.kv_budget,
+        "kv_allocated_bytes": figures.alloc.total_bytes,
+        "bytes_per_token": cache.total_bytes // (z.n_stream * cache.cells_per_stream),
+        "engine_version": figures.alloc.settings.version,
+        "version_band": plan.layout.band,
+        "slots": z.n_seq_max,
+        "n_ctx": z.n_ctx,
+        "n_ctx_seq": z.n_ctx_seq,
+        "cells_per_slot": cache.cells_per_stream,
+        "n_batch": z.n_batch,
+        "max_len": cfg.max_len,
+        "max_num_batched_tokens": cfg.max_num_batched_tokens,
+        "max_num_seqs": cfg.max_num_seqs,
+        "prefix_caching": False,
+        "cpu_offload_bytes": 0,
+        "step_time_model": res.timing.describe(),
+        "allocators": {name: run_record(r) for name, r in res.runs.items()},
+    }
 
 
 def run_record(r: AllocatorRun) -> dict:

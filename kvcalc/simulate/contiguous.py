@@ -20,6 +20,8 @@ from __future__ import annotations
 import bisect
 
 POLICIES = ("orca-max", "orca-pow2", "orca-oracle")
+#: llama.cpp's server slots (:class:`SlotsCache`)
+SLOTS = "llamacpp-slots"
 
 
 def reservation(policy: str, prompt: int, output: int, max_len: int) -> int:
@@ -167,3 +169,28 @@ class ContiguousCache:
         assert sum(min(r.reserve, r.final) for r in running) == self.keep_total
         for a, b, s in zip(self.starts, self.starts[1:], self.sizes):
             assert a + s < b, "holes overlap or touch"
+
+
+class SlotsCache(ContiguousCache):
+    """llama.cpp's server slots (``llama-server --parallel P``, unified KV cache off): P
+    streams of ``n_ctx_seq`` cells each, allocated at start-up (:mod:`kvcalc.engines.llamacpp`).
+
+    A request takes a whole idle slot when it starts and gives it back when it finishes: it
+    reserves ``n_ctx_seq`` cells, fills ``prompt + output - 1`` of them (token states and
+    reservation) and never the rest (internal fragmentation). Slots are interchangeable, so an
+    idle slot is free memory whichever slot it is: there is no external fragmentation inside
+    the allocation; the KV budget llama.cpp does not allocate is external fragmentation (it
+    never grows its cache). A prompt that fills the slot's context is rejected and generation
+    stops when the context is full (the scheduler's ``max_len`` is ``n_ctx_seq``).
+    """
+
+    def __init__(self, slots: int, slot_cells: int, budget_slots: float):
+        super().__init__("orca-max", slots * slot_cells, budget_slots, slot_cells)
+        self.name = SLOTS
+        self.slots = slots
+        self.slot_cells = slot_cells
+
+    def _free_split(self, head) -> tuple[int, int]:
+        # the holes are whole slots (first fit of equal ranges in P x n_ctx_seq cells): any
+        # idle slot serves the next request
+        return 0, self.n - self.reserved
