@@ -98,3 +98,52 @@ def test_three_engines_on_one_h100_as_docs_engines_md_says():
     assert plan("sglang")["sglang"]["max_total_num_tokens"] == 415_245
     t = plan("trtllm")["trtllm"]
     assert (t["blocks"], t["blocks"] * t["tokens_per_block"]) == (14_459, 462_688)
+
+
+def test_mamba_state_per_request_in_sglangs_dtypes():
+    """SGLang's ``mamba_cache_per_req`` (configs/mamba_utils.py): conv state bfloat16, SSM state
+    float32 (``mamba2_state_dtype``'s default; the model dtype and vLLM's mamba_ssm_cache_dtype do
+    not enter). SGLang's error text prints it: 'mamba_cache_per_req=73.69 MB' for Qwen3-Next."""
+    def per_request(model, tp=1):
+        layout = sglang_layout(load_spec(model)[1], tp=tp)
+        return sum(c.fixed_bytes for c in layout.layers)
+    # Qwen3-Next: 36 Gated DeltaNet layers x (conv 8192 x 3 x 2 B + 32 x 128 x 128 x 4 B)
+    assert per_request("qwen3-next-80b-a3b") == 36 * (8192 * 3 * 2 + 32 * 128 * 128 * 4)
+    assert f"{per_request('qwen3-next-80b-a3b') / (1 << 20):.2f}" == "73.69"
+    assert per_request("qwen3-next-80b-a3b", tp=2) == 38_633_472
+    # Nemotron-3-Nano: 23 Mamba-2 layers x (conv (64 x 64 + 2 x 8 x 128) x 3 x 2 B
+    # + 64 x 64 x 128 x 4 B)
+    assert per_request("nemotron-3-nano-30b") == 23 * (6144 * 3 * 2 + 64 * 64 * 128 * 4)
+
+
+@pytest.mark.parametrize("model,gpu,tp,fraction,expected", [
+    # (max_mamba_cache_size, max_total_num_tokens, max_running_requests) as SGLang 0.5.23's own
+    # _handle_max_mamba_cache / _resolve_memory_pool_config computed them for the same inputs
+    # (tests/sglang_diff, harness patch 6)
+    ("qwen3-next-80b-a3b", "h200", 2, None, (678, 2_373_358, 135)),
+    ("nemotron-3-nano-30b", "h100", 1, None, (69, 634_114, 13)),
+    ("nemotron-3-nano-30b", "h100", 1, "0.8", (41, 376_909, 8)),
+])
+def test_mamba_pool_equals_sglangs_code(model, gpu, tp, fraction, expected):
+    args = ["plan", "-m", model, "--engine", "sglang", "--gpu", gpu, "--tp", str(tp),
+            "--context-length", "32768", "-f", "json"]
+    if fraction:
+        args += ["--mem-fraction-static", fraction]
+    out = run(*args)
+    assert out.exit_code == 0, out.output
+    s = json.loads(out.output)["sglang"]
+    assert (s["max_mamba_cache_size"], s["max_total_num_tokens"],
+            s["max_running_requests"]) == expected
+    # running requests: at most max_mamba_cache_size // 5 (3 slots + 2 extra-buffer tracking)
+    assert s["max_running_requests"] == min(s["max_mamba_cache_size"] // 5,
+                                            s["max_total_num_tokens"] // 2)
+
+
+def test_mamba_hybrid_with_no_room_gets_sglangs_state_pool_error():
+    """Weights that leave nothing: SGLang raises from _handle_max_mamba_cache first."""
+    out = run("plan", "-m", "qwen3-next-80b-a3b", "--engine", "sglang", "--gpu", "h100",
+              "--context-length", "32768", "-f", "json")
+    s = json.loads(out.output)["sglang"]
+    assert s["error"].startswith("Not enough GPU memory for hybrid (mamba/linear-attention) "
+                                 "state cache. Computed max_mamba_cache_size=-545 "
+                                 "(total_rest_memory=-82.57 GB, mamba_cache_per_req=73.69 MB).")

@@ -31,7 +31,7 @@ from functools import lru_cache
 
 from .. import arch
 from ..arch import AttentionLayer, MLALayer, ModelSpec, StateLayer
-from ..dtypes import DTYPES, KVDtype, resolve_kv_dtype
+from ..dtypes import KVDtype, resolve_kv_dtype
 from ..errors import UsageError
 from ..units import GiB, MiB
 from . import Band, Engine, Setting, register
@@ -81,6 +81,11 @@ MAMBA_FULL_MEMORY_RATIO = 0.9
 #: Mamba state slots one running request holds (``_calculate_mamba_ratio``: 3, + 2 tracking
 #: slots of the extra buffer that the radix cache turns on by default)
 MAMBA_SLOTS_PER_REQUEST = 5
+#: Mamba state dtypes (``mamba2_state_dtype``, ``configs/mamba_utils.py``): the conv state is
+#: ``SGLANG_MAMBA_CONV_DTYPE`` (default bfloat16), the SSM / recurrent state float32 unless the
+#: config sets ``mamba_ssm_dtype`` or ``SGLANG_MAMBA_SSM_DTYPE`` / ``--mamba-ssm-dtype`` is given
+MAMBA_CONV_BYTES = 2
+MAMBA_SSM_BYTES = 4
 #: model types SGLang 0.5.23 runs with hybrid SWA pools (``is_hybrid_swa_model``: gpt-oss and
 #: Llama 4); Gemma 2/3, Mistral, Phi-3 keep one full-length pool for every layer
 HYBRID_SWA_MODEL_TYPES = ("gpt_oss", "llama4", "llama4_text")
@@ -224,16 +229,15 @@ def sglang_layout(spec: ModelSpec, kv_dtype: str = "auto", page_size: int = 1, t
                           for l in spec.layers):
         notes.append("SGLang 0.5.23 runs this model's sliding/chunked layers with one "
                      "full-length pool (hybrid SWA pools are for gpt-oss and Llama 4 only)")
-    model_float = DTYPES[spec.dtype].element_bytes if spec.dtype in DTYPES else 2
     out = []
     for i, layer in enumerate(spec.layers):
-        out.append(_layer(i, layer, dtype, page_size, tp, hybrid, model_float))
+        out.append(_layer(i, layer, dtype, page_size, tp, hybrid))
     return Layout(spec, "sglang", dtype, tuple(out), page_size, tp, version, band.name,
                   tuple(notes))
 
 
-def _layer(i: int, layer: arch.Layer, dtype: KVDtype, page: int, tp: int, hybrid: bool,
-           model_float: int) -> LayerCache:
+def _layer(i: int, layer: arch.Layer, dtype: KVDtype, page: int, tp: int,
+           hybrid: bool) -> LayerCache:
     if isinstance(layer, AttentionLayer):
         heads = sglang_kv_heads_per_gpu(layer.kv_heads, tp)
         bpt = attention_bytes_per_token(heads, layer.head_dim_k, layer.head_dim_v, dtype)
@@ -251,11 +255,13 @@ def _layer(i: int, layer: arch.Layer, dtype: KVDtype, page: int, tp: int, hybrid
         return LayerCache(i, layer.kind, mla_latent_bytes_per_token(layer, dtype) + extra,
                           KEEP_ALL, None, page, formula=text)
     if isinstance(layer, StateLayer):
-        ssm_b = DTYPES[layer.ssm_dtype].element_bytes if layer.ssm_dtype else model_float
-        fixed = state_bytes(layer, layer.conv_kernel - 1, model_float, ssm_b, tp)
+        # SGLang's own state dtypes (mamba2_state_dtype): conv bfloat16, SSM float32 unless the
+        # config names mamba_ssm_dtype; the model dtype and vLLM's mamba_ssm_cache_dtype do not
+        # enter
+        fixed = state_bytes(layer, layer.conv_kernel - 1, MAMBA_CONV_BYTES, MAMBA_SSM_BYTES, tp)
         return LayerCache(i, layer.kind, 0, KEEP_NONE, fixed_bytes=fixed, mixer=layer.mixer,
-                          formula=state_formula(layer, layer.conv_kernel - 1, model_float,
-                                                ssm_b, tp))
+                          formula=state_formula(layer, layer.conv_kernel - 1, MAMBA_CONV_BYTES,
+                                                MAMBA_SSM_BYTES, tp))
     return LayerCache(i, layer.kind, 0, KEEP_NONE, formula=no_cache_formula(layer))
 
 
@@ -457,6 +463,16 @@ def no_memory_error(mfs: float, free_before: int, free_after: int) -> str:
             f"speculative decoding, draft weights are now counted.")
 
 
+def mamba_no_memory_error(size: int, rest_gb: float, per_request: int) -> str:
+    """SGLang's RuntimeError (``_handle_max_mamba_cache``) when the state pool would get no slot:
+    raised before the KV-cache check, so Mamba hybrids whose weights leave nothing see this."""
+    return (f"Not enough GPU memory for hybrid (mamba/linear-attention) state cache. "
+            f"Computed max_mamba_cache_size={size} (total_rest_memory={rest_gb:.2f} GB, "
+            f"mamba_cache_per_req={per_request / MiB:.2f} MB). Try: (1) reduce "
+            f"--max-running-requests, (2) increase --mem-fraction-static, (3) reduce "
+            f"--speculative-num-draft-tokens, or (4) use GPUs with more memory.")
+
+
 def default_backend(capability: tuple[int, int] | None) -> tuple[str, int]:
     """SGLang's default attention backend and page size for a GPU generation."""
     if capability is None:
@@ -492,17 +508,23 @@ def sglang_capacity(layout: Layout, *, free_before: int, weights: int, context_l
         rest = available_override / SGLANG_GB
     mamba_size = None
     per_req = sum(c.fixed_bytes for c in layout.layers if c.keep == KEEP_NONE)
+    error = None
     if per_req:
-        mamba_size, rest = sglang_mamba_pool(rest, per_req, settings.mamba_full_memory_ratio)
+        rest_before = rest
         if settings.max_mamba_cache_size is not None:
             mamba_size = settings.max_mamba_cache_size
-    if rest <= 0:
+            rest -= (mamba_size + 1) * per_req / SGLANG_GB
+        else:
+            mamba_size, rest = sglang_mamba_pool(rest, per_req, settings.mamba_full_memory_ratio)
+        if mamba_size <= 0:
+            error = mamba_no_memory_error(mamba_size, rest_before, per_req)
+    if rest <= 0 or error:
         notes = () if free_after > 0 else (
             f"the weights ({weights / GiB:,.2f} GiB per GPU) exceed the free memory "
             f"({free_before / GiB:,.2f} GiB): SGLang runs out of memory loading them, before "
             f"it sizes the pool (more GPUs: --tp)",)
         return SglangCapacity(available_bytes=0, max_total_num_tokens=0,
-                              max_running_requests=0, error=no_memory_error(
+                              max_running_requests=0, error=error or no_memory_error(
                                   mfs, free_before, free_after), notes=notes, **common)
     available = int(rest * SGLANG_GB)
     swa_tokens = None

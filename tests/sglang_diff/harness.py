@@ -8,7 +8,8 @@ imports). Reads a JSON list of cases on stdin, prints one JSON object per case o
      "mem_fraction_static": null, "gpu_mem_mib": 81559, "free_before": 84416331776,
      "weights": 16060522496, "context_length": 8192}
  -> {"mem_fraction_static": 0.835, "max_total_num_tokens": ..., "max_running_requests": ...,
-     "swa_max_total_num_tokens": null, "chunked_prefill_size": 8192, "page_size": 1}
+     "swa_max_total_num_tokens": null, "max_mamba_cache_size": null,
+     "chunked_prefill_size": 8192, "page_size": 1}
 
 SGLang's code runs unchanged: ``ServerArgs.resolve_once`` (``handle_gpu_memory_settings`` and
 every other resolution hook), ``ModelConfig.from_server_args``, ``resolve_layer_indices``,
@@ -31,6 +32,13 @@ every other resolution hook), ``ModelConfig.from_server_args``, ``resolve_layer_
 5. ``quantization_config`` is dropped from the config SGLang reads: the weights per GPU are given
    as a number (``weights``), and some methods (gpt-oss's mxfp4) register only on a CUDA
    platform; the KV pool does not depend on the weights' format.
+6. ``_platform_supports_mamba_cache_extra_buffer`` (``arg_groups/mamba_hook.py``): for Mamba
+   hybrids (Qwen3-Next, Nemotron-H) SGLang turns on the radix cache's "extra_buffer" strategy and
+   asserts that the platform can snapshot Mamba states; it answers True for CUDA (and ROCm, NPU,
+   XPU, MUSA) and False for the CPU platform, so SGLang refuses the model on a CPU ("extra_buffer
+   requires platform support for Mamba cache state snapshots"). Here it answers as on CUDA. The
+   strategy is what sizes the state pool (2 tracking slots per request on top of 3, in
+   ``_calculate_mamba_ratio``), so answering it as CUDA does is what a GPU run resolves.
 
 Models the KV pool does depend on are SGLang's own decisions: ``ModelConfig.is_hybrid_swa``,
 ``resolve_sliding_window_size`` and ``resolve_layer_indices`` (the SWA / full layer ids).
@@ -83,6 +91,7 @@ for _name in ("torchvision", "torchvision.transforms", "torchvision.transforms.f
 
 import torch  # noqa: E402
 
+import sglang.srt.arg_groups.mamba_hook as mamba_hook  # noqa: E402
 import sglang.srt.arg_groups.memory_hook as memory_hook  # noqa: E402
 import sglang.srt.mem_cache.kv_cache_configurator as kcc  # noqa: E402
 from sglang.srt.arg_groups.overrides import resolution_result  # noqa: E402
@@ -93,7 +102,7 @@ from sglang.srt.model_executor.model_runner_components.load_model_utils import (
     resolve_sliding_window_size)
 from sglang.srt.model_executor.model_runner_components.spec_aux_hidden_state import (  # noqa: E402
     SpecAuxHiddenStateConfig)
-from sglang.srt.runtime_context import get_context, get_parallel  # noqa: E402
+from sglang.srt.runtime_context import get_context, get_parallel, get_schedule  # noqa: E402
 from sglang.srt.server_args import ServerArgs  # noqa: E402
 from sglang.srt.speculative.spec_info import SpeculativeAlgorithm  # noqa: E402
 
@@ -118,6 +127,7 @@ def _run(case: dict, model_dir: str) -> dict:
     memory_hook.get_device_memory_capacity = lambda device=None: gpu_mib           # patch 1
     free_after = (case["free_before"] - case["weights"]) / GiB
     kcc.get_available_gpu_memory = lambda *args, **kwargs: free_after              # patch 2
+    mamba_hook._platform_supports_mamba_cache_extra_buffer = lambda: True          # patch 6
     sa = ServerArgs(model_path=model_dir, tp_size=case["tp"], device="cuda",
                     skip_tokenizer_init=True, kv_cache_dtype=case["kv_cache_dtype"],
                     mem_fraction_static=case["mem_fraction_static"],
@@ -152,7 +162,9 @@ def _run(case: dict, model_dir: str) -> dict:
         return out
     out.update(max_total_num_tokens=cfg.max_total_num_tokens,
                max_running_requests=cfg.max_running_requests,
-               swa_max_total_num_tokens=cfg.swa_max_total_num_tokens)
+               swa_max_total_num_tokens=cfg.swa_max_total_num_tokens,
+               max_mamba_cache_size=(get_schedule().max_mamba_cache_size
+                                     if kvc.mambaish_config is not None else None))
     return out
 
 

@@ -42,7 +42,12 @@ MODELS = {
     "mistral-7b-v0.1": "mistralai__Mistral-7B-v0.1.json",
     "deepseek-v3": "deepseek-ai__DeepSeek-V3.json",
     "gpt-oss-120b": "openai__gpt-oss-120b.json",     # hybrid SWA: full and SWA pools
+    # Mamba hybrids: the state pool first (max_mamba_cache_size), then the attention layers'
+    # tokens; runs with harness.py's patch 6 (SGLang's CPU platform refuses Mamba snapshots)
+    "qwen3-next-80b-a3b": "Qwen__Qwen3-Next-80B-A3B-Thinking.json",            # Gated DeltaNet
+    "nemotron-3-nano-30b": "nvidia__NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.json",  # Mamba-2
 }
+MAMBA_HYBRIDS = ("qwen3-next-80b-a3b", "nemotron-3-nano-30b")
 GPUS = ("h100", "h200", "a100-40gb")
 TPS = (1, 2, 4, 8)
 KV_DTYPES = ("auto", "fp8_e4m3")
@@ -113,8 +118,11 @@ def test_kvcalc_equals_sglang(model, gpu, tp, kv, fraction):
     assert ours["max_total_num_tokens"] == theirs["max_total_num_tokens"]
     assert ours["max_running_requests"] == theirs["max_running_requests"]
     assert ours["swa_max_total_num_tokens"] == theirs["swa_max_total_num_tokens"]
+    assert ours["max_mamba_cache_size"] == theirs["max_mamba_cache_size"]
     if model == "gpt-oss-120b":
         assert ours["swa_max_total_num_tokens"] is not None
+    if model in MAMBA_HYBRIDS:
+        assert ours["max_mamba_cache_size"] > 0
 
 
 @needs_sglang
@@ -123,3 +131,7 @@ def test_the_grid_covers_fits_and_errors():
     results = sglang_results().values()
     assert sum("error" in r for r in results) >= 5
     assert sum("error" not in r for r in results) >= 100
+    mamba = [r for key, r in sglang_results().items() if key[0] in MAMBA_HYBRIDS]
+    assert sum(r.get("max_mamba_cache_size") is not None for r in mamba) >= 40
+    # weights that leave nothing: SGLang's state-pool error comes before the KV-cache one
+    assert any(r.get("error", "").startswith("Not enough GPU memory for hybrid") for r in mamba)
