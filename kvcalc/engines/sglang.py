@@ -100,8 +100,14 @@ SGLANG_GB = GiB
 #: When no measurement is given: the free memory SGLang sees before loading weights is the
 #: runtime total less the CUDA context (and NCCL's buffers with several GPUs). Real SGLang
 #: logs on an H100 80GB (runtime total 79.19 GiB) print "Load weight begin. avail mem=78.60 GB"
-#: at tp 1 (sgl-project/sglang#16526 and others, docs/engines.md section 4.2).
+#: at tp 1 (sgl-project/sglang#16526 and others, docs/engines.md section 3.8); other H100 tp-1
+#: logs print 78.43-78.81 GB, so 600 MiB is a typical value, not a constant of SGLang's.
 CUDA_CONTEXT_BYTES = 600 * MiB
+#: ASSUMPTION, not sourced: 400 MiB more per GPU when tp x pp > 1 (NCCL communicators). The one
+#: multi-GPU log found, sgl-project/sglang#17680 (2 x A100 80GB PCIe, tp 2, SGLang 0.5.8), prints
+#: "Load weight begin. avail mem=78.77 GB" on both ranks, 0.48 GiB under the 79.25 GiB runtime
+#: total: there NCCL had taken nothing yet. kvcalc keeps the allowance (fewer tokens, not more);
+#: give --free-memory from the "avail mem" line of a real log to replace both terms.
 NCCL_BYTES = 400 * MiB
 
 

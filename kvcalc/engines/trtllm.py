@@ -40,10 +40,17 @@ TOKENS_PER_BLOCK_OLD_ENGINES = 64
 #: K and V (``kv_factor``); MLA caches one latent (kv_factor 1)
 KV_FACTOR = 2
 MLA_KV_FACTOR = 1
-#: ``max_num_tokens`` default of the LLM API (the profiling run's batch)
+#: ``max_num_tokens`` default (the profiling run's batch): 8192 in the LLM API
+#: (``tensorrt_llm/llmapi/llm_args.py``) and in trtllm-bench ("the default max_batch_size and
+#: max_num_tokens values of 2048 and 8192", docs/source/performance/perf-benchmarking.md); the
+#: DGX Spark 1.1.0rc3 log in tests/test_trtllm.py prints "max_num_tokens=8192"
 MAX_NUM_TOKENS = 8192
-#: the CUDA context TensorRT-LLM's process holds before it measures free memory (kvcalc's
-#: assumption, as for SGLang: docs/engines.md)
+#: ASSUMPTION, no TensorRT-LLM log sources it: the memory the process holds before the weights
+#: load (CUDA context), taken as the 600 MiB SGLang's logs show on an H100 (sglang.py). TensorRT-
+#: LLM measures its budget after loading and profiling ("available: X GiB" on the engine path,
+#: "Peak memory during memory usage profiling" on the PyTorch backend); give that figure with
+#: --kv-budget (the pool is then fraction x budget), or --free-memory / --weights-memory /
+#: --overhead for the terms
 CUDA_CONTEXT_BYTES = 600 * MiB
 
 
