@@ -11,7 +11,7 @@ import time
 
 from kvcalc.hardware import load_catalog
 from kvcalc.model import load_spec
-from kvcalc.plan import PlanInputs, make_plan
+from kvcalc.planning import PlanInputs, make_plan
 from kvcalc.workload import fixed
 
 TARGET_S = 1.0

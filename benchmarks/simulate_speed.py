@@ -21,7 +21,7 @@ import time
 
 from kvcalc.hardware import resolve_gpu
 from kvcalc.model import load_spec
-from kvcalc.plan import PlanInputs
+from kvcalc.planning import PlanInputs
 from kvcalc.simulate import Options, simulate
 from kvcalc.simulate.requests import load_trace, synthetic
 

@@ -1,4 +1,4 @@
-"""The public Python API: resolve a model, estimate its KV cache.
+"""The public Python API: resolve a model, estimate its KV cache, plan a deployment.
 
 Keyword arguments are named like the CLI options (``--seq`` -> ``seq``, ``--kv-dtype`` ->
 ``kv_dtype``, ``--hf-version`` -> ``hf_version``); results are frozen objects whose fields are
@@ -10,6 +10,8 @@ Nothing here imports torch or transformers.
 >>> import kvcalc
 >>> kvcalc.estimate("llama-7b", seq=4096).bytes_per_sequence
 2147483648
+>>> kvcalc.plan("llama-3.1-8b", gpu="h100", max_len="8k").vllm["num_gpu_blocks"]
+26610
 """
 
 from __future__ import annotations
@@ -76,6 +78,16 @@ def _frozen(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_frozen(v) for v in value)
     return value
+
+
+class PlanResult(Result):
+    """One ``kvcalc plan``: the fields of ``kvcalc plan --format json`` (``budget``,
+    ``bytes_per_token``, ``num_blocks``, ``max_concurrency``, ``vllm`` / ``sglang`` /
+    ``trtllm`` / ``llamacpp``, ``workload``, ``fits``, ``does_not_fit``, ``sizing`` …)."""
+
+    __slots__ = ()
+    _repr_keys = ("model", "gpu", "num_gpus", "kv_dtype", "max_len", "bytes_per_token",
+                  "num_blocks", "max_concurrency", "fits")
 
 
 class EstimateResult(Result):
@@ -187,3 +199,270 @@ def estimate_sweep(model: Any, *, seqs: Sequence[int], batches: Sequence[int] = 
     S1,S2 --batch B1,B2`` lists them; the model is resolved once."""
     m = resolve(model, revision=options.pop("revision", None))
     return [estimate(m, seq=s, batch=b, **options) for s in seqs for b in batches]
+
+
+# ------------------------------------------------------------------------------------- plan
+
+#: keyword -> flag of the settings only some planning engines take (SGLang, TensorRT-LLM; each
+#: engine lists the flags it takes in ``plan_options``)
+ENGINE_PLAN_OPTIONS = {
+    "mem_fraction_static": "--mem-fraction-static",
+    "max_running_requests": "--max-running-requests",
+    "max_total_tokens": "--max-total-tokens",
+    "chunked_prefill_size": "--chunked-prefill-size",
+    "cuda_graph_max_bs": "--cuda-graph-max-bs",
+    "disable_cuda_graph": "--disable-cuda-graph",
+    "free_memory": "--free-memory",
+    "free_gpu_memory_fraction": "--free-gpu-memory-fraction",
+    "max_tokens": "--max-tokens",
+    "max_gpu_total_bytes": "--max-gpu-total-bytes",
+    "host_cache_size": "--host-cache-size",
+}
+#: byte-size keywords: an int, or a size such as "3GiB"
+_BYTE_OPTIONS = ("overhead", "weights_memory", "activation_memory", "non_torch_memory",
+                 "cuda_graph_memory", "kv_budget", "free_memory", "max_gpu_total_bytes",
+                 "host_cache_size")
+
+
+@dataclass(frozen=True)
+class PlanRun:
+    """What one plan computed: the result, and the domain objects the CLI's table draws from."""
+
+    result: PlanResult
+    plan: Any            # kvcalc.planning.Plan
+    model: Model
+
+
+def plan(model: Any, **options: Any) -> PlanResult:
+    """GPU sizing, as ``kvcalc plan --format json``: budget, KV capacity, the engine's own
+    start-up figures, contiguous versus paged concurrency, and (with ``target_concurrency`` /
+    ``solve_max_len``) the smallest deployment or the largest context.
+
+    Keywords are the CLI options' names: ``gpu`` ("h100", a catalog name or a size such as
+    "48GiB"), ``tp``, ``pp``, ``replicas``, ``max_len`` (an int or "32k"), ``engine``
+    ("vllm", "sglang", "trtllm", "llamacpp", "ollama"), ``kv_dtype``, ``block_size``,
+    ``gpu_util``, ``weights_dtype``, the memory overrides (``overhead``, ``weights_memory``,
+    ``activation_memory``, ``non_torch_memory``, ``cuda_graph_memory``, ``kv_budget``: an int
+    of bytes or a size such as "3GiB"), vLLM's settings (``max_batched_tokens``,
+    ``max_num_seqs``, ``async_scheduling``, ``disable_hybrid_kv_cache_manager``,
+    ``num_gpu_blocks_override``, ``vllm_version``, ``enable_prefix_caching``,
+    ``num_speculative_tokens``, ``allow_chunked_local_hybrid``), SGLang's and TensorRT-LLM's
+    (``mem_fraction_static``, ``free_memory``, ``free_gpu_memory_fraction``, ``max_tokens`` …),
+    llama.cpp's and Ollama's (``ctx_size``, ``parallel``, ``num_ctx`` …), the workload
+    (``prompt_len`` + ``output_len``, or ``dist`` + ``mean`` + ``std`` [+ ``samples``,
+    ``seed``], or ``trace``) and the solvers (``target_concurrency``, ``solve_max_len``).
+    A plan that does not fit is a result with ``fits`` False and a ``does_not_fit`` object
+    (the CLI exits 3), not an exception."""
+    return run_plan(model, **options).result
+
+
+def run_plan(model: Any, *, gpu: Any = "h100", tp: int = 1, pp: int = 1, replicas: int = 1,
+             max_len: Any = None, engine: str = "vllm", kv_dtype: str = "auto",
+             block_size: int | None = None, gpu_util: float | None = None,
+             weights_dtype: str = "auto", overhead: Any = None, weights_memory: Any = None,
+             activation_memory: Any = None, non_torch_memory: Any = None,
+             cuda_graph_memory: Any = None, kv_budget: Any = None,
+             max_batched_tokens: int | None = None, max_num_seqs: int | None = None,
+             async_scheduling: bool = True, disable_hybrid_kv_cache_manager: bool = False,
+             num_gpu_blocks_override: int | None = None, vllm_version: str | None = None,
+             enable_prefix_caching: bool = True, num_speculative_tokens: int = 0,
+             allow_chunked_local_hybrid: bool | None = None, prompt_len: Any = None,
+             output_len: Any = None, dist: str | None = None, mean: float | None = None,
+             std: float | None = None, samples: int | None = None, seed: int = 0,
+             trace: Any = None, target_concurrency: int | None = None,
+             solve_max_len: int | None = None, revision: str | None = None,
+             **engine_options: Any) -> PlanRun:
+    """:func:`plan`, keeping the domain objects (the CLI draws its tables from them)."""
+    given = {k: v for k, v in locals().items() if k != "model"}
+    from .planning import make_plan, smallest_deployment, solve_max_len as _solve_max_len
+    from .reports import plan_record, shortfall_record, sizing_record
+
+    m, inp, workload, warnings = _plan_setup(model, given)
+    if target_concurrency is not None or solve_max_len is not None:
+        if type(get_engine(engine)).plan_figures is not _base_plan_figures():
+            raise UsageError(f"--target-concurrency and --solve-max-len solve with vLLM's "
+                             f"rules; --engine {engine} does not take them (use --engine vllm)")
+    result = make_plan(m.spec, inp, workload)
+    record = plan_record(result, m.resolved)
+    warnings += list(result.warnings)
+    if not result.fits:
+        record["does_not_fit"] = shortfall_record(result, m.spec, inp)
+    if target_concurrency is not None:
+        sizing = smallest_deployment(m.spec, inp, target_concurrency)
+        record["sizing"] = sizing_record(sizing, target_concurrency, inp)
+    if solve_max_len is not None:
+        if solve_max_len > inp.num_seqs():
+            warnings.append(f"--solve-max-len {solve_max_len:,} exceeds max_num_seqs "
+                            f"({inp.num_seqs():,}): vLLM never runs that many at once "
+                            "(--max-num-seqs)")
+        limit = max(inp.max_len, m.spec.max_position_embeddings or inp.max_len)
+        record["max_len_for_concurrency"] = {
+            "concurrency": solve_max_len,
+            "max_len": _solve_max_len(m.spec, inp, solve_max_len, limit)}
+    record["warnings"] = list(dict.fromkeys(warnings))
+    return PlanRun(PlanResult(record), result, m)
+
+
+def compare_gpus(model: Any, **options: Any) -> list[Result]:
+    """``kvcalc plan --compare-gpus``: the plan on every catalog GPU, one result per GPU (best
+    first; with ``target_concurrency``, the fewest GPUs that serve it). Takes :func:`plan`'s
+    keywords; warnings are issued with :func:`warnings.warn` (the rows are the JSON list)."""
+    run = run_compare(model, **options)
+    import warnings as _warnings
+    for message in run.warnings:
+        _warnings.warn(message, stacklevel=2)
+    return [Result(row) for row in run.rows]
+
+
+@dataclass(frozen=True)
+class CompareRun:
+    """What :func:`compare_gpus` computed: the JSON rows, the warnings, and the inputs."""
+
+    rows: list[dict[str, Any]]
+    warnings: list[str]
+    inputs: Any          # kvcalc.planning.PlanInputs (on the first catalog GPU's terms)
+    model: Model
+
+
+def run_compare(model: Any, **options: Any) -> CompareRun:
+    """:func:`compare_gpus` as plain rows, for the CLI."""
+    from .reports import compare_records
+
+    target = options.pop("target_concurrency", None)
+    if options.pop("solve_max_len", None) is not None:
+        raise UsageError("--solve-max-len does not combine with --compare-gpus")
+    m, inp, workload, warnings = _plan_setup(model, {**_plan_defaults(), **options,
+                                                     "target_concurrency": target})
+    return CompareRun(compare_records(m.spec, inp, workload, target), warnings, inp, m)
+
+
+def _base_plan_figures():
+    from .engines import Engine
+    return Engine.plan_figures
+
+
+def _plan_defaults() -> dict[str, Any]:
+    import inspect
+    sig = inspect.signature(run_plan)
+    return {k: p.default for k, p in sig.parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _plan_setup(model: Any, o: dict[str, Any]):
+    """Resolve the model, check and convert the options, and build the plan's inputs and
+    workload. Returns (model, PlanInputs, Workload, warnings)."""
+    from .engines import ALLOCATION_OPTIONS
+    from .hardware import resolve_gpu
+    from .params import default_weights_dtype, weights_dtype_bytes
+    from .planning import DEFAULT_GPU_UTIL, PlanInputs
+    from .units import parse_bytes, parse_tokens
+    from .workload import DEFAULT_SAMPLES, choose_workload
+
+    o = dict(o)
+    extra = dict(o.pop("engine_options", None) or {})
+    for key in [k for k in o if k not in _plan_defaults()]:
+        extra[key] = o.pop(key)     # compare_gpus passes everything as one mapping
+    for name in ("target_concurrency", "solve_max_len"):
+        value = o.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise UsageError(f"invalid --{name.replace('_', '-')} {value}: must be at least 1")
+    m = resolve(model, revision=o["revision"])
+    warnings = list(m.spec.warnings)
+    runtime = get_engine(o["engine"])
+    for key in _BYTE_OPTIONS:
+        for where in (o, extra):
+            if isinstance(where.get(key), str):
+                where[key] = parse_bytes(where[key], f"--{key.replace('_', '-')}")
+    for key in ("max_len", "prompt_len", "output_len"):
+        if isinstance(o.get(key), str):
+            o[key] = parse_tokens(o[key], key.replace("_", " "))
+    if isinstance(extra.get("ctx_size"), str):
+        extra["ctx_size"] = parse_tokens(extra["ctx_size"], "ctx size")
+    if isinstance(extra.get("num_ctx"), str):
+        extra["num_ctx"] = parse_tokens(extra["num_ctx"], "num ctx")
+    own: dict[str, Any] = {}    # llama-server's and Ollama's settings
+    options: dict[str, Any] = {}
+    for key, value in extra.items():
+        if value is None:
+            continue
+        owner = ALLOCATION_OPTIONS.get(key)
+        if owner is not None:
+            if owner != runtime.name:
+                raise UsageError(f"--{key.replace('_', '-')} is a setting of --engine {owner}, "
+                                 f"not {runtime.name}")
+            own[key] = value
+        elif key in ENGINE_PLAN_OPTIONS:
+            options[key] = value
+        else:
+            raise UsageError(f"unknown plan option {key!r}")
+    max_len = o["max_len"]
+    if max_len is None:
+        max_len = (runtime.plan_max_len(m.spec, own) or m.spec.max_position_embeddings or 4096)
+    kv_dtype = runtime.plan_kv_dtype(own) or str(o["kv_dtype"]).lower()
+    wdtype = o["weights_dtype"]
+    wdtype = (runtime.served_dtype(default_weights_dtype(m.spec)) if wdtype == "auto"
+              else wdtype)
+    weights_dtype_bytes(wdtype)
+    engine_options = _engine_options(runtime, {ENGINE_PLAN_OPTIONS[k]: (k, v)
+                                               for k, v in options.items()})
+    engine_options += _engine_options(runtime, {f"--{k.replace('_', '-')}": (k, v)
+                                                for k, v in own.items()})
+    gpu_util = DEFAULT_GPU_UTIL if o["gpu_util"] is None else o["gpu_util"]
+    inp = PlanInputs(
+        gpu=resolve_gpu(o["gpu"]), tp=o["tp"], pp=o["pp"], replicas=o["replicas"],
+        gpu_util=gpu_util, weights_dtype=wdtype, kv_dtype=kv_dtype,
+        block_size=o["block_size"], max_len=max_len,
+        max_batched_tokens=o["max_batched_tokens"], max_num_seqs=o["max_num_seqs"],
+        overhead=o["overhead"], cuda_graph=o["cuda_graph_memory"],
+        activation=o["activation_memory"], non_torch=o["non_torch_memory"],
+        weights=o["weights_memory"], kv_budget=o["kv_budget"], version=o["vllm_version"],
+        engine=o["engine"], async_scheduling=o["async_scheduling"],
+        disable_hybrid=o["disable_hybrid_kv_cache_manager"],
+        num_blocks_override=o["num_gpu_blocks_override"],
+        prefix_caching=o["enable_prefix_caching"],
+        speculative_tokens=o["num_speculative_tokens"],
+        chunked_local_hybrid=o["allow_chunked_local_hybrid"],
+        free_memory=options.get("free_memory"), engine_options=engine_options)
+    if type(runtime).plan_figures is not _base_plan_figures():
+        vllm_only = [flag for flag, given in (
+            ("--gpu-util", o["gpu_util"] is not None and gpu_util != DEFAULT_GPU_UTIL),
+            ("--max-batched-tokens", o["max_batched_tokens"] is not None),
+            ("--max-num-seqs", o["max_num_seqs"] is not None),
+            ("--cuda-graph-memory", o["cuda_graph_memory"] is not None),
+            ("--activation-memory", o["activation_memory"] is not None),
+            ("--non-torch-memory", o["non_torch_memory"] is not None),
+            ("--num-gpu-blocks-override", o["num_gpu_blocks_override"] is not None)) if given]
+        if vllm_only:
+            warnings.append(f"{', '.join(vllm_only)}: vLLM setting(s), not used by --engine "
+                            f"{o['engine']} (docs/engines.md)")
+    workload, clipped = choose_workload(
+        max_len, o["prompt_len"], o["output_len"], o["dist"], o["mean"], o["std"],
+        DEFAULT_SAMPLES if o["samples"] is None else o["samples"], o["seed"], o["trace"])
+    return m, inp, workload, warnings + clipped
+
+
+def _engine_options(runtime: Any, given: dict) -> tuple:
+    """The engine-only options given, as (setting name, value) pairs; one the engine does not
+    take is an error naming the engine that does."""
+    from .engines import engines
+
+    out = []
+    for flag, (name, value) in given.items():
+        if value is None:
+            continue
+        if flag not in runtime.plan_options:
+            owners = [e.display_name for e in engines() if flag in e.plan_options]
+            raise UsageError(f"{flag} is a setting of {' / '.join(owners) or 'another engine'}; "
+                             f"--engine {runtime.name} does not take it")
+        out.append((name, value))
+    for name, value in out:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            bad = (not 0 < value <= 1) if isinstance(value, float) else value < 1 \
+                if name != "free_memory" else value <= 0
+            if bad:
+                rule = "in (0, 1]" if isinstance(value, float) else "positive"
+                raise UsageError(f"invalid --{name.replace('_', '-')} {value}: must be {rule}")
+    return tuple(out)
+
+

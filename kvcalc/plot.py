@@ -6,11 +6,11 @@ and then draws those rows:
 
 - ``memory``: :func:`kvcalc.memory.estimate` per context length (bytes for ``batch`` sequences,
   ``bytes_total`` as ``estimate`` prints it) and, with ``--gpu``, the per-GPU KV budget of
-  :func:`kvcalc.plan.compute_budgets` (``plan``'s "= KV budget per GPU");
-- ``concurrency``: :func:`kvcalc.plan.make_plan` per ``--max-len``: its contiguous and paged
+  :func:`kvcalc.planning.compute_budgets` (``plan``'s "= KV budget per GPU");
+- ``concurrency``: :func:`kvcalc.planning.make_plan` per ``--max-len``: its contiguous and paged
   maximum concurrent sequences for the workload (``plan``'s workload table) and vLLM's
   "Maximum concurrency for L tokens per request";
-- ``waste``: :func:`kvcalc.plan.make_plan`'s :class:`~kvcalc.workload.AllocatorResult` for
+- ``waste``: :func:`kvcalc.planning.make_plan`'s :class:`~kvcalc.workload.AllocatorResult` for
   contiguous and paged: token states, reservation waste (contiguous), internal fragmentation
   (paged), free;
 - ``timing``: the ``runs`` of a ``kvcalc verify`` JSON report, as measured.
@@ -113,7 +113,7 @@ class PlanOptions:
 
     def inputs(self, spec: ModelSpec, gpu: GpuSpec, kv_dtype: str, max_len: int):
         from .params import default_weights_dtype, weights_dtype_bytes
-        from .plan import DEFAULT_GPU_UTIL, PlanInputs
+        from .planning import DEFAULT_GPU_UTIL, PlanInputs
 
         wdtype = default_weights_dtype(spec) if self.weights_dtype == "auto" else self.weights_dtype
         weights_dtype_bytes(wdtype)  # validates
@@ -304,9 +304,9 @@ def memory_chart(models: list[ModelInput], *, engines: list[str], kv_dtypes: lis
 def gpu_kv_budget(spec: ModelSpec, gpu: GpuSpec, plan: PlanOptions, kv_dtype: str,
                   max_len: int) -> int:
     """``plan``'s "= KV budget per GPU" for ``spec`` on ``gpu`` (first pipeline stage; the
-    planner's :func:`~kvcalc.plan.compute_budgets`, nothing recomputed here)."""
+    planner's :func:`~kvcalc.planning.compute_budgets`, nothing recomputed here)."""
     from .params import count_parameters
-    from .plan import compute_budgets, validate
+    from .planning import compute_budgets, validate
 
     inp = plan.inputs(spec, gpu, kv_dtype, max_len)
     validate(spec, inp)
@@ -319,7 +319,7 @@ def gpu_kv_budget(spec: ModelSpec, gpu: GpuSpec, plan: PlanOptions, kv_dtype: st
 
 def _plan_point(m: ModelInput, gpu: GpuSpec, dtype: str, max_len: int, plan: PlanOptions,
                 workload: WorkloadOptions):
-    from .plan import make_plan
+    from .planning import make_plan
 
     wl, clipped = workload.build(max_len)
     return make_plan(m.spec, plan.inputs(m.spec, gpu, dtype, max_len), wl), clipped

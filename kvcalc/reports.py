@@ -5,14 +5,19 @@ Numbers stay raw integers (bytes, tokens); human-readable forms sit next to them
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .arch import ModelSpec
 from .engines import get_engine
 from .engines.cache import Layout
 from .memory import Estimate, formula
 from .sources import ResolvedModel
-from .units import format_bytes
+from .engines.vllm import vllm_error_message
+from .units import GiB, format_bytes
+
+if TYPE_CHECKING:
+    from .planning import Plan, PlanInputs, Sizing
+    from .workload import Workload
 
 
 def source_record(resolved: ResolvedModel) -> dict[str, Any]:
@@ -84,3 +89,195 @@ def estimate_record(est: Estimate, resolved: ResolvedModel, warnings: list[str])
         "notes": list(spec.notes) + list(layout.notes),
         "warnings": list(spec.warnings) + warnings,
     }
+
+
+# ---------------------------------------------------------------------------------- plan
+
+def plan_record(p: Plan, resolved: ResolvedModel) -> dict[str, Any]:
+    """The documented JSON contract of ``kvcalc plan`` (docs/planning.md)."""
+    b, inp, cap = p.budget, p.inputs, p.vllm
+    c, g = p.contiguous, p.paged
+    record = _plan_record(p, resolved, b, inp, cap, c, g)
+    figures = p.engine_figures
+    if figures is not None:
+        record["engine"] = inp.engine
+        record[figures.key] = figures.record()
+        record["block_size"] = p.layout.block_size
+    return record
+
+
+def _plan_record(p: Plan, resolved, b, inp: PlanInputs, cap, c, g) -> dict:
+    """The record every engine shares."""
+    return {
+        "model": resolved.name,
+        "source": source_record(resolved),
+        "gpu": inp.gpu.name,
+        "gpu_memory_bytes": inp.gpu.memory_bytes,
+        "num_gpus": p.num_gpus,
+        "tp": inp.tp,
+        "pp": inp.pp,
+        "replicas": inp.replicas,
+        "kv_dtype": p.layout.kv_dtype.name,
+        "weights_dtype": inp.weights_dtype,
+        "parameters": p.params.total,
+        "active_parameters": p.params.active,
+        "max_len": inp.max_len,
+        "budget": {
+            "total_bytes": b.total_bytes,
+            "utilization": b.utilization,
+            "requested_bytes": b.requested_bytes,
+            "weights_bytes": b.weights_bytes,
+            "activation_bytes": b.activation_bytes,
+            "non_torch_bytes": b.non_torch_bytes,
+            "cuda_graph_bytes": b.cuda_graph_bytes,
+            "overhead_bytes": b.overhead_bytes,
+            "kv_bytes": b.kv_bytes,
+            "source": b.source,
+            "per_stage_kv_bytes": [s.kv_bytes for s in p.budgets],
+        },
+        "human": {
+            "gpu_memory": format_bytes(inp.gpu.memory_bytes),
+            "requested": format_bytes(b.requested_bytes),
+            "weights": format_bytes(b.weights_bytes),
+            "overhead": format_bytes(b.overhead_bytes),
+            "kv_budget": format_bytes(b.kv_bytes) if b.kv_bytes >= 0
+            else "-" + format_bytes(-b.kv_bytes),
+            "bytes_per_token": format_bytes(p.bytes_per_token),
+        },
+        "bytes_per_token": p.bytes_per_token,
+        "kv_capacity_tokens": p.kv_capacity_tokens,
+        "block_size": (cap.block_size if cap is not None else 0) or p.layout.block_size,
+        "num_blocks": p.num_blocks,
+        "max_concurrency": {
+            "contiguous": int(c.max_sequences) * inp.replicas,
+            "paged": round(g.max_sequences * inp.replicas, 2),
+        },
+        "engine_version": p.layout.version,
+        "version_band": p.layout.band,
+        "vllm": _vllm_record(p, inp, cap),
+        "workload": {
+            "description": p.workload.description,
+            "mean_tokens": round(p.workload.mean_length, 1),
+            "allocators": {a.name: _alloc_record(a, inp.replicas) for a in (c, g)},
+            "paged_gain": round(g.max_sequences / c.max_sequences, 2) if c.max_sequences else None,
+        },
+        "fits": p.fits,
+        "notes": list(p.notes) + (list(cap.notes) if cap is not None else []),
+        "warnings": list(p.warnings),
+    }
+
+
+def _vllm_record(p: Plan, inp: PlanInputs, cap) -> dict | None:
+    """The ``vllm`` object: vLLM's start-up figures (null when another engine plans)."""
+    if cap is None:
+        return None
+    return {
+        "era": inp.era,
+        "version": p.layout.version,
+        "band": p.layout.band,
+        "attention_backend": inp.backend(p.spec) or None,
+        "enable_prefix_caching": inp.prefix_caching,
+        "num_speculative_tokens": inp.speculative_tokens,
+        "num_gpu_blocks": cap.num_blocks,
+        "kv_cache_tokens": cap.kv_cache_tokens,
+        "max_concurrency": round(cap.max_concurrency, 2),
+        "kv_cache_groups": cap.groups,
+        "max_num_batched_tokens": inp.batched_tokens(),
+        "in_flight_tokens": inp.in_flight(),
+        "max_model_len": inp.max_len,
+        "bytes_per_block": cap.bytes_per_block,
+        "blocks_per_request": cap.blocks_per_request,
+        "block_size": cap.block_size,
+        "fits": cap.fits,
+        "estimated_max_model_len": cap.estimated_max_model_len,
+        "log": cap.log_lines(),
+    }
+
+
+def _alloc_record(a, replicas: int) -> dict:
+    return {
+        "max_sequences_per_replica": round(a.max_sequences, 2),
+        "slots_reserved_per_sequence": round(a.slots_reserved_per_sequence, 1),
+        "slots_used_per_sequence": round(a.slots_used_per_sequence, 1),
+        "bytes_per_sequence": int(a.bytes_per_sequence),
+        "token_bytes_per_sequence": int(a.token_bytes_per_sequence),
+        "memory_utilization": round(a.utilization, 4),
+        "waste_bytes": int(a.waste_bytes),
+        "waste_fraction": round(a.waste_bytes / a.budget_bytes, 4) if a.budget_bytes else 0,
+        "free_bytes": int(a.free_bytes),
+    }
+
+
+def shortfall_record(p: Plan, spec: ModelSpec, inp: PlanInputs) -> dict:
+    """Why a plan does not fit, by how much, and what would."""
+    if p.engine_figures is not None:
+        figures = p.engine_figures
+        return {"reason": figures.error or "the pool holds no token", "shortfall_bytes":
+                max(0, -p.budget.kv_bytes), "shortfall_gib": round(max(0, -p.budget.kv_bytes)
+                                                                   / GiB, 2),
+                "estimated_max_model_len": 0, "engine_error": figures.error,
+                "would_fit": {"fits": False}}
+    cap, b = p.vllm, p.budget
+    if b.kv_bytes <= 0:
+        reason = (f"weights ({_gib(b.weights_bytes)}) and runtime overhead "
+                  f"({_gib(b.overhead_bytes)}) exceed the {_gib(b.requested_bytes)} vLLM may use "
+                  f"at gpu_util {b.utilization}")
+        shortfall = cap.needed_bytes - b.kv_bytes
+    else:
+        reason = (f"one request of {inp.max_len:,} tokens needs {_gib(cap.needed_bytes)} of KV "
+                  f"cache; {_gib(cap.available_bytes)} is available")
+        shortfall = cap.needed_bytes - cap.available_bytes
+    from .planning import smallest_deployment
+
+    sizing = smallest_deployment(spec, inp, 1)
+    return {
+        "reason": reason,
+        "shortfall_bytes": int(shortfall),
+        "shortfall_gib": round(shortfall / GiB, 2),
+        "estimated_max_model_len": cap.estimated_max_model_len or 0,
+        "vllm_error": vllm_error_message(cap),
+        "would_fit": sizing_record(sizing, 1, inp),
+    }
+
+
+def sizing_record(s: Sizing, target: int, inp: PlanInputs) -> dict:
+    """The ``sizing`` object: the smallest deployment found for ``target`` requests."""
+    return {"target_concurrency": target, "max_len": inp.max_len, "gpu": s.gpu.name,
+            "fits": s.fits, "tp": s.tp, "pp": s.pp, "replicas": s.replicas,
+            "num_gpus": s.num_gpus, "per_replica_concurrency": round(s.per_replica_concurrency, 2),
+            "kv_concurrency": round(s.kv_concurrency, 2), "limited_by": s.limited_by,
+            "reason": s.reason}
+
+
+def compare_records(spec: ModelSpec, inp: PlanInputs, workload: Workload,
+                    target: int | None) -> list[dict[str, Any]]:
+    """``kvcalc plan --compare-gpus``: the plan on every catalog GPU, one row each, best first
+    (fewest GPUs for ``target``, else the highest concurrency)."""
+    from .hardware import load_catalog
+    from .planning import PlanInputs, make_plan, smallest_deployment
+
+    rows = []
+    for gpu in load_catalog():
+        trial = PlanInputs(**{**inp.__dict__, "gpu": gpu})
+        try:
+            p = make_plan(spec, trial, workload)
+        except Exception as exc:  # noqa: BLE001 - one bad row must not hide the others
+            rows.append({"gpu": gpu.name, "error": str(exc)})
+            continue
+        cap = p.engine_figures if p.engine_figures is not None else p.vllm
+        row = {"gpu": gpu.name, "memory_bytes": gpu.memory_bytes,
+               "kv_bytes": p.budget.kv_bytes, "num_gpu_blocks": p.num_blocks,
+               "kv_cache_tokens": cap.kv_cache_tokens,
+               "max_concurrency": round(cap.max_concurrency, 2), "fits": p.fits}
+        if target is not None:
+            s = smallest_deployment(spec, trial, target)
+            row.update({"gpus_needed": s.num_gpus if s.fits else None, "tp": s.tp, "pp": s.pp,
+                        "replicas": s.replicas})
+        rows.append(row)
+    key = (lambda r: (r.get("gpus_needed") is None, r.get("gpus_needed") or 0, -r.get("kv_bytes", 0))) \
+        if target is not None else (lambda r: -r.get("max_concurrency", 0))
+    return sorted(rows, key=key)
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:,.2f} GiB"

@@ -62,6 +62,33 @@ def fixed(prompt: int, output: int) -> Workload:
     return Workload(f"fixed: prompt {prompt:,} + output {output:,} tokens", (prompt + output,))
 
 
+def choose_workload(max_len: int, prompt_len: int | None = None, output_len: int | None = None,
+                    dist: str | None = None, mean: float | None = None, std: float | None = None,
+                    samples: int = DEFAULT_SAMPLES, seed: int = 0,
+                    trace: str | Path | None = None) -> tuple[Workload, list[str]]:
+    """The workload ``kvcalc plan`` sizes for, from at most one of: a fixed prompt/output
+    length, a distribution of total lengths, or a trace; none gives every request at
+    ``max_len``. Returns the workload and its warnings (trace rows clipped to ``max_len``)."""
+    given = sum(x is not None for x in (prompt_len or output_len or None, dist, trace))
+    if given > 1:
+        raise UsageError("give one workload: --prompt-len/--output-len, --dist, or --trace")
+    if trace:
+        workload, clipped = from_trace(trace, max_len)
+        return workload, ([f"{clipped:,} sequences of the trace exceed --max-len {max_len:,}: "
+                           "clipped"] if clipped else [])
+    if dist:
+        if mean is None or std is None:
+            raise UsageError("--dist needs --mean and --std (tokens)")
+        return sampled(dist, mean, std, max_len, samples, seed), []
+    if prompt_len is not None or output_len is not None:
+        p, o = prompt_len or 0, output_len or 0
+        if p + o > max_len:
+            raise UsageError(f"--prompt-len + --output-len = {p + o:,} exceeds --max-len "
+                             f"{max_len:,}")
+        return fixed(p, o), []
+    return Workload(f"every request at --max-len ({max_len:,} tokens)", (max_len,)), []
+
+
 def sampled(kind: str, mean: float, std: float, max_len: int, samples: int = DEFAULT_SAMPLES,
             seed: int = 0) -> Workload:
     if kind not in DISTRIBUTIONS:

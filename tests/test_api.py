@@ -121,3 +121,83 @@ def test_a_setting_the_engine_does_not_take_is_a_warning():
     assert not any("does not apply" in w for w in v.warnings) and v.block_size == 32
     out = CliRunner().invoke(cli, ["estimate", "-m", "llama-7b", "--block-size", "32"])
     assert "warning: block_size = 32 does not apply to transformers" in out.stderr
+
+
+# ------------------------------------------------------------------------------------ plan
+
+@pytest.mark.parametrize("args, kwargs", [
+    (["-m", "llama-3.1-8b", "--max-len", "8k"], dict(max_len="8k")),
+    (["-m", "llama-3.1-70b", "--gpu", "h100", "--tp", "4", "--max-len", "32k", "--dist",
+      "lognormal", "--mean", "3000", "--std", "2000"],
+     dict(gpu="h100", tp=4, max_len=32768, dist="lognormal", mean=3000, std=2000)),
+    (["-m", "deepseek-v3", "--gpu", "h200", "--tp", "8", "--weights-dtype", "fp8",
+      "--kv-dtype", "fp8", "--max-len", "32k"],
+     dict(gpu="h200", tp=8, weights_dtype="fp8", kv_dtype="fp8", max_len="32k")),
+    (["-m", "llama-3.1-8b", "--kv-budget", "51.63GiB", "--max-len", "128k",
+      "--target-concurrency", "8", "--solve-max-len", "4"],
+     dict(kv_budget="51.63GiB", max_len="128k", target_concurrency=8, solve_max_len=4)),
+    (["-m", "llama-3.1-8b", "--engine", "sglang", "--mem-fraction-static", "0.8",
+      "--max-len", "8k"], dict(engine="sglang", mem_fraction_static=0.8, max_len=8192)),
+    (["-m", "llama-3.1-8b", "--engine", "trtllm", "--free-gpu-memory-fraction", "0.5",
+      "--max-len", "8k"], dict(engine="trtllm", free_gpu_memory_fraction=0.5, max_len=8192)),
+    (["-m", "llama-3.1-8b", "--engine", "llamacpp", "--ctx-size", "32k", "--parallel", "4"],
+     dict(engine="llamacpp", ctx_size="32k", parallel=4)),
+    (["-m", "qwen2.5-7b", "--max-len", "4k", "--prompt-len", "1000", "--output-len", "500",
+      "--vllm-version", "0.19"],
+     dict(max_len=4096, prompt_len=1000, output_len=500, vllm_version="0.19")),
+])
+def test_plan_to_dict_is_the_cli_json(args, kwargs):
+    result = CliRunner().invoke(cli, ["plan", *args, "-f", "json"])
+    assert result.exit_code == 0, result.output
+    api = kvcalc.plan(args[1], **kwargs)
+    assert api.to_dict() == json.loads(result.stdout)
+    assert api.fits and api.num_gpus == api.tp * api.pp * api.replicas
+
+
+def test_plan_figures_and_a_plan_that_does_not_fit():
+    # Llama-3.1-8B on an H100 at 8k: 131,072 B/token (32 layers x 8 kv heads x 128 x 2 x 2 B),
+    # 26,610 blocks of 16 tokens = 425,760 tokens, 51.97 requests of 8,192
+    p = kvcalc.plan("llama-3.1-8b", gpu="h100", max_len="8k")
+    assert (p.bytes_per_token, p.vllm["num_gpu_blocks"], p.vllm["kv_cache_tokens"]) == \
+        (131_072, 26_610, 425_760)
+    assert p.max_concurrency == {"contiguous": 51, "paged": 51.97}
+    # Llama-3.1-70B in bf16 on one H100: weights alone exceed it -> a result, not an exception
+    big = kvcalc.plan("llama-3.1-70b", gpu="h100", max_len="32k")
+    cli_run = CliRunner().invoke(cli, ["plan", "-m", "llama-3.1-70b", "--max-len", "32k",
+                                       "-f", "json"])
+    assert cli_run.exit_code == 3 and big.to_dict() == json.loads(cli_run.stdout)
+    assert not big.fits and big.does_not_fit["would_fit"]["fits"]
+    assert big.does_not_fit["would_fit"]["num_gpus"] >= 2
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(mem_fraction_static=0.8), kvcalc.UsageError, "--mem-fraction-static is a setting of SGLang"),
+    (dict(ctx_size=4096), kvcalc.UsageError, "--ctx-size is a setting of --engine llamacpp"),
+    (dict(no_such_option=1), kvcalc.UsageError, "unknown plan option 'no_such_option'"),
+    (dict(kv_budget="lots"), kvcalc.UsageError, "--kv-budget"),
+    (dict(target_concurrency=0), kvcalc.UsageError, "--target-concurrency"),
+    (dict(gpu="h9000"), kvcalc.KvcalcError, "h9000"),
+    (dict(engine="sglang", target_concurrency=4), kvcalc.UsageError, "solve with vLLM's rules"),
+])
+def test_plan_errors_are_typed(kwargs, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        kvcalc.plan("llama-3.1-8b", max_len=8192, **kwargs)
+
+
+def test_plan_warnings_are_in_the_result():
+    p = kvcalc.plan("llama-3.1-8b", engine="sglang", max_len=8192, max_num_seqs=64)
+    assert any("--max-num-seqs: vLLM setting(s), not used by --engine sglang" in w
+               for w in p.warnings)
+    result = CliRunner().invoke(cli, ["plan", "-m", "llama-3.1-8b", "--engine", "sglang",
+                                      "--max-len", "8k", "--max-num-seqs", "64"])
+    assert "warning: --max-num-seqs: vLLM setting(s)" in result.stderr
+
+
+def test_compare_gpus_rows_are_the_cli_json():
+    result = CliRunner().invoke(cli, ["plan", "-m", "llama-3.1-8b", "--max-len", "8k",
+                                      "--compare-gpus", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    rows = kvcalc.compare_gpus("llama-3.1-8b", max_len=8192)
+    assert [r.to_dict() for r in rows] == json.loads(result.stdout)
+    h100 = next(r for r in rows if r.gpu == "h100-sxm")
+    assert h100.num_gpu_blocks == 26_610

@@ -16,7 +16,7 @@ from kvcalc.hardware import find_gpu, load_catalog
 from kvcalc.engines import build_layout
 from kvcalc.model import load_spec
 from kvcalc.params import weight_bytes
-from kvcalc.plan import PlanInputs, make_plan, smallest_deployment, solve_max_len
+from kvcalc.planning import PlanInputs, make_plan, smallest_deployment, solve_max_len
 from kvcalc.units import GiB
 from kvcalc.workload import compare_allocators, fixed, from_trace, peak_slots, sampled
 

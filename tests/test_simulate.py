@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from kvcalc.cli import cli
 from kvcalc.hardware import resolve_gpu
 from kvcalc.model import load_spec
-from kvcalc.plan import PlanInputs, make_plan
+from kvcalc.planning import PlanInputs, make_plan
 from kvcalc.simulate import Options, result_record, simulate
 from kvcalc.simulate.contiguous import reservation
 from kvcalc.simulate.metrics import series_jtime, series_time, steps_until

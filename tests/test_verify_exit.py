@@ -112,13 +112,34 @@ def test_ctrl_c_during_a_parallel_meta_check_exits_130_promptly():
     import sys
     import time
 
+    def default_sigint():  # a shell's background job inherits SIGINT ignored: undo that
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen([sys.executable, "-m", "kvcalc", "verify", "--device", "meta",
                              "--all", "--jobs", "2"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    time.sleep(5)  # imports done, workers busy, checks queued (--all takes far longer)
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=default_sigint)
+    # wait until the worker processes exist (verify installs its Ctrl-C handler before it
+    # starts them; a loaded machine may take longer than usual to import), then let them work:
+    # checks are queued (--all takes far longer than this)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _has_children(proc.pid):
+        time.sleep(0.1)
+    time.sleep(1)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the whole process group
     sent = time.monotonic()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()[-500:]
     assert time.monotonic() - sent < 10  # not after every queued check
     assert "interrupted" in err.decode()
+
+
+
+def _has_children(pid: int) -> bool:
+    """Whether process ``pid`` has started child processes (Linux /proc; True without it, so
+    the caller's fixed wait applies)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return bool(children.read().split())
+    except OSError:
+        return True

@@ -6,7 +6,7 @@ import click
 
 from ..dtypes import KV_DTYPE_CHOICES
 from ..errors import UsageError
-from ..engines import engine_names, engines, get_engine
+from ..engines import ALLOCATION_OPTIONS, engine_names, engines, get_engine
 from ..render import FORMATS, printable
 from ..units import parse_bytes, parse_token_list, parse_tokens
 
@@ -54,13 +54,6 @@ def layout_options(f):
 
 #: options of the engines that allocate the cache up front, under the engines' own names
 #: (llama-server's and Ollama's; docs/llamacpp.md), as estimate/plan keyword -> engines
-ALLOCATION_OPTIONS = {
-    "ctx_size": "llamacpp", "parallel": "llamacpp", "kv_unified": "llamacpp",
-    "cache_type_k": "llamacpp", "cache_type_v": "llamacpp", "flash_attn": "llamacpp",
-    "swa_full": "llamacpp", "batch_size": "llamacpp", "ubatch_size": "llamacpp",
-    "num_ctx": "ollama", "num_parallel": "ollama", "kv_cache_type": "ollama",
-    "flash_attention": "ollama", "num_batch": "ollama",
-}
 
 
 def llamacpp_options(f):

@@ -1,20 +1,16 @@
-"""kvcalc plan: GPU sizing (budget, vLLM capacity, contiguous vs paged, parallelism, solvers)."""
+"""kvcalc plan: GPU sizing, a thin client of kvcalc.api.plan (the record) that draws its tables."""
 
 from __future__ import annotations
 
 import click
 
-from ..hardware import load_catalog, resolve_gpu
-from ..model import load_spec
-from ..params import default_weights_dtype, weights_dtype_bytes
-from ..plan import (DEFAULT_GPU_UTIL, Plan, PlanInputs, make_plan, smallest_deployment,
-                    solve_max_len)
+from ..params import weights_dtype_bytes
+from ..planning import DEFAULT_GPU_UTIL, Plan
 from ..render import key_values, table, to_csv, to_json, to_yaml
-from ..reports import source_record
 from ..units import GiB, format_bytes
-from ..engines import Engine, engine_names, get_engine
-from ..engines.vllm import CHUNKED_LOCAL_HYBRID_ENV, ERAS, VLLM, vllm_error_message
-from ..workload import DEFAULT_SAMPLES, DISTRIBUTIONS, fixed, from_trace, sampled
+from ..engines import engine_names, get_engine
+from ..engines.vllm import CHUNKED_LOCAL_HYBRID_ENV, ERAS, VLLM
+from ..workload import DEFAULT_SAMPLES, DISTRIBUTIONS
 from .common import (ByteSize, TokenList, allocation_options, allocation_settings, echo_output,
                      format_option, warn)
 
@@ -165,296 +161,44 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
       kvcalc plan -m qwen2.5-7b --max-len 4k --dist lognormal --mean 900 --std 700
       kvcalc plan -m llama-3.1-70b --target-concurrency 64 --max-len 32k --compare-gpus
     """
-    from ..errors import UsageError
+    from .. import api
 
-    for name, value in (("--target-concurrency", target_concurrency),
-                        ("--solve-max-len", concurrency_for_len)):
-        if value is not None and value < 1:
-            raise UsageError(f"invalid {name} {value}: must be at least 1")
-    resolved, spec = load_spec(model, revision)
-    for message in spec.warnings:
-        warn(message)
-    gpu_spec = resolve_gpu(gpu)
-    runtime = get_engine(engine)
-    own_settings = allocation_settings(engine, engine_settings)  # llama-server's, Ollama's
-    if max_len is None:
-        max_len = (runtime.plan_max_len(spec, own_settings) or spec.max_position_embeddings
-                   or 4096)
-    kv_dtype = runtime.plan_kv_dtype(own_settings) or kv_dtype
-    wdtype = (runtime.served_dtype(default_weights_dtype(spec)) if weights_dtype == "auto"
-              else weights_dtype)
     if vllm_version is None and vllm_era is not None:
         vllm_version = ERA_VERSIONS[vllm_era]
-    weights_dtype_bytes(wdtype)
-    engine_options = _engine_options(runtime, {
-        "--mem-fraction-static": ("mem_fraction_static", mem_fraction_static),
-        "--max-running-requests": ("max_running_requests", max_running_requests),
-        "--max-total-tokens": ("max_total_tokens", max_total_tokens),
-        "--chunked-prefill-size": ("chunked_prefill_size", chunked_prefill_size),
-        "--cuda-graph-max-bs": ("cuda_graph_max_bs", cuda_graph_max_bs),
-        "--disable-cuda-graph": ("disable_cuda_graph", disable_cuda_graph),
-        "--free-memory": ("free_memory", free_memory),
-        "--free-gpu-memory-fraction": ("free_gpu_memory_fraction", free_gpu_memory_fraction),
-        "--max-tokens": ("max_tokens", trt_max_tokens),
-        "--max-gpu-total-bytes": ("max_gpu_total_bytes", max_gpu_total_bytes),
-        "--host-cache-size": ("host_cache_size", host_cache_size),
-    })
-    # llama-server's and Ollama's options (--ctx-size, --num-ctx, ...; OLLAMA_* read only for ollama)
-    engine_options += _engine_options(runtime, {
-        f"--{k.replace('_', '-')}": (k, v)
-        for k, v in own_settings.items()})
-    inp = PlanInputs(gpu=gpu_spec, tp=tp, pp=pp, replicas=replicas, gpu_util=gpu_util,
-                     weights_dtype=wdtype, kv_dtype=kv_dtype, block_size=block_size,
-                     max_len=max_len, max_batched_tokens=max_batched_tokens,
-                     max_num_seqs=max_num_seqs, overhead=overhead, cuda_graph=cuda_graph,
-                     activation=activation_mem, non_torch=non_torch_mem, weights=weights_mem,
-                     kv_budget=kv_budget, version=vllm_version, engine=engine,
-                     async_scheduling=async_scheduling, disable_hybrid=disable_hybrid,
-                     num_blocks_override=blocks_override, prefix_caching=prefix_caching,
-                     speculative_tokens=speculative_tokens,
-                     chunked_local_hybrid=chunked_local_hybrid, free_memory=free_memory,
-                     engine_options=engine_options)
-    if type(runtime).plan_figures is not Engine.plan_figures:
-        vllm_only = [flag for flag, given in (
-            ("--gpu-util", gpu_util != DEFAULT_GPU_UTIL), ("--max-batched-tokens",
-                                                          max_batched_tokens is not None),
-            ("--max-num-seqs", max_num_seqs is not None), ("--cuda-graph-memory",
-                                                           cuda_graph is not None),
-            ("--activation-memory", activation_mem is not None),
-            ("--non-torch-memory", non_torch_mem is not None),
-            ("--num-gpu-blocks-override", blocks_override is not None)) if given]
-        if vllm_only:
-            warn(f"{', '.join(vllm_only)}: vLLM setting(s), not used by --engine {engine} "
-                 f"(docs/engines.md)")
-    workload = _workload(max_len, prompt_len, output_len, dist, mean, std, samples, seed, trace)
+    options = dict(
+        gpu=gpu, tp=tp, pp=pp, replicas=replicas, max_len=max_len, engine=engine,
+        kv_dtype=kv_dtype, block_size=block_size,
+        gpu_util=None if gpu_util == DEFAULT_GPU_UTIL else gpu_util,
+        weights_dtype=weights_dtype, overhead=overhead, weights_memory=weights_mem,
+        activation_memory=activation_mem, non_torch_memory=non_torch_mem,
+        cuda_graph_memory=cuda_graph, kv_budget=kv_budget,
+        max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs,
+        async_scheduling=async_scheduling, disable_hybrid_kv_cache_manager=disable_hybrid,
+        num_gpu_blocks_override=blocks_override, vllm_version=vllm_version,
+        enable_prefix_caching=prefix_caching, num_speculative_tokens=speculative_tokens,
+        allow_chunked_local_hybrid=chunked_local_hybrid, prompt_len=prompt_len,
+        output_len=output_len, dist=dist, mean=mean, std=std, samples=samples, seed=seed,
+        trace=trace, target_concurrency=target_concurrency, revision=revision,
+        mem_fraction_static=mem_fraction_static, max_running_requests=max_running_requests,
+        max_total_tokens=max_total_tokens, chunked_prefill_size=chunked_prefill_size,
+        cuda_graph_max_bs=cuda_graph_max_bs, disable_cuda_graph=disable_cuda_graph,
+        free_memory=free_memory, free_gpu_memory_fraction=free_gpu_memory_fraction,
+        max_tokens=trt_max_tokens, max_gpu_total_bytes=max_gpu_total_bytes,
+        host_cache_size=host_cache_size, **allocation_settings(engine, engine_settings))
     if compare_gpus:
-        rows = _compare(spec, inp, workload, target_concurrency)
-        _emit_compare(rows, fmt, resolved.name, inp, target_concurrency)
+        compared = api.run_compare(model, solve_max_len=concurrency_for_len, **options)
+        for message in compared.warnings:
+            warn(message)
+        _emit_compare(compared.rows, fmt, compared.model.name, compared.inputs,
+                      target_concurrency)
         return
-    result = make_plan(spec, inp, workload)
-    if result.engine_figures is not None and (target_concurrency or concurrency_for_len):
-        raise UsageError(f"--target-concurrency and --solve-max-len solve with vLLM's rules; "
-                         f"--engine {engine} does not take them (use --engine vllm)")
-    for message in result.warnings:
+    run = api.run_plan(model, solve_max_len=concurrency_for_len, **options)
+    record = run.result.to_dict()
+    for message in record["warnings"]:
         warn(message)
-    record = plan_record(result, resolved)
-    if not result.fits:
-        record["does_not_fit"] = _shortfall(result, spec, inp)
-    if target_concurrency is not None:
-        sizing = smallest_deployment(spec, inp, target_concurrency)
-        record["sizing"] = _sizing_record(sizing, target_concurrency, inp)
-    if concurrency_for_len is not None:
-        if concurrency_for_len > inp.num_seqs():
-            warn(f"--solve-max-len {concurrency_for_len:,} exceeds max_num_seqs "
-                 f"({inp.num_seqs():,}): vLLM never runs that many at once (--max-num-seqs)")
-        limit = max(max_len, spec.max_position_embeddings or max_len)
-        best = solve_max_len(spec, inp, concurrency_for_len, limit)
-        record["max_len_for_concurrency"] = {"concurrency": concurrency_for_len,
-                                             "max_len": best}
-    _emit(record, result, fmt)
-    if not result.fits:
+    _emit(record, run.plan, fmt)
+    if not record["fits"]:
         click.get_current_context().exit(EXIT_DOES_NOT_FIT)
-
-
-def _engine_options(runtime, given: dict) -> tuple:
-    """The engine-only options given, as (setting name, value) pairs; one the engine does not
-    take is an error naming the engine that does."""
-    from ..engines import engines
-    from ..errors import UsageError
-
-    out = []
-    for flag, (name, value) in given.items():
-        if value is None:
-            continue
-        if flag not in runtime.plan_options:
-            owners = [e.display_name for e in engines() if flag in e.plan_options]
-            raise UsageError(f"{flag} is a setting of {' / '.join(owners) or 'another engine'}; "
-                             f"--engine {runtime.name} does not take it")
-        out.append((name, value))
-    for name, value in out:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            bad = (not 0 < value <= 1) if isinstance(value, float) else value < 1 \
-                if name != "free_memory" else value <= 0
-            if bad:
-                rule = "in (0, 1]" if isinstance(value, float) else "positive"
-                raise UsageError(f"invalid --{name.replace('_', '-')} {value}: must be {rule}")
-    return tuple(out)
-
-
-def _workload(max_len, prompt_len, output_len, dist, mean, std, samples, seed, trace):
-    from ..errors import UsageError
-
-    given = sum(x is not None for x in (prompt_len or output_len or None, dist, trace))
-    if given > 1:
-        raise UsageError("give one workload: --prompt-len/--output-len, --dist, or --trace")
-    if trace:
-        workload, clipped = from_trace(trace, max_len)
-        if clipped:
-            warn(f"{clipped:,} sequences of the trace exceed --max-len {max_len:,}: clipped")
-        return workload
-    if dist:
-        if mean is None or std is None:
-            raise UsageError("--dist needs --mean and --std (tokens)")
-        return sampled(dist, mean, std, max_len, samples, seed)
-    if prompt_len is not None or output_len is not None:
-        p, o = prompt_len or 0, output_len or 0
-        if p + o > max_len:
-            raise UsageError(f"--prompt-len + --output-len = {p + o:,} exceeds --max-len {max_len:,}")
-        return fixed(p, o)
-    return fixed(max_len, 0).__class__(f"every request at --max-len ({max_len:,} tokens)", (max_len,))
-
-
-def plan_record(p: Plan, resolved) -> dict:
-    """The documented JSON contract (docs/planning.md)."""
-    b, inp, cap = p.budget, p.inputs, p.vllm
-    c, g = p.contiguous, p.paged
-    record = _plan_record(p, resolved, b, inp, cap, c, g)
-    figures = p.engine_figures
-    if figures is not None:
-        record["engine"] = inp.engine
-        record[figures.key] = figures.record()
-        record["block_size"] = p.layout.block_size
-    return record
-
-
-def _plan_record(p: Plan, resolved, b, inp: PlanInputs, cap, c, g) -> dict:
-    """The record every engine shares."""
-    return {
-        "model": resolved.name,
-        "source": source_record(resolved),
-        "gpu": inp.gpu.name,
-        "gpu_memory_bytes": inp.gpu.memory_bytes,
-        "num_gpus": p.num_gpus,
-        "tp": inp.tp,
-        "pp": inp.pp,
-        "replicas": inp.replicas,
-        "kv_dtype": p.layout.kv_dtype.name,
-        "weights_dtype": inp.weights_dtype,
-        "parameters": p.params.total,
-        "active_parameters": p.params.active,
-        "max_len": inp.max_len,
-        "budget": {
-            "total_bytes": b.total_bytes,
-            "utilization": b.utilization,
-            "requested_bytes": b.requested_bytes,
-            "weights_bytes": b.weights_bytes,
-            "activation_bytes": b.activation_bytes,
-            "non_torch_bytes": b.non_torch_bytes,
-            "cuda_graph_bytes": b.cuda_graph_bytes,
-            "overhead_bytes": b.overhead_bytes,
-            "kv_bytes": b.kv_bytes,
-            "source": b.source,
-            "per_stage_kv_bytes": [s.kv_bytes for s in p.budgets],
-        },
-        "human": {
-            "gpu_memory": format_bytes(inp.gpu.memory_bytes),
-            "requested": format_bytes(b.requested_bytes),
-            "weights": format_bytes(b.weights_bytes),
-            "overhead": format_bytes(b.overhead_bytes),
-            "kv_budget": format_bytes(b.kv_bytes) if b.kv_bytes >= 0
-            else "-" + format_bytes(-b.kv_bytes),
-            "bytes_per_token": format_bytes(p.bytes_per_token),
-        },
-        "bytes_per_token": p.bytes_per_token,
-        "kv_capacity_tokens": p.kv_capacity_tokens,
-        "block_size": (cap.block_size if cap is not None else 0) or p.layout.block_size,
-        "num_blocks": p.num_blocks,
-        "max_concurrency": {
-            "contiguous": int(c.max_sequences) * inp.replicas,
-            "paged": round(g.max_sequences * inp.replicas, 2),
-        },
-        "engine_version": p.layout.version,
-        "version_band": p.layout.band,
-        "vllm": _vllm_record(p, inp, cap),
-        "workload": {
-            "description": p.workload.description,
-            "mean_tokens": round(p.workload.mean_length, 1),
-            "allocators": {a.name: _alloc_record(a, inp.replicas) for a in (c, g)},
-            "paged_gain": round(g.max_sequences / c.max_sequences, 2) if c.max_sequences else None,
-        },
-        "fits": p.fits,
-        "notes": list(p.notes) + (list(cap.notes) if cap is not None else []),
-        "warnings": list(p.warnings),
-    }
-
-
-def _vllm_record(p: Plan, inp: PlanInputs, cap) -> dict | None:
-    """The ``vllm`` object: vLLM's start-up figures (null when another engine plans)."""
-    if cap is None:
-        return None
-    return {
-        "era": inp.era,
-        "version": p.layout.version,
-        "band": p.layout.band,
-        "attention_backend": inp.backend(p.spec) or None,
-        "enable_prefix_caching": inp.prefix_caching,
-        "num_speculative_tokens": inp.speculative_tokens,
-        "num_gpu_blocks": cap.num_blocks,
-        "kv_cache_tokens": cap.kv_cache_tokens,
-        "max_concurrency": round(cap.max_concurrency, 2),
-        "kv_cache_groups": cap.groups,
-        "max_num_batched_tokens": inp.batched_tokens(),
-        "in_flight_tokens": inp.in_flight(),
-        "max_model_len": inp.max_len,
-        "bytes_per_block": cap.bytes_per_block,
-        "blocks_per_request": cap.blocks_per_request,
-        "block_size": cap.block_size,
-        "fits": cap.fits,
-        "estimated_max_model_len": cap.estimated_max_model_len,
-        "log": cap.log_lines(),
-    }
-
-
-def _alloc_record(a, replicas: int) -> dict:
-    return {
-        "max_sequences_per_replica": round(a.max_sequences, 2),
-        "slots_reserved_per_sequence": round(a.slots_reserved_per_sequence, 1),
-        "slots_used_per_sequence": round(a.slots_used_per_sequence, 1),
-        "bytes_per_sequence": int(a.bytes_per_sequence),
-        "token_bytes_per_sequence": int(a.token_bytes_per_sequence),
-        "memory_utilization": round(a.utilization, 4),
-        "waste_bytes": int(a.waste_bytes),
-        "waste_fraction": round(a.waste_bytes / a.budget_bytes, 4) if a.budget_bytes else 0,
-        "free_bytes": int(a.free_bytes),
-    }
-
-
-def _shortfall(p: Plan, spec, inp: PlanInputs) -> dict:
-    """Why a plan does not fit, by how much, and what would."""
-    if p.engine_figures is not None:
-        figures = p.engine_figures
-        return {"reason": figures.error or "the pool holds no token", "shortfall_bytes":
-                max(0, -p.budget.kv_bytes), "shortfall_gib": round(max(0, -p.budget.kv_bytes)
-                                                                   / GiB, 2),
-                "estimated_max_model_len": 0, "engine_error": figures.error,
-                "would_fit": {"fits": False}}
-    cap, b = p.vllm, p.budget
-    if b.kv_bytes <= 0:
-        reason = (f"weights ({_gib(b.weights_bytes)}) and runtime overhead "
-                  f"({_gib(b.overhead_bytes)}) exceed the {_gib(b.requested_bytes)} vLLM may use "
-                  f"at gpu_util {b.utilization}")
-        shortfall = cap.needed_bytes - b.kv_bytes
-    else:
-        reason = (f"one request of {inp.max_len:,} tokens needs {_gib(cap.needed_bytes)} of KV "
-                  f"cache; {_gib(cap.available_bytes)} is available")
-        shortfall = cap.needed_bytes - cap.available_bytes
-    sizing = smallest_deployment(spec, inp, 1)
-    return {
-        "reason": reason,
-        "shortfall_bytes": int(shortfall),
-        "shortfall_gib": round(shortfall / GiB, 2),
-        "estimated_max_model_len": cap.estimated_max_model_len or 0,
-        "vllm_error": vllm_error_message(cap),
-        "would_fit": _sizing_record(sizing, 1, inp),
-    }
-
-
-def _sizing_record(s, target, inp) -> dict:
-    return {"target_concurrency": target, "max_len": inp.max_len, "gpu": s.gpu.name,
-            "fits": s.fits, "tp": s.tp, "pp": s.pp, "replicas": s.replicas,
-            "num_gpus": s.num_gpus, "per_replica_concurrency": round(s.per_replica_concurrency, 2),
-            "kv_concurrency": round(s.kv_concurrency, 2), "limited_by": s.limited_by,
-            "reason": s.reason}
 
 
 def _emit(record: dict, p: Plan, fmt: str) -> None:
@@ -512,7 +256,7 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
             ("total memory", f"{b['total_bytes']:,}", _gib(b["total_bytes"])),
             (f"x gpu_util {b['utilization']}", f"{b['requested_bytes']:,}",
              _gib(b["requested_bytes"])),
-            (f"- weights (--weights-memory)" if inp.weights is not None else
+            ("- weights (--weights-memory)" if inp.weights is not None else
              f"- weights ({inp.weights_dtype}: {wdesc}; / tp {inp.tp}"
              f"{'; this stage' if inp.pp > 1 else ''})",
              f"{b['weights_bytes']:,}", _gib(b["weights_bytes"])),
@@ -627,30 +371,6 @@ def _engine_table(r: dict, p: Plan, fmt: str, figures) -> str:
     for note in r["notes"]:
         parts.append(f"note: {note}")
     return "\n".join(parts) + "\n"
-
-
-def _compare(spec, inp, workload, target):
-    rows = []
-    for gpu in load_catalog():
-        trial = PlanInputs(**{**inp.__dict__, "gpu": gpu})
-        try:
-            p = make_plan(spec, trial, workload)
-        except Exception as exc:  # noqa: BLE001 - one bad row must not hide the others
-            rows.append({"gpu": gpu.name, "error": str(exc)})
-            continue
-        cap = p.engine_figures if p.engine_figures is not None else p.vllm
-        row = {"gpu": gpu.name, "memory_bytes": gpu.memory_bytes,
-               "kv_bytes": p.budget.kv_bytes, "num_gpu_blocks": p.num_blocks,
-               "kv_cache_tokens": cap.kv_cache_tokens,
-               "max_concurrency": round(cap.max_concurrency, 2), "fits": p.fits}
-        if target is not None:
-            s = smallest_deployment(spec, trial, target)
-            row.update({"gpus_needed": s.num_gpus if s.fits else None, "tp": s.tp, "pp": s.pp,
-                        "replicas": s.replicas})
-        rows.append(row)
-    key = (lambda r: (r.get("gpus_needed") is None, r.get("gpus_needed") or 0, -r.get("kv_bytes", 0))) \
-        if target is not None else (lambda r: -r.get("max_concurrency", 0))
-    return sorted(rows, key=key)
 
 
 def _emit_compare(rows, fmt, model, inp, target):

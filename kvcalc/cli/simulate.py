@@ -104,7 +104,7 @@ def simulate(model, revision, gpu, tp, max_len, kv_dtype, block_size, gpu_util, 
     from ..hardware import resolve_gpu
     from ..model import load_spec
     from ..params import default_weights_dtype, weights_dtype_bytes
-    from ..plan import PlanInputs
+    from ..planning import PlanInputs
     from ..engines import get_engine
     from ..simulate import Options, result_record, simulate as run_simulation
     from ..simulate.requests import load_trace, synthetic

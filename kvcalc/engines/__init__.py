@@ -134,7 +134,7 @@ class Engine:
         """The dtype the engine runs a checkpoint of ``model_dtype`` in (weights and 'auto')."""
         return model_dtype
 
-    # -- planning hooks (``kvcalc plan``); the defaults are vLLM's figures in plan.py --------
+    # -- planning hooks (``kvcalc plan``); the defaults are vLLM's figures in planning.py --------
 
     #: the plan options only this engine takes (kvcalc option names, e.g. "--mem-fraction-static")
     plan_options: tuple[str, ...] = ()
@@ -202,6 +202,16 @@ def get_engine(name: str) -> Engine:
         raise UsageError(f"unknown engine '{name}': choose one of {', '.join(_REGISTRY)}"
                          + suggest(str(name), list(_REGISTRY)))
     return engine
+
+
+#: the up-front allocation settings of llama-server and Ollama -> the engine that takes them
+ALLOCATION_OPTIONS = {
+    "ctx_size": "llamacpp", "parallel": "llamacpp", "kv_unified": "llamacpp",
+    "cache_type_k": "llamacpp", "cache_type_v": "llamacpp", "flash_attn": "llamacpp",
+    "swa_full": "llamacpp", "batch_size": "llamacpp", "ubatch_size": "llamacpp",
+    "num_ctx": "ollama", "num_parallel": "ollama", "kv_cache_type": "ollama",
+    "flash_attention": "ollama", "num_batch": "ollama",
+}
 
 
 def build_layout(spec, engine: str = "hf", kv_dtype: str = "auto", *,

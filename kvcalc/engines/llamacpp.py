@@ -719,7 +719,7 @@ def plan_figures_for(spec: ModelSpec, inp, make_alloc) -> LlamaCppPlanFigures:
 
 
 def _plan_budgets(engine, spec, inp) -> list:
-    from ..plan import Budget
+    from ..planning import Budget
 
     f = engine.plan_figures(spec, inp, None, None)
     return [Budget(f.total_bytes, 1.0, f.weights_bytes, 0, 0, 0, f.overhead_bytes, f.kv_budget,

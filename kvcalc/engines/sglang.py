@@ -657,7 +657,7 @@ class Sglang(Engine):
                               disable_cuda_graph=bool(o("disable_cuda_graph", False)))
 
     def _stage_figures(self, spec, params, inp, layout=None) -> list[SglangCapacity]:
-        from ..plan import plan_layout, pp_partition, stage_weight_bytes
+        from ..planning import plan_layout, pp_partition, stage_weight_bytes
 
         layout = layout or plan_layout(spec, inp, inp.block(spec), inp.tp)
         stages = pp_partition(spec.num_layers, inp.pp)
@@ -679,7 +679,7 @@ class Sglang(Engine):
         return out
 
     def plan_budgets(self, spec, params, inp) -> list:
-        from ..plan import Budget
+        from ..planning import Budget
 
         out = []
         for cap in self._stage_figures(spec, params, inp):

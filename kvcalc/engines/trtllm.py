@@ -241,7 +241,7 @@ class Trtllm(Engine):
         return TOKENS_PER_BLOCK
 
     def _capacity(self, spec, params, inp, layout=None) -> TrtllmCapacity:
-        from ..plan import activation_bytes, plan_layout, stage_weight_bytes, pp_partition
+        from ..planning import activation_bytes, plan_layout, stage_weight_bytes, pp_partition
 
         layout = layout or plan_layout(spec, inp, inp.block(spec), inp.tp)
         stages = pp_partition(spec.num_layers, inp.pp)
@@ -263,7 +263,7 @@ class Trtllm(Engine):
                                max_seq_len=inp.max_len)
 
     def plan_budgets(self, spec, params, inp) -> list:
-        from ..plan import Budget
+        from ..planning import Budget
 
         cap = self._capacity(spec, params, inp)
         return [Budget(cap.available_bytes, cap.fraction, 0, 0, 0, 0, 0, cap.kv_cache_bytes,

@@ -4,11 +4,11 @@ Arrivals (a trace or synthetic) go through vLLM v1's scheduler (:mod:`.scheduler
 cache: vLLM's paged block pool with prefix caching and a CPU tier (:mod:`.paged`), or the
 PagedAttention paper's contiguous baselines (:mod:`.contiguous`). The capacity is the one
 ``kvcalc plan`` computes -- the same budget, block size, engine band and GPU blocks
-(:func:`kvcalc.plan.make_plan`); step durations are a roofline estimate (:mod:`.timing`).
+(:func:`kvcalc.planning.make_plan`); step durations are a roofline estimate (:mod:`.timing`).
 
 >>> from kvcalc.model import load_spec
 >>> from kvcalc.hardware import resolve_gpu
->>> from kvcalc.plan import PlanInputs
+>>> from kvcalc.planning import PlanInputs
 >>> from kvcalc.simulate import simulate
 >>> from kvcalc.simulate.requests import synthetic
 >>> _, spec = load_spec("llama-3.1-8b")
@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 from ..engines.cache import KEEP_ALL, KEEP_NONE
 from ..errors import UsageError
 from ..params import weight_bytes
-from ..plan import Plan, PlanInputs, make_plan
+from ..planning import Plan, PlanInputs, make_plan
 from ..workload import fixed
 from .contiguous import POLICIES, SLOTS, ContiguousCache, SlotsCache
 from .metrics import CATEGORIES
