@@ -22,8 +22,8 @@ import time
 from kvcalc.hardware import resolve_gpu
 from kvcalc.model import load_spec
 from kvcalc.planning import PlanInputs
-from kvcalc.simulate import Options, simulate
-from kvcalc.simulate.requests import load_trace, synthetic
+from kvcalc.simulation import Options, simulate
+from kvcalc.simulation.requests import load_trace, synthetic
 
 
 def timed(fn):

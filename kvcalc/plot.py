@@ -786,7 +786,7 @@ def _draw_timing(chart: Chart, ax) -> None:
 
 
 def _draw_timeline(chart: Chart, ax) -> None:
-    from .simulate.plot import draw_timeline
+    from .simulation.plot import draw_timeline
 
     draw_timeline(chart, ax)
 

@@ -14,10 +14,10 @@ from kvcalc.cli import cli
 from kvcalc.hardware import resolve_gpu
 from kvcalc.model import load_spec
 from kvcalc.planning import PlanInputs, make_plan
-from kvcalc.simulate import Options, result_record, simulate
-from kvcalc.simulate.contiguous import reservation
-from kvcalc.simulate.metrics import series_jtime, series_time, steps_until
-from kvcalc.simulate.requests import Arrival, Trace, load_trace, synthetic
+from kvcalc.simulation import Options, result_record, simulate
+from kvcalc.simulation.contiguous import reservation
+from kvcalc.simulation.metrics import series_jtime, series_time, steps_until
+from kvcalc.simulation.requests import Arrival, Trace, load_trace, synthetic
 from kvcalc.workload import fixed
 
 FIX = Path(__file__).parent / "fixtures" / "simulate"
@@ -243,8 +243,8 @@ def test_paper_ordering_sharegpt_like():
 def test_decode_run_integral_by_brute_force(B, c, k, c0, c1, extra):
     """A decode run's time-weighted unused tail (reservation + internal fragmentation) and
     token states equal the step-by-step sums."""
-    from kvcalc.simulate.paged import PagedCache
-    from kvcalc.simulate.scheduler import Req
+    from kvcalc.simulation.paged import PagedCache
+    from kvcalc.simulation.scheduler import Req
 
     r = Req(0, Arrival(0.0, c, k + extra + 1), k + extra + 1)
     cache = PagedCache(10_000, B, 10_000 * B, prefix_caching=False)
@@ -478,8 +478,8 @@ def test_decode_run_is_the_reference_integral():
     further in ceil(tokens / B) blocks, the pool and the aggregates conserved."""
     import random
 
-    from kvcalc.simulate.paged import PagedCache
-    from kvcalc.simulate.scheduler import Req
+    from kvcalc.simulation.paged import PagedCache
+    from kvcalc.simulation.scheduler import Req
 
     rng = random.Random(5)
     cache = PagedCache(5_000, 16, 5_000 * 16.5, prefix_caching=False)

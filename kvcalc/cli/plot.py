@@ -308,7 +308,7 @@ def timeline(timeline, allocator, out, fmt, size, dpi):
       kvcalc simulate -m llama-3.1-8b --trace azure-conv-2023 --timeline t.csv
       kvcalc plot timeline --from t.csv --allocator paged --out timeline.png
     """
-    from ..simulate.plot import timeline_chart
+    from ..simulation.plot import timeline_chart
 
     kind = _check_out(out, fmt)
     _emit(timeline_chart(timeline, allocator), kind, out, size, dpi)

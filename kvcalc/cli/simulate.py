@@ -106,8 +106,8 @@ def simulate(model, revision, gpu, tp, max_len, kv_dtype, block_size, gpu_util, 
     from ..params import default_weights_dtype, weights_dtype_bytes
     from ..planning import PlanInputs
     from ..engines import get_engine
-    from ..simulate import Options, result_record, simulate as run_simulation
-    from ..simulate.requests import load_trace, synthetic
+    from ..simulation import Options, result_record, simulate as run_simulation
+    from ..simulation.requests import load_trace, synthetic
 
     synthetic_given = any(x is not None for x in (rate, num_requests, input_len, output_len,
                                                    dist))
@@ -210,7 +210,7 @@ def _check_writable(path: str) -> None:
 
 
 def _write_timeline(path: str, result) -> None:
-    from ..simulate.metrics import CATEGORIES
+    from ..simulation.metrics import CATEGORIES
 
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")

@@ -73,7 +73,7 @@ class Config:
 
 @dataclass
 class Totals:
-    """What one allocator's run produced (raw figures; :mod:`kvcalc.simulate` shapes them)."""
+    """What one allocator's run produced (raw figures; :mod:`kvcalc.simulation` shapes them)."""
 
     requests: int = 0
     completed: int = 0

@@ -30,7 +30,7 @@ MOONCAKE_HASH_BLOCK = 512
 #: synthetic requests are drawn in chunks of this many (memory stays flat in --requests)
 SYNTHETIC_CHUNK = 10_000
 
-#: built-in trace name -> (file in kvcalc/simulate/traces, description)
+#: built-in trace name -> (file in kvcalc/simulation/traces, description)
 BUILTIN_TRACES = {
     "azure-conv-2023": ("azure-llm-2023-conv.csv.gz",
                         "Azure LLM inference 2023, conversation (CC-BY 4.0)"),
@@ -77,7 +77,7 @@ def load_trace(name_or_path: str) -> Trace:
     """A built-in trace by name (:data:`BUILTIN_TRACES`) or a file (CSV/JSONL, .gz allowed)."""
     if name_or_path in BUILTIN_TRACES:
         file, what = BUILTIN_TRACES[name_or_path]
-        data = resources.files("kvcalc.simulate").joinpath("traces", file).read_bytes()
+        data = resources.files("kvcalc.simulation").joinpath("traces", file).read_bytes()
         return _parse(gzip.decompress(data), Path(file[:-3]), f"{name_or_path}: {what}")
     path = Path(name_or_path)
     if not path.exists():

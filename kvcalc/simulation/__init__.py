@@ -9,8 +9,8 @@ PagedAttention paper's contiguous baselines (:mod:`.contiguous`). The capacity i
 >>> from kvcalc.model import load_spec
 >>> from kvcalc.hardware import resolve_gpu
 >>> from kvcalc.planning import PlanInputs
->>> from kvcalc.simulate import simulate
->>> from kvcalc.simulate.requests import synthetic
+>>> from kvcalc.simulation import simulate
+>>> from kvcalc.simulation.requests import synthetic
 >>> _, spec = load_spec("llama-3.1-8b")
 >>> inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=8192)
 >>> res = simulate(spec, inp, lambda: synthetic(50, None, 100, 20), allocators=("paged",))
