@@ -1,4 +1,5 @@
-"""The public Python API: resolve a model, estimate its KV cache, plan a deployment.
+"""The public Python API: resolve a model, estimate its KV cache, plan a deployment, simulate
+it over time.
 
 Keyword arguments are named like the CLI options (``--seq`` -> ``seq``, ``--kv-dtype`` ->
 ``kv_dtype``, ``--hf-version`` -> ``hf_version``); results are frozen objects whose fields are
@@ -88,6 +89,26 @@ class PlanResult(Result):
     __slots__ = ()
     _repr_keys = ("model", "gpu", "num_gpus", "kv_dtype", "max_len", "bytes_per_token",
                   "num_blocks", "max_concurrency", "fits")
+
+
+class SimulateResult(Result):
+    """One ``kvcalc simulate``: the fields of ``kvcalc simulate --format json`` (``requests``,
+    ``completed``, ``rejected``, ``allocators`` keyed by allocator name …); with
+    ``timeline_interval`` given, :meth:`timeline` has the memory breakdown over time."""
+
+    __slots__ = ("_timeline",)
+    _repr_keys = ("model", "gpu", "workload", "requests", "completed", "rejected")
+
+    def __init__(self, record: Mapping[str, Any], timeline: Sequence[Mapping[str, Any]] = ()):
+        super().__init__(record)
+        object.__setattr__(self, "_timeline", tuple(MappingProxyType(dict(r))
+                                                    for r in timeline))
+
+    def timeline(self) -> tuple[Mapping[str, Any], ...]:
+        """One row per allocator per ``timeline_interval`` modelled seconds: ``allocator``,
+        ``time_s``, ``running``, ``waiting``, ``preemptions`` and the memory categories as
+        fractions of the KV budget (the CSV ``kvcalc simulate --timeline`` writes)."""
+        return self._timeline
 
 
 class EstimateResult(Result):
@@ -466,3 +487,152 @@ def _engine_options(runtime: Any, given: dict) -> tuple:
     return tuple(out)
 
 
+
+
+# --------------------------------------------------------------------------------- simulate
+
+#: the allocators each simulated engine offers (the first ones are its default)
+SIMULATED_ENGINES = ("vllm", "llamacpp")
+
+
+def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
+             rate: float | None = None, requests: int | None = None, input_len: Any = None,
+             output_len: Any = None, dist: str | None = None, input_std: float | None = None,
+             output_std: float | None = None, seed: int = 0, allocator: Any = None,
+             prefix_caching: bool = True, cpu_offload: Any = 0, step_time: float | None = None,
+             step_overhead: float | None = None, timeline_interval: float | None = None,
+             engine: str = "vllm", gpu: Any = "h100", tp: int = 1, max_len: Any = None,
+             kv_dtype: str = "auto", block_size: int | None = None,
+             gpu_util: float | None = None, weights_dtype: str = "auto", overhead: Any = None,
+             weights_memory: Any = None, activation_memory: Any = None,
+             non_torch_memory: Any = None, cuda_graph_memory: Any = None, kv_budget: Any = None,
+             max_batched_tokens: int | None = None, max_num_seqs: int | None = None,
+             num_gpu_blocks_override: int | None = None, vllm_version: str | None = None,
+             revision: str | None = None, **server_settings: Any) -> SimulateResult:
+    """The KV cache over time, as ``kvcalc simulate --format json``: requests from a trace
+    (``trace``: a built-in name such as "azure-conv-2023" or a CSV/JSONL path; ``rate_scale``)
+    or synthetic (``requests``, ``rate``, ``input_len``, ``output_len`` [, ``dist``,
+    ``input_std``, ``output_std``, ``seed``]) replayed through vLLM v1's scheduler and cache
+    and the contiguous baselines (``allocator``: a name or a list of "paged", "orca-max",
+    "orca-pow2", "orca-oracle"; "llamacpp-slots" with ``engine="llamacpp"`` and llama-server's
+    ``ctx_size`` / ``parallel``), on the capacity :func:`plan` computes from the same
+    model/GPU/budget keywords. Times are modelled (roofline, or ``step_time``)."""
+    from .engines import ALLOCATION_OPTIONS
+    from .simulation import Options, result_record, simulate as run_simulation
+    from .simulation.metrics import CATEGORIES
+    from .simulation.requests import load_trace, synthetic
+    from .units import parse_bytes, parse_tokens
+
+    if engine not in SIMULATED_ENGINES:
+        raise UsageError(f"simulate replays {' or '.join(SIMULATED_ENGINES)}, not --engine "
+                         f"{engine}")
+    synthetic_given = any(x is not None for x in (rate, requests, input_len, output_len, dist))
+    if trace and synthetic_given:
+        raise UsageError("give --trace, or synthetic arrivals (--rate, --requests, "
+                         "--input-len, --output-len, --dist), not both")
+    if not trace and not synthetic_given:
+        raise UsageError("give a workload: --trace NAME|FILE, or --input-len and --output-len "
+                         "(with --rate and --requests)")
+    if timeline_interval is not None and not timeline_interval > 0:
+        raise UsageError(f"invalid --timeline-interval {timeline_interval}: must be positive")
+    for name, value in (("--input-std", input_std), ("--output-std", output_std)):
+        if value is not None and not 0 <= value < float("inf"):
+            raise UsageError(f"invalid {name} {value}: must be a non-negative number of tokens")
+    settings = {k: v for k, v in server_settings.items() if v is not None}
+    for key in settings:
+        owner = ALLOCATION_OPTIONS.get(key)
+        if owner is None:
+            raise UsageError(f"unknown simulate option {key!r}")
+        if owner != engine:
+            raise UsageError(f"--{key.replace('_', '-')} is a setting of --engine {owner}, "
+                             f"not {engine}")
+    if isinstance(settings.get("ctx_size"), str):
+        settings["ctx_size"] = parse_tokens(settings["ctx_size"], "ctx size")
+    input_len, output_len, max_len = (parse_tokens(v, what) if isinstance(v, str) else v
+                                      for v, what in ((input_len, "prompt length"),
+                                                      (output_len, "output length"),
+                                                      (max_len, "max length")))
+    if isinstance(cpu_offload, str):
+        cpu_offload = parse_bytes(cpu_offload, "--cpu-offload")
+    m = resolve(model, revision=revision)
+    warnings = list(m.spec.warnings)
+    if max_len is None:
+        max_len = m.spec.max_position_embeddings or 4096
+    if engine == "llamacpp" and settings.get("ctx_size"):
+        # the per-slot context, as kvcalc plan --engine llamacpp derives it
+        max_len = get_engine("llamacpp").plan_max_len(m.spec, settings) or max_len
+    inp = _simulation_inputs(m, engine, settings, locals())
+    if trace:
+        arrivals = load_trace(trace).scaled(rate_scale)
+    else:
+        if rate_scale != 1.0:
+            raise UsageError("--rate-scale scales a --trace; give --rate for synthetic arrivals")
+        if input_len is None or output_len is None:
+            raise UsageError("synthetic arrivals need --input-len and --output-len")
+        n = 1000 if requests is None else requests
+        # validate now (one clear line), generate lazily per allocator
+        next(iter(synthetic(n, rate, input_len, output_len, dist, input_std, output_std,
+                            max_len, seed)))
+
+        def arrivals():
+            return synthetic(n, rate, input_len, output_len, dist, input_std, output_std,
+                             max_len, seed)
+    names = [allocator] if isinstance(allocator, str) else list(allocator or ())
+    options = Options(allocators=tuple(dict.fromkeys(names)) or Options().allocators,
+                      prefix_caching=prefix_caching, cpu_offload_bytes=cpu_offload,
+                      step_time_s=step_time, step_overhead_s=step_overhead,
+                      timeline_interval_s=timeline_interval)
+    result = run_simulation(m.spec, inp, arrivals, options)
+    record = result_record(result)
+    record["model"] = m.name
+    if not trace:
+        record["workload"] = (f"synthetic: {n:,} requests, "
+                              + (f"Poisson {rate:g}/s" if rate else "all at time 0") + ", "
+                              + (f"{dist} " if dist else "fixed ")
+                              + f"prompt {input_len:,} / output {output_len:,} tokens, "
+                                f"seed {seed}")
+    limit = result.config.max_len
+    for name, r in result.runs.items():
+        if r.totals.rejected:
+            warnings.append(f"{name}: {r.totals.rejected:,} requests rejected (prompt >= "
+                            + (f"the slot context {limit:,}" if engine == "llamacpp" else
+                               f"--max-len {limit:,}, or larger than the whole KV cache")
+                            + ")")
+    record["warnings"] = list(dict.fromkeys(list(record.get("warnings", ())) + warnings))
+    timeline = []
+    if timeline_interval is not None:
+        for name, r in result.runs.items():
+            slots = r.budget_slots or 1
+            for t, running, waiting, pre, *mem in r.totals.timeline:
+                timeline.append({"allocator": name, "time_s": t, "running": running,
+                                 "waiting": waiting, "preemptions": pre,
+                                 **{c: v / slots for c, v in zip(CATEGORIES, mem)}})
+    return SimulateResult(record, timeline)
+
+
+def _simulation_inputs(m: Model, engine: str, settings: dict[str, Any], o: dict[str, Any]):
+    """The plan inputs a simulation runs on (the budget, block size and engine band of
+    :func:`plan`)."""
+    from .params import default_weights_dtype, weights_dtype_bytes
+    from .planning import DEFAULT_GPU_UTIL, PlanInputs
+    from .hardware import resolve_gpu
+    from .units import parse_bytes
+
+    sizes = {k: parse_bytes(o[k], f"--{k.replace('_', '-')}") if isinstance(o[k], str) else o[k]
+             for k in ("overhead", "weights_memory", "activation_memory", "non_torch_memory",
+                       "cuda_graph_memory", "kv_budget")}
+    wdtype = (get_engine("vllm").served_dtype(default_weights_dtype(m.spec))
+              if o["weights_dtype"] == "auto" else o["weights_dtype"])
+    weights_dtype_bytes(wdtype)
+    return PlanInputs(
+        gpu=resolve_gpu(o["gpu"]), tp=o["tp"],
+        gpu_util=DEFAULT_GPU_UTIL if o["gpu_util"] is None else o["gpu_util"],
+        weights_dtype=wdtype, kv_dtype=str(o["kv_dtype"]).lower(),
+        block_size=o["block_size"], max_len=o["max_len"],
+        max_batched_tokens=o["max_batched_tokens"], max_num_seqs=o["max_num_seqs"],
+        overhead=sizes["overhead"], cuda_graph=sizes["cuda_graph_memory"],
+        activation=sizes["activation_memory"], non_torch=sizes["non_torch_memory"],
+        weights=sizes["weights_memory"], kv_budget=sizes["kv_budget"],
+        version=o["vllm_version"] if engine == "vllm" else None, engine=engine,
+        num_blocks_override=o["num_gpu_blocks_override"], prefix_caching=o["prefix_caching"],
+        engine_options=tuple(settings.items()))

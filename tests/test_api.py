@@ -201,3 +201,42 @@ def test_compare_gpus_rows_are_the_cli_json():
     assert [r.to_dict() for r in rows] == json.loads(result.stdout)
     h100 = next(r for r in rows if r.gpu == "h100-sxm")
     assert h100.num_gpu_blocks == 26_610
+
+
+# -------------------------------------------------------------------------------- simulate
+
+def test_simulate_to_dict_is_the_cli_json_and_timeline_is_the_csv(tmp_path):
+    args = ["-m", "llama-2-13b", "--gpu", "a100-40gb", "--max-len", "2048", "--rate", "2",
+            "--requests", "300", "--dist", "lognormal", "--input-len", "161",
+            "--output-len", "338"]
+    csv_path = tmp_path / "t.csv"
+    result = CliRunner().invoke(cli, ["simulate", *args, "--timeline", str(csv_path),
+                                      "--timeline-interval", "10", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    r = kvcalc.simulate("llama-2-13b", gpu="a100-40gb", max_len=2048, rate=2, requests=300,
+                        dist="lognormal", input_len=161, output_len=338, timeline_interval=10)
+    assert r.to_dict() == json.loads(result.stdout)
+    assert (r.requests, r.completed, r.rejected) == (300, 300, 0)
+    shares = {name: a["memory"]["token_states"] for name, a in r.allocators.items()}
+    # the PagedAttention paper's ordering: Orca Max < Pow2 < Oracle < paged
+    assert shares["orca-max"] < shares["orca-pow2"] < shares["orca-oracle"] < shares["paged"]
+    for a in r.allocators.values():
+        assert abs(sum(a["memory"].values()) - 1) < 1e-3
+    lines = csv_path.read_text().splitlines()
+    assert len(lines) == 1 + len(r.timeline())
+    first = r.timeline()[0]
+    assert lines[1].split(",")[:3] == [first["allocator"], f"{first['time_s']:.6f}",
+                                       str(first["running"])]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(), "give a workload"),
+    (dict(trace="azure-conv-2023", rate=1), "not both"),
+    (dict(input_len=100, output_len=10, engine="sglang"), "simulate replays vllm or llamacpp"),
+    (dict(input_len=100, output_len=10, ctx_size=4096), "--ctx-size is a setting of --engine llamacpp"),
+    (dict(input_len=100, output_len=10, timeline_interval=0), "--timeline-interval"),
+    (dict(input_len=100, output_len=10, nonsense=1), "unknown simulate option 'nonsense'"),
+])
+def test_simulate_errors_are_typed(kwargs, message):
+    with pytest.raises(kvcalc.UsageError, match=re.escape(message)):
+        kvcalc.simulate("llama-3.1-8b", **kwargs)

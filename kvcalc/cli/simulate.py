@@ -101,86 +101,29 @@ def simulate(model, revision, gpu, tp, max_len, kv_dtype, block_size, gpu_util, 
       kvcalc simulate -m llama-3.1-8b --engine llamacpp --parallel 8 --ctx-size 64k \\
           --trace azure-conv-2023
     """
-    from ..hardware import resolve_gpu
-    from ..model import load_spec
-    from ..params import default_weights_dtype, weights_dtype_bytes
-    from ..planning import PlanInputs
-    from ..engines import get_engine
-    from ..simulation import Options, result_record, simulate as run_simulation
-    from ..simulation.requests import load_trace, synthetic
+    from .. import api
 
-    synthetic_given = any(x is not None for x in (rate, num_requests, input_len, output_len,
-                                                   dist))
-    if trace and synthetic_given:
-        raise UsageError("give --trace, or synthetic arrivals (--rate, --requests, "
-                         "--input-len, --output-len, --dist), not both")
-    if not trace and not synthetic_given:
-        raise UsageError("give a workload: --trace NAME|FILE, or --input-len and --output-len "
-                         "(with --rate and --requests)")
-    if timeline_interval is not None and not timeline_interval > 0:
-        raise UsageError(f"invalid --timeline-interval {timeline_interval}: must be positive")
-    for name, value in (("--input-std", input_std), ("--output-std", output_std)):
-        if value is not None and not 0 <= value < float("inf"):
-            raise UsageError(f"invalid {name} {value}: must be a non-negative number of tokens")
     if timeline_path:
         _check_writable(timeline_path)
-    resolved, spec = load_spec(model, revision)
-    for message in spec.warnings:
-        warn(message)
-    gpu_spec = resolve_gpu(gpu)
-    settings = allocation_settings(engine, server_settings)
-    if max_len is None:
-        max_len = spec.max_position_embeddings or 4096
-    if engine == "llamacpp" and settings.get("ctx_size"):
-        # the per-slot context, as kvcalc plan --engine llamacpp derives it
-        max_len = get_engine("llamacpp").plan_max_len(spec, settings) or max_len
-    wdtype = (get_engine("vllm").served_dtype(default_weights_dtype(spec))
-              if weights_dtype == "auto" else weights_dtype)
-    weights_dtype_bytes(wdtype)
-    inp = PlanInputs(gpu=gpu_spec, tp=tp, gpu_util=gpu_util, weights_dtype=wdtype,
-                     kv_dtype=kv_dtype, block_size=block_size, max_len=max_len,
-                     max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs,
-                     overhead=overhead, cuda_graph=cuda_graph, activation=activation_mem,
-                     non_torch=non_torch_mem, weights=weights_mem, kv_budget=kv_budget,
-                     version=vllm_version if engine == "vllm" else None, engine=engine,
-                     num_blocks_override=blocks_override, prefix_caching=prefix_caching,
-                     engine_options=tuple(settings.items()))
-    if trace:
-        arrivals = load_trace(trace).scaled(rate_scale)
-    else:
-        if rate_scale != 1.0:
-            raise UsageError("--rate-scale scales a --trace; give --rate for synthetic arrivals")
-        if input_len is None or output_len is None:
-            raise UsageError("synthetic arrivals need --input-len and --output-len")
-        n = 1000 if num_requests is None else num_requests
-        # validate now (one clear line), generate lazily per allocator
-        next(iter(synthetic(n, rate, input_len, output_len, dist, input_std, output_std,
-                            max_len, seed)))
-
-        def arrivals():
-            return synthetic(n, rate, input_len, output_len, dist, input_std, output_std,
-                             max_len, seed)
-    options = Options(allocators=tuple(dict.fromkeys(allocators)) or Options().allocators,
-                      prefix_caching=prefix_caching, cpu_offload_bytes=cpu_offload,
-                      step_time_s=step_time, step_overhead_s=step_overhead,
-                      timeline_interval_s=timeline_interval if timeline_path else None)
-    result = run_simulation(spec, inp, arrivals, options)
-    record = result_record(result)
-    record["model"] = resolved.name
-    if not trace:
-        record["workload"] = (f"synthetic: {n:,} requests, "
-                              + (f"Poisson {rate:g}/s" if rate else "all at time 0") + ", "
-                              + (f"{dist} " if dist else "fixed ")
-                              + f"prompt {input_len:,} / output {output_len:,} tokens, "
-                                f"seed {seed}")
+    result = api.simulate(
+        model, trace=trace, rate_scale=rate_scale, rate=rate, requests=num_requests,
+        input_len=input_len, output_len=output_len, dist=dist, input_std=input_std,
+        output_std=output_std, seed=seed, allocator=list(allocators),
+        prefix_caching=prefix_caching, cpu_offload=cpu_offload, step_time=step_time,
+        step_overhead=step_overhead,
+        timeline_interval=timeline_interval if timeline_path else None, engine=engine,
+        gpu=gpu, tp=tp, max_len=max_len, kv_dtype=kv_dtype, block_size=block_size,
+        gpu_util=gpu_util, weights_dtype=weights_dtype, overhead=overhead,
+        weights_memory=weights_mem, activation_memory=activation_mem,
+        non_torch_memory=non_torch_mem, cuda_graph_memory=cuda_graph, kv_budget=kv_budget,
+        max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs,
+        num_gpu_blocks_override=blocks_override, vllm_version=vllm_version,
+        revision=revision, **allocation_settings(engine, server_settings))
+    record = result.to_dict()
     if timeline_path:
-        _write_timeline(timeline_path, result)
-    limit = result.config.max_len
-    for name, r in result.runs.items():
-        if r.totals.rejected:
-            warn(f"{name}: {r.totals.rejected:,} requests rejected (prompt >= "
-                 + (f"the slot context {limit:,}" if engine == "llamacpp" else
-                    f"--max-len {limit:,}, or larger than the whole KV cache") + ")")
+        _write_timeline(timeline_path, result.timeline())
+    for message in record["warnings"]:
+        warn(message)
     _emit(record, fmt)
 
 
@@ -209,17 +152,15 @@ def _check_writable(path: str) -> None:
         raise UsageError(f"cannot write --timeline {path}: {exc.strerror or exc}") from None
 
 
-def _write_timeline(path: str, result) -> None:
+def _write_timeline(path: str, rows) -> None:
     from ..simulation.metrics import CATEGORIES
 
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(["allocator", "time_s", "running", "waiting", "preemptions", *CATEGORIES])
-    for name, r in result.runs.items():
-        slots = r.budget_slots or 1
-        for t, running, waiting, pre, *mem in r.totals.timeline:
-            w.writerow([name, f"{t:.6f}", running, waiting, pre,
-                        *(f"{m / slots:.6f}" for m in mem)])
+    for r in rows:
+        w.writerow([r["allocator"], f"{r['time_s']:.6f}", r["running"], r["waiting"],
+                    r["preemptions"], *(f"{r[c]:.6f}" for c in CATEGORIES)])
     try:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(out.getvalue())
