@@ -163,6 +163,18 @@ class ContiguousCache:
         return ((toks, res, ifrag, (self.budget_slots - self.n + stranded) * d_total,
                  usable * d_total), finished, min_left)
 
+    def bulk_integrals(self, n: int, computed: int, k: int, c0: float, c1: float,
+                       d_total: float, dj: float, head, lazy=None,
+                       events=None) -> tuple[float, ...]:
+        """:meth:`decode_integrals` from the aggregates: ``computed`` tokens held by ``n``
+        requests at the start of the run."""
+        toks = (computed + n) * d_total + n * dj
+        res = self.keep_total * d_total - toks
+        ifrag = (self.reserved - self.keep_total) * d_total
+        stranded, usable = self._free_split(head)
+        return (toks, res, ifrag, (self.budget_slots - self.n + stranded) * d_total,
+                usable * d_total)
+
     def check(self, running) -> None:
         assert sum(self.sizes) + self.reserved == self.n, "slots not conserved"
         assert sum(r.reserve for r in running if r.addr >= 0) == self.reserved

@@ -23,6 +23,7 @@ As ``vllm/v1/core/kv_cache_manager.py``, ``block_pool.py`` and ``kv_cache_utils.
 from __future__ import annotations
 
 from collections import OrderedDict
+from operator import mul
 
 
 
@@ -49,6 +50,7 @@ class PagedCache:
         self.cpu: OrderedDict | None = OrderedDict() if cpu_blocks else None
         self.evictions = 0
         self._tables: tuple | None = None
+        self._columns: tuple | None = None
         #: blocks the running requests hold (shared blocks once per holder), and the slots of
         #: their last blocks that will never be filled (internal fragmentation): kept up to
         #: date at every change so that :meth:`snapshot` need not walk the batch
@@ -404,6 +406,43 @@ class PagedCache:
             self.ifrag_slots = ifrag_slots
         return ((used - tails, tails - ifrag, ifrag, (self.budget_slots - total_slots) * d_total,
                  total_slots * d_total - used), finished, min_left)
+
+    def bulk_integrals(self, n: int, computed: int, k: int, c0: float, c1: float,
+                       d_total: float, dj: float, head, lazy, events) -> tuple[float, ...]:
+        """:meth:`decode_integrals` from the batch's aggregates instead of its requests:
+        ``lazy`` = (tails[u]: requests that start the run with u slots of their last block
+        unused; slots of internal fragmentation held at the start; blocks the requests hold;
+        blocks in use), ``events``: (j0, waste) of each request that gets its last block at
+        step j0 of the run."""
+        tails, ifrag_slots, held_now, used_blocks = lazy
+        B = self.B
+        w, col0, col1 = self._tail_columns()
+        a, b = divmod(k, B)
+        S = B * (B - 1) // 2
+        per_request = a * c0 * S + c1 * B * S * a * (a - 1) / 2
+        tail_sum = (a * c1 * sum(map(mul, tails, w)) + (c0 + c1 * a * B)
+                    * sum(map(mul, tails, col0[b])) + c1 * sum(map(mul, tails, col1[b])))
+        ifrag = ifrag_slots * d_total
+        if events:
+            for j0, waste in events:
+                ifrag += waste * (d_total - (c0 * j0 + c1 * j0 * (j0 - 1) / 2))
+        tails = n * per_request + tail_sum
+        toks = (computed + n) * d_total + n * dj
+        dup = (held_now - used_blocks) * B                  # shared blocks counted twice
+        used = toks + tails - dup * d_total
+        total_slots = self.n * B
+        return (used - tails, tails - ifrag, ifrag,
+                (self.budget_slots - total_slots) * d_total, total_slots * d_total - used)
+
+    def _tail_columns(self) -> tuple[list[int], list[list[int]], list[list[int]]]:
+        """:meth:`_tail_tables` by column: (W[u] = P1[u][B], P0[.][b], P1[.][b])."""
+        if self._columns is None:
+            p0, p1 = self._tail_tables()
+            B = self.B
+            self._columns = ([p1[u][B] for u in range(B)],
+                             [[p0[u][b] for u in range(B)] for b in range(B + 1)],
+                             [[p1[u][b] for u in range(B)] for b in range(B + 1)])
+        return self._columns
 
     def check(self, running) -> None:
         """Conservation: blocks held by running requests + free blocks = the pool."""

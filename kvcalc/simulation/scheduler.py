@@ -22,6 +22,7 @@ which the cache runs out; memory and time over the run are integrated in closed 
 from __future__ import annotations
 
 from collections import deque
+from heapq import heappop, heappush
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -36,7 +37,7 @@ class Req:
 
     __slots__ = ("rid", "arrival", "prompt", "output", "final", "hash_ids", "num_tokens",
                  "computed", "hwm", "generated", "scheduled_at", "preempted", "held", "bkeys",
-                 "tkeys", "reserve", "addr", "waste", "last_block_from")
+                 "tkeys", "reserve", "addr", "waste", "last_block_from", "seq", "d0")
 
     def __init__(self, rid: int, a: Arrival, output: int):
         self.rid = rid
@@ -59,6 +60,8 @@ class Req:
         self.addr = -1               # contiguous: where
         self.waste = -1              # paged: slots of the last block never filled (-1: unset)
         self.last_block_from = 0     # paged: tokens held before the last block is allocated
+        self.seq = -1                # admission number (the running order)
+        self.d0 = -1                 # lazy (decoding): the tick its fields were last brought to
 
 
 @dataclass
@@ -116,7 +119,9 @@ class _Loop:
         self.timing = timing
         self.tot = tot
         self.waiting: deque[Req] = deque()
-        self.running: list[Req] = []
+        #: running requests by admission number (insertion order = vLLM's running order)
+        self.running: dict[int, Req] = {}
+        self.seq = 0
         self.t = 0.0
         self.start: float | None = None
         self.next: Arrival | None = next(self.arrivals, None)
@@ -128,6 +133,82 @@ class _Loop:
         self.kv_sum = 0
         #: fewest output tokens a running request has left (valid while ``stable``)
         self.min_left = 0
+        # ---- the decoding batch as aggregates ----------------------------------------------
+        #: decode clock: decoding ("lazy") requests advance one token per tick; a lazy
+        #: request's fields hold its state at tick ``d0`` (materialised on demand)
+        self.D = 0
+        #: running requests that are not lazy (prefilling: a detailed step is needed)
+        self.n_active = 0
+        #: paged: block size; a lazy request needs a new block at the ticks t = q (mod B)
+        self.B = B = getattr(cache, "B", 0)
+        self.phase = [0] * B
+        #: (tick at which the request samples its last token, seq, request)
+        self.finish_heap: list = []
+        #: paged: (tick from which the request holds its last block, seq, waste slots)
+        self.last_heap: list = []
+
+    # ---- lazy decoding requests ----------------------------------------------------------
+    def _lazify(self, r: Req) -> None:
+        """``r`` decodes from now on: track it by its event ticks instead of by its fields."""
+        D, B = self.D, self.B
+        r.d0 = D
+        heappush(self.finish_heap, (D + r.output - r.generated, r.seq, r))
+        if B:
+            c = r.computed
+            self.phase[(D + 1 - c) % B] += 1
+            if r.waste > 0 and r.last_block_from >= c:
+                heappush(self.last_heap, (D + 1 + r.last_block_from - c, r.seq, r.waste))
+
+    def _materialise(self, r: Req) -> None:
+        """Bring a lazy request's fields to the current tick (the aggregates stay valid)."""
+        delta = self.D - r.d0
+        if delta:
+            r.d0 = self.D
+            r.hwm = r.computed = c = r.computed + delta
+            r.num_tokens += delta
+            r.generated += delta
+            if self.B:
+                r.held = -(-c // self.B)
+
+    def _unlazify_all(self) -> None:
+        """Materialise every running request and drop the aggregates (a detailed step)."""
+        D = self.D
+        B = self.B
+        for r in self.running.values():
+            if r.d0 < 0:
+                continue
+            delta = D - r.d0
+            if delta:
+                r.d0 = D
+                r.hwm = r.computed = c = r.computed + delta
+                r.num_tokens += delta
+                r.generated += delta
+                if B:
+                    r.held = -(-c // B)
+            r.d0 = -1
+        self.phase = [0] * B
+        self.finish_heap = []
+        self.last_heap = []
+
+    def _tick(self) -> list[Req]:
+        """One decode tick of the lazy batch: its new blocks, the last blocks it reaches;
+        the requests that finish."""
+        self.D = D = self.D + 1
+        B = self.B
+        if B:
+            cache = self.cache
+            grown = self.phase[D % B]
+            if grown:
+                cache._pop(grown)
+                cache.held_total += grown
+            lh = self.last_heap
+            while lh and lh[0][0] <= D:
+                cache.ifrag_slots += heappop(lh)[2]
+        fh = self.finish_heap
+        finished = []
+        while fh and fh[0][0] <= D:
+            finished.append(heappop(fh)[2])
+        return finished
 
     # ---- arrivals ----------------------------------------------------------------------
     def _take_arrivals(self) -> None:
@@ -181,58 +262,73 @@ class _Loop:
     # ---- one detailed step -------------------------------------------------------------
     def _step(self) -> None:
         cfg, cache, tot = self.cfg, self.cache, self.tot
-        running, waiting = self.running, self.waiting
+        waiting = self.waiting
         budget = cfg.max_num_batched_tokens
         preemptions = tot.preemptions
         # slots a request's blocks hold beyond its tokens need no allocation (paged: block
         # size; contiguous: the reservation covers every token)
-        B = getattr(cache, "B", 0)
+        B = self.B
         track = getattr(cache, "prefix", False)
         tokens = kv = out = 0
         finished: list[Req] = []
         first: list[Req] = []          # requests sampling their first token this step
         cached: list[Req] = []         # prompt blocks to cache once the step is scheduled
         all_decode = True
-        min_left = 1 << 62
-        # 1. running requests, oldest first; each one's tokens are computed as it is
-        # scheduled (what the step does to it depends on nothing scheduled after it)
-        i = 0
-        while i < len(running) and budget > 0:
-            r = running[i]
-            c = r.computed
-            new = r.num_tokens - c
-            if new > budget:
-                new = budget
-            # paged: the last block may hold the new tokens already; else grow, preempting
-            # the newest requests if need be
-            if not (B and c + new <= r.held * B) and not self._make_room(r, new):
-                break                            # r itself was preempted
-            budget -= new
-            tokens += new
-            kv += c + new
-            i += 1
-            r.computed = c + new
-            if c < r.hwm:
-                tot.recomputed_tokens += min(c + new, r.hwm) - c
-            if c + new > r.hwm:
-                r.hwm = c + new
-            if track and r.hash_ids is not None:
-                cached.append(r)
-            if c + new == r.num_tokens:
-                r.generated += 1
-                r.num_tokens += 1
-                out += 1
-                if r.generated == 1:
-                    first.append(r)
-                left = r.output - r.generated
-                if left <= 0:
-                    finished.append(r)
-                elif left < min_left:
-                    min_left = left
-            else:
-                all_decode = False
-        scheduled_running = i
+        n = len(self.running)
+        # 1. running requests, oldest first
+        if self.n_active == 0 and n <= budget and (
+                not B or self.phase[(self.D + 1) % B] <= cache.free_count):
+            # every running request decodes, each gets its token and the blocks it needs:
+            # one tick of the lazy batch
+            finished = self._tick()
+            budget -= n
+            tokens = out = n
+            kv = self.kv_sum + n
+            scheduled_running = n
+            rlist = None
+        else:
+            # each request's tokens are computed as it is scheduled (what the step does to it
+            # depends on nothing scheduled after it)
+            self._unlazify_all()
+            running = rlist = self.rlist = list(self.running.values())
+            min_left = 1 << 62
+            i = 0
+            while i < len(running) and budget > 0:
+                r = running[i]
+                c = r.computed
+                new = r.num_tokens - c
+                if new > budget:
+                    new = budget
+                # paged: the last block may hold the new tokens already; else grow,
+                # preempting the newest requests if need be
+                if not (B and c + new <= r.held * B) and not self._make_room(r, new):
+                    break                            # r itself was preempted
+                budget -= new
+                tokens += new
+                kv += c + new
+                i += 1
+                r.computed = c + new
+                if c < r.hwm:
+                    tot.recomputed_tokens += min(c + new, r.hwm) - c
+                if c + new > r.hwm:
+                    r.hwm = c + new
+                if track and r.hash_ids is not None:
+                    cached.append(r)
+                if c + new == r.num_tokens:
+                    r.generated += 1
+                    r.num_tokens += 1
+                    out += 1
+                    if r.generated == 1:
+                        first.append(r)
+                    if r.output - r.generated <= 0:
+                        finished.append(r)
+                else:
+                    all_decode = False
+            scheduled_running = i
+            self.running = {r.seq: r for r in running}
+            self.n_active = len(running)
         preempted = tot.preemptions != preemptions
+        running = self.running
         # 2. waiting requests, first come first served, when nothing was preempted
         admitted: list[tuple[Req, int]] = []
         blocked = False
@@ -257,7 +353,10 @@ class _Loop:
                 if r.scheduled_at is None:
                     r.scheduled_at = self.t
                     tot.queue_delay.add(self.t - r.arrival)
-                running.append(r)
+                r.seq = self.seq
+                self.seq += 1
+                running[r.seq] = r
+                self.n_active += 1
                 admitted.append((r, new))
                 budget -= new
                 tokens += new
@@ -285,16 +384,12 @@ class _Loop:
                 out += 1
                 if r.generated == 1:
                     tot.ttft.add(end - r.arrival)
-                left = r.output - r.generated
-                if left <= 0:
+                if r.output - r.generated <= 0:
                     finished.append(r)
-                elif left < min_left:
-                    min_left = left
             else:
                 all_decode = False
         self.kv_sum += tokens
         tot.output_tokens += out
-        self.min_left = min_left
         head = waiting[0] if waiting else None
         self._accumulate_step(d, head)
         tot.steps += 1
@@ -303,6 +398,20 @@ class _Loop:
         self.t = end
         if finished:
             self._finish(finished)
+        # requests that decode from now on join the lazy batch (after a one-tick step, only
+        # admitted requests can be outside it)
+        if self.n_active:
+            active = 0
+            candidates = running.values() if rlist is not None else [r for r, _ in admitted]
+            for r in candidates:
+                if r.d0 < 0 and r.seq in running:
+                    if r.generated and r.computed == r.num_tokens - 1:
+                        self._lazify(r)
+                    else:
+                        active += 1
+            self.n_active = active
+        fh = self.finish_heap
+        self.min_left = fh[0][0] - self.D if fh else 1 << 62
         self._sample()
         if cfg.check:
             self._check()
@@ -310,8 +419,8 @@ class _Loop:
         # every running request decodes, and no waiting request can get in: none waits, or
         # the cache or max_num_seqs stopped the admission and nothing was freed since
         self.stable = (not preempted and all_decode
-                       and scheduled_running + len(admitted) == len(running)
-                       and len(running) <= cfg.max_num_batched_tokens
+                       and scheduled_running + len(admitted) == len(running) + len(finished)
+                       and len(running) + len(finished) <= cfg.max_num_batched_tokens
                        and (not waiting or (not finished and (
                            blocked or len(running) >= cfg.max_num_seqs))))
 
@@ -319,7 +428,7 @@ class _Loop:
         """Grow ``r``'s cache to hold ``new`` more tokens, preempting the newest running
         requests until it can. False when ``r`` itself had to be preempted."""
         while not self.cache.grow(r, r.computed + new):
-            victim = self.running.pop()
+            victim = self.rlist.pop()
             self._preempt(victim)
             if victim is r:
                 return False
@@ -330,22 +439,33 @@ class _Loop:
         r.preempted = True
         self.cache.free(r, preempted=True)
         r.computed = 0
+        r.d0 = -1
         self.waiting.appendleft(r)
         self.tot.preemptions += 1
 
     def _finish(self, finished: list[Req]) -> None:
-        done = set(id(r) for r in finished)
+        """Free the finished requests' caches, in running order."""
+        if len(finished) > 1:
+            finished.sort(key=_seq)
+        running = self.running
         for r in finished:
+            if r.d0 >= 0:
+                self._materialise(r)
+                if self.B:
+                    self.phase[(r.d0 + 1 - r.computed) % self.B] -= 1
+            else:
+                self.n_active -= 1
+            r.d0 = -1
             self.cache.free(r, preempted=False)
             self.kv_sum -= r.computed
+            del running[r.seq]
         self.tot.completed += len(finished)
-        self.running = [r for r in self.running if id(r) not in done]
         if self.waiting:
             self.stable = False
 
     def _accumulate_step(self, d: float, head: Req | None) -> None:
         mem = self.tot.memory
-        snap = self.cache.snapshot(self.running, head, self.kv_sum)
+        snap = self.cache.snapshot(None, head, self.kv_sum)
         for c, v in zip(CATEGORIES, snap):
             mem[c] += v * d
         used = snap[0] + snap[1] + snap[2]
@@ -357,7 +477,7 @@ class _Loop:
         if interval is None or (self.t < self.next_sample and not force):
             return
         head = self.waiting[0] if self.waiting else None
-        snap = self.cache.snapshot(self.running, head)
+        snap = self.cache.snapshot(None, head, self.kv_sum)
         self.tot.timeline.append((self.t - self.start, len(self.running), len(self.waiting),
                                   self.tot.preemptions, *snap))
         self.next_sample = self.t + interval
@@ -365,23 +485,63 @@ class _Loop:
     # ---- bulk decode -------------------------------------------------------------------
     def _decode_run(self) -> bool:
         """Take the coming decode-only steps at once. False when not even one step fits."""
-        running, cache, tot = self.running, self.cache, self.tot
-        # every running request decodes (stable): the aggregates of the last step hold
+        cache, tot = self.cache, self.tot
+        # every running request decodes and is lazy (stable): the aggregates hold
         k = self.min_left
-        n = len(running)
+        n = len(self.running)
         c0, c1 = self.timing.decode_series(n, self.kv_sum)
         if not self.waiting and self.next is not None:
             k = min(k, steps_until(self.next.arrival_s - self.t, c0, c1))
-        k = cache.max_steps(running, k)
-        if k < 1:
-            self.stable = False
-            return False
+        B = self.B
+        if B:
+            # rot[i]: lazy requests that need a block at tick D + 1 + i (mod B)
+            D = self.D
+            phase = self.phase
+            i = (D + 1) % B
+            rot = phase[i:] + phase[:i]
+            free = cache.free_count
+            if free < n * (k // B + 1):
+                k = _most_steps(rot, n, k, free)
+            if k < 1:
+                self.stable = False
+                return False
+            a, b = divmod(k, B)
+            grown = a * n + sum(rot[:b])
+            # the batch's last-block tails at the start: tails[u] requests have u slots of
+            # their last block unused (u = (q - D - 2) mod B for phase q)
+            lazy = (rot[1:] + rot[:1], cache.ifrag_slots, cache.held_total,
+                    cache.n - free)
+            # the batch advanced k tokens: blocks grown, last blocks reached
+            end = D + k
+            if grown:
+                cache._pop(grown)
+                cache.held_total += grown
+            lh = self.last_heap
+            events = []
+            if lh and lh[0][0] <= end:
+                add = 0
+                while lh and lh[0][0] <= end:
+                    t, _, waste = heappop(lh)
+                    events.append((t - D - 1, waste))
+                    add += waste
+                cache.ifrag_slots += add
+        else:
+            if k < 1:
+                self.stable = False
+                return False
+            end = self.D + k
+            lazy = events = None
+        self.D = end
+        fh = self.finish_heap
+        finished = []
+        while fh and fh[0][0] <= end:
+            finished.append(heappop(fh)[2])
         d_total = series_time(k, c0, c1)
         dj = series_jtime(k, c0, c1)
-        # memory over the run (integrals from the start state), the cache grown and every
-        # request advanced by k tokens, in one pass over the batch
-        integrals, finished, self.min_left = cache.decode_run(
-            running, k, c0, c1, d_total, dj, self.waiting[0] if self.waiting else None)
+        head = self.waiting[0] if self.waiting else None
+        # the memory over the run, from the aggregates of its start
+        integrals = cache.bulk_integrals(n, self.kv_sum, k, c0, c1, d_total, dj, head, lazy,
+                                         events)
         mem = tot.memory
         for c, v in zip(CATEGORIES, integrals):
             mem[c] += v
@@ -391,20 +551,61 @@ class _Loop:
         tot.running.add(n, k)
         tot.waiting.add(len(self.waiting), k)
         self.t += d_total
-        used = cache.used_slots(running)
+        used = cache.used_slots(None)
         if used > tot.peak_used_slots:
             tot.peak_used_slots = used
         if finished:
             self._finish(finished)
+        fh = self.finish_heap
+        self.min_left = fh[0][0] - self.D if fh else 1 << 62
         self._sample()
         if self.cfg.check:
             self._check()
         return True
 
     def _check(self) -> None:
-        assert self.kv_sum == sum(r.computed for r in self.running), "computed tokens"
-        self.cache.check(self.running)
-        snap = self.cache.snapshot(self.running, self.waiting[0] if self.waiting else None)
+        running = list(self.running.values())
+        for r in running:
+            if r.d0 >= 0:
+                self._materialise(r)
+        assert self.kv_sum == sum(r.computed for r in running), "computed tokens"
+        lazy = [r for r in running if r.d0 >= 0]
+        assert self.n_active == len(running) - len(lazy), "active requests"
+        assert len(self.finish_heap) == len(lazy), "finish events"
+        for r in lazy:
+            assert r.generated and r.computed == r.num_tokens - 1 == r.hwm, "lazy decodes"
+        if self.B:
+            B = self.B
+            assert sum(self.phase) == len(lazy), "phases"
+            for r in lazy:
+                assert r.held == -(-r.computed // B), "lazy blocks"
+        self.cache.check(running)
+        snap = self.cache.snapshot(running, self.waiting[0] if self.waiting else None)
         for category, value in zip(CATEGORIES, snap):
             assert value >= -1e-6, f"negative {category}: {value}"
         assert abs(sum(snap) - self.cache.budget_slots) < 1e-6 * max(1, self.cache.budget_slots)
+
+
+def _seq(r: Req) -> int:
+    return r.seq
+
+
+def _most_steps(rot: list[int], n: int, k: int, free: int) -> int:
+    """The most ticks s <= k in which ``n`` lazy requests need at most ``free`` new blocks,
+    ``rot[i]`` of them at tick i (mod B) (:meth:`.paged.PagedCache.max_steps`)."""
+    B = len(rot)
+
+    def need(s: int) -> int:
+        a, b = divmod(s, B)
+        return a * n + sum(rot[:b])
+
+    if need(k) <= free:
+        return k
+    lo, hi = 0, k          # need(lo) <= free < need(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if need(mid) <= free:
+            lo = mid
+        else:
+            hi = mid
+    return lo
