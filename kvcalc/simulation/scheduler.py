@@ -146,6 +146,7 @@ class _Loop:
         self.finish_heap: list = []
         #: paged: (tick from which the request holds its last block, seq, waste slots)
         self.last_heap: list = []
+        self.sampling = cfg.timeline_interval_s is not None
 
     # ---- lazy decoding requests ----------------------------------------------------------
     def _lazify(self, r: Req) -> None:
@@ -240,7 +241,9 @@ class _Loop:
             return
         self.t = self.start = self.next.arrival_s
         while True:
-            self._take_arrivals()
+            nxt = self.next
+            if nxt is not None and nxt.arrival_s <= self.t:
+                self._take_arrivals()
             if not self.running and not self.waiting:
                 if self.next is None:
                     break
@@ -489,13 +492,15 @@ class _Loop:
         # every running request decodes and is lazy (stable): the aggregates hold
         k = self.min_left
         n = len(self.running)
-        c0, c1 = self.timing.decode_series(n, self.kv_sum)
-        if not self.waiting and self.next is not None:
+        kv_sum = self.kv_sum
+        waiting = self.waiting
+        c0, c1 = self.timing.decode_series(n, kv_sum)
+        if not waiting and self.next is not None:
             k = min(k, steps_until(self.next.arrival_s - self.t, c0, c1))
         B = self.B
+        D = self.D
         if B:
             # rot[i]: lazy requests that need a block at tick D + 1 + i (mod B)
-            D = self.D
             phase = self.phase
             i = (D + 1) % B
             rot = phase[i:] + phase[:i]
@@ -517,8 +522,9 @@ class _Loop:
                 cache._pop(grown)
                 cache.held_total += grown
             lh = self.last_heap
-            events = []
+            events = None
             if lh and lh[0][0] <= end:
+                events = []
                 add = 0
                 while lh and lh[0][0] <= end:
                     t, _, waste = heappop(lh)
@@ -529,36 +535,41 @@ class _Loop:
             if k < 1:
                 self.stable = False
                 return False
-            end = self.D + k
+            end = D + k
             lazy = events = None
         self.D = end
         fh = self.finish_heap
-        finished = []
-        while fh and fh[0][0] <= end:
-            finished.append(heappop(fh)[2])
-        d_total = series_time(k, c0, c1)
-        dj = series_jtime(k, c0, c1)
-        head = self.waiting[0] if self.waiting else None
+        finished = None
+        if fh and fh[0][0] <= end:
+            finished = []
+            while fh and fh[0][0] <= end:
+                finished.append(heappop(fh)[2])
+        # series_time, series_jtime (:mod:`.metrics`)
+        d_total = c0 * k + c1 * k * (k - 1) / 2
+        dj = c0 * k * (k - 1) / 2 + c1 * (k - 1) * k * (2 * k - 1) / 6
         # the memory over the run, from the aggregates of its start
-        integrals = cache.bulk_integrals(n, self.kv_sum, k, c0, c1, d_total, dj, head, lazy,
-                                         events)
+        integrals = cache.bulk_integrals(n, kv_sum, k, c0, c1, d_total, dj,
+                                         waiting[0] if waiting else None, lazy, events)
         mem = tot.memory
         for c, v in zip(CATEGORIES, integrals):
             mem[c] += v
-        self.kv_sum += k * n
+        self.kv_sum = kv_sum + k * n
         tot.output_tokens += k * n
         tot.steps += k
-        tot.running.add(n, k)
-        tot.waiting.add(len(self.waiting), k)
+        counts = tot.running.counts
+        counts[n] = counts.get(n, 0) + k
+        counts = tot.waiting.counts
+        w = len(waiting)
+        counts[w] = counts.get(w, 0) + k
         self.t += d_total
         used = cache.used_slots(None)
         if used > tot.peak_used_slots:
             tot.peak_used_slots = used
         if finished:
             self._finish(finished)
-        fh = self.finish_heap
-        self.min_left = fh[0][0] - self.D if fh else 1 << 62
-        self._sample()
+        self.min_left = fh[0][0] - end if fh else 1 << 62
+        if self.sampling:
+            self._sample()
         if self.cfg.check:
             self._check()
         return True
