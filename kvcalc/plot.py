@@ -588,22 +588,10 @@ def draw(chart: Chart, out: str | Path, size: tuple[float, float] = DEFAULT_SIZE
     out = Path(out)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise UsageError(f"unsupported image extension '{out.suffix}': use .png or .svg")
-    empty = nothing_to_draw(chart)
-    if empty:
-        raise UsageError(empty)
     _, plt = require_matplotlib()
-    rc = {"font.size": FONT_SIZE, "axes.titlesize": TITLE_FONT_SIZE,
-          "axes.labelsize": FONT_SIZE, "xtick.labelsize": LEGEND_FONT_SIZE,
-          "ytick.labelsize": LEGEND_FONT_SIZE, "legend.fontsize": LEGEND_FONT_SIZE,
-          "svg.fonttype": "none", "svg.hashsalt": "kvcalc", "path.simplify": True}
-    with plt.rc_context(rc):
-        fig, ax = plt.subplots(figsize=size, dpi=dpi, layout="constrained")
+    with plt.rc_context(RC):
+        fig = render(chart, size, dpi)
         try:
-            DRAWERS[chart.kind](chart, ax)
-            ax.set_title(_wrap(f"{chart.title}\n{chart.subtitle}", size[0]), loc="left")
-            ax.set_xlabel(chart.xlabel)
-            ax.set_ylabel(chart.ylabel)
-            ax.grid(True, which="major", alpha=0.35)
             out.parent.mkdir(parents=True, exist_ok=True)
             metadata = {"Software": None} if out.suffix.lower() == ".png" else {"Date": None}
             try:
@@ -613,6 +601,204 @@ def draw(chart: Chart, out: str | Path, size: tuple[float, float] = DEFAULT_SIZE
         finally:
             plt.close(fig)
     return out
+
+
+#: matplotlib settings of every chart
+RC = {"font.size": FONT_SIZE, "axes.titlesize": TITLE_FONT_SIZE,
+      "axes.labelsize": FONT_SIZE, "xtick.labelsize": LEGEND_FONT_SIZE,
+      "ytick.labelsize": LEGEND_FONT_SIZE, "legend.fontsize": LEGEND_FONT_SIZE,
+      "svg.fonttype": "none", "svg.hashsalt": "kvcalc", "path.simplify": True}
+
+
+def render(chart: Chart, size: tuple[float, float] = DEFAULT_SIZE_IN,
+           dpi: int = DEFAULT_DPI):
+    """The matplotlib figure of ``chart`` (the caller closes it; call inside
+    ``plt.rc_context(RC)``): drawn and laid out so that no two texts print over each other —
+    long labels wrapped, wide legends moved below, overlapping tick labels thinned, crowded
+    in-plot texts left out, a crowded figure made taller (:func:`text_collisions` checks)."""
+    empty = nothing_to_draw(chart)
+    if empty:
+        raise UsageError(empty)
+    import warnings
+
+    _, plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=size, dpi=dpi, layout="constrained")
+    try:
+        with warnings.catch_warnings():
+            # a crowded small figure collapses the axes until _fit_labels makes room
+            warnings.filterwarnings("ignore", message="constrained_layout not applied")
+            _draw_into(chart, fig, ax, size)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return fig
+
+
+def _draw_into(chart: Chart, fig, ax, size: tuple[float, float]) -> None:
+    """Draw ``chart`` into ``ax``, then make its texts fit (see :func:`render`)."""
+    DRAWERS[chart.kind](chart, ax)
+    heading = f"{chart.title}\n{chart.subtitle}"
+    ax.set_title(_wrap(heading, size[0]), loc="left")
+    ax.set_xlabel(chart.xlabel)
+    ax.set_ylabel(chart.ylabel)
+    ax.grid(True, which="major", alpha=0.35)
+    _fit_labels(fig, ax, heading)
+    _thin_tick_labels(fig, ax)
+    _hide_crowded_texts(fig, ax)
+
+
+#: the least share of the figure's height the axes keep (a crowded small figure grows taller)
+MIN_AXES_SHARE = 0.35
+
+
+def _fit_labels(fig, ax, heading: str) -> None:
+    """Texts that outgrow a small figure are wrapped, not clipped or printed over others: the
+    y label onto two lines when it is taller than the axes, an axes legend wider than the axes
+    below them, a legend below the axes into one column with wrapped entries when it is wider
+    than the figure, the title to the room right of where it starts; and a figure whose title
+    and legend leave the axes less than :data:`MIN_AXES_SHARE` of its height grows taller."""
+    import textwrap
+
+    label = ax.yaxis.label
+    for attempt in range(3):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        if not label.get_text() or label.get_window_extent(renderer).height <= \
+                ax.get_window_extent(renderer).height:
+            break
+        text = label.get_text()
+        cut = min((i for i, ch in enumerate(text) if ch == " "),
+                  key=lambda i: abs(i - len(text) / 2), default=None)
+        if "\n" not in text and cut is not None:
+            label.set_text(text[:cut] + "\n" + text[cut + 1:])
+        else:  # already two lines and still taller than a very small axes: a smaller font
+            label.set_fontsize(label.get_fontsize() * 0.85)
+    legend = ax.get_legend()
+    if legend is not None and legend.get_window_extent(renderer).width > \
+            ax.get_window_extent(renderer).width:
+        # an axes legend wider than the axes: below them instead, where the figure is wide
+        handles, texts = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
+        legend.remove()
+        fig.legend(handles=handles, labels=texts, loc="outside lower center", ncols=2)
+        fig.canvas.draw()
+    for legend in list(fig.legends):
+        width = legend.get_window_extent(renderer).width
+        if width <= fig.bbox.width:
+            continue
+        handles = legend.legend_handles
+        texts = [t.get_text() for t in legend.get_texts()]
+        longest = max(len(t) for t in texts)
+        chars = max(20, int(longest * fig.bbox.width / width * legend._ncols) - 2)
+        legend.remove()
+        fig.legend(handles=handles, labels=[textwrap.fill(t, chars) for t in texts],
+                   loc="outside lower center", ncols=1)
+    fig.canvas.draw()
+    title = ax._left_title
+    box = title.get_window_extent(renderer)
+    if title.get_text() and box.x1 > fig.bbox.x1:
+        # rewrap the heading to the room right of where the title starts
+        lines = title.get_text().split("\n")
+        chars = int(max(map(len, lines)) * (fig.bbox.x1 - box.x0) / box.width) - 2
+        title.set_text(_wrap_chars(heading, chars))
+    # a small figure crowded by its title and legend: taller, so the axes keep some height
+    for _ in range(3):
+        fig.canvas.draw()
+        height, axes_h = fig.bbox.height, ax.get_window_extent(renderer).height
+        if axes_h >= MIN_AXES_SHARE * height:
+            break
+        w, h = fig.get_size_inches()
+        fig.set_size_inches(w, h * (height - axes_h) / ((1 - MIN_AXES_SHARE) * height) + 0.1)
+
+
+def _visible_tick_labels(axis) -> list:
+    """The tick labels ``axis`` shows (major and minor, non-empty, inside the view)."""
+    lo, hi = sorted(axis.get_view_interval())
+    out = []
+    for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+        label = tick.label1
+        if (label.get_visible() and label.get_text() and tick.get_visible()
+                and lo - 1e-9 * abs(hi) <= tick.get_loc() <= hi + 1e-9 * abs(hi)):
+            out.append(label)
+    return out
+
+
+def _thin_tick_labels(fig, ax) -> None:
+    """Hide every other tick label of an axis while two of its labels overlap (minor labels
+    first), so dense or long labels never print over each other."""
+    for axis in (ax.xaxis, ax.yaxis):
+        for _ in range(6):
+            fig.canvas.draw()
+            labels = _visible_tick_labels(axis)
+            if not _overlapping(fig, labels):
+                break
+            minor = [t.label1 for t in axis.get_minor_ticks()
+                     if t.label1 in labels]
+            victims = minor if minor else sorted(
+                labels, key=lambda t: t.get_position()[axis is ax.yaxis])[1::2]
+            for label in victims:
+                label.set_visible(False)
+
+
+def _hide_crowded_texts(fig, ax) -> None:
+    """Texts drawn inside the axes (the waste chart's shares, the timing chart's ×N) that would
+    print over one drawn before them are left out."""
+    fig.canvas.draw()
+    shown: list = []
+    for text in ax.texts:
+        if any(_overlapping(fig, [other, text]) for other in shown):
+            text.set_visible(False)
+        else:
+            shown.append(text)
+
+
+#: pixels kept clear around each text when testing for overlaps (labels must not touch)
+TEXT_PAD_PX = 2
+
+
+def _overlapping(fig, texts) -> list[tuple[str, str]]:
+    """Pairs of the given text artists whose drawn boxes (grown by :data:`TEXT_PAD_PX`)
+    overlap."""
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+    for t in texts:
+        b = t.get_window_extent(renderer)
+        boxes.append((t.get_text(), Bbox.from_extents(b.x0 - TEXT_PAD_PX, b.y0 - TEXT_PAD_PX,
+                                                      b.x1 + TEXT_PAD_PX, b.y1 + TEXT_PAD_PX)))
+    return [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:]
+            if box_a.overlaps(box_b) and box_a.width > 0 and box_b.width > 0]
+
+
+def text_collisions(fig) -> list[tuple[str, str]]:
+    """Every pair of a chart's texts that print over each other: tick labels of one axis,
+    tick labels and the axis labels, the title with the axes' texts, the legend with the tick
+    and axis labels (tests/test_plot.py checks every chart kind)."""
+    fig.canvas.draw()
+    out = []
+    for ax in fig.axes:
+        x, y = _visible_tick_labels(ax.xaxis), _visible_tick_labels(ax.yaxis)
+        labels = [t for t in (ax.xaxis.label, ax.yaxis.label) if t.get_text()]
+        title = [t for t in (ax.title, ax._left_title, ax._right_title) if t.get_text()]
+        inside = [t for t in ax.texts if t.get_visible()]
+        out += _overlapping(fig, x) + _overlapping(fig, y) + _overlapping(fig, inside)
+        out += _overlapping(fig, x + [ax.xaxis.label]) + _overlapping(fig, y + [ax.yaxis.label])
+        out += [pair for pair in _overlapping(fig, title + x + y + labels)
+                if pair[0] in {t.get_text() for t in title}
+                or pair[1] in {t.get_text() for t in title}]
+        legends = [l for l in [ax.get_legend(), *fig.legends] if l is not None]
+        renderer = fig.canvas.get_renderer()
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            out += [("legend", t.get_text()) for t in x + y + labels + title
+                    if box.overlaps(t.get_window_extent(renderer))]
+        page = fig.bbox
+        for t in x + y + labels + title + legends:
+            b = t.get_window_extent(renderer)
+            if b.x0 < page.x0 - 1 or b.x1 > page.x1 + 1 or b.y0 < page.y0 - 1 or \
+                    b.y1 > page.y1 + 1:
+                out.append(("figure edge", getattr(t, "get_text", lambda: "legend")()))
+    return list(dict.fromkeys(out))
 
 
 def _draw_memory(chart: Chart, ax) -> None:
@@ -754,8 +940,6 @@ def _draw_waste(chart: Chart, ax) -> None:
 
 
 def _draw_timing(chart: Chart, ax) -> None:
-    from matplotlib.ticker import FuncFormatter
-
     series: dict[tuple, list[dict]] = {}
     for r in chart.rows:
         series.setdefault((r["report"], r["use_cache"]), []).append(r)
@@ -851,9 +1035,15 @@ TITLE_CHARS_PER_INCH = 9.5
 
 def _wrap(text: str, width_in: float) -> str:
     """Wrap each title line to the figure's width (separators stay at line ends)."""
+    return _wrap_chars(text, int(width_in * TITLE_CHARS_PER_INCH))
+
+
+def _wrap_chars(text: str, chars: int) -> str:
+    """Wrap each line of ``text`` to ``chars`` characters (at least 40; separators stay at
+    line ends)."""
     import textwrap
 
-    width = max(40, int(width_in * TITLE_CHARS_PER_INCH))
+    width = max(40, chars)
     # a non-breaking space before each separator keeps "·" at the end of a wrapped line
     text = text.replace(" · ", "\u00a0· ")
     return "\n".join(textwrap.fill(line, width, break_on_hyphens=False) for line in

@@ -449,3 +449,52 @@ def test_a_chart_with_nothing_to_draw_is_one_error_not_an_empty_image(tmp_path):
                  "--prompt-len", "100", "--format", "csv")
     assert result.exit_code == 0
     assert all(int(r["budget_bytes"]) == 0 for r in csv_rows(result.stdout))
+
+
+# ------------------------------------------------------------------ texts that do not collide
+
+CROWDED = ["concurrency", "-m", "llama-3.1-8b", "-m", "qwen2.5-7b", "--gpu", "h100", "--gpu",
+           "a100-40gb", "--gpu", "l4", "--max-len", "128k"]
+
+
+@pytest.mark.parametrize("case, size", [*((kind, "6x4") for kind in IMAGE_CASES),
+                                        ("crowded", "6x4"), ("crowded", "10x6")])
+def test_tick_labels_legends_and_titles_never_print_over_each_other(case, size, tmp_path,
+                                                                     monkeypatch, mpl):
+    """Every chart kind at a small size, and a crowded chart (6 series, 10 legend entries) at
+    the default size and a small one: no two tick labels of an axis overlap, nor a tick label an axis label,
+    the title or a legend, and nothing runs off the figure (kvcalc.plot.text_collisions)."""
+    import kvcalc.plot as plot
+
+    found = []
+    render = plot.render
+
+    def checked(chart, size=plot.DEFAULT_SIZE_IN, dpi=plot.DEFAULT_DPI):
+        fig = render(chart, size, dpi)
+        found.append(plot.text_collisions(fig))
+        return fig
+
+    monkeypatch.setattr(plot, "render", checked)
+    args = CROWDED if case == "crowded" else IMAGE_CASES[case]
+    out = tmp_path / "chart.png"
+    result = run("plot", *args, "--out", str(out), "--size", size)
+    assert result.exit_code == 0, result.output
+    assert found == [[]]
+    width, height = png_size(out)
+    assert width == int(size.split("x")[0]) * 100     # the width asked for, always
+    assert height >= int(size.split("x")[1]) * 100    # a crowded figure grows taller
+
+
+def test_the_collision_check_sees_overlaps(mpl):
+    """The check itself: two tick labels drawn on top of each other are reported."""
+    import kvcalc.plot as plot
+
+    plt = mpl.pyplot if hasattr(mpl, "pyplot") else __import__("matplotlib.pyplot").pyplot
+    fig, ax = plt.subplots(figsize=(4, 3), layout="constrained")
+    try:
+        ax.set_xticks([0, 0.001], ["a long tick label", "another long one"])
+        assert ("a long tick label", "another long one") in plot.text_collisions(fig)
+        plot._thin_tick_labels(fig, ax)                  # what render does about it
+        assert plot.text_collisions(fig) == []
+    finally:
+        plt.close(fig)
