@@ -502,3 +502,78 @@ def test_decode_run_is_the_reference_integral():
         assert (r.computed, r.generated, r.held) == (c + k, g + k, -(-(c + k) // 16))
     assert finished == [r for r in running if r.generated >= r.output]
     cache.check(running)
+
+
+def test_bulk_integrals_equal_the_per_request_integrals():
+    """The lazy batch's integrals (phase counts of the last-block tails, internal
+    fragmentation held, last blocks reached during the run) equal decode_integrals' sum
+    over the requests, for runs shorter and longer than a block."""
+    import random
+
+    from kvcalc.simulation.paged import PagedCache
+    from kvcalc.simulation.scheduler import Req, _most_steps
+
+    rng = random.Random(11)
+    B = 16
+    for trial in range(20):
+        cache = PagedCache(20_000, B, 20_000 * 16.5, prefix_caching=False)
+        running = []
+        for i in range(rng.randint(1, 40)):
+            c = rng.randint(1, 600)
+            a = Arrival(0.0, c, rng.randint(2, 300))
+            r = Req(i, a, a.output)
+            cache.admit(r, None, c)
+            r.computed = r.hwm = c
+            r.num_tokens, r.generated = c + 1, 1
+            running.append(r)
+        k = rng.randint(1, 80)
+        c0, c1 = 0.01, rng.choice((0.0, 1e-5))
+        d_total, dj = series_time(k, c0, c1), series_jtime(k, c0, c1)
+        want = cache.decode_integrals(running, k, c0, c1, d_total, dj, None)
+        tails = [0] * B
+        for r in running:
+            tails[(-r.computed - 1) % B] += 1
+        events = [(r.last_block_from - r.computed, r.waste) for r in running
+                  if r.waste and 0 <= r.last_block_from - r.computed < k]
+        lazy = (tails, cache.ifrag_slots, cache.held_total, cache.n - cache.free_count)
+        got = cache.bulk_integrals(len(running), sum(r.computed for r in running), k, c0, c1,
+                                   d_total, dj, None, lazy, events)
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-6)
+        # the blocks a run of s ticks needs, by phase: as max_steps counts them request by
+        # request
+        rot = [0] * B
+        for r in running:
+            rot[(-r.computed) % B] += 1       # needs a block at tick i when c + i = 0 mod B
+        for free in (0, 5, len(running), 3 * len(running)):
+            cache.free_count, saved = free, cache.free_count
+            assert _most_steps(rot, len(running), k, free) == cache.max_steps(running, k)
+            cache.free_count = saved
+
+
+@pytest.mark.parametrize("workload", ["mooncake", "synthetic"])
+def test_lazy_ticks_equal_detailed_steps(llama, monkeypatch, workload):
+    """A step in which the whole batch decodes, taken as one tick of the lazy batch, gives
+    exactly what the request-by-request step gives (every figure, the timeline, the memory
+    integrals to the last bit), under preemption, prefix caching and a CPU tier."""
+    from kvcalc.simulation import scheduler
+
+    if workload == "mooncake":
+        arrivals = load_trace(str(FIX / "mooncake-conversation-head40.jsonl"))
+        inp = tiny(1500, max_len=16 * 1499)
+        opts = dict(cpu_offload_bytes=100 * BLOCK_BYTES)
+    else:
+        def arrivals():
+            return synthetic(400, 40.0, 300, 150, "lognormal", max_len=4096, seed=7)
+        inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=4096, kv_budget=300 * BLOCK_BYTES)
+        opts = dict(allocators=("paged", "orca-pow2", "orca-oracle"))
+
+    def once():
+        res = run(llama, inp, arrivals, timeline_interval_s=0.5, **opts)
+        return ([(r.totals.memory, r.totals.timeline, r.totals.steps, r.totals.seconds)
+                 for r in res.runs.values()], result_record(res))
+
+    lazy = once()
+    monkeypatch.setattr(scheduler._Loop, "fast_ticks", False)
+    detailed = once()
+    assert lazy == detailed
+    assert lazy[1]["allocators"]["paged"]["preemptions"] > 0

@@ -13,6 +13,7 @@ CATEGORIES = ("token_states", "reservation", "internal_fragmentation", "external
 #: latency histogram: relative bucket width and smallest value resolved (seconds)
 LATENCY_BUCKET_RATIO = 1.005
 LATENCY_FLOOR_S = 1e-6
+_LOG_RATIO = math.log(LATENCY_BUCKET_RATIO)
 
 
 class LogHistogram:
@@ -32,7 +33,7 @@ class LogHistogram:
         if x <= LATENCY_FLOOR_S:
             self.zeros += 1
             return
-        b = int(math.log(x / LATENCY_FLOOR_S) / math.log(LATENCY_BUCKET_RATIO))
+        b = int(math.log(x / LATENCY_FLOOR_S) / _LOG_RATIO)
         self.counts[b] = self.counts.get(b, 0) + 1
 
     def percentile(self, p: float) -> float:

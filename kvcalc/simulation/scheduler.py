@@ -111,6 +111,10 @@ def run(arrivals: Iterable[Arrival], cache, cfg: Config, timing: StepTime) -> To
 
 
 class _Loop:
+    #: a step in which every running request decodes is one tick of the lazy batch (False:
+    #: the detailed step, request by request -- the same figures; tests)
+    fast_ticks = True
+
     def __init__(self, arrivals: Iterator[Arrival], cache, cfg: Config, timing: StepTime,
                  tot: Totals):
         self.arrivals = arrivals
@@ -279,7 +283,7 @@ class _Loop:
         all_decode = True
         n = len(self.running)
         # 1. running requests, oldest first
-        if self.n_active == 0 and n <= budget and (
+        if self.n_active == 0 and n <= budget and self.fast_ticks and (
                 not B or self.phase[(self.D + 1) % B] <= cache.free_count):
             # every running request decodes, each gets its token and the blocks it needs:
             # one tick of the lazy batch
@@ -393,11 +397,21 @@ class _Loop:
                 all_decode = False
         self.kv_sum += tokens
         tot.output_tokens += out
-        head = waiting[0] if waiting else None
-        self._accumulate_step(d, head)
+        # the memory of the step: the state at its end, for its duration
+        snap = cache.snapshot(None, waiting[0] if waiting else None, self.kv_sum)
+        mem = tot.memory
+        for c, v in zip(CATEGORIES, snap):
+            mem[c] += v * d
+        used = snap[0] + snap[1] + snap[2]
+        if used > tot.peak_used_slots:
+            tot.peak_used_slots = used
         tot.steps += 1
-        tot.running.add(len(running))
-        tot.waiting.add(len(waiting))
+        counts = tot.running.counts
+        m = len(running)
+        counts[m] = counts.get(m, 0) + 1
+        counts = tot.waiting.counts
+        m = len(waiting)
+        counts[m] = counts.get(m, 0) + 1
         self.t = end
         if finished:
             self._finish(finished)
@@ -415,7 +429,8 @@ class _Loop:
             self.n_active = active
         fh = self.finish_heap
         self.min_left = fh[0][0] - self.D if fh else 1 << 62
-        self._sample()
+        if self.sampling:
+            self._sample()
         if cfg.check:
             self._check()
         # the next step schedules the same way (bulk decode) when nothing was preempted,
@@ -465,15 +480,6 @@ class _Loop:
         self.tot.completed += len(finished)
         if self.waiting:
             self.stable = False
-
-    def _accumulate_step(self, d: float, head: Req | None) -> None:
-        mem = self.tot.memory
-        snap = self.cache.snapshot(None, head, self.kv_sum)
-        for c, v in zip(CATEGORIES, snap):
-            mem[c] += v * d
-        used = snap[0] + snap[1] + snap[2]
-        if used > self.tot.peak_used_slots:
-            self.tot.peak_used_slots = used
 
     def _sample(self, force: bool = False) -> None:
         interval = self.cfg.timeline_interval_s
