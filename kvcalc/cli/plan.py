@@ -8,7 +8,7 @@ from ..params import weights_dtype_bytes
 from ..planning import DEFAULT_GPU_UTIL, Plan
 from ..render import key_values, table, to_csv, to_json, to_yaml
 from ..units import GiB, format_bytes
-from ..engines import engine_names, get_engine
+from ..engines import ALLOCATION_OPTIONS, engine_names, get_engine
 from ..engines.vllm import CHUNKED_LOCAL_HYBRID_ENV, ERAS, VLLM
 from ..workload import DEFAULT_SAMPLES, DISTRIBUTIONS
 from .common import (ByteSize, TokenList, allocation_options, allocation_settings, echo_output,
@@ -53,13 +53,13 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
               show_default=True, help="Weight storage; auto = the checkpoint's.")
 @click.option("--overhead", type=ByteSize(), default=None,
               help="Replace the activation + non-torch + CUDA-graph estimate, e.g. 3GiB.")
-@click.option("--weights-memory", "weights_mem", type=ByteSize(), default=None,
+@click.option("--weights-memory", "weights_memory", type=ByteSize(), default=None,
               help="Replace the computed weights per GPU (vLLM logs 'Model loading took X GiB').")
-@click.option("--activation-memory", "activation_mem", type=ByteSize(), default=None,
+@click.option("--activation-memory", "activation_memory", type=ByteSize(), default=None,
               help="Replace the activation-peak estimate (vLLM's 'torch peak memory increase').")
-@click.option("--non-torch-memory", "non_torch_mem", type=ByteSize(), default=None,
+@click.option("--non-torch-memory", "non_torch_memory", type=ByteSize(), default=None,
               help="Replace the non-torch default (0.5GiB; 1GiB with several GPUs).")
-@click.option("--cuda-graph-memory", "cuda_graph", type=ByteSize(), default=None,
+@click.option("--cuda-graph-memory", "cuda_graph_memory", type=ByteSize(), default=None,
               help="CUDA graph memory per GPU (default 512MiB; 0 with --vllm-version 0.19 or older).")
 @click.option("--kv-budget", type=ByteSize(), default=None,
               help="Skip the budget: KV memory per GPU, as vLLM logs 'Available KV cache memory'.")
@@ -71,24 +71,24 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
               show_default=True,
               help="vLLM >= 0.20 counts 2 batches in flight with async scheduling (its "
                    "default) when sizing sliding-window blocks.")
-@click.option("--disable-hybrid-kv-cache-manager", "disable_hybrid", is_flag=True,
+@click.option("--disable-hybrid-kv-cache-manager", "disable_hybrid_kv_cache_manager", is_flag=True,
               help="As vLLM's flag: sliding/chunked layers keep every token (one group).")
-@click.option("--num-gpu-blocks-override", "blocks_override", type=int, default=None,
+@click.option("--num-gpu-blocks-override", "num_gpu_blocks_override", type=int, default=None,
               help="As vLLM's flag: use this many GPU blocks instead of the computed number.")
 @click.option("--vllm-version", default=None, metavar="X.Y",
               help=f"vLLM version whose rules are modelled (default {VLLM.default_version}; "
                    f"bands {', '.join(b.name for b in VLLM.bands)}).")
 @click.option("--vllm-era", type=click.Choice(ERAS), default=None, hidden=True,
               help="Old name of --vllm-version: new = 0.32, mid = 0.19.")
-@click.option("--enable-prefix-caching/--no-enable-prefix-caching", "prefix_caching",
+@click.option("--enable-prefix-caching/--no-enable-prefix-caching", "enable_prefix_caching",
               default=True, show_default=True,
               help="As vLLM's flag: with prefix caching (its default) vLLM >= 0.33 keeps Mamba "
                    "states in 'align' mode, 2-3 blocks per request.")
-@click.option("--num-speculative-tokens", "speculative_tokens", type=int, default=0,
+@click.option("--num-speculative-tokens", "num_speculative_tokens", type=int, default=0,
               show_default=True,
               help="As vLLM's speculative_config: one more Mamba state block per token.")
 @click.option("--allow-chunked-local-hybrid/--no-allow-chunked-local-hybrid",
-              "chunked_local_hybrid", default=None, envvar=CHUNKED_LOCAL_HYBRID_ENV,
+              "allow_chunked_local_hybrid", default=None, envvar=CHUNKED_LOCAL_HYBRID_ENV,
               help=f"As vLLM's {CHUNKED_LOCAL_HYBRID_ENV} (read from the environment too): keep "
                    "the hybrid KV cache manager for chunked local attention (Llama 4). Default: "
                    "on (vLLM reads the variable with a default of 1).")
@@ -113,7 +113,7 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
                    "CUDA context).")
 @click.option("--free-gpu-memory-fraction", "free_gpu_memory_fraction", type=float, default=None,
               help="TensorRT-LLM: share of the free memory for the KV pool (default 0.9).")
-@click.option("--max-tokens", "trt_max_tokens", type=int, default=None,
+@click.option("--max-tokens", "max_tokens", type=int, default=None,
               help="TensorRT-LLM KvCacheConfig.max_tokens: cap on the pool's tokens.")
 @click.option("--max-gpu-total-bytes", "max_gpu_total_bytes", type=ByteSize(), default=None,
               help="TensorRT-LLM: cap on the pool's bytes.")
@@ -134,21 +134,13 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
 @click.option("--target-concurrency", type=int, default=None,
               help="Solve: the fewest GPUs (and TP/PP) that serve this many requests of "
                    "--max-len tokens at once.")
-@click.option("--solve-max-len", "concurrency_for_len", type=int, default=None,
+@click.option("--solve-max-len", "solve_max_len", type=int, default=None,
               help="Solve: the largest --max-len at which this many requests fit at once.")
 @click.option("--compare-gpus", is_flag=True,
               help="Run the plan on every catalog GPU and compare.")
 @allocation_options
 @format_option
-def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, block_size, gpu_util,
-         weights_dtype, overhead, weights_mem, activation_mem, non_torch_mem, cuda_graph, kv_budget, max_batched_tokens, max_num_seqs,
-         async_scheduling, disable_hybrid, blocks_override, vllm_version, vllm_era, prefix_caching,
-         speculative_tokens, chunked_local_hybrid, mem_fraction_static, max_running_requests,
-         max_total_tokens, chunked_prefill_size, cuda_graph_max_bs, disable_cuda_graph,
-         free_memory, free_gpu_memory_fraction, trt_max_tokens, max_gpu_total_bytes,
-         host_cache_size, prompt_len, output_len, dist, mean, std,
-         samples, seed, trace,
-         target_concurrency, concurrency_for_len, compare_gpus, fmt, **engine_settings):
+def plan(model, vllm_era, compare_gpus, solve_max_len, fmt, **options):
     """GPU sizing: memory budget, KV capacity, vLLM's start-up figures, contiguous versus paged
     concurrency, tensor/pipeline parallelism, and the GPUs a target needs.
 
@@ -163,36 +155,18 @@ def plan(model, revision, gpu, tp, pp, replicas, max_len, engine, kv_dtype, bloc
     """
     from .. import api
 
-    if vllm_version is None and vllm_era is not None:
-        vllm_version = ERA_VERSIONS[vllm_era]
-    options = dict(
-        gpu=gpu, tp=tp, pp=pp, replicas=replicas, max_len=max_len, engine=engine,
-        kv_dtype=kv_dtype, block_size=block_size,
-        gpu_util=None if gpu_util == DEFAULT_GPU_UTIL else gpu_util,
-        weights_dtype=weights_dtype, overhead=overhead, weights_memory=weights_mem,
-        activation_memory=activation_mem, non_torch_memory=non_torch_mem,
-        cuda_graph_memory=cuda_graph, kv_budget=kv_budget,
-        max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs,
-        async_scheduling=async_scheduling, disable_hybrid_kv_cache_manager=disable_hybrid,
-        num_gpu_blocks_override=blocks_override, vllm_version=vllm_version,
-        enable_prefix_caching=prefix_caching, num_speculative_tokens=speculative_tokens,
-        allow_chunked_local_hybrid=chunked_local_hybrid, prompt_len=prompt_len,
-        output_len=output_len, dist=dist, mean=mean, std=std, samples=samples, seed=seed,
-        trace=trace, target_concurrency=target_concurrency, revision=revision,
-        mem_fraction_static=mem_fraction_static, max_running_requests=max_running_requests,
-        max_total_tokens=max_total_tokens, chunked_prefill_size=chunked_prefill_size,
-        cuda_graph_max_bs=cuda_graph_max_bs, disable_cuda_graph=disable_cuda_graph,
-        free_memory=free_memory, free_gpu_memory_fraction=free_gpu_memory_fraction,
-        max_tokens=trt_max_tokens, max_gpu_total_bytes=max_gpu_total_bytes,
-        host_cache_size=host_cache_size, **allocation_settings(engine, engine_settings))
+    if options["vllm_version"] is None and vllm_era is not None:
+        options["vllm_version"] = ERA_VERSIONS[vllm_era]
+    settings = allocation_settings(options["engine"], options)  # llama-server's, Ollama's
+    options = {k: v for k, v in options.items() if k not in ALLOCATION_OPTIONS} | settings
     if compare_gpus:
-        compared = api.run_compare(model, solve_max_len=concurrency_for_len, **options)
+        compared = api.run_compare(model, solve_max_len=solve_max_len, **options)
         for message in compared.warnings:
             warn(message)
         _emit_compare(compared.rows, fmt, compared.model.name, compared.inputs,
-                      target_concurrency)
+                      options["target_concurrency"])
         return
-    run = api.run_plan(model, solve_max_len=concurrency_for_len, **options)
+    run = api.run_plan(model, solve_max_len=solve_max_len, **options)
     record = run.result.to_dict()
     for message in record["warnings"]:
         warn(message)

@@ -8,15 +8,16 @@ import io
 
 import click
 
+from ..engines import ALLOCATION_OPTIONS
 from ..errors import UsageError
 from .common import (ByteSize, TokenList, allocation_settings, echo_output, format_option,
                      llamacpp_options, warn)
 
 #: ``kvcalc plan`` options reused as they are (the same click objects: same names, help, types)
 PLAN_OPTIONS = ("model", "revision", "gpu", "tp", "max_len", "kv_dtype", "block_size",
-                "gpu_util", "weights_dtype", "overhead", "weights_mem", "activation_mem",
-                "non_torch_mem", "cuda_graph", "kv_budget", "max_batched_tokens",
-                "max_num_seqs", "blocks_override", "vllm_version")
+                "gpu_util", "weights_dtype", "overhead", "weights_memory",
+                "activation_memory", "non_torch_memory", "cuda_graph_memory", "kv_budget",
+                "max_batched_tokens", "max_num_seqs", "num_gpu_blocks_override", "vllm_version")
 
 
 def plan_options(f):
@@ -81,12 +82,8 @@ def plan_options(f):
 @click.option("--timeline-interval", type=float, default=1.0, show_default=True,
               metavar="SECONDS", help="Modelled seconds between two --timeline rows.")
 @format_option
-def simulate(model, revision, gpu, tp, max_len, kv_dtype, block_size, gpu_util, weights_dtype,
-             overhead, weights_mem, activation_mem, non_torch_mem, cuda_graph, kv_budget,
-             max_batched_tokens, max_num_seqs, blocks_override, vllm_version, trace, rate_scale,
-             rate, num_requests, input_len, output_len, dist, input_std, output_std, seed,
-             allocators, prefix_caching, cpu_offload, step_time, step_overhead, timeline_path,
-             timeline_interval, fmt, engine, **server_settings):
+def simulate(model, num_requests, allocators, timeline_path, timeline_interval, engine, fmt,
+             **options):
     """Replay requests over time through vLLM v1's scheduler (chunked prefill, preemption by
     recompute, prefix caching, CPU tier) and the contiguous baselines of the PagedAttention
     paper, on the KV capacity `kvcalc plan` computes. Times are modelled (roofline estimate).
@@ -105,20 +102,11 @@ def simulate(model, revision, gpu, tp, max_len, kv_dtype, block_size, gpu_util, 
 
     if timeline_path:
         _check_writable(timeline_path)
+    settings = allocation_settings(engine, options)  # llama-server's options
+    options = {k: v for k, v in options.items() if k not in ALLOCATION_OPTIONS} | settings
     result = api.simulate(
-        model, trace=trace, rate_scale=rate_scale, rate=rate, requests=num_requests,
-        input_len=input_len, output_len=output_len, dist=dist, input_std=input_std,
-        output_std=output_std, seed=seed, allocator=list(allocators),
-        prefix_caching=prefix_caching, cpu_offload=cpu_offload, step_time=step_time,
-        step_overhead=step_overhead,
-        timeline_interval=timeline_interval if timeline_path else None, engine=engine,
-        gpu=gpu, tp=tp, max_len=max_len, kv_dtype=kv_dtype, block_size=block_size,
-        gpu_util=gpu_util, weights_dtype=weights_dtype, overhead=overhead,
-        weights_memory=weights_mem, activation_memory=activation_mem,
-        non_torch_memory=non_torch_mem, cuda_graph_memory=cuda_graph, kv_budget=kv_budget,
-        max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs,
-        num_gpu_blocks_override=blocks_override, vllm_version=vllm_version,
-        revision=revision, **allocation_settings(engine, server_settings))
+        model, requests=num_requests, allocator=list(allocators), engine=engine,
+        timeline_interval=timeline_interval if timeline_path else None, **options)
     record = result.to_dict()
     if timeline_path:
         _write_timeline(timeline_path, result.timeline())
