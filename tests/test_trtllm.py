@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from kvcalc.cli import cli
 from kvcalc.engines import get_engine
 from kvcalc.engines.trtllm import (TOKENS_PER_BLOCK_OLD_ENGINES, trtllm_bytes_per_token,
-                                   trtllm_capacity, trtllm_layout)
+                                   trtllm_capacity, trtllm_estimation_tokens, trtllm_layout)
 from kvcalc.model import load_spec
 from kvcalc.units import GiB
 
@@ -125,6 +125,126 @@ def test_gpt_oss_120b_rounds_blocks_up():
     assert cap.log_lines()[1].endswith("in paged KV cache (86720).")
     floored = trtllm_capacity(86_711 * 73_728, 73_728, fraction=1.0, round_up=False)
     assert floored.blocks == 2_709
+
+
+def test_gpt_oss_120b_profiling_pool():
+    """The same DGX Spark gpt-oss-120b run, profiling stage: "max_seq_len is not specified, using
+    inferred value 131072", "Both free_gpu_memory_fraction and max_tokens are set (to
+    0.8999999761581421 and 8224, respectively)", "Allocated 0.56 GiB for max tokens in paged KV
+    cache (8224)", "max_num_tokens=8192". One dummy request of 8,192 tokens + 2 generated (overlap
+    scheduler on) = 257 blocks of 32."""
+    tokens = trtllm_estimation_tokens(8192, 131_072)
+    assert tokens == 8_224
+    cap = trtllm_capacity(100 * GiB, bpt("gpt-oss-120b"), max_tokens=tokens)
+    assert (cap.blocks, cap.kv_cache_tokens) == (257, 8_224)
+    assert cap.log_lines()[1] == \
+        "[MemUsageChange] Allocated 0.56 GiB for max tokens in paged KV cache (8224)."
+
+
+def test_gpt_oss_20b_dgx_spark_profiling_pool_forum_354807():
+    """NVIDIA developer forum, "TensorRT-LLM PyTorch Memory Fraction Automatically Limited to 0.14
+    Despite KV Cache Configuration", https://forums.developer.nvidia.com/t/tensorrt-llm-pytorch-memory-fraction-automatically-limited-to-0-14-despite-kv-cache-configuration/354807:
+    trtllm-serve 1.1.0rc3
+    (spark-single-gpu-dev image) with openai/gpt-oss-20b on a DGX Spark, --max_seq_len 16384
+    --max_num_tokens 4096, disable_overlap_scheduler: true. Its profiling stage:
+
+        max_tokens is set by kv_cache_config.max_tokens: 4128
+        [MemUsageChange] Allocated 0.19 GiB for max tokens in paged KV cache (4128).
+        max_seq_len=4128, max_num_requests=64, ...
+
+    One dummy request of min(4096, 16383) tokens + 1 generated token (no overlap scheduler) = 129
+    blocks of 32 = 4,128 tokens. gpt-oss-20b caches 24 layers x 8 KV heads x 64 x 2 x 2 B =
+    49,152 B per token, every layer at full length (sliding layers unshortened without
+    max_attention_window): 4,128 x 49,152 B = 0.189 GiB. An FP8 cache (24,576 B) would print 0.09
+    and the 12 full-attention layers alone 0.09: the log rules both out."""
+    per_token = bpt("gpt-oss-20b")
+    assert per_token == 49_152
+    tokens = trtllm_estimation_tokens(4096, 16_384, overlap_scheduler=False)
+    assert tokens == 4_128
+    cap = trtllm_capacity(100 * GiB, per_token, max_tokens=tokens)
+    assert (cap.max_tokens, cap.blocks, cap.kv_cache_tokens) == (4_128, 129, 4_128)
+    assert cap.log_lines()[1] == \
+        "[MemUsageChange] Allocated 0.19 GiB for max tokens in paged KV cache (4128)."
+    assert f"{4_128 * 24_576 / GiB:.2f}" == "0.09"
+    # with the overlap scheduler on, 2 generated tokens still fit in the 129th block
+    assert trtllm_estimation_tokens(4096, 16_384) == 4_128
+    # the final pool is not in the thread's text we could read; its YAML caps max_tokens at
+    # 200,000, which binds on a DGX Spark's 128 GB unless the profiling run left under 10.2 GiB:
+    # then 6,250 blocks, 9.16 GiB (kvcalc's figure, not one the thread shows)
+    final = trtllm_capacity(90 * GiB, per_token, max_tokens=200_000)
+    assert (final.blocks, f"{final.kv_cache_bytes / GiB:.2f}") == (6_250, "9.16")
+
+
+def test_llama31_8b_pp2_profiling_pool_issue_8961():
+    """NVIDIA/TensorRT-LLM#8961 (comment of 2025-11-07): trtllm-serve llama3.1-8b --pp_size 2
+    --max_seq_len 8192 --max_num_tokens 8192 --max_batch_size 32, two nodes. Profiling stage:
+
+        Both free_gpu_memory_fraction and max_tokens are set (to 0.9 and 8256 with free memory
+          1.687347412109375 of total memory 5.879119873046875, respectively). ...
+        Max KV cache blocks per sequence: 257 [window size=8193], tokens per block=32,
+          primary blocks=258, secondary blocks=0, max sequence length=8193
+        [MemUsageChange] Allocated 1.01 GiB for max tokens in paged KV cache (8256).
+
+    Dummy requests of min(8192, 8192 - 1) = 8,191 tokens and then 1 token, each + 2 generated
+    (overlap scheduler): 257 + 1 = 258 blocks = 8,256 tokens. That release divides the memory it
+    prints by 1 << 32 (``KVCacheManager.calculate_max_num_blocks``, resource_manager.py), so
+    "1.687" is 6.75 GiB free of 23.5 GiB; 0.9 x 6.75 GiB holds far more than 8,256 tokens, and the
+    max_tokens cap binds. Not reproduced: "1.01 GiB" is 8,256 x 131,072 B, all 32 layers, while a
+    pipeline stage of 2 holds 16 layers (65,536 B per token, 0.50 GiB); the thread does not say
+    which process printed it (the run hung), so kvcalc's per-stage pool is left as it is."""
+    tokens = trtllm_estimation_tokens(8192, 8192)
+    assert tokens == 8_256
+    free = int(1.687347412109375 * (1 << 32))
+    assert f"{free / GiB:.2f}" == "6.75"
+    full = trtllm_capacity(free, bpt("llama-3.1-8b"), max_tokens=tokens)
+    assert (full.blocks, full.kv_cache_tokens) == (258, 8_256)
+    assert -(-8193 // 32) == 257
+    assert full.log_lines()[1] == \
+        "[MemUsageChange] Allocated 1.01 GiB for max tokens in paged KV cache (8256)."
+    stage = trtllm_capacity(free, bpt("llama-3.1-8b") // 2, max_tokens=tokens)
+    assert f"{stage.kv_cache_bytes / GiB:.2f}" == "0.50"
+
+
+def test_tinyllama_triton_llmapi_log_tutorials_pr_150():
+    """triton-inference-server/tutorials#150 (comment of 2026-04-10, "Tested on H100x2", Triton
+    25.12 container, LLM API / PyTorch backend through the tensorrtllm backend's llmapi template,
+    whose model.yaml defaults to TinyLlama/TinyLlama-1.1B-Chat-v1.0 with no kv_cache_config):
+
+        Max KV cache blocks per sequence: 65 [window size=2051], tokens per block=32,
+          primary blocks=116617, secondary blocks=0
+        Number of tokens per block: 32.
+        [MemUsageChange] Allocated 78.30 GiB for max tokens in paged KV cache (3731744).
+
+    TinyLlama caches 22 layers x 4 KV heads x 64 x 2 x 2 B = 22,528 B per token: 116,617 blocks
+    x 32 = 3,731,744 tokens = 78.30 GiB, every printed figure. The window is TinyLlama's 2,048
+    positions + 3 (the guide's max_draft_len), ceil(2051 / 32) = 65 blocks. The log does not print
+    the free memory, so the block count is checked from the one free-memory interval that gives it:
+    at the default fraction 0.9, 86.9938..86.9946 GiB after the profiling run. That is more than an
+    80 GB H100 holds (79.2 GiB in all), so the card had more memory (an H100 NVL has 94 GB)."""
+    spec = load_spec(str(FIXTURES / "TinyLlama__TinyLlama-1.1B-Chat-v1.0.partial.json"))[1]
+    per_token = trtllm_bytes_per_token(trtllm_layout(spec))
+    assert per_token == 22_528
+    cap = trtllm_capacity(int(86.994 * GiB), per_token, max_seq_len=2051)
+    assert (cap.blocks, cap.kv_cache_tokens) == (116_617, 3_731_744)
+    assert cap.log_lines() == [
+        "Number of tokens per block: 32.",
+        "[MemUsageChange] Allocated 78.30 GiB for max tokens in paged KV cache (3731744).",
+        "Number of blocks in KV cache primary pool: 116617"]
+    assert -(-2051 // cap.tokens_per_block) == 65
+    # the interval of free memory (fraction 0.9) that yields exactly 116,617 blocks
+    lo = -(-(116_616 * 32 + 1) * per_token * 10 // 9)
+    hi = -(-(116_617 * 32 + 1) * per_token * 10 // 9) - 1
+    assert trtllm_capacity(lo, per_token).blocks == trtllm_capacity(hi, per_token).blocks == 116_617
+    assert trtllm_capacity(lo - 1, per_token).blocks == 116_616
+    assert trtllm_capacity(hi + 1, per_token).blocks == 116_618
+    assert f"{lo / GiB:.4f}" == "86.9938" and 86.994 < hi / GiB < 86.995
+    assert lo > 85_045_477_376  # an 80 GB H100's whole memory (section 3.10)
+
+
+def test_estimation_tokens_with_draft_tokens():
+    # 1 generated + 1 overlap + 2 x 3 draft tokens: 8192 + 8 tokens -> 257 blocks
+    assert trtllm_estimation_tokens(8192, 131_072, draft_tokens=3) == 257 * 32
+    assert trtllm_estimation_tokens(4096, 16_384, beam_width=2) == 2 * 129 * 32
 
 
 def test_caps_and_host_blocks():

@@ -14,6 +14,9 @@ on a CPU, so the figures are checked against real logs, tests/test_trtllm.py):
 - tokens and blocks (:func:`trtllm_capacity`): ``max_tokens = available x fraction //
   bytes_per_token`` (capped), ``blocks = ceil(max_tokens / tokens_per_block)``
   (``calculateMaxNumBlocks``, ``cpp/tensorrt_llm/batch_manager/kvCacheManager.cpp``);
+- the profiling run's own small pool (:func:`trtllm_estimation_tokens`, ``KvCacheCreator`` in
+  ``tensorrt_llm/_torch/pyexecutor/_util.py``): whole blocks for the dummy requests of
+  ``max_num_tokens``, printed before the final pool;
 - the log lines "Number of tokens per block: 32." and "[MemUsageChange] Allocated X GiB for max
   tokens in paged KV cache (N)." / "Number of blocks in KV cache primary pool: N".
 """
@@ -100,6 +103,33 @@ def _layer(i: int, layer, dtype: KVDtype, block: int, tp: int) -> LayerCache:
 def trtllm_bytes_per_token(layout: Layout) -> int:
     """The pool's bytes per token on one GPU (every layer with per-token KV)."""
     return sum(c.bytes_per_token for c in layout.layers if c.keep != KEEP_NONE)
+
+
+def trtllm_estimation_tokens(max_num_tokens: int = MAX_NUM_TOKENS, max_seq_len: int = 0,
+                             tokens_per_block: int = TOKENS_PER_BLOCK, *,
+                             overlap_scheduler: bool = True, draft_tokens: int = 0,
+                             extra_kv_tokens: int = 0, beam_width: int = 1) -> int:
+    """The pool of the PyTorch backend's profiling run: the ``max_tokens`` it prints first ("max_tokens
+    is set by kv_cache_config.max_tokens: N", "Allocated X GiB for max tokens in paged KV cache (N)"
+    before the final pool). ``KvCacheCreator._get_token_num_for_estimation`` and
+    ``_create_dummy_context_requests`` (NVIDIA/TensorRT-LLM ``tensorrt_llm/_torch/pyexecutor/
+    _util.py``, 1.1): dummy context requests of ``min(max_num_tokens, max_seq_len - 1)`` tokens
+    until ``max_num_tokens`` are used up, each rounded up to whole blocks after adding the tokens it
+    generates (1, +1 with the overlap scheduler; draft tokens likewise, + ``num_extra_kv_tokens``),
+    times the beam width."""
+    if max_num_tokens < 1 or tokens_per_block < 1:
+        raise UsageError("max_num_tokens and tokens_per_block must be at least 1")
+    extra = 1
+    if overlap_scheduler:
+        extra += 1 + draft_tokens
+    extra += draft_tokens + extra_kv_tokens
+    length = min(max_num_tokens, max(1, (max_seq_len or max_num_tokens + 1) - 1))
+    blocks, remaining = 0, max_num_tokens
+    while remaining > 0:
+        n = min(length, remaining)
+        blocks += cdiv(n + extra, tokens_per_block)
+        remaining -= n
+    return blocks * tokens_per_block * beam_width
 
 
 @dataclass(frozen=True)
