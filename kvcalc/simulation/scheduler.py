@@ -23,10 +23,12 @@ from __future__ import annotations
 
 from collections import deque
 from heapq import heappop, heappush
+from math import log as _log
+from operator import mul
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from .metrics import (CATEGORIES, CountHistogram, LogHistogram, series_jtime, series_time,
+from .metrics import (_LOG_RATIO, CATEGORIES, LATENCY_FLOOR_S, CountHistogram, LogHistogram,
                       steps_until)
 from .requests import Arrival
 from .timing import StepTime
@@ -151,6 +153,23 @@ class _Loop:
         #: paged: (tick from which the request holds its last block, seq, waste slots)
         self.last_heap: list = []
         self.sampling = cfg.timeline_interval_s is not None
+        #: the memory integrals, by category (CATEGORIES' order; written to tot.memory at
+        #: the end)
+        self.mem = [0.0] * len(CATEGORIES)
+        # the step-time model's terms (StepTime.duration / decode_series, inline)
+        self._fixed = timing.fixed_s
+        self._tm = (timing.overhead_s, timing.weight_bytes, timing.kv_bytes_per_token,
+                    timing.bandwidth, timing.flops_per_token, timing.peak_flops)
+        if B:
+            # PagedCache._tail_columns rotated: _rw[s][q] = W[(q - s) % B], _r0[s][b][q] =
+            # P0[(q - s) % B][b], _r1 likewise (dot products with the phase counts)
+            w, col0, col1 = cache._tail_columns()
+            self._S = B * (B - 1) // 2
+            self._rw = [[w[(q - s) % B] for q in range(B)] for s in range(B)]
+            self._r0 = [[[col[(q - s) % B] for q in range(B)] for col in col0]
+                        for s in range(B)]
+            self._r1 = [[[col[(q - s) % B] for q in range(B)] for col in col1]
+                        for s in range(B)]
 
     # ---- lazy decoding requests ----------------------------------------------------------
     def _lazify(self, r: Req) -> None:
@@ -194,26 +213,6 @@ class _Loop:
         self.phase = [0] * B
         self.finish_heap = []
         self.last_heap = []
-
-    def _tick(self) -> list[Req]:
-        """One decode tick of the lazy batch: its new blocks, the last blocks it reaches;
-        the requests that finish."""
-        self.D = D = self.D + 1
-        B = self.B
-        if B:
-            cache = self.cache
-            grown = self.phase[D % B]
-            if grown:
-                cache._pop(grown)
-                cache.held_total += grown
-            lh = self.last_heap
-            while lh and lh[0][0] <= D:
-                cache.ifrag_slots += heappop(lh)[2]
-        fh = self.finish_heap
-        finished = []
-        while fh and fh[0][0] <= D:
-            finished.append(heappop(fh)[2])
-        return finished
 
     # ---- arrivals ----------------------------------------------------------------------
     def _take_arrivals(self) -> None:
@@ -259,12 +258,14 @@ class _Loop:
                 continue
             self._step()
         tot.seconds = self.t - self.start
+        for c, v in zip(CATEGORIES, self.mem):
+            tot.memory[c] += v
 
     def _accumulate_idle(self, dt: float) -> None:
-        mem = self.tot.memory
+        mem = self.mem
         ext, free = self.cache.idle_split()
-        mem["external_fragmentation"] += ext * dt
-        mem["free"] += free * dt
+        mem[3] += ext * dt                    # external_fragmentation
+        mem[4] += free * dt                   # free
 
     # ---- one detailed step -------------------------------------------------------------
     def _step(self) -> None:
@@ -285,55 +286,47 @@ class _Loop:
         # 1. running requests, oldest first
         if self.n_active == 0 and n <= budget and self.fast_ticks and (
                 not B or self.phase[(self.D + 1) % B] <= cache.free_count):
-            # every running request decodes, each gets its token and the blocks it needs:
-            # one tick of the lazy batch
-            finished = self._tick()
-            budget -= n
-            tokens = out = n
-            kv = self.kv_sum + n
-            scheduled_running = n
-            rlist = None
-        else:
-            # each request's tokens are computed as it is scheduled (what the step does to it
-            # depends on nothing scheduled after it)
-            self._unlazify_all()
-            running = rlist = self.rlist = list(self.running.values())
-            min_left = 1 << 62
-            i = 0
-            while i < len(running) and budget > 0:
-                r = running[i]
-                c = r.computed
-                new = r.num_tokens - c
-                if new > budget:
-                    new = budget
-                # paged: the last block may hold the new tokens already; else grow,
-                # preempting the newest requests if need be
-                if not (B and c + new <= r.held * B) and not self._make_room(r, new):
-                    break                            # r itself was preempted
-                budget -= new
-                tokens += new
-                kv += c + new
-                i += 1
-                r.computed = c + new
-                if c < r.hwm:
-                    tot.recomputed_tokens += min(c + new, r.hwm) - c
-                if c + new > r.hwm:
-                    r.hwm = c + new
-                if track and r.hash_ids is not None:
-                    cached.append(r)
-                if c + new == r.num_tokens:
-                    r.generated += 1
-                    r.num_tokens += 1
-                    out += 1
-                    if r.generated == 1:
-                        first.append(r)
-                    if r.output - r.generated <= 0:
-                        finished.append(r)
-                else:
-                    all_decode = False
-            scheduled_running = i
-            self.running = {r.seq: r for r in running}
-            self.n_active = len(running)
+            self._tick_step(n)
+            return
+        # each request's tokens are computed as it is scheduled (what the step does to it
+        # depends on nothing scheduled after it)
+        self._unlazify_all()
+        running = self.rlist = list(self.running.values())
+        i = 0
+        while i < len(running) and budget > 0:
+            r = running[i]
+            c = r.computed
+            new = r.num_tokens - c
+            if new > budget:
+                new = budget
+            # paged: the last block may hold the new tokens already; else grow,
+            # preempting the newest requests if need be
+            if not (B and c + new <= r.held * B) and not self._make_room(r, new):
+                break                            # r itself was preempted
+            budget -= new
+            tokens += new
+            kv += c + new
+            i += 1
+            r.computed = c + new
+            if c < r.hwm:
+                tot.recomputed_tokens += min(c + new, r.hwm) - c
+            if c + new > r.hwm:
+                r.hwm = c + new
+            if track and r.hash_ids is not None:
+                cached.append(r)
+            if c + new == r.num_tokens:
+                r.generated += 1
+                r.num_tokens += 1
+                out += 1
+                if r.generated == 1:
+                    first.append(r)
+                if r.output - r.generated <= 0:
+                    finished.append(r)
+            else:
+                all_decode = False
+        scheduled_running = i
+        self.running = {r.seq: r for r in running}
+        self.n_active = len(running)
         preempted = tot.preemptions != preemptions
         running = self.running
         # 2. waiting requests, first come first served, when nothing was preempted
@@ -399,9 +392,12 @@ class _Loop:
         tot.output_tokens += out
         # the memory of the step: the state at its end, for its duration
         snap = cache.snapshot(None, waiting[0] if waiting else None, self.kv_sum)
-        mem = tot.memory
-        for c, v in zip(CATEGORIES, snap):
-            mem[c] += v * d
+        mem = self.mem
+        mem[0] += snap[0] * d
+        mem[1] += snap[1] * d
+        mem[2] += snap[2] * d
+        mem[3] += snap[3] * d
+        mem[4] += snap[4] * d
         used = snap[0] + snap[1] + snap[2]
         if used > tot.peak_used_slots:
             tot.peak_used_slots = used
@@ -415,12 +411,10 @@ class _Loop:
         self.t = end
         if finished:
             self._finish(finished)
-        # requests that decode from now on join the lazy batch (after a one-tick step, only
-        # admitted requests can be outside it)
+        # requests that decode from now on join the lazy batch
         if self.n_active:
             active = 0
-            candidates = running.values() if rlist is not None else [r for r, _ in admitted]
-            for r in candidates:
+            for r in running.values():
                 if r.d0 < 0 and r.seq in running:
                     if r.generated and r.computed == r.num_tokens - 1:
                         self._lazify(r)
@@ -438,6 +432,158 @@ class _Loop:
         # the cache or max_num_seqs stopped the admission and nothing was freed since
         self.stable = (not preempted and all_decode
                        and scheduled_running + len(admitted) == len(running) + len(finished)
+                       and len(running) + len(finished) <= cfg.max_num_batched_tokens
+                       and (not waiting or (not finished and (
+                           blocked or len(running) >= cfg.max_num_seqs))))
+
+    def _tick_step(self, n: int) -> None:
+        """:meth:`_step` when every running request decodes and gets the block it needs: one
+        tick of the lazy batch, then the admissions (the same figures, in the same order)."""
+        cfg, cache, tot = self.cfg, self.cache, self.tot
+        waiting = self.waiting
+        running = self.running
+        # the tick: the blocks the lazy batch needs, the last blocks it reaches, finishes
+        self.D = D = self.D + 1
+        B = self.B
+        if B:
+            grown = self.phase[D % B]
+            if grown:
+                cache._pop(grown)
+                cache.held_total += grown
+            lh = self.last_heap
+            while lh and lh[0][0] <= D:
+                cache.ifrag_slots += heappop(lh)[2]
+        fh = self.finish_heap
+        finished = []
+        while fh and fh[0][0] <= D:
+            finished.append(heappop(fh)[2])
+        budget = cfg.max_num_batched_tokens - n
+        tokens = out = n
+        kv = self.kv_sum + n
+        t = self.t
+        # 2. waiting requests, first come first served (a tick preempts nothing)
+        admitted: list[tuple[Req, int]] = []
+        blocked = False
+        if waiting and budget > 0:
+            max_seqs = cfg.max_num_seqs
+            qd = tot.queue_delay
+            while waiting and budget > 0 and len(running) < max_seqs:
+                r = waiting[0]
+                hits = cache.lookup(r)
+                hit_tokens = hits[0] if hits else 0
+                new = min(r.num_tokens - hit_tokens, budget)
+                if not cache.admit(r, hits, hit_tokens + new):
+                    blocked = True
+                    break
+                waiting.popleft()
+                tot.queried_tokens += r.num_tokens
+                if hits:
+                    tot.prefix_hit_tokens += hits[1]
+                    tot.offload_hit_tokens += hits[2]
+                    if r.preempted:
+                        tot.resume_hit_tokens += hits[0]
+                r.computed = hit_tokens
+                self.kv_sum += hit_tokens
+                if r.scheduled_at is None:
+                    r.scheduled_at = t
+                    # LogHistogram.add
+                    x = t - r.arrival
+                    qd.n += 1
+                    qd.total += x
+                    if x <= LATENCY_FLOOR_S:
+                        qd.zeros += 1
+                    else:
+                        bk = int(_log(x / LATENCY_FLOOR_S) / _LOG_RATIO)
+                        qc = qd.counts
+                        qc[bk] = qc.get(bk, 0) + 1
+                r.seq = seq = self.seq
+                self.seq = seq + 1
+                running[seq] = r
+                self.n_active += 1
+                admitted.append((r, new))
+                budget -= new
+                tokens += new
+                kv += hit_tokens + new
+        fixed = self._fixed
+        if fixed is None:
+            overhead, wb, kvb, bw, fpt, peak = self._tm
+            d = overhead + (wb + kvb * kv) / bw + fpt * tokens / peak
+        else:
+            d = fixed
+        end = t + d
+        all_decode = True
+        if admitted:
+            track = getattr(cache, "prefix", False)
+            ttft = tot.ttft
+            for r, new in admitted:
+                before = r.computed
+                r.computed = c = before + new
+                if before < r.hwm:
+                    tot.recomputed_tokens += min(c, r.hwm) - before
+                if c > r.hwm:
+                    r.hwm = c
+                if track and r.hash_ids is not None:
+                    cache.on_computed(r)
+                if c == r.num_tokens:
+                    r.generated += 1
+                    r.num_tokens += 1
+                    out += 1
+                    if r.generated == 1:
+                        # LogHistogram.add
+                        x = end - r.arrival
+                        ttft.n += 1
+                        ttft.total += x
+                        if x <= LATENCY_FLOOR_S:
+                            ttft.zeros += 1
+                        else:
+                            bk = int(_log(x / LATENCY_FLOOR_S) / _LOG_RATIO)
+                            tc = ttft.counts
+                            tc[bk] = tc.get(bk, 0) + 1
+                    if r.output - r.generated <= 0:
+                        finished.append(r)
+                else:
+                    all_decode = False
+        self.kv_sum += tokens
+        tot.output_tokens += out
+        # the memory of the step: the state at its end, for its duration
+        snap = cache.snapshot(None, waiting[0] if waiting else None, self.kv_sum)
+        mem = self.mem
+        mem[0] += snap[0] * d
+        mem[1] += snap[1] * d
+        mem[2] += snap[2] * d
+        mem[3] += snap[3] * d
+        mem[4] += snap[4] * d
+        used = snap[0] + snap[1] + snap[2]
+        if used > tot.peak_used_slots:
+            tot.peak_used_slots = used
+        tot.steps += 1
+        counts = tot.running.counts
+        m = len(running)
+        counts[m] = counts.get(m, 0) + 1
+        counts = tot.waiting.counts
+        m = len(waiting)
+        counts[m] = counts.get(m, 0) + 1
+        self.t = end
+        if finished:
+            self._finish(finished)
+        # requests that decode from now on join the lazy batch (after a tick, only admitted
+        # requests can be outside it)
+        if self.n_active:
+            active = 0
+            for r, _ in admitted:
+                if r.d0 < 0 and r.seq in running:
+                    if r.generated and r.computed == r.num_tokens - 1:
+                        self._lazify(r)
+                    else:
+                        active += 1
+            self.n_active = active
+        self.min_left = fh[0][0] - self.D if fh else 1 << 62
+        if self.sampling and end >= self.next_sample:
+            self._sample()
+        if cfg.check:
+            self._check()
+        self.stable = (all_decode
+                       and n + len(admitted) == len(running) + len(finished)
                        and len(running) + len(finished) <= cfg.max_num_batched_tokens
                        and (not waiting or (not finished and (
                            blocked or len(running) >= cfg.max_num_seqs))))
@@ -493,72 +639,99 @@ class _Loop:
 
     # ---- bulk decode -------------------------------------------------------------------
     def _decode_run(self) -> bool:
-        """Take the coming decode-only steps at once. False when not even one step fits."""
+        """Take the coming decode-only steps at once. False when not even one step fits.
+
+        The figures of :meth:`.timing.StepTime.decode_series`, :func:`.metrics.steps_until`,
+        :meth:`.paged.PagedCache.bulk_integrals` and :meth:`.paged.PagedCache.used_slots`,
+        computed inline by the same expressions (the same floats)."""
         cache, tot = self.cache, self.tot
         # every running request decodes and is lazy (stable): the aggregates hold
         k = self.min_left
         n = len(self.running)
         kv_sum = self.kv_sum
         waiting = self.waiting
-        c0, c1 = self.timing.decode_series(n, kv_sum)
-        if not waiting and self.next is not None:
-            k = min(k, steps_until(self.next.arrival_s - self.t, c0, c1))
+        fixed = self._fixed
+        if fixed is None:
+            overhead, wb, kvb, bw, fpt, peak = self._tm
+            c0 = overhead + (wb + kvb * (kv_sum + n)) / bw + fpt * n / peak
+            c1 = kvb * n / bw
+        else:
+            c0, c1 = fixed, 0.0
+        if not waiting:
+            nxt = self.next
+            if nxt is not None:
+                dt = nxt.arrival_s - self.t
+                # a run of k steps that ends before the arrival needs no search
+                if c0 * k + c1 * k * (k - 1) / 2 >= dt:
+                    k = min(k, steps_until(dt, c0, c1))
         B = self.B
         D = self.D
         if B:
-            # rot[i]: lazy requests that need a block at tick D + 1 + i (mod B)
+            # phase[q]: lazy requests that need a block at the ticks t = q (mod B); the run's
+            # ticks are D + 1 ... D + k
             phase = self.phase
             i = (D + 1) % B
-            rot = phase[i:] + phase[:i]
             free = cache.free_count
             if free < n * (k // B + 1):
-                k = _most_steps(rot, n, k, free)
+                k = _most_steps(phase[i:] + phase[:i], n, k, free)
             if k < 1:
                 self.stable = False
                 return False
             a, b = divmod(k, B)
-            grown = a * n + sum(rot[:b])
-            # the batch's last-block tails at the start: tails[u] requests have u slots of
-            # their last block unused (u = (q - D - 2) mod B for phase q)
-            lazy = (rot[1:] + rot[:1], cache.ifrag_slots, cache.held_total,
-                    cache.n - free)
-            # the batch advanced k tokens: blocks grown, last blocks reached
+            j = i + b
+            grown = a * n + (sum(phase[i:j]) if j <= B else sum(phase[i:]) + sum(phase[:j - B]))
+            ifrag_slots = cache.ifrag_slots
+            held_now = cache.held_total
+            used_blocks = cache.n - free
             end = D + k
+            d_total = c0 * k + c1 * k * (k - 1) / 2
+            dj = c0 * k * (k - 1) / 2 + c1 * (k - 1) * k * (2 * k - 1) / 6
+            # the memory over the run (PagedCache.bulk_integrals): the last-block tails at
+            # the start, tails[u] = phase[(D + 2 + u) % B], as dot products with the tables
+            # rotated by s = (D + 2) % B
+            s = (D + 2) % B
+            S = self._S
+            per_request = a * c0 * S + c1 * B * S * a * (a - 1) / 2
+            tail_sum = (a * c1 * sum(map(mul, phase, self._rw[s]))
+                        + (c0 + c1 * a * B) * sum(map(mul, phase, self._r0[s][b]))
+                        + c1 * sum(map(mul, phase, self._r1[s][b])))
+            ifrag = ifrag_slots * d_total
+            # the batch advanced k tokens: blocks grown, last blocks reached
             if grown:
                 cache._pop(grown)
-                cache.held_total += grown
+                cache.held_total = held_now + grown
             lh = self.last_heap
-            events = None
             if lh and lh[0][0] <= end:
-                events = []
                 add = 0
                 while lh and lh[0][0] <= end:
                     t, _, waste = heappop(lh)
-                    events.append((t - D - 1, waste))
+                    j0 = t - D - 1
+                    ifrag += waste * (d_total - (c0 * j0 + c1 * j0 * (j0 - 1) / 2))
                     add += waste
-                cache.ifrag_slots += add
+                cache.ifrag_slots = ifrag_slots + add
+            tails = n * per_request + tail_sum
+            toks = (kv_sum + n) * d_total + n * dj
+            dup = (held_now - used_blocks) * B                # shared blocks counted twice
+            used = toks + tails - dup * d_total
+            total_slots = cache.n * B
+            integrals = (used - tails, tails - ifrag, ifrag,
+                         (cache.budget_slots - total_slots) * d_total, total_slots * d_total - used)
         else:
             if k < 1:
                 self.stable = False
                 return False
             end = D + k
-            lazy = events = None
+            d_total = c0 * k + c1 * k * (k - 1) / 2
+            dj = c0 * k * (k - 1) / 2 + c1 * (k - 1) * k * (2 * k - 1) / 6
+            integrals = cache.bulk_integrals(n, kv_sum, k, c0, c1, d_total, dj,
+                                             waiting[0] if waiting else None, None, None)
         self.D = end
-        fh = self.finish_heap
-        finished = None
-        if fh and fh[0][0] <= end:
-            finished = []
-            while fh and fh[0][0] <= end:
-                finished.append(heappop(fh)[2])
-        # series_time, series_jtime (:mod:`.metrics`)
-        d_total = c0 * k + c1 * k * (k - 1) / 2
-        dj = c0 * k * (k - 1) / 2 + c1 * (k - 1) * k * (2 * k - 1) / 6
-        # the memory over the run, from the aggregates of its start
-        integrals = cache.bulk_integrals(n, kv_sum, k, c0, c1, d_total, dj,
-                                         waiting[0] if waiting else None, lazy, events)
-        mem = tot.memory
-        for c, v in zip(CATEGORIES, integrals):
-            mem[c] += v
+        mem = self.mem
+        mem[0] += integrals[0]
+        mem[1] += integrals[1]
+        mem[2] += integrals[2]
+        mem[3] += integrals[3]
+        mem[4] += integrals[4]
         self.kv_sum = kv_sum + k * n
         tot.output_tokens += k * n
         tot.steps += k
@@ -568,13 +741,17 @@ class _Loop:
         w = len(waiting)
         counts[w] = counts.get(w, 0) + k
         self.t += d_total
-        used = cache.used_slots(None)
+        used = (cache.n - cache.free_count) * B if B else cache.used_slots(None)
         if used > tot.peak_used_slots:
             tot.peak_used_slots = used
-        if finished:
+        fh = self.finish_heap
+        if fh and fh[0][0] <= end:
+            finished = []
+            while fh and fh[0][0] <= end:
+                finished.append(heappop(fh)[2])
             self._finish(finished)
         self.min_left = fh[0][0] - end if fh else 1 << 62
-        if self.sampling:
+        if self.sampling and self.t >= self.next_sample:
             self._sample()
         if self.cfg.check:
             self._check()
