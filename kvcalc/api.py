@@ -357,6 +357,19 @@ def run_compare(model: Any, **options: Any) -> CompareRun:
     return CompareRun(compare_records(m.spec, inp, workload, target), warnings, inp, m)
 
 
+
+def _same_keywords(func: Any, like: Any, returns: Any) -> None:
+    """Give ``func`` (which takes ``**options``) the keyword signature of ``like``, so that
+    help() and editors list the keywords."""
+    import inspect
+
+    func.__signature__ = inspect.signature(like).replace(return_annotation=returns)
+
+
+_same_keywords(plan, run_plan, PlanResult)
+_same_keywords(compare_gpus, run_plan, "list[Result]")
+
+
 def _base_plan_figures():
     from .engines import Engine
     return Engine.plan_figures
