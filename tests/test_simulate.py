@@ -577,3 +577,34 @@ def test_lazy_ticks_equal_detailed_steps(llama, monkeypatch, workload):
     detailed = once()
     assert lazy == detailed
     assert lazy[1]["allocators"]["paged"]["preemptions"] > 0
+
+
+def test_synthetic_lognormal_draws_inline_are_random_s():
+    """The synthetic generator's inline lognormal draws are workload.sampled's (the same
+    random.Random calls), clipped the same way, chunk after chunk."""
+    import math
+    import random
+
+    from kvcalc.simulation.requests import SYNTHETIC_CHUNK, _lognormal_lengths
+    from kvcalc.workload import sampled
+
+    rng = random.Random(3)
+    for seed in range(30):
+        mean = rng.choice((1, 3.7, 200, 1000, 5000))
+        std = rng.choice((0, 0.5, 10, 1000, 20000))
+        max_len = rng.choice((1, 2, 50, 4096, 1 << 40))
+        assert (_lognormal_lengths(mean, std, max_len, 400, seed)
+                == sampled("lognormal", mean, std, max_len, 400, seed).lengths)
+    n = SYNTHETIC_CHUNK + 7
+    got = list(synthetic(n, 10.0, 1000, 200, "lognormal", max_len=4096, seed=4))
+    want, t = [], 0.0
+    arrival_rng = random.Random(4)
+    for chunk in range(2):
+        m = min(SYNTHETIC_CHUNK, n - chunk * SYNTHETIC_CHUNK)
+        s1 = 4 * 1_000_003 + 2 * chunk
+        ins = sampled("lognormal", 1000, 1000, 4096, m, s1).lengths
+        outs = sampled("lognormal", 200, 200, 4096, m, s1 + 1).lengths
+        for p, o in zip(ins, outs):
+            t += arrival_rng.expovariate(10.0)
+            want.append(Arrival(t, p, o))
+    assert got == want and all(math.isfinite(a.arrival_s) for a in got)

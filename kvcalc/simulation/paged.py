@@ -66,14 +66,16 @@ class PagedCache:
         self.free_count -= n
         q = self.queue
         while n:
-            k, v = q.popitem(last=False)
+            k = next(iter(q))
             if type(k) is int and k < 0:
+                v = q[k]
                 if v > n:
-                    q[k] = v - n
-                    q.move_to_end(k, last=False)
+                    q[k] = v - n           # stays at the head of the queue
                     return
+                del q[k]
                 n -= v
             else:
+                del q[k]
                 del self.cache[k]
                 self.evictions += 1
                 if self.cpu is not None:

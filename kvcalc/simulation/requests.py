@@ -213,6 +213,7 @@ def synthetic(requests: int, rate: float | None, input_len: int, output_len: int
     if input_len < 1 or output_len < 1:
         raise UsageError("--input-len and --output-len must be at least 1 token")
     rng = random.Random(seed)
+    expovariate = rng.expovariate
     t = 0.0
     done = 0
     chunk_no = 0
@@ -220,15 +221,72 @@ def synthetic(requests: int, rate: float | None, input_len: int, output_len: int
         n = min(SYNTHETIC_CHUNK, requests - done)
         if dist:
             s1 = seed * 1_000_003 + 2 * chunk_no
-            ins = sampled(dist, input_len, input_std if input_std is not None else input_len,
-                          max_len, n, s1).lengths
-            outs = sampled(dist, output_len, output_std if output_std is not None else output_len,
-                           max_len, n, s1 + 1).lengths
+            ins = _lengths_of(dist, input_len,
+                              input_std if input_std is not None else input_len, max_len, n, s1)
+            outs = _lengths_of(dist, output_len,
+                               output_std if output_std is not None else output_len, max_len,
+                               n, s1 + 1)
         else:
             ins, outs = (input_len,) * n, (output_len,) * n
-        for p, o in zip(ins, outs):
-            if rate is not None:
-                t += rng.expovariate(rate)
-            yield Arrival(t, p, o)
+        if rate is not None:
+            for p, o in zip(ins, outs):
+                t += expovariate(rate)
+                yield Arrival(t, p, o)
+        else:
+            for p, o in zip(ins, outs):
+                yield Arrival(t, p, o)
         done += n
         chunk_no += 1
+
+
+def _lengths_of(dist: str, mean: float, std: float, max_len: int, n: int,
+                seed: int) -> tuple[int, ...]:
+    """``sampled(dist, mean, std, max_len, n, seed).lengths`` (:func:`kvcalc.workload.sampled`,
+    which checks the arguments); lognormal lengths drawn inline, the same numbers."""
+    if dist != "lognormal" or not _inline_lognormal_ok() or not (
+            mean > 0 and std >= 0 and math.isfinite(mean) and math.isfinite(std)):
+        return sampled(dist, mean, std, max_len, n, seed).lengths
+    return _lognormal_lengths(mean, std, max_len, n, seed)
+
+
+def _lognormal_lengths(mean: float, std: float, max_len: int, n: int,
+                       seed: int) -> tuple[int, ...]:
+    """``round(random.Random(seed).lognormvariate(mu, sigma))`` n times, clipped to
+    [1, max_len], with mu and sigma as :func:`kvcalc.workload.sampled` computes them;
+    ``lognormvariate`` = exp(``normalvariate``), Kinderman and Monahan's ratio of uniforms
+    (CPython's ``random.py``), inline."""
+    sigma2 = math.log(1 + (std / mean) ** 2)
+    mu = math.log(mean) - sigma2 / 2
+    sigma = math.sqrt(sigma2)
+    rand = random.Random(seed).random
+    log, exp = math.log, math.exp
+    magic = _NV_MAGICCONST
+    out = []
+    append = out.append
+    for _ in range(n):
+        while True:
+            u1 = rand()
+            u2 = 1.0 - rand()
+            z = magic * (u1 - 0.5) / u2
+            zz = z * z / 4.0
+            if zz <= -log(u2):
+                break
+        x = round(exp(mu + z * sigma))
+        if x < 1:
+            x = 1
+        append(max_len if max_len < x else x)
+    return tuple(out)
+
+
+_NV_MAGICCONST = 4 * math.exp(-0.5) / math.sqrt(2.0)
+_INLINE_OK: list[bool] = []
+
+
+def _inline_lognormal_ok() -> bool:
+    """Whether the inline draws are this Python's ``random`` draws (checked once)."""
+    if not _INLINE_OK:
+        ok = all(_lognormal_lengths(m, sd, 1 << 40, 300, seed)
+                 == sampled("lognormal", m, sd, 1 << 40, 300, seed).lengths
+                 for m, sd, seed in ((1000, 1000, 0), (200, 50, 7), (3.5, 20.0, 12345)))
+        _INLINE_OK.append(ok)
+    return _INLINE_OK[0]
