@@ -211,6 +211,20 @@ class PagedCache:
                 keys.append(key)
 
     def free(self, r, preempted: bool) -> None:
+        held = r.held
+        if not r.bkeys and not (preempted and self.prefix):
+            # no cached blocks: every block goes back clean (_push_clean)
+            if held:
+                self._serial -= 1
+                self.queue[self._serial] = held
+                self.free_count += held
+            self.held_total -= held
+            over = held * self.B - r.final
+            if over > 0:
+                self.ifrag_slots -= over
+            r.held = 0
+            r.bkeys = None
+            return
         cache = self.cache
         keys = r.bkeys or []
         if preempted and self.prefix:

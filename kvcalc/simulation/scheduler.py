@@ -217,25 +217,33 @@ class _Loop:
     # ---- arrivals ----------------------------------------------------------------------
     def _take_arrivals(self) -> None:
         cfg, tot = self.cfg, self.tot
-        while self.next is not None and self.next.arrival_s <= self.t:
-            a = self.next
-            self.next = next(self.arrivals, None)
+        max_len = cfg.max_len
+        t = self.t
+        nxt = self.next
+        arrivals = self.arrivals
+        rejects = self.cache.rejects
+        waiting = self.waiting
+        while nxt is not None and nxt.arrival_s <= t:
+            a = nxt
+            nxt = next(arrivals, None)
             tot.requests += 1
-            if a.prompt >= cfg.max_len or a.prompt < 1 or a.output < 1:
+            prompt = a.prompt
+            output = a.output
+            if prompt >= max_len or prompt < 1 or output < 1:
                 tot.rejected += 1        # vLLM refuses prompts of max_model_len or more
                 continue
-            output = a.output
-            if a.prompt + output > cfg.max_len:
-                output = cfg.max_len - a.prompt    # generation stops at max_model_len
+            if prompt + output > max_len:
+                output = max_len - prompt    # generation stops at max_model_len
                 tot.clipped += 1
             req = Req(self.rid, a, output)
             self.rid += 1
-            if self.cache.rejects(req):
+            if rejects(req):
                 tot.rejected += 1
                 continue
-            tot.prompt_tokens += req.prompt
-            self.waiting.append(req)
+            tot.prompt_tokens += prompt
+            waiting.append(req)
             self.stable = False
+        self.next = nxt
 
     # ---- the loop ----------------------------------------------------------------------
     def loop(self) -> None:
@@ -570,14 +578,23 @@ class _Loop:
         # requests can be outside it)
         if self.n_active:
             active = 0
+            fh_, lh = fh, self.last_heap
+            phase = self.phase
             for r, _ in admitted:
                 if r.d0 < 0 and r.seq in running:
-                    if r.generated and r.computed == r.num_tokens - 1:
-                        self._lazify(r)
+                    c = r.computed
+                    if r.generated and c == r.num_tokens - 1:
+                        # :meth:`_lazify`
+                        r.d0 = D
+                        heappush(fh_, (D + r.output - r.generated, r.seq, r))
+                        if B:
+                            phase[(D + 1 - c) % B] += 1
+                            if r.waste > 0 and r.last_block_from >= c:
+                                heappush(lh, (D + 1 + r.last_block_from - c, r.seq, r.waste))
                     else:
                         active += 1
             self.n_active = active
-        self.min_left = fh[0][0] - self.D if fh else 1 << 62
+        self.min_left = fh[0][0] - D if fh else 1 << 62
         if self.sampling and end >= self.next_sample:
             self._sample()
         if cfg.check:
@@ -612,17 +629,31 @@ class _Loop:
         if len(finished) > 1:
             finished.sort(key=_seq)
         running = self.running
+        free = self.cache.free
+        D, B = self.D, self.B
+        phase = self.phase
+        kv_sum = self.kv_sum
         for r in finished:
-            if r.d0 >= 0:
-                self._materialise(r)
-                if self.B:
-                    self.phase[(r.d0 + 1 - r.computed) % self.B] -= 1
+            d0 = r.d0
+            if d0 >= 0:
+                # :meth:`_materialise`, and out of the phase counts
+                delta = D - d0
+                c = r.computed
+                if delta:
+                    r.hwm = r.computed = c = c + delta
+                    r.num_tokens += delta
+                    r.generated += delta
+                    if B:
+                        r.held = -(-c // B)
+                if B:
+                    phase[(D + 1 - c) % B] -= 1
             else:
                 self.n_active -= 1
             r.d0 = -1
-            self.cache.free(r, preempted=False)
-            self.kv_sum -= r.computed
+            free(r, preempted=False)
+            kv_sum -= r.computed
             del running[r.seq]
+        self.kv_sum = kv_sum
         self.tot.completed += len(finished)
         if self.waiting:
             self.stable = False
