@@ -333,9 +333,10 @@ class _Loop:
             else:
                 all_decode = False
         scheduled_running = i
-        self.running = {r.seq: r for r in running}
-        self.n_active = len(running)
         preempted = tot.preemptions != preemptions
+        if preempted:                    # the victims left the end of the running order
+            self.running = {r.seq: r for r in running}
+        self.n_active = len(running)
         running = self.running
         # 2. waiting requests, first come first served, when nothing was preempted
         admitted: list[tuple[Req, int]] = []
@@ -420,16 +421,26 @@ class _Loop:
         if finished:
             self._finish(finished)
         # requests that decode from now on join the lazy batch
+        fh = self.finish_heap
         if self.n_active:
             active = 0
+            D = self.D
+            lh = self.last_heap
+            phase = self.phase
             for r in running.values():
-                if r.d0 < 0 and r.seq in running:
-                    if r.generated and r.computed == r.num_tokens - 1:
-                        self._lazify(r)
+                if r.d0 < 0:
+                    c = r.computed
+                    if r.generated and c == r.num_tokens - 1:
+                        # :meth:`_lazify`
+                        r.d0 = D
+                        heappush(fh, (D + r.output - r.generated, r.seq, r))
+                        if B:
+                            phase[(D + 1 - c) % B] += 1
+                            if r.waste > 0 and r.last_block_from >= c:
+                                heappush(lh, (D + 1 + r.last_block_from - c, r.seq, r.waste))
                     else:
                         active += 1
             self.n_active = active
-        fh = self.finish_heap
         self.min_left = fh[0][0] - self.D if fh else 1 << 62
         if self.sampling:
             self._sample()
