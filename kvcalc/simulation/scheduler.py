@@ -277,25 +277,26 @@ class _Loop:
 
     # ---- one detailed step -------------------------------------------------------------
     def _step(self) -> None:
-        cfg, cache, tot = self.cfg, self.cache, self.tot
-        waiting = self.waiting
+        cfg, cache = self.cfg, self.cache
         budget = cfg.max_num_batched_tokens
-        preemptions = tot.preemptions
         # slots a request's blocks hold beyond its tokens need no allocation (paged: block
         # size; contiguous: the reservation covers every token)
         B = self.B
-        track = getattr(cache, "prefix", False)
-        tokens = kv = out = 0
-        finished: list[Req] = []
-        first: list[Req] = []          # requests sampling their first token this step
-        cached: list[Req] = []         # prompt blocks to cache once the step is scheduled
-        all_decode = True
         n = len(self.running)
         # 1. running requests, oldest first
         if self.n_active == 0 and n <= budget and self.fast_ticks and (
                 not B or self.phase[(self.D + 1) % B] <= cache.free_count):
             self._tick_step(n)
             return
+        tot = self.tot
+        waiting = self.waiting
+        preemptions = tot.preemptions
+        track = getattr(cache, "prefix", False)
+        tokens = kv = out = 0
+        finished: list[Req] = []
+        first: list[Req] = []          # requests sampling their first token this step
+        cached: list[Req] = []         # prompt blocks to cache once the step is scheduled
+        all_decode = True
         # each request's tokens are computed as it is scheduled (what the step does to it
         # depends on nothing scheduled after it)
         self._unlazify_all()
