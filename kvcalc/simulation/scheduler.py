@@ -398,29 +398,7 @@ class _Loop:
                     finished.append(r)
             else:
                 all_decode = False
-        self.kv_sum += tokens
-        tot.output_tokens += out
-        # the memory of the step: the state at its end, for its duration
-        snap = cache.snapshot(None, waiting[0] if waiting else None, self.kv_sum)
-        mem = self.mem
-        mem[0] += snap[0] * d
-        mem[1] += snap[1] * d
-        mem[2] += snap[2] * d
-        mem[3] += snap[3] * d
-        mem[4] += snap[4] * d
-        used = snap[0] + snap[1] + snap[2]
-        if used > tot.peak_used_slots:
-            tot.peak_used_slots = used
-        tot.steps += 1
-        counts = tot.running.counts
-        m = len(running)
-        counts[m] = counts.get(m, 0) + 1
-        counts = tot.waiting.counts
-        m = len(waiting)
-        counts[m] = counts.get(m, 0) + 1
-        self.t = end
-        if finished:
-            self._finish(finished)
+        self._end_step(tokens, out, d, end, len(running), waiting, finished)
         # requests that decode from now on join the lazy batch
         fh = self.finish_heap
         if self.n_active:
@@ -563,29 +541,7 @@ class _Loop:
                         finished.append(r)
                 else:
                     all_decode = False
-        self.kv_sum += tokens
-        tot.output_tokens += out
-        # the memory of the step: the state at its end, for its duration
-        snap = cache.snapshot(None, waiting[0] if waiting else None, self.kv_sum)
-        mem = self.mem
-        mem[0] += snap[0] * d
-        mem[1] += snap[1] * d
-        mem[2] += snap[2] * d
-        mem[3] += snap[3] * d
-        mem[4] += snap[4] * d
-        used = snap[0] + snap[1] + snap[2]
-        if used > tot.peak_used_slots:
-            tot.peak_used_slots = used
-        tot.steps += 1
-        counts = tot.running.counts
-        m = len(running)
-        counts[m] = counts.get(m, 0) + 1
-        counts = tot.waiting.counts
-        m = len(waiting)
-        counts[m] = counts.get(m, 0) + 1
-        self.t = end
-        if finished:
-            self._finish(finished)
+        self._end_step(tokens, out, d, end, len(running), waiting, finished)
         # requests that decode from now on join the lazy batch (after a tick, only admitted
         # requests can be outside it)
         if self.n_active:
@@ -616,6 +572,33 @@ class _Loop:
                        and len(running) + len(finished) <= cfg.max_num_batched_tokens
                        and (not waiting or (not finished and (
                            blocked or len(running) >= cfg.max_num_seqs))))
+
+    def _end_step(self, tokens: int, out: int, d: float, end: float, running: int,
+                  waiting, finished: list[Req]) -> None:
+        """Close a step of ``d`` seconds ending at ``end``: its tokens, the memory it held (the
+        state at its end, for its duration), the batch sizes, and the requests it finished."""
+        tot, cache = self.tot, self.cache
+        self.kv_sum += tokens
+        tot.output_tokens += out
+        snap = cache.snapshot(None, waiting[0] if waiting else None, self.kv_sum)
+        mem = self.mem
+        mem[0] += snap[0] * d
+        mem[1] += snap[1] * d
+        mem[2] += snap[2] * d
+        mem[3] += snap[3] * d
+        mem[4] += snap[4] * d
+        used = snap[0] + snap[1] + snap[2]
+        if used > tot.peak_used_slots:
+            tot.peak_used_slots = used
+        tot.steps += 1
+        counts = tot.running.counts
+        counts[running] = counts.get(running, 0) + 1
+        counts = tot.waiting.counts
+        m = len(waiting)
+        counts[m] = counts.get(m, 0) + 1
+        self.t = end
+        if finished:
+            self._finish(finished)
 
     def _make_room(self, r: Req, new: int) -> bool:
         """Grow ``r``'s cache to hold ``new`` more tokens, preempting the newest running
