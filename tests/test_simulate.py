@@ -473,37 +473,6 @@ def test_cli_llamacpp_table():
     assert "llamacpp-slots" in result.output and "4 slots of 4,096 tokens" in result.output
 
 
-def test_decode_run_is_the_reference_integral():
-    """The one-pass decode run gives decode_integrals' figures and leaves each request k tokens
-    further in ceil(tokens / B) blocks, the pool and the aggregates conserved."""
-    import random
-
-    from kvcalc.simulation.paged import PagedCache
-    from kvcalc.simulation.scheduler import Req
-
-    rng = random.Random(5)
-    cache = PagedCache(5_000, 16, 5_000 * 16.5, prefix_caching=False)
-    running = []
-    for i in range(30):
-        c = rng.randint(1, 600)
-        a = Arrival(0.0, c, rng.randint(2, 300))
-        r = Req(i, a, a.output)
-        cache.admit(r, None, c)       # decoding: c tokens computed, the next one sampled
-        r.computed = r.hwm = c
-        r.num_tokens, r.generated = c + 1, 1
-        running.append(r)
-    k, c0, c1 = 37, 0.01, 1e-5
-    d_total, dj = series_time(k, c0, c1), series_jtime(k, c0, c1)
-    want = cache.decode_integrals(running, k, c0, c1, d_total, dj, None)
-    before = [(r.computed, r.generated) for r in running]
-    got, finished, _ = cache.decode_run(running, k, c0, c1, d_total, dj, None)
-    assert got == pytest.approx(want, rel=1e-12)
-    for r, (c, g) in zip(running, before):
-        assert (r.computed, r.generated, r.held) == (c + k, g + k, -(-(c + k) // 16))
-    assert finished == [r for r in running if r.generated >= r.output]
-    cache.check(running)
-
-
 def test_bulk_integrals_equal_the_per_request_integrals():
     """The lazy batch's integrals (phase counts of the last-block tails, internal
     fragmentation held, last blocks reached during the run) equal decode_integrals' sum

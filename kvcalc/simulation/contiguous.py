@@ -98,9 +98,6 @@ class ContiguousCache:
     def max_steps(self, running, k: int) -> int:
         return k
 
-    def advance(self, running, k: int) -> None:
-        return None
-
     # ---- memory ------------------------------------------------------------------------
     def used_slots(self, running) -> int:
         return self.reserved
@@ -136,32 +133,6 @@ class ContiguousCache:
         stranded, usable = self._free_split(head)
         return (toks, res, ifrag, (self.budget_slots - self.n + stranded) * d_total,
                 usable * d_total)
-
-    def decode_run(self, running, k: int, c0: float, c1: float, d_total: float, dj: float,
-                   head) -> tuple[tuple[float, ...], list, int]:
-        """:meth:`decode_integrals` and every request's k new tokens in one pass: (integrals,
-        the requests that finished, the fewest output tokens one of the others has left)."""
-        toks = res = ifrag = 0.0
-        finished = []
-        min_left = 1 << 62
-        for r in running:
-            keep = min(r.reserve, r.final)
-            c = r.computed
-            tok = (c + 1) * d_total + dj
-            toks += tok
-            res += keep * d_total - tok
-            ifrag += (r.reserve - keep) * d_total
-            r.hwm = r.computed = c + k
-            r.num_tokens += k
-            g = r.generated = r.generated + k
-            left = r.output - g
-            if left <= 0:
-                finished.append(r)
-            elif left < min_left:
-                min_left = left
-        stranded, usable = self._free_split(head)
-        return ((toks, res, ifrag, (self.budget_slots - self.n + stranded) * d_total,
-                 usable * d_total), finished, min_left)
 
     def bulk_integrals(self, n: int, computed: int, k: int, c0: float, c1: float,
                        d_total: float, dj: float, head, lazy=None,

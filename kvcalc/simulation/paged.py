@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from operator import mul
 
+from ..units import largest_satisfying
 
 
 class PagedCache:
@@ -263,14 +264,7 @@ class PagedCache:
 
         if need(k) <= free:
             return k
-        lo, hi = 0, k          # need(lo) <= free < need(hi)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if need(mid) <= free:
-                lo = mid
-            else:
-                hi = mid
-        return lo
+        return largest_satisfying(lambda s: need(s) <= free, k - 1)
 
     # ---- memory ------------------------------------------------------------------------
     def used_slots(self, running) -> int:
@@ -357,71 +351,6 @@ class PagedCache:
         total_slots = self.n * B
         return (used - tails, tails - ifrag, ifrag,
                 (self.budget_slots - total_slots) * d_total, total_slots * d_total - used)
-
-    def decode_run(self, running, k: int, c0: float, c1: float, d_total: float, dj: float,
-                   head) -> tuple[tuple[float, ...], list, int]:
-        """:meth:`decode_integrals`, :meth:`advance` and every request's k new tokens in one
-        pass over the batch (the same figures, summed in the same order): (integrals, the
-        requests that finished, the fewest output tokens one of the others has left)."""
-        B = self.B
-        p0, p1 = self._tail_tables()
-        a, b = divmod(k, B)
-        n = len(running)
-        S = B * (B - 1) // 2
-        per_request = a * c0 * S + c1 * B * S * a * (a - 1) / 2
-        w_coef, p0_coef = a * c1, c0 + c1 * a * B
-        held_now = computed = 0
-        tail_sum = 0.0
-        ifrag = 0.0
-        grown = 0
-        ifrag_slots = self.ifrag_slots
-        finished = []
-        min_left = 1 << 62
-        for r in running:
-            c = r.computed
-            held = r.held
-            held_now += held
-            computed += c
-            u = (-c - 1) % B
-            row0, row1 = p0[u], p1[u]
-            tail_sum += w_coef * row1[B] + p0_coef * row0[b] + c1 * row1[b]
-            waste = r.waste
-            if waste:
-                j0 = r.last_block_from - c
-                if j0 < k:
-                    if j0 <= 0:
-                        ifrag += waste * d_total
-                    else:
-                        ifrag += waste * (d_total - (c0 * j0 + c1 * j0 * (j0 - 1) / 2))
-            # advance: k tokens more, in ceil((c + k) / B) blocks
-            c += k
-            blocks = -(-c // B)
-            if blocks != held:
-                grown += blocks - held
-                r.held = blocks
-                over = blocks * B - r.final
-                if over > 0:
-                    was = held * B - r.final
-                    ifrag_slots += over - was if was > 0 else over
-            r.hwm = r.computed = c       # a decoding request has computed every token it had
-            r.num_tokens += k
-            g = r.generated = r.generated + k
-            left = r.output - g
-            if left <= 0:
-                finished.append(r)
-            elif left < min_left:
-                min_left = left
-        tails = n * per_request + tail_sum
-        toks = (computed + n) * d_total + n * dj
-        dup = (held_now - (self.n - self.free_count)) * B   # shared blocks counted twice
-        used = toks + tails - dup * d_total
-        total_slots = self.n * B
-        if grown:
-            self._pop(grown)
-            self.held_total += grown
-            self.ifrag_slots = ifrag_slots
-        return ((used - tails, tails - ifrag, ifrag, (self.budget_slots - total_slots) * d_total,
-                 total_slots * d_total - used), finished, min_left)
 
     def bulk_integrals(self, n: int, computed: int, k: int, c0: float, c1: float,
                        d_total: float, dj: float, head, lazy, events) -> tuple[float, ...]:

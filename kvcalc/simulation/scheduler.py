@@ -23,13 +23,12 @@ from __future__ import annotations
 
 from collections import deque
 from heapq import heappop, heappush
-from math import log as _log
 from operator import mul
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from .metrics import (_LOG_RATIO, CATEGORIES, LATENCY_FLOOR_S, CountHistogram, LogHistogram,
-                      steps_until)
+from ..units import largest_satisfying
+from .metrics import CATEGORIES, CountHistogram, LogHistogram, steps_until
 from .requests import Arrival
 from .timing import StepTime
 
@@ -156,10 +155,6 @@ class _Loop:
         #: the memory integrals, by category (CATEGORIES' order; written to tot.memory at
         #: the end)
         self.mem = [0.0] * len(CATEGORIES)
-        # the step-time model's terms (StepTime.duration / decode_series, inline)
-        self._fixed = timing.fixed_s
-        self._tm = (timing.overhead_s, timing.weight_bytes, timing.kv_bytes_per_token,
-                    timing.bandwidth, timing.flops_per_token, timing.peak_flops)
         if B:
             # PagedCache._tail_columns rotated: _rw[s][q] = W[(q - s) % B], _r0[s][b][q] =
             # P0[(q - s) % B][b], _r1 likewise (dot products with the phase counts)
@@ -182,6 +177,18 @@ class _Loop:
             self.phase[(D + 1 - c) % B] += 1
             if r.waste > 0 and r.last_block_from >= c:
                 heappush(self.last_heap, (D + 1 + r.last_block_from - c, r.seq, r.waste))
+
+    def _join_lazy_batch(self, requests: Iterable[Req]) -> int:
+        """Requests of ``requests`` that decode from now on join the lazy batch
+        (:meth:`_lazify`); returns how many of them still compute their prompt."""
+        active = 0
+        for r in requests:
+            if r.d0 < 0:
+                if r.generated and r.computed == r.num_tokens - 1:
+                    self._lazify(r)
+                else:
+                    active += 1
+        return active
 
     def _materialise(self, r: Req) -> None:
         """Bring a lazy request's fields to the current tick (the aggregates stay valid)."""
@@ -343,34 +350,7 @@ class _Loop:
         admitted: list[tuple[Req, int]] = []
         blocked = False
         if not preempted:
-            while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
-                r = waiting[0]
-                hits = cache.lookup(r)
-                hit_tokens = hits[0] if hits else 0
-                new = min(r.num_tokens - hit_tokens, budget)
-                if not cache.admit(r, hits, hit_tokens + new):
-                    blocked = True
-                    break
-                waiting.popleft()
-                tot.queried_tokens += r.num_tokens
-                if hits:
-                    tot.prefix_hit_tokens += hits[1]
-                    tot.offload_hit_tokens += hits[2]
-                    if r.preempted:
-                        tot.resume_hit_tokens += hits[0]
-                r.computed = hit_tokens
-                self.kv_sum += hit_tokens
-                if r.scheduled_at is None:
-                    r.scheduled_at = self.t
-                    tot.queue_delay.add(self.t - r.arrival)
-                r.seq = self.seq
-                self.seq += 1
-                running[r.seq] = r
-                self.n_active += 1
-                admitted.append((r, new))
-                budget -= new
-                tokens += new
-                kv += hit_tokens + new
+            blocked, tokens, kv = self._admit(admitted, budget, tokens, kv)
         d = self.timing.duration(tokens, kv)
         end = self.t + d
         # the running requests' computed prompt blocks are cached after the admissions
@@ -379,47 +359,15 @@ class _Loop:
             cache.on_computed(r)
         for r in first:
             tot.ttft.add(end - r.arrival)
-        for r, new in admitted:
-            before = r.computed
-            r.computed = c = before + new
-            if before < r.hwm:
-                tot.recomputed_tokens += min(c, r.hwm) - before
-            if c > r.hwm:
-                r.hwm = c
-            if track and r.hash_ids is not None:
-                cache.on_computed(r)
-            if c == r.num_tokens:
-                r.generated += 1
-                r.num_tokens += 1
-                out += 1
-                if r.generated == 1:
-                    tot.ttft.add(end - r.arrival)
-                if r.output - r.generated <= 0:
-                    finished.append(r)
-            else:
-                all_decode = False
+        if admitted:
+            sampled, all_admitted_decode = self._compute_admitted(admitted, end, finished)
+            out += sampled
+            all_decode = all_decode and all_admitted_decode
         self._end_step(tokens, out, d, end, len(running), waiting, finished)
         # requests that decode from now on join the lazy batch
         fh = self.finish_heap
         if self.n_active:
-            active = 0
-            D = self.D
-            lh = self.last_heap
-            phase = self.phase
-            for r in running.values():
-                if r.d0 < 0:
-                    c = r.computed
-                    if r.generated and c == r.num_tokens - 1:
-                        # :meth:`_lazify`
-                        r.d0 = D
-                        heappush(fh, (D + r.output - r.generated, r.seq, r))
-                        if B:
-                            phase[(D + 1 - c) % B] += 1
-                            if r.waste > 0 and r.last_block_from >= c:
-                                heappush(lh, (D + 1 + r.last_block_from - c, r.seq, r.waste))
-                    else:
-                        active += 1
-            self.n_active = active
+            self.n_active = self._join_lazy_batch(running.values())
         self.min_left = fh[0][0] - self.D if fh else 1 << 62
         if self.sampling:
             self._sample()
@@ -437,7 +385,7 @@ class _Loop:
     def _tick_step(self, n: int) -> None:
         """:meth:`_step` when every running request decodes and gets the block it needs: one
         tick of the lazy batch, then the admissions (the same figures, in the same order)."""
-        cfg, cache, tot = self.cfg, self.cache, self.tot
+        cfg, cache = self.cfg, self.cache
         waiting = self.waiting
         running = self.running
         # the tick: the blocks the lazy batch needs, the last blocks it reaches, finishes
@@ -463,105 +411,18 @@ class _Loop:
         admitted: list[tuple[Req, int]] = []
         blocked = False
         if waiting and budget > 0:
-            max_seqs = cfg.max_num_seqs
-            qd = tot.queue_delay
-            while waiting and budget > 0 and len(running) < max_seqs:
-                r = waiting[0]
-                hits = cache.lookup(r)
-                hit_tokens = hits[0] if hits else 0
-                new = min(r.num_tokens - hit_tokens, budget)
-                if not cache.admit(r, hits, hit_tokens + new):
-                    blocked = True
-                    break
-                waiting.popleft()
-                tot.queried_tokens += r.num_tokens
-                if hits:
-                    tot.prefix_hit_tokens += hits[1]
-                    tot.offload_hit_tokens += hits[2]
-                    if r.preempted:
-                        tot.resume_hit_tokens += hits[0]
-                r.computed = hit_tokens
-                self.kv_sum += hit_tokens
-                if r.scheduled_at is None:
-                    r.scheduled_at = t
-                    # LogHistogram.add
-                    x = t - r.arrival
-                    qd.n += 1
-                    qd.total += x
-                    if x <= LATENCY_FLOOR_S:
-                        qd.zeros += 1
-                    else:
-                        bk = int(_log(x / LATENCY_FLOOR_S) / _LOG_RATIO)
-                        qc = qd.counts
-                        qc[bk] = qc.get(bk, 0) + 1
-                r.seq = seq = self.seq
-                self.seq = seq + 1
-                running[seq] = r
-                self.n_active += 1
-                admitted.append((r, new))
-                budget -= new
-                tokens += new
-                kv += hit_tokens + new
-        fixed = self._fixed
-        if fixed is None:
-            overhead, wb, kvb, bw, fpt, peak = self._tm
-            d = overhead + (wb + kvb * kv) / bw + fpt * tokens / peak
-        else:
-            d = fixed
+            blocked, tokens, kv = self._admit(admitted, budget, tokens, kv)
+        d = self.timing.duration(tokens, kv)
         end = t + d
         all_decode = True
         if admitted:
-            track = getattr(cache, "prefix", False)
-            ttft = tot.ttft
-            for r, new in admitted:
-                before = r.computed
-                r.computed = c = before + new
-                if before < r.hwm:
-                    tot.recomputed_tokens += min(c, r.hwm) - before
-                if c > r.hwm:
-                    r.hwm = c
-                if track and r.hash_ids is not None:
-                    cache.on_computed(r)
-                if c == r.num_tokens:
-                    r.generated += 1
-                    r.num_tokens += 1
-                    out += 1
-                    if r.generated == 1:
-                        # LogHistogram.add
-                        x = end - r.arrival
-                        ttft.n += 1
-                        ttft.total += x
-                        if x <= LATENCY_FLOOR_S:
-                            ttft.zeros += 1
-                        else:
-                            bk = int(_log(x / LATENCY_FLOOR_S) / _LOG_RATIO)
-                            tc = ttft.counts
-                            tc[bk] = tc.get(bk, 0) + 1
-                    if r.output - r.generated <= 0:
-                        finished.append(r)
-                else:
-                    all_decode = False
+            sampled, all_decode = self._compute_admitted(admitted, end, finished)
+            out += sampled
         self._end_step(tokens, out, d, end, len(running), waiting, finished)
         # requests that decode from now on join the lazy batch (after a tick, only admitted
         # requests can be outside it)
         if self.n_active:
-            active = 0
-            fh_, lh = fh, self.last_heap
-            phase = self.phase
-            for r, _ in admitted:
-                if r.d0 < 0 and r.seq in running:
-                    c = r.computed
-                    if r.generated and c == r.num_tokens - 1:
-                        # :meth:`_lazify`
-                        r.d0 = D
-                        heappush(fh_, (D + r.output - r.generated, r.seq, r))
-                        if B:
-                            phase[(D + 1 - c) % B] += 1
-                            if r.waste > 0 and r.last_block_from >= c:
-                                heappush(lh, (D + 1 + r.last_block_from - c, r.seq, r.waste))
-                    else:
-                        active += 1
-            self.n_active = active
+            self.n_active = self._join_lazy_batch(r for r, _ in admitted if r.seq in running)
         self.min_left = fh[0][0] - D if fh else 1 << 62
         if self.sampling and end >= self.next_sample:
             self._sample()
@@ -572,6 +433,75 @@ class _Loop:
                        and len(running) + len(finished) <= cfg.max_num_batched_tokens
                        and (not waiting or (not finished and (
                            blocked or len(running) >= cfg.max_num_seqs))))
+
+    def _admit(self, admitted: list[tuple[Req, int]], budget: int, tokens: int,
+               kv: int) -> tuple[bool, int, int]:
+        """Admit waiting requests, first come first served, while the step's token budget,
+        ``max_num_seqs`` and the cache allow: each gets its prefix-cache hits and up to the
+        budget's worth of its prompt (appended to ``admitted`` as (request, new tokens)).
+        Returns whether the head of the queue was blocked by the cache, and the step's tokens
+        and cached tokens with the admissions."""
+        cache, tot, waiting, running = self.cache, self.tot, self.waiting, self.running
+        max_seqs = self.cfg.max_num_seqs
+        t = self.t
+        while waiting and budget > 0 and len(running) < max_seqs:
+            r = waiting[0]
+            hits = cache.lookup(r)
+            hit_tokens = hits[0] if hits else 0
+            new = min(r.num_tokens - hit_tokens, budget)
+            if not cache.admit(r, hits, hit_tokens + new):
+                return True, tokens, kv
+            waiting.popleft()
+            tot.queried_tokens += r.num_tokens
+            if hits:
+                tot.prefix_hit_tokens += hits[1]
+                tot.offload_hit_tokens += hits[2]
+                if r.preempted:
+                    tot.resume_hit_tokens += hits[0]
+            r.computed = hit_tokens
+            self.kv_sum += hit_tokens
+            if r.scheduled_at is None:
+                r.scheduled_at = t
+                tot.queue_delay.add(t - r.arrival)
+            r.seq = seq = self.seq
+            self.seq = seq + 1
+            running[seq] = r
+            self.n_active += 1
+            admitted.append((r, new))
+            budget -= new
+            tokens += new
+            kv += hit_tokens + new
+        return False, tokens, kv
+
+    def _compute_admitted(self, admitted: list[tuple[Req, int]], end: float,
+                          finished: list[Req]) -> tuple[int, bool]:
+        """The step computes the admitted requests' prompt tokens (recomputation counted,
+        computed prompt blocks cached); those whose prompt is complete sample a token (time to
+        first token at ``end``), and those done join ``finished``. Returns the tokens sampled
+        and whether every admitted request is now decoding."""
+        cache, tot = self.cache, self.tot
+        track = getattr(cache, "prefix", False)
+        sampled, all_decode = 0, True
+        for r, new in admitted:
+            before = r.computed
+            r.computed = c = before + new
+            if before < r.hwm:
+                tot.recomputed_tokens += min(c, r.hwm) - before
+            if c > r.hwm:
+                r.hwm = c
+            if track and r.hash_ids is not None:
+                cache.on_computed(r)
+            if c == r.num_tokens:
+                r.generated += 1
+                r.num_tokens += 1
+                sampled += 1
+                if r.generated == 1:
+                    tot.ttft.add(end - r.arrival)
+                if r.output - r.generated <= 0:
+                    finished.append(r)
+            else:
+                all_decode = False
+        return sampled, all_decode
 
     def _end_step(self, tokens: int, out: int, d: float, end: float, running: int,
                   waiting, finished: list[Req]) -> None:
@@ -676,13 +606,7 @@ class _Loop:
         n = len(self.running)
         kv_sum = self.kv_sum
         waiting = self.waiting
-        fixed = self._fixed
-        if fixed is None:
-            overhead, wb, kvb, bw, fpt, peak = self._tm
-            c0 = overhead + (wb + kvb * (kv_sum + n)) / bw + fpt * n / peak
-            c1 = kvb * n / bw
-        else:
-            c0, c1 = fixed, 0.0
+        c0, c1 = self.timing.decode_series(n, kv_sum)
         if not waiting:
             nxt = self.next
             if nxt is not None:
@@ -821,11 +745,4 @@ def _most_steps(rot: list[int], n: int, k: int, free: int) -> int:
 
     if need(k) <= free:
         return k
-    lo, hi = 0, k          # need(lo) <= free < need(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if need(mid) <= free:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return largest_satisfying(lambda s: need(s) <= free, k - 1)
