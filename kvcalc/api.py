@@ -21,6 +21,7 @@ import copy
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -300,7 +301,7 @@ def run_plan(model: Any, *, gpu: Any = "h100", tp: int = 1, pp: int = 1, replica
 
     m, inp, workload, warnings = _plan_setup(model, given)
     if target_concurrency is not None or solve_max_len is not None:
-        if type(get_engine(engine)).plan_figures is not _base_plan_figures():
+        if _own_plan_figures(get_engine(engine)):
             raise UsageError(f"--target-concurrency and --solve-max-len solve with vLLM's "
                              f"rules; --engine {engine} does not take them (use --engine vllm)")
     result = make_plan(m.spec, inp, workload)
@@ -370,31 +371,75 @@ _same_keywords(plan, run_plan, PlanResult)
 _same_keywords(compare_gpus, run_plan, "list[Result]")
 
 
-def _base_plan_figures():
+def _own_plan_figures(runtime: Any) -> bool:
+    """Whether ``runtime`` plans with its own figures (SGLang, TensorRT-LLM, llama.cpp …)
+    rather than vLLM's."""
     from .engines import Engine
-    return Engine.plan_figures
+    return type(runtime).plan_figures is not Engine.plan_figures
+
+
+@lru_cache(maxsize=1)
+def _plan_keywords() -> frozenset[str]:
+    """The keywords :func:`run_plan` names (the others are engine options)."""
+    import inspect
+    return frozenset(k for k, p in inspect.signature(run_plan).parameters.items()
+                     if p.default is not inspect.Parameter.empty)
 
 
 def _plan_defaults() -> dict[str, Any]:
     import inspect
-    sig = inspect.signature(run_plan)
-    return {k: p.default for k, p in sig.parameters.items()
+    return {k: p.default for k, p in inspect.signature(run_plan).parameters.items()
             if p.default is not inspect.Parameter.empty}
+
+
+def _size(value: Any, key: str) -> Any:
+    """A byte-size keyword: an int as given, a string such as "3GiB" parsed."""
+    from .units import parse_bytes
+    return parse_bytes(value, f"--{key.replace('_', '-')}") if isinstance(value, str) else value
+
+
+#: llama-server's and Ollama's settings that are token counts ("32k" accepted)
+_TOKEN_SETTINGS = ("ctx_size", "num_ctx")
+
+
+def _server_settings(given: Mapping[str, Any], engine: str) -> tuple[dict[str, Any],
+                                                                     dict[str, Any]]:
+    """Split ``given`` (None values dropped) into llama-server's and Ollama's settings, which
+    must be ``engine``'s own (else a UsageError naming the engine that takes them), and the
+    rest."""
+    from .engines import ALLOCATION_OPTIONS
+    from .units import parse_tokens
+
+    own: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in given.items():
+        if value is None:
+            continue
+        owner = ALLOCATION_OPTIONS.get(key)
+        if owner is None:
+            rest[key] = value
+            continue
+        if owner != engine:
+            raise UsageError(f"--{key.replace('_', '-')} is a setting of --engine {owner}, "
+                             f"not {engine}")
+        own[key] = (parse_tokens(value, key.replace("_", " "))
+                    if key in _TOKEN_SETTINGS and isinstance(value, str) else value)
+    return own, rest
 
 
 def _plan_setup(model: Any, o: dict[str, Any]):
     """Resolve the model, check and convert the options, and build the plan's inputs and
     workload. Returns (model, PlanInputs, Workload, warnings)."""
-    from .engines import ALLOCATION_OPTIONS
     from .hardware import resolve_gpu
     from .params import default_weights_dtype, weights_dtype_bytes
     from .planning import DEFAULT_GPU_UTIL, PlanInputs
-    from .units import parse_bytes, parse_tokens
+    from .units import parse_tokens
     from .workload import DEFAULT_SAMPLES, choose_workload
 
     o = dict(o)
     extra = dict(o.pop("engine_options", None) or {})
-    for key in [k for k in o if k not in _plan_defaults()]:
+    keywords = _plan_keywords()
+    for key in [k for k in o if k not in keywords]:
         extra[key] = o.pop(key)     # compare_gpus passes everything as one mapping
     for name in ("target_concurrency", "solve_max_len"):
         value = o.get(name)
@@ -406,29 +451,14 @@ def _plan_setup(model: Any, o: dict[str, Any]):
     runtime = get_engine(o["engine"])
     for key in _BYTE_OPTIONS:
         for where in (o, extra):
-            if isinstance(where.get(key), str):
-                where[key] = parse_bytes(where[key], f"--{key.replace('_', '-')}")
+            if key in where:
+                where[key] = _size(where[key], key)
     for key in ("max_len", "prompt_len", "output_len"):
         if isinstance(o.get(key), str):
             o[key] = parse_tokens(o[key], key.replace("_", " "))
-    if isinstance(extra.get("ctx_size"), str):
-        extra["ctx_size"] = parse_tokens(extra["ctx_size"], "ctx size")
-    if isinstance(extra.get("num_ctx"), str):
-        extra["num_ctx"] = parse_tokens(extra["num_ctx"], "num ctx")
-    own: dict[str, Any] = {}    # llama-server's and Ollama's settings
-    options: dict[str, Any] = {}
-    for key, value in extra.items():
-        if value is None:
-            continue
-        owner = ALLOCATION_OPTIONS.get(key)
-        if owner is not None:
-            if owner != runtime.name:
-                raise UsageError(f"--{key.replace('_', '-')} is a setting of --engine {owner}, "
-                                 f"not {runtime.name}")
-            own[key] = value
-        elif key in ENGINE_PLAN_OPTIONS:
-            options[key] = value
-        else:
+    own, options = _server_settings(extra, runtime.name)   # llama-server's, Ollama's; the rest
+    for key in options:
+        if key not in ENGINE_PLAN_OPTIONS:
             raise UsageError(f"unknown plan option {key!r}")
     max_len = o["max_len"]
     if max_len is None:
@@ -458,7 +488,7 @@ def _plan_setup(model: Any, o: dict[str, Any]):
         speculative_tokens=o["num_speculative_tokens"],
         chunked_local_hybrid=o["allow_chunked_local_hybrid"],
         free_memory=options.get("free_memory"), engine_options=engine_options)
-    if type(runtime).plan_figures is not _base_plan_figures():
+    if _own_plan_figures(runtime):
         vllm_only = [flag for flag, given in (
             ("--gpu-util", o["gpu_util"] is not None and gpu_util != DEFAULT_GPU_UTIL),
             ("--max-batched-tokens", o["max_batched_tokens"] is not None),
@@ -500,11 +530,9 @@ def _engine_options(runtime: Any, given: dict) -> tuple:
     return tuple(out)
 
 
-
-
 # --------------------------------------------------------------------------------- simulate
 
-#: the allocators each simulated engine offers (the first ones are its default)
+#: the engines whose scheduler and cache ``simulate`` replays
 SIMULATED_ENGINES = ("vllm", "llamacpp")
 
 
@@ -530,11 +558,10 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
     "orca-pow2", "orca-oracle"; "llamacpp-slots" with ``engine="llamacpp"`` and llama-server's
     ``ctx_size`` / ``parallel``), on the capacity :func:`plan` computes from the same
     model/GPU/budget keywords. Times are modelled (roofline, or ``step_time``)."""
-    from .engines import ALLOCATION_OPTIONS
     from .simulation import Options, result_record, simulate as run_simulation
     from .simulation.metrics import CATEGORIES
     from .simulation.requests import load_trace, synthetic
-    from .units import parse_bytes, parse_tokens
+    from .units import parse_tokens
 
     if engine not in SIMULATED_ENGINES:
         raise UsageError(f"simulate replays {' or '.join(SIMULATED_ENGINES)}, not --engine "
@@ -551,22 +578,14 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
     for name, value in (("--input-std", input_std), ("--output-std", output_std)):
         if value is not None and not 0 <= value < float("inf"):
             raise UsageError(f"invalid {name} {value}: must be a non-negative number of tokens")
-    settings = {k: v for k, v in server_settings.items() if v is not None}
-    for key in settings:
-        owner = ALLOCATION_OPTIONS.get(key)
-        if owner is None:
-            raise UsageError(f"unknown simulate option {key!r}")
-        if owner != engine:
-            raise UsageError(f"--{key.replace('_', '-')} is a setting of --engine {owner}, "
-                             f"not {engine}")
-    if isinstance(settings.get("ctx_size"), str):
-        settings["ctx_size"] = parse_tokens(settings["ctx_size"], "ctx size")
+    settings, unknown = _server_settings(server_settings, engine)
+    if unknown:
+        raise UsageError(f"unknown simulate option {next(iter(unknown))!r}")
     input_len, output_len, max_len = (parse_tokens(v, what) if isinstance(v, str) else v
                                       for v, what in ((input_len, "prompt length"),
                                                       (output_len, "output length"),
                                                       (max_len, "max length")))
-    if isinstance(cpu_offload, str):
-        cpu_offload = parse_bytes(cpu_offload, "--cpu-offload")
+    cpu_offload = _size(cpu_offload, "cpu_offload")
     m = resolve(model, revision=revision)
     warnings = list(m.spec.warnings)
     if max_len is None:
@@ -629,10 +648,8 @@ def _simulation_inputs(m: Model, engine: str, settings: dict[str, Any], o: dict[
     from .params import default_weights_dtype, weights_dtype_bytes
     from .planning import DEFAULT_GPU_UTIL, PlanInputs
     from .hardware import resolve_gpu
-    from .units import parse_bytes
 
-    sizes = {k: parse_bytes(o[k], f"--{k.replace('_', '-')}") if isinstance(o[k], str) else o[k]
-             for k in ("overhead", "weights_memory", "activation_memory", "non_torch_memory",
+    sizes = {k: _size(o[k], k) for k in ("overhead", "weights_memory", "activation_memory", "non_torch_memory",
                        "cuda_graph_memory", "kv_budget")}
     wdtype = (get_engine("vllm").served_dtype(default_weights_dtype(m.spec))
               if o["weights_dtype"] == "auto" else o["weights_dtype"])
