@@ -743,31 +743,52 @@ def _hide_crowded_texts(fig, ax) -> None:
     """Texts drawn inside the axes (the waste chart's shares, the timing chart's ×N) that would
     print over one drawn before them are left out."""
     fig.canvas.draw()
-    shown: list = []
+    renderer = fig.canvas.get_renderer()
+    shown: list = []                    # the boxes of the texts kept
     for text in ax.texts:
-        if any(_overlapping(fig, [other, text]) for other in shown):
+        box = _padded_box(text, renderer)
+        if any(_touch(box, other) for other in shown):
             text.set_visible(False)
         else:
-            shown.append(text)
+            shown.append(box)
 
 
 #: pixels kept clear around each text when testing for overlaps (labels must not touch)
 TEXT_PAD_PX = 2
 
 
+def _padded_box(text, renderer):
+    """The drawn box of ``text``, grown by :data:`TEXT_PAD_PX` on every side."""
+    from matplotlib.transforms import Bbox
+
+    b = text.get_window_extent(renderer)
+    return Bbox.from_extents(b.x0 - TEXT_PAD_PX, b.y0 - TEXT_PAD_PX, b.x1 + TEXT_PAD_PX,
+                             b.y1 + TEXT_PAD_PX)
+
+
+def _touch(a, b) -> bool:
+    """Whether two padded boxes of texts that print something overlap."""
+    return a.overlaps(b) and a.width > 2 * TEXT_PAD_PX and b.width > 2 * TEXT_PAD_PX
+
+
 def _overlapping(fig, texts) -> list[tuple[str, str]]:
     """Pairs of the given text artists whose drawn boxes (grown by :data:`TEXT_PAD_PX`)
     overlap."""
-    from matplotlib.transforms import Bbox
-
     renderer = fig.canvas.get_renderer()
-    boxes = []
-    for t in texts:
-        b = t.get_window_extent(renderer)
-        boxes.append((t.get_text(), Bbox.from_extents(b.x0 - TEXT_PAD_PX, b.y0 - TEXT_PAD_PX,
-                                                      b.x1 + TEXT_PAD_PX, b.y1 + TEXT_PAD_PX)))
+    boxes = [(t.get_text(), _padded_box(t, renderer)) for t in texts]
     return [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:]
-            if box_a.overlaps(box_b) and box_a.width > 0 and box_b.width > 0]
+            if _touch(box_a, box_b)]
+
+
+def _overlapping_between(fig, texts, others) -> list[tuple[str, str]]:
+    """Pairs of one text of ``texts`` and one of ``others`` whose padded boxes overlap."""
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), _padded_box(t, renderer)) for t in others]
+    out = []
+    for t in texts:
+        box_t = _padded_box(t, renderer)
+        out += [(t.get_text(), b) for b, box in boxes if _touch(box_t, box)]
+    return out
 
 
 def text_collisions(fig) -> list[tuple[str, str]]:
@@ -782,10 +803,9 @@ def text_collisions(fig) -> list[tuple[str, str]]:
         title = [t for t in (ax.title, ax._left_title, ax._right_title) if t.get_text()]
         inside = [t for t in ax.texts if t.get_visible()]
         out += _overlapping(fig, x) + _overlapping(fig, y) + _overlapping(fig, inside)
-        out += _overlapping(fig, x + [ax.xaxis.label]) + _overlapping(fig, y + [ax.yaxis.label])
-        out += [pair for pair in _overlapping(fig, title + x + y + labels)
-                if pair[0] in {t.get_text() for t in title}
-                or pair[1] in {t.get_text() for t in title}]
+        out += _overlapping_between(fig, x, [ax.xaxis.label])
+        out += _overlapping_between(fig, y, [ax.yaxis.label])
+        out += _overlapping(fig, title) + _overlapping_between(fig, title, x + y + labels)
         legends = [l for l in [ax.get_legend(), *fig.legends] if l is not None]
         renderer = fig.canvas.get_renderer()
         for legend in legends:

@@ -487,9 +487,10 @@ def test_tick_labels_legends_and_titles_never_print_over_each_other(case, size, 
 
 def test_the_collision_check_sees_overlaps(mpl):
     """The check itself: two tick labels drawn on top of each other are reported."""
+    import matplotlib.pyplot as plt
+
     import kvcalc.plot as plot
 
-    plt = mpl.pyplot if hasattr(mpl, "pyplot") else __import__("matplotlib.pyplot").pyplot
     fig, ax = plt.subplots(figsize=(4, 3), layout="constrained")
     try:
         ax.set_xticks([0, 0.001], ["a long tick label", "another long one"])
