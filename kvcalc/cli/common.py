@@ -143,6 +143,13 @@ def allocation_settings(engine: str, kwargs: dict) -> dict:
     return given
 
 
+def with_allocation_settings(engine: str, options: dict) -> dict:
+    """``options`` with the up-front allocation options replaced by those
+    :func:`allocation_settings` keeps for ``engine`` (the keyword arguments of kvcalc.api)."""
+    kept = allocation_settings(engine, options)
+    return {k: v for k, v in options.items() if k not in ALLOCATION_OPTIONS} | kept
+
+
 def format_option(f):
     return click.option("--format", "-f", "fmt", type=click.Choice(FORMATS), default="table",
                         show_default=True, help="Output format.")(f)

@@ -8,11 +8,11 @@ from ..params import weights_dtype_bytes
 from ..planning import DEFAULT_GPU_UTIL, Plan
 from ..render import key_values, table, to_csv, to_json, to_yaml
 from ..units import GiB, format_bytes
-from ..engines import ALLOCATION_OPTIONS, engine_names, get_engine
+from ..engines import engine_names, get_engine
 from ..engines.vllm import CHUNKED_LOCAL_HYBRID_ENV, ERAS, VLLM
 from ..workload import DEFAULT_SAMPLES, DISTRIBUTIONS
-from .common import (ByteSize, TokenList, allocation_options, allocation_settings, echo_output,
-                     format_option, warn)
+from .common import (ByteSize, TokenList, allocation_options, echo_output, format_option, warn,
+                     with_allocation_settings)
 
 EXIT_DOES_NOT_FIT = 3
 #: the hidden --vllm-era of earlier kvcalc releases, as a version of its band
@@ -157,8 +157,7 @@ def plan(model, vllm_era, compare_gpus, solve_max_len, fmt, **options):
 
     if options["vllm_version"] is None and vllm_era is not None:
         options["vllm_version"] = ERA_VERSIONS[vllm_era]
-    settings = allocation_settings(options["engine"], options)  # llama-server's, Ollama's
-    options = {k: v for k, v in options.items() if k not in ALLOCATION_OPTIONS} | settings
+    options = with_allocation_settings(options["engine"], options)
     if compare_gpus:
         compared = api.run_compare(model, solve_max_len=solve_max_len, **options)
         for message in compared.warnings:

@@ -8,10 +8,9 @@ import io
 
 import click
 
-from ..engines import ALLOCATION_OPTIONS
 from ..errors import UsageError
-from .common import (ByteSize, TokenList, allocation_settings, echo_output, format_option,
-                     llamacpp_options, warn)
+from .common import (ByteSize, TokenList, echo_output, format_option, llamacpp_options, warn,
+                     with_allocation_settings)
 
 #: ``kvcalc plan`` options reused as they are (the same click objects: same names, help, types)
 PLAN_OPTIONS = ("model", "revision", "gpu", "tp", "max_len", "kv_dtype", "block_size",
@@ -102,8 +101,7 @@ def simulate(model, num_requests, allocators, timeline_path, timeline_interval, 
 
     if timeline_path:
         _check_writable(timeline_path)
-    settings = allocation_settings(engine, options)  # llama-server's options
-    options = {k: v for k, v in options.items() if k not in ALLOCATION_OPTIONS} | settings
+    options = with_allocation_settings(engine, options)
     result = api.simulate(
         model, requests=num_requests, allocator=list(allocators), engine=engine,
         timeline_interval=timeline_interval if timeline_path else None, **options)
