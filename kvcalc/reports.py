@@ -13,7 +13,7 @@ from .engines.cache import Layout
 from .memory import Estimate, formula
 from .sources import ResolvedModel
 from .engines.vllm import vllm_error_message
-from .units import GiB, format_bytes
+from .units import GiB, format_bytes, format_gib
 
 if TYPE_CHECKING:
     from .planning import Plan, PlanInputs, Sizing
@@ -219,13 +219,13 @@ def shortfall_record(p: Plan, spec: ModelSpec, inp: PlanInputs) -> dict:
                 "would_fit": {"fits": False}}
     cap, b = p.vllm, p.budget
     if b.kv_bytes <= 0:
-        reason = (f"weights ({_gib(b.weights_bytes)}) and runtime overhead "
-                  f"({_gib(b.overhead_bytes)}) exceed the {_gib(b.requested_bytes)} vLLM may use "
+        reason = (f"weights ({format_gib(b.weights_bytes)}) and runtime overhead "
+                  f"({format_gib(b.overhead_bytes)}) exceed the {format_gib(b.requested_bytes)} vLLM may use "
                   f"at gpu_util {b.utilization}")
         shortfall = cap.needed_bytes - b.kv_bytes
     else:
-        reason = (f"one request of {inp.max_len:,} tokens needs {_gib(cap.needed_bytes)} of KV "
-                  f"cache; {_gib(cap.available_bytes)} is available")
+        reason = (f"one request of {inp.max_len:,} tokens needs {format_gib(cap.needed_bytes)} of KV "
+                  f"cache; {format_gib(cap.available_bytes)} is available")
         shortfall = cap.needed_bytes - cap.available_bytes
     from .planning import smallest_deployment
 
@@ -277,7 +277,3 @@ def compare_records(spec: ModelSpec, inp: PlanInputs, workload: Workload,
     key = (lambda r: (r.get("gpus_needed") is None, r.get("gpus_needed") or 0, -r.get("kv_bytes", 0))) \
         if target is not None else (lambda r: -r.get("max_concurrency", 0))
     return sorted(rows, key=key)
-
-
-def _gib(n: float) -> str:
-    return f"{n / GiB:,.2f} GiB"

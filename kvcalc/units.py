@@ -108,6 +108,11 @@ def parse_bytes(text: str | int, what: str = "size") -> int:
     return value
 
 
+def format_gib(n: int | float) -> str:
+    """Bytes in GiB (2^30) whatever the size, thousands separated: 2**31 -> '2.00 GiB'."""
+    return f"{n / GiB:,.2f} GiB"
+
+
 def format_bytes(n: int | float, precision: int = 2) -> str:
     """Binary units, labelled as such: 524288 -> '512.00 KiB', 2**31 -> '2.00 GiB'."""
     sign = "-" if n < 0 else ""

@@ -7,7 +7,7 @@ import click
 from ..params import weights_dtype_bytes
 from ..planning import DEFAULT_GPU_UTIL, Plan
 from ..render import key_values, table, to_csv, to_json, to_yaml
-from ..units import GiB, format_bytes
+from ..units import format_bytes, format_gib
 from ..engines import engine_names, get_engine
 from ..engines.vllm import CHUNKED_LOCAL_HYBRID_ENV, ERAS, VLLM
 from ..workload import DEFAULT_SAMPLES, DISTRIBUTIONS
@@ -195,10 +195,6 @@ def _emit(record: dict, p: Plan, fmt: str) -> None:
         echo_output(_table(record, p, fmt))
 
 
-def _gib(n: float) -> str:
-    return f"{n / GiB:,.2f} GiB"
-
-
 def _table(r: dict, p: Plan, fmt: str) -> str:
     inp, b = p.inputs, r["budget"]
     gpu = inp.gpu
@@ -209,7 +205,7 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
     head = key_values([
         ("Model", f"{r['model']} ({p.spec.model_type}, {r['parameters']:,} parameters, "
                   f"{r['active_parameters']:,} active)"),
-        ("GPU", f"{gpu.display_name}: {gpu.memory_bytes:,} B = {_gib(gpu.memory_bytes)} "
+        ("GPU", f"{gpu.display_name}: {gpu.memory_bytes:,} B = {format_gib(gpu.memory_bytes)} "
                 f"as the runtime reports it"),
         ("Layout", layout),
         ("Engine", f"vLLM {p.layout.version} (version band {p.layout.band}), block "
@@ -222,17 +218,17 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
                    f"{f', {inp.speculative_tokens} speculative tokens' if inp.speculative_tokens else ''}"),
     ], fmt)
     if b["source"] == "--kv-budget":
-        rows = [("KV budget (--kv-budget)", f"{b['kv_bytes']:,}", _gib(b["kv_bytes"]))]
+        rows = [("KV budget (--kv-budget)", f"{b['kv_bytes']:,}", format_gib(b["kv_bytes"]))]
     else:
         wnum, wden, wdesc = weights_dtype_bytes(inp.weights_dtype)
         rows = [
-            ("total memory", f"{b['total_bytes']:,}", _gib(b["total_bytes"])),
+            ("total memory", f"{b['total_bytes']:,}", format_gib(b["total_bytes"])),
             (f"x gpu_util {b['utilization']}", f"{b['requested_bytes']:,}",
-             _gib(b["requested_bytes"])),
+             format_gib(b["requested_bytes"])),
             ("- weights (--weights-memory)" if inp.weights is not None else
              f"- weights ({inp.weights_dtype}: {wdesc}; / tp {inp.tp}"
              f"{'; this stage' if inp.pp > 1 else ''})",
-             f"{b['weights_bytes']:,}", _gib(b["weights_bytes"])),
+             f"{b['weights_bytes']:,}", format_gib(b["weights_bytes"])),
         ]
         if inp.overhead is None:
             graphs = ("--cuda-graph-memory" if inp.cuda_graph is not None else
@@ -241,17 +237,17 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
                 ("- activations (--activation-memory)" if inp.activation is not None else
                  f"- activations ({inp.batched_tokens():,} batched tokens + sampler over "
                  f"{min(inp.num_seqs(), inp.batched_tokens()):,} seqs, estimate)",
-                 f"{b['activation_bytes']:,}", _gib(b["activation_bytes"])),
+                 f"{b['activation_bytes']:,}", format_gib(b["activation_bytes"])),
                 ("- non-torch memory (--non-torch-memory)" if inp.non_torch is not None else
                  "- non-torch memory (NCCL, cuBLAS; default)", f"{b['non_torch_bytes']:,}",
-                 _gib(b["non_torch_bytes"])),
+                 format_gib(b["non_torch_bytes"])),
                 (f"- CUDA graphs ({graphs})", f"{b['cuda_graph_bytes']:,}",
-                 _gib(b["cuda_graph_bytes"])),
+                 format_gib(b["cuda_graph_bytes"])),
             ]
         else:
             rows.append(("- overhead (--overhead)", f"{b['overhead_bytes']:,}",
-                         _gib(b["overhead_bytes"])))
-        rows.append(("= KV budget per GPU", f"{b['kv_bytes']:,}", _gib(b["kv_bytes"])))
+                         format_gib(b["overhead_bytes"])))
+        rows.append(("= KV budget per GPU", f"{b['kv_bytes']:,}", format_gib(b["kv_bytes"])))
     budget = table(rows, ("budget (per GPU" + (", tightest stage)" if inp.pp > 1 else ")"),
                           "bytes", "GiB = 2^30"), fmt)
     v = r["vllm"]
@@ -326,14 +322,14 @@ def _engine_table(r: dict, p: Plan, fmt: str, figures) -> str:
     head = key_values([
         ("Model", f"{r['model']} ({p.spec.model_type}, {r['parameters']:,} parameters, "
                   f"{r['active_parameters']:,} active)"),
-        ("GPU", f"{gpu.display_name}: {gpu.memory_bytes:,} B = {_gib(gpu.memory_bytes)} "
+        ("GPU", f"{gpu.display_name}: {gpu.memory_bytes:,} B = {format_gib(gpu.memory_bytes)} "
                 f"as the runtime reports it"),
         ("Layout", f"tp {inp.tp} x pp {inp.pp} x {inp.replicas} replica(s) = "
                    f"{r['num_gpus']} GPU(s)"),
         ("Engine", f"{get_engine(inp.engine).describe(p.layout)}, KV {r['kv_dtype']}, "
                    f"context {inp.max_len:,}"),
     ], fmt)
-    budget = table([(k, f"{v:,}", _gib(v)) for k, v in figures.budget_rows()],
+    budget = table([(k, f"{v:,}", format_gib(v)) for k, v in figures.budget_rows()],
                    ("budget (per GPU)", "bytes", "GiB = 2^30"), fmt)
     capacity = table(figures.capacity_rows(), (f"{get_engine(inp.engine).display_name} "
                                                "figures", "value"), fmt)
@@ -365,7 +361,7 @@ def _emit_compare(rows, fmt, model, inp, target):
         if "error" in r:
             body.append([r["gpu"], "error: " + r["error"]] + [""] * (len(headers) - 2))
             continue
-        line = [r["gpu"], _gib(r["memory_bytes"]), _gib(r["kv_bytes"]), f"{r['num_gpu_blocks']:,}",
+        line = [r["gpu"], format_gib(r["memory_bytes"]), format_gib(r["kv_bytes"]), f"{r['num_gpu_blocks']:,}",
                 f"{r['kv_cache_tokens']:,}",
                 f"{r['max_concurrency']:.2f}x" if r["fits"] else "does not fit"]
         if target is not None:
