@@ -649,8 +649,8 @@ def _simulation_inputs(m: Model, engine: str, settings: dict[str, Any], o: dict[
     from .planning import DEFAULT_GPU_UTIL, PlanInputs
     from .hardware import resolve_gpu
 
-    sizes = {k: _size(o[k], k) for k in ("overhead", "weights_memory", "activation_memory", "non_torch_memory",
-                       "cuda_graph_memory", "kv_budget")}
+    sizes = {k: _size(o[k], k) for k in ("overhead", "weights_memory", "activation_memory",
+                                         "non_torch_memory", "cuda_graph_memory", "kv_budget")}
     wdtype = (get_engine("vllm").served_dtype(default_weights_dtype(m.spec))
               if o["weights_dtype"] == "auto" else o["weights_dtype"])
     weights_dtype_bytes(wdtype)
