@@ -83,7 +83,9 @@ MAMBA_FULL_MEMORY_RATIO = 0.9
 MAMBA_SLOTS_PER_REQUEST = 5
 #: Mamba state dtypes (``mamba2_state_dtype``, ``configs/mamba_utils.py``): the conv state is
 #: ``SGLANG_MAMBA_CONV_DTYPE`` (default bfloat16), the SSM / recurrent state float32 unless the
-#: config sets ``mamba_ssm_dtype`` or ``SGLANG_MAMBA_SSM_DTYPE`` / ``--mamba-ssm-dtype`` is given
+#: config sets ``mamba_ssm_dtype`` or ``SGLANG_MAMBA_SSM_DTYPE`` / ``--mamba-ssm-dtype`` is given.
+#: kvcalc models the defaults only: it does not read ``mamba_ssm_dtype`` (no preset sets it) nor
+#: take those settings
 MAMBA_CONV_BYTES = 2
 MAMBA_SSM_BYTES = 4
 #: model types SGLang 0.5.23 runs with hybrid SWA pools (``is_hybrid_swa_model``: gpt-oss and
@@ -261,9 +263,9 @@ def _layer(i: int, layer: arch.Layer, dtype: KVDtype, page: int, tp: int,
         return LayerCache(i, layer.kind, mla_latent_bytes_per_token(layer, dtype) + extra,
                           KEEP_ALL, None, page, formula=text)
     if isinstance(layer, StateLayer):
-        # SGLang's own state dtypes (mamba2_state_dtype): conv bfloat16, SSM float32 unless the
-        # config names mamba_ssm_dtype; the model dtype and vLLM's mamba_ssm_cache_dtype do not
-        # enter
+        # SGLang's default state dtypes (mamba2_state_dtype): conv bfloat16, SSM float32; the
+        # model dtype and vLLM's mamba_ssm_cache_dtype do not enter (a config's mamba_ssm_dtype
+        # would, and is not read: MAMBA_CONV_BYTES)
         fixed = state_bytes(layer, layer.conv_kernel - 1, MAMBA_CONV_BYTES, MAMBA_SSM_BYTES, tp)
         return LayerCache(i, layer.kind, 0, KEEP_NONE, fixed_bytes=fixed, mixer=layer.mixer,
                           formula=state_formula(layer, layer.conv_kernel - 1, MAMBA_CONV_BYTES,
