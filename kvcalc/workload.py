@@ -89,6 +89,13 @@ def choose_workload(max_len: int, prompt_len: int | None = None, output_len: int
     return Workload(f"every request at --max-len ({max_len:,} tokens)", (max_len,)), []
 
 
+def lognormal_params(mean: float, std: float) -> tuple[float, float]:
+    """(mu, sigma) of the lognormal distribution whose own mean and standard deviation are
+    ``mean`` and ``std``: sigma^2 = ln(1 + (std/mean)^2), mu = ln(mean) - sigma^2 / 2."""
+    sigma2 = math.log(1 + (std / mean) ** 2)
+    return math.log(mean) - sigma2 / 2, math.sqrt(sigma2)
+
+
 def sampled(kind: str, mean: float, std: float, max_len: int, samples: int = DEFAULT_SAMPLES,
             seed: int = 0) -> Workload:
     if kind not in DISTRIBUTIONS:
@@ -106,9 +113,8 @@ def sampled(kind: str, mean: float, std: float, max_len: int, samples: int = DEF
     elif kind == "normal":
         draw = lambda: rng.gauss(mean, std)  # noqa: E731
     else:  # lognormal with the given mean and std of the length itself
-        sigma2 = math.log(1 + (std / mean) ** 2)
-        mu = math.log(mean) - sigma2 / 2
-        draw = lambda: rng.lognormvariate(mu, math.sqrt(sigma2))  # noqa: E731
+        mu, sigma = lognormal_params(mean, std)
+        draw = lambda: rng.lognormvariate(mu, sigma)  # noqa: E731
     lengths = tuple(min(max_len, max(1, round(draw()))) for _ in range(samples))
     return Workload(f"{kind}: mean {mean:,.0f}, std {std:,.0f} tokens, {samples:,} samples, "
                     f"seed {seed}", lengths)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import ConfigError, UsageError
-from ..workload import MAX_SEQUENCES, _lengths, sampled
+from ..workload import MAX_SEQUENCES, _lengths, lognormal_params, sampled
 
 #: tokens per Mooncake hash id (FAST'25 release README: "block size 512")
 MOONCAKE_HASH_BLOCK = 512
@@ -252,12 +252,10 @@ def _lengths_of(dist: str, mean: float, std: float, max_len: int, n: int,
 def _lognormal_lengths(mean: float, std: float, max_len: int, n: int,
                        seed: int) -> tuple[int, ...]:
     """``round(random.Random(seed).lognormvariate(mu, sigma))`` n times, clipped to
-    [1, max_len], with mu and sigma as :func:`kvcalc.workload.sampled` computes them;
+    [1, max_len], with :func:`kvcalc.workload.lognormal_params` as ``sampled`` uses it;
     ``lognormvariate`` = exp(``normalvariate``), Kinderman and Monahan's ratio of uniforms
     (CPython's ``random.py``), inline."""
-    sigma2 = math.log(1 + (std / mean) ** 2)
-    mu = math.log(mean) - sigma2 / 2
-    sigma = math.sqrt(sigma2)
+    mu, sigma = lognormal_params(mean, std)
     rand = random.Random(seed).random
     log, exp = math.log, math.exp
     magic = _NV_MAGICCONST
