@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from collections import deque
 from heapq import heappop, heappush
-from operator import mul
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from ..units import largest_satisfying
-from .metrics import CATEGORIES, CountHistogram, LogHistogram, steps_until
+from .metrics import (CATEGORIES, CountHistogram, LogHistogram, series_jtime, series_time,
+                      steps_until)
 from .requests import Arrival
 from .timing import StepTime
 
@@ -155,16 +155,6 @@ class _Loop:
         #: the memory integrals, by category (CATEGORIES' order; written to tot.memory at
         #: the end)
         self.mem = [0.0] * len(CATEGORIES)
-        if B:
-            # PagedCache._tail_columns rotated: _rw[s][q] = W[(q - s) % B], _r0[s][b][q] =
-            # P0[(q - s) % B][b], _r1 likewise (dot products with the phase counts)
-            w, col0, col1 = cache._tail_columns()
-            self._S = B * (B - 1) // 2
-            self._rw = [[w[(q - s) % B] for q in range(B)] for s in range(B)]
-            self._r0 = [[[col[(q - s) % B] for q in range(B)] for col in col0]
-                        for s in range(B)]
-            self._r1 = [[[col[(q - s) % B] for q in range(B)] for col in col1]
-                        for s in range(B)]
 
     # ---- lazy decoding requests ----------------------------------------------------------
     def _lazify(self, r: Req) -> None:
@@ -597,9 +587,8 @@ class _Loop:
     def _decode_run(self) -> bool:
         """Take the coming decode-only steps at once. False when not even one step fits.
 
-        The figures of :meth:`.timing.StepTime.decode_series`, :func:`.metrics.steps_until`,
-        :meth:`.paged.PagedCache.bulk_integrals` and :meth:`.paged.PagedCache.used_slots`,
-        computed inline by the same expressions (the same floats)."""
+        The figures of :meth:`.timing.StepTime.decode_series`, :func:`.metrics.steps_until` and
+        the cache's ``bulk_integrals`` from the lazy batch's aggregates."""
         cache, tot = self.cache, self.tot
         # every running request decodes and is lazy (stable): the aggregates hold
         k = self.min_left
@@ -612,7 +601,7 @@ class _Loop:
             if nxt is not None:
                 dt = nxt.arrival_s - self.t
                 # a run of k steps that ends before the arrival needs no search
-                if c0 * k + c1 * k * (k - 1) / 2 >= dt:
+                if series_time(k, c0, c1) >= dt:
                     k = min(k, steps_until(dt, c0, c1))
         B = self.B
         D = self.D
@@ -624,55 +613,38 @@ class _Loop:
             free = cache.free_count
             if free < n * (k // B + 1):
                 k = _most_steps(phase[i:] + phase[:i], n, k, free)
-            if k < 1:
-                self.stable = False
-                return False
+        if k < 1:
+            self.stable = False
+            return False
+        end = D + k
+        d_total, dj = series_time(k, c0, c1), series_jtime(k, c0, c1)
+        if B:
             a, b = divmod(k, B)
             j = i + b
             grown = a * n + (sum(phase[i:j]) if j <= B else sum(phase[i:]) + sum(phase[:j - B]))
             ifrag_slots = cache.ifrag_slots
             held_now = cache.held_total
             used_blocks = cache.n - free
-            end = D + k
-            d_total = c0 * k + c1 * k * (k - 1) / 2
-            dj = c0 * k * (k - 1) / 2 + c1 * (k - 1) * k * (2 * k - 1) / 6
-            # the memory over the run (PagedCache.bulk_integrals): the last-block tails at
-            # the start, tails[u] = phase[(D + 2 + u) % B], as dot products with the tables
-            # rotated by s = (D + 2) % B
+            # the last-block tails at the start of the run: tails[u] = phase[(D + 2 + u) % B]
             s = (D + 2) % B
-            S = self._S
-            per_request = a * c0 * S + c1 * B * S * a * (a - 1) / 2
-            tail_sum = (a * c1 * sum(map(mul, phase, self._rw[s]))
-                        + (c0 + c1 * a * B) * sum(map(mul, phase, self._r0[s][b]))
-                        + c1 * sum(map(mul, phase, self._r1[s][b])))
-            ifrag = ifrag_slots * d_total
+            tails = phase[s:] + phase[:s]
             # the batch advanced k tokens: blocks grown, last blocks reached
             if grown:
                 cache._pop(grown)
                 cache.held_total = held_now + grown
             lh = self.last_heap
+            events = []
             if lh and lh[0][0] <= end:
                 add = 0
                 while lh and lh[0][0] <= end:
                     t, _, waste = heappop(lh)
-                    j0 = t - D - 1
-                    ifrag += waste * (d_total - (c0 * j0 + c1 * j0 * (j0 - 1) / 2))
+                    events.append((t - D - 1, waste))
                     add += waste
                 cache.ifrag_slots = ifrag_slots + add
-            tails = n * per_request + tail_sum
-            toks = (kv_sum + n) * d_total + n * dj
-            dup = (held_now - used_blocks) * B                # shared blocks counted twice
-            used = toks + tails - dup * d_total
-            total_slots = cache.n * B
-            integrals = (used - tails, tails - ifrag, ifrag,
-                         (cache.budget_slots - total_slots) * d_total, total_slots * d_total - used)
+            integrals = cache.bulk_integrals(n, kv_sum, k, c0, c1, d_total, dj, None,
+                                             (tails, ifrag_slots, held_now, used_blocks),
+                                             events)
         else:
-            if k < 1:
-                self.stable = False
-                return False
-            end = D + k
-            d_total = c0 * k + c1 * k * (k - 1) / 2
-            dj = c0 * k * (k - 1) / 2 + c1 * (k - 1) * k * (2 * k - 1) / 6
             integrals = cache.bulk_integrals(n, kv_sum, k, c0, c1, d_total, dj,
                                              waiting[0] if waiting else None, None, None)
         self.D = end
