@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from kvcalc.cli import cli
 from kvcalc.engines import get_engine
 from kvcalc.engines.trtllm import (TOKENS_PER_BLOCK_OLD_ENGINES, trtllm_bytes_per_token,
-                                   trtllm_capacity, trtllm_estimation_tokens, trtllm_layout)
+                                   trtllm_capacity, trtllm_estimation_tokens, trtllm_layout,
+                                   trtllm_rounds_up)
 from kvcalc.model import load_spec
 from kvcalc.units import GiB
 
@@ -115,6 +116,58 @@ def test_smollm2_135m_pytorch_backend_log():
     quarter = trtllm_capacity(3_663 * 32 * per_token, per_token, fraction=1.0)
     assert quarter.kv_cache_tokens == 117_216
     assert f"{quarter.kv_cache_bytes / GiB:.2f}" == "2.52"
+
+
+def test_bands_are_closed_at_the_newest_checked_release():
+    trt = get_engine("trtllm")
+    assert trt.newest_checked == "1.2.1" and trt.default_version == "1.2"
+    assert [(b.name, b.low, b.high) for b in trt.bands] == [
+        ("0.10-1.1", (0, 10), (1, 1)), ("1.2", (1, 2), (1, 2))]
+    assert trt.band().name == "1.2" and trt.band("1.2.1").name == "1.2"
+    assert trt.band("1.1.0rc3").name == "0.10-1.1" and trt.band("0.19").name == "0.10-1.1"
+    # both bands round the final pool up (1.2's rounding is the unverified part of its band)
+    assert trtllm_rounds_up("1.1") and trtllm_rounds_up("1.2")
+    assert any(c.startswith("unverified") for c in trt.band("1.2").changes)
+
+
+def test_smollm2_135m_trtllm_serve_121_log_under_the_12_band():
+    """The trtllm-serve 1.2.1 log of lmontigny/lm7 docs/tensorrt-llm.md (see
+    test_smollm2_135m_pytorch_backend_log), laid out under the 1.2 band:
+
+        Estimated max memory in KV cache : 9.06 GiB
+        Max KV cache blocks per sequence: 65 [window size=2049], tokens per block=32,
+          primary blocks=13189, max sequence length=2049
+        [MemUsageChange] Allocated 9.06 GiB for max tokens in paged KV cache (422048).
+
+    KvCacheCreator sets max_tokens = estimated memory // 23,040 B. Any estimate of 422,048 x 23,040
+    to 422,049 x 23,040 - 1 bytes (9.05617..9.05619 GiB, printed 9.06) gives every printed figure
+    whether the pool rounds max_tokens up to whole blocks (1.1.0rc3) or floors (later main): the
+    log cannot tell the two apart."""
+    spec = load_spec(str(FIXTURES / "HuggingFaceTB__SmolLM2-135M.partial.json"))[1]
+    layout = trtllm_layout(spec, version="1.2.1")
+    assert (layout.version, layout.band) == ("1.2.1", "1.2")
+    per_token = trtllm_bytes_per_token(layout)
+    assert per_token == 23_040
+    for estimated in (422_048 * per_token, 9_723_990_000, 422_049 * per_token - 1):
+        assert f"Estimated max memory in KV cache : {estimated / GiB:.2f} GiB" == \
+            "Estimated max memory in KV cache : 9.06 GiB"
+        for round_up in (True, False):
+            cap = trtllm_capacity(estimated, per_token, fraction=1.0, max_seq_len=2049,
+                                  round_up=round_up)
+            assert (cap.max_tokens, cap.blocks, cap.kv_cache_tokens) == (422_048, 13_189, 422_048)
+            assert cap.log_lines() == [
+                "Number of tokens per block: 32.",
+                "[MemUsageChange] Allocated 9.06 GiB for max tokens in paged KV cache (422048).",
+                "Number of blocks in KV cache primary pool: 13189"]
+            assert f"{cap.kv_cache_bytes / GiB:.2f}" == "9.06"
+    # one byte less and the rules part: ceil keeps 13,189 blocks, floor drops to 13,188
+    below = 422_048 * per_token - 1
+    assert trtllm_capacity(below, per_token, fraction=1.0).blocks == 13_189
+    assert trtllm_capacity(below, per_token, fraction=1.0, round_up=False).blocks == 13_188
+    # Max KV cache blocks per sequence: 65 for the 2,049-token window
+    assert -(-2049 // 32) == 65
+    # the plan path uses the band's rounding
+    assert get_engine("trtllm").layout(spec, version="1.2").band == "1.2"
 
 
 def test_gpt_oss_120b_rounds_blocks_up():

@@ -19,6 +19,10 @@ on a CPU, so the figures are checked against real logs, tests/test_trtllm.py):
   ``max_num_tokens``, printed before the final pool;
 - the log lines "Number of tokens per block: 32." and "[MemUsageChange] Allocated X GiB for max
   tokens in paged KV cache (N)." / "Number of blocks in KV cache primary pool: N".
+
+Version bands (:data:`BANDS`, closed at the newest release checked): 0.10-1.1 and 1.2 (checked
+against the trtllm-serve 1.2.1 log). They model the same arithmetic; 1.2's rounding of the final
+pool to whole blocks is the one kvcalc could not read from 1.2.1's own sources (:data:`ROUNDS_UP`).
 """
 
 from __future__ import annotations
@@ -224,14 +228,47 @@ def trtllm_capacity(available_bytes: int, bytes_per_token: int, *,
                           blocks, host, max_seq_len, round_up)
 
 
+#: 1.1.0rc3 rounds the final pool's max_tokens up to whole blocks (``math.ceil`` in
+#: ``KVCacheManager.calculate_max_num_blocks``; the DGX Spark log's 86,711 tokens -> 2,710 blocks).
+#: Later sources on NVIDIA/TensorRT-LLM main floor (``int(max_tokens // tokens_per_block)``); which
+#: of the two 1.2.1 ships could not be read here (its wheel is not on PyPI, only a stub that
+#: downloads from pypi.nvidia.com), and the 1.2.1 log fits both, so 1.2 keeps rounding up
+ROUNDS_UP = {"0.10-1.1": True, "1.2": True}
+
 BANDS = (
-    Band("1.x", (0, 10), None,
+    Band("0.10-1.1", (0, 10), (1, 1),
          ("free_gpu_memory_fraction 0.9 of the free memory (after the profiling run on the "
           "PyTorch backend), blocks of tokens_per_block tokens rounded up",),
          ("NVIDIA/TensorRT-LLM tensorrt_llm/_torch/pyexecutor/_util.py (KvCacheCreator), "
           "tensorrt_llm/_torch/pyexecutor/resource_manager.py, "
           "cpp/tensorrt_llm/batch_manager/kvCacheManager.cpp",)),
+    Band("1.2", (1, 2), (1, 2),
+         ("the same pool arithmetic as 1.1: KvCacheCreator sets max_tokens = estimated KV memory "
+          "// bytes per token and max_gpu_total_bytes to that memory (\"Estimated max memory in KV "
+          "cache\"); the KvCacheConfig defaults are the same in the 1.1 and 1.3 API references "
+          "(free_gpu_memory_fraction 0.9, tokens_per_block 32, max_gpu_total_bytes 0, block "
+          "reuse on); the trtllm-serve 1.2.1 "
+          "log of SmolLM2-135M (13,189 blocks, 422,048 tokens, 9.06 GiB) is reproduced",
+          "the profiling (dry-run) pool takes its blocks straight from the estimation's max_tokens "
+          "(max_tokens // tokens_per_block, no second free-memory query; #9093, merged in "
+          "November 2025, after 1.1); the estimation tokens "
+          "are whole blocks, so the profiling figures equal 1.1's",
+          "unverified: whether the final pool still rounds max_tokens up to whole blocks "
+          "(1.1.0rc3) or floors (later main sources); the 1.2.1 log fits both, the two differ by "
+          "at most one block, and kvcalc keeps rounding up"),
+         ("NVIDIA/TensorRT-LLM tensorrt_llm/_torch/pyexecutor/_util.py "
+          "(KvCacheCreator.configure_kv_cache_capacity)",
+          "NVIDIA/TensorRT-LLM tensorrt_llm/_torch/pyexecutor/resource_manager.py "
+          "(KVCacheManager.__init__, calculate_max_num_blocks)",
+          "NVIDIA/TensorRT-LLM#9093 (KV cache manager aware of the estimation dry run)",
+          "NVIDIA/TensorRT-LLM docs, llm-api/reference/KvCacheConfig (defaults)",
+          "lmontigny/lm7 docs/tensorrt-llm.md (the 1.2.1 log)")),
 )
+
+
+def trtllm_rounds_up(version: str | None = None) -> bool:
+    """Whether the final pool rounds ``max_tokens`` up to whole blocks in ``version``'s band."""
+    return ROUNDS_UP[TRTLLM.band(version).name]
 
 
 class Trtllm(Engine):
@@ -240,10 +277,10 @@ class Trtllm(Engine):
     display_name = "TensorRT-LLM"
     package = "tensorrt_llm"
     bands = BANDS
-    newest_checked = "1.1.0rc3"
-    default_version = "1.1"
+    newest_checked = "1.2.1"
+    default_version = "1.2"
     version_flag = "--trtllm-version"
-    version_example = "1.1"
+    version_example = "1.2"
     plans = True
     tensor_parallel = True
     settings = (
@@ -290,7 +327,8 @@ class Trtllm(Engine):
                                max_tokens=o("max_tokens"),
                                max_gpu_total_bytes=o("max_gpu_total_bytes", 0) or 0,
                                host_cache_size=o("host_cache_size", 0) or 0,
-                               max_seq_len=inp.max_len)
+                               max_seq_len=inp.max_len,
+                               round_up=ROUNDS_UP.get(layout.band, True))
 
     def plan_budgets(self, spec, params, inp) -> list:
         from ..planning import Budget
