@@ -28,6 +28,7 @@ from typing import Any
 from .arch import ModelSpec, build_spec
 from .engines import build_layout, get_engine
 from .errors import UsageError
+from .inputs import validated
 from .memory import Estimate
 from .memory import estimate as _estimate_point
 from .reports import context_warnings, estimate_record, source_record
@@ -173,6 +174,7 @@ def resolve(model: Any, *, revision: str | None = None, name: str | None = None)
     return Model(resolved, build_spec(resolved.config, resolved.name))
 
 
+@validated
 def estimate(model: Any, *, seq: int, batch: int = 1, engine: str = "hf",
              kv_dtype: str = "auto", block_size: int | None = None,
              hf_version: str | None = None, vllm_version: str | None = None,
@@ -182,15 +184,17 @@ def estimate(model: Any, *, seq: int, batch: int = 1, engine: str = "hf",
 
     ``<engine>_version`` keywords pick the engine's version band (``hf_version="5.14"``,
     ``vllm_version="0.32"``, …); the default is the engine's newest band."""
-    m = resolve(model, revision=revision)
-    for name, value in (("seq", seq), ("batch", batch)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UsageError(f"{name} must be a non-negative integer, not {value!r}")
+    from .engines import ALLOCATION_OPTIONS
+
     eng = get_engine(engine)
     versions = {"hf_version": hf_version, "vllm_version": vllm_version, **versions}
     version = versions.get(f"{eng.name}_version")
     # settings of engines that allocate up front (llama.cpp, Ollama: ctx_size, num_ctx, ...)
     settings = {k: v for k, v in versions.items() if not k.endswith("_version") and v is not None}
+    for key in settings:
+        if key not in ALLOCATION_OPTIONS:
+            raise UsageError(f"estimate takes no keyword {key!r}")
+    m = resolve(model, revision=revision)
     alloc = eng.allocation(m.spec, settings, str(kv_dtype).lower(), version)
     if alloc is None and settings:
         raise UsageError(f"{', '.join(settings)}: not settings of {eng.display_name}")
@@ -278,6 +282,7 @@ def plan(model: Any, **options: Any) -> PlanResult:
     return run_plan(model, **options).result
 
 
+@validated
 def run_plan(model: Any, *, gpu: Any = "h100", tp: int = 1, pp: int = 1, replicas: int = 1,
              max_len: Any = None, engine: str = "vllm", kv_dtype: str = "auto",
              block_size: int | None = None, gpu_util: float | None = None,
@@ -346,6 +351,7 @@ class CompareRun:
     model: Model
 
 
+@validated
 def run_compare(model: Any, **options: Any) -> CompareRun:
     """:func:`compare_gpus` as plain rows, for the CLI."""
     from .reports import compare_records
@@ -536,6 +542,7 @@ def _engine_options(runtime: Any, given: dict) -> tuple:
 SIMULATED_ENGINES = ("vllm", "llamacpp")
 
 
+@validated
 def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
              rate: float | None = None, requests: int | None = None, input_len: Any = None,
              output_len: Any = None, dist: str | None = None, input_std: float | None = None,

@@ -18,11 +18,19 @@ UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f"
                           "\u202a-\u202e\u2066-\u2069]")
 
 
-def printable(text: str) -> str:
+#: with :data:`UNSAFE_CHARS`, the characters that break a one-line value (a shell completion
+#: entry, one field of a line-oriented protocol): newline and tab
+LINE_BREAKING_CHARS = re.compile("[\t\n]")
+
+
+def printable(text: str, *, one_line: bool = False) -> str:
     """``text`` with every character of :data:`UNSAFE_CHARS` written as a visible escape
     (``\\x1b``, ``\\u202e``): the one sanitiser for strings that may come from a config, a
-    preset or the hub before they reach a terminal (every line the CLI prints passes here)."""
-    return UNSAFE_CHARS.sub(_escape, text)
+    preset, the environment or the hub before they reach a terminal (every line the CLI prints
+    passes here). ``one_line`` escapes newlines and tabs too (``\\x0a``), for a value that must
+    stay one entry (a shell completion)."""
+    text = UNSAFE_CHARS.sub(_escape, str(text))
+    return LINE_BREAKING_CHARS.sub(_escape, text) if one_line else text
 
 
 def _escape(m: re.Match) -> str:

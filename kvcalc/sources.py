@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, KvcalcError, LimitError, ModelNotFoundError, UsageError
+from .files import read_bounded
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: the largest config.json, preset or GPU file kvcalc reads (real configs are a few kB; the
@@ -116,17 +117,9 @@ class PresetWarning(UserWarning):
 
 def read_text_file(path: Path, what: str = "file", limit: int = MAX_CONFIG_BYTES) -> str:
     """The UTF-8 text of ``path`` (a leading byte-order mark dropped), at most ``limit`` bytes;
-    anything else is one ConfigError naming the file: unreadable, a directory, larger than the
-    limit (``/dev/zero`` included), not UTF-8."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise LimitError(f"{what} {path} is larger than {limit:,} bytes, the most kvcalc reads "
-                         "(docs/security.md)")
-    return decode_text(data, f"{what} {path}")
+    anything else is one ConfigError naming the file: unreadable, not a regular file (a FIFO,
+    ``/dev/zero``, a directory), larger than the limit, not UTF-8 (:mod:`kvcalc.files`)."""
+    return decode_text(read_bounded(path, what, limit), f"{what} {path}")
 
 
 def decode_text(data: bytes, what: str) -> str:

@@ -46,6 +46,39 @@ DISTRIBUTIONS = ("uniform", "normal", "lognormal")
 DEFAULT_SAMPLES = 2000
 #: the most sequences a workload may hold (``--samples``, rows of a trace): docs/security.md
 MAX_SEQUENCES = 1_000_000
+#: the most bytes a trace may hold (after decompression of a ``.gz``), read as a stream
+MAX_TRACE_BYTES = 512 * 1024 * 1024
+#: the largest time a trace row may give (``arrival_s`` in seconds; Mooncake's ``timestamp``
+#: in milliseconds): past 10^13 a run's modelled times lose their precision
+MAX_TRACE_TIME = 1e13
+
+
+def trace_lines(path: str | Path):
+    """The lines of a trace file (``.gz`` decompressed), streamed through kvcalc's bounded
+    reader: a regular file only, at most :data:`MAX_TRACE_BYTES` (docs/security.md)."""
+    from .files import text_lines
+
+    return text_lines(path, "trace", MAX_TRACE_BYTES)
+
+
+def check_count(path: str | Path, n: int) -> None:
+    """Refuse a trace while streaming it, as soon as it holds more than
+    :data:`MAX_SEQUENCES` rows."""
+    if n > MAX_SEQUENCES:
+        raise ConfigError(f"trace {path} holds more than {MAX_SEQUENCES:,} requests: at most "
+                          f"{MAX_SEQUENCES:,} (sample it)")
+
+
+def check_length_distribution(mean, std, mean_name: str = "--mean",
+                              std_name: str = "--std") -> None:
+    """A length distribution's mean (1 to 2**40 tokens) and standard deviation (0 to 2**40):
+    finite numbers in range, so no draw overflows (docs/security.md)."""
+    for name, value, lo in ((mean_name, mean, 1), (std_name, std, 0)):
+        ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+              and math.isfinite(value) and lo <= value <= MAX_TOKENS)
+        if not ok:
+            raise UsageError(f"invalid {name} {value!r}: must be a number of tokens from {lo} "
+                             f"to {MAX_TOKENS:,} (docs/security.md)")
 
 
 @dataclass(frozen=True)
@@ -100,12 +133,9 @@ def sampled(kind: str, mean: float, std: float, max_len: int, samples: int = DEF
             seed: int = 0) -> Workload:
     if kind not in DISTRIBUTIONS:
         raise UsageError(f"unknown distribution '{kind}': choose one of {', '.join(DISTRIBUTIONS)}")
-    if mean <= 0 or std < 0:
-        raise UsageError("--mean must be positive and --std not negative")
+    check_length_distribution(mean, std)
     if samples < 1 or samples > MAX_SEQUENCES:
         raise UsageError(f"--samples must be from 1 to {MAX_SEQUENCES:,}, got {samples:,}")
-    if not (math.isfinite(mean) and math.isfinite(std)):
-        raise UsageError("--mean and --std must be finite numbers")
     rng = random.Random(seed)
     if kind == "uniform":
         half = math.sqrt(3) * std
@@ -121,38 +151,37 @@ def sampled(kind: str, mean: float, std: float, max_len: int, samples: int = DEF
 
 
 def from_trace(path: str | Path, max_len: int) -> tuple[Workload, int]:
-    """Read a JSONL or CSV trace; returns the workload and how many sequences were clipped."""
-    from .sources import decode_text
-
+    """Read a JSONL or CSV trace (``.gz`` allowed), streamed and bounded (:func:`trace_lines`,
+    :func:`check_count`); returns the workload and how many sequences were clipped."""
     path = Path(path)
-    try:
-        text = decode_text(path.read_bytes(), f"trace {path}")  # a UTF-8 BOM is fine
-    except OSError as exc:
-        raise ConfigError(f"cannot read trace {path}: {exc.strerror or exc}") from None
+    lines = trace_lines(path)
+    name = path.with_suffix("") if path.suffix.lower() == ".gz" else path
     rows: list[tuple[int, int]] = []
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
+    if name.suffix.lower() == ".csv":
+        reader = csv.DictReader(lines)
         if not reader.fieldnames or not {"prompt_len", "output_len"} <= set(reader.fieldnames):
             raise ConfigError(f"{path}:1: a CSV trace needs prompt_len and output_len columns")
         for line, row in enumerate(reader, start=2):
+            check_count(path, len(rows) + 1)
             rows.append(_lengths(path, line, row.get("prompt_len"), row.get("output_len"),
                                  text=True))
     else:
-        for line, raw in enumerate(text.splitlines(), start=1):
+        for line, raw in enumerate(lines, start=1):
             if not raw.strip():
                 continue
+            check_count(path, len(rows) + 1)
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{path}:{line}: invalid JSON ({exc.msg})") from None
+            except (RecursionError, ValueError) as exc:   # nesting, 4,300+ digit numbers
+                raise ConfigError(f"{path}:{line}: cannot be read ({type(exc).__name__})") \
+                    from None
             if not isinstance(obj, dict):
                 raise ConfigError(f"{path}:{line}: expected an object with prompt_len, output_len")
             rows.append(_lengths(path, line, obj.get("prompt_len"), obj.get("output_len")))
     if not rows:
         raise ConfigError(f"trace {path} holds no sequences")
-    if len(rows) > MAX_SEQUENCES:
-        raise ConfigError(f"trace {path} holds {len(rows):,} sequences: at most "
-                          f"{MAX_SEQUENCES:,} (sample it)")
     clipped = sum(1 for p, o in rows if p + o > max_len)
     lengths = tuple(min(max_len, p + o) for p, o in rows)
     return Workload(f"trace {path.name}: {len(rows):,} sequences", lengths), clipped

@@ -104,7 +104,7 @@ def test_warns_beyond_context_length():
     (["-m", "llama-7b", "--batch", "-3"], "invalid batch size"),
     (["-m", "llama-7b", "--kv-dtype", "fp7"], "'fp7' is not one of"),
     (["-m", "llama-7b", "--engine", "trt"], "'trt' is not one of"),
-    (["-m", "llama-7b", "--engine", "vllm", "--block-size", "0"], "invalid block size 0"),
+    (["-m", "llama-7b", "--engine", "vllm", "--block-size", "0"], "invalid --block-size 0"),
     (["-m", "llama-7b", "--hf-version", "banana"], "invalid transformers version"),
     (["-m", "/no/such/config.json"], "no such file or directory"),
 ])

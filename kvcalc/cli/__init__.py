@@ -56,6 +56,36 @@ class LazyGroup(click.Group):
             raise click.UsageError(f"No such command '{name}'.{hint}", ctx)
         return super().resolve_command(ctx, args)
 
+    def main(self, *args, **kwargs):
+        """click's main, ending in kvcalc's exit statuses whatever stops it outside a command
+        (--help or --version to a full disk or a closed pipe, Ctrl-C while parsing), and
+        flushing stdout before the exit so a failed final write is one line, not Python's
+        "Exception ignored" and status 120."""
+        try:
+            try:
+                return super().main(*args, **kwargs)
+            except KeyboardInterrupt:
+                _say("interrupted")
+                sys.exit(EXIT_INTERRUPTED)
+            except OSError as exc:
+                sys.exit(_output_failed(exc, 0))
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+            try:
+                sys.stdout.flush()
+            except (OSError, ValueError) as exc:
+                code = _output_failed(exc, code) if isinstance(exc, OSError) else code
+            raise SystemExit(code) from None
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.ClickException as exc:
+            raise _escaped(exc)
+        except KeyboardInterrupt:
+            _say("interrupted")
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+
     def invoke(self, ctx: click.Context):
         import warnings
 
@@ -63,7 +93,14 @@ class LazyGroup(click.Group):
             with warnings.catch_warnings():
                 _show_kvcalc_warnings()
                 return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except click.exceptions.ClickException as exc:
+            raise _escaped(exc)
+        except click.exceptions.Abort as exc:
+            if not isinstance(exc.__context__, KeyboardInterrupt):
+                raise
+            _say("interrupted")   # Ctrl-C at a prompt
+            ctx.exit(EXIT_INTERRUPTED)
+        except click.exceptions.Exit:
             raise
         except KeyboardInterrupt:
             _say("interrupted")
@@ -81,6 +118,13 @@ class LazyGroup(click.Group):
             _say(f"error: internal error: {type(exc).__name__}: {exc} "
                  "(run kvcalc --debug ... for the traceback)")
             ctx.exit(1)
+
+
+def _escaped(exc: click.exceptions.ClickException) -> click.exceptions.ClickException:
+    """``exc`` with its message through render.printable: click's own parameter errors quote
+    the value given (``--seq $'\\e]0;x\\a'``, or a value read from an environment variable)."""
+    exc.message = printable(exc.message)
+    return exc
 
 
 def _show_kvcalc_warnings() -> None:
@@ -108,6 +152,22 @@ def _say(line: str) -> None:
         click.echo(printable(line), err=True)
     except OSError:  # stderr closed too
         pass
+
+
+def _output_failed(exc: OSError, code: int) -> int:
+    """The exit status after writing stdout failed with ``exc``: a closed pipe is 141 and says
+    nothing; anything else (a full disk) is one error line, unless the run has already failed
+    (``code`` not 0: its line was said). Stdout is pointed at /dev/null so the interpreter's
+    last flush stays quiet."""
+    import errno
+
+    _silence_stdout()
+    if exc.errno == errno.EPIPE:
+        return EXIT_BROKEN_PIPE
+    if code == 0:
+        _say(f"error: {as_user_error(exc)}")
+        return 1
+    return code
 
 
 def _silence_stdout() -> None:

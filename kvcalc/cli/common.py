@@ -97,15 +97,17 @@ def ollama_options(f):
 
     tokens = TokenList("token count", single=True)
     options = [
-        click.option("--num-ctx", type=tokens, default=None, envvar="OLLAMA_CONTEXT_LENGTH",
+        click.option("--num-ctx", type=FromEnv(tokens), default=None,
+                     envvar="OLLAMA_CONTEXT_LENGTH",
                      help="ollama: context per request (OLLAMA_CONTEXT_LENGTH; default 4096)."),
-        click.option("--num-parallel", type=int, default=None, envvar="OLLAMA_NUM_PARALLEL",
+        click.option("--num-parallel", type=FromEnv(click.INT), default=None,
+                     envvar="OLLAMA_NUM_PARALLEL",
                      help="ollama: requests at once (OLLAMA_NUM_PARALLEL; default 1)."),
-        click.option("--kv-cache-type", type=click.Choice(KV_CACHE_TYPES), default=None,
+        click.option("--kv-cache-type", type=FromEnv(click.Choice(KV_CACHE_TYPES)), default=None,
                      envvar="OLLAMA_KV_CACHE_TYPE",
                      help="ollama: K and V cache type (OLLAMA_KV_CACHE_TYPE; default f16)."),
         click.option("--flash-attention/--no-flash-attention", "flash_attention", default=None,
-                     envvar="OLLAMA_FLASH_ATTENTION",
+                     type=FromEnvBool(click.BOOL), envvar="OLLAMA_FLASH_ATTENTION",
                      help="ollama: OLLAMA_FLASH_ATTENTION (default: unset = auto)."),
         click.option("--num-batch", type=int, default=None,
                      help="ollama: num_batch (default 512 / 1024 / 2048 by num_ctx x "
@@ -139,6 +141,8 @@ def allocation_settings(engine: str, kwargs: dict) -> dict:
                 continue
             raise UsageError(f"--{key.replace('_', '-')} is a setting of --engine {owner}, "
                              f"not {name}")
+        if isinstance(value, InvalidFromEnv):
+            raise UsageError(str(value))
         given[key] = value
     return given
 
@@ -184,6 +188,51 @@ def warn(message: str) -> None:
 def echo_output(text: str) -> None:
     """Everything a command prints on stdout: escaped by the one sanitiser (render.printable)."""
     click.echo(printable(text), nl=not text.endswith("\n"))
+
+
+class InvalidFromEnv:
+    """A value an environment variable gave that its option's type refused: an error only when
+    the option is used (OLLAMA_NUM_PARALLEL=abc does not fail a plain estimate)."""
+
+    def __init__(self, envvar: str, message: str):
+        self.envvar, self.message = envvar, message
+
+    def __str__(self) -> str:
+        return f"invalid {self.envvar} in the environment: {self.message}"
+
+
+class FromEnv(click.ParamType):
+    """``inner``, for an option that an environment variable may set: a value from the
+    environment that ``inner`` refuses becomes :class:`InvalidFromEnv` (refused by
+    :func:`allocation_settings` when the engine that reads it runs), not an error at parse
+    time; a value given on the command line is checked at once, as ``inner`` does."""
+
+    def __init__(self, inner):
+        self.inner = click.types.convert_type(inner)
+        self.name = self.inner.name
+
+    def convert(self, value, param, ctx):
+        try:
+            return self.inner.convert(value, param, ctx)
+        except click.BadParameter as exc:
+            source = ctx.get_parameter_source(param.name) if ctx and param else None
+            if source is click.core.ParameterSource.ENVIRONMENT:
+                envvar = param.envvar if isinstance(param.envvar, str) else param.name
+                return InvalidFromEnv(envvar, exc.message)
+            raise
+
+    def get_metavar(self, *args, **kwargs):
+        return self.inner.get_metavar(*args, **kwargs)
+
+    def shell_complete(self, ctx, param, incomplete):
+        return self.inner.shell_complete(ctx, param, incomplete)
+
+    def to_info_dict(self):
+        return self.inner.to_info_dict()
+
+
+class FromEnvBool(FromEnv, click.types.BoolParamType):
+    """:class:`FromEnv` for an on/off flag (click requires a boolean type for --x/--no-x)."""
 
 
 class ByteSize(click.ParamType):

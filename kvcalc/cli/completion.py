@@ -11,6 +11,8 @@ from __future__ import annotations
 import click
 from click.shell_completion import CompletionItem
 
+from ..render import printable
+
 #: option names (click's parameter names) -> completion function name
 MODEL_PARAMS = frozenset({"model", "models"})
 GPU_PARAMS = frozenset({"gpu", "gpus"})
@@ -31,15 +33,23 @@ def complete_model(ctx: click.Context, param: click.Parameter, incomplete: str):
     for preset in all_presets():
         for name in (preset.name, *preset.aliases):
             if name.startswith(incomplete):
-                items.append(CompletionItem(name, help=preset.display_name or None))
+                items.append(entry(name, preset.display_name or None))
     return items or [CompletionItem(incomplete, type="file")]
+
+
+def entry(value: str, help: str | None = None) -> CompletionItem:
+    """One completion entry, its value and help escaped on one line (render.printable): a
+    user preset's name or description reaches the terminal at TAB and may hold escape sequences
+    or a newline that would inject another entry."""
+    return CompletionItem(printable(value, one_line=True),
+                          help=printable(help, one_line=True) if help else None)
 
 
 def complete_gpu(ctx: click.Context, param: click.Parameter, incomplete: str):
     """GPU catalog names and aliases starting with ``incomplete``."""
     from ..hardware import load_catalog
 
-    return [CompletionItem(name, help=gpu.name if name != gpu.name else None)
+    return [entry(name, gpu.name if name != gpu.name else None)
             for gpu in load_catalog() for name in (gpu.name, *gpu.aliases)
             if name.startswith(incomplete)]
 

@@ -15,15 +15,17 @@ import csv
 import gzip
 import json
 import math
+import os
 import random
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ..errors import ConfigError, UsageError
-from ..workload import MAX_SEQUENCES, _lengths, lognormal_params, sampled
+from ..workload import (MAX_SEQUENCES, MAX_TRACE_TIME, _lengths, check_count, lognormal_params,
+                        sampled, trace_lines)
 
 #: tokens per Mooncake hash id (FAST'25 release README: "block size 512")
 MOONCAKE_HASH_BLOCK = 512
@@ -74,36 +76,27 @@ class Trace:
 
 
 def load_trace(name_or_path: str) -> Trace:
-    """A built-in trace by name (:data:`BUILTIN_TRACES`) or a file (CSV/JSONL, .gz allowed)."""
+    """A built-in trace by name (:data:`BUILTIN_TRACES`) or a file (CSV/JSONL, .gz allowed),
+    streamed through the bounded reader (:func:`kvcalc.workload.trace_lines`: regular files
+    only, a byte limit after decompression, the row limit checked per row)."""
     if name_or_path in BUILTIN_TRACES:
         file, what = BUILTIN_TRACES[name_or_path]
         data = resources.files("kvcalc.simulation").joinpath("traces", file).read_bytes()
-        return _parse(gzip.decompress(data), Path(file[:-3]), f"{name_or_path}: {what}")
+        return _parse(gzip.decompress(data).decode("utf-8-sig").splitlines(),
+                      Path(file[:-3]), f"{name_or_path}: {what}")
     path = Path(name_or_path)
-    if not path.exists():
+    if not os.path.lexists(path):
         from ..sources import suggest
 
         raise UsageError(f"no trace '{name_or_path}': give a CSV/JSONL file or one of "
                          f"{', '.join(BUILTIN_TRACES)}" + suggest(name_or_path,
                                                                   list(BUILTIN_TRACES)))
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read trace {path}: {exc.strerror or exc}") from None
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise ConfigError(f"trace {path}: not a valid gzip file ({exc})") from None
-        path = path.with_suffix("")
-    return _parse(raw, path, f"trace {path.name}")
+    inner = path.with_suffix("") if path.suffix.lower() == ".gz" else path
+    return _parse(trace_lines(path), inner, f"trace {inner.name}")
 
 
-def _parse(raw: bytes, path: Path, description: str) -> Trace:
-    from ..sources import decode_text
-
-    text = decode_text(raw, f"trace {path}")
-    rows = _csv_rows(text, path) if path.suffix.lower() == ".csv" else _jsonl_rows(text, path)
+def _parse(lines: Iterable[str], path: Path, description: str) -> Trace:
+    rows = _csv_rows(lines, path) if path.suffix.lower() == ".csv" else _jsonl_rows(lines, path)
     if not rows:
         raise ConfigError(f"trace {path} holds no requests")
     rows.sort(key=lambda a: a.arrival_s)
@@ -112,11 +105,6 @@ def _parse(raw: bytes, path: Path, description: str) -> Trace:
         rows = [Arrival(a.arrival_s - start, a.prompt, a.output, a.hash_ids) for a in rows]
     return Trace(f"{description}: {len(rows):,} requests over {rows[-1].arrival_s:,.0f} s",
                  tuple(rows))
-
-
-def _check_count(path: Path, n: int) -> None:
-    if n > MAX_SEQUENCES:
-        raise ConfigError(f"trace {path} holds more than {MAX_SEQUENCES:,} requests (sample it)")
 
 
 def _arrival(path: Path, line: int, value) -> float:
@@ -128,19 +116,19 @@ def _arrival(path: Path, line: int, value) -> float:
         t = float(value)
     except (TypeError, ValueError):
         t = float("nan")
-    if not math.isfinite(t) or t < 0:
+    if not math.isfinite(t) or not 0 <= t <= MAX_TRACE_TIME:
         raise ConfigError(f"{path}:{line}: arrival time must be a non-negative number of "
-                          f"seconds, got {value!r}")
+                          f"seconds, at most {MAX_TRACE_TIME:g}, got {value!r}")
     return t
 
 
-def _csv_rows(text: str, path: Path) -> list[Arrival]:
-    reader = csv.DictReader(text.splitlines())
+def _csv_rows(lines: Iterable[str], path: Path) -> list[Arrival]:
+    reader = csv.DictReader(lines)
     fields = set(reader.fieldnames or ())
     rows: list[Arrival] = []
     if {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= fields:      # Azure 2023
         for line, row in enumerate(reader, start=2):
-            _check_count(path, len(rows) + 1)
+            check_count(path, len(rows) + 1)
             p, o = _lengths(path, line, row["ContextTokens"], row["GeneratedTokens"], text=True)
             rows.append(Arrival(_azure_time(path, line, row["TIMESTAMP"]), p, o))
         return rows
@@ -149,7 +137,7 @@ def _csv_rows(text: str, path: Path) -> list[Arrival]:
                           "(optional arrival_s), or Azure's TIMESTAMP,ContextTokens,"
                           "GeneratedTokens")
     for line, row in enumerate(reader, start=2):
-        _check_count(path, len(rows) + 1)
+        check_count(path, len(rows) + 1)
         p, o = _lengths(path, line, row.get("prompt_len"), row.get("output_len"), text=True)
         rows.append(Arrival(_arrival(path, line, row.get("arrival_s") or None), p, o))
     return rows
@@ -166,16 +154,18 @@ def _azure_time(path: Path, line: int, text: str | None) -> float:
         raise ConfigError(f"{path}:{line}: invalid TIMESTAMP {text!r}") from None
 
 
-def _jsonl_rows(text: str, path: Path) -> list[Arrival]:
+def _jsonl_rows(lines: Iterable[str], path: Path) -> list[Arrival]:
     rows: list[Arrival] = []
-    for line, raw in enumerate(text.splitlines(), start=1):
+    for line, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-        _check_count(path, len(rows) + 1)
+        check_count(path, len(rows) + 1)
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{line}: invalid JSON ({exc.msg})") from None
+        except (RecursionError, ValueError) as exc:   # nesting, 4,300+ digit numbers
+            raise ConfigError(f"{path}:{line}: cannot be read ({type(exc).__name__})") from None
         if not isinstance(obj, dict):
             raise ConfigError(f"{path}:{line}: expected an object with prompt_len and "
                               "output_len (or Mooncake's input_length and output_length)")
