@@ -33,7 +33,7 @@ from .memory import Estimate
 from .memory import estimate as _estimate_point
 from .reports import context_warnings, estimate_record, source_record
 from .sources import ResolvedModel, resolve as _resolve
-from .versions import drift_notice
+from .versions import engine_version_notices, version_notices
 
 
 class Result:
@@ -201,7 +201,7 @@ def estimate(model: Any, *, seq: int, batch: int = 1, engine: str = "hf",
     layout = alloc.layout if alloc is not None else build_layout(
         m.spec, engine, str(kv_dtype).lower(), block_size=block_size, version=version)
     warnings = (context_warnings(m.spec, [seq]) + ignored_settings(eng, block_size=block_size)
-                + [n for n in [drift_notice(layout)] if n])
+                + version_notices(layout))
     point: Estimate = _estimate_point(layout, seq, batch)
     record = estimate_record(point, m.resolved, warnings)
     if alloc is not None:  # what the engine allocates at start-up ("llamacpp" object)
@@ -311,7 +311,7 @@ def run_plan(model: Any, *, gpu: Any = "h100", tp: int = 1, pp: int = 1, replica
                              f"rules; --engine {engine} does not take them (use --engine vllm)")
     result = make_plan(m.spec, inp, workload)
     record = plan_record(result, m.resolved)
-    warnings += list(result.warnings)
+    warnings += list(result.warnings) + version_notices(result.layout)
     if not result.fits:
         record["does_not_fit"] = shortfall_record(result, m.spec, inp)
     if target_concurrency is not None:
@@ -438,7 +438,7 @@ def _plan_setup(model: Any, o: dict[str, Any]):
     workload. Returns (model, PlanInputs, Workload, warnings)."""
     from .hardware import resolve_gpu
     from .params import default_weights_dtype, weights_dtype_bytes
-    from .planning import DEFAULT_GPU_UTIL, PlanInputs
+    from .planning import PlanInputs
     from .units import parse_tokens
     from .workload import DEFAULT_SAMPLES, choose_workload
 
@@ -478,7 +478,7 @@ def _plan_setup(model: Any, o: dict[str, Any]):
                                                for k, v in options.items()})
     engine_options += _engine_options(runtime, {f"--{k.replace('_', '-')}": (k, v)
                                                 for k, v in own.items()})
-    gpu_util = DEFAULT_GPU_UTIL if o["gpu_util"] is None else o["gpu_util"]
+    gpu_util = o["gpu_util"]
     inp = PlanInputs(
         gpu=resolve_gpu(o["gpu"]), tp=o["tp"], pp=o["pp"], replicas=o["replicas"],
         gpu_util=gpu_util, weights_dtype=wdtype, kv_dtype=kv_dtype,
@@ -496,7 +496,7 @@ def _plan_setup(model: Any, o: dict[str, Any]):
         free_memory=options.get("free_memory"), engine_options=engine_options)
     if _own_plan_figures(runtime):
         vllm_only = [flag for flag, given in (
-            ("--gpu-util", o["gpu_util"] is not None and gpu_util != DEFAULT_GPU_UTIL),
+            ("--gpu-util", gpu_util is not None),
             ("--max-batched-tokens", o["max_batched_tokens"] is not None),
             ("--max-num-seqs", o["max_num_seqs"] is not None),
             ("--cuda-graph-memory", o["cuda_graph_memory"] is not None),
@@ -622,6 +622,7 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
                       step_time_s=step_time, step_overhead_s=step_overhead,
                       timeline_interval_s=timeline_interval)
     result = run_simulation(m.spec, inp, arrivals, options)
+    warnings += engine_version_notices(engine, inp.version)
     record = result_record(result)
     record["model"] = m.name
     if not trace:
@@ -653,7 +654,7 @@ def _simulation_inputs(m: Model, engine: str, settings: dict[str, Any], o: dict[
     """The plan inputs a simulation runs on (the budget, block size and engine band of
     :func:`plan`)."""
     from .params import default_weights_dtype, weights_dtype_bytes
-    from .planning import DEFAULT_GPU_UTIL, PlanInputs
+    from .planning import PlanInputs
     from .hardware import resolve_gpu
 
     sizes = {k: _size(o[k], k) for k in ("overhead", "weights_memory", "activation_memory",
@@ -663,7 +664,7 @@ def _simulation_inputs(m: Model, engine: str, settings: dict[str, Any], o: dict[
     weights_dtype_bytes(wdtype)
     return PlanInputs(
         gpu=resolve_gpu(o["gpu"]), tp=o["tp"],
-        gpu_util=DEFAULT_GPU_UTIL if o["gpu_util"] is None else o["gpu_util"],
+        gpu_util=o["gpu_util"],
         weights_dtype=wdtype, kv_dtype=str(o["kv_dtype"]).lower(),
         block_size=o["block_size"], max_len=o["max_len"],
         max_batched_tokens=o["max_batched_tokens"], max_num_seqs=o["max_num_seqs"],

@@ -25,45 +25,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .arch import ModelSpec
+from .budget import (ACTIVATION_BYTES, SAMPLER_BYTES_PER_LOGIT, Budget,  # noqa: F401
+                     activation_bytes, pp_partition, stage_weight_bytes)
 from .errors import UsageError
 from .hardware import GpuSpec
 from .engines import get_engine
 from .engines.cache import KEEP_ALL, KEEP_NONE, Layout
-from .params import ParamCount, count_parameters, stage_parameters, weight_bytes
-from .units import MAX_TOKENS, GiB, MiB, cdiv, largest_satisfying
-from .engines.vllm import (VllmCapacity, VllmRules, default_block_size, in_flight_tokens,
-                           pp_partition, rules_for_gpu, tp_refusal, vllm_capacity)
+from .params import ParamCount, count_parameters
+from .units import MAX_TOKENS, GiB, cdiv, largest_satisfying
+from .engines.vllm import (CUDA_GRAPH_BYTES, NON_TORCH_BYTES,  # noqa: F401
+                           NON_TORCH_MULTI_GPU_BYTES, VllmCapacity, VllmRules, batch_defaults,
+                           default_block_size, in_flight_tokens, rules_for_gpu, tp_refusal,
+                           vllm_capacity)
 from .workload import AllocatorResult, Workload, compare_allocators, distinct, peak_bytes
 
-DEFAULT_GPU_UTIL = 0.9                     # vLLM gpu_memory_utilization default
-NON_TORCH_BYTES = 512 * MiB                # NCCL/cuBLAS/... (vLLM "non-torch memory")
-NON_TORCH_MULTI_GPU_BYTES = 1 * GiB
-CUDA_GRAPH_BYTES = {"new": 512 * MiB, "mid": 0}
-ACTIVATION_BYTES = 2                       # bf16/fp16 activations
-#: sampler dummy run per (row, vocab entry): fp32 logits + fp32 probs + sorted fp32 logits +
-#: int64 sort indices (top-k/top-p), vLLM v1 ``_dummy_sampler_run``
-SAMPLER_BYTES_PER_LOGIT = 4 + 4 + 4 + 8
-LARGE_GPU_BYTES = 70 * GiB                 # vLLM picks larger batch defaults above this
-DEFAULT_MAX_NUM_SEQS = {True: 1024, False: 256}
-DEFAULT_BATCHED_TOKENS = {True: 8192, False: 2048}   # OpenAI server defaults (engines.md A.2)
 TP_CHOICES = (1, 2, 4, 8)
-
-
-@dataclass(frozen=True)
-class Budget:
-    total_bytes: int
-    utilization: float
-    weights_bytes: int
-    activation_bytes: int
-    non_torch_bytes: int
-    cuda_graph_bytes: int
-    overhead_bytes: int        # activations + non-torch + CUDA graphs (or --overhead)
-    kv_bytes: int
-    source: str                # "computed" or "--kv-budget"
-
-    @property
-    def requested_bytes(self) -> int:
-        return int(self.total_bytes * self.utilization)
 
 
 @dataclass(frozen=True)
@@ -72,7 +48,9 @@ class PlanInputs:
     tp: int = 1
     pp: int = 1
     replicas: int = 1
-    gpu_util: float = DEFAULT_GPU_UTIL
+    #: gpu_memory_utilization; None = the engine version's default (vLLM 0.34: 1.0 with the
+    #: extensible KV cache; 0.92 from 0.25; 0.9 before)
+    gpu_util: float | None = None
     weights_dtype: str = "bf16"
     kv_dtype: str = "auto"
     block_size: int | None = None          # None: 16, or the MLA backend's block size
@@ -112,6 +90,14 @@ class PlanInputs:
                              num_speculative_tokens=self.speculative_tokens,
                              chunked_local_hybrid=self.chunked_local_hybrid)
 
+    def utilization(self) -> float:
+        """--gpu-util, else the vLLM band's default (:meth:`VllmRules.default_gpu_utilization`)."""
+        if self.gpu_util is not None:
+            return self.gpu_util
+        rules = self.rules()
+        return rules.default_gpu_utilization(rules.extensible_kv_cache
+                                             and self.num_blocks_override is None)
+
     @property
     def era(self) -> str:
         """"new" (vLLM >= 0.20) or "mid" (0.9-0.19): the capacity report of the band."""
@@ -133,17 +119,21 @@ class PlanInputs:
 
     def in_flight(self) -> int:
         """``T`` for sliding/chunked block counts (engines.vllm.in_flight_tokens)."""
-        return in_flight_tokens(self.batched_tokens(), self.era, self.pp, self.async_scheduling)
+        rules = self.rules()
+        return in_flight_tokens(self.batched_tokens(), rules.era, self.pp, self.async_scheduling,
+                                rules)
 
     def batched_tokens(self) -> int:
+        """--max-batched-tokens, else vLLM's ``get_batch_defaults`` for this GPU."""
         if self.max_batched_tokens is not None:
             return self.max_batched_tokens
-        return DEFAULT_BATCHED_TOKENS[self.gpu.memory_bytes >= LARGE_GPU_BYTES]
+        return batch_defaults(self.gpu, self.rules())[0]
 
     def num_seqs(self) -> int:
+        """--max-num-seqs, else vLLM's ``get_batch_defaults`` for this GPU."""
         if self.max_num_seqs is not None:
             return self.max_num_seqs
-        return DEFAULT_MAX_NUM_SEQS[self.gpu.memory_bytes >= LARGE_GPU_BYTES]
+        return batch_defaults(self.gpu, self.rules())[1]
 
 
 @dataclass(frozen=True)
@@ -239,33 +229,6 @@ def plan_layout(spec: ModelSpec, inp: PlanInputs, block: int, tp: int) -> Layout
     return layout
 
 
-def activation_bytes(spec: ModelSpec, params: ParamCount, tokens: int, num_seqs: int,
-                     tp: int) -> int:
-    """Peak activations of vLLM's profile run over ``tokens`` (documented estimate)."""
-    cfg = spec.config
-    inter = int(cfg.get("moe_intermediate_size") or cfg.get("intermediate_size")
-                or cfg.get("n_inner") or 4 * spec.hidden_size) if not isinstance(
-                    cfg.get("intermediate_size"), list) else int(max(cfg["intermediate_size"]))
-    top_k = int(cfg.get("num_experts_per_tok") or 1) if cfg.get("moe_intermediate_size") else 1
-    per_token = 4 * spec.hidden_size + 3 * inter * top_k // tp
-    logits = min(num_seqs, tokens) * (spec.vocab_size or 0) * SAMPLER_BYTES_PER_LOGIT
-    return tokens * per_token * ACTIVATION_BYTES + logits
-
-
-def stage_weight_bytes(spec: ModelSpec, params: ParamCount, dtype: str, tp: int,
-                       stages: list[tuple[int, int]]) -> list[int]:
-    """Weight bytes per GPU for each pipeline stage: its own layers' parameters (exact, layer by
-    layer), the embeddings on the first stage and the LM head on the last, x the weights dtype,
-    sharded over ``tp``."""
-    if len(stages) == 1:
-        return [cdiv(weight_bytes(params, dtype), tp)]
-    out = []
-    for i, (start, end) in enumerate(stages):
-        stage = stage_parameters(params, start, end, i == 0, i == len(stages) - 1, len(stages))
-        out.append(cdiv(weight_bytes(stage, dtype), tp))
-    return out
-
-
 def compute_budgets(spec: ModelSpec, params: ParamCount, inp: PlanInputs) -> list[Budget]:
     """The KV budget of one GPU of every pipeline stage (one :class:`Budget` per stage).
 
@@ -274,29 +237,9 @@ def compute_budgets(spec: ModelSpec, params: ParamCount, inp: PlanInputs) -> lis
     """
     stages = pp_partition(spec.num_layers, inp.pp)
     if inp.kv_budget is not None:
-        return [Budget(inp.gpu.memory_bytes, inp.gpu_util, 0, 0, 0, 0, 0, inp.kv_budget,
+        return [Budget(inp.gpu.memory_bytes, inp.utilization(), 0, 0, 0, 0, 0, inp.kv_budget,
                        "--kv-budget")] * len(stages)
-    own = get_engine(inp.engine).plan_budgets(spec, params, inp)
-    if own is not None:
-        return own
-    weights = stage_weight_bytes(spec, params, inp.weights_dtype, inp.tp, stages)
-    if inp.weights is not None:
-        weights = [inp.weights] * len(stages)
-    act = (activation_bytes(spec, params, inp.batched_tokens(), inp.num_seqs(), inp.tp)
-           if inp.activation is None else inp.activation)
-    non_torch = (NON_TORCH_MULTI_GPU_BYTES if inp.tp * inp.pp > 1 else NON_TORCH_BYTES) \
-        if inp.non_torch is None else inp.non_torch
-    graphs = CUDA_GRAPH_BYTES[inp.era] if inp.cuda_graph is None else inp.cuda_graph
-    overhead = act + non_torch + graphs if inp.overhead is None else inp.overhead
-    requested = int(inp.gpu.memory_bytes * inp.gpu_util)
-    out = []
-    for w in weights:
-        out.append(Budget(inp.gpu.memory_bytes, inp.gpu_util, w,
-                          act if inp.overhead is None else 0,
-                          non_torch if inp.overhead is None else 0,
-                          graphs if inp.overhead is None else 0,
-                          overhead, requested - w - overhead, "computed"))
-    return out
+    return get_engine(inp.engine).plan_budgets(spec, params, inp)
 
 
 #: limits of the planner's counts (docs/security.md): vLLM's largest blocks (hybrid models
@@ -306,7 +249,7 @@ MAX_GPUS = 1 << 16
 
 
 def validate(spec: ModelSpec, inp: PlanInputs) -> None:
-    if not 0 < inp.gpu_util <= 1:
+    if inp.gpu_util is not None and not 0 < inp.gpu_util <= 1:
         raise UsageError(f"invalid --gpu-util {inp.gpu_util}: must be in (0, 1]")
     for name, value, most in (("--tp", inp.tp, MAX_GPUS), ("--pp", inp.pp, MAX_GPUS),
                               ("--replicas", inp.replicas, MAX_GPUS),

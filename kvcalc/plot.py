@@ -113,12 +113,12 @@ class PlanOptions:
 
     def inputs(self, spec: ModelSpec, gpu: GpuSpec, kv_dtype: str, max_len: int):
         from .params import default_weights_dtype, weights_dtype_bytes
-        from .planning import DEFAULT_GPU_UTIL, PlanInputs
+        from .planning import PlanInputs
 
         wdtype = default_weights_dtype(spec) if self.weights_dtype == "auto" else self.weights_dtype
         weights_dtype_bytes(wdtype)  # validates
         return PlanInputs(gpu=gpu, tp=self.tp,
-                          gpu_util=DEFAULT_GPU_UTIL if self.gpu_util is None else self.gpu_util,
+                          gpu_util=self.gpu_util,
                           weights_dtype=wdtype, kv_dtype=kv_dtype, block_size=self.block_size,
                           max_len=max_len, kv_budget=self.kv_budget)
 

@@ -131,6 +131,7 @@ def _plan_record(p: Plan, resolved, b, inp: PlanInputs, cap, c, g) -> dict:
             "non_torch_bytes": b.non_torch_bytes,
             "cuda_graph_bytes": b.cuda_graph_bytes,
             "overhead_bytes": b.overhead_bytes,
+            "margin_bytes": b.margin_bytes,
             "kv_bytes": b.kv_bytes,
             "source": b.source,
             "per_stage_kv_bytes": [s.kv_bytes for s in p.budgets],

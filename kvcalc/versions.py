@@ -63,9 +63,9 @@ class EngineVersions:
         """One line for the user when the installed release is not one kvcalc checked."""
         e = self.engine
         if self.status == NEWER:
-            return (f"{e.display_name} {self.installed} is installed, newer than {e.newest_checked}, "
-                    f"the newest release kvcalc was checked against: figures follow the "
-                    f"{self.band} band, which this release may have moved"
+            return (f"{e.display_name} {self.installed} is installed, newer than the newest "
+                    f"version kvcalc checked ({e.newest_checked}): figures use the {self.band} "
+                    "rules, unverified"
                     + ("; `kvcalc verify --device meta --all` checks them against it"
                        if e.name == "hf" else ""))
         if self.status == OUTSIDE:
@@ -111,6 +111,27 @@ def drift_notice(layout: Any) -> str | None:
     if found.status != NEWER or found.band != getattr(layout, "band", None):
         return None
     return found.notice
+
+
+def engine_version_notices(engine_name: str, version: str | None = None) -> list[str]:
+    """Every "newer than checked" line for figures of ``engine_name`` modelled at ``version``
+    (None: the engine's default): the version asked for (``--vllm-version 0.35``) when it is
+    newer than the newest one checked, and the installed engine when it is
+    (:func:`drift_notice`). Estimate, plan, simulate and the API results carry them."""
+    from types import SimpleNamespace
+
+    from .engines import get_engine
+
+    engine = get_engine(engine_name)
+    band = engine.band(version).name
+    notices = [engine.newer_notice(version),
+               drift_notice(SimpleNamespace(engine=engine.name, band=band))]
+    return [n for n in dict.fromkeys(notices) if n]
+
+
+def version_notices(layout: Any) -> list[str]:
+    """:func:`engine_version_notices` for the engine and version ``layout`` models."""
+    return engine_version_notices(layout.engine, getattr(layout, "version", None))
 
 
 def all_engine_versions() -> list[EngineVersions]:

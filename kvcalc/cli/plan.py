@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..params import weights_dtype_bytes
-from ..planning import DEFAULT_GPU_UTIL, Plan
+from ..planning import Plan
 from ..render import key_values, table, to_csv, to_json, to_yaml
 from ..units import format_bytes, format_gib
 from ..engines import engine_names, get_engine
@@ -47,8 +47,10 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
                    "vLLM picks for the GPU and KV dtype: on an H100 FLASH_ATTN_MLA 16 for "
                    "bf16, FlashMLA 64 for fp8; docs/engines.md). --page-size: SGLang's name "
                    "(default 1; 64 on Blackwell).")
-@click.option("--gpu-util", type=float, default=DEFAULT_GPU_UTIL, show_default=True,
-              help="vLLM gpu_memory_utilization: share of total memory the engine may use.")
+@click.option("--gpu-util", type=float, default=None,
+              help="vLLM gpu_memory_utilization: share of total memory the engine may use "
+                   "(default: the version's -- 1.0 with 0.34's extensible KV cache, 0.92 from "
+                   "0.25, 0.9 before).")
 @click.option("--weights-dtype", type=click.Choice(WEIGHT_CHOICES), default="auto",
               show_default=True, help="Weight storage; auto = the checkpoint's.")
 @click.option("--overhead", type=ByteSize(), default=None,
@@ -247,6 +249,10 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
         else:
             rows.append(("- overhead (--overhead)", f"{b['overhead_bytes']:,}",
                          format_gib(b["overhead_bytes"])))
+        if b["source"] == "extensible":
+            rows.append(("- margin after warm-up (extensible KV cache: max(1 GiB, "
+                         "0.75 x activations))",
+                         f"{b['margin_bytes']:,}", format_gib(b["margin_bytes"])))
         rows.append(("= KV budget per GPU", f"{b['kv_bytes']:,}", format_gib(b["kv_bytes"])))
     budget = table(rows, ("budget (per GPU" + (", tightest stage)" if inp.pp > 1 else ")"),
                           "bytes", "GiB = 2^30"), fmt)

@@ -24,7 +24,7 @@ never compare engine names themselves. Adding an engine = one module that define
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any
 
@@ -57,6 +57,8 @@ class Band:
         """The range in words: ">= 0.33", "0.20-0.32", "< 4.56"."""
         def text(v: Version) -> str:
             return f"{v[0]}.{v[1]}"
+        if self.low and self.high and self.low == self.high:
+            return text(self.low)
         if self.low and self.high:
             return f"{text(self.low)}-{text(self.high)}"
         if self.low:
@@ -112,14 +114,43 @@ class Engine:
     def parse_version(self, version: str) -> Version:
         return parse_version(version, self.display_name, self.version_example)
 
+    @property
+    def checked_version(self) -> Version:
+        """:attr:`newest_checked` as (major, minor): where the newest band ends."""
+        return self.parse_version(self.newest_checked)
+
+    def modelled_bands(self) -> tuple[Band, ...]:
+        """:attr:`bands` with the newest one ending at the newest version checked: no band is
+        open-ended, so a later release is never modelled silently (:meth:`newer_notice`)."""
+        if not self.bands or self.bands[-1].high is not None:
+            return self.bands
+        return self.bands[:-1] + (replace(self.bands[-1], high=self.checked_version),)
+
     def band(self, version: str | None = None) -> Band:
-        """The band that holds ``version`` (default: :attr:`default_version`)."""
+        """The band that holds ``version`` (default: :attr:`default_version`). A version newer
+        than the newest one checked gets the newest band's rules, and every result that uses
+        them carries :meth:`newer_notice`."""
         v = self.parse_version(version or self.default_version)
-        for band in self.bands:
+        bands = self.modelled_bands()
+        for band in bands:
             if band.contains(v):
                 return band
+        if bands and v > self.checked_version:
+            return bands[-1]
         raise UsageError(f"{self.display_name} {version} is outside the bands kvcalc models "
-                         f"({', '.join(b.versions for b in self.bands)})")
+                         f"({', '.join(b.versions for b in bands)})")
+
+    def newer_notice(self, version: str | None) -> str | None:
+        """One line when ``version`` (a requested version, MAJOR.MINOR[.PATCH]) is a release
+        newer than :attr:`newest_checked` (compared as major.minor): its figures use the newest
+        band's rules, which that release may have moved. None otherwise."""
+        if not version or not self.newest_checked:
+            return None
+        if self.parse_version(version) <= self.checked_version:
+            return None
+        return (f"{self.display_name} {version} is newer than the newest version kvcalc "
+                f"checked ({self.newest_checked}): figures use the {self.band(version).name} "
+                "rules, unverified")
 
     def layout(self, spec, kv_dtype: str = "auto", *, version: str | None = None,
                block_size: int | None = None, tp: int = 1) -> Layout:

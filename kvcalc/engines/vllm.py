@@ -40,10 +40,12 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 
 from .. import arch
+from ..budget import (EXTENSIBLE, Budget, activation_bytes, pp_partition,  # noqa: F401
+                      stage_weight_bytes)
 from ..arch import CHUNKED, FULL, MLA, SLIDING, AttentionLayer, MLALayer, ModelSpec, StateLayer
 from ..dtypes import DTYPES, KVDtype, resolve_kv_dtype
 from ..errors import UsageError
-from ..units import GiB, cdiv, largest_satisfying
+from ..units import MiB, GiB, cdiv, largest_satisfying
 from . import Band, Engine, Setting, register
 from .cache import (KEEP_ALL, KEEP_CHUNK, KEEP_NONE, KEEP_WINDOW, LayerCache, Layout,
                     attention_bytes_per_token, attention_formula, mla_latent_bytes_per_token,
@@ -64,6 +66,35 @@ NEW_CAPACITY_SINCE = (0, 20)
 #: vLLM 0.33: kv_cache_planning.py (wording of the errors, one capacity log line), Mamba align
 #: mode with prefix caching, backend priorities per GPU generation (platforms/cuda.py)
 V0_33 = (0, 33)
+#: vLLM 0.34: default block 64 (``CacheConfig.DEFAULT_BLOCK_SIZE``, vllm/config/cache.py), the
+#: extensible KV cache sized after warm-up (vllm/v1/worker/extensible_kv_cache.py), pp + 1
+#: batches in flight with async scheduling (``VllmConfig.max_concurrent_batches``)
+V0_34 = (0, 34)
+#: ``CacheConfig.DEFAULT_BLOCK_SIZE`` per band: 16 up to 0.33, 64 from 0.34
+DEFAULT_BLOCK_SIZE_V0_34 = 64
+#: the extensible KV cache keeps free, after warm-up, a margin of
+#: max(KV_CACHE_MARGIN_FLOOR_BYTES, KV_CACHE_MARGIN_FRACTION x transient peak) on CUDA
+#: (3 GiB floor on ROCm) -- ``measure_kv_cache_bytes``, vllm/v1/worker/extensible_kv_cache.py
+EXTENSIBLE_MARGIN_FLOOR = {True: 1 * GiB, False: 3 * GiB}
+EXTENSIBLE_MARGIN_FRACTION = 0.75
+#: gpu_memory_utilization when not given: 1.0 with the extensible KV cache (0.34), else
+#: ``CacheConfig.DEFAULT_GPU_MEMORY_UTILIZATION`` 0.92 (from 0.25 at the latest, vLLM's
+#: vllm/config/cache.py), 0.9 before (:data:`GPU_UTIL_092_SINCE`)
+GPU_UTIL_EXTENSIBLE = 1.0
+GPU_UTIL_DEFAULT = 0.92
+GPU_UTIL_BEFORE = 0.9
+GPU_UTIL_092_SINCE = (0, 25)
+#: ``EngineArgs.get_batch_defaults`` (vllm/engine/arg_utils.py) for ``vllm serve``
+#: (UsageContext.OPENAI_API_SERVER): (max_num_batched_tokens, max_num_seqs) by the GPU's
+#: total memory and name -- >= 160 GiB (B200, B300): 16,384 / 1,024 (from 0.28); >= 70 GiB and
+#: not an A100 nor a GB10 (SM 12.1): 8,192 / 1,024; else 2,048 / 256
+BATCH_DEFAULTS_LARGEST = (16384, 1024)
+BATCH_DEFAULTS_LARGE = (8192, 1024)
+BATCH_DEFAULTS_SMALL = (2048, 256)
+LARGEST_GPU_BYTES = 160 * GiB
+LARGE_GPU_BYTES = 70 * GiB
+LARGEST_DEFAULTS_SINCE = (0, 28)
+GB10_CAPABILITY = (12, 1)
 #: the GPU a layout is planned for when none is known: an H100 (SM 9.0), vLLM's most common target
 ASSUMED_CAPABILITY = (9, 0)
 #: ``FLASHINFER_GDN_CHECKPOINT_ALIGNMENT`` (vllm/v1/attention/backends/gdn_attn.py, 0.33.0):
@@ -116,6 +147,33 @@ class VllmRules:
         return "new" if self.parsed >= NEW_CAPACITY_SINCE else "mid"
 
     @property
+    def default_block_size(self) -> int:
+        """``CacheConfig.DEFAULT_BLOCK_SIZE`` of the band (16, 64 from 0.34)."""
+        return DEFAULT_BLOCK_SIZE_V0_34 if self.parsed >= V0_34 else DEFAULT_BLOCK_SIZE
+
+    @property
+    def extensible_kv_cache(self) -> bool:
+        """vLLM 0.34's extensible KV cache: on by default on CUDA and ROCm (the budget is
+        measured after warm-up; :func:`vllm_budgets`)."""
+        return self.parsed >= V0_34
+
+    def default_gpu_utilization(self, extensible: bool) -> float:
+        """``CacheConfig.resolved_gpu_memory_utilization`` when --gpu-memory-utilization is
+        not given: 1.0 with the extensible KV cache, 0.92 (0.25-0.34), 0.9 before."""
+        if extensible:
+            return GPU_UTIL_EXTENSIBLE
+        return GPU_UTIL_DEFAULT if self.parsed >= GPU_UTIL_092_SINCE else GPU_UTIL_BEFORE
+
+    def max_concurrent_batches(self, pp: int, async_scheduling: bool) -> int:
+        """``VllmConfig.max_concurrent_batches``: pp + 1 with async scheduling (0.34); up to
+        0.33 the V1 model runner overlaps 2 batches at PP 1 only, else pp."""
+        if async_scheduling and self.parsed >= V0_34:
+            return pp + 1
+        if async_scheduling and pp <= 1:
+            return 2
+        return pp
+
+    @property
     def mamba_align(self) -> bool:
         """``mamba_cache_mode == "align"``: set by ``MambaModelConfig.verify_and_update_config``
         when prefix caching is on (its default) from 0.33."""
@@ -150,12 +208,14 @@ class VllmRules:
             return int(self.gdn_uses_flashinfer(head_k_dim))
         return 0
 
-    def hybrid_block_alignment(self, states: list[tuple[str | None, int]]) -> int:
+    def hybrid_block_alignment(self, states: list[tuple[str | None, int]],
+                               block_size: int = DEFAULT_BLOCK_SIZE) -> int:
         """The alignment of the enlarged attention block of attention+Mamba hybrids
-        (``Platform._align_hybrid_block_size``): the backend's kernel block (16), made a
-        multiple of the Mamba prefill checkpoint alignment in align mode -- 64 when every
-        state layer is a GDN layer whose prefill FlashInfer runs, else none (1)."""
-        align = MAMBA_HYBRID_BLOCK_ALIGNMENT
+        (``Platform._align_hybrid_block_size``): max(the backend's smallest kernel block (16),
+        the cache block size -- 16 up to 0.33, 64 from 0.34), made a multiple of the Mamba
+        prefill checkpoint alignment in align mode -- 64 when every state layer is a GDN layer
+        whose prefill FlashInfer runs, else none (1)."""
+        align = max(MAMBA_HYBRID_BLOCK_ALIGNMENT, block_size)
         if self.mamba_align and states and all(
                 m == GATED_DELTANET and self.gdn_uses_flashinfer(d) for m, d in states):
             align = math.lcm(align, FLASHINFER_GDN_CHECKPOINT_ALIGNMENT)
@@ -184,6 +244,16 @@ MLA_BACKENDS = {
     "CUTLASS_MLA": (128, ("bf16", "fp16", "fp8")),      # [128]; SM 10.x
     "TRITON_MLA": (16, ("bf16", "fp16", "fp8")),        # MultipleOf(16); any GPU
     "FLASHMLA_SPARSE": (64, ("bf16", "fp8")),           # DeepSeek-V3.2 sparse attention
+}
+#: each MLA backend's kernel block sizes (``get_supported_kernel_block_sizes``): a list, or
+#: ``MultipleOf(n)`` as (the empty list, n)
+MLA_KERNEL_BLOCKS = {
+    "FLASH_ATTN_MLA": ((), 16),
+    "FLASHMLA": ((64,), 0),
+    "FLASHINFER_MLA": ((32, 64), 0),
+    "CUTLASS_MLA": ((128,), 0),
+    "TRITON_MLA": ((), 16),
+    "FLASHMLA_SPARSE": ((64,), 0),
 }
 #: the priority lists per GPU generation at v0.33.0 (dense MLA; TOKENSPEED_MLA needs a package
 #: that vLLM does not install, so it is skipped)
@@ -261,9 +331,19 @@ def default_block_size(spec: ModelSpec, kv_dtype: str, rules: VllmRules) -> tupl
     16 for attention models (FLASH_ATTN / FLASHINFER / TRITON_ATTN all take 16), the MLA
     backend's preferred block for MLA models."""
     if not spec.is_mla:
-        return DEFAULT_BLOCK_SIZE, ""
+        return rules.default_block_size, ""
     backend = mla_backend(spec, served_kv_dtype(spec, kv_dtype).name, rules)
-    return MLA_BACKENDS[backend][0], backend
+    return preferred_block_size(backend, rules.default_block_size), backend
+
+
+def preferred_block_size(backend: str, default: int) -> int:
+    """``AttentionBackend.get_preferred_block_size(default)`` (vllm/platforms/interface.py): the
+    default block when the backend's kernels take it (``MultipleOf(16)`` or listed), else its
+    smallest kernel block."""
+    kernel_blocks, multiple_of = MLA_KERNEL_BLOCKS[backend]
+    if (multiple_of and default % multiple_of == 0) or default in kernel_blocks:
+        return default
+    return min(kernel_blocks) if kernel_blocks else multiple_of
 
 
 def served_model_dtype(model_dtype: str) -> str:
@@ -486,18 +566,18 @@ class Grouping:
 
 
 def in_flight_tokens(batched_tokens: int, era: str = "new", pp: int = 1,
-                     async_scheduling: bool = True) -> int:
+                     async_scheduling: bool = True, rules: VllmRules | None = None) -> int:
     """``T`` in the sliding-window/chunked block counts.
 
     v0.9–v0.19 (``mid``): ``max_num_batched_tokens``. v0.20+ (``new``): ``max_in_flight_tokens``
-    = ``max_concurrent_batches x max_num_batched_tokens``, where ``max_concurrent_batches`` is
-    the PP size with pipeline parallelism, 2 with async scheduling (on by default) at PP 1, else 1.
+    = ``max_concurrent_batches x max_num_batched_tokens`` (:meth:`VllmRules.max_concurrent_batches`:
+    up to 0.33 the PP size with pipeline parallelism, 2 with async scheduling (on by default) at
+    PP 1, else 1; from 0.34 pp + 1 with async scheduling at any PP). ``rules`` default to 0.33's.
     """
     if era != "new":
         return batched_tokens
-    if pp > 1:
-        return pp * batched_tokens
-    return (2 if async_scheduling else 1) * batched_tokens
+    rules = rules or VllmRules("0.33")
+    return rules.max_concurrent_batches(pp, async_scheduling) * batched_tokens
 
 
 def layer_specs(layout: Layout, max_len: int, disable_hybrid: bool = False,
@@ -520,7 +600,8 @@ def layer_specs(layout: Layout, max_len: int, disable_hybrid: bool = False,
         # Platform._align_hybrid_block_size: attention pages must hold one Mamba state
         block = max(block, hybrid_attention_block(
             max(c.fixed_bytes for c in states), max(c.bytes_per_token for c in attn),
-            rules.hybrid_block_alignment([(c.mixer, c.state_head_dim) for c in states])))
+            rules.hybrid_block_alignment([(c.mixer, c.state_head_dim) for c in states],
+                                         block)))
     for c in layout.layers:
         if c.fixed_bytes:
             page = block * max(a.bytes_per_token for a in attn) if attn else c.fixed_bytes
@@ -647,21 +728,6 @@ def _specs_and_groups(layout: Layout, max_len: int, disable_hybrid: bool,
         _GROUPING_CACHE.clear()
     _GROUPING_CACHE[key] = (layout, specs, grouping, notes)
     return specs, grouping, notes
-
-
-def pp_partition(num_layers: int, pp: int) -> list[tuple[int, int]]:
-    """``get_pp_indices``: equal stages, the remainder added from the second-to-last stage
-    backwards. Returns (start, end) per stage."""
-    if pp < 1 or pp > num_layers:
-        raise UsageError(f"invalid pipeline-parallel size {pp} for {num_layers} layers")
-    parts = [num_layers // pp] * pp
-    for i in range(2, num_layers % pp + 2):
-        parts[-i] += 1
-    out, start = [], 0
-    for n in parts:
-        out.append((start, start + n))
-        start += n
-    return out
 
 
 @dataclass(frozen=True)
@@ -808,6 +874,95 @@ def vllm_capacity(layout: Layout, available_per_stage: list[int], max_len: int,
 
 
 # --------------------------------------------------------------------------------------------
+# The budget vLLM plans with (docs/planning.md "The budget")
+
+#: vLLM's "non-torch memory" (NCCL buffers, cuBLAS workspaces, the CUDA context) as kvcalc
+#: estimates it: 0.5 GiB on one GPU, 1 GiB with tp x pp > 1
+NON_TORCH_BYTES = 512 * MiB
+NON_TORCH_MULTI_GPU_BYTES = 1 * GiB
+#: the CUDA-graph memory vLLM >= 0.20 estimates and subtracts (PR #30515); 0 before
+CUDA_GRAPH_BYTES = {"new": 512 * MiB, "mid": 0}
+
+
+def batch_defaults(gpu, rules: VllmRules) -> tuple[int, int]:
+    """``EngineArgs.get_batch_defaults`` for ``vllm serve``: (max_num_batched_tokens,
+    max_num_seqs) from the GPU's total memory, name and compute capability (``gpu``: a catalog
+    GPU; :data:`BATCH_DEFAULTS_LARGEST` and the rest)."""
+    memory = gpu.memory_bytes
+    if memory >= LARGEST_GPU_BYTES and rules.parsed >= LARGEST_DEFAULTS_SINCE:
+        return BATCH_DEFAULTS_LARGEST
+    name = f"{gpu.display_name} {gpu.name}".lower()
+    gb10 = rules.capability == GB10_CAPABILITY and rules.cuda
+    if memory >= LARGE_GPU_BYTES and "a100" not in name and not gb10:
+        return BATCH_DEFAULTS_LARGE
+    return BATCH_DEFAULTS_SMALL
+
+
+def extensible_margin(transient_peak: int, cuda: bool = True) -> int:
+    """``max(KV_CACHE_MARGIN_FLOOR_BYTES, int(transient peak x KV_CACHE_MARGIN_FRACTION))``:
+    what the extensible KV cache keeps free after warm-up (``measure_kv_cache_bytes``)."""
+    return max(EXTENSIBLE_MARGIN_FLOOR[cuda], int(transient_peak * EXTENSIBLE_MARGIN_FRACTION))
+
+
+def extensible_kv_bytes(total: int, requested: int, resident: int, transient_peak: int,
+                        cuda: bool = True) -> int:
+    """The KV bytes vLLM 0.34's extensible KV cache settles on (before rounding to blocks).
+
+    Reserved first from the profiled estimate, ``requested - resident - transient peak``
+    (``Worker.determine_available_memory``), then measured after CUDA-graph capture and
+    warm-up, ``min(requested - resident, headroom - margin) - transient peak`` with the
+    headroom ``total - resident`` (``measure_kv_cache_bytes``); the block count is the smaller
+    of the two (``finalize_extensible_kv_cache``). ``resident`` is everything that stays on the
+    GPU besides the KV cache: weights, non-torch memory, CUDA graphs.
+    """
+    reserved = requested - resident - transient_peak
+    measured = (min(requested - resident, total - resident
+                    - extensible_margin(transient_peak, cuda)) - transient_peak)
+    return min(reserved, max(measured, 0)) if reserved > 0 else reserved
+
+
+def vllm_budgets(spec: ModelSpec, params, inp) -> list[Budget]:
+    """The KV budget of one GPU of every pipeline stage, as vLLM ``inp.version`` sizes it
+    (``inp``: :class:`kvcalc.planning.PlanInputs`).
+
+    Up to 0.33: ``ceil(total x gpu_memory_utilization) - weights - activation peak -
+    non-torch - CUDA graphs`` (utilization 0.92 by default, 0.9 before 0.25). From 0.34, with
+    the extensible KV cache (on unless --num-gpu-blocks-override is given): utilization 1.0 by
+    default and :func:`extensible_kv_bytes`, which also keeps the margin free.
+    """
+    rules = inp.rules()
+    stages = pp_partition(spec.num_layers, inp.pp)
+    weights = stage_weight_bytes(spec, params, inp.weights_dtype, inp.tp, stages)
+    if inp.weights is not None:
+        weights = [inp.weights] * len(stages)
+    tokens, seqs = inp.batched_tokens(), inp.num_seqs()
+    act = (activation_bytes(spec, params, tokens, seqs, inp.tp)
+           if inp.activation is None else inp.activation)
+    non_torch = (NON_TORCH_MULTI_GPU_BYTES if inp.tp * inp.pp > 1 else NON_TORCH_BYTES) \
+        if inp.non_torch is None else inp.non_torch
+    graphs = CUDA_GRAPH_BYTES[rules.era] if inp.cuda_graph is None else inp.cuda_graph
+    extensible = rules.extensible_kv_cache and inp.num_blocks_override is None
+    util = inp.utilization()
+    total = inp.gpu.memory_bytes
+    requested = math.ceil(total * util)
+    out = []
+    for w in weights:
+        if inp.overhead is not None:   # --overhead: activations, non-torch and graphs in one
+            terms = (0, 0, 0, inp.overhead)
+            peak, resident = 0, w + inp.overhead
+        else:
+            terms = (act, non_torch, graphs, act + non_torch + graphs)
+            peak, resident = act, w + non_torch + graphs
+        estimate = requested - resident - peak
+        kv, margin, source = estimate, 0, "computed"
+        if extensible:
+            kv = extensible_kv_bytes(total, requested, resident, peak, rules.cuda)
+            margin, source = estimate - kv, EXTENSIBLE
+        out.append(Budget(total, util, w, *terms, kv, source, margin))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # The engine: settings, version bands, registry entry
 
 BANDS = (
@@ -827,7 +982,7 @@ BANDS = (
           "0.21)"),
          ("vllm-project/vllm vllm/v1/core/kv_cache_utils.py (get_kv_cache_capacity), "
           "vllm/config/vllm.py (max_in_flight_tokens), vllm/v1/worker/gpu_worker.py",)),
-    Band("0.33", V0_33, None,
+    Band("0.33", V0_33, V0_33,
          ("prefix caching (on by default) puts Mamba layers in 'align' mode: 2 blocks per "
           "request per Mamba group, + 1 prefill checkpoint block for Mamba-2 and for GDN "
           "layers whose prefill FlashInfer runs (3 blocks); --no-enable-prefix-caching: 1",
@@ -848,6 +1003,26 @@ BANDS = (
           "vllm/model_executor/layers/mamba/gdn/qwen_gdn_linear_attn.py, "
           "vllm/platforms/interface.py (_align_hybrid_block_size), vllm/platforms/cuda.py "
           "(_get_backend_priorities), vllm/config/vllm.py (VllmConfig.__post_init__)",)),
+    Band("0.34", V0_34, V0_34,
+         ("default block size 64 (CacheConfig.DEFAULT_BLOCK_SIZE): attention and MLA backends "
+          "that take multiples of 16 prefer 64; hybrid attention blocks align to max(16, 64)",
+          "the extensible KV cache (on by default on CUDA/ROCm unless num_gpu_blocks_override "
+          "or kv_cache_memory_bytes is given): gpu_memory_utilization defaults to 1.0, the "
+          "cache is reserved from the profiled estimate and shrunk after warm-up to the "
+          "measured free memory less max(1 GiB, 0.75 x transient peak) and the transient "
+          "peak; blocks = min(measured, reserved)",
+          "the capacity line is logged after warm-up from the measured block count",
+          "with async scheduling pp + 1 batches are in flight at any PP (sliding/chunked "
+          "layers reserve (pp + 1) x max_num_batched_tokens)",
+          "'To serve at least one request' and 'No available memory' end with a hint on the "
+          "extensible KV cache and 'Decreasing `max_model_len` also reduces what is needed.'"),
+         ("vllm-project/vllm v0.34.0: vllm/config/cache.py (DEFAULT_BLOCK_SIZE, "
+          "resolved_gpu_memory_utilization, enable_extensible_kv_cache), "
+          "vllm/v1/worker/extensible_kv_cache.py (measure_kv_cache_bytes), "
+          "vllm/v1/worker/gpu_worker.py (determine_available_memory), "
+          "vllm/v1/core/kv_cache_planning.py (finalize_extensible_kv_cache, "
+          "_more_kv_cache_memory_hint), vllm/config/vllm.py (max_concurrent_batches), "
+          "vllm/platforms/interface.py (update_block_size_for_backend)",)),
 )
 
 
@@ -856,10 +1031,10 @@ class Vllm(Engine):
     display_name = "vLLM"
     package = "vllm"
     bands = BANDS
-    newest_checked = "0.33.0"
-    default_version = "0.33"
+    newest_checked = "0.34.0"
+    default_version = "0.34"
     version_flag = "--vllm-version"
-    version_example = "0.33"
+    version_example = "0.34"
     plans = True
     tensor_parallel = True
     settings = (
@@ -895,8 +1070,9 @@ class Vllm(Engine):
 
     def layout(self, spec, kv_dtype: str = "auto", *, version: str | None = None,
                block_size: int | None = None, tp: int = 1) -> Layout:
-        return vllm_layout(spec, kv_dtype, DEFAULT_BLOCK_SIZE if block_size is None
-                           else block_size, tp, version)
+        if block_size is None:
+            block_size = VllmRules(version or self.default_version).default_block_size
+        return vllm_layout(spec, kv_dtype, block_size, tp, version)
 
     def describe(self, layout: Layout) -> str:
         band = f" (band {layout.band})" if layout.band != layout.version else ""
@@ -905,6 +1081,9 @@ class Vllm(Engine):
 
     def served_dtype(self, model_dtype: str) -> str:
         return served_model_dtype(model_dtype)
+
+    def plan_budgets(self, spec, params, inp) -> list[Budget]:
+        return vllm_budgets(spec, params, inp)
 
 
 VLLM = register(Vllm())

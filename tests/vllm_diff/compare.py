@@ -1,15 +1,20 @@
-"""kvcalc plan --engine vllm against vLLM 0.33.0's own capacity code, case by case.
+"""kvcalc plan --engine vllm against vLLM's own capacity code (0.34.0, 0.33.0, or the newest
+release: the drift sentinel), case by case.
 
-    python tests/vllm_diff/compare.py                      # every preset, the whole grid
+    python tests/vllm_diff/compare.py                      # every preset, the whole grid (0.34.0)
+    python tests/vllm_diff/compare.py --vllm 0.33.0        # against 0.33.0 (--vllm-version 0.33)
     python tests/vllm_diff/compare.py -m phi-4 -m jamba-v0.1 --diffs 20
     python tests/vllm_diff/compare.py --vllm-json /tmp/vllm.json   # reuse a vLLM run
     python tests/vllm_diff/compare.py --save-vllm /tmp/vllm.json   # keep this one
 
 Run it with the project's interpreter (kvcalc importable); it starts the vLLM side
 (`vllm_side.py`) in the separate environment built by `make_venv.sh` (default
-<repo>/.vllm-venv; override with KVCALC_VLLM_PYTHON=/path/to/python). kvcalc's figures come
-from its documented JSON output: `kvcalc plan -m PRESET --engine vllm --kv-budget B
---max-len L --tp T --kv-dtype D --format json`, invoked in-process through click's CliRunner.
+<repo>/.vllm-venv-<version>; override with KVCALC_VLLM_PYTHON=/path/to/python). kvcalc's
+figures come from its documented JSON output: `kvcalc plan -m PRESET --engine vllm --kv-budget B
+--max-len L --tp T --kv-dtype D [--vllm-version X.Y] --format json`, invoked in-process
+through click's CliRunner. Against a pinned release kvcalc is asked for that release's band;
+against "latest" (the sentinel) kvcalc runs with its default band, so a release that moves any
+figure fails until kvcalc models it.
 
 Compared per case (model x KV budget x max length x TP x KV dtype, H100 defaults):
 block size, number of GPU blocks, GPU KV cache tokens, maximum concurrency (2 decimals, as
@@ -45,8 +50,15 @@ FIELDS = ("block_size", "num_blocks", "kv_cache_tokens", "max_concurrency", "fit
           "estimated_max_model_len")
 
 
-def vllm_python() -> str:
-    return os.environ.get("KVCALC_VLLM_PYTHON", os.path.join(ROOT, ".vllm-venv", "bin", "python"))
+#: the vLLM releases kvcalc is checked against -> the --vllm-version kvcalc is asked for
+#: ("latest": the newest release on the registry, kvcalc's default band)
+PINNED = {"0.34.0": "0.34", "0.33.0": "0.33"}
+DEFAULT_VLLM = "0.34.0"
+
+
+def vllm_python(version: str = DEFAULT_VLLM) -> str:
+    return os.environ.get("KVCALC_VLLM_PYTHON",
+                          os.path.join(ROOT, f".vllm-venv-{version}", "bin", "python"))
 
 
 def preset_configs(names=None) -> dict:
@@ -68,8 +80,8 @@ def preset_configs(names=None) -> dict:
 class VllmSide:
     """vllm_side.py for the whole grid in one subprocess, started now, read by result()."""
 
-    def __init__(self, configs: dict):
-        python = vllm_python()
+    def __init__(self, configs: dict, version: str = DEFAULT_VLLM):
+        python = vllm_python(version)
         self.dir = tempfile.TemporaryDirectory()
         req = {"presets": configs, "budgets": list(BUDGETS.values()),
                "max_lens": list(MAX_LENS), "tps": list(TPS), "kv_dtypes": list(KV_DTYPES)}
@@ -98,9 +110,9 @@ class VllmSide:
             self.dir.cleanup()
 
 
-def run_vllm_side(configs: dict, timeout: float = 3600) -> dict:
+def run_vllm_side(configs: dict, timeout: float = 3600, version: str = DEFAULT_VLLM) -> dict:
     """One subprocess for the whole grid; returns vllm_side.py's JSON document."""
-    return VllmSide(configs).result(timeout)
+    return VllmSide(configs, version).result(timeout)
 
 
 def grid_keys(models) -> list:
@@ -108,16 +120,17 @@ def grid_keys(models) -> list:
             for tp in TPS for kv in KV_DTYPES]
 
 
-def run_both(configs: dict, workers: int | None = None) -> dict:
+def run_both(configs: dict, workers: int | None = None, version: str = DEFAULT_VLLM) -> dict:
     """The vLLM side (subprocess) and kvcalc's side (worker processes) at the same time,
     then the comparison."""
-    side = VllmSide(configs)
+    side = VllmSide(configs, version)
+    band = PINNED.get(version)
     try:
-        mine = kvcalc_cases(grid_keys(configs), workers)
+        mine = kvcalc_cases(grid_keys(configs), workers, band)
     except BaseException:
         side.proc.kill()
         raise
-    return compare(side.result(), configs, workers, mine)
+    return compare(side.result(), configs, workers, mine, band)
 
 
 def _budget_label(n: int) -> str:
@@ -127,15 +140,17 @@ def _budget_label(n: int) -> str:
     return f"{n}B"
 
 
-def kvcalc_case(model: str, budget: int, max_len: int, tp: int, kv_dtype: str) -> dict:
-    """kvcalc's figures from `kvcalc plan ... --format json` (CliRunner, in-process)."""
+def kvcalc_case(model: str, budget: int, max_len: int, tp: int, kv_dtype: str,
+                band: str | None = None) -> dict:
+    """kvcalc's figures from `kvcalc plan ... --format json` (CliRunner, in-process); ``band``
+    is the --vllm-version asked for (None: kvcalc's default)."""
     from click.testing import CliRunner
 
     from kvcalc.cli import cli
 
     args = ["plan", "-m", model, "--engine", "vllm", "--kv-budget", f"{budget}B",
             "--max-len", str(max_len), "--tp", str(tp), "--kv-dtype", kv_dtype,
-            "--format", "json"]
+            "--format", "json"] + (["--vllm-version", band] if band else [])
     res = CliRunner().invoke(cli, args)
     stdout = getattr(res, "stdout", res.output)
     text = stdout.strip()
@@ -149,21 +164,21 @@ def kvcalc_case(model: str, budget: int, max_len: int, tp: int, kv_dtype: str) -
             "estimated_max_model_len": v["estimated_max_model_len"]}
 
 
-def _kvcalc_batch(keys):
-    return [kvcalc_case(*k) for k in keys]
+def _kvcalc_batch(keys, band=None):
+    return [kvcalc_case(*k, band=band) for k in keys]
 
 
-def kvcalc_cases(keys, workers: int | None = None) -> dict:
+def kvcalc_cases(keys, workers: int | None = None, band: str | None = None) -> dict:
     """kvcalc's figures for many (model, budget, max_len, tp, kv_dtype) keys, on
-    `workers` processes (default: the CPU count)."""
+    `workers` processes (default: the CPU count), for --vllm-version ``band``."""
     keys = list(keys)
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or len(keys) < 50:
-        return dict(zip(keys, _kvcalc_batch(keys)))
+        return dict(zip(keys, _kvcalc_batch(keys, band)))
     chunks = [keys[i::workers * 4] for i in range(workers * 4)]
     out = {}
     with ProcessPoolExecutor(workers) as pool:
-        for chunk, res in zip(chunks, pool.map(_kvcalc_batch, chunks)):
+        for chunk, res in zip(chunks, pool.map(_kvcalc_batch, chunks, [band] * len(chunks))):
             out.update(zip(chunk, res))
     return out
 
@@ -234,7 +249,7 @@ def family(name: str, config: dict, recs: list) -> str:
 
 
 def compare(doc: dict, configs: dict, workers: int | None = None,
-            got: dict | None = None) -> dict:
+            got: dict | None = None, band: str | None = None) -> dict:
     """Every case of a vllm_side.py document against kvcalc (`got`: kvcalc's figures by
     case key, computed here when absent). Returns {"cases": [...], "skipped": {...},
     "harness_errors": [...]}."""
@@ -242,7 +257,7 @@ def compare(doc: dict, configs: dict, workers: int | None = None,
     errors = [r for r in doc["records"] if "harness_error" in r]
     got = dict(got or {})
     missing = [case_key(r) for r in recs if case_key(r) not in got]
-    got.update(kvcalc_cases(missing, workers))
+    got.update(kvcalc_cases(missing, workers, band))
     by_model = defaultdict(list)
     for r in recs:
         by_model[r["model"]].append(r)
@@ -255,7 +270,8 @@ def compare(doc: dict, configs: dict, workers: int | None = None,
                       "vllm": expected(r), "kvcalc": got[k], "diffs": differences(r, got[k]),
                       "vllm_backends": r.get("backends"), "groups": r.get("groups")})
     return {"cases": cases, "skipped": doc.get("skipped", {}), "harness_errors": errors,
-            "vllm_version": doc.get("vllm_version"), "seconds": doc.get("seconds")}
+            "vllm_version": doc.get("vllm_version"), "seconds": doc.get("seconds"),
+            "band": band}
 
 
 def describe(case: dict) -> str:
@@ -286,7 +302,8 @@ def agreement_table(result: dict, by: str = "family") -> str:
 
 def summary(result: dict, max_diffs: int = 30, by: str = "family") -> str:
     parts = [f"vLLM {result.get('vllm_version')} (simulated H100, SM90) vs kvcalc plan "
-             f"--engine vllm", "", agreement_table(result, by)]
+             f"--engine vllm" + (f" --vllm-version {result['band']}" if result.get("band")
+                                 else ""), "", agreement_table(result, by)]
     bad = [c for c in result["cases"] if c["diffs"]]
     if bad:
         fields = defaultdict(int)
@@ -325,21 +342,26 @@ def main(argv=None) -> int:
     ap.add_argument("--by", choices=("family", "model"), default="family")
     ap.add_argument("--json", help="write every compared case here")
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--vllm", default=DEFAULT_VLLM,
+                    help=f"the vLLM release (its .vllm-venv-<version>): {', '.join(PINNED)} or "
+                         "latest (default %(default)s)")
     args = ap.parse_args(argv)
+    band = PINNED.get(args.vllm)
     sys.path.insert(0, ROOT)
     configs = preset_configs(args.model)
     if args.vllm_json:
         with open(args.vllm_json) as f:
             doc = json.load(f)
         doc["records"] = [r for r in doc["records"] if r["model"] in configs]
-        result = compare(doc, configs, args.workers)
+        result = compare(doc, configs, args.workers, band=band)
     else:
-        if not os.path.exists(vllm_python()):
-            raise SystemExit(f"{vllm_python()} not found: run tests/vllm_diff/make_venv.sh")
-        side = VllmSide(configs)
-        mine = kvcalc_cases(grid_keys(configs), args.workers)
+        if not os.path.exists(vllm_python(args.vllm)):
+            raise SystemExit(f"{vllm_python(args.vllm)} not found: run VLLM_VERSION="
+                             f"{args.vllm} tests/vllm_diff/make_venv.sh")
+        side = VllmSide(configs, args.vllm)
+        mine = kvcalc_cases(grid_keys(configs), args.workers, band)
         doc = side.result()
-        result = compare(doc, configs, args.workers, mine)
+        result = compare(doc, configs, args.workers, mine, band)
     if args.save_vllm:
         with open(args.save_vllm, "w") as f:
             json.dump(doc, f)

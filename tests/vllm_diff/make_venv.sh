@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Build .vllm-venv/ (repo root): vLLM 0.33.0 installed --no-deps, the CPU build of torch, and
+# Build .vllm-venv-<version>/ (repo root): vLLM installed --no-deps, the CPU build of torch, and
 # the small packages vLLM's config / attention-selector / KV-cache planning modules import
 # (requirements.txt beside this script, also --no-deps). Used by tests/test_vllm_differential.py
 # and tests/vllm_diff/compare.py. Idempotent: an existing, working environment is kept.
-#   VLLM_VENV=path  build elsewhere (default: <repo>/.vllm-venv)
+#   VLLM_VERSION=X  the vLLM release (default 0.34.0, the newest band kvcalc models; CI also builds
+#                   0.33.0 and, as the drift sentinel, the newest release on the registry)
+#   VLLM_VENV=path  build elsewhere (default: <repo>/.vllm-venv-<version>)
 #   PYTHON=python3  interpreter to build it from
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-venv="${VLLM_VENV:-$root/.vllm-venv}"
+version="${VLLM_VERSION:-0.34.0}"
+venv="${VLLM_VENV:-$root/.vllm-venv-$version}"
 py="${PYTHON:-python3}"
 stamp="$venv/.kvcalc-vllm-venv"
-want="vllm==0.33.0 torch==2.13.0 $(sha256sum "$here/requirements.txt" | cut -c1-16)"
+want="vllm==$version torch==2.13.0 $(sha256sum "$here/requirements.txt" | cut -c1-16)"
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
    && "$venv/bin/python" -c "import vllm, torch" 2>/dev/null; then
@@ -30,7 +33,7 @@ pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
 import torch
 assert torch.version.cuda is None, f"expected the CPU build of torch, got CUDA {torch.version.cuda}"
 PY
-"${pip[@]}" install --no-deps "vllm==0.33.0"
+"${pip[@]}" install --no-deps "vllm==$version"
 "${pip[@]}" install --no-deps -r "$here/requirements.txt"
 # Byte-compile once, so each harness run does not recompile vLLM (PYTHONDONTWRITEBYTECODE).
 "$venv/bin/python" -m compileall -q -j 0 "$venv/lib" > /dev/null 2>&1 || true

@@ -343,10 +343,17 @@ def _mla(vc, name, head_size, num_heads_rank, use_sparse=False, indexer=None,
     normalized = _canonicalize_sparse_mla_kv_cache_dtype(backend, kv_dtype)
     if normalized != kv_dtype:  # as MLAAttention.__init__ does
         vc.cache_config.cache_dtype = normalized
+    cfg = vc.model_config.hf_text_config
+    # 0.34: get_kv_cache_spec asks the backend's impl for the fp8_ds_mla row bytes
+    # (MLAAttentionImpl.get_fp8_ds_mla_row_bytes); the impl's __init__ builds kernels, so a
+    # shell of the backend's own impl class carries the two attributes that method reads.
+    impl_cls = backend.get_impl_cls()
+    impl = impl_cls.__new__(impl_cls)
+    impl.kv_lora_rank, impl.qk_rope_head_dim = cfg.kv_lora_rank, cfg.qk_rope_head_dim
     layer = _shell(MLAAttention, layer_name=name, head_size=head_size, num_kv_heads=1,
                    num_heads=num_heads_rank, kv_cache_dtype=normalized, attn_backend=backend,
                    sliding_window=None, indexer=indexer, topk_buffer_width=topk_buffer_width,
-                   non_causal_multi_token_decode=False)
+                   non_causal_multi_token_decode=False, impl=impl)
     _register(vc, name, layer)
 
 
