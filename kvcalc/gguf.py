@@ -32,6 +32,7 @@ The layer rules follow llama.cpp (``src/llama-model.cpp``, ``src/llama-hparams.c
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from typing import Any, BinaryIO
 
 from . import arch
 from .errors import ConfigError, LimitError
+from .files import open_regular
 
 GGUF_MAGIC = b"GGUF"
 #: header versions llama.cpp reads (gguf.cpp: v1 is refused, v2 and v3 read)
@@ -50,9 +52,16 @@ MAX_KEYS = 100_000
 MAX_STRING_BYTES = 64 * 1024 * 1024     # chat templates are < 100 kB
 MAX_ARRAY_ITEMS = 1 << 31
 MAX_DIMS = 4                             # GGML_MAX_DIMS
+#: ggml refuses a tensor whose size overflows int64 (gguf.cpp: INT64_MAX / ne checks)
+MAX_TENSOR_ELEMENTS = (1 << 63) - 1
 #: arrays longer than this are skipped, not kept (tokenizer vocabularies, merges, scores);
 #: per-layer arrays are far shorter
 KEEP_ARRAY_ITEMS = 4096
+#: the whole key/value section: bytes kept in memory (keys, kept strings and arrays), and
+#: strings stepped over one by one (a tokenizer's vocabulary and merges: under 1,000,000 in a
+#: real file); past either the file is refused, so a header costs bounded memory and time
+MAX_METADATA_KEPT_BYTES = 64 * 1024 * 1024
+MAX_METADATA_STRINGS = 4_000_000
 #: the key under which the GGUF facts travel inside the raw config (arch.build_spec hands a
 #: config holding it to :func:`build_gguf_spec`)
 GGUF_CONFIG_KEY = arch.GGUF_CONFIG_KEY
@@ -68,6 +77,18 @@ SWA_PATTERNS = {"gemma3": 6, "gemma2": 2, "cohere2": 4, "gpt-oss": 2, "exaone4":
                 "exaone-moe": 4}
 #: architectures that use the sliding window only when the file gives one (gemma3: else full)
 SWA_DEFAULT_WINDOW = {"gemma2": 4096}   # src/models/gemma2.cpp: n_swa = 4096 unless given
+#: GGUF hyperparameter -> the config field whose rule (arch.FIELD_RULES) bounds it: a GGUF
+#: header is held to the limits a config.json is
+GGUF_FIELDS = {
+    "block_count": "num_hidden_layers", "embedding_length": "hidden_size",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    **{f"attention.{k}": "head_dim" for k in ("key_length", "value_length",
+                                              "key_length_swa", "value_length_swa")},
+    "attention.kv_lora_rank": "kv_lora_rank", "rope.dimension_count": "qk_rope_head_dim",
+    "attention.shared_kv_layers": "num_kv_shared_layers",
+    "context_length": "max_position_embeddings", "feed_forward_length": "intermediate_size",
+}
 #: llama.cpp architecture -> the Hugging Face model_type of the same family (for parameter
 #: counts and the other engines' rules)
 HF_TYPES = {"gemma3": "gemma3_text", "gpt-oss": "gpt_oss", "gemma3n": "gemma3n_text",
@@ -92,33 +113,57 @@ class GGUFHeader:
 
 
 class _Stream:
-    """Bounded little-endian reads; a short read is a truncated file."""
+    """Bounded little-endian reads; a short read, or a skip past the end of the file, is a
+    truncated file; the metadata budget (:data:`MAX_METADATA_KEPT_BYTES`,
+    :data:`MAX_METADATA_STRINGS`) is charged as values are read."""
 
     def __init__(self, fh: BinaryIO, path: str):
         self.fh, self.path = fh, path
+        self.size = os.fstat(fh.fileno()).st_size
+        self.kept = 0
+        self.strings = 0
 
     def read(self, n: int) -> bytes:
+        if n > self.size - self.fh.tell():
+            raise ConfigError(f"{self.path}: truncated GGUF header (a value runs past the end "
+                              "of the file)")
         data = self.fh.read(n)
         if len(data) != n:
             raise ConfigError(f"{self.path}: truncated GGUF header (the file ends inside it)")
         return data
 
+    def skip(self, n: int) -> None:
+        if n > self.size - self.fh.tell():
+            raise ConfigError(f"{self.path}: truncated GGUF header (a value runs past the end "
+                              "of the file)")
+        self.fh.seek(n, 1)
+
+    def charge(self, kept: int = 0, strings: int = 0) -> None:
+        self.kept += kept
+        self.strings += strings
+        if self.kept > MAX_METADATA_KEPT_BYTES or self.strings > MAX_METADATA_STRINGS:
+            raise LimitError(f"{self.path}: the GGUF metadata exceeds kvcalc's budget "
+                             f"({MAX_METADATA_KEPT_BYTES:,} bytes kept, "
+                             f"{MAX_METADATA_STRINGS:,} strings; docs/security.md)")
+
     def unpack(self, fmt: str) -> Any:
         return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
 
     def string(self) -> str:
-        n = self.unpack("<Q")
-        if n > MAX_STRING_BYTES:
-            raise LimitError(f"{self.path}: a GGUF string of {n:,} bytes (at most "
-                             f"{MAX_STRING_BYTES:,})")
+        n = self._string_length()
+        self.charge(kept=n)
         return self.read(n).decode("utf-8", errors="replace")
 
     def skip_string(self) -> None:
+        self.skip(self._string_length())
+
+    def _string_length(self) -> int:
         n = self.unpack("<Q")
+        self.charge(strings=1)
         if n > MAX_STRING_BYTES:
             raise LimitError(f"{self.path}: a GGUF string of {n:,} bytes (at most "
                              f"{MAX_STRING_BYTES:,})")
-        self.fh.seek(n, 1)
+        return n
 
     def value(self, vtype: int, keep: bool = True) -> Any:
         if vtype in _SCALARS:
@@ -133,13 +178,16 @@ class _Stream:
                 raise ConfigError(f"{self.path}: nested GGUF arrays are not part of the format")
             if n > KEEP_ARRAY_ITEMS or not keep:
                 if itype in _SCALARS:
-                    self.fh.seek(n * struct.calcsize(_SCALARS[itype]), 1)
+                    self.skip(n * struct.calcsize(_SCALARS[itype]))
                 elif itype == _STRING:
                     for _ in range(n):
                         self.skip_string()
                 else:
                     raise ConfigError(f"{self.path}: unknown GGUF value type {itype}")
                 return ("array", n)
+            if itype not in _SCALARS and itype != _STRING:
+                raise ConfigError(f"{self.path}: unknown GGUF value type {itype}")
+            self.charge(kept=n * 8)
             return [self.value(itype) for _ in range(n)]
         raise ConfigError(f"{self.path}: unknown GGUF value type {vtype}")
 
@@ -148,11 +196,7 @@ def read_header(path: str | Path) -> GGUFHeader:
     """Parse the header of the GGUF file at ``path``: key/values and the tensor table."""
     quant = _quant_sizes()
     p = Path(path)
-    try:
-        fh = p.open("rb")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {p}: {exc.strerror or exc}") from None
-    with fh:
+    with open_regular(p, "GGUF file") as fh:
         s = _Stream(fh, str(p))
         magic = fh.read(4)
         if magic != GGUF_MAGIC:
@@ -168,6 +212,9 @@ def read_header(path: str | Path) -> GGUFHeader:
         meta: dict[str, Any] = {}
         for _ in range(n_kv):
             key = s.string()
+            if key in meta:
+                raise ConfigError(f"{p}: the GGUF key {key!r} appears twice (llama.cpp refuses "
+                                  "duplicate keys)")
             meta[key] = s.value(s.unpack("<I"), keep=not key.startswith("tokenizer.ggml."))
         total, types = 0, {}
         for _ in range(n_tensors):
@@ -178,6 +225,9 @@ def read_header(path: str | Path) -> GGUFHeader:
             elements = 1
             for _ in range(n_dims):
                 elements *= s.unpack("<Q")
+            if elements > MAX_TENSOR_ELEMENTS:
+                raise ConfigError(f"{p}: a tensor of {elements:,} values (ggml's limit is "
+                                  f"{MAX_TENSOR_ELEMENTS:,})")
             ttype = s.unpack("<I")
             s.unpack("<Q")  # offset into the data section
             if ttype not in quant:
@@ -220,9 +270,9 @@ def is_gguf(path: Path) -> bool:
     if path.suffix.lower() == ".gguf":
         return True
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             return fh.read(4) == GGUF_MAGIC
-    except OSError:
+    except (OSError, ConfigError):
         return False
 
 
@@ -252,15 +302,18 @@ def gguf_config(header: GGUFHeader) -> dict[str, Any]:
     tokens = meta.get("tokenizer.ggml.tokens")
     if vocab is None and isinstance(tokens, tuple):
         vocab = tokens[1]
-    heads = arch_meta["attention.head_count"]
-    kv = arch_meta.get("attention.head_count_kv", heads)
+    where = f"{header.path} (GGUF, architecture '{arch}')"
+    heads = _largest(arch_meta["attention.head_count"], "attention.head_count", where)
+    kv = _largest(arch_meta.get("attention.head_count_kv", heads), "attention.head_count_kv",
+                  where)
     cfg: dict[str, Any] = {
         "model_type": HF_TYPES.get(arch, arch),
         "hidden_size": arch_meta["embedding_length"],
         "num_hidden_layers": arch_meta["block_count"],
-        "num_attention_heads": heads if isinstance(heads, int) else max(heads),
-        "num_key_value_heads": kv if isinstance(kv, int) else max(kv),
-        "intermediate_size": _scalar(arch_meta.get("feed_forward_length")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "intermediate_size": _largest(arch_meta.get("feed_forward_length"),
+                                      "feed_forward_length", where),
         "max_position_embeddings": arch_meta.get("context_length"),
         "vocab_size": vocab,
         "torch_dtype": "float16",
@@ -280,8 +333,16 @@ def gguf_config(header: GGUFHeader) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if v is not None}
 
 
-def _scalar(value: Any) -> Any:
-    return max(value) if isinstance(value, list) and value else value
+def _largest(value: Any, key: str, where: str) -> Any:
+    """A scalar as it is; a per-layer array's largest value, after checking that it is a
+    non-empty array of integers (NaN, fractions, text and empty arrays are one ConfigError);
+    None stays None."""
+    if not isinstance(value, list):
+        return value
+    if not value:
+        raise ConfigError(f"{where}: '{key}' is an empty array (one value per layer expected)")
+    return max(arch.checked_int(f"{key}[{i}]", v, where, 0, arch.MAX_DIM)
+               for i, v in enumerate(value))
 
 
 def read_gguf_config(path: str | Path) -> dict[str, Any]:
@@ -306,8 +367,10 @@ def build_gguf_spec(raw: Mapping[str, Any], name: str):
     notes: list[str] = [f"read from the GGUF header ({a}; {facts.get('tensor_count', 0):,} "
                         f"tensors, {facts.get('tensor_bytes', 0):,} bytes of weights)"]
 
-    def integer(key: str, value: Any, lo: int = 0) -> int:
-        return arch.checked_int(f"{a}.{key}", value, where, lo, arch.MAX_CONFIG_TOKENS)
+    def integer(key: str, value: Any, lo: int = 0, hi: int | None = None) -> int:
+        """``value`` held to the FIELD_RULES bound of the config field ``key`` stands for."""
+        return arch.checked_int(f"{a}.{key}", value, where, lo,
+                                arch.FIELD_RULES[GGUF_FIELDS[key]][1] if hi is None else hi)
 
     n = integer("block_count", h.get("block_count"), 1)
     if n > arch.MAX_LAYERS:
@@ -318,6 +381,11 @@ def build_gguf_spec(raw: Mapping[str, Any], name: str):
                          "attention.head_count_kv", where)
     heads = [integer("attention.head_count", x) for x in heads]
     kv_heads = [integer("attention.head_count_kv", x) for x in kv_heads]
+    for il, (q, kv) in enumerate(zip(heads, kv_heads)):
+        if kv > q or (kv and q % kv):
+            raise ConfigError(f"{where}: layer {il} has {kv} KV heads for {q} attention heads: "
+                              "the KV heads must be at most the attention heads and divide "
+                              "them")
     head0 = next((x for x in heads if x), 0)
     default_dim = embd // head0 if head0 else 0
     hd_k = integer("attention.key_length", h.get("attention.key_length", default_dim))
@@ -348,7 +416,8 @@ def build_gguf_spec(raw: Mapping[str, Any], name: str):
                                               window))
         else:
             layers.append(arch.AttentionLayer(arch.FULL, kv_heads[il], hd_k, hd_v))
-    shared = integer("attention.shared_kv_layers", h.get("attention.shared_kv_layers", 0))
+    shared = integer("attention.shared_kv_layers", h.get("attention.shared_kv_layers", 0),
+                     hi=n - 1)
     if shared:
         layers = _share_kv(layers, shared, n)
         notes.append(f"the last {shared} layers reuse an earlier layer's cache "
@@ -383,6 +452,10 @@ def swa_layers(a: str, h: Mapping[str, Any], n: int, where: str) -> tuple[list[b
     window = arch.checked_int("attention.sliding_window", window, where, 1, arch.MAX_CONFIG_TOKENS)
     if isinstance(pattern, list):
         flags = per_layer(pattern, n, "attention.sliding_window_pattern", where)
+        bad = next((i for i, x in enumerate(flags) if x not in (True, False)), None)
+        if bad is not None:   # True/False, 1/0 (a bool array or integers)
+            raise ConfigError(f"{where}: 'attention.sliding_window_pattern[{bad}]' is "
+                              f"{flags[bad]!r}: one true/false per layer expected")
         return [bool(x) for x in flags], window
     period = arch.checked_int("attention.sliding_window_pattern", pattern, where, 0, n + 1)
     return [swa_by_period(il, period) for il in range(n)], window

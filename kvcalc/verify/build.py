@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import arch
-from ..errors import ConfigError, UsageError
+from ..errors import ConfigError, KvcalcError, UsageError
 
 #: remote-code model types whose architecture transformers has natively under another name
 REMOTE_TO_NATIVE = {
@@ -170,6 +170,11 @@ def build_from_weights(path: str | Path, *, device: str, dtype: str | None,
             raise UsageError(f"--weights {path}: a file must be a .gguf; otherwise give the "
                              "checkpoint directory (config.json + *.safetensors)")
         _require_gguf()
+        # transformers' GGUF reader only ever sees a file kvcalc's own reader accepted (regular
+        # file, bounded metadata, every field within the config rules: kvcalc/gguf.py)
+        from ..gguf import read_gguf_config
+
+        arch.build_spec(read_gguf_config(path), path.stem)
         location, kwargs["gguf_file"] = str(path.parent), path.name
     else:
         if not (path / "config.json").is_file():
@@ -188,8 +193,13 @@ def build_from_weights(path: str | Path, *, device: str, dtype: str | None,
         with _device_context(device):
             model = AutoModelForCausalLM.from_pretrained(location, config=cfg,
                                                          local_files_only=True, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load weights from {path}: {str(exc).splitlines()[0]}") from None
+    except (KvcalcError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a third-party reader of a user's file: struct.error,
+        # KeyError, ... from a hostile or unsupported checkpoint become one line
+        first = (str(exc).splitlines() or [""])[0][:300]
+        raise ConfigError(f"cannot load weights from {path}: {type(exc).__name__}"
+                          + (f": {first}" if first else "")) from None
     if next(model.parameters()).device.type != device.split(":")[0]:
         model = model.to(device)
     model.eval()
