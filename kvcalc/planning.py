@@ -49,7 +49,7 @@ class PlanInputs:
     pp: int = 1
     replicas: int = 1
     #: gpu_memory_utilization; None = the engine version's default (vLLM 0.34: 1.0 with the
-    #: extensible KV cache; 0.92 from 0.25; 0.9 before)
+    #: extensible KV cache; 0.92 from 0.20; 0.9 before)
     gpu_util: float | None = None
     weights_dtype: str = "bf16"
     kv_dtype: str = "auto"

@@ -33,16 +33,28 @@ def test_registry_names_versions_and_bands():
     assert {"vllm", "sglang", "llamacpp", "ollama"} <= set(engine_names(planning=True))
     assert "hf" not in engine_names(planning=True)
     vllm, hf = get_engine("vllm"), get_engine("hf")
-    assert (vllm.newest_checked, hf.newest_checked) == ("0.33.0", "5.25.0")
+    assert (vllm.newest_checked, hf.newest_checked) == ("0.34.0", "5.25.0")
     assert (vllm.display_name, hf.display_name) == ("vLLM", "transformers")
-    assert [b.name for b in vllm.bands] == ["0.9-0.19", "0.20-0.32", "0.33"]
+    assert [b.name for b in vllm.bands] == ["0.9-0.19", "0.20-0.32", "0.33", "0.34"]
     assert [b.name for b in hf.bands] == ["<4.56", "4.56-5.14", "5.15-5.17", "5.18-5.24",
                                          ">=5.25"]
     for engine in engines():
         assert all(isinstance(b, Band) and b.changes and b.sources for b in engine.bands)
-        assert engine.bands[-1].high is None            # the newest band is open-ended
+        # no band is open-ended: the newest ends at the newest version checked, and a later
+        # version gets its rules with a "newer than checked" line
+        assert engine.modelled_bands()[-1].high == engine.checked_version, engine.name
         assert engine.band().name == engine.band(engine.default_version).name
+        assert engine.newer_notice(engine.newest_checked) is None
+        major, minor = engine.checked_version
+        later = f"{major}.{minor + 1}"
+        assert engine.band(later).name == engine.modelled_bands()[-1].name
+        assert engine.newer_notice(later) == (
+            f"{engine.display_name} {later} is newer than the newest version kvcalc checked "
+            f"({engine.newest_checked}): figures use the {engine.modelled_bands()[-1].name} "
+            "rules, unverified")
     assert vllm.band("0.25").name == "0.20-0.32" and vllm.band("0.33.0").name == "0.33"
+    assert vllm.band("0.34.0").name == "0.34" and vllm.band("0.99").name == "0.34"
+    assert vllm.modelled_bands()[-1].versions == "0.34"
     assert hf.installed_version() is not None           # transformers is installed here
     with pytest.raises(UsageError, match="unknown engine 'vlm'.*did you mean vllm"):
         get_engine("vlm")
@@ -61,12 +73,12 @@ def test_every_catalog_gpu_has_a_compute_capability():
 
 def test_outputs_name_the_band():
     d = plan("llama-3.1-8b", "--max-len", "8k")
-    assert (d["engine_version"], d["version_band"]) == ("0.33", "0.33")
-    assert (d["vllm"]["version"], d["vllm"]["band"]) == ("0.33", "0.33")
+    assert (d["engine_version"], d["version_band"]) == ("0.34", "0.34")
+    assert (d["vllm"]["version"], d["vllm"]["band"]) == ("0.34", "0.34")
     old = plan("llama-3.1-8b", "--max-len", "8k", "--vllm-version", "0.25")
     assert old["version_band"] == "0.20-0.32"
     table = CliRunner().invoke(cli, ["plan", "-m", "llama-3.1-8b", "--max-len", "8k"]).stdout
-    assert "vLLM 0.33 (version band 0.33)" in table
+    assert "vLLM 0.34 (version band 0.34)" in table
     est = json.loads(CliRunner().invoke(cli, ["estimate", "-m", "llama-3.1-8b", "--engine",
                                               "vllm", "--vllm-version", "0.19", "-f",
                                               "json"]).stdout)
@@ -78,24 +90,25 @@ def test_outputs_name_the_band():
 
 
 # ---------------------------------------------------------------- vLLM 0.33.0's rules
+# (pinned with --vllm-version 0.33; the 0.34 figures of the same cases follow each test)
 
 def test_mamba_align_mode_nemotron_3_nano():
     # 2.89 GiB, max_len 4096, bf16: 2 attention blocks of 2,096 + 4 Mamba groups x 3 blocks
-    d = plan("nemotron-3-nano-30b", "--kv-budget", "2.89GiB", "--max-len", "4k")["vllm"]
+    d = plan("nemotron-3-nano-30b", "--vllm-version", "0.33", "--kv-budget", "2.89GiB", "--max-len", "4k")["vllm"]
     assert (d["blocks_per_request"], d["max_concurrency"], d["kv_cache_tokens"]) == \
         (14, 17.14, 70_217)
     assert d["block_size"] == 2096
     assert d["log"] == ["GPU KV cache size: 70,217 tokens, Maximum concurrency for 4,096 tokens "
                         "per request: 17.14x"]
     # --no-enable-prefix-caching: mode "none", 1 block per Mamba group (and vLLM <= 0.32)
-    off = plan("nemotron-3-nano-30b", "--kv-budget", "2.89GiB", "--max-len", "4k",
+    off = plan("nemotron-3-nano-30b", "--vllm-version", "0.33", "--kv-budget", "2.89GiB", "--max-len", "4k",
                "--no-enable-prefix-caching")["vllm"]
     assert (off["blocks_per_request"], off["max_concurrency"]) == (6, 40.0)
-    old = plan("nemotron-3-nano-30b", "--kv-budget", "2.89GiB", "--max-len", "4k",
+    old = plan("nemotron-3-nano-30b", "--vllm-version", "0.33", "--kv-budget", "2.89GiB", "--max-len", "4k",
                "--vllm-version", "0.32")["vllm"]
     assert old["max_concurrency"] == 40.0
     # each speculative token adds one state block per Mamba group: 2 + 4 x (3 + 2)
-    spec = plan("nemotron-3-nano-30b", "--kv-budget", "2.89GiB", "--max-len", "4k",
+    spec = plan("nemotron-3-nano-30b", "--vllm-version", "0.33", "--kv-budget", "2.89GiB", "--max-len", "4k",
                 "--num-speculative-tokens", "2")["vllm"]
     assert spec["blocks_per_request"] == 22
 
@@ -119,7 +132,7 @@ def test_a_request_that_cannot_start_estimates_length_zero():
     # memory for 13 blocks leaves 12 after the null block: vLLM stops, estimated length 0,
     # and its 0.33 message then has no "Based on the available memory" sentence
     per_block = 6 * 2096 * 1024     # group size 6 (6 attention layers; 23 Mamba in 4 groups)
-    d = plan("nemotron-3-nano-30b", "--kv-budget", str(13 * per_block), "--max-len", "4k")
+    d = plan("nemotron-3-nano-30b", "--vllm-version", "0.33", "--kv-budget", str(13 * per_block), "--max-len", "4k")
     assert d["fits"] is False and d["does_not_fit"]["estimated_max_model_len"] == 0
     err = d["does_not_fit"]["vllm_error"]
     assert err.startswith("To serve at least one request with the model's max seq len (4096), "
@@ -134,10 +147,10 @@ def test_gdn_checkpoint_alignment_qwen3_next():
     # GDN state 1,097,728 B per layer, 2,048 B per token per attention layer (bf16, TP 1)
     assert hybrid_attention_block(1_097_728, 2048, 64) == 576
     assert hybrid_attention_block(1_097_728, 2048, 16) == 544
-    h100 = plan("qwen3-next-80b-a3b", "--kv-budget", "8GiB", "--max-len", "4k")["vllm"]
+    h100 = plan("qwen3-next-80b-a3b", "--vllm-version", "0.33", "--kv-budget", "8GiB", "--max-len", "4k")["vllm"]
     assert h100["block_size"] == 576 and h100["blocks_per_request"] == 8 + 3 * 3
     # Ampere runs the GDN prefill on Triton: no alignment, no checkpoint block
-    a100 = plan("qwen3-next-80b-a3b", "--gpu", "a100", "--kv-budget", "8GiB", "--max-len",
+    a100 = plan("qwen3-next-80b-a3b", "--vllm-version", "0.33", "--gpu", "a100", "--kv-budget", "8GiB", "--max-len",
                 "4k")["vllm"]
     assert a100["block_size"] == 544 and a100["blocks_per_request"] == 8 + 3 * 2
     assert plan("qwen3-next-80b-a3b", "--kv-budget", "8GiB", "--max-len", "4k",
@@ -146,8 +159,11 @@ def test_gdn_checkpoint_alignment_qwen3_next():
 
 @pytest.mark.parametrize("args, blocks, block, concurrency", [
     # DeepSeek-V3, 8 GiB, 32k: FLASH_ATTN_MLA (16) first on SM 9.0 for bf16 KV
-    ((), 7639, 16, 3.73),
+    (("--vllm-version", "0.33"), 7639, 16, 3.73),
     # fp8 KV: FLASH_ATTN_MLA takes no fp8, FlashMLA (64) is next; 1 B per element
+    (("--vllm-version", "0.33", "--kv-dtype", "fp8"), 3819, 64, 7.46),
+    # 0.34: the default block is 64, which FLASH_ATTN_MLA (multiples of 16) prefers
+    ((), 1909, 64, 3.73),
     (("--kv-dtype", "fp8"), 3819, 64, 7.46),
     # before 0.33: FlashMLA (64) on Hopper whatever the dtype
     (("--vllm-version", "0.32"), 1909, 64, 3.73),
@@ -162,17 +178,17 @@ def test_mla_backend_block_size(args, blocks, block, concurrency):
 def test_chunked_local_attention_keeps_the_hybrid_manager_unless_told_not_to():
     # Llama-4-Scout, 8 GiB, 32k: vLLM 0.33.0 reads
     # VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE with a default of "1": 4 groups
-    for on in (plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k")["vllm"],
-               plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k",
+    for on in (plan("llama-4-scout", "--vllm-version", "0.33", "--kv-budget", "8GiB", "--max-len", "32k")["vllm"],
+               plan("llama-4-scout", "--vllm-version", "0.33", "--kv-budget", "8GiB", "--max-len", "32k",
                     env={CHUNKED_LOCAL_HYBRID_ENV: "1"})["vllm"],
-               plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k",
+               plan("llama-4-scout", "--vllm-version", "0.33", "--kv-budget", "8GiB", "--max-len", "32k",
                     "--vllm-version", "0.32")["vllm"]):
         assert (on["num_gpu_blocks"], on["kv_cache_groups"], on["max_concurrency"]) == \
             (10_922, 4, 1.64)
     # set to 0: chunked layers promoted to full attention, one group
-    for off in (plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k",
+    for off in (plan("llama-4-scout", "--vllm-version", "0.33", "--kv-budget", "8GiB", "--max-len", "32k",
                      "--no-allow-chunked-local-hybrid")["vllm"],
-                plan("llama-4-scout", "--kv-budget", "8GiB", "--max-len", "32k",
+                plan("llama-4-scout", "--vllm-version", "0.33", "--kv-budget", "8GiB", "--max-len", "32k",
                      env={CHUNKED_LOCAL_HYBRID_ENV: "0"})["vllm"]):
         assert (off["num_gpu_blocks"], off["kv_cache_groups"], off["max_concurrency"]) == \
             (2730, 1, 1.33)
@@ -209,7 +225,7 @@ def test_tp_that_does_not_divide_the_kv_heads_is_refused():
 def test_sliding_window_counts_two_batches_in_flight():
     # gpt-oss-120b, 128 window, 8,192 batched tokens x 2 (async scheduling): per sliding group
     # ceil((127 + 16,384) / 16) + 1 = 1,033 blocks
-    d = plan("gpt-oss-120b", "--kv-budget", "40GiB", "--max-len", "32k")["vllm"]
+    d = plan("gpt-oss-120b", "--vllm-version", "0.33", "--kv-budget", "40GiB", "--max-len", "32k")["vllm"]
     assert d["in_flight_tokens"] == 16_384
     assert d["blocks_per_request"] == 32_768 // 16 + 1033
 

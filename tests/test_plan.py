@@ -45,15 +45,24 @@ def test_llama2_7b_on_h100_at_4096():
     b = p.budget
     assert b.total_bytes == 85_045_477_376
     assert b.weights_bytes == 2 * 6_738_415_616
-    assert b.kv_bytes == int(85_045_477_376 * 0.9) - b.weights_bytes - b.overhead_bytes
-    # block = 16 tokens x 524,288 B = 8 MiB; 4,096 tokens = 256 blocks
-    assert p.vllm.num_blocks == b.kv_bytes // (16 * 524_288)
-    assert p.vllm.max_concurrency == p.vllm.num_blocks / 256
+    # vLLM 0.34's extensible KV cache: utilization 1.0, then the margin kept free after warm-up,
+    # max(1 GiB, 0.75 x the transient (activation) peak)
+    assert (b.utilization, b.source) == (1.0, "extensible")
+    assert b.margin_bytes == max(GiB, int(0.75 * b.activation_bytes))
+    assert b.kv_bytes == 85_045_477_376 - b.weights_bytes - b.overhead_bytes - b.margin_bytes
+    # block = 64 tokens x 524,288 B = 32 MiB; 4,096 tokens = 64 blocks
+    assert p.vllm.num_blocks == b.kv_bytes // (64 * 524_288)
+    assert p.vllm.max_concurrency == p.vllm.num_blocks / 64
     assert p.contiguous.max_sequences == b.kv_bytes // (4096 * 524_288)
+    # vLLM 0.33: ceil(total x 0.92) - weights - overheads (vllm/config/cache.py), blocks of 16
+    old = plan_for("llama-2-7b", max_len=4096, weights_dtype="fp16", version="0.33").budget
+    assert (old.utilization, old.source, old.margin_bytes) == (0.92, "computed", 0)
+    assert old.kv_bytes == -(-85_045_477_376 * 92 // 100) - old.weights_bytes - old.overhead_bytes
+    assert plan_for("llama-2-7b", max_len=4096, version="0.33").vllm.block_size == 16
 
 
 def test_kv_budget_override_reproduces_vllm_log():
-    p = plan_for("llama-3.1-8b", max_len=131_072, kv_budget=int(51.63 * GiB))
+    p = plan_for("llama-3.1-8b", max_len=131_072, kv_budget=int(51.63 * GiB), version="0.33")
     assert (p.vllm.num_blocks, p.vllm.kv_cache_tokens) == (26_434, 422_944)
     assert round(p.vllm.max_concurrency, 2) == 3.23
 
@@ -80,12 +89,16 @@ def test_deepseek_v3_latent_is_not_split_at_tp8():
 def test_does_not_fit_is_explained_with_exit_code_3():
     # field.md 5.3 (llm-d's measured H100 runs): Llama-3.3-70B fp8 at TP 1 leaves -1.44 GiB for
     # the KV cache, at TP 2 32.0 GiB
-    result = run("plan", "-m", "llama-3.3-70b", "--weights-dtype", "fp8", "--max-len", "32k")
+    result = run("plan", "-m", "llama-3.3-70b", "--weights-dtype", "fp8", "--max-len", "32k",
+                 "--vllm-version", "0.33")
     assert result.exit_code == 3
     assert "DOES NOT FIT" in result.stdout and "No available memory" in result.stdout
     assert "on 2 h100-sxm GPUs (--tp 2 --pp 1)" in result.stdout
-    tp1 = plan_for("llama-3.3-70b", weights_dtype="fp8", max_len=8192)
-    tp2 = plan_for("llama-3.3-70b", weights_dtype="fp8", tp=2, max_len=8192)
+    # (those runs set gpu_memory_utilization 0.9)
+    tp1 = plan_for("llama-3.3-70b", weights_dtype="fp8", max_len=8192, version="0.33",
+                   gpu_util=0.9)
+    tp2 = plan_for("llama-3.3-70b", weights_dtype="fp8", tp=2, max_len=8192, version="0.33",
+                   gpu_util=0.9)
     assert -2.5 * GiB < tp1.budget.kv_bytes < -0.5 * GiB
     assert 31 * GiB < tp2.budget.kv_bytes < 33 * GiB
 
@@ -94,7 +107,7 @@ def test_pipeline_parallel_takes_the_tightest_stage():
     p = plan_for("llama-3.1-70b", tp=2, pp=2, max_len=8192)
     assert len(p.budgets) == 2 and p.num_gpus == 4
     # tp 2: 4 kv heads x (128 + 128) x 2 B = 2,048 B per token per layer; 40 layers per stage
-    assert p.vllm.num_blocks == min(b.kv_bytes // (40 * 16 * 2048) for b in p.budgets)
+    assert p.vllm.num_blocks == min(b.kv_bytes // (40 * 64 * 2048) for b in p.budgets)
     assert p.bytes_per_token == 40 * 2048
     assert p.kv_capacity_tokens == p.budget.kv_bytes // (40 * 2048)
 
@@ -127,8 +140,8 @@ def test_workload_sources(tmp_path):
 
 def test_windows_and_states_are_honoured_by_allocators():
     s = spec("gemma-3-27b")
-    paged = build_layout(s, "vllm", "bf16")
-    token = build_layout(s, "vllm", "bf16", block_size=1)
+    paged = build_layout(s, "vllm", "bf16", version="0.33")
+    token = build_layout(s, "vllm", "bf16", block_size=1, version="0.33")
     c, g = compare_allocators(paged, token, fixed(32768, 0), 32768, 100 * GiB)
     # 10 full layers x 32,768 + 52 sliding layers x (cdiv(1023, 16) + 1) blocks of 16 tokens
     # (the most a 1,024-token window holds in vLLM), 8,192 B per token per layer
@@ -199,7 +212,7 @@ def test_plan_json_contract():
     assert isinstance(d["max_concurrency"]["contiguous"], int)
     assert isinstance(d["max_concurrency"]["paged"], float)
     assert set(d["vllm"]) >= {"num_gpu_blocks", "kv_cache_tokens", "max_concurrency"}
-    assert d["bytes_per_token"] == 524_288 and d["block_size"] == 16
+    assert d["bytes_per_token"] == 524_288 and d["block_size"] == 64
     assert d["kv_capacity_tokens"] == d["budget"]["kv_bytes"] // 524_288
     assert d["num_blocks"] == d["vllm"]["num_gpu_blocks"]
 
@@ -236,7 +249,7 @@ def test_plan_compare_gpus_and_gpus_command():
     (["--pp", "0"], "invalid --pp 0"),
     (["--max-batched-tokens", "0"], "invalid --max-batched-tokens 0"),
     (["--max-num-seqs", "0"], "invalid --max-num-seqs 0"),
-    (["--num-gpu-blocks-override", "-1"], "must not be negative"),
+    (["--num-gpu-blocks-override", "-1"], "must be from 0 to"),
     (["--target-concurrency", "0"], "invalid --target-concurrency 0"),
     (["--solve-max-len", "0"], "invalid --solve-max-len 0"),
     (["--block-size", "0"], "invalid --block-size 0"),
@@ -249,7 +262,7 @@ def test_plan_bad_input(args, message):
 
 def test_does_not_fit_explains_shortfall_and_what_fits():
     result = run("plan", "-m", "llama-3.1-70b", "--gpu", "h100", "--tp", "2", "--max-len", "32k",
-                 "-f", "json")
+                 "--vllm-version", "0.33", "-f", "json")
     assert result.exit_code == 3
     d = json.loads(result.stdout)["does_not_fit"]
     assert d["shortfall_bytes"] > 0 and d["shortfall_gib"] == round(d["shortfall_bytes"] / GiB, 2)
@@ -277,6 +290,10 @@ def test_does_not_fit_explains_shortfall_and_what_fits():
     ("0.33", "fp8", {"h200": 64, "b200": 32, "a100": 16}),
     # before: FlashMLA on Hopper, CUTLASS MLA on SM 10.x, TRITON_MLA elsewhere
     ("0.32", "auto", {"h200": 64, "b200": 128, "a100": 16, "rtx-5090": 16}),
+    # 0.34: the default block is 64, which every backend that takes multiples of 16 or lists 64
+    # prefers; CUTLASS MLA keeps 128
+    ("0.34", "auto", {"h200": 64, "b200": 64, "a100": 64, "rtx-5090": 64}),
+    ("0.34", "fp8", {"h200": 64, "b200": 64, "a100": 64}),
 ])
 def test_mla_block_size_follows_the_backend(version, kv, blocks):
     s = spec("deepseek-v3")
@@ -284,7 +301,8 @@ def test_mla_block_size_follows_the_backend(version, kv, blocks):
         p = make_plan(s, PlanInputs(gpu=find_gpu(gpu), tp=8, max_len=4096, weights_dtype="fp8",
                                     kv_dtype=kv, version=version), fixed(4096, 0))
         assert p.layout.block_size == block, gpu
-    assert plan_for("llama-3.1-8b", max_len=4096).layout.block_size == 16
+    assert plan_for("llama-3.1-8b", max_len=4096).layout.block_size == 64
+    assert plan_for("llama-3.1-8b", max_len=4096, version="0.33").layout.block_size == 16
 
 
 def test_plan_imports_neither_torch_nor_transformers():
@@ -353,11 +371,14 @@ def test_every_budget_term_can_be_overridden():
     assert d["weights_bytes"] == int(14.99 * GiB)
     assert (d["activation_bytes"], d["non_torch_bytes"], d["cuda_graph_bytes"]) == (
         int(1.2 * GiB), int(0.1 * GiB), 0)
-    assert d["kv_bytes"] == d["requested_bytes"] - d["weights_bytes"] - d["overhead_bytes"]
+    assert d["kv_bytes"] == (d["requested_bytes"] - d["weights_bytes"] - d["overhead_bytes"]
+                             - d["margin_bytes"])
+    assert d["margin_bytes"] == GiB - (d["total_bytes"] - d["requested_bytes"])
     over = json.loads(run("plan", "-m", "llama-3.1-8b", "--max-len", "8k", "--overhead", "3GiB",
                           "-f", "json").stdout)["budget"]
     assert over["overhead_bytes"] == 3 * GiB
-    assert over["kv_bytes"] == over["requested_bytes"] - over["weights_bytes"] - 3 * GiB
+    assert over["kv_bytes"] == (over["requested_bytes"] - over["weights_bytes"] - 3 * GiB
+                                - over["margin_bytes"])
 
 
 def test_engine_figure_versus_what_requests_hold_is_explained():
@@ -389,17 +410,19 @@ def test_sizing_respects_max_num_seqs():
 
 
 @pytest.mark.parametrize("args, blocks, tokens, concurrency, bpt", [
-    ("llama-2-7b --gpu h100 --max-len 4096", 7215, 115_440, 28.18, 524_288),
-    ("llama-3-70b --tp 8 --max-len 8k", 82_324, 1_317_184, 160.79, 40_960),
-    ("llama-3-70b --tp 16 --max-len 8k", 95_915, 1_534_640, 187.33, 40_960),
-    ("deepseek-v3 --gpu h200 --tp 8 --max-len 32k", 40_966, 655_456, 20.0, 70_272),
-    ("deepseek-v3 --gpu h200 --tp 8 --max-len 32k --vllm-version 0.32", 10_241, 655_424, 20.0,
+    ("llama-2-7b --gpu h100 --max-len 4096", 2024, 129_536, 31.62, 524_288),
+    ("llama-3-70b --tp 2 --max-len 8k", 582, 37_248, 4.55, 163_840),
+    ("llama-3-70b --tp 2 --max-len 8k --vllm-version 0.33", 842, 13_472, 1.64, 163_840),
+    ("llama-3-70b --tp 8 --max-len 8k", 22_869, 1_463_616, 178.66, 40_960),
+    ("llama-3-70b --tp 16 --max-len 8k", 26_292, 1_682_688, 205.41, 40_960),
+    ("deepseek-v3 --gpu h200 --tp 8 --max-len 32k", 13_040, 834_560, 25.47, 70_272),
+    ("deepseek-v3 --gpu h200 --tp 8 --max-len 32k --vllm-version 0.33", 43_634, 698_144, 21.31,
      70_272),
-    ("mistral-7b-v0.1 --gpu l4 --max-len 32k", 2502, 159_815, 4.88, 131_072),
-    ("gpt-oss-120b --max-len 128k", 9914, 140_861, 1.07, 73_728),
-    ("qwen3-next-80b-a3b --gpu h200 --tp 2 --max-len 256k", 7129, 4_018_977, 15.33, 12_288),
-    ("qwen3-next-80b-a3b --gpu h200 --tp 2 --max-len 256k --vllm-version 0.32", 7549, 4_080_257,
-     15.56, 12_288),
+    ("mistral-7b-v0.1 --gpu l4 --max-len 32k", 778, 197_624, 6.03, 131_072),
+    ("gpt-oss-120b --max-len 128k", 4669, 265_268, 2.02, 73_728),
+    ("qwen3-next-80b-a3b --gpu h200 --tp 2 --max-len 256k", 8892, 5_012_869, 19.12, 12_288),
+    ("qwen3-next-80b-a3b --gpu h200 --tp 2 --max-len 256k --vllm-version 0.33", 7553,
+     4_258_007, 16.24, 12_288),
 ])
 def test_planning_doc_table(args, blocks, tokens, concurrency, bpt):
     # docs/planning.md "Hand-derived checks": the figures printed there

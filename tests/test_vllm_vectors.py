@@ -125,7 +125,7 @@ def test_pp_partition(n, pp, parts):
 def test_llama31_8b_worked_example():
     # engines.md A.3: 51.63 GiB available, bf16, block 16: 2 MiB per block id
     _, spec = load_spec("llama-3.1-8b")
-    lay = build_layout(spec, "vllm", "bf16")
+    lay = build_layout(spec, "vllm", "bf16", version="0.33")
     cap = vllm_capacity(lay, [int(51.63 * GiB)], 131_072, 8192)
     assert cap.num_blocks == 26_434
     assert cap.kv_cache_tokens == 422_944
@@ -134,7 +134,7 @@ def test_llama31_8b_worked_example():
 
 def test_gemma3_27b_groups():
     _, spec = load_spec("gemma-3-27b")
-    g = kv_cache_groups(layer_specs(build_layout(spec, "vllm", "bf16"), 131_072))
+    g = kv_cache_groups(layer_specs(build_layout(spec, "vllm", "bf16", version="0.33"), 131_072))
     kinds = [x.spec.kind for x in g.groups]
     assert kinds.count("full") == 1 and kinds.count("sliding") == 6
     assert g.group_size == 10 and g.padding_layers == 8
@@ -144,7 +144,7 @@ def test_gemma3_27b_groups():
 
 def test_gpt_oss_two_groups():
     _, spec = load_spec("gpt-oss-120b")
-    g = kv_cache_groups(layer_specs(build_layout(spec, "vllm", "bf16"), 131_072))
+    g = kv_cache_groups(layer_specs(build_layout(spec, "vllm", "bf16", version="0.33"), 131_072))
     assert [len(x.layers) for x in g.groups] == [18, 18]
     assert g.bytes_per_block() == 18 * 32_768  # page 2 x 16 x 8 x 64 x 2 = 32,768 B
 
@@ -245,7 +245,7 @@ def test_sliding_blocks_count_the_tokens_in_flight():
 def test_gemma3_27b_concurrency_formula():
     # A.4: concurrency at L = num_blocks / (cdiv(L,16) + 6 x (cdiv(min(1023 + T, L), 16) + 1))
     _, spec = load_spec("gemma-3-27b")
-    lay = build_layout(spec, "vllm", "bf16")
+    lay = build_layout(spec, "vllm", "bf16", version="0.19")
     cap = vllm_capacity(lay, [40 * GiB], 131_072, 8192, rules=MID)
     per_block = 10 * 131_072
     assert cap.num_blocks == 40 * GiB // per_block
@@ -260,7 +260,7 @@ def test_gemma3_27b_concurrency_formula():
 def test_gpt_oss_120b_log_figure():
     # a v0.10-era log: "Available KV cache memory: 5.38 GiB" -> "GPU KV cache size: 78,384 tokens"
     _, spec = load_spec("gpt-oss-120b")
-    lay = build_layout(spec, "vllm", "bf16")
+    lay = build_layout(spec, "vllm", "bf16", version="0.19")
     cap = vllm_capacity(lay, [int(5.38 * GiB)], 131_072, 8192, rules=MID)
     assert abs(cap.kv_cache_tokens - 78_384) <= 0.001 * 78_384   # 5.38 is rounded in the log
 
@@ -289,7 +289,7 @@ def test_nemotron_3_nano_attention_block_matches_a_real_log():
     # tokens": Nemotron-3-Nano (Mamba-2 state 2,134,016 B at TP 1, 1,024 B per token per
     # attention layer) gives 16 x ceil(2,134,016 / (16 x 1,024)) = 2,096
     _, spec = load_spec("nemotron-3-nano-30b")
-    cap = vllm_capacity(build_layout(spec, "vllm", "bf16"), [40 * GiB], 131_072, 8192)
+    cap = vllm_capacity(build_layout(spec, "vllm", "bf16", version="0.33"), [40 * GiB], 131_072, 8192)
     assert cap.block_size == 2096
     assert cap.notes[0].startswith("Setting attention block size to 2096 tokens")
 
@@ -302,7 +302,7 @@ def test_llama31_8b_rtx3090_log(blocks, max_len, concurrency, fits):
     # a real RTX 3090 log (vllm-project/vllm#10517): the logged GiB are rounded, so feed the
     # budget the block count implies (2 MiB per block id) plus a part of one block
     _, spec = load_spec("llama-3.1-8b")
-    lay = build_layout(spec, "vllm", "bf16")
+    lay = build_layout(spec, "vllm", "bf16", version="0.19")
     avail = blocks * 2 * 1024 * 1024 + 12345
     assert abs(avail / GiB - float(f"{avail / GiB:.2f}")) < 0.005
     cap = vllm_capacity(lay, [avail], max_len, 2048, rules=MID)

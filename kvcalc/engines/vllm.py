@@ -78,12 +78,13 @@ DEFAULT_BLOCK_SIZE_V0_34 = 64
 EXTENSIBLE_MARGIN_FLOOR = {True: 1 * GiB, False: 3 * GiB}
 EXTENSIBLE_MARGIN_FRACTION = 0.75
 #: gpu_memory_utilization when not given: 1.0 with the extensible KV cache (0.34), else
-#: ``CacheConfig.DEFAULT_GPU_MEMORY_UTILIZATION`` 0.92 (from 0.25 at the latest, vLLM's
-#: vllm/config/cache.py), 0.9 before (:data:`GPU_UTIL_092_SINCE`)
+#: ``CacheConfig.DEFAULT_GPU_MEMORY_UTILIZATION`` 0.92 (``gpu_memory_utilization: float =
+#: Field(default=0.92, ...)`` in vllm/config/cache.py of every release from 0.20.0 to 0.33.0;
+#: 0.9 in 0.19.0 and before; read from the released wheels)
 GPU_UTIL_EXTENSIBLE = 1.0
 GPU_UTIL_DEFAULT = 0.92
 GPU_UTIL_BEFORE = 0.9
-GPU_UTIL_092_SINCE = (0, 25)
+GPU_UTIL_092_SINCE = (0, 20)
 #: ``EngineArgs.get_batch_defaults`` (vllm/engine/arg_utils.py) for ``vllm serve``
 #: (UsageContext.OPENAI_API_SERVER): (max_num_batched_tokens, max_num_seqs) by the GPU's
 #: total memory and name -- >= 160 GiB (B200, B300): 16,384 / 1,024 (from 0.28); >= 70 GiB and
@@ -159,7 +160,7 @@ class VllmRules:
 
     def default_gpu_utilization(self, extensible: bool) -> float:
         """``CacheConfig.resolved_gpu_memory_utilization`` when --gpu-memory-utilization is
-        not given: 1.0 with the extensible KV cache, 0.92 (0.25-0.34), 0.9 before."""
+        not given: 1.0 with the extensible KV cache, 0.92 (0.20-0.34), 0.9 before."""
         if extensible:
             return GPU_UTIL_EXTENSIBLE
         return GPU_UTIL_DEFAULT if self.parsed >= GPU_UTIL_092_SINCE else GPU_UTIL_BEFORE
@@ -926,7 +927,7 @@ def vllm_budgets(spec: ModelSpec, params, inp) -> list[Budget]:
     (``inp``: :class:`kvcalc.planning.PlanInputs`).
 
     Up to 0.33: ``ceil(total x gpu_memory_utilization) - weights - activation peak -
-    non-torch - CUDA graphs`` (utilization 0.92 by default, 0.9 before 0.25). From 0.34, with
+    non-torch - CUDA graphs`` (utilization 0.92 by default, 0.9 before 0.20). From 0.34, with
     the extensible KV cache (on unless --num-gpu-blocks-override is given): utilization 1.0 by
     default and :func:`extensible_kv_bytes`, which also keeps the margin free.
     """

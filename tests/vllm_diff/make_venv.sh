@@ -10,9 +10,15 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+py="${PYTHON:-python3}"
 version="${VLLM_VERSION:-0.34.0}"
 venv="${VLLM_VENV:-$root/.vllm-venv-$version}"
-py="${PYTHON:-python3}"
+if [ "$version" = "latest" ]; then
+  # the drift sentinel: the newest vLLM release on the registry
+  version=$("$py" -m pip index versions vllm 2>/dev/null | sed -n 's/^vllm (\(.*\))$/\1/p')
+  [ -n "$version" ] || { echo "make_venv.sh: cannot read vLLM's newest release" >&2; exit 1; }
+  echo "vllm venv: the newest release on the registry is $version"
+fi
 stamp="$venv/.kvcalc-vllm-venv"
 want="vllm==$version torch==2.13.0 $(sha256sum "$here/requirements.txt" | cut -c1-16)"
 
