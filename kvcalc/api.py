@@ -174,7 +174,7 @@ def resolve(model: Any, *, revision: str | None = None, name: str | None = None)
     return Model(resolved, build_spec(resolved.config, resolved.name))
 
 
-@validated
+@validated("estimate")
 def estimate(model: Any, *, seq: int, batch: int = 1, engine: str = "hf",
              kv_dtype: str = "auto", block_size: int | None = None,
              hf_version: str | None = None, vllm_version: str | None = None,
@@ -282,7 +282,7 @@ def plan(model: Any, **options: Any) -> PlanResult:
     return run_plan(model, **options).result
 
 
-@validated
+@validated("plan")
 def run_plan(model: Any, *, gpu: Any = "h100", tp: int = 1, pp: int = 1, replicas: int = 1,
              max_len: Any = None, engine: str = "vllm", kv_dtype: str = "auto",
              block_size: int | None = None, gpu_util: float | None = None,
@@ -311,6 +311,7 @@ def run_plan(model: Any, *, gpu: Any = "h100", tp: int = 1, pp: int = 1, replica
                              f"rules; --engine {engine} does not take them (use --engine vllm)")
     result = make_plan(m.spec, inp, workload)
     record = plan_record(result, m.resolved)
+    override_fits(result, num_gpu_blocks_override)
     warnings += list(result.warnings) + version_notices(result.layout)
     if not result.fits:
         record["does_not_fit"] = shortfall_record(result, m.spec, inp)
@@ -351,7 +352,7 @@ class CompareRun:
     model: Model
 
 
-@validated
+@validated("plan")
 def run_compare(model: Any, **options: Any) -> CompareRun:
     """:func:`compare_gpus` as plain rows, for the CLI."""
     from .reports import compare_records
@@ -375,6 +376,21 @@ def _same_keywords(func: Any, like: Any, returns: Any) -> None:
 
 _same_keywords(plan, run_plan, PlanResult)
 _same_keywords(compare_gpus, run_plan, "list[Result]")
+
+
+def override_fits(plan: Any, override: int | None) -> None:
+    """``--num-gpu-blocks-override`` beyond what the KV budget holds is refused (plan and
+    simulate): vLLM would try to allocate that many blocks and fail at start-up, and figures
+    past it mean nothing (a negative fragmentation, a plan that "fits" 2**62 blocks)."""
+    cap = plan.vllm
+    if override is None or cap is None or not cap.bytes_per_block:
+        return
+    kv = min(b.kv_bytes for b in plan.budgets)
+    holds = max(kv, 0) // cap.bytes_per_block
+    if override > holds:
+        raise UsageError(f"invalid --num-gpu-blocks-override {override:,}: the KV budget "
+                         f"({kv:,} bytes per GPU) holds {holds:,} blocks of "
+                         f"{cap.bytes_per_block:,} bytes; vLLM would fail to allocate more")
 
 
 def _own_plan_figures(runtime: Any) -> bool:
@@ -542,7 +558,7 @@ def _engine_options(runtime: Any, given: dict) -> tuple:
 SIMULATED_ENGINES = ("vllm", "llamacpp")
 
 
-@validated
+@validated("simulate")
 def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
              rate: float | None = None, requests: int | None = None, input_len: Any = None,
              output_len: Any = None, dist: str | None = None, input_std: float | None = None,
@@ -601,6 +617,11 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
         # the per-slot context, as kvcalc plan --engine llamacpp derives it
         max_len = get_engine("llamacpp").plan_max_len(m.spec, settings) or max_len
     inp = _simulation_inputs(m, engine, settings, locals())
+    if num_gpu_blocks_override is not None:
+        from .planning import make_plan
+        from .workload import fixed
+
+        override_fits(make_plan(m.spec, inp, fixed(1, 0)), num_gpu_blocks_override)
     if trace:
         arrivals = load_trace(trace).scaled(rate_scale)
     else:

@@ -161,9 +161,11 @@ def version_keyword(name: str) -> bool:
     return name.endswith("_version")
 
 
-def check_inputs(values: Mapping[str, Any], *, strict: bool = True) -> dict[str, Any]:
+def check_inputs(values: Mapping[str, Any], *, strict: bool = True,
+                 command: str = "kvcalc") -> dict[str, Any]:
     """``values`` with every declared keyword checked and converted (None means "not given"
-    and passes); an undeclared keyword is refused when ``strict``."""
+    and passes); an undeclared keyword is refused when ``strict`` ("unknown ``command``
+    option")."""
     out = dict(values)
     for name, value in values.items():
         if value is None:
@@ -173,16 +175,21 @@ def check_inputs(values: Mapping[str, Any], *, strict: bool = True) -> dict[str,
             if version_keyword(name):
                 PARAMS["revision"].check(name, value)
             elif strict:
-                raise UsageError(f"unknown keyword {name!r}")
+                raise UsageError(f"unknown {command} option {name!r}")
             continue
         out[name] = param.check(name, value)
     return out
 
 
-def validated(func: Callable) -> Callable:
-    """Check ``func``'s keyword arguments against :data:`PARAMS` before it runs: its named
-    keywords that are declared, and every keyword its ``**options`` collects (an undeclared
-    one is a UsageError naming it). Named keywords not declared here pass unchecked."""
+def validated(command: str) -> Callable[[Callable], Callable]:
+    """A decorator for the API function of ``command`` (estimate, plan, simulate): check its
+    keyword arguments against :data:`PARAMS` before it runs -- its named keywords that are
+    declared, and every keyword its ``**options`` collects (an undeclared one is a UsageError
+    naming it). Named keywords not declared here pass unchecked."""
+    return functools.partial(_validated, command=command)
+
+
+def _validated(func: Callable, command: str) -> Callable:
     signature = inspect.signature(func)
     extra = next((p.name for p in signature.parameters.values()
                   if p.kind is inspect.Parameter.VAR_KEYWORD), None)
@@ -194,9 +201,9 @@ def validated(func: Callable) -> Callable:
         except TypeError as exc:
             raise UsageError(f"{func.__name__}(): {exc}") from None
         named = {k: v for k, v in bound.arguments.items() if k != extra and k in PARAMS}
-        bound.arguments.update(check_inputs(named))
+        bound.arguments.update(check_inputs(named, command=command))
         if extra is not None and extra in bound.arguments:
-            bound.arguments[extra] = check_inputs(bound.arguments[extra])
+            bound.arguments[extra] = check_inputs(bound.arguments[extra], command=command)
         return func(*bound.args, **bound.kwargs)
 
     return wrapper

@@ -286,7 +286,7 @@ def test_builtin_traces_read():
     (["--trace", "azure-conv"], "did you mean"),
     (["--trace", "azure-conv-2023", "--rate", "2"], "not both"),
     ([], "give a workload"),
-    (["--input-len", "100", "--output-len", "10", "--requests", "0"], "--requests must be"),
+    (["--input-len", "100", "--output-len", "10", "--requests", "0"], "invalid --requests 0"),
     (["--input-len", "100", "--output-len", "10", "--rate", "-1"], "invalid --rate"),
     (["--trace", "azure-conv-2023", "--rate-scale", "0"], "invalid --rate-scale"),
     (["--input-len", "100", "--output-len", "10", "--step-time", "0"], "invalid --step-time"),
