@@ -25,7 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .arch import ModelSpec
-from .budget import (ACTIVATION_BYTES, SAMPLER_BYTES_PER_LOGIT, Budget,  # noqa: F401
+from .budget import (ACTIVATION_BYTES, EXTENSIBLE, SAMPLER_BYTES_PER_LOGIT,  # noqa: F401
+                     Budget,
                      activation_bytes, pp_partition, stage_weight_bytes)
 from .errors import UsageError
 from .hardware import GpuSpec
@@ -292,6 +293,12 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
     cap = None if figures is not None else vllm_capacity(
         layout, [max(0, b.kv_bytes) for b in budgets], inp.max_len, inp.in_flight(),
         inp.rules(), inp.num_blocks_override, inp.disable_hybrid)
+    if cap is not None:
+        tight = min(budgets, key=lambda b: b.kv_bytes)
+        extensible = tight.source == EXTENSIBLE
+        cap = replace(cap, utilization=tight.utilization, extensible=extensible,
+                      after_warmup=extensible and not cap.fits
+                      and cap.needed_bytes <= tight.kv_bytes + tight.margin_bytes)
     contiguous, paged = _allocators(layout, token_layout, workload, inp, budgets)
     warnings = []
     kv = facts.kv_heads

@@ -156,11 +156,14 @@ def test_plan_to_dict_is_the_cli_json(args, kwargs):
 
 def test_plan_figures_and_a_plan_that_does_not_fit():
     # Llama-3.1-8B on an H100 at 8k: 131,072 B/token (32 layers x 8 kv heads x 128 x 2 x 2 B),
-    # 26,610 blocks of 16 tokens = 425,760 tokens, 51.97 requests of 8,192
+    # vLLM 0.34: 7,344 blocks of 64 tokens = 470,016 tokens, 57.38 requests of 8,192
     p = kvcalc.plan("llama-3.1-8b", gpu="h100", max_len="8k")
     assert (p.bytes_per_token, p.vllm["num_gpu_blocks"], p.vllm["kv_cache_tokens"]) == \
-        (131_072, 26_610, 425_760)
-    assert p.max_concurrency == {"contiguous": 51, "paged": 51.97}
+        (131_072, 7_344, 470_016)
+    assert p.max_concurrency == {"contiguous": 57, "paged": 57.38}
+    # vLLM 0.33 (gpu_memory_utilization 0.92, blocks of 16)
+    old = kvcalc.plan("llama-3.1-8b", gpu="h100", max_len="8k", vllm_version="0.33")
+    assert (old.vllm["num_gpu_blocks"], old.vllm["kv_cache_tokens"]) == (27_421, 438_736)
     # Llama-3.1-70B in bf16 on one H100: weights alone exceed it -> a result, not an exception
     big = kvcalc.plan("llama-3.1-70b", gpu="h100", max_len="32k")
     cli_run = CliRunner().invoke(cli, ["plan", "-m", "llama-3.1-70b", "--max-len", "32k",
@@ -200,7 +203,7 @@ def test_compare_gpus_rows_are_the_cli_json():
     rows = kvcalc.compare_gpus("llama-3.1-8b", max_len=8192)
     assert [r.to_dict() for r in rows] == json.loads(result.stdout)
     h100 = next(r for r in rows if r.gpu == "h100-sxm")
-    assert h100.num_gpu_blocks == 26_610
+    assert h100.num_gpu_blocks == 7_344
 
 
 # -------------------------------------------------------------------------------- simulate

@@ -750,6 +750,11 @@ class VllmCapacity:
     notes: tuple[str, ...] = ()
     #: the configuration modelled (version band, prefix caching, GPU)
     rules: VllmRules = field(default_factory=lambda: VllmRules())
+    #: how the budget was sized (0.34's error hints name them): gpu_memory_utilization, whether
+    #: the extensible KV cache sized it, and whether it falls short only after warm-up
+    utilization: float = GPU_UTIL_EXTENSIBLE
+    extensible: bool = False
+    after_warmup: bool = False
 
     def log_lines(self) -> list[str]:
         """The start-up lines as the band's vLLM formats them (0.33: one line from
@@ -777,6 +782,21 @@ def vllm_error_message(cap: VllmCapacity) -> str:
     """vLLM's ValueError text when one request of max_model_len does not fit: from
     ``_check_enough_kv_cache_memory`` (vllm/v1/core/kv_cache_planning.py) in 0.33, from
     ``check_enough_kv_cache_memory`` (kv_cache_utils.py, "models's" typo kept) before."""
+    if cap.rules.parsed >= V0_34:
+        hint = more_kv_cache_memory_hint(cap)
+        if cap.available_bytes <= 0:
+            return (f"No available memory for the cache blocks. {hint} See "
+                    f"{CONSERVING_MEMORY_URL} for more details.")
+        est = cap.estimated_max_model_len
+        estimate = (f"Based on the available memory, the estimated maximum model length is "
+                    f"{est}. " if est else "")
+        null = cap.bytes_per_block
+        return (f"To serve at least one request with the model's max seq len "
+                f"({cap.max_model_len}), ({format_gib(cap.needed_bytes - null)} GiB KV cache is "
+                f"needed, which is larger than the available KV cache memory "
+                f"({format_gib(cap.available_bytes - null)} GiB). {estimate}{hint} Decreasing "
+                f"`max_model_len` also reduces what is needed. See {CONSERVING_MEMORY_URL} "
+                "for more details.")
     if cap.rules.parsed >= V0_33:
         if cap.available_bytes <= 0:
             return ("No available memory for the cache blocks. Try increasing "
@@ -807,6 +827,28 @@ def vllm_error_message(cap: VllmCapacity) -> str:
             f"available KV cache memory ({cap.available_bytes / GiB:.2f} GiB). {estimate} Try "
             "increasing `gpu_memory_utilization` or decreasing `max_model_len` when "
             "initializing the engine.")
+
+
+def more_kv_cache_memory_hint(cap: VllmCapacity) -> str:
+    """``_more_kv_cache_memory_hint`` (vllm/v1/core/kv_cache_planning.py, 0.34): how to make
+    room for the KV cache, in vLLM's words, by how the budget was sized."""
+    if not cap.extensible:
+        return ("Try increasing `gpu_memory_utilization` when initializing the engine (this "
+                "flag also controls CPU memory reservation on the CPU backend, despite its "
+                "name).")
+    used_by, graphs = "the model and its activations", ""
+    if cap.after_warmup:
+        used_by = "the model, its activations, CUDA graphs and warmup"
+        graphs = (" CUDA graphs take less with fewer or smaller capture sizes in the "
+                  "compilation config.")
+    if cap.utilization < 1.0:
+        return (f"The KV cache gets what is left after {used_by} within "
+                f"`gpu_memory_utilization`={cap.utilization}; increase it (with the extensible "
+                f"KV cache it defaults to 1.0) or decrease `max_model_len` or `max_num_seqs`."
+                f"{graphs}")
+    return (f"The extensible KV cache already takes all device memory left after {used_by}; "
+            f"decrease `max_model_len` or `max_num_seqs`, or the model needs a device with more "
+            f"memory.{graphs}")
 
 
 def estimate_max_model_len(grouping: Grouping, available: int, max_len: int,
