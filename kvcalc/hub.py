@@ -47,6 +47,8 @@ from .sources import ResolvedModel
 
 #: seconds any single network wait may take (KVCALC_HUB_TIMEOUT overrides)
 DEFAULT_TIMEOUT_S = 5.0
+#: the longest bound KVCALC_HUB_TIMEOUT may set (an hour): "inf" or 1e308 would never end
+MAX_TIMEOUT_S = 3600.0
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub.constants._is_true
@@ -76,8 +78,9 @@ def timeout_s() -> float:
     except ValueError:
         raise UsageError(f"KVCALC_HUB_TIMEOUT={raw!r} is not a number of seconds "
                          "(e.g. KVCALC_HUB_TIMEOUT=10)") from None
-    if not value > 0:
-        raise UsageError(f"KVCALC_HUB_TIMEOUT={raw!r} must be a positive number of seconds")
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise UsageError(f"KVCALC_HUB_TIMEOUT={raw!r} must be a number of seconds greater "
+                         f"than 0 and at most {MAX_TIMEOUT_S:g} (docs/security.md)")
     return value
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 from . import __version__
 from .arch import ModelSpec
 from .errors import ConfigError, KvcalcError, UsageError
+from .files import atomic_write
 from .hardware import GpuSpec
 from .engines import build_layout, get_engine
 from .engines.cache import KEEP_CHUNK, KEEP_WINDOW, Layout
@@ -444,15 +446,20 @@ def waste_chart(models: list[ModelInput], *, gpus: list[GpuSpec], kv_dtypes: lis
 
 def load_report(path: str | Path) -> dict[str, Any]:
     """A ``kvcalc verify --format json`` report, checked against its contract (docs/cli.md)."""
+    from .files import read_bounded
+    from .sources import decode_text
+
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise UsageError(f"--from {path}: no such file")
+    text = decode_text(read_bounded(path, "report", MAX_REPORT_BYTES), f"report {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        data = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    except (RecursionError, ValueError) as exc:   # NaN/Infinity, nesting, 4,300+ digits
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{path}: cannot be read ({why})") from None
     where = f"{path}: not a kvcalc verify report"
     if not isinstance(data, dict):
         raise ConfigError(f"{where} (expected a JSON object)")
@@ -475,9 +482,20 @@ def load_report(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{where} (runs[{i}].new_tokens must be a positive integer)")
         for key in ("seconds_mean", "seconds_std"):
             v = run[key]
-            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
-                raise ConfigError(f"{where} (runs[{i}].{key} must be a non-negative number)")
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)
+                                  or not 0 <= v < math.inf):
+                raise ConfigError(f"{where} (runs[{i}].{key} must be a non-negative number, "
+                                  "finite)")
     return data
+
+
+#: the largest verify report ``plot timing --from`` reads (a real one is a few kB)
+MAX_REPORT_BYTES = 16 * 1024 * 1024
+
+
+def _no_constant(name: str):
+    """JSON's non-standard NaN / Infinity are not numbers a report may hold."""
+    raise ValueError(f"{name} is not a number kvcalc accepts")
 
 
 def timing_chart(paths: list[str | Path]) -> Chart:
@@ -594,8 +612,9 @@ def draw(chart: Chart, out: str | Path, size: tuple[float, float] = DEFAULT_SIZE
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             metadata = {"Software": None} if out.suffix.lower() == ".png" else {"Date": None}
-            try:
-                fig.savefig(out, dpi=dpi, metadata=metadata)
+            try:   # the image appears only when complete (kvcalc.files.atomic_write)
+                with atomic_write(out, "wb") as fh:
+                    fig.savefig(fh, dpi=dpi, metadata=metadata, format=out.suffix[1:].lower())
             except OSError as exc:
                 raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
         finally:

@@ -348,6 +348,7 @@ def _dtypes(values):
 
 
 def _emit(chart, kind: str, out: str | None, size, dpi: int) -> None:
+    from ..files import atomic_write
     from ..plot import draw, to_text
 
     for message in chart.warnings:
@@ -355,8 +356,9 @@ def _emit(chart, kind: str, out: str | None, size, dpi: int) -> None:
     if kind in ("csv", "json"):
         text = to_text(chart, kind)
         if out:
-            try:
-                Path(out).write_text(text, encoding="utf-8")
+            try:   # the file appears only when complete
+                with atomic_write(out) as fh:
+                    fh.write(text)
             except OSError as exc:
                 raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
             click.echo(f"wrote {out} ({len(chart.rows):,} rows)", err=True)

@@ -130,12 +130,16 @@ def _engine_line(record: dict) -> str:
 
 
 def _check_writable(path: str) -> None:
-    """Fail before a long simulation, not after it, when --timeline cannot be written."""
-    try:
-        with open(path, "a", encoding="utf-8"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"cannot write --timeline {path}: {exc.strerror or exc}") from None
+    """Fail before a long simulation, not after it, when --timeline cannot be written --
+    without creating it (a refused or interrupted run leaves no empty file behind)."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    problem = ("is a directory" if os.path.isdir(path) else
+               "no such folder" if not os.path.isdir(folder) else
+               "permission denied" if not os.access(folder, os.W_OK) else None)
+    if problem:
+        raise UsageError(f"cannot write --timeline {path}: {problem}")
 
 
 def _write_timeline(path: str, rows) -> None:
@@ -147,8 +151,10 @@ def _write_timeline(path: str, rows) -> None:
     for r in rows:
         w.writerow([r["allocator"], f"{r['time_s']:.6f}", r["running"], r["waiting"],
                     r["preemptions"], *(f"{r[c]:.6f}" for c in CATEGORIES)])
-    try:
-        with open(path, "w", encoding="utf-8") as fh:
+    from ..files import atomic_write
+
+    try:   # the CSV appears only when complete
+        with atomic_write(path) as fh:
             fh.write(out.getvalue())
     except OSError as exc:
         raise UsageError(f"cannot write --timeline {path}: {exc.strerror or exc}") from None

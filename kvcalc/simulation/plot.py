@@ -9,6 +9,7 @@ dashed). matplotlib is imported by :func:`kvcalc.plot.draw` only.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 from ..errors import ConfigError, UsageError
@@ -17,20 +18,22 @@ from .metrics import CATEGORIES
 TIMELINE_COLUMNS = ("allocator", "time_s", "running", "waiting", "preemptions", *CATEGORIES)
 #: the most rows a timeline chart reads (a 1-hour trace at 1 s is 3,600 per allocator)
 MAX_TIMELINE_ROWS = 1_000_000
+#: the most bytes a timeline CSV may hold (1,000,000 rows of ~150 bytes)
+MAX_TIMELINE_BYTES = 256 * 1024 * 1024
 
 
 def timeline_chart(path: str | Path, allocator: str | None = None):
     """The chart of ``path``; ``allocator`` keeps one allocator's rows (stacked areas)."""
     from ..plot import Chart
 
+    import os
+
+    from ..files import text_lines
+
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise UsageError(f"--from {path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(text_lines(path, "timeline", MAX_TIMELINE_BYTES))
     if tuple(reader.fieldnames or ()) != TIMELINE_COLUMNS:
         raise ConfigError(f"{path}: not a kvcalc simulate --timeline CSV (expected the columns "
                           f"{','.join(TIMELINE_COLUMNS)})")
@@ -45,6 +48,9 @@ def timeline_chart(path: str | Path, allocator: str | None = None):
             out.update({c: float(row[c]) for c in CATEGORIES})
         except (TypeError, ValueError):
             raise ConfigError(f"{path}:{line}: not a number where one is expected") from None
+        if not all(math.isfinite(out[c]) and out[c] >= 0 for c in ("time_s", *CATEGORIES)):
+            raise ConfigError(f"{path}:{line}: times and shares must be finite and not "
+                              "negative")
         rows.append(out)
     names = list(dict.fromkeys(r["allocator"] for r in rows))
     if allocator is not None:
