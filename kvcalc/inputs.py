@@ -11,6 +11,7 @@ lists the bounds.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -48,6 +49,8 @@ class Param:
     hi: float | None = None
     open_lo: bool = False
     choices: tuple[str, ...] | None = None
+    #: False: None is not "not given" but an invalid value (the keyword has a real default)
+    nullable: bool = True
 
     def check(self, name: str, value: Any) -> Any:
         """``value`` converted (sizes parsed), or a UsageError naming ``--name``."""
@@ -156,6 +159,14 @@ PARAMS: dict[str, Param] = {
 }
 
 
+#: keywords whose default is a value, not None: None for them is an error, not "not given"
+REQUIRED = ("seq", "batch", "engine", "kv_dtype", "gpu", "tp", "pp", "replicas",
+            "weights_dtype", "seed", "async_scheduling", "disable_hybrid_kv_cache_manager",
+            "enable_prefix_caching", "num_speculative_tokens", "rate_scale", "prefix_caching")
+for _name in REQUIRED:
+    PARAMS[_name] = dataclasses.replace(PARAMS[_name], nullable=False)
+
+
 def version_keyword(name: str) -> bool:
     """``hf_version``, ``vllm_version``, ...: an engine's version keyword."""
     return name.endswith("_version")
@@ -168,9 +179,12 @@ def check_inputs(values: Mapping[str, Any], *, strict: bool = True,
     option")."""
     out = dict(values)
     for name, value in values.items():
-        if value is None:
-            continue
         param = PARAMS.get(name)
+        if value is None:
+            if param is not None and not param.nullable:
+                raise UsageError(f"invalid --{name.replace('_', '-')} None: give a value or "
+                                 "leave the keyword out")
+            continue
         if param is None:
             if version_keyword(name):
                 PARAMS["revision"].check(name, value)
