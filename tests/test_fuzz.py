@@ -193,3 +193,160 @@ def test_estimate_options_exit_0_or_2(seq, batch):
     assert "internal error" not in result.output
     if result.exit_code == 0:
         assert_clean_numbers(json.loads(result.stdout))
+
+
+# ------------------------------------------------------------ issue 27: GGUF, traces, the API
+
+def _gguf(entries: list[tuple[str, int, bytes]], n_tensors: int = 0) -> bytes:
+    import struct
+
+    out = b"GGUF" + struct.pack("<IQQ", 3, n_tensors, len(entries))
+    for key, vtype, value in entries:
+        out += struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", vtype) + value
+    return out
+
+
+def _gguf_value(draw):
+    """A GGUF value of any type (scalars, strings, arrays, a few hostile lengths)."""
+    import struct
+
+    vtype = draw(st.sampled_from([4, 5, 6, 8, 9, 10, 12, 7, 13]))
+    if vtype in (4, 5):
+        return vtype, struct.pack("<I", draw(st.integers(0, 2**32 - 1)))
+    if vtype == 10:
+        return vtype, struct.pack("<Q", draw(st.integers(0, 2**64 - 1)))
+    if vtype in (6, 12):
+        return vtype, struct.pack("<f" if vtype == 6 else "<d", draw(st.floats(width=32)))
+    if vtype == 7:
+        return vtype, bytes([draw(st.integers(0, 255))])
+    if vtype == 8:
+        text = draw(st.binary(max_size=8))
+        n = draw(st.sampled_from([len(text), len(text), 2**63, len(text) + 100]))
+        return vtype, struct.pack("<Q", n) + text
+    if vtype == 9:
+        itype = draw(st.sampled_from([4, 6, 8, 9, 99]))
+        items = draw(st.lists(st.integers(0, 2**32 - 1), max_size=6))
+        n = draw(st.sampled_from([len(items), len(items), 2**40]))
+        body = b"".join(struct.pack("<Q", 1) + b"x" if itype == 8 else struct.pack("<I", i)
+                        for i in items)
+        return vtype, struct.pack("<IQ", itype, n) + body
+    return vtype, b""                                     # 13: not a GGUF type
+
+
+GGUF_KEYS = ["block_count", "embedding_length", "attention.head_count",
+             "attention.head_count_kv", "attention.key_length", "attention.value_length",
+             "attention.kv_lora_rank", "rope.dimension_count", "attention.sliding_window",
+             "attention.sliding_window_pattern", "attention.shared_kv_layers",
+             "context_length", "feed_forward_length"]
+
+
+@st.composite
+def gguf_headers(draw):
+    import struct
+
+    arch = draw(st.sampled_from(["llama", "gemma3", "deepseek2", "cohere2"]))
+    entries = [("general.architecture", 8, struct.pack("<Q", len(arch)) + arch.encode()),
+               (f"{arch}.block_count", 4, struct.pack("<I", draw(st.integers(0, 12)))),
+               (f"{arch}.embedding_length", 4, struct.pack("<I", 512)),
+               (f"{arch}.attention.head_count", 4, struct.pack("<I", 8))]
+    for _ in range(draw(st.integers(0, 5))):
+        key = draw(st.sampled_from(GGUF_KEYS + ["tokenizer.ggml.tokens"]))
+        vtype, value = _gguf_value(draw)
+        entries.append((key if key.startswith("tokenizer") else f"{arch}.{key}", vtype, value))
+    data = _gguf(entries, draw(st.sampled_from([0, 0, 3, 2**50])))
+    cut = draw(st.sampled_from([len(data), len(data), draw(st.integers(0, len(data)))]))
+    return data[:cut]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=gguf_headers())
+def test_gguf_headers_give_a_clean_error_or_clean_figures(tmp_path, data):
+    from kvcalc.gguf import read_gguf_config
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(data)
+    try:
+        cfg = read_gguf_config(path)
+        spec = build_spec(cfg, "m")
+        layout = build_layout(spec, "hf")
+    except KvcalcError:
+        return
+    assert_clean_numbers(layout.bytes_per_token)
+
+
+trace_text_lines = st.lists(st.one_of(
+    st.just('{"prompt_len": 10, "output_len": 5}'),
+    st.builds(lambda p, o, t: json.dumps({"prompt_len": p, "output_len": o, "arrival_s": t}),
+              st.integers(-2, 2**41), st.integers(-2, 2**41),
+              st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-1, 10**20),
+                        st.text(max_size=3))),
+    st.builds(lambda h: json.dumps({"prompt_len": 4, "output_len": 4, "hash_ids": h}),
+              st.lists(st.integers(-1, 2**63), max_size=3)),
+    st.text(max_size=12), st.just("[" * 50), st.just("1" * 5000)), max_size=8)
+
+
+@FAST
+@given(lines=trace_text_lines, gz=st.booleans(), cut=st.integers(0, 40))
+def test_simulate_traces_give_a_clean_error_or_clean_arrivals(tmp_path, lines, gz, cut):
+    import gzip
+
+    from kvcalc.simulation.requests import load_trace
+
+    raw = "\n".join(lines).encode()
+    path = tmp_path / ("t.jsonl.gz" if gz else "t.jsonl")
+    path.write_bytes(gzip.compress(raw)[:-cut or None] if gz else raw)
+    try:
+        trace = load_trace(str(path))
+    except KvcalcError:
+        return
+    for a in trace.arrivals:
+        assert math.isfinite(a.arrival_s) and a.arrival_s >= 0
+        assert a.prompt >= 0 and a.output >= 0 and a.prompt + a.output >= 1
+
+
+#: keyword values of every kind the API may be handed
+api_values = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**64),
+                       st.floats(allow_nan=True, allow_infinity=True),
+                       st.sampled_from(["", "2", "4k", "1e3", "3GiB", "h100", "vllm", "auto",
+                                        "-1", "nan", "\x1b[2J"]),
+                       st.lists(st.integers(0, 3), max_size=2))
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(command=st.sampled_from(["estimate", "plan", "simulate"]),
+       kwargs=st.dictionaries(st.sampled_from(
+           ["seq", "batch", "tp", "pp", "max_len", "gpu", "gpu_util", "block_size",
+            "weights_memory", "kv_budget", "num_gpu_blocks_override", "mean", "std", "dist",
+            "rate", "requests", "input_len", "output_len", "step_overhead", "prefix_caching",
+            "free_gpu_memory_fraction", "mem_fraction_static", "samples", "seed",
+            "timeline_interval", "allocator", "bogus", "ctx_size", "num_ctx"]),
+           api_values, max_size=4))
+def test_api_keyword_sets_are_checked_before_anything_runs(command, kwargs):
+    """The declaration (kvcalc/inputs.py) alone decides: any keyword set either passes it or
+    is one UsageError; nothing else escapes (TypeError, AttributeError, ZeroDivisionError)."""
+    import kvcalc
+    from kvcalc.inputs import check_inputs
+
+    try:
+        checked = check_inputs(kwargs, command=command)
+    except KvcalcError:
+        return
+    for name, value in checked.items():
+        if isinstance(value, float):
+            assert math.isfinite(value), name
+    plan_keys = {"tp", "pp", "max_len", "gpu", "gpu_util", "block_size", "weights_memory",
+                 "kv_budget", "num_gpu_blocks_override", "mean", "std", "dist",
+                 "free_gpu_memory_fraction", "mem_fraction_static", "samples", "seed",
+                 "ctx_size", "num_ctx"}
+    if command == "estimate" and {"seq"} <= set(checked) <= {"seq", "batch"}:
+        call = lambda: kvcalc.estimate("llama-7b", **checked)  # noqa: E731
+    elif command == "plan" and set(checked) <= plan_keys:
+        call = lambda: kvcalc.plan("llama-7b", **{"samples": 50, **checked})  # noqa: E731
+    else:
+        return
+    try:
+        result = call()
+    except KvcalcError:
+        return
+    assert_clean_numbers(result.to_dict())
