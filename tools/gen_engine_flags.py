@@ -228,7 +228,7 @@ def ollama_variables(text: str) -> dict:
     flags of ``ollama run`` (cmd/cmd.go, ``runCmd.Flags()``; give both files)."""
     names = sorted(set(re.findall(r'"(OLLAMA_[A-Z0-9_]+)"\s*:\s*\{', text)))
     run = []
-    for kind, name in re.findall(r'runCmd\.Flags\(\)\.(\w+)\("([\w-]+)"', text):
+    for kind, name in re.findall(r'runCmd\.Flags\(\)\.(Bool|String|Int|Duration|Float64)\("([\w-]+)"', text):
         optional = re.search(rf'Lookup\("{name}"\)\.NoOptDefVal', text)
         run.append({"dest": name, "flags": [f"--{name}"], "negative": [],
                     "nargs": 0 if kind == "Bool" else ("?" if optional else None),
