@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "resolve": "kvcalc.api", "estimate": "kvcalc.api", "estimate_sweep": "kvcalc.api",
     "plan": "kvcalc.api", "compare_gpus": "kvcalc.api", "simulate": "kvcalc.api",
-    "SimulateResult": "kvcalc.api",
+    "SimulateResult": "kvcalc.api", "check": "kvcalc.api", "CheckResult": "kvcalc.api",
     "Model": "kvcalc.api", "EstimateResult": "kvcalc.api", "PlanResult": "kvcalc.api",
     "Result": "kvcalc.api",
     "KvcalcError": "kvcalc.errors", "UsageError": "kvcalc.errors",

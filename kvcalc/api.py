@@ -293,7 +293,8 @@ def run_plan(model: Any, *, gpu: Any = "h100", tp: int = 1, pp: int = 1, replica
              async_scheduling: bool = True, disable_hybrid_kv_cache_manager: bool = False,
              num_gpu_blocks_override: int | None = None, vllm_version: str | None = None,
              enable_prefix_caching: bool = True, num_speculative_tokens: int = 0,
-             allow_chunked_local_hybrid: bool | None = None, prompt_len: Any = None,
+             allow_chunked_local_hybrid: bool | None = None, enforce_eager: bool = False,
+             prompt_len: Any = None,
              output_len: Any = None, dist: str | None = None, mean: float | None = None,
              std: float | None = None, samples: int | None = None, seed: int = 0,
              trace: Any = None, target_concurrency: int | None = None,
@@ -507,7 +508,7 @@ def _plan_setup(model: Any, o: dict[str, Any]):
         disable_hybrid=o["disable_hybrid_kv_cache_manager"],
         num_blocks_override=o["num_gpu_blocks_override"],
         prefix_caching=o["enable_prefix_caching"],
-        speculative_tokens=o["num_speculative_tokens"],
+        speculative_tokens=o["num_speculative_tokens"], enforce_eager=o["enforce_eager"],
         chunked_local_hybrid=o["allow_chunked_local_hybrid"],
         free_memory=options.get("free_memory"), engine_options=engine_options)
     if _own_plan_figures(runtime):
@@ -695,3 +696,45 @@ def _simulation_inputs(m: Model, engine: str, settings: dict[str, Any], o: dict[
         version=o["vllm_version"] if engine == "vllm" else None, engine=engine,
         num_blocks_override=o["num_gpu_blocks_override"], prefix_caching=o["prefix_caching"],
         engine_options=tuple(settings.items()))
+
+
+# ------------------------------------------------------------------------------------ check
+
+#: exit status of ``kvcalc check`` when the engine would refuse to start
+CHECK_REFUSED = 3
+
+
+class CheckResult(Result):
+    """One ``kvcalc check``: the fields of ``kvcalc check --format json`` (``boots``,
+    ``lines``, ``refusals``, ``ignored_flags``, ``suggestions``, ``plan`` …)."""
+
+    __slots__ = ()
+    _repr_keys = ("engine", "model", "gpu", "boots", "lines")
+
+
+def check(command: Any, *, gpu: Any = None, gpus: int | None = None,
+          target_concurrency: int | None = None, kv_budget: Any = None,
+          free_memory: Any = None, weights_memory: Any = None) -> CheckResult:
+    """Read an engine's own launch command (a string as pasted, or its tokens) and answer as
+    ``kvcalc check --format json``: the start-up lines the engine prints, whether it boots
+    (every start-up check kvcalc can foresee, with the engine's message), the smallest
+    changes that boot (or reach ``target_concurrency``), each verified, and the plan behind it.
+    ``gpu`` / ``gpus``: the card and how many there are; ``kv_budget`` (vLLM's "Available KV
+    cache memory"), ``free_memory`` (SGLang / TensorRT-LLM) and ``weights_memory``: figures a
+    real start-up measured. A command kvcalc cannot read raises
+    :class:`kvcalc.launch.CommandError` (a UsageError naming the token). See docs/check.md."""
+    from .inputs import check_inputs
+    from .launch import run_check
+
+    given = {"gpu": gpu, "target_concurrency": target_concurrency, "kv_budget": kv_budget,
+             "free_memory": free_memory, "weights_memory": weights_memory}
+    checked = dict.fromkeys(given)
+    checked.update(check_inputs({k: v for k, v in given.items() if v is not None},
+                                command="check"))
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1):
+        raise UsageError(f"invalid --gpus {gpus!r}: must be at least 1")
+    measured = {k: checked[k] for k in ("kv_budget", "free_memory", "weights_memory")}
+    return CheckResult(run_check(command, run_plan=run_plan, resolve=resolve, gpu=checked["gpu"],
+                                 gpus=gpus, target_concurrency=checked["target_concurrency"],
+                                 **measured))
+

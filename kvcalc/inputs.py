@@ -132,7 +132,7 @@ PARAMS: dict[str, Param] = {
     **{k: _BOOL for k in ("async_scheduling", "disable_hybrid_kv_cache_manager",
                           "enable_prefix_caching", "allow_chunked_local_hybrid",
                           "prefix_caching", "disable_cuda_graph", "kv_unified", "swa_full",
-                          "flash_attention")},
+                          "flash_attention", "enforce_eager")},
     # the workload of plan
     "prompt_len": _TOKENS, "output_len": _TOKENS,
     "dist": Param("text", choices=DISTRIBUTIONS),

@@ -36,8 +36,8 @@ from .params import ParamCount, count_parameters
 from .units import MAX_TOKENS, GiB, cdiv, largest_satisfying
 from .engines.vllm import (CUDA_GRAPH_BYTES, NON_TORCH_BYTES,  # noqa: F401
                            NON_TORCH_MULTI_GPU_BYTES, VllmCapacity, VllmRules, batch_defaults,
-                           default_block_size, in_flight_tokens, rules_for_gpu, tp_refusal,
-                           vllm_capacity)
+                           default_block_size, in_flight_tokens, mamba_max_num_seqs_refusal,
+                           rules_for_gpu, tp_refusal, vllm_capacity)
 from .workload import AllocatorResult, Workload, compare_allocators, distinct, peak_bytes
 
 TP_CHOICES = (1, 2, 4, 8)
@@ -79,6 +79,8 @@ class PlanInputs:
     #: settings only the planning engine takes, as (its setting name, value) pairs
     #: (SGLang's mem_fraction_static, TensorRT-LLM's free_gpu_memory_fraction, ...)
     engine_options: tuple[tuple[str, object], ...] = ()
+    #: vLLM --enforce-eager: no CUDA graphs (so no full-graph Mamba check)
+    enforce_eager: bool = False
 
     def option(self, name: str, default=None):
         """The value of the engine setting ``name`` given for this plan, else ``default``."""
@@ -299,6 +301,7 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
         cap = replace(cap, utilization=tight.utilization, extensible=extensible,
                       after_warmup=extensible and not cap.fits
                       and cap.needed_bytes <= tight.kv_bytes + tight.margin_bytes)
+        cap = mamba_check(cap, layout, budgets, inp)
     contiguous, paged = _allocators(layout, token_layout, workload, inp, budgets)
     warnings = []
     kv = facts.kv_heads
@@ -326,6 +329,23 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
                      f"--block-size overrides")
     return Plan(spec, inp, params, tuple(budgets), layout, cap, contiguous, paged, workload,
                 tuple(warnings), tuple(notes), figures)
+
+
+def mamba_check(cap: VllmCapacity, layout: Layout, budgets: list[Budget],
+                inp: PlanInputs) -> VllmCapacity:
+    """``cap`` refused (``fits`` False, vLLM's message in ``refusal``) when vLLM would stop at
+    CUDA-graph capture because max_num_seqs exceeds the Mamba cache blocks
+    (engines.vllm.mamba_max_num_seqs_refusal). The check counts the blocks vLLM has when it
+    initialises the cache: with 0.34's extensible KV cache those reserved before warm-up
+    (the budget plus its margin), else the final ones."""
+    if not cap.fits or not cap.bytes_per_block:
+        return cap
+    blocks = cap.num_blocks
+    tight = min(budgets, key=lambda b: b.kv_bytes)
+    if tight.source == EXTENSIBLE and inp.num_blocks_override is None:
+        blocks = (tight.kv_bytes + tight.margin_bytes) // cap.bytes_per_block
+    refusal = mamba_max_num_seqs_refusal(layout, inp.num_seqs(), blocks, not inp.enforce_eager)
+    return replace(cap, fits=False, refusal=refusal) if refusal else cap
 
 
 #: report the difference between vLLM's figure and what requests hold above this ratio
@@ -436,6 +456,7 @@ def smallest_deployment(spec: ModelSpec, inp: PlanInputs, target: int,
             layout = plan_layout(spec, trial, trial.block(spec), tp)
             cap = vllm_capacity(layout, budgets, trial.max_len, trial.in_flight(),
                                 trial.rules(), None, trial.disable_hybrid)
+            cap = mamba_check(cap, layout, compute_budgets(spec, params, trial), trial)
             if not cap.fits or cap.max_concurrency <= 0:
                 continue
             seqs = trial.num_seqs()

@@ -219,7 +219,9 @@ def shortfall_record(p: Plan, spec: ModelSpec, inp: PlanInputs) -> dict:
                 "estimated_max_model_len": 0, "engine_error": figures.error,
                 "would_fit": {"fits": False}}
     cap, b = p.vllm, p.budget
-    if b.kv_bytes <= 0:
+    if cap.refusal:        # vLLM stops for another reason than the KV check (Mamba blocks)
+        reason, shortfall = cap.refusal, 0
+    elif b.kv_bytes <= 0:
         reason = (f"weights ({format_gib(b.weights_bytes)}) and runtime overhead "
                   f"({format_gib(b.overhead_bytes)}) exceed the {format_gib(b.requested_bytes)} vLLM may use "
                   f"at gpu_util {b.utilization}")

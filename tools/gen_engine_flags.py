@@ -151,9 +151,9 @@ def llamacpp_options(text: str) -> dict:
         inner_end = _balanced(call, inner_start)
         args = call[inner_start + 1:inner_end - 1]
         tail = call[inner_end:]
-        braces = re.findall(r"\{[^{}]*\}", args.split("[", 1)[0])
+        lam = re.search(r"\[[^\]]*\]\s*\((\s*common_params[^)]*)\)", args)
+        braces = re.findall(r"\{[^{}]*\}", args[:lam.start()] if lam else args)
         flags = _strings(braces[0])
-        lam = re.search(r"\[[^\]]*\]\s*\(([^)]*)\)", args)
         params = [p.strip() for p in lam.group(1).split(",")] if lam else []
         negative: list[str] = []
         if len(params) == 2 and params[1].startswith("bool"):

@@ -22,6 +22,7 @@ COMMANDS = {
     "plot": "kvcalc.cli.plot:plot",
     "versions": "kvcalc.cli.versions:versions",
     "simulate": "kvcalc.cli.simulate:simulate",
+    "check": "kvcalc.cli.check:check",
 }
 
 

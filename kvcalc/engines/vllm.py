@@ -755,6 +755,8 @@ class VllmCapacity:
     utilization: float = GPU_UTIL_EXTENSIBLE
     extensible: bool = False
     after_warmup: bool = False
+    #: a start-up refusal other than the KV check, in vLLM's words (mamba_max_num_seqs_refusal)
+    refusal: str | None = None
 
     def log_lines(self) -> list[str]:
         """The start-up lines as the band's vLLM formats them (0.33: one line from
@@ -767,6 +769,23 @@ class VllmCapacity:
         if self.rules.parsed >= V0_33:
             return [f"{size}, {concurrency}"]
         return [f"# GPU blocks: {self.num_blocks:,}", size, concurrency]
+
+
+def mamba_max_num_seqs_refusal(layout: Layout, max_num_seqs: int, num_blocks: int,
+                               full_cudagraphs: bool = True) -> str | None:
+    """vLLM's refusal when a model with Mamba layers runs more sequences than it has Mamba cache
+    blocks, or None. With full CUDA graphs (vLLM's default mode, FULL_AND_PIECEWISE; off with
+    --enforce-eager or a cudagraph_mode without FULL) each decode sequence needs one block, and
+    ``CompilationConfig.resolve_cudagraph_mode_and_sizes`` (vllm/config/compilation.py, 0.33
+    and 0.34; vllm-project/vllm#34094) raises when ``max_num_seqs > kv_cache_config.num_blocks``
+    as the KV cache is initialised -- in 0.34 from the blocks reserved before warm-up."""
+    has_mamba = any(isinstance(layer, StateLayer) for layer in layout.spec.layers)
+    if not (full_cudagraphs and has_mamba and max_num_seqs > num_blocks):
+        return None
+    return (f"max_num_seqs ({max_num_seqs}) exceeds available Mamba cache blocks "
+            f"({num_blocks}). Each decode sequence requires one Mamba cache block, so CUDA graph "
+            f"capture cannot proceed. Please lower max_num_seqs to at most {num_blocks} or "
+            "increase gpu_memory_utilization.")
 
 
 def format_gib(n: int) -> str:
@@ -782,6 +801,8 @@ def vllm_error_message(cap: VllmCapacity) -> str:
     """vLLM's ValueError text when one request of max_model_len does not fit: from
     ``_check_enough_kv_cache_memory`` (vllm/v1/core/kv_cache_planning.py) in 0.33, from
     ``check_enough_kv_cache_memory`` (kv_cache_utils.py, "models's" typo kept) before."""
+    if cap.refusal:
+        return cap.refusal
     if cap.rules.parsed >= V0_34:
         hint = more_kv_cache_memory_hint(cap)
         if cap.available_bytes <= 0:
