@@ -60,13 +60,12 @@ NOT_MODELLED: dict[str, str] = {
     "override_tensor": "tensors placed on other devices",
     "tensor_split": "the model split over several GPUs", "split_mode": "the model split over "
                                                                      "several GPUs",
-    "no_kv_offload": "the KV cache kept in host memory",
+    "kv_offload": "-nkvo keeps the KV cache in host memory",
     "fit": "llama.cpp's automatic fit of unset options to the free memory",
     "fit_target": "llama.cpp's automatic fit", "fit_ctx": "llama.cpp's automatic fit",
     "model_draft": "a draft model's weights and caches",
     "cache_type_k_draft": "the draft model's caches", "cache_type_v_draft": "the draft "
                                                                            "model's caches",
-    "ctx_size_draft": "the draft model's caches",
     "mmproj": "the multimodal projector's weights",
     "cache_ram": "the prompt cache in host memory",
     "kv_unified_per_slot": "a per-slot context limit",

@@ -33,7 +33,7 @@ HONOURED: dict[str, Setting] = {
     "max_running_requests": Setting("max_running_requests", int),
     "max_total_tokens": Setting("max_total_tokens", int),
     "chunked_prefill_size": Setting("chunked_prefill_size", int),
-    "cuda_graph_max_bs": Setting("cuda_graph_max_bs", int),
+    "cuda_graph_max_bs_decode": Setting("cuda_graph_max_bs", int),
     "disable_cuda_graph": Setting("disable_cuda_graph", bool),
     "page_size": Setting("block_size", int),
     "kv_cache_dtype": Setting("kv_dtype", lambda v: KV_DTYPES[v]),

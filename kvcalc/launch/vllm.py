@@ -79,7 +79,6 @@ HONOURED: dict[str, Setting] = {
 #: flags that change memory in ways kvcalc does not model (the reason)
 NOT_MODELLED: dict[str, str] = {
     "cpu_offload_gb": "weights offloaded to CPU memory: give --weights-memory to kvcalc plan",
-    "swap_space": "CPU swap space for preempted sequences (host memory)",
     "kv_offloading_size": "KV cache offloaded to CPU memory (host memory)",
     "kv_offloading_backend": "KV cache offloaded to CPU memory (host memory)",
     "enable_lora": "LoRA adapters' weights and buffers",
@@ -92,12 +91,11 @@ NOT_MODELLED: dict[str, str] = {
     "decode_context_parallel_size": "decode context parallelism splits the KV cache",
     "prefill_context_parallel_size": "prefill context parallelism",
     "kv_transfer_config": "a KV connector's buffers",
-    "calculate_kv_scales": "fp8 KV scales",
     "load_format": "weights loading",
     "mamba_ssm_cache_dtype": "Mamba state dtype (kvcalc reads the config's mamba_ssm_cache_dtype)",
     "mamba_cache_dtype": "Mamba state dtype",
-    "max_seq_len_to_capture": "CUDA graph capture sizes",
-    "cuda_graph_sizes": "CUDA graph capture sizes",
+    "max_cudagraph_capture_size": "CUDA graph capture sizes (kvcalc: 0.5 GiB of graphs)",
+    "cudagraph_capture_sizes": "CUDA graph capture sizes (kvcalc: 0.5 GiB of graphs)",
     "quantization": "weights quantization (fp8, int4 and mxfp4 are modelled)",
 }
 
