@@ -87,9 +87,9 @@ def _text(d: dict, fmt: str) -> str:
     elif not d["boots"] or (d["target_concurrency"] and not d["reaches_target"]):
         out.append("no single change kvcalc tried boots it")
     if d["honoured_flags"]:
-        out += ["", "honoured: " + ", ".join(f"{h['flag']} {h['value']}" if h["value"] not in
-                                             (True, False, None) else h["flag"]
-                                             for h in d["honoured_flags"])]
+        out += ["", "honoured: " + ", ".join(
+            h["flag"] if h["value"] in (True, False, None) or "=" in h["flag"]
+            else f"{h['flag']} {h['value']}" for h in d["honoured_flags"])]
     if d["not_modelled_flags"]:
         out.append("changes memory, not modelled: " + "; ".join(
             f"{n['flag']} ({n['reason']})" for n in d["not_modelled_flags"]))
