@@ -93,3 +93,30 @@ def test_release_is_the_one_asked_for(vllm_result):
     want = vllm_result["vllm_version"]
     assert want and (vllm_result["band"] is None
                      or json.dumps(want).strip('"').startswith(vllm_result["band"]))
+
+
+# ------------------------------------------------------- the defaults that make the budget
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "vllm_diff"))
+import defaults  # noqa: E402
+
+
+@pytest.fixture(scope="session", params=RELEASES)
+def vllm_defaults(request):
+    release = request.param
+    if _installed(release) is None:
+        pytest.skip(f"vLLM {release} environment absent")
+    return defaults.run(release)
+
+
+def test_defaults_and_budget_match_vllm(vllm_defaults):
+    """gpu_memory_utilization, block size, max_num_seqs, max_num_batched_tokens, async
+    scheduling, prefix caching, the hybrid manager, the CUDA-graph estimate, the tokens in flight
+    and the KV budget of `vllm serve MODEL` on H100, H200, A100-80GB, B200, L4 and RTX 4090:
+    vLLM's own EngineArgs / request_memory / measure_kv_cache_bytes against kvcalc's plan."""
+    cases = vllm_defaults["cases"]
+    assert len(cases) == len(defaults.PRESETS) * len(defaults.GPUS)
+    bad = [c for c in cases if c["diffs"]]
+    assert not bad, (f"vLLM {vllm_defaults['vllm_version']}: {len(bad)} of {len(cases)} "
+                     "(preset, GPU) defaults differ:\n"
+                     + "\n".join("  " + defaults.describe(c) for c in bad))

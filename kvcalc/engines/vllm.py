@@ -329,8 +329,10 @@ def mla_backend(spec: ModelSpec, kv_dtype: str, rules: VllmRules) -> str:
 
 def default_block_size(spec: ModelSpec, kv_dtype: str, rules: VllmRules) -> tuple[int, str]:
     """vLLM's block size when ``--block-size`` is not given, and the backend that chose it:
-    16 for attention models (FLASH_ATTN / FLASHINFER / TRITON_ATTN all take 16), the MLA
-    backend's preferred block for MLA models."""
+    the band's default for attention models (16; 64 from 0.34: FLASH_ATTN / FLASHINFER /
+    TRITON_ATTN take multiples of 16; on SM 10.x FlashInfer, which vLLM installs, runs
+    before FlashAttention 4 and its head-dim-256 blocks of 128), the MLA backend's preferred
+    block for MLA models."""
     if not spec.is_mla:
         return rules.default_block_size, ""
     backend = mla_backend(spec, served_kv_dtype(spec, kv_dtype).name, rules)

@@ -41,6 +41,23 @@ assert torch.version.cuda is None, f"expected the CPU build of torch, got CUDA {
 PY
 "${pip[@]}" install --no-deps "vllm==$version"
 "${pip[@]}" install --no-deps -r "$here/requirements.txt"
+# FlashInfer: vLLM's CUDA wheel requires it (Requires-Dist: flashinfer-python==X), and whether it
+# imports decides backends (FlashInfer MLA on SM 10.x, FlashInfer attention before FlashAttention
+# 4 on Blackwell). It is pure Python until a kernel is JIT-compiled. The exact pin, else the
+# nearest later release of the same minor that the registry has (0.34.0 pins 0.7.3, which the
+# registry lacks: 0.7.4).
+fi_pin=$("$venv/bin/python" - <<'PY'
+from importlib.metadata import requires
+pins = [r.split("==", 1)[1].split(";")[0].strip() for r in requires("vllm") or []
+        if r.replace(" ", "").startswith("flashinfer-python==")]
+print(pins[0] if pins else "")
+PY
+)
+if [ -n "$fi_pin" ]; then
+  minor="${fi_pin%.*}"
+  "${pip[@]}" install --no-deps "flashinfer-python==$fi_pin" 2>/dev/null \
+    || "${pip[@]}" install --no-deps "flashinfer-python>$fi_pin,<${minor%.*}.$(( ${minor#*.} + 1 ))"
+fi
 # Byte-compile once, so each harness run does not recompile vLLM (PYTHONDONTWRITEBYTECODE).
 "$venv/bin/python" -m compileall -q -j 0 "$venv/lib" > /dev/null 2>&1 || true
 echo "$want" > "$stamp"

@@ -132,6 +132,8 @@ import types
 H100_MEMORY_BYTES = 85_045_477_376
 H100_NAME = "NVIDIA H100 80GB HBM3"
 SM90 = (9, 0)
+#: the simulated GPU the fakes answer for (``--defaults`` switches it per case)
+GPU = {"name": H100_NAME, "memory": H100_MEMORY_BYTES, "capability": SM90}
 
 # Compiled CUDA extension modules of the vllm 0.33.0 wheel (find vllm -name '*.so').
 CUDA_EXTENSION_MODULES = (
@@ -189,6 +191,10 @@ def install_gpu_fakes() -> None:
     for op, answer in KERNEL_QUERIES.items():
         lib.define(f"{op}(int cap) -> bool")
         lib.impl(op, answer, "CompositeExplicitAutograd")
+    # Kernel operators the torch.compile fusion passes name as pattern keys at import time (read
+    # when FlashInfer's all-reduce fusion sizes its buffers at TP > 1); declared, never run.
+    for op in FUSION_PATTERN_OPS:
+        lib.define(f"{op}(Tensor x) -> Tensor")
     libs = [lib]
     try:
         torch.ops.load_library(_torchvision_ops_path())
@@ -206,11 +212,35 @@ def install_gpu_fakes() -> None:
     from vllm.platforms.interface import DeviceCapability
 
     cls = cuda.CudaPlatform
-    cls.get_device_capability = classmethod(lambda c, device_id=0: DeviceCapability(*SM90))
-    cls.get_device_name = classmethod(lambda c, device_id=0: H100_NAME)
-    cls.get_device_total_memory = classmethod(lambda c, device_id=0: H100_MEMORY_BYTES)
+    cls.get_device_capability = classmethod(
+        lambda c, device_id=0: DeviceCapability(*GPU["capability"]))
+    cls.get_device_name = classmethod(lambda c, device_id=0: GPU["name"])
+    cls.get_device_total_memory = classmethod(lambda c, device_id=0: GPU["memory"])
     cls.device_count = classmethod(lambda c: 8)
     vllm.platforms._current_platform = cls()
+
+    # CUTLASS MLA (SM 10.x) allocates a 128 MB workspace on the GPU and asks for the SM count
+    # when its module is imported; there is no GPU here, so that one import gets its buffer on
+    # the CPU and a B200's 148 SMs (neither is read by the capacity code).
+    real_empty = torch.empty
+
+    def cpu_empty(*args, **kwargs):
+        if str(kwargs.get("device", "")).startswith("cuda"):
+            kwargs["device"] = "cpu"
+        return real_empty(*args, **kwargs)
+
+    import vllm.utils.platform_utils as platform_utils
+
+    real_units = platform_utils.num_compute_units
+    torch.empty = cpu_empty
+    platform_utils.num_compute_units = lambda device_id=0: 148   # a B200's SM count
+    try:
+        import vllm.v1.attention.backends.mla.cutlass_mla  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        torch.empty = real_empty
+        platform_utils.num_compute_units = real_units
 
     # vLLM inspects each model class (is it hybrid, attention-free, ...) in a child process so
     # that the parent never initialises CUDA; there is no CUDA here, so the same inspection
@@ -231,6 +261,13 @@ def install_gpu_fakes() -> None:
 
         triton.Config = config
 
+
+#: torch.ops._C kernels vllm/compilation/passes/fusion/*.py reference at import time
+FUSION_PATTERN_OPS = ("rotary_embedding", "static_scaled_fp8_quant", "dynamic_scaled_fp8_quant",
+                      "dynamic_per_token_scaled_fp8_quant", "silu_and_mul",
+                      "fused_add_rms_norm", "rms_norm_static_fp8_quant",
+                      "fused_add_rms_norm_static_fp8_quant",
+                      "rms_norm_dynamic_per_token_quant")
 
 #: torch.ops._C capability queries made at import time -> the answer of vLLM's SM90 build.
 KERNEL_QUERIES = {
@@ -561,6 +598,17 @@ def plan(vc, specs: dict, budget: int) -> dict:
                    estimated_max_model_len=_estimate_max_model_len_from_groups(
                        builder, vc, groups, budget - bytes_per_block))
         return rec
+    worker = configs[0]
+    max_seqs = vc.scheduler_config.max_num_seqs
+    mode = vc.compilation_config.cudagraph_mode
+    if (mode is not None and mode.has_full_cudagraphs() and worker.has_mamba_layers
+            and max_seqs > worker.num_blocks):
+        # CompilationConfig's check as the KV cache is initialised (vllm/config/compilation.py,
+        # vllm-project/vllm#34094): its condition on vLLM's own objects, and its message
+        rec.update(fits=False, num_blocks=worker.num_blocks, estimated_max_model_len=None,
+                   error=(f"max_num_seqs ({max_seqs}) exceeds available Mamba cache blocks "
+                          f"({worker.num_blocks})"))
+        return rec
     sched = generate_scheduler_kv_cache_config(configs)
     tokens, concurrency = get_kv_cache_capacity(vc, sched)
     rec.update(fits=True, error=None, num_blocks=sched.num_blocks, kv_cache_tokens=tokens,
@@ -599,11 +647,104 @@ def run_case(config_dir: str, tp: int, kv_dtype: str, max_len: int, budgets) -> 
     return out
 
 
+def defaults_case(config_dir: str, gpu: dict, terms: dict) -> dict:
+    """What vLLM itself assumes for one model on one GPU with no flags (``vllm serve MODEL``):
+    the defaults kvcalc models, and the KV budget vLLM's own memory functions give for kvcalc's
+    measured inputs (``terms``: weights, activation peak, non-torch memory, CUDA graphs).
+
+    ``request_memory`` (vllm/v1/worker/utils.py) gives the requested memory from the
+    resolved ``gpu_memory_utilization``; the profiled estimate is
+    ``Worker.determine_available_memory``'s ``requested - non-KV memory - CUDA-graph
+    estimate``; with the extensible KV cache (0.34), ``measure_kv_cache_bytes``
+    (vllm/v1/worker/extensible_kv_cache.py) sizes the cache after warm-up from the free memory
+    those terms leave, and the smaller of the two wins (``finalize_extensible_kv_cache``).
+    """
+    import vllm.envs as envs
+    from vllm.config import set_current_vllm_config
+    from vllm.utils.mem_utils import MemorySnapshot
+    from vllm.utils.torch_utils import set_default_torch_dtype
+    from vllm.v1.worker.utils import request_memory
+
+    if (GPU["name"], tuple(GPU["capability"])) != (gpu["name"], tuple(gpu["capability"])):
+        # vLLM caches backend choices per process, keyed by the layer's shape, not the GPU
+        _clear_gpu_caches()
+    GPU.update(name=gpu["name"], memory=gpu["memory"], capability=tuple(gpu["capability"]))
+    vc = engine_config(config_dir, 1, "auto", 4096)
+    cc, sc = vc.cache_config, vc.scheduler_config
+    with set_current_vllm_config(vc), set_default_torch_dtype(vc.model_config.dtype):
+        build_layers(vc)
+        from vllm.platforms import current_platform
+
+        current_platform.update_block_size_for_backend(vc)
+        specs = kv_cache_specs(vc)
+        block = plan(vc, specs, 8 * 2**30)["block_size"]
+    util = getattr(cc, "resolved_gpu_memory_utilization", cc.gpu_memory_utilization)
+    extensible = bool(getattr(cc, "enable_extensible_kv_cache", False))
+    total = gpu["memory"]
+    snapshot = MemorySnapshot(auto_measure=False, device="cpu", total_memory=total,
+                              free_memory=total)
+    requested = request_memory(snapshot, cc)
+    w, act, non_torch, graphs = (terms[k] for k in ("weights", "activation", "non_torch",
+                                                     "cuda_graph"))
+    if not envs.VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS:
+        graphs = 0
+    kv = requested - (w + act + non_torch) - graphs
+    if extensible:
+        from vllm.v1.worker.extensible_kv_cache import measure_kv_cache_bytes
+
+        measured = measure_kv_cache_bytes(
+            init_free_memory=total, free_memory=total - w - non_torch - graphs,
+            committed_bytes=0, requested_memory=requested, transient_peak_bytes=act)
+        kv = min(kv, measured) if kv > 0 else kv
+    return {"gpu_memory_utilization": util, "extensible_kv_cache": extensible,
+            "block_size": block, "max_num_seqs": sc.max_num_seqs,
+            "max_num_batched_tokens": sc.max_num_batched_tokens,
+            "async_scheduling": bool(sc.async_scheduling),
+            "enable_prefix_caching": bool(cc.enable_prefix_caching),
+            "hybrid_kv_cache_manager": not sc.disable_hybrid_kv_cache_manager,
+            "cuda_graph_estimate": bool(envs.VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS),
+            "in_flight_tokens": vc.max_in_flight_tokens, "requested_bytes": requested,
+            "kv_bytes": kv}
+
+
+def _clear_gpu_caches() -> None:
+    """Forget what vLLM memoised about the previous simulated GPU (functools caches of the
+    attention selector, the FlashAttention version and the platform's capability queries)."""
+    import functools
+    import sys as _sys
+
+    for name, module in list(_sys.modules.items()):
+        if not name.startswith("vllm.") or module is None:
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, functools._lru_cache_wrapper):
+                value.cache_clear()
+
+
+def run_defaults(req: dict) -> dict:
+    """``--defaults``: :func:`defaults_case` for every (preset, GPU) of the request."""
+    records = []
+    for case in req["cases"]:
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(req["presets"][case["model"]], f)
+            try:
+                rec = defaults_case(d, case["gpu"], case["terms"])
+            except Exception as exc:  # noqa: BLE001 - reported, not hidden
+                rec = {"harness_error": f"{type(exc).__name__}: {exc}",
+                       "traceback": traceback.format_exc()[-2000:]}
+        records.append({"model": case["model"], "gpu": case["gpu"]["key"], **rec})
+    return {"records": records}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("request", help="JSON file: {presets: {name: config}, budgets, "
                                     "max_lens, tps, kv_dtypes}")
     ap.add_argument("--out", default="-", help="where to write the JSON result")
+    ap.add_argument("--defaults", action="store_true",
+                    help="the request lists (preset, GPU, budget terms) cases: report vLLM's "
+                         "defaults and budget for each (defaults_case)")
     args = ap.parse_args(argv)
     req = json.load(open(args.request))
     t0 = time.time()
@@ -612,6 +753,13 @@ def main(argv=None) -> int:
 
     logging.disable(logging.WARNING)
     import vllm
+
+    if args.defaults:
+        doc = {"vllm_version": vllm.__version__, **run_defaults(req),
+               "seconds": round(time.time() - t0, 1)}
+        with (sys.stdout if args.out == "-" else open(args.out, "w")) as f:
+            f.write(json.dumps(doc))
+        return 0
 
     records, skipped = [], {}
     for name, config in req["presets"].items():
