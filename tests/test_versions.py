@@ -141,3 +141,55 @@ def test_verify_refuses_transformers_below_the_floor():
     with pytest.raises(BackendMissingError, match=r"needs transformers >=[\d.]+; 5\.10\.4 is "):
         check_transformers_floor("5.10.4")
     check_transformers_floor("99.0.0")  # newer passes (drift is a notice, not a refusal)
+
+
+NEWER_LINE = ("vLLM 0.35 is newer than the newest version kvcalc checked (0.34.0): figures use "
+              "the 0.34 rules, unverified")
+
+
+def test_a_newer_requested_version_is_never_modelled_silently():
+    """--vllm-version 0.35 (and 0.99): the 0.34 rules, with one line in estimate, plan, simulate
+    and every API result's warnings."""
+    import kvcalc
+
+    est = CliRunner().invoke(cli, ["estimate", "-m", "llama-7b", "--seq", "4k", "--engine",
+                                   "vllm", "--vllm-version", "0.35"])
+    assert est.exit_code == 0 and f"warning: {NEWER_LINE}" in est.stderr
+    plan = CliRunner().invoke(cli, ["plan", "-m", "llama-3.1-8b", "--max-len", "8k",
+                                    "--vllm-version", "0.35"])
+    assert plan.exit_code == 0 and f"warning: {NEWER_LINE}" in plan.stderr
+    assert "vLLM 0.35 (version band 0.34)" in plan.stdout
+    sim = CliRunner().invoke(cli, ["simulate", "-m", "llama-3.1-8b", "--input-len", "100",
+                                   "--output-len", "10", "--requests", "5",
+                                   "--vllm-version", "0.35"])
+    assert sim.exit_code == 0, sim.output
+    assert f"warning: {NEWER_LINE}" in sim.stderr
+    assert NEWER_LINE in kvcalc.estimate("llama-7b", seq=4096, engine="vllm",
+                                         vllm_version="0.35").warnings
+    assert NEWER_LINE in kvcalc.plan("llama-3.1-8b", max_len=8192,
+                                     vllm_version="0.35").warnings
+    assert NEWER_LINE in kvcalc.simulate("llama-3.1-8b", input_len=100, output_len=10,
+                                         requests=5, vllm_version="0.35").warnings
+    assert any("vLLM 0.99 is newer than" in w for w in
+               kvcalc.plan("llama-3.1-8b", max_len=8192, vllm_version="0.99").warnings)
+    # the versions checked are silent
+    assert not any("newer than" in w for w in
+                   kvcalc.plan("llama-3.1-8b", max_len=8192, vllm_version="0.34").warnings)
+
+
+def test_an_installed_newer_engine_is_named_in_every_command(monkeypatch):
+    import kvcalc
+
+    vllm = get_engine("vllm")
+    monkeypatch.setattr(type(vllm), "installed_version", lambda self: "0.35.1")
+    line = ("vLLM 0.35.1 is installed, newer than the newest version kvcalc checked (0.34.0): "
+            "figures use the 0.34 rules, unverified")
+    assert line in kvcalc.estimate("llama-7b", seq=4096, engine="vllm").warnings
+    assert line in kvcalc.plan("llama-3.1-8b", max_len=8192).warnings
+    assert line in kvcalc.simulate("llama-3.1-8b", input_len=100, output_len=10,
+                                   requests=5).warnings
+    plan = CliRunner().invoke(cli, ["plan", "-m", "llama-3.1-8b", "--max-len", "8k"])
+    assert f"warning: {line}" in plan.stderr
+    # an older band asked for explicitly is not drift
+    assert not any("newer than" in w for w in
+                   kvcalc.plan("llama-3.1-8b", max_len=8192, vllm_version="0.33").warnings)
