@@ -1,4 +1,5 @@
-"""vLLM 0.33.0's own KV-cache capacity figures for kvcalc's presets, on a simulated H100.
+"""vLLM's own KV-cache capacity figures for kvcalc's presets, on a simulated H100 (0.33.0 and
+0.34.0; ``--defaults``: vLLM's defaults and budget on other simulated GPUs too).
 
 Run with the interpreter of the separate environment that `make_venv.sh` builds
 (`.vllm-venv/bin/python tests/vllm_diff/vllm_side.py --help`). It reads a JSON request
