@@ -30,7 +30,7 @@ from .budget import (ACTIVATION_BYTES, EXTENSIBLE, SAMPLER_BYTES_PER_LOGIT,  # n
                      activation_bytes, pp_partition, stage_weight_bytes)
 from .errors import UsageError
 from .hardware import GpuSpec
-from .engines import get_engine
+from .engines import cached_layout, get_engine
 from .engines.cache import KEEP_ALL, KEEP_NONE, Layout
 from .params import ParamCount, count_parameters
 from .units import MAX_TOKENS, GiB, cdiv, largest_satisfying
@@ -204,7 +204,6 @@ class _SpecFacts:
 
 
 _FACTS: dict[int, tuple[ModelSpec, _SpecFacts]] = {}
-_LAYOUTS: dict[tuple, tuple[ModelSpec, Layout]] = {}
 
 
 def _facts(spec: ModelSpec) -> _SpecFacts:
@@ -220,16 +219,8 @@ def _facts(spec: ModelSpec) -> _SpecFacts:
 
 def plan_layout(spec: ModelSpec, inp: PlanInputs, block: int, tp: int) -> Layout:
     """The planning engine's layout of ``spec`` (registry), memoised per spec object."""
-    key = (id(spec), inp.engine, inp.version, inp.kv_dtype, block, tp)
-    hit = _LAYOUTS.get(key)
-    if hit is not None and hit[0] is spec:
-        return hit[1]
-    layout = get_engine(inp.engine).layout(spec, inp.kv_dtype, version=inp.version,
-                                           block_size=block, tp=tp)
-    if len(_LAYOUTS) > 4096:
-        _LAYOUTS.clear()
-    _LAYOUTS[key] = (spec, layout)
-    return layout
+    return cached_layout(spec, inp.engine, inp.kv_dtype, version=inp.version, block_size=block,
+                         tp=tp)
 
 
 def compute_budgets(spec: ModelSpec, params: ParamCount, inp: PlanInputs) -> list[Budget]:

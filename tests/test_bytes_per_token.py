@@ -173,7 +173,7 @@ def test_hf_window_cap_is_window_minus_one():
 
 def test_vllm_sliding_window_keeps_bounded_blocks():
     spec = spec_of(HF / "google__gemma-3-27b-it.json")
-    layout = build_layout(spec, "vllm", "bf16")
+    layout = build_layout(spec, "vllm", "bf16", block_size=16)   # (0.34's default is 64)
     page = 16 * 16 * 2 * 128 * 2  # block 16 x 16 kv heads x (128 + 128) x 2 B = 131,072
     # n = 4096: full layers hold 256 blocks; sliding layers skip max(0, n - W + 1) = 3,073
     # tokens -> 192 whole blocks freed -> 64 blocks held
@@ -192,11 +192,16 @@ def test_vllm_rounds_to_whole_blocks():
 
 def test_vllm_chunked_local_attention_frees_completed_chunks():
     spec = spec_of(HF / "meta-llama__Llama-4-Scout-17B-16E-Instruct.json")
-    layout = build_layout(spec, "vllm", "bf16")
+    layout = build_layout(spec, "vllm", "bf16", block_size=16)
     per_layer = 8 * 2 * 128 * 2
     # 10,000 tokens: full layers hold 625 blocks; chunked layers skip one completed chunk of
     # 8,192 tokens (512 blocks) and hold cdiv(10000, 16) - 512 = 113 blocks
     assert layout.bytes_per_sequence(10_000) == (12 * 625 + 36 * 113) * 16 * per_layer
+    # blocks of 64 (vLLM 0.34's default): 157 full blocks; chunked layers hold
+    # cdiv(10000, 64) - 8192 / 64 = 29 blocks
+    big = build_layout(spec, "vllm", "bf16")
+    assert big.block_size == 64
+    assert big.bytes_per_sequence(10_000) == (12 * 157 + 36 * 29) * 64 * per_layer
 
 
 # fixed per-sequence states (transformers.md §2.5: meta-device measurements in 5.23)

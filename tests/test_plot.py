@@ -184,7 +184,7 @@ def test_memory_csv_from_the_cli_matches_the_data_function():
                              "batch", "seq", "bytes", "gib"]
     cache = {int(r["seq"]): int(r["bytes"]) for r in rows if r["series"] == "kv_cache"}
     assert cache[4096] == 2_147_483_648                      # estimate's README figure
-    assert [r for r in rows if r["series"] == "kv_budget"][0]["bytes"] == "60525495910"
+    assert [r for r in rows if r["series"] == "kv_budget"][0]["bytes"] == "67931398144"
 
 
 def test_concurrency_series_equal_plan_figures():
@@ -217,7 +217,7 @@ def test_concurrency_default_workload_is_plans():
     result = run("plan", "-m", "llama-7b", "--gpu", "h100", "--max-len", "4096",
                  "--format", "json")
     p = json.loads(result.stdout)
-    assert (last["contiguous"], round(last["paged"], 2)) == (28, 28.18)
+    assert (last["contiguous"], round(last["paged"], 2)) == (31, 31.63)
     assert last["contiguous"] == p["max_concurrency"]["contiguous"]
     assert round(last["paged"], 2) == p["max_concurrency"]["paged"]
 
@@ -260,7 +260,8 @@ def test_waste_bars_equal_plan_allocator_figures():
     paged = [r for r in chart.rows if r["allocator"] == "paged"]
     assert all(r["internal_fragmentation_bytes"] == 0 for r in contiguous)
     assert all(r["reservation_waste_bytes"] == 0 for r in paged)
-    assert 0.2 <= contiguous[0]["memory_utilization"] <= 0.4 < 0.95 < paged[0]["memory_utilization"]
+    # (vLLM 0.34's blocks of 64 leave up to 63 slots of the last block empty: 94% here)
+    assert 0.2 <= contiguous[0]["memory_utilization"] <= 0.4 < 0.9 < paged[0]["memory_utilization"]
 
 
 def test_timing_rows_are_the_reports_runs():

@@ -94,7 +94,7 @@ def test_three_engines_on_one_h100_as_docs_engines_md_says():
                   "--engine", engine, "-f", "json")
         assert out.exit_code == 0, out.output
         return json.loads(out.output)
-    assert plan("vllm")["vllm"]["kv_cache_tokens"] == 425_760
+    assert plan("vllm")["vllm"]["kv_cache_tokens"] == 470_016
     assert plan("sglang")["sglang"]["max_total_num_tokens"] == 415_245
     t = plan("trtllm")["trtllm"]
     assert (t["blocks"], t["blocks"] * t["tokens_per_block"]) == (14_459, 462_688)

@@ -245,6 +245,24 @@ ALLOCATION_OPTIONS = {
 }
 
 
+_LAYOUTS: dict[tuple, tuple[Any, Layout]] = {}
+
+
+def cached_layout(spec, engine: str, kv_dtype: str = "auto", *, version: str | None = None,
+                  block_size: int | None = None, tp: int = 1) -> Layout:
+    """:func:`build_layout`, memoised per spec object (plans and solvers lay one spec out again
+    and again; hashing a ModelSpec walks every layer)."""
+    key = (id(spec), engine, version, kv_dtype, block_size, tp)
+    hit = _LAYOUTS.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    layout = build_layout(spec, engine, kv_dtype, block_size=block_size, tp=tp, version=version)
+    if len(_LAYOUTS) > 4096:
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = (spec, layout)
+    return layout
+
+
 def build_layout(spec, engine: str = "hf", kv_dtype: str = "auto", *,
                  block_size: int | None = None, tp: int = 1,
                  version: str | None = None) -> Layout:

@@ -34,7 +34,8 @@ from ..arch import AttentionLayer, MLALayer, ModelSpec, StateLayer
 from ..dtypes import KVDtype, resolve_kv_dtype
 from ..errors import UsageError
 from ..units import GiB, MiB
-from . import Band, Engine, Setting, register
+from ..budget import Budget, activation_bytes, pp_partition, stage_weight_bytes  # noqa: F401
+from . import Band, Engine, Setting, cached_layout, register
 from .vllm import VLLM_INDEXER_QUANT_BLOCK, vllm_indexer_bytes_per_token
 from .cache import (KEEP_ALL, KEEP_NONE, LayerCache, Layout, attention_bytes_per_token,
                     attention_formula, mla_latent_bytes_per_token, mla_latent_formula,
@@ -659,9 +660,8 @@ class Sglang(Engine):
                               disable_cuda_graph=bool(o("disable_cuda_graph", False)))
 
     def _stage_figures(self, spec, params, inp, layout=None) -> list[SglangCapacity]:
-        from ..planning import plan_layout, pp_partition, stage_weight_bytes
-
-        layout = layout or plan_layout(spec, inp, inp.block(spec), inp.tp)
+        layout = layout or cached_layout(spec, inp.engine, inp.kv_dtype, version=inp.version,
+                                         block_size=inp.block(spec), tp=inp.tp)
         stages = pp_partition(spec.num_layers, inp.pp)
         free = inp.free_memory if inp.free_memory is not None else \
             default_free_memory(inp.gpu.memory_bytes, inp.tp * inp.pp)
@@ -681,8 +681,6 @@ class Sglang(Engine):
         return out
 
     def plan_budgets(self, spec, params, inp) -> list:
-        from ..planning import Budget
-
         out = []
         for cap in self._stage_figures(spec, params, inp):
             kept = cap.free_before_bytes - int(cap.free_before_bytes * cap.mem_fraction_static)

@@ -35,7 +35,8 @@ from ..arch import AttentionLayer, MLALayer, ModelSpec, StateLayer
 from ..dtypes import KVDtype, resolve_kv_dtype
 from ..errors import UsageError
 from ..units import GiB, MiB, cdiv
-from . import Band, Engine, Setting, register
+from ..budget import Budget, activation_bytes, pp_partition, stage_weight_bytes  # noqa: F401
+from . import Band, Engine, Setting, cached_layout, register
 from .cache import KEEP_ALL, KEEP_NONE, LayerCache, Layout, no_cache_formula
 
 #: ``KvCacheConfig.free_gpu_memory_fraction`` default
@@ -308,9 +309,8 @@ class Trtllm(Engine):
         return TOKENS_PER_BLOCK
 
     def _capacity(self, spec, params, inp, layout=None) -> TrtllmCapacity:
-        from ..planning import activation_bytes, plan_layout, stage_weight_bytes, pp_partition
-
-        layout = layout or plan_layout(spec, inp, inp.block(spec), inp.tp)
+        layout = layout or cached_layout(spec, inp.engine, inp.kv_dtype, version=inp.version,
+                                         block_size=inp.block(spec), tp=inp.tp)
         stages = pp_partition(spec.num_layers, inp.pp)
         weights = max(stage_weight_bytes(spec, params, inp.weights_dtype, inp.tp, stages))
         if inp.weights is not None:
@@ -331,8 +331,6 @@ class Trtllm(Engine):
                                round_up=ROUNDS_UP.get(layout.band, True))
 
     def plan_budgets(self, spec, params, inp) -> list:
-        from ..planning import Budget
-
         cap = self._capacity(spec, params, inp)
         return [Budget(cap.available_bytes, cap.fraction, 0, 0, 0, 0, 0, cap.kv_cache_bytes,
                        "trtllm")] * inp.pp
