@@ -72,6 +72,16 @@ def main() -> None:
                      "requests_per_cpu_s": round(t.requests / cpu),
                      "max_rss_mib_before": round(before, 1),
                      "max_rss_mib_after": round(maxrss_mib(), 1)})
+    # a closed loop (issue 23): 64 in flight, lognormal lengths, the vLLM calibration
+    res, cpu, wall = timed(lambda: simulate(
+        spec, inp, lambda: synthetic(100_000, None, 1000, 200, "lognormal", max_len=131072,
+                                     seed=0),
+        Options(allocators=("paged",), concurrency=64, warmup=128)))
+    t = res.runs["paged"].totals
+    rows.append({"case": "closed loop 100,000: 64 in flight, lognormal 1,000 in / 200 out, "
+                         "paged", "requests": t.requests, "completed": t.completed,
+                 "steps": t.steps, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+                 "requests_per_cpu_s": round(t.requests / cpu)})
     report = {"python": platform.python_version(), "machine": platform.machine(),
               "cpus": os.cpu_count(), "load_average": os.getloadavg(), "rows": rows}
     text = json.dumps(report, indent=2)

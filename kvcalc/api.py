@@ -557,6 +557,9 @@ def _engine_options(runtime: Any, given: dict) -> tuple:
 
 #: the engines whose scheduler and cache ``simulate`` replays
 SIMULATED_ENGINES = ("vllm", "llamacpp")
+#: the step-time calibrations ``simulate`` takes (kvcalc.simulation.timing.calibrations():
+#: fitted per engine on measured runs, and the uncalibrated roofline)
+SIMULATE_CALIBRATIONS = ("vllm", "sglang", "trtllm", "roofline")
 
 
 @validated("simulate")
@@ -566,6 +569,7 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
              output_std: float | None = None, seed: int = 0, allocator: Any = None,
              prefix_caching: bool = True, cpu_offload: Any = 0, step_time: float | None = None,
              step_overhead: float | None = None, timeline_interval: float | None = None,
+             concurrency: int | None = None, warmup: int = 0, calibration: str | None = None,
              engine: str = "vllm", gpu: Any = "h100", tp: int = 1, max_len: Any = None,
              kv_dtype: str = "auto", block_size: int | None = None,
              gpu_util: float | None = None, weights_dtype: str = "auto", overhead: Any = None,
@@ -581,7 +585,10 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
     and the contiguous baselines (``allocator``: a name or a list of "paged", "orca-max",
     "orca-pow2", "orca-oracle"; "llamacpp-slots" with ``engine="llamacpp"`` and llama-server's
     ``ctx_size`` / ``parallel``), on the capacity :func:`plan` computes from the same
-    model/GPU/budget keywords. Times are modelled (roofline, or ``step_time``)."""
+    model/GPU/budget keywords. ``concurrency``: a closed loop keeping that many requests in
+    flight (a new one as each finishes; the first ``warmup`` left out of the latency figures).
+    Times are modelled: a step-time ``calibration`` (``SIMULATE_CALIBRATIONS``; default the
+    engine's own, the uncalibrated roofline for llama.cpp), or ``step_time``."""
     from .simulation import Options, result_record, simulate as run_simulation
     from .simulation.metrics import CATEGORIES
     from .simulation.requests import load_trace, synthetic
@@ -597,6 +604,12 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
     if not trace and not synthetic_given:
         raise UsageError("give a workload: --trace NAME|FILE, or --input-len and --output-len "
                          "(with --rate and --requests)")
+    if concurrency is not None and rate is not None:
+        raise UsageError("--rate sets open-loop arrivals and --concurrency a closed loop: "
+                         "give one of them")
+    if calibration is not None and calibration not in SIMULATE_CALIBRATIONS:
+        raise UsageError(f"unknown --calibration '{calibration}': choose from "
+                         f"{', '.join(SIMULATE_CALIBRATIONS)}")
     if timeline_interval is not None and not timeline_interval > 0:
         raise UsageError(f"invalid --timeline-interval {timeline_interval}: must be positive")
     for name, value in (("--input-std", input_std), ("--output-std", output_std)):
@@ -642,17 +655,27 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
     options = Options(allocators=tuple(dict.fromkeys(names)) or Options().allocators,
                       prefix_caching=prefix_caching, cpu_offload_bytes=cpu_offload,
                       step_time_s=step_time, step_overhead_s=step_overhead,
-                      timeline_interval_s=timeline_interval)
+                      timeline_interval_s=timeline_interval, calibration=calibration,
+                      concurrency=concurrency, warmup=warmup)
+    total = len(arrivals) if trace else n
+    if warmup and isinstance(warmup, int) and warmup >= total:
+        raise UsageError(f"invalid --warmup {warmup}: it leaves none of the {total:,} "
+                         f"requests to measure")
     result = run_simulation(m.spec, inp, arrivals, options)
     warnings += engine_version_notices(engine, inp.version)
     record = result_record(result)
     record["model"] = m.name
     if not trace:
         record["workload"] = (f"synthetic: {n:,} requests, "
-                              + (f"Poisson {rate:g}/s" if rate else "all at time 0") + ", "
+                              + (f"Poisson {rate:g}/s" if rate else
+                                 "closed loop" if concurrency else "all at time 0") + ", "
                               + (f"{dist} " if dist else "fixed ")
                               + f"prompt {input_len:,} / output {output_len:,} tokens, "
                                 f"seed {seed}")
+    if concurrency:
+        record["workload"] += (f"; closed loop: {concurrency:,} in flight, a new request as each "
+                               f"finishes" + (f", the first {warmup:,} (warm-up) left out of "
+                                              f"the latency figures" if warmup else ""))
     limit = result.config.max_len
     for name, r in result.runs.items():
         if r.totals.rejected:

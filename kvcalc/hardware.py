@@ -42,8 +42,20 @@ class GpuSpec(BaseModel):
     marketing_memory: str | None = None
     memory_bandwidth_bytes_per_s: int | None = Field(default=None, ge=0)
     bf16_tflops: float | None = None
+    #: dense (not 2:4-sparse) tensor-core peaks for fp8 and fp4 GEMMs, TFLOP/s (None: the
+    #: GPU has no such units or the vendor publishes no figure); the step-time model runs a
+    #: model's GEMMs at the peak of its weights' dtype (kvcalc/simulation/timing.py)
+    fp8_tflops: float | None = Field(default=None, gt=0)
+    fp4_tflops: float | None = Field(default=None, gt=0)
     fp8: bool = False
     interconnect: str | None = None
+    #: GPU-to-GPU link bandwidth per GPU and direction, bytes/s (NVLink: half the
+    #: bidirectional figure spec sheets quote), and the latency of one small all-reduce over it
+    #: in seconds: the tensor-parallel all-reduce term of the step time
+    interconnect_bandwidth_bytes_per_s: int | None = Field(default=None, gt=0)
+    interconnect_latency_s: float | None = Field(default=None, ge=0)
+    peak_source: str | None = None
+    interconnect_source: str | None = None
     memory_source: str | None = None
     spec_source: str | None = None
 

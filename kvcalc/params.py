@@ -53,6 +53,7 @@ WEIGHT_DTYPES: dict[str, tuple[int, int, str]] = {
     "int8": (128 + 2, 128, "1 B + fp16 scale per 128 weights"),
     "int4": (64 + 4, 128, "0.5 B + fp16 scale and zero per group of 128"),
     "mxfp4": (16 + 1, 32, "MLP/experts 0.5 B + e8m0 scale per 32; the rest 16-bit"),
+    "nvfp4": (8 + 1, 16, "0.5 B + fp8 scale per 16 (NVFP4)"),
 }
 
 

@@ -9,6 +9,7 @@ import io
 import click
 
 from ..errors import UsageError
+from ..api import SIMULATE_CALIBRATIONS
 from .common import (ByteSize, TokenList, echo_output, format_option, llamacpp_options, warn,
                      with_allocation_settings)
 
@@ -70,10 +71,20 @@ def plan_options(f):
               help="vLLM's automatic prefix caching (on by default in vLLM v1).")
 @click.option("--cpu-offload", type=ByteSize(), default=0, metavar="SIZE",
               help="CPU tier for evicted prefix-cache blocks, e.g. 64GiB (default none).")
+@click.option("--concurrency", type=int, default=None, metavar="C",
+              help="Closed loop, as serving benchmarks run (vllm bench serve "
+                   "--max-concurrency, aiperf --concurrency): C requests in flight, a new one "
+                   "as each finishes (arrival times ignored).")
+@click.option("--warmup", type=int, default=0, show_default=True, metavar="N",
+              help="Leave the first N requests out of the latency and throughput figures.")
+@click.option("--calibration", type=click.Choice(SIMULATE_CALIBRATIONS), default=None,
+              help="Step-time coefficients: fitted on measured vLLM, SGLang or TensorRT-LLM "
+                   "runs, or the uncalibrated roofline (default: vllm; roofline for "
+                   "--engine llamacpp). docs/simulation.md lists them and their accuracy.")
 @click.option("--step-time", type=float, default=None, metavar="SECONDS",
-              help="Every engine step takes this long (replaces the roofline estimate).")
+              help="Every engine step takes this long (replaces the calibrated model).")
 @click.option("--step-overhead", type=float, default=None, metavar="SECONDS",
-              help="Fixed cost of every engine step in the roofline estimate (default 0.002).")
+              help="Fixed cost of every engine step (default: the calibration's).")
 @click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, writable=True),
               default=None, metavar="FILE.csv",
               help="Write the memory breakdown over time (one row per allocator per "
@@ -85,13 +96,16 @@ def simulate(model, num_requests, allocators, timeline_path, timeline_interval, 
              **options):
     """Replay requests over time through vLLM v1's scheduler (chunked prefill, preemption by
     recompute, prefix caching, CPU tier) and the contiguous baselines of the PagedAttention
-    paper, on the KV capacity `kvcalc plan` computes. Times are modelled (roofline estimate).
+    paper, on the KV capacity `kvcalc plan` computes. Times are modelled (a step-time model
+    calibrated on measured vLLM, SGLang and TensorRT-LLM runs; docs/simulation.md).
 
     \b
     Examples:
       kvcalc simulate -m llama-3.1-8b --gpu h100 --trace azure-conv-2023
       kvcalc simulate -m llama-3.1-8b --trace mooncake-conv --allocator paged --cpu-offload 64GiB
       kvcalc simulate -m llama-3.1-8b --trace azure-conv-2023 --rate-scale 4 --timeline t.csv
+      kvcalc simulate -m llama-3.1-70b --gpu h200 --tp 4 --weights-dtype fp8 \\
+          --concurrency 64 --requests 1408 --warmup 128 --input-len 1024 --output-len 1024
       kvcalc simulate -m llama-2-13b --gpu a100-40gb --max-len 2048 --rate 2 --requests 1000 \\
           --dist lognormal --input-len 161 --output-len 338
       kvcalc simulate -m llama-3.1-8b --engine llamacpp --parallel 8 --ctx-size 64k \\
@@ -206,6 +220,13 @@ def _emit(record: dict, fmt: str) -> None:
             return head + f"{d['p50']:{p50_fmt}} / {d['p99']:{p50_fmt}}"
         return cell
 
+    def latency(key):
+        """'mean / p50 / p90 / p99' of a latency summary, seconds."""
+        def cell(a):
+            d = a[key]
+            return " / ".join(f"{d[k]:,.4f}" for k in ("mean", "p50", "p90", "p99"))
+        return cell
+
     summary = table([
         row("requests completed / rejected", lambda a: f"{a['completed']:,} / {a['rejected']:,}"),
         row("seconds modelled", lambda a: f"{a['seconds_modelled']:,.1f}"),
@@ -219,7 +240,13 @@ def _emit(record: dict, fmt: str) -> None:
         row("CPU-tier hits (tokens)", lambda a: f"{a['offload_hit_tokens']:,}"),
         row("hits of resumed preempted requests", lambda a: f"{a['resume_hit_tokens']:,}"),
         row("queueing delay p50 / p99 (s, modelled)", spread("queue_delay_s")),
-        row("time to first token p50 / p99 (s, modelled)", spread("ttft_s")),
+        row("TTFT mean / p50 / p90 / p99 (s, modelled)", latency("ttft_s")),
+        row("TPOT mean / p50 / p90 / p99 (s, modelled)", latency("tpot_s")),
+        row("E2E mean / p50 / p90 / p99 (s, modelled)", latency("e2e_s")),
+        row("output tok/s: all / per GPU / per user (modelled)", lambda a: " / ".join(
+            f"{a['throughput_modelled'][k]:,.1f}" for k in (
+                "output_tokens_per_s", "output_tokens_per_s_per_gpu",
+                "output_tokens_per_s_per_user"))),
     ], ["summary"] + names, fmt)
     labels = {"token_states": "token states", "reservation": "reservation",
               "internal_fragmentation": "internal fragmentation",

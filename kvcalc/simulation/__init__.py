@@ -4,7 +4,9 @@ Arrivals (a trace or synthetic) go through vLLM v1's scheduler (:mod:`.scheduler
 cache: vLLM's paged block pool with prefix caching and a CPU tier (:mod:`.paged`), or the
 PagedAttention paper's contiguous baselines (:mod:`.contiguous`). The capacity is the one
 ``kvcalc plan`` computes -- the same budget, block size, engine band and GPU blocks
-(:func:`kvcalc.planning.make_plan`); step durations are a roofline estimate (:mod:`.timing`).
+(:func:`kvcalc.planning.make_plan`); step durations come from a calibrated roofline
+(:mod:`.timing`). Arrivals follow their own times, or a closed loop keeps ``concurrency``
+requests in flight (:class:`.scheduler.ClosedLoop`).
 
 >>> from kvcalc.model import load_spec
 >>> from kvcalc.hardware import resolve_gpu
@@ -33,7 +35,7 @@ from .metrics import CATEGORIES
 from .paged import PagedCache
 from .requests import MOONCAKE_HASH_BLOCK, Arrival, Trace
 from .scheduler import Config, Totals, run
-from .timing import StepTime, step_time_model
+from .timing import StepTime, model_figures, step_time_model
 
 #: allocator names: vLLM's paged pool, then the paper's contiguous baselines (--engine vllm)
 ALLOCATORS = ("paged",) + POLICIES
@@ -50,6 +52,18 @@ class Options:
     cpu_offload_bytes: int = 0
     step_time_s: float | None = None
     step_overhead_s: float | None = None
+    #: the step-time calibration (:func:`.timing.calibrations`); None: the engine's own
+    calibration: str | None = None
+    #: closed loop: requests kept in flight (None: the arrivals' own times)
+    concurrency: int | None = None
+    #: requests left out of the latency figures (the first ones)
+    warmup: int = 0
+    #: SGLang's batching, prompts first (:attr:`.scheduler.Config.prefill_first`); None: with
+    #: the SGLang calibration
+    prefill_first: bool | None = None
+    #: replaces the step-time model built for the run by its image (tools/fit_timing.py
+    #: replays runs with one term of the model at a time)
+    timing_transform: Callable[[StepTime], StepTime] | None = None
     timeline_interval_s: float | None = None
     hash_block: int = MOONCAKE_HASH_BLOCK
     #: assert block/slot conservation after every step (tests; slower)
@@ -154,6 +168,7 @@ def simulate(spec, inputs: PlanInputs, arrivals: Trace | Callable[[], Iterable[A
     names = _allocators(options, inputs.engine)
     if options.cpu_offload_bytes < 0:
         raise UsageError("--cpu-offload must not be negative")
+    _check_loop(options)
     plan = make_plan(spec, inputs, fixed(1, 0))
     check_simulable(plan)
     if inputs.engine == "llamacpp":
@@ -162,14 +177,20 @@ def simulate(spec, inputs: PlanInputs, arrivals: Trace | Callable[[], Iterable[A
     bpt = plan.bytes_per_token
     slot_bytes = cap.bytes_per_block / cap.block_size
     budget_slots = budget.kv_bytes / slot_bytes
-    weights = budget.weights_bytes or -(-weight_bytes(plan.params, inputs.weights_dtype)
-                                        // inputs.tp)
     # per GPU: with tensor parallelism each GPU reads its shard of the weights and of the KV
     # (bpt is per GPU already) and computes its share of the FLOPs, all at once
-    timing = step_time_model(inputs.gpu, weights, bpt, plan.params.active / inputs.tp,
-                             options.step_overhead_s, options.step_time_s)
+    figures = model_figures(spec, plan.params, weight_bytes(plan.params, inputs.weights_dtype)
+                            / inputs.tp, bpt, inputs.tp)
+    timing = step_time_model(inputs.gpu, figures, inputs.weights_dtype,
+                             options.calibration or "vllm", options.step_overhead_s,
+                             options.step_time_s)
+    if options.timing_transform is not None:
+        timing = options.timing_transform(timing)
+    # SGLang's calibration comes with its batching: prompts first, decodes wait
     cfg = Config(inputs.batched_tokens(), inputs.num_seqs(), inputs.max_len,
-                 options.timeline_interval_s, options.check)
+                 options.timeline_interval_s, options.check, options.concurrency,
+                 options.warmup, timing.calibration.name == "sglang"
+                 if options.prefill_first is None else options.prefill_first)
     null = 1 if cap.rules.era == "new" else 0
     usable = max(0, cap.num_blocks - null)
     cpu_blocks = options.cpu_offload_bytes // cap.bytes_per_block
@@ -199,6 +220,14 @@ def simulate(spec, inputs: PlanInputs, arrivals: Trace | Callable[[], Iterable[A
     return result
 
 
+def _check_loop(options: Options) -> None:
+    c, w = options.concurrency, options.warmup
+    if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+        raise UsageError(f"invalid --concurrency {c}: must be a whole number of requests >= 1")
+    if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+        raise UsageError(f"invalid --warmup {w}: must be a whole number of requests >= 0")
+
+
 def _replay(arrivals) -> tuple[Callable[[], Iterable[Arrival]], str]:
     if isinstance(arrivals, Trace):
         trace = arrivals
@@ -219,12 +248,15 @@ def _simulate_llamacpp(plan: Plan, arrivals, options: Options,
     slots, cells = sizes.n_stream, cache.cells_per_stream
     cell_bytes = cache.total_bytes // (slots * cells)      # bytes of one token of one slot
     budget_slots = figures.kv_budget / cell_bytes
-    timing = step_time_model(inputs.gpu, figures.weights_bytes, cell_bytes,
-                             plan.params.active, options.step_overhead_s, options.step_time_s)
+    # no measured runs of llama.cpp to fit on: the uncalibrated roofline unless told otherwise
+    timing = step_time_model(inputs.gpu, model_figures(plan.spec, plan.params,
+                                                       figures.weights_bytes, cell_bytes, 1),
+                             inputs.weights_dtype, options.calibration or "roofline",
+                             options.step_overhead_s, options.step_time_s)
     # llama-server's loop: every generating slot decodes one token, prompts fill the rest of
     # the n_batch tokens of a batch; at most one request per slot; a slot's context is n_ctx_seq
     cfg = Config(sizes.n_batch, slots, sizes.n_ctx_seq, options.timeline_interval_s,
-                 options.check)
+                 options.check, options.concurrency, options.warmup)
     replay, description = _replay(arrivals)
     result = SimulationResult(plan, timing, options, description, usable_blocks=slots * cells,
                               config=cfg)
@@ -261,7 +293,11 @@ def result_record(res: SimulationResult) -> dict:
         "cpu_offload_bytes": res.options.cpu_offload_bytes,
         "cpu_offload_blocks": res.cpu_blocks,
         "step_time_model": res.timing.describe(),
-        "allocators": {name: run_record(r) for name, r in res.runs.items()},
+        "calibration": res.timing.calibration.name if res.timing.fixed_s is None else None,
+        "tp": inp.tp,
+        "concurrency": res.options.concurrency,
+        "warmup_requests": res.options.warmup,
+        "allocators": {name: run_record(r, inp.tp) for name, r in res.runs.items()},
     }
     return rec
 
@@ -295,11 +331,15 @@ def _llamacpp_record(res: SimulationResult, first: AllocatorRun) -> dict:
         "prefix_caching": False,
         "cpu_offload_bytes": 0,
         "step_time_model": res.timing.describe(),
-        "allocators": {name: run_record(r) for name, r in res.runs.items()},
+        "calibration": res.timing.calibration.name if res.timing.fixed_s is None else None,
+        "tp": 1,
+        "concurrency": res.options.concurrency,
+        "warmup_requests": res.options.warmup,
+        "allocators": {name: run_record(r, 1) for name, r in res.runs.items()},
     }
 
 
-def run_record(r: AllocatorRun) -> dict:
+def run_record(r: AllocatorRun, gpus: int = 1) -> dict:
     t = r.totals
     secs = t.seconds
     return {
@@ -321,9 +361,25 @@ def run_record(r: AllocatorRun) -> dict:
         "waiting": t.waiting.summary(),
         "queue_delay_s": t.queue_delay.summary(),
         "ttft_s": t.ttft.summary(),
+        "tpot_s": t.tpot.summary(),
+        "e2e_s": t.e2e.summary(),
+        "throughput_modelled": throughput(t, gpus),
         "steps": t.steps,
         "seconds_modelled": round(secs, 6),
         "output_tokens_per_s_modelled": round(t.output_tokens / secs, 2) if secs else 0.0,
         "peak_used_fraction": round(t.peak_used_slots / r.budget_slots, 6)
         if r.budget_slots else 0.0,
     }
+
+
+def throughput(t: Totals, gpus: int) -> dict:
+    """Output tokens per second of the measured requests (warm-up left out) from the first one's
+    arrival to the last one's finish: in all, per GPU, and per user (1 / mean time per output
+    token)."""
+    window = t.measured_end - t.measured_start if t.measured_start is not None else 0.0
+    total = t.measured_output_tokens / window if window > 0 else 0.0
+    tpot = t.tpot.total / t.tpot.n if t.tpot.n else 0.0
+    return {"output_tokens_per_s": round(total, 2),
+            "output_tokens_per_s_per_gpu": round(total / gpus, 2),
+            "output_tokens_per_s_per_user": round(1 / tpot, 2) if tpot > 0 else 0.0,
+            "window_s": round(window, 6)}

@@ -50,7 +50,8 @@ class LogHistogram:
         return 0.0  # pragma: no cover
 
     def summary(self) -> dict:
-        return {"p50": round(self.percentile(50), 6), "p99": round(self.percentile(99), 6),
+        return {"p50": round(self.percentile(50), 6), "p90": round(self.percentile(90), 6),
+                "p99": round(self.percentile(99), 6),
                 "mean": round(self.total / self.n, 6) if self.n else 0.0}
 
 

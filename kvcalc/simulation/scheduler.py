@@ -14,6 +14,11 @@ One engine step, as ``Scheduler.schedule`` in ``vllm/v1/core/sched/scheduler.py`
    with its tokens samples one more token (the first one is its time to first token); a request
    with all its output tokens finishes and frees its cache.
 
+A closed loop (``Config.concurrency``, as serving benchmarks run: ``vllm bench serve
+--max-concurrency``, aiperf ``--concurrency``) keeps that many requests in flight: they arrive
+at the start, and one more each time one finishes (or is refused), at that moment; the first
+``Config.warmup`` requests are left out of the latency and throughput figures.
+
 Steps in which nothing but decoding happens and nothing can change the schedule are taken in
 bulk (event-driven): the run ends at the next arrival, the next completion, or the step at
 which the cache runs out; memory and time over the run are integrated in closed form.
@@ -38,7 +43,8 @@ class Req:
 
     __slots__ = ("rid", "arrival", "prompt", "output", "final", "hash_ids", "num_tokens",
                  "computed", "hwm", "generated", "scheduled_at", "preempted", "held", "bkeys",
-                 "tkeys", "reserve", "addr", "waste", "last_block_from", "seq", "d0")
+                 "tkeys", "reserve", "addr", "waste", "last_block_from", "seq", "d0",
+                 "first", "measured")
 
     def __init__(self, rid: int, a: Arrival, output: int):
         self.rid = rid
@@ -63,6 +69,8 @@ class Req:
         self.last_block_from = 0     # paged: tokens held before the last block is allocated
         self.seq = -1                # admission number (the running order)
         self.d0 = -1                 # lazy (decoding): the tick its fields were last brought to
+        self.first = 0.0             # when it sampled its first token
+        self.measured = True         # counted in the latency figures (not a warm-up request)
 
 
 @dataclass
@@ -73,6 +81,13 @@ class Config:
     timeline_interval_s: float | None = None
     #: check conservation and non-negative memory after every step (tests)
     check: bool = False
+    #: closed loop: requests kept in flight (None: the arrivals' own times)
+    concurrency: int | None = None
+    #: the first requests left out of the latency and throughput figures
+    warmup: int = 0
+    #: SGLang's order (``--enable-mixed-chunk`` off): a step that can prefill (a prompt in
+    #: progress, or a waiting request that can be admitted) prefills only, decodes wait
+    prefill_first: bool = False
 
 
 @dataclass
@@ -99,6 +114,14 @@ class Totals:
     waiting: CountHistogram = field(default_factory=CountHistogram)
     queue_delay: LogHistogram = field(default_factory=LogHistogram)
     ttft: LogHistogram = field(default_factory=LogHistogram)
+    #: per request (warm-up requests left out): time per output token after the first
+    #: ((end - first token) / (output - 1), requests of 2 tokens or more) and end to end
+    tpot: LogHistogram = field(default_factory=LogHistogram)
+    e2e: LogHistogram = field(default_factory=LogHistogram)
+    #: the measured requests' output tokens, first arrival and last finish (throughput)
+    measured_output_tokens: int = 0
+    measured_start: float | None = None
+    measured_end: float = 0.0
     timeline: list = field(default_factory=list)
     peak_used_slots: float = 0.0
 
@@ -106,7 +129,9 @@ class Totals:
 def run(arrivals: Iterable[Arrival], cache, cfg: Config, timing: StepTime) -> Totals:
     """Replay ``arrivals`` (sorted by time) through the scheduler and ``cache``."""
     tot = Totals()
-    sim = _Loop(iter(arrivals), cache, cfg, timing, tot)
+    source = iter(arrivals) if cfg.concurrency is None else ClosedLoop(arrivals,
+                                                                       cfg.concurrency)
+    sim = _Loop(source, cache, cfg, timing, tot)
     sim.loop()
     return tot
 
@@ -130,6 +155,8 @@ class _Loop:
         self.t = 0.0
         self.start: float | None = None
         self.next: Arrival | None = next(self.arrivals, None)
+        #: a closed loop releases an arrival whenever a request finishes or is refused
+        self.closed = arrivals if isinstance(arrivals, ClosedLoop) else None
         self.rid = 0
         self.next_sample = 0.0
         #: the last detailed step changed nothing the next one could do differently
@@ -152,6 +179,7 @@ class _Loop:
         #: paged: (tick from which the request holds its last block, seq, waste slots)
         self.last_heap: list = []
         self.sampling = cfg.timeline_interval_s is not None
+        self.prefill_first = cfg.prefill_first
         #: the memory integrals, by category (CATEGORIES' order; written to tot.memory at
         #: the end)
         self.mem = [0.0] * len(CATEGORIES)
@@ -220,6 +248,8 @@ class _Loop:
         arrivals = self.arrivals
         rejects = self.cache.rejects
         waiting = self.waiting
+        closed = self.closed
+        warmup = cfg.warmup
         while nxt is not None and nxt.arrival_s <= t:
             a = nxt
             nxt = next(arrivals, None)
@@ -228,6 +258,10 @@ class _Loop:
             output = a.output
             if prompt >= max_len or prompt < 1 or output < 1:
                 tot.rejected += 1        # vLLM refuses prompts of max_model_len or more
+                if closed is not None:
+                    closed.release(t, 1)
+                    if nxt is None:
+                        nxt = next(arrivals, None)
                 continue
             if prompt + output > max_len:
                 output = max_len - prompt    # generation stops at max_model_len
@@ -236,7 +270,15 @@ class _Loop:
             self.rid += 1
             if rejects(req):
                 tot.rejected += 1
+                if closed is not None:
+                    closed.release(t, 1)
+                    if nxt is None:
+                        nxt = next(arrivals, None)
                 continue
+            if tot.requests <= warmup:
+                req.measured = False
+            elif tot.measured_start is None:
+                tot.measured_start = a.arrival_s
             tot.prompt_tokens += prompt
             waiting.append(req)
             self.stable = False
@@ -260,6 +302,8 @@ class _Loop:
                 self.t = self.next.arrival_s
                 continue
             if self.stable and self._decode_run():
+                continue
+            if self.prefill_first and (self.n_active or self.waiting) and self._prefill_step():
                 continue
             self._step()
         tot.seconds = self.t - self.start
@@ -290,6 +334,7 @@ class _Loop:
         preemptions = tot.preemptions
         track = getattr(cache, "prefix", False)
         tokens = kv = out = 0
+        extra = 0.0
         finished: list[Req] = []
         first: list[Req] = []          # requests sampling their first token this step
         cached: list[Req] = []         # prompt blocks to cache once the step is scheduled
@@ -312,6 +357,8 @@ class _Loop:
             budget -= new
             tokens += new
             kv += c + new
+            if new > 1:
+                extra += (new - 1) * (c + new / 2)
             i += 1
             r.computed = c + new
             if c < r.hwm:
@@ -340,15 +387,17 @@ class _Loop:
         admitted: list[tuple[Req, int]] = []
         blocked = False
         if not preempted:
-            blocked, tokens, kv = self._admit(admitted, budget, tokens, kv)
-        d = self.timing.duration(tokens, kv)
+            blocked, tokens, kv, extra = self._admit(admitted, budget, tokens, kv, extra)
+        d = self.timing.duration(tokens, kv, extra)
         end = self.t + d
         # the running requests' computed prompt blocks are cached after the admissions
         # looked the cache up, as vLLM caches blocks once the step has run
         for r in cached:
             cache.on_computed(r)
         for r in first:
-            tot.ttft.add(end - r.arrival)
+            r.first = end
+            if r.measured:
+                tot.ttft.add(end - r.arrival + self.timing.frontend(r.prompt))
         if admitted:
             sampled, all_admitted_decode = self._compute_admitted(admitted, end, finished)
             out += sampled
@@ -400,9 +449,10 @@ class _Loop:
         # 2. waiting requests, first come first served (a tick preempts nothing)
         admitted: list[tuple[Req, int]] = []
         blocked = False
+        extra = 0.0
         if waiting and budget > 0:
-            blocked, tokens, kv = self._admit(admitted, budget, tokens, kv)
-        d = self.timing.duration(tokens, kv)
+            blocked, tokens, kv, extra = self._admit(admitted, budget, tokens, kv, extra)
+        d = self.timing.duration(tokens, kv, extra)
         end = t + d
         all_decode = True
         if admitted:
@@ -424,13 +474,66 @@ class _Loop:
                        and (not waiting or (not finished and (
                            blocked or len(running) >= cfg.max_num_seqs))))
 
+    def _prefill_step(self) -> bool:
+        """A step of prompts only (:attr:`Config.prefill_first`, SGLang's scheduler: its
+        ``get_new_batch_prefill`` runs before any decode while it finds work): the prompts in
+        progress continue, waiting requests are admitted while the token budget lasts; the
+        decoding requests do not advance. False when it would schedule nothing."""
+        cache = self.cache
+        budget = self.cfg.max_num_batched_tokens
+        tokens = kv = 0
+        extra = 0.0
+        B = self.B
+        chunks: list[tuple[Req, int]] = []
+        pending = self.n_active
+        if pending:
+            for r in self.running.values():
+                if r.d0 >= 0:
+                    continue
+                c = r.computed
+                new = min(r.num_tokens - c, budget)
+                if new <= 0 or budget <= 0 or (
+                        not (B and c + new <= r.held * B) and not cache.grow(r, c + new)):
+                    break
+                chunks.append((r, new))
+                budget -= new
+                tokens += new
+                kv += c + new
+                if new > 1:
+                    extra += (new - 1) * (c + new / 2)
+        admitted: list[tuple[Req, int]] = []
+        if self.waiting and budget > 0:
+            _, tokens, kv, extra = self._admit(admitted, budget, tokens, kv, extra)
+        if not chunks and not admitted:
+            return False
+        d = self.timing.duration(tokens, kv, extra)
+        end = self.t + d
+        finished: list[Req] = []
+        out = self._compute_admitted(chunks, end, finished)[0] if chunks else 0
+        if admitted:
+            out += self._compute_admitted(admitted, end, finished)[0]
+        running = self.running
+        self._end_step(tokens, out, d, end, len(running), self.waiting, finished)
+        # the prompts in progress not scheduled, and the scheduled ones still prefilling
+        self.n_active = (pending - len(chunks)) + self._join_lazy_batch(
+            r for r, _ in chunks + admitted if r.seq in running)
+        fh = self.finish_heap
+        self.min_left = fh[0][0] - self.D if fh else 1 << 62
+        if self.sampling:
+            self._sample()
+        if self.cfg.check:
+            self._check()
+        self.stable = False
+        return True
+
     def _admit(self, admitted: list[tuple[Req, int]], budget: int, tokens: int,
-               kv: int) -> tuple[bool, int, int]:
+               kv: int, extra: float) -> tuple[bool, int, int, float]:
         """Admit waiting requests, first come first served, while the step's token budget,
         ``max_num_seqs`` and the cache allow: each gets its prefix-cache hits and up to the
         budget's worth of its prompt (appended to ``admitted`` as (request, new tokens)).
-        Returns whether the head of the queue was blocked by the cache, and the step's tokens
-        and cached tokens with the admissions."""
+        Returns whether the head of the queue was blocked by the cache, and the step's tokens,
+        cached tokens and extra query-key pairs (:meth:`.timing.StepTime.duration`) with the
+        admissions."""
         cache, tot, waiting, running = self.cache, self.tot, self.waiting, self.running
         max_seqs = self.cfg.max_num_seqs
         t = self.t
@@ -440,7 +543,7 @@ class _Loop:
             hit_tokens = hits[0] if hits else 0
             new = min(r.num_tokens - hit_tokens, budget)
             if not cache.admit(r, hits, hit_tokens + new):
-                return True, tokens, kv
+                return True, tokens, kv, extra
             waiting.popleft()
             tot.queried_tokens += r.num_tokens
             if hits:
@@ -461,7 +564,9 @@ class _Loop:
             budget -= new
             tokens += new
             kv += hit_tokens + new
-        return False, tokens, kv
+            if new > 1:
+                extra += (new - 1) * (hit_tokens + new / 2)
+        return False, tokens, kv, extra
 
     def _compute_admitted(self, admitted: list[tuple[Req, int]], end: float,
                           finished: list[Req]) -> tuple[int, bool]:
@@ -486,7 +591,9 @@ class _Loop:
                 r.num_tokens += 1
                 sampled += 1
                 if r.generated == 1:
-                    tot.ttft.add(end - r.arrival)
+                    r.first = end
+                    if r.measured:
+                        tot.ttft.add(end - r.arrival + self.timing.frontend(r.prompt))
                 if r.output - r.generated <= 0:
                     finished.append(r)
             else:
@@ -569,7 +676,20 @@ class _Loop:
             kv_sum -= r.computed
             del running[r.seq]
         self.kv_sum = kv_sum
-        self.tot.completed += len(finished)
+        tot = self.tot
+        tot.completed += len(finished)
+        t = self.t
+        for r in finished:
+            if r.measured:
+                tot.e2e.add(t - r.arrival + self.timing.frontend(r.prompt))
+                if r.output > 1:
+                    tot.tpot.add((t - r.first) / (r.output - 1))
+                tot.measured_output_tokens += r.output
+                tot.measured_end = t
+        if self.closed is not None:
+            self.closed.release(t, len(finished))
+            if self.next is None:
+                self.next = next(self.arrivals, None)
         if self.waiting:
             self.stable = False
 
@@ -718,3 +838,32 @@ def _most_steps(rot: list[int], n: int, k: int, free: int) -> int:
     if need(k) <= free:
         return k
     return largest_satisfying(lambda s: need(s) <= free, k - 1)
+
+
+class ClosedLoop:
+    """The arrivals of a closed loop: ``concurrency`` requests of ``source`` (their lengths;
+    arrival times ignored) at time 0, then one more each time :meth:`release` is called (a
+    request finished or was refused), at that time, until ``source`` runs out."""
+
+    __slots__ = ("source", "ready")
+
+    def __init__(self, source: Iterable[Arrival], concurrency: int):
+        self.source = iter(source)
+        self.ready: deque[Arrival] = deque()
+        self.release(0.0, concurrency)
+
+    def __iter__(self) -> "ClosedLoop":
+        return self
+
+    def __next__(self) -> Arrival:
+        if self.ready:
+            return self.ready.popleft()
+        raise StopIteration
+
+    def release(self, t: float, n: int) -> None:
+        source, ready = self.source, self.ready
+        for _ in range(n):
+            a = next(source, None)
+            if a is None:
+                return
+            ready.append(Arrival(t, a.prompt, a.output, a.hash_ids))

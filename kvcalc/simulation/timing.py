@@ -1,54 +1,231 @@
-"""How long one engine step takes: a documented roofline estimate (every figure that depends on
-it is *modelled*, not measured).
+"""How long one engine step takes: a calibrated roofline (every figure that depends on it is
+*modelled*, not measured, and names the calibration it used).
 
-    step = overhead + (weights + KV read) / memory bandwidth + 2 x active params x tokens / peak
+One step schedules ``T`` new tokens (prefill chunks and one token per decoding request); its
+requests then hold ``kv`` tokens (their context, the tokens written this step included), and
+its prefill chunks add ``extra`` query-key pairs beyond one per held token. Per GPU (tensor
+parallel degree ``tp``: every figure is the GPU's shard; the GPUs work at once):
 
-- a step reads the weights once and every scheduled request's cached KV once (its context,
-  the tokens written this step included): bytes / the GPU's memory bandwidth (catalog);
-- it computes 2 FLOPs per active parameter per token scheduled (prefill chunks and decode
-  tokens alike) at the GPU's dense bf16 peak (catalog);
-- plus a fixed per-step overhead (scheduler, sampler, kernel launches), 2 ms by default
-  (``--step-overhead``).
+    step = overhead + c_mix [a prompt chunk in the step] + c_tok x T
+         + c_wmem x Wdense + c_wexp x Wexperts(T) + c_flop[dtype] x Fgemm(T)
+         + c_max x max(Wdense + Wexperts(T), Fgemm(T))                            (GEMMs)
+         + c_kv x kv x KV bytes/token / bandwidth                                   (KV read)
+         + c_attn x (kv + extra) x attention FLOPs per pair / bf16 peak         (attention)
+         + c_arbw x ARbytes(T) / link bandwidth + c_arlat x all-reduces x link latency (TP)
 
-With tensor parallelism every figure is per GPU (the weights' and the KV's shard, the FLOPs
-divided by tp): the GPUs work at once; communication is not modelled.
+and each request's time to first token (and end-to-end time) carries the frontend's latency,
+``c_req + c_req_tok x prompt tokens`` (HTTP, tokenization, detokenization: not a step).
 
-The two roofline terms are added rather than maxed: a step that mixes a prefill chunk with
-decodes pays for both, and the sum is an upper bound of the max within a factor of 2.
+- ``Wdense + Wexperts(T)``: the weights the step reads / memory bandwidth: the dense weights,
+  plus each MoE layer's routed experts that T tokens touch: with E experts, top-k routing and uniform
+  routing the expected share is ``1 - (1 - k/E)^T`` (all of them from a few dozen tokens on);
+- ``Fgemm(T)``: ``2 x active parameters x T`` FLOPs at the GPU's dense peak for the weights'
+  compute dtype (bf16, fp8, fp4: the GPU catalog; int4 weight-only and fp16 run at the bf16
+  peak), with a coefficient per dtype (``c_flop``, ``c_flop8``, ``c_flop4``);
+- ``c_mix``: a step that computes a prompt chunk runs outside the decode CUDA graphs (the
+  engines capture decode-only batches);
+- attention FLOPs per (query, key) pair and layer: ``2 x heads x (d_k + d_v)`` (QK^T and PV);
+  MLA (DeepSeek) as vLLM/FlashMLA run it, the latent absorbed:
+  ``2 x heads x (2 x kv_lora_rank + rope_dim)``; heads split by tp;
+- tensor parallelism: two all-reduces per layer (after attention, after the MLP) of
+  ``T x hidden x 2 B`` each, a ring moving ``2 (tp - 1) / tp`` of it over each GPU's link
+  (catalog: NVLink bandwidth per direction and latency).
+
+The coefficients ``c_*`` (:class:`Calibration`) are fitted per engine by
+``tools/fit_timing.py`` on measured serving runs (docs/simulation.md lists the values, the data
+and the accuracy); ``roofline`` is the uncalibrated estimate (2 ms + weights and KV read +
+FLOPs at the peak, no communication), used where no run was measured (llama.cpp).
 ``--step-time`` replaces the whole estimate with a constant. Memory figures depend on time only
-through arrivals: with every request arriving at once, time changes no memory figure.
+through arrivals: with every request arriving at once, or a closed loop, time changes no memory
+figure.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from importlib import resources
 
+from ..arch import AttentionLayer, MLALayer
 from ..errors import UsageError
 
-#: per-step overhead of the engine loop (scheduling, sampling, launches), seconds
+#: per-step overhead of the uncalibrated roofline (scheduling, sampling, launches), seconds
 DEFAULT_STEP_OVERHEAD_S = 0.002
 #: FLOPs per active parameter per token (one multiply-add)
 FLOPS_PER_PARAM_TOKEN = 2
+#: all-reduces per decoder layer under tensor parallelism (Megatron-LM: after the attention
+#: output projection and after the MLP down projection; Shoeybi et al. 2019, section 3)
+ALLREDUCES_PER_LAYER = 2
+#: bytes of one activation value exchanged by the all-reduce (bf16)
+ACTIVATION_BYTES = 2
+#: the fitted coefficients, written by tools/fit_timing.py
+CALIBRATION_FILE = "calibration.json"
+#: the weights dtypes whose GEMMs run at the fp8 / fp4 tensor-core peak (the rest: bf16)
+FP8_WEIGHTS = frozenset({"fp8", "int8"})
+FP4_WEIGHTS = frozenset({"nvfp4", "mxfp4"})
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The coefficients of the step-time formula for one engine (module docstring)."""
+
+    name: str
+    overhead_s: float
+    c_mix: float = 0.0          # seconds more for a step that computes a prompt chunk
+    c_tok: float = 0.0          # seconds per scheduled token
+    c_wmem: float = 0.0         # the dense weights' read
+    c_wexp: float = 0.0         # the routed experts' read
+    c_flop: float = 0.0         # GEMM FLOPs at the bf16 peak ...
+    c_flop8: float = 0.0        # ... at the fp8 peak
+    c_flop4: float = 0.0        # ... at the fp4 peak
+    c_max: float = 0.0
+    c_kv: float = 0.0
+    c_attn: float = 0.0
+    c_arbw: float = 0.0
+    c_arlat: float = 0.0
+    #: per-request frontend latency (HTTP, tokenization, detokenization) added to the time to
+    #: first token and end to end: seconds, and seconds per prompt token
+    c_req: float = 0.0
+    c_req_tok: float = 0.0
+    #: where the figures come from (printed with every modelled time)
+    source: str = ""
+
+    @staticmethod
+    def coefficient_names() -> tuple[str, ...]:
+        return tuple(f.name for f in fields(Calibration) if f.name not in ("name", "source"))
+
+
+#: the uncalibrated roofline: 2 ms + (weights + KV read) / bandwidth + FLOPs / peak
+ROOFLINE = Calibration("roofline", DEFAULT_STEP_OVERHEAD_S, c_wmem=1.0, c_wexp=1.0,
+                       c_flop=1.0, c_flop8=1.0, c_flop4=1.0, c_kv=1.0,
+                       source="uncalibrated roofline")
+
+
+@lru_cache(maxsize=1)
+def calibrations() -> dict[str, Calibration]:
+    """The fitted calibrations by engine name (``kvcalc/simulation/calibration.json``), and the
+    uncalibrated ``roofline``."""
+    raw = json.loads(resources.files("kvcalc.simulation").joinpath(CALIBRATION_FILE)
+                     .read_text(encoding="utf-8"))
+    out = {"roofline": ROOFLINE}
+    for name, entry in raw["engines"].items():
+        out[name] = Calibration(name=name, source=f"{raw['name']} ({name})",
+                                **{k: float(entry["coefficients"][k])
+                                   for k in Calibration.coefficient_names()})
+    return out
+
+
+def calibration(name: str) -> Calibration:
+    known = calibrations()
+    if name not in known:
+        raise UsageError(f"unknown calibration '{name}': choose from {', '.join(known)}")
+    return known[name]
+
+
+@dataclass(frozen=True)
+class ModelFigures:
+    """What the step time needs of a model on one GPU (its tensor-parallel shard)."""
+
+    dense_weight_bytes: float        # read every step
+    expert_weight_bytes: float       # the routed experts, read as far as tokens touch them
+    experts: int                     # routed experts per MoE layer (0: dense)
+    top_k: int
+    gemm_flops_per_token: float      # 2 x active parameters / tp
+    kv_bytes_per_token: float        # per GPU
+    attn_flops_per_pair: float       # per GPU, every attention layer
+    allreduces: int                  # per step (0 without tensor parallelism)
+    allreduce_bytes_per_token: float  # bytes over each GPU's link per token scheduled
+    tp: int = 1
+
+
+def model_figures(spec, params, weights_bytes: float, kv_bytes_per_token: float,
+                  tp: int) -> ModelFigures:
+    """:class:`ModelFigures` of ``spec`` (parameter count ``params``, ``weights_bytes`` on each
+    GPU) split over ``tp`` GPUs."""
+    cfg = spec.config
+    experts = int(cfg.get("num_local_experts") or cfg.get("num_experts")
+                  or cfg.get("n_routed_experts") or 0)
+    top_k = int(cfg.get("num_experts_per_tok") or cfg.get("experts_per_token") or 1)
+    per_param = weights_bytes / params.total if params.total else 0.0
+    routed = 0.0
+    if experts > top_k >= 1:
+        # total - active = (E - k) x routed expert parameters / E
+        routed = (params.total - params.active) * experts / (experts - top_k)
+    pairs = 0.0
+    layers = 0
+    for layer in spec.layers:
+        if isinstance(layer, MLALayer):
+            pairs += 2 * layer.num_heads * (2 * layer.kv_lora_rank + layer.qk_rope_head_dim)
+            layers += 1
+        elif isinstance(layer, AttentionLayer):
+            pairs += 2 * spec.num_attention_heads * (layer.head_dim_k + layer.head_dim_v)
+            layers += 1
+        else:
+            layers += 1
+    ring = 2 * (tp - 1) / tp if tp > 1 else 0.0
+    return ModelFigures(
+        dense_weight_bytes=weights_bytes - routed * per_param,
+        expert_weight_bytes=routed * per_param, experts=experts if routed else 0, top_k=top_k,
+        gemm_flops_per_token=FLOPS_PER_PARAM_TOKEN * params.active / tp,
+        kv_bytes_per_token=kv_bytes_per_token, attn_flops_per_pair=pairs / tp,
+        allreduces=ALLREDUCES_PER_LAYER * layers if tp > 1 else 0,
+        allreduce_bytes_per_token=ALLREDUCES_PER_LAYER * layers * ring * spec.hidden_size
+        * ACTIVATION_BYTES, tp=tp)
+
+
+def gemm_peak(gpu, weights_dtype: str) -> tuple[float, str]:
+    """(FLOP/s, dtype) of the GEMMs for ``weights_dtype`` on ``gpu``: the catalog's dense
+    fp4 / fp8 peak where the GPU has one, else its bf16 peak."""
+    if weights_dtype in FP4_WEIGHTS and gpu.fp4_tflops:
+        return gpu.fp4_tflops * 1e12, "fp4"
+    if weights_dtype in FP8_WEIGHTS | FP4_WEIGHTS and gpu.fp8_tflops:
+        return gpu.fp8_tflops * 1e12, "fp8"
+    return (gpu.bf16_tflops or 0.0) * 1e12, "bf16"
 
 
 @dataclass(frozen=True)
 class StepTime:
-    """The step-time model: ``duration(tokens, kv_tokens)`` in seconds."""
+    """The step-time model: ``duration(tokens, kv_tokens, extra_pairs)`` in seconds."""
 
-    overhead_s: float
-    weight_bytes: int = 0
-    kv_bytes_per_token: float = 0.0
-    bandwidth: float = 0.0           # bytes/s
-    flops_per_token: float = 0.0
-    peak_flops: float = 0.0          # FLOP/s
+    calibration: Calibration
+    base_s: float = 0.0              # overhead + all-reduce latencies
+    per_token_s: float = 0.0         # c_tok + the all-reduces' bandwidth term, per token
+    w_dense_s: float = 0.0           # dense weights / bandwidth
+    w_expert_s: float = 0.0          # routed experts / bandwidth
+    miss: float = 1.0                # 1 - k/E: an expert's chance to be missed by one token
+    flop_s: float = 0.0              # GEMM seconds per token at the peak
+    kv_s: float = 0.0                # c_kv x KV read seconds per held token
+    attn_s: float = 0.0              # c_attn x attention seconds per query-key pair
+    c_wmem: float = 0.0
+    c_wexp: float = 0.0
+    c_flop: float = 0.0
+    c_max: float = 0.0
+    prefill_s: float = 0.0           # c_mix: a step with a prompt chunk
+    peak_dtype: str = "bf16"
+    bandwidth: float = 0.0
     fixed_s: float | None = None     # --step-time
+    request_s: float = 0.0           # frontend latency per request ...
+    request_token_s: float = 0.0     # ... and per prompt token
 
-    def duration(self, tokens: int, kv_tokens: int) -> float:
-        """One step scheduling ``tokens`` new tokens whose requests hold ``kv_tokens``."""
+    def frontend(self, prompt: int) -> float:
+        """The frontend's latency for a request of ``prompt`` tokens (added to its TTFT and
+        end-to-end time; not a step)."""
+        return self.request_s + self.request_token_s * prompt
+
+    def duration(self, tokens: int, kv_tokens: int, extra_pairs: float = 0) -> float:
+        """One step scheduling ``tokens`` new tokens whose requests hold ``kv_tokens``
+        (``extra_pairs``: the prefill chunks' query-key pairs beyond one per held token)."""
         if self.fixed_s is not None:
             return self.fixed_s
-        return (self.overhead_s + (self.weight_bytes + self.kv_bytes_per_token * kv_tokens)
-                / self.bandwidth + self.flops_per_token * tokens / self.peak_flops)
+        wd = self.w_dense_s
+        we = self.w_expert_s * (1.0 - self.miss ** tokens) if self.w_expert_s else 0.0
+        w = wd + we
+        f = self.flop_s * tokens
+        d = (self.base_s + self.per_token_s * tokens + self.c_wmem * wd + self.c_wexp * we
+             + self.c_flop * f + self.c_max * (w if w > f else f) + self.kv_s * kv_tokens
+             + self.attn_s * (kv_tokens + extra_pairs))
+        return d + self.prefill_s if extra_pairs else d
 
     def decode_series(self, running: int, kv_tokens: int) -> tuple[float, float]:
         """(c0, c1): decode step j of ``running`` requests holding ``kv_tokens`` before step 0
@@ -56,31 +233,57 @@ class StepTime:
         if self.fixed_s is not None:
             return self.fixed_s, 0.0
         c0 = self.duration(running, kv_tokens + running)
-        return c0, self.kv_bytes_per_token * running / self.bandwidth
+        return c0, (self.kv_s + self.attn_s) * running
 
     def describe(self) -> str:
         if self.fixed_s is not None:
             return f"fixed {self.fixed_s * 1e3:g} ms per step (--step-time)"
-        return (f"roofline: {self.overhead_s * 1e3:g} ms + (weights {self.weight_bytes / 2**30:.2f}"
-                f" GiB + KV read) / {self.bandwidth / 1e12:.2f} TB/s + 2 x "
-                f"{self.flops_per_token / 2 / 1e9:.2f} B params x tokens / "
-                f"{self.peak_flops / 1e12:.0f} TFLOP/s")
+        cal = self.calibration
+        if cal.name == "roofline":
+            return (f"roofline (uncalibrated): {cal.overhead_s * 1e3:g} ms + (weights "
+                    f"{self.w_dense_s * self.bandwidth / 2**30:.2f} GiB + KV read) / "
+                    f"{self.bandwidth / 1e12:.2f} TB/s + FLOPs at the {self.peak_dtype} peak")
+        return (f"calibrated step time, {cal.source}: {cal.overhead_s * 1e3:.2f} ms overhead + "
+                f"weights, KV and attention at {self.bandwidth / 1e12:.2f} TB/s and the "
+                f"{self.peak_dtype} peak + TP all-reduce")
 
 
-def step_time_model(gpu, weight_bytes: int, kv_bytes_per_token: float, active_params: float,
-                    overhead_s: float | None = None, fixed_s: float | None = None) -> StepTime:
-    """The model for ``gpu`` (catalog bandwidth and bf16 peak), or a constant ``fixed_s``."""
+def step_time_model(gpu, figures: ModelFigures | None, weights_dtype: str = "bf16",
+                    cal: Calibration | str = "roofline", overhead_s: float | None = None,
+                    fixed_s: float | None = None) -> StepTime:
+    """The model for ``figures`` on ``gpu`` with calibration ``cal`` (``overhead_s`` replaces
+    its per-step overhead), or a constant ``fixed_s``."""
+    if isinstance(cal, str):
+        cal = calibration(cal)
     if fixed_s is not None:
         if not fixed_s > 0 or fixed_s != fixed_s or fixed_s == float("inf"):
             raise UsageError(f"invalid --step-time {fixed_s}: must be a positive number of "
                              "seconds")
-        return StepTime(0.0, fixed_s=fixed_s)
-    overhead = DEFAULT_STEP_OVERHEAD_S if overhead_s is None else overhead_s
+        return StepTime(cal, fixed_s=fixed_s)
+    overhead = cal.overhead_s if overhead_s is None else overhead_s
     if not 0 <= overhead < float("inf"):
         raise UsageError(f"invalid --step-overhead {overhead}: must be a non-negative number")
-    if not gpu.memory_bandwidth_bytes_per_s or not gpu.bf16_tflops:
+    peak, dtype = gemm_peak(gpu, weights_dtype)
+    if not gpu.memory_bandwidth_bytes_per_s or not peak or not gpu.bf16_tflops:
         raise UsageError(f"the GPU catalog has no bandwidth or bf16 peak for {gpu.name}: give "
                          "--step-time SECONDS")
-    return StepTime(overhead, weight_bytes, kv_bytes_per_token,
-                    float(gpu.memory_bandwidth_bytes_per_s),
-                    float(FLOPS_PER_PARAM_TOKEN * active_params), gpu.bf16_tflops * 1e12)
+    f = figures
+    bw = float(gpu.memory_bandwidth_bytes_per_s)
+    per_token = cal.c_tok
+    base = overhead
+    if f.allreduces and (cal.c_arbw or cal.c_arlat):
+        if not gpu.interconnect_bandwidth_bytes_per_s:
+            raise UsageError(f"the GPU catalog has no interconnect bandwidth for {gpu.name}: "
+                             "give --tp 1 or --step-time SECONDS")
+        per_token += cal.c_arbw * f.allreduce_bytes_per_token / gpu.interconnect_bandwidth_bytes_per_s
+        base += cal.c_arlat * f.allreduces * (gpu.interconnect_latency_s or 0.0)
+    miss = 1.0 - f.top_k / f.experts if f.experts else 1.0
+    return StepTime(cal, base_s=base, per_token_s=per_token, w_dense_s=f.dense_weight_bytes / bw,
+                    w_expert_s=f.expert_weight_bytes / bw, miss=miss,
+                    flop_s=f.gemm_flops_per_token / peak,
+                    kv_s=cal.c_kv * f.kv_bytes_per_token / bw,
+                    attn_s=cal.c_attn * f.attn_flops_per_pair / (gpu.bf16_tflops * 1e12),
+                    c_wmem=cal.c_wmem, c_wexp=cal.c_wexp,
+                    c_flop={"bf16": cal.c_flop, "fp8": cal.c_flop8, "fp4": cal.c_flop4}[dtype],
+                    c_max=cal.c_max, prefill_s=cal.c_mix, peak_dtype=dtype,
+                    bandwidth=bw, request_s=cal.c_req, request_token_s=cal.c_req_tok)
