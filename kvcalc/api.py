@@ -12,7 +12,7 @@ Nothing here imports torch or transformers.
 >>> kvcalc.estimate("llama-7b", seq=4096).bytes_per_sequence
 2147483648
 >>> kvcalc.plan("llama-3.1-8b", gpu="h100", max_len="8k").vllm["num_gpu_blocks"]
-26610
+7344
 """
 
 from __future__ import annotations
@@ -395,10 +395,10 @@ def override_fits(plan: Any, override: int | None) -> None:
 
 
 def _own_plan_figures(runtime: Any) -> bool:
-    """Whether ``runtime`` plans with its own figures (SGLang, TensorRT-LLM, llama.cpp …)
-    rather than vLLM's."""
-    from .engines import Engine
-    return type(runtime).plan_figures is not Engine.plan_figures
+    """Whether ``runtime`` plans with figures the solvers do not search and without the
+    serving-scheduler settings (--gpu-util, --max-batched-tokens …) of the engines that do
+    (``Engine.solves``)."""
+    return not runtime.solves
 
 
 @lru_cache(maxsize=1)

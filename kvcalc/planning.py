@@ -34,10 +34,6 @@ from .engines import cached_layout, get_engine
 from .engines.cache import KEEP_ALL, KEEP_NONE, Layout
 from .params import ParamCount, count_parameters
 from .units import MAX_TOKENS, GiB, cdiv, largest_satisfying
-from .engines.vllm import (CUDA_GRAPH_BYTES, NON_TORCH_BYTES,  # noqa: F401
-                           NON_TORCH_MULTI_GPU_BYTES, VllmCapacity, VllmRules, batch_defaults,
-                           default_block_size, in_flight_tokens, mamba_max_num_seqs_refusal,
-                           rules_for_gpu, tp_refusal, vllm_capacity)
 from .workload import AllocatorResult, Workload, compare_allocators, distinct, peak_bytes
 
 TP_CHOICES = (1, 2, 4, 8)
@@ -86,57 +82,46 @@ class PlanInputs:
         """The value of the engine setting ``name`` given for this plan, else ``default``."""
         return dict(self.engine_options).get(name, default)
 
-    def rules(self) -> VllmRules:
-        """The vLLM configuration modelled: version band, settings and this GPU."""
-        return rules_for_gpu(self.version, self.gpu.compute_capability, self.gpu.vendor,
-                             enable_prefix_caching=self.prefix_caching,
-                             num_speculative_tokens=self.speculative_tokens,
-                             chunked_local_hybrid=self.chunked_local_hybrid)
+    def defaults(self, spec: ModelSpec | None = None):
+        """What the planning engine does with the settings these inputs leave open
+        (:meth:`kvcalc.engines.Engine.plan_defaults`: version rules, utilization, batch
+        defaults, tokens in flight)."""
+        return get_engine(self.engine).plan_defaults(self)
+
+    def rules(self):
+        """The engine configuration modelled: version band, settings and this GPU."""
+        return self.defaults().rules
 
     def utilization(self) -> float:
-        """--gpu-util, else the vLLM band's default (:meth:`VllmRules.default_gpu_utilization`)."""
-        if self.gpu_util is not None:
-            return self.gpu_util
-        rules = self.rules()
-        return rules.default_gpu_utilization(rules.extensible_kv_cache
-                                             and self.num_blocks_override is None)
+        """--gpu-util, else the engine version's default."""
+        return self.defaults().utilization
 
     @property
     def era(self) -> str:
-        """"new" (vLLM >= 0.20) or "mid" (0.9-0.19): the capacity report of the band."""
+        """The capacity report of the band ("new" or "mid" for vLLM)."""
         return self.rules().era
 
     def backend(self, spec: ModelSpec) -> str:
-        """The attention backend that sets the default block ("" when it is plain 16)."""
-        return default_block_size(spec, self.kv_dtype, self.rules())[1]
+        """The attention backend that sets the default block ("" when it is the plain default)."""
+        return get_engine(self.engine).plan_backend(spec, self)
 
     def block(self, spec: ModelSpec) -> int:
-        """``--block-size``, else vLLM's default: 16, or the MLA backend's block for MLA models
-        (chosen by GPU generation and KV dtype, engines/vllm.py ``mla_backend``)."""
+        """``--block-size``, else the planning engine's default for ``spec``."""
         if self.block_size is not None:
             return self.block_size
-        own = get_engine(self.engine).plan_block_size(spec, self)
-        if own is not None:
-            return own
-        return default_block_size(spec, self.kv_dtype, self.rules())[0]
+        return get_engine(self.engine).plan_block_size(spec, self)
 
     def in_flight(self) -> int:
-        """``T`` for sliding/chunked block counts (engines.vllm.in_flight_tokens)."""
-        rules = self.rules()
-        return in_flight_tokens(self.batched_tokens(), rules.era, self.pp, self.async_scheduling,
-                                rules)
+        """``T`` for sliding/chunked block counts (the tokens the scheduler keeps in flight)."""
+        return self.defaults().in_flight
 
     def batched_tokens(self) -> int:
-        """--max-batched-tokens, else vLLM's ``get_batch_defaults`` for this GPU."""
-        if self.max_batched_tokens is not None:
-            return self.max_batched_tokens
-        return batch_defaults(self.gpu, self.rules())[0]
+        """--max-batched-tokens, else the engine's default for this GPU."""
+        return self.defaults().batched_tokens
 
     def num_seqs(self) -> int:
-        """--max-num-seqs, else vLLM's ``get_batch_defaults`` for this GPU."""
-        if self.max_num_seqs is not None:
-            return self.max_num_seqs
-        return batch_defaults(self.gpu, self.rules())[1]
+        """--max-num-seqs, else the engine's default for this GPU."""
+        return self.defaults().num_seqs
 
 
 @dataclass(frozen=True)
@@ -146,15 +131,21 @@ class Plan:
     params: ParamCount
     budgets: tuple[Budget, ...]            # one per pipeline stage
     layout: Layout                         # per GPU (tp applied)
-    vllm: VllmCapacity | None              # None when another engine plans (engine_figures)
+    #: the planning engine's capacity figures (``engines.Engine.plan_figures``: ``key``,
+    #: ``fits``, ``num_blocks``, ``kv_cache_tokens``, ``max_concurrency``, ``record()`` …)
+    engine_figures: object
     contiguous: AllocatorResult
     paged: AllocatorResult
     workload: Workload
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
-    #: the planning engine's own capacity figures (SGLang, TensorRT-LLM); None for vLLM,
-    #: whose figures are :attr:`vllm`
-    engine_figures: object | None = None
+
+    @property
+    def vllm(self):
+        """vLLM's start-up figures (``VllmCapacity``) when vLLM planned, else None (kept for
+        callers of the Python API; ``engine_figures`` is the engine-neutral form)."""
+        return getattr(self.engine_figures, "capacity", None) \
+            if getattr(self.engine_figures, "key", None) == "vllm" else None
 
     @property
     def budget(self) -> Budget:
@@ -182,15 +173,11 @@ class Plan:
 
     @property
     def num_blocks(self) -> int:
-        if self.engine_figures is not None:
-            return self.engine_figures.num_blocks
-        return self.vllm.num_blocks
+        return self.engine_figures.num_blocks
 
     @property
     def fits(self) -> bool:
-        if self.engine_figures is not None:
-            return self.engine_figures.fits
-        return self.vllm.fits and self.budget.kv_bytes > 0
+        return self.engine_figures.fits and self.budget.kv_bytes > 0
 
 
 @dataclass(frozen=True)
@@ -259,7 +246,7 @@ def validate(spec: ModelSpec, inp: PlanInputs) -> None:
     if inp.speculative_tokens < 0:
         raise UsageError(f"invalid --num-speculative-tokens {inp.speculative_tokens}: must not "
                          "be negative")
-    refusal = tp_refusal(spec, inp.tp)
+    refusal = get_engine(inp.engine).tp_refusal(spec, inp.tp)
     if refusal:
         raise UsageError(refusal)
     if inp.pp > spec.num_layers:
@@ -282,17 +269,8 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
     block = inp.block(spec)
     layout = plan_layout(spec, inp, block, inp.tp)
     token_layout = plan_layout(spec, inp, 1, inp.tp)
-    figures = get_engine(inp.engine).plan_figures(spec, inp, layout, budgets)
-    cap = None if figures is not None else vllm_capacity(
-        layout, [max(0, b.kv_bytes) for b in budgets], inp.max_len, inp.in_flight(),
-        inp.rules(), inp.num_blocks_override, inp.disable_hybrid)
-    if cap is not None:
-        tight = min(budgets, key=lambda b: b.kv_bytes)
-        extensible = tight.source == EXTENSIBLE
-        cap = replace(cap, utilization=tight.utilization, extensible=extensible,
-                      after_warmup=extensible and not cap.fits
-                      and cap.needed_bytes <= tight.kv_bytes + tight.margin_bytes)
-        cap = mamba_check(cap, layout, budgets, inp)
+    engine = get_engine(inp.engine)
+    figures = engine.plan_figures(spec, inp, layout, budgets)
     contiguous, paged = _allocators(layout, token_layout, workload, inp, budgets)
     warnings = []
     kv = facts.kv_heads
@@ -302,73 +280,9 @@ def make_plan(spec: ModelSpec, inp: PlanInputs, workload: Workload) -> Plan:
     if spec.max_position_embeddings and inp.max_len > spec.max_position_embeddings:
         warnings.append(f"--max-len {inp.max_len:,} exceeds the model's context length "
                         f"({spec.max_position_embeddings:,})")
-    if figures is not None:
-        return Plan(spec, inp, params, tuple(budgets), layout, cap, contiguous, paged, workload,
-                    tuple(warnings), tuple(getattr(figures, "notes", ())), figures)
-    notes = []
-    engine_note = _engine_vs_held_note(layout, cap, budgets, inp)
-    if engine_note:
-        notes.append(engine_note)
-    if paged.max_sequences > inp.num_seqs():
-        notes.append(f"vLLM runs at most max_num_seqs = {inp.num_seqs():,} sequences at once per "
-                     f"replica (--max-num-seqs); the KV cache alone would hold "
-                     f"{paged.max_sequences:,.0f}")
-    if facts.is_mla and inp.block_size is None:
-        notes.append(f"MLA: block size {block} of the {inp.backend(spec)} backend vLLM "
-                     f"{layout.band} picks on {inp.gpu.name} (compute capability "
-                     f"{inp.gpu.compute_capability or 'unknown'}) for KV {layout.kv_dtype.name}; "
-                     f"--block-size overrides")
-    return Plan(spec, inp, params, tuple(budgets), layout, cap, contiguous, paged, workload,
-                tuple(warnings), tuple(notes), figures)
-
-
-def mamba_check(cap: VllmCapacity, layout: Layout, budgets: list[Budget],
-                inp: PlanInputs) -> VllmCapacity:
-    """``cap`` refused (``fits`` False, vLLM's message in ``refusal``) when vLLM would stop at
-    CUDA-graph capture because max_num_seqs exceeds the Mamba cache blocks
-    (engines.vllm.mamba_max_num_seqs_refusal). The check counts the blocks vLLM has when it
-    initialises the cache: with 0.34's extensible KV cache those reserved before warm-up
-    (the budget plus its margin), else the final ones."""
-    if not cap.fits or not cap.bytes_per_block:
-        return cap
-    blocks = cap.num_blocks
-    tight = min(budgets, key=lambda b: b.kv_bytes)
-    if tight.source == EXTENSIBLE and inp.num_blocks_override is None:
-        blocks = (tight.kv_bytes + tight.margin_bytes) // cap.bytes_per_block
-    refusal = mamba_max_num_seqs_refusal(layout, inp.num_seqs(), blocks, not inp.enforce_eager)
-    return replace(cap, fits=False, refusal=refusal) if refusal else cap
-
-
-#: report the difference between vLLM's figure and what requests hold above this ratio
-ENGINE_GAP_NOTE_RATIO = 1.02
-
-
-def _engine_vs_held_note(layout: Layout, cap: VllmCapacity, budgets: list[Budget],
-                         inp: PlanInputs) -> str | None:
-    """Why vLLM's "Maximum concurrency" is below what requests of max_len really hold, for
-    models with sliding/chunked layers (vLLM sizes each window group for the window plus the
-    tokens in flight, and pads groups to equal size) -- field.md 5.2 item 4."""
-    windowed = any(c.keep not in (KEEP_ALL, KEEP_NONE) and c.window for c, _ in distinct(layout))
-    if not windowed or inp.pp > 1 or inp.num_blocks_override is not None or inp.disable_hybrid:
-        return None
-    held = peak_bytes(layout, inp.max_len)
-    kv = max(0, budgets[0].kv_bytes)
-    achievable = kv / held if held else 0.0
-    if not cap.fits:
-        if kv <= 0 or held > kv:
-            return None
-        doubled = inp.in_flight() > inp.batched_tokens() and inp.pp == 1
-        return (f"vLLM refuses to start although one {inp.max_len:,}-token request holds only "
-                f"{held / GiB:.2f} GiB at its peak: its check sizes every sliding/chunked group "
-                f"for the window plus {inp.in_flight():,} tokens in flight (a smaller "
-                f"--max-batched-tokens{', or --no-async-scheduling,' if doubled else ''} "
-                f"shrinks that term)")
-    if achievable < cap.max_concurrency * ENGINE_GAP_NOTE_RATIO:
-        return None
-    return (f"vLLM's maximum concurrency ({cap.max_concurrency:.2f}x) counts every sliding/chunked "
-            f"group at its window plus {inp.in_flight():,} tokens in flight (and any padding "
-            f"layers); {inp.max_len:,}-token requests hold only {held / GiB:.3f} GiB each at their "
-            f"peak, so {achievable:.2f} fit in the same {kv / GiB:.2f} GiB once running")
+    notes = engine.plan_notes(spec, inp, layout, figures, budgets, paged)
+    return Plan(spec, inp, params, tuple(budgets), layout, figures, contiguous, paged, workload,
+                tuple(warnings), tuple(notes))
 
 
 def _allocators(layout: Layout, token_layout: Layout, workload: Workload, inp: PlanInputs,
@@ -391,21 +305,24 @@ def _allocators(layout: Layout, token_layout: Layout, workload: Workload, inp: P
 
 
 # --------------------------------------------------------------------------------------------
-# Solvers
+# Solvers (for engines whose figures they search: ``Engine.solves``)
+
+
+def _figures(spec: ModelSpec, inp: PlanInputs, budgets: list[Budget]):
+    """The planning engine's figures for ``inp`` on ``budgets`` (the solvers' one question)."""
+    layout = plan_layout(spec, inp, inp.block(spec), inp.tp)
+    return get_engine(inp.engine).plan_figures(spec, inp, layout, budgets)
 
 
 def solve_max_len(spec: ModelSpec, inp: PlanInputs, concurrency: int, limit: int) -> int:
-    """Largest max length (<= limit) at which vLLM's maximum concurrency is >= ``concurrency``
-    (binary search: the per-request cost is monotonic but not linear for windowed models)."""
-    params = _facts(spec).params
-    budgets = [max(0, b.kv_bytes) for b in compute_budgets(spec, params, inp)]
-    layout = plan_layout(spec, inp, inp.block(spec), inp.tp)
-    rules = inp.rules()
+    """Largest max length (<= limit) at which the engine's maximum concurrency is
+    >= ``concurrency`` (binary search: the per-request cost is monotonic but not linear for
+    windowed models)."""
+    budgets = compute_budgets(spec, _facts(spec).params, inp)
 
     def ok(length: int) -> bool:
-        cap = vllm_capacity(layout, budgets, length, inp.in_flight(), rules,
-                            inp.num_blocks_override, inp.disable_hybrid)
-        return cap.fits and cap.max_concurrency >= concurrency
+        f = _figures(spec, replace(inp, max_len=length), budgets)
+        return f.fits and f.max_concurrency >= concurrency
 
     return largest_satisfying(ok, limit)
 
@@ -430,7 +347,7 @@ class Sizing:
 def smallest_deployment(spec: ModelSpec, inp: PlanInputs, target: int,
                         max_pp: int = 8) -> Sizing:
     """Fewest GPUs of ``inp.gpu`` (TP in 1/2/4/8 within a node, then PP across nodes, then
-    replicas) whose vLLM maximum concurrency at ``inp.max_len`` reaches ``target``. A replica
+    replicas) whose engine's maximum concurrency at ``inp.max_len`` reaches ``target``. A replica
     never runs more than ``max_num_seqs`` sequences at once, whatever its KV cache holds."""
     best: Sizing | None = None
     params = _facts(spec).params
@@ -438,16 +355,13 @@ def smallest_deployment(spec: ModelSpec, inp: PlanInputs, target: int,
         if pp > max_pp or pp > spec.num_layers:
             break
         for tp in TP_CHOICES:
-            if tp_refusal(spec, tp):
+            if get_engine(inp.engine).tp_refusal(spec, tp):
                 continue
-            trial = PlanInputs(**{**inp.__dict__, "tp": tp, "pp": pp, "replicas": 1})
-            budgets = [b.kv_bytes for b in compute_budgets(spec, params, trial)]
-            if min(budgets) <= 0:
+            trial = replace(inp, tp=tp, pp=pp, replicas=1)
+            budgets = compute_budgets(spec, params, trial)
+            if min(b.kv_bytes for b in budgets) <= 0:
                 continue
-            layout = plan_layout(spec, trial, trial.block(spec), tp)
-            cap = vllm_capacity(layout, budgets, trial.max_len, trial.in_flight(),
-                                trial.rules(), None, trial.disable_hybrid)
-            cap = mamba_check(cap, layout, compute_budgets(spec, params, trial), trial)
+            cap = _figures(spec, trial, budgets)
             if not cap.fits or cap.max_concurrency <= 0:
                 continue
             seqs = trial.num_seqs()

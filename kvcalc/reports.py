@@ -12,7 +12,6 @@ from .engines import get_engine
 from .engines.cache import Layout
 from .memory import Estimate, formula
 from .sources import ResolvedModel
-from .engines.vllm import vllm_error_message
 from .units import GiB, format_bytes, format_gib
 
 if TYPE_CHECKING:
@@ -94,19 +93,18 @@ def estimate_record(est: Estimate, resolved: ResolvedModel, warnings: list[str])
 # ---------------------------------------------------------------------------------- plan
 
 def plan_record(p: Plan, resolved: ResolvedModel) -> dict[str, Any]:
-    """The documented JSON contract of ``kvcalc plan`` (docs/planning.md)."""
-    b, inp, cap = p.budget, p.inputs, p.vllm
-    c, g = p.contiguous, p.paged
-    record = _plan_record(p, resolved, b, inp, cap, c, g)
-    figures = p.engine_figures
-    if figures is not None:
-        record["engine"] = inp.engine
-        record[figures.key] = figures.record()
-        record["block_size"] = p.layout.block_size
+    """The documented JSON contract of ``kvcalc plan`` (docs/planning.md): the fields every
+    engine shares, and the planning engine's own object (``vllm``, ``sglang``, ``trtllm``,
+    ``llamacpp`` …), which its figures fill (``record_fields``; the ``vllm`` field stays in
+    its place and is null when another engine plans)."""
+    b, inp, figures = p.budget, p.inputs, p.engine_figures
+    record = _plan_record(p, resolved, b, inp, figures, p.contiguous, p.paged)
+    fields = getattr(figures, "record_fields", None)
+    record.update(fields() if fields else {"engine": inp.engine, figures.key: figures.record()})
     return record
 
 
-def _plan_record(p: Plan, resolved, b, inp: PlanInputs, cap, c, g) -> dict:
+def _plan_record(p: Plan, resolved, b, inp: PlanInputs, figures, c, g) -> dict:
     """The record every engine shares."""
     return {
         "model": resolved.name,
@@ -147,7 +145,7 @@ def _plan_record(p: Plan, resolved, b, inp: PlanInputs, cap, c, g) -> dict:
         },
         "bytes_per_token": p.bytes_per_token,
         "kv_capacity_tokens": p.kv_capacity_tokens,
-        "block_size": (cap.block_size if cap is not None else 0) or p.layout.block_size,
+        "block_size": getattr(figures, "block_size", None) or p.layout.block_size,
         "num_blocks": p.num_blocks,
         "max_concurrency": {
             "contiguous": int(c.max_sequences) * inp.replicas,
@@ -155,7 +153,7 @@ def _plan_record(p: Plan, resolved, b, inp: PlanInputs, cap, c, g) -> dict:
         },
         "engine_version": p.layout.version,
         "version_band": p.layout.band,
-        "vllm": _vllm_record(p, inp, cap),
+        "vllm": None,
         "workload": {
             "description": p.workload.description,
             "mean_tokens": round(p.workload.mean_length, 1),
@@ -163,38 +161,8 @@ def _plan_record(p: Plan, resolved, b, inp: PlanInputs, cap, c, g) -> dict:
             "paged_gain": round(g.max_sequences / c.max_sequences, 2) if c.max_sequences else None,
         },
         "fits": p.fits,
-        "notes": list(p.notes) + (list(cap.notes) if cap is not None else []),
+        "notes": list(p.notes) + list(getattr(figures, "record_notes", ())),
         "warnings": list(p.warnings),
-    }
-
-
-def _vllm_record(p: Plan, inp: PlanInputs, cap) -> dict | None:
-    """The ``vllm`` object: vLLM's start-up figures (null when another engine plans)."""
-    if cap is None:
-        return None
-    return {
-        "era": inp.era,
-        "version": p.layout.version,
-        "band": p.layout.band,
-        "attention_backend": inp.backend(p.spec) or None,
-        "enable_prefix_caching": inp.prefix_caching,
-        "num_speculative_tokens": inp.speculative_tokens,
-        "num_gpu_blocks": cap.num_blocks,
-        "kv_cache_tokens": cap.kv_cache_tokens,
-        "max_concurrency": round(cap.max_concurrency, 2),
-        "kv_cache_groups": cap.groups,
-        "max_num_batched_tokens": inp.batched_tokens(),
-        "max_num_seqs": inp.num_seqs(),
-        "async_scheduling": inp.async_scheduling,
-        "hybrid_kv_cache_manager": not inp.disable_hybrid,
-        "in_flight_tokens": inp.in_flight(),
-        "max_model_len": inp.max_len,
-        "bytes_per_block": cap.bytes_per_block,
-        "blocks_per_request": cap.blocks_per_request,
-        "block_size": cap.block_size,
-        "fits": cap.fits,
-        "estimated_max_model_len": cap.estimated_max_model_len,
-        "log": cap.log_lines(),
     }
 
 
@@ -213,26 +181,18 @@ def _alloc_record(a, replicas: int) -> dict:
 
 
 def shortfall_record(p: Plan, spec: ModelSpec, inp: PlanInputs) -> dict:
-    """Why a plan does not fit, by how much, and what would."""
-    if p.engine_figures is not None:
-        figures = p.engine_figures
+    """Why a plan does not fit, by how much, and what would: the engine's figures say why
+    (``shortfall()``: a reason and the bytes short; else the engine's error); engines whose
+    figures the solvers search (``Engine.solves``) also say what would fit."""
+    figures = p.engine_figures
+    own = getattr(figures, "shortfall", None)
+    if own is None or not get_engine(inp.engine).solves:
         return {"reason": figures.error or "the pool holds no token", "shortfall_bytes":
                 max(0, -p.budget.kv_bytes), "shortfall_gib": round(max(0, -p.budget.kv_bytes)
                                                                    / GiB, 2),
                 "estimated_max_model_len": 0, "engine_error": figures.error,
                 "would_fit": {"fits": False}}
-    cap, b = p.vllm, p.budget
-    if cap.refusal:        # vLLM stops for another reason than the KV check (Mamba blocks)
-        reason, shortfall = cap.refusal, 0
-    elif b.kv_bytes <= 0:
-        reason = (f"weights ({format_gib(b.weights_bytes)}) and runtime overhead "
-                  f"({format_gib(b.overhead_bytes)}) exceed the {format_gib(b.requested_bytes)} vLLM may use "
-                  f"at gpu_util {b.utilization}")
-        shortfall = cap.needed_bytes - b.kv_bytes
-    else:
-        reason = (f"one request of {inp.max_len:,} tokens needs {format_gib(cap.needed_bytes)} of KV "
-                  f"cache; {format_gib(cap.available_bytes)} is available")
-        shortfall = cap.needed_bytes - cap.available_bytes
+    reason, shortfall, longest = own()
     from .planning import smallest_deployment
 
     sizing = smallest_deployment(spec, inp, 1)
@@ -240,8 +200,8 @@ def shortfall_record(p: Plan, spec: ModelSpec, inp: PlanInputs) -> dict:
         "reason": reason,
         "shortfall_bytes": int(shortfall),
         "shortfall_gib": round(shortfall / GiB, 2),
-        "estimated_max_model_len": cap.estimated_max_model_len or 0,
-        "vllm_error": vllm_error_message(cap),
+        "estimated_max_model_len": longest,
+        f"{figures.key}_error": figures.error,
         "would_fit": sizing_record(sizing, 1, inp),
     }
 
@@ -270,7 +230,7 @@ def compare_records(spec: ModelSpec, inp: PlanInputs, workload: Workload,
         except Exception as exc:  # noqa: BLE001 - one bad row must not hide the others
             rows.append({"gpu": gpu.name, "error": str(exc)})
             continue
-        cap = p.engine_figures if p.engine_figures is not None else p.vllm
+        cap = p.engine_figures
         row = {"gpu": gpu.name, "memory_bytes": gpu.memory_bytes,
                "kv_bytes": p.budget.kv_bytes, "num_gpu_blocks": p.num_blocks,
                "kv_cache_tokens": cap.kv_cache_tokens,

@@ -94,23 +94,32 @@ def test_outputs_name_the_band():
 
 def test_mamba_align_mode_nemotron_3_nano():
     # 2.89 GiB, max_len 4096, bf16: 2 attention blocks of 2,096 + 4 Mamba groups x 3 blocks
-    d = plan("nemotron-3-nano-30b", "--vllm-version", "0.33", "--kv-budget", "2.89GiB", "--max-len", "4k")["vllm"]
+    # (max_num_seqs 128: the default 1,024 exceeds the 240 Mamba blocks, and vLLM stops at
+    # CUDA-graph capture -- checked below)
+    base = ("nemotron-3-nano-30b", "--vllm-version", "0.33", "--kv-budget", "2.89GiB",
+            "--max-len", "4k")
+    d = plan(*base, "--max-num-seqs", "128")["vllm"]
     assert (d["blocks_per_request"], d["max_concurrency"], d["kv_cache_tokens"]) == \
         (14, 17.14, 70_217)
     assert d["block_size"] == 2096
     assert d["log"] == ["GPU KV cache size: 70,217 tokens, Maximum concurrency for 4,096 tokens "
                         "per request: 17.14x"]
+    refused = plan(*base)
+    assert refused["fits"] is False and refused["does_not_fit"]["reason"].startswith(
+        "max_num_seqs (1024) exceeds available Mamba cache blocks (240).")
     # --no-enable-prefix-caching: mode "none", 1 block per Mamba group (and vLLM <= 0.32)
-    off = plan("nemotron-3-nano-30b", "--vllm-version", "0.33", "--kv-budget", "2.89GiB", "--max-len", "4k",
-               "--no-enable-prefix-caching")["vllm"]
+    off = plan(*base, "--no-enable-prefix-caching")["vllm"]
     assert (off["blocks_per_request"], off["max_concurrency"]) == (6, 40.0)
-    old = plan("nemotron-3-nano-30b", "--vllm-version", "0.33", "--kv-budget", "2.89GiB", "--max-len", "4k",
-               "--vllm-version", "0.32")["vllm"]
+    old = plan(*base, "--vllm-version", "0.32")["vllm"]
     assert old["max_concurrency"] == 40.0
     # each speculative token adds one state block per Mamba group: 2 + 4 x (3 + 2)
-    spec = plan("nemotron-3-nano-30b", "--vllm-version", "0.33", "--kv-budget", "2.89GiB", "--max-len", "4k",
-                "--num-speculative-tokens", "2")["vllm"]
+    spec = plan(*base, "--num-speculative-tokens", "2")["vllm"]
     assert spec["blocks_per_request"] == 22
+    # 0.34: blocks of 2,112 (aligned to max(16, 64)), 239 of them, 17.07x
+    new = plan("nemotron-3-nano-30b", "--kv-budget", "2.89GiB", "--max-len", "4k",
+               "--max-num-seqs", "128")["vllm"]
+    assert (new["block_size"], new["num_gpu_blocks"], new["max_concurrency"]) == \
+        (2112, 239, 17.07)
 
 
 def test_mamba_blocks_per_request_by_mixer():

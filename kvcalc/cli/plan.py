@@ -186,8 +186,7 @@ def _emit(record: dict, p: Plan, fmt: str) -> None:
                 if not isinstance(v, (dict, list)) and not (k == "vllm" and v is None)}
         flat.update({f"budget_{k}": v for k, v in record["budget"].items()
                      if not isinstance(v, list)})
-        figures = p.engine_figures
-        key = figures.key if figures is not None else "vllm"
+        key = p.engine_figures.key
         flat.update({f"{key}_{k}": v for k, v in record[key].items()
                      if k != "log" and not isinstance(v, (dict, list))})
         flat["max_concurrency_contiguous"] = record["max_concurrency"]["contiguous"]
@@ -202,7 +201,7 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
     gpu = inp.gpu
     layout = f"tp {inp.tp} x pp {inp.pp} x {inp.replicas} replica(s) = {r['num_gpus']} GPU(s)"
     figures = p.engine_figures
-    if figures is not None:
+    if not getattr(figures, "budget_table", False):
         return _engine_table(r, p, fmt, figures)
     head = key_values([
         ("Model", f"{r['model']} ({p.spec.model_type}, {r['parameters']:,} parameters, "
@@ -263,7 +262,7 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
         ("GPU blocks (num_gpu_blocks)", f"{v['num_gpu_blocks']:,}"),
         ("GPU KV cache size", f"{v['kv_cache_tokens']:,} tokens"),
         (f"Maximum concurrency for {inp.max_len:,} tokens per request",
-         f"{p.vllm.max_concurrency:.2f}x"),
+         f"{p.engine_figures.max_concurrency:.2f}x"),
     ]
     capacity = table(cap_rows, (f"vLLM {p.layout.version} start-up figures", "value"), fmt)
     c, g = r["workload"]["allocators"]["contiguous"], r["workload"]["allocators"]["paged"]

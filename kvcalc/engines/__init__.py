@@ -165,24 +165,56 @@ class Engine:
         """The dtype the engine runs a checkpoint of ``model_dtype`` in (weights and 'auto')."""
         return model_dtype
 
-    # -- planning hooks (``kvcalc plan``); the defaults are vLLM's figures in planning.py --------
+    # -- planning hooks (``kvcalc plan``): every engine that plans answers them -----------------
+
+    #: True when ``kvcalc plan``'s solvers (--target-concurrency, --solve-max-len) take the
+    #: engine's figures: they search layouts and lengths on ``max_concurrency`` and ``fits``
+    solves: bool = False
 
     #: the plan options only this engine takes (kvcalc option names, e.g. "--mem-fraction-static")
     plan_options: tuple[str, ...] = ()
 
-    def plan_block_size(self, spec, inp) -> int | None:
-        """The engine's default block / page size for a plan (None: plan's vLLM default)."""
-        return None
+    def plan_block_size(self, spec, inp) -> int:
+        """The engine's default block / page size for a plan (by default the serving
+        defaults' block, :meth:`plan_defaults`)."""
+        return get_engine("vllm").plan_block_size(spec, inp)
 
-    def plan_budgets(self, spec, params, inp) -> list | None:
-        """The engine's own KV budget per pipeline stage (``plan.Budget``), None for plan's
-        vLLM-style budget (total x utilization - weights - overheads)."""
-        return None
+    def plan_backend(self, spec, inp) -> str:
+        """The attention backend that chose the default block ("" when none is named)."""
+        return ""
+
+    def plan_budgets(self, spec, params, inp) -> list:
+        """The KV budget per pipeline stage (:class:`kvcalc.budget.Budget`), term by term in
+        the engine's own names (vLLM: total x utilization - weights - overheads, and 0.34's
+        margin; SGLang: mem_fraction_static of the free memory …)."""
+        raise NotImplementedError(f"{self.display_name} sizes no KV budget")
 
     def plan_figures(self, spec, inp, layout, budgets):
-        """The capacity figures the engine prints for a plan (an object with ``key``,
-        ``fits``, ``record()``, ``log_lines()``, ``capacity_rows()``), None for vLLM's."""
-        return None
+        """The capacity figures the engine prints for a plan: an object with ``key`` (the
+        plan JSON's object for this engine), ``fits``, ``num_blocks``, ``kv_cache_tokens``,
+        ``max_concurrency``, ``error``, ``notes``, ``record()`` and ``log_lines()`` (each
+        engine module defines its own: vLLM's ``VllmPlanFigures``, SGLang's
+        ``SglangCapacity`` …)."""
+        raise NotImplementedError(f"{self.display_name} prints no capacity figures")
+
+    def plan_notes(self, spec, inp, layout, figures, budgets, paged) -> tuple[str, ...]:
+        """The notes a plan adds for this engine (``paged``: the paged allocator's result)."""
+        return tuple(getattr(figures, "notes", ()))
+
+    def tp_refusal(self, spec, tp: int) -> str | None:
+        """Why the engine refuses tensor parallelism ``tp`` for ``spec`` (one line), or None.
+        By default the rule every engine that shards attention by heads shares, in vLLM's
+        words (``QKVParallelLinear``; :func:`kvcalc.engines.vllm.tp_refusal`)."""
+        return get_engine("vllm").tp_refusal(spec, tp)
+
+    def plan_defaults(self, inp) -> Any:
+        """The engine's serving defaults for a plan whose settings leave them open: an object
+        with ``rules`` (the version band and settings modelled), ``era``, ``utilization``,
+        ``batched_tokens``, ``num_seqs``, ``in_flight`` and ``backend`` / ``block`` (see
+        :meth:`kvcalc.engines.vllm.Vllm.plan_defaults`). Engines that plan with their own
+        settings share the OpenAI-compatible server defaults of vLLM's ``get_batch_defaults``
+        for the figures they do not set themselves."""
+        return get_engine("vllm").plan_defaults(inp)
 
     def plan_max_len(self, spec, options: dict[str, Any]) -> int | None:
         """Tokens one request may reach under the engine's own settings (llama.cpp: the

@@ -1029,6 +1029,237 @@ def vllm_budgets(spec: ModelSpec, params, inp) -> list[Budget]:
 
 
 # --------------------------------------------------------------------------------------------
+# A plan's vLLM figures, behind the engine interface (kvcalc.planning names no engine)
+
+
+@dataclass(frozen=True)
+class VllmPlanDefaults:
+    """What vLLM does with the settings a plan leaves open: the version band and settings
+    modelled (:class:`VllmRules`), ``gpu_memory_utilization``, ``get_batch_defaults``, the tokens
+    in flight for windows and the attention backend that picks the block size."""
+
+    rules: VllmRules
+    utilization: float
+    batched_tokens: int
+    num_seqs: int
+    in_flight: int
+    block: int
+    backend: str
+
+    @property
+    def era(self) -> str:
+        return self.rules.era
+
+
+def plan_defaults(spec: ModelSpec | None, inp) -> VllmPlanDefaults:
+    """:class:`VllmPlanDefaults` for plan inputs ``inp`` (``spec`` None: no block size)."""
+    rules = rules_for_gpu(inp.version, inp.gpu.compute_capability, inp.gpu.vendor,
+                          enable_prefix_caching=inp.prefix_caching,
+                          num_speculative_tokens=inp.speculative_tokens,
+                          chunked_local_hybrid=inp.chunked_local_hybrid)
+    tokens, seqs = batch_defaults(inp.gpu, rules)
+    if inp.max_batched_tokens is not None:
+        tokens = inp.max_batched_tokens
+    if inp.max_num_seqs is not None:
+        seqs = inp.max_num_seqs
+    util = inp.gpu_util if inp.gpu_util is not None else rules.default_gpu_utilization(
+        rules.extensible_kv_cache and inp.num_blocks_override is None)
+    block, backend = default_block_size(spec, inp.kv_dtype, rules) if spec is not None else (
+        rules.default_block_size, "")
+    return VllmPlanDefaults(rules, util, tokens, seqs,
+                            in_flight_tokens(tokens, rules.era, inp.pp, inp.async_scheduling,
+                                             rules),
+                            block, backend)
+
+
+@dataclass(frozen=True)
+class VllmPlanFigures:
+    """vLLM's start-up figures for one plan (the plan JSON's ``vllm`` object)."""
+
+    capacity: VllmCapacity
+    layout: Layout
+    inputs: object
+    key = "vllm"
+    #: the CLI prints the budget term by term and these start-up figures beneath it
+    budget_table = True
+
+    @property
+    def fits(self) -> bool:
+        return self.capacity.fits
+
+    @property
+    def num_blocks(self) -> int:
+        return self.capacity.num_blocks
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        return self.capacity.kv_cache_tokens
+
+    @property
+    def max_concurrency(self) -> float:
+        return self.capacity.max_concurrency
+
+    @property
+    def block_size(self) -> int:
+        return self.capacity.block_size or self.layout.block_size
+
+    @property
+    def error(self) -> str | None:
+        return None if self.fits else vllm_error_message(self.capacity)
+
+    @property
+    def record_notes(self) -> tuple[str, ...]:
+        """Notes the plan record adds after the plan's own (the grouping's)."""
+        return self.capacity.notes
+
+    def log_lines(self) -> list[str]:
+        return self.capacity.log_lines()
+
+    def record_fields(self) -> dict:
+        """The plan record's fields this engine fills (the ``vllm`` object, in its place)."""
+        return {"vllm": self.record()}
+
+    def record(self) -> dict:
+        inp, cap = self.inputs, self.capacity
+        return {
+            "era": inp.era,
+            "version": self.layout.version,
+            "band": self.layout.band,
+            "attention_backend": inp.backend(self.layout.spec) or None,
+            "enable_prefix_caching": inp.prefix_caching,
+            "num_speculative_tokens": inp.speculative_tokens,
+            "num_gpu_blocks": cap.num_blocks,
+            "kv_cache_tokens": cap.kv_cache_tokens,
+            "max_concurrency": round(cap.max_concurrency, 2),
+            "kv_cache_groups": cap.groups,
+            "max_num_batched_tokens": inp.batched_tokens(),
+            "max_num_seqs": inp.num_seqs(),
+            "async_scheduling": inp.async_scheduling,
+            "hybrid_kv_cache_manager": not inp.disable_hybrid,
+            "in_flight_tokens": inp.in_flight(),
+            "max_model_len": inp.max_len,
+            "bytes_per_block": cap.bytes_per_block,
+            "blocks_per_request": cap.blocks_per_request,
+            "block_size": cap.block_size,
+            "fits": cap.fits,
+            "estimated_max_model_len": cap.estimated_max_model_len,
+            "log": cap.log_lines(),
+        }
+
+    def shortfall(self) -> tuple[str, int, int]:
+        """Why one request of max_model_len does not fit, by how many bytes, and the longest
+        length that would (vLLM's estimate; 0 when none)."""
+        cap, inp = self.capacity, self.inputs
+        b = min(self.budgets, key=lambda x: x.kv_bytes)
+        longest = cap.estimated_max_model_len or 0
+        if cap.refusal:        # vLLM stops for another reason than the KV check (Mamba blocks)
+            return cap.refusal, 0, longest
+        if b.kv_bytes <= 0:
+            return (f"weights ({format_gib_text(b.weights_bytes)}) and runtime overhead "
+                    f"({format_gib_text(b.overhead_bytes)}) exceed the "
+                    f"{format_gib_text(b.requested_bytes)} vLLM may use at gpu_util "
+                    f"{b.utilization}", cap.needed_bytes - b.kv_bytes, longest)
+        return (f"one request of {inp.max_len:,} tokens needs "
+                f"{format_gib_text(cap.needed_bytes)} of KV cache; "
+                f"{format_gib_text(cap.available_bytes)} is available",
+                cap.needed_bytes - cap.available_bytes, longest)
+
+    budgets: tuple = ()
+
+
+def format_gib_text(n: int) -> str:
+    """'N.NN GiB' (kvcalc's own rounding, units.format_gib)."""
+    from ..units import format_gib as _format
+
+    return _format(n)
+
+
+def vllm_plan_figures(spec: ModelSpec, inp, layout: Layout, budgets: list[Budget]
+                      ) -> VllmPlanFigures:
+    """vLLM's figures for a plan: :func:`vllm_capacity` on the budgets (tightest stage), how
+    the budget was sized (its error hints), and the Mamba max_num_seqs check."""
+    cap = vllm_capacity(layout, [max(0, b.kv_bytes) for b in budgets], inp.max_len,
+                        inp.in_flight(), inp.rules(), inp.num_blocks_override,
+                        inp.disable_hybrid)
+    tight = min(budgets, key=lambda b: b.kv_bytes)
+    extensible = tight.source == EXTENSIBLE
+    cap = replace(cap, utilization=tight.utilization, extensible=extensible,
+                  after_warmup=extensible and not cap.fits
+                  and cap.needed_bytes <= tight.kv_bytes + tight.margin_bytes)
+    cap = mamba_check(cap, layout, tight, inp)
+    return VllmPlanFigures(cap, layout, inp, tuple(budgets))
+
+
+def mamba_check(cap: VllmCapacity, layout: Layout, tight: Budget, inp) -> VllmCapacity:
+    """``cap`` refused (``fits`` False, vLLM's message in ``refusal``) when vLLM would stop at
+    CUDA-graph capture because max_num_seqs exceeds the Mamba cache blocks
+    (:func:`mamba_max_num_seqs_refusal`). The check counts the blocks vLLM has when it
+    initialises the cache: with 0.34's extensible KV cache those reserved before warm-up
+    (the budget plus its margin), else the final ones."""
+    if not cap.fits or not cap.bytes_per_block:
+        return cap
+    blocks = cap.num_blocks
+    if tight.source == EXTENSIBLE and inp.num_blocks_override is None:
+        blocks = (tight.kv_bytes + tight.margin_bytes) // cap.bytes_per_block
+    refusal = mamba_max_num_seqs_refusal(layout, inp.num_seqs(), blocks, not inp.enforce_eager)
+    return replace(cap, fits=False, refusal=refusal) if refusal else cap
+
+
+#: report the difference between vLLM's figure and what requests hold above this ratio
+ENGINE_GAP_NOTE_RATIO = 1.02
+
+
+def engine_vs_held_note(layout: Layout, cap: VllmCapacity, budgets: list[Budget],
+                        inp) -> str | None:
+    """Why vLLM's "Maximum concurrency" is below what requests of max_len really hold, for
+    models with sliding/chunked layers (vLLM sizes each window group for the window plus the
+    tokens in flight, and pads groups to equal size)."""
+    from ..workload import distinct, peak_bytes
+
+    windowed = any(c.keep not in (KEEP_ALL, KEEP_NONE) and c.window for c, _ in distinct(layout))
+    if not windowed or inp.pp > 1 or inp.num_blocks_override is not None or inp.disable_hybrid:
+        return None
+    held = peak_bytes(layout, inp.max_len)
+    kv = max(0, budgets[0].kv_bytes)
+    achievable = kv / held if held else 0.0
+    if not cap.fits:
+        if kv <= 0 or held > kv:
+            return None
+        doubled = inp.in_flight() > inp.batched_tokens() and inp.pp == 1
+        return (f"vLLM refuses to start although one {inp.max_len:,}-token request holds only "
+                f"{held / GiB:.2f} GiB at its peak: its check sizes every sliding/chunked group "
+                f"for the window plus {inp.in_flight():,} tokens in flight (a smaller "
+                f"--max-batched-tokens{', or --no-async-scheduling,' if doubled else ''} "
+                f"shrinks that term)")
+    if achievable < cap.max_concurrency * ENGINE_GAP_NOTE_RATIO:
+        return None
+    return (f"vLLM's maximum concurrency ({cap.max_concurrency:.2f}x) counts every sliding/chunked "
+            f"group at its window plus {inp.in_flight():,} tokens in flight (and any padding "
+            f"layers); {inp.max_len:,}-token requests hold only {held / GiB:.3f} GiB each at their "
+            f"peak, so {achievable:.2f} fit in the same {kv / GiB:.2f} GiB once running")
+
+
+def vllm_plan_notes(spec: ModelSpec, inp, layout: Layout, figures: VllmPlanFigures,
+                    budgets: list[Budget], paged) -> tuple[str, ...]:
+    """The notes a vLLM plan adds: windows sized for tokens in flight, max_num_seqs below what
+    the cache holds, and the MLA backend that chose the block."""
+    cap, notes = figures.capacity, []
+    note = engine_vs_held_note(layout, cap, budgets, inp)
+    if note:
+        notes.append(note)
+    if paged.max_sequences > inp.num_seqs():
+        notes.append(f"vLLM runs at most max_num_seqs = {inp.num_seqs():,} sequences at once per "
+                     f"replica (--max-num-seqs); the KV cache alone would hold "
+                     f"{paged.max_sequences:,.0f}")
+    if spec.is_mla and inp.block_size is None:
+        notes.append(f"MLA: block size {layout.block_size} of the {inp.backend(spec)} backend "
+                     f"vLLM {layout.band} picks on {inp.gpu.name} (compute capability "
+                     f"{inp.gpu.compute_capability or 'unknown'}) for KV {layout.kv_dtype.name}; "
+                     f"--block-size overrides")
+    return tuple(notes)
+
+
+# --------------------------------------------------------------------------------------------
 # The engine: settings, version bands, registry entry
 
 BANDS = (
@@ -1148,8 +1379,28 @@ class Vllm(Engine):
     def served_dtype(self, model_dtype: str) -> str:
         return served_model_dtype(model_dtype)
 
+    solves = True
+
     def plan_budgets(self, spec, params, inp) -> list[Budget]:
         return vllm_budgets(spec, params, inp)
+
+    def plan_defaults(self, inp) -> VllmPlanDefaults:
+        return plan_defaults(None, inp)
+
+    def plan_block_size(self, spec, inp) -> int:
+        return default_block_size(spec, inp.kv_dtype, inp.rules())[0]
+
+    def plan_backend(self, spec, inp) -> str:
+        return default_block_size(spec, inp.kv_dtype, inp.rules())[1]
+
+    def plan_figures(self, spec, inp, layout, budgets) -> VllmPlanFigures:
+        return vllm_plan_figures(spec, inp, layout, budgets)
+
+    def plan_notes(self, spec, inp, layout, figures, budgets, paged) -> tuple[str, ...]:
+        return vllm_plan_notes(spec, inp, layout, figures, budgets, paged)
+
+    def tp_refusal(self, spec, tp: int) -> str | None:
+        return tp_refusal(spec, tp)
 
 
 VLLM = register(Vllm())
