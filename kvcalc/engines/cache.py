@@ -132,6 +132,21 @@ def parse_version(text: str, what: str = "transformers", example: str = "4.57") 
 _VERSION = re.compile(r"^\s*([0-9]{1,4})\.([0-9]{1,4})(?:\.[0-9]{1,6})?(?:[.+\-]?[A-Za-z0-9.+\-]{1,32})?\s*$")
 
 
+def require_at_least_one(**sizes: int) -> None:
+    """One line for the first layout size below 1 (tensor parallelism, block / page size), the
+    check every engine's layout makes first; keywords are the sizes' names as the message says
+    them (``tensor_parallel_size`` -> "tensor-parallel size")."""
+    for name, value in sizes.items():
+        if value < 1:
+            label = LAYOUT_SIZE_NAMES.get(name, name)
+            raise UsageError(f"invalid {label} {value}: must be at least 1")
+
+
+#: how errors name a layout size
+LAYOUT_SIZE_NAMES = {"tensor_parallel_size": "tensor-parallel size", "block_size": "block size",
+                     "page_size": "--page-size", "tokens_per_block": "--tokens-per-block"}
+
+
 def attention_bytes_per_token(kv_heads: int, head_dim_k: int, head_dim_v: int,
                               dtype: KVDtype) -> int:
     """K and V rows for every cached head: ``kv_heads x (row(hd_k) + row(hd_v))``.

@@ -39,7 +39,8 @@ from . import Band, Engine, Setting, cached_layout, register
 from .vllm import VLLM_INDEXER_QUANT_BLOCK, vllm_indexer_bytes_per_token
 from .cache import (KEEP_ALL, KEEP_NONE, LayerCache, Layout, attention_bytes_per_token,
                     attention_formula, mla_latent_bytes_per_token, mla_latent_formula,
-                    no_cache_formula, state_bytes, state_formula)
+                    no_cache_formula, state_bytes, state_formula,
+                    require_at_least_one)
 
 # --------------------------------------------------------------------------------------------
 # Named constants (SGLang 0.5.23, python/sglang/srt/...)
@@ -223,10 +224,7 @@ def sglang_layout(spec: ModelSpec, kv_dtype: str = "auto", page_size: int = 1, t
                   version: str | None = None) -> Layout:
     """``spec`` laid out by SGLang: one token pool row per layer (pages of ``page_size``);
     windowed layers keep every token unless the model is hybrid SWA (:func:`is_hybrid_swa`)."""
-    if tp < 1:
-        raise UsageError(f"invalid tensor-parallel size {tp}: must be at least 1")
-    if page_size < 1:
-        raise UsageError(f"invalid --page-size {page_size}: must be at least 1")
+    require_at_least_one(tensor_parallel_size=tp, page_size=page_size)
     version = version or SGLANG.default_version
     band = SGLANG.band(version)
     dtype = served_kv_dtype(spec, kv_dtype)

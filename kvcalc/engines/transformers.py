@@ -31,7 +31,8 @@ from . import Band, Engine, Setting, register
 from .cache import (KEEP_ALL, KEEP_CHUNK, KEEP_NONE, KEEP_WINDOW, LayerCache, Layout,
                     attention_bytes_per_token, attention_formula, element_text,
                     mla_expanded_bytes_per_token, mla_latent_bytes_per_token, mla_latent_formula,
-                    no_cache_formula, state_bytes, state_formula)
+                    no_cache_formula, state_bytes, state_formula,
+                    require_at_least_one)
 
 HF_DEFAULT_VERSION = "5.25"      # the transformers release the hf layout models by default
 HF_NEWEST_CHECKED = "5.25.0"     # the newest release checked (kvcalc verify --device meta --all)
@@ -110,8 +111,7 @@ class Transformers(Engine):
 
     def layout(self, spec, kv_dtype: str = "auto", *, version: str | None = None,
                block_size: int | None = None, tp: int = 1) -> Layout:
-        if tp < 1:
-            raise UsageError(f"invalid tensor-parallel size {tp}: must be at least 1")
+        require_at_least_one(tensor_parallel_size=tp)
         if tp != 1:
             raise UsageError("the hf layout models one process: tensor parallelism needs "
                              "--engine vllm")

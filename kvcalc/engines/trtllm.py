@@ -37,7 +37,8 @@ from ..errors import UsageError
 from ..units import GiB, MiB, cdiv
 from ..budget import Budget, activation_bytes, pp_partition, stage_weight_bytes  # noqa: F401
 from . import Band, Engine, Setting, cached_layout, register
-from .cache import KEEP_ALL, KEEP_NONE, LayerCache, Layout, no_cache_formula
+from .cache import (KEEP_ALL, KEEP_NONE, LayerCache, Layout, no_cache_formula,
+                    require_at_least_one)
 
 #: ``KvCacheConfig.free_gpu_memory_fraction`` default
 FREE_GPU_MEMORY_FRACTION = 0.9
@@ -72,8 +73,7 @@ def trtllm_layout(spec: ModelSpec, kv_dtype: str = "auto", tokens_per_block: int
                   tp: int = 1, version: str | None = None) -> Layout:
     """``spec`` in TensorRT-LLM's paged pool: every attention layer at full length (no
     ``max_attention_window``), MLA latent unsplit."""
-    if tp < 1 or tokens_per_block < 1:
-        raise UsageError("invalid --tp or --tokens-per-block: must be at least 1")
+    require_at_least_one(tensor_parallel_size=tp, tokens_per_block=tokens_per_block)
     dtype = resolve_kv_dtype(kv_dtype, spec.dtype)
     version = version or TRTLLM.default_version
     band = TRTLLM.band(version)

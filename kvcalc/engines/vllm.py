@@ -49,7 +49,8 @@ from ..units import MiB, GiB, cdiv, largest_satisfying
 from . import Band, Engine, Setting, register
 from .cache import (KEEP_ALL, KEEP_CHUNK, KEEP_NONE, KEEP_WINDOW, LayerCache, Layout,
                     attention_bytes_per_token, attention_formula, mla_latent_bytes_per_token,
-                    mla_latent_formula, no_cache_formula, state_bytes, state_formula)
+                    mla_latent_formula, no_cache_formula, state_bytes, state_formula,
+                    require_at_least_one)
 
 #: the capacity-report eras of the bands: "new" (>= 0.20) and "mid" (0.9-0.19)
 ERAS = ("new", "mid")
@@ -394,10 +395,7 @@ def vllm_kv_heads_per_gpu(kv_heads: int, tp: int) -> int:
 def vllm_layout(spec: ModelSpec, kv_dtype: str = "auto", block_size: int = DEFAULT_BLOCK_SIZE,
                 tp: int = 1, version: str | None = None) -> Layout:
     """``spec`` laid out by vLLM ``version`` (default: the newest band), per GPU at TP ``tp``."""
-    if tp < 1:
-        raise UsageError(f"invalid tensor-parallel size {tp}: must be at least 1")
-    if block_size < 1:
-        raise UsageError(f"invalid block size {block_size}: must be at least 1")
+    require_at_least_one(tensor_parallel_size=tp, block_size=block_size)
     version = version or VLLM.default_version
     band = VLLM.band(version)
     refusal = tp_refusal(spec, tp)
