@@ -201,7 +201,7 @@ def estimate(model: Any, *, seq: int, batch: int = 1, engine: str = "hf",
     layout = alloc.layout if alloc is not None else build_layout(
         m.spec, engine, str(kv_dtype).lower(), block_size=block_size, version=version)
     warnings = (context_warnings(m.spec, [seq]) + ignored_settings(eng, block_size=block_size)
-                + version_notices(layout))
+                + version_notices(layout) + list(getattr(alloc, "warnings", ())))
     point: Estimate = _estimate_point(layout, seq, batch)
     record = estimate_record(point, m.resolved, warnings)
     if alloc is not None:  # what the engine allocates at start-up ("llamacpp" object)
@@ -229,6 +229,11 @@ def estimate_sweep(model: Any, *, seqs: Sequence[int], batches: Sequence[int] = 
 
 # ------------------------------------------------------------------------------------- plan
 
+#: --weights-dtype for llama.cpp and Ollama: llama.cpp's file types (kvcalc.gguf_weights)
+from .gguf_weights import FILE_TYPES as _FILE_TYPES  # noqa: E402
+
+LLAMACPP_FILE_TYPES = tuple(_FILE_TYPES)
+
 #: keyword -> flag of the settings only some planning engines take (SGLang, TensorRT-LLM; each
 #: engine lists the flags it takes in ``plan_options``)
 ENGINE_PLAN_OPTIONS = {
@@ -243,6 +248,13 @@ ENGINE_PLAN_OPTIONS = {
     "max_tokens": "--max-tokens",
     "max_gpu_total_bytes": "--max-gpu-total-bytes",
     "host_cache_size": "--host-cache-size",
+    # llama.cpp's offload (llama-server -ngl, -ts, -sm, -nkvo, -ot) and Ollama's num_gpu
+    "n_gpu_layers": "--n-gpu-layers",
+    "tensor_split": "--tensor-split",
+    "split_mode": "--split-mode",
+    "no_kv_offload": "--no-kv-offload",
+    "override_tensor": "--override-tensor",
+    "num_gpu": "--num-gpu",
 }
 #: byte-size keywords: an int, or a size such as "3GiB"
 _BYTE_OPTIONS = ("overhead", "weights_memory", "activation_memory", "non_torch_memory",
@@ -488,9 +500,12 @@ def _plan_setup(model: Any, o: dict[str, Any]):
         max_len = (runtime.plan_max_len(m.spec, own) or m.spec.max_position_embeddings or 4096)
     kv_dtype = runtime.plan_kv_dtype(own) or str(o["kv_dtype"]).lower()
     wdtype = o["weights_dtype"]
-    wdtype = (runtime.served_dtype(default_weights_dtype(m.spec)) if wdtype == "auto"
-              else wdtype)
-    weights_dtype_bytes(wdtype)
+    if hasattr(runtime, "plan_weights_dtype"):    # llama.cpp, Ollama: a GGUF file type
+        wdtype = runtime.plan_weights_dtype(m.spec, wdtype)
+    else:
+        wdtype = (runtime.served_dtype(default_weights_dtype(m.spec)) if wdtype == "auto"
+                  else wdtype)
+        weights_dtype_bytes(wdtype)
     engine_options = _engine_options(runtime, {ENGINE_PLAN_OPTIONS[k]: (k, v)
                                                for k, v in options.items()})
     engine_options += _engine_options(runtime, {f"--{k.replace('_', '-')}": (k, v)

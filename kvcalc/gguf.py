@@ -4,9 +4,10 @@
 :mod:`kvcalc.sources`. The header is parsed by streaming through it: the key/value section and
 the tensor table, skipping long arrays (the tokenizer's 262,144 strings) without keeping them,
 so a 100 GB file reads in milliseconds. (The ``gguf`` package's ``GGUFReader`` builds a numpy
-view per tokenizer entry: 30 s to 3 min for the small models kvcalc tests with.) The ``gguf``
-package supplies the tensor type table (``GGML_QUANT_SIZES``): bytes per block of each ggml type,
-so the file's tensor bytes -- the weights llama.cpp loads -- are known without reading them.
+view per tokenizer entry: 30 s to 3 min for the small models kvcalc tests with.) Each tensor's
+name, ggml type, shape and offset are kept (:class:`GGUFTensor`); with ggml's bytes per block
+(:mod:`kvcalc.ggml`) the file's tensor bytes -- the weights llama.cpp loads, per layer and for
+the embeddings and output -- are known without reading them (:mod:`kvcalc.gguf_weights`).
 
 The layer rules follow llama.cpp (``src/llama-model.cpp``, ``src/llama-hparams.cpp``,
 ``src/models/<arch>.cpp``; ggml-org/llama.cpp), the one reader of these files that matters:
@@ -97,6 +98,25 @@ HF_TYPES = {"gemma3": "gemma3_text", "gpt-oss": "gpt_oss", "gemma3n": "gemma3n_t
 
 
 @dataclass(frozen=True)
+class GGUFTensor:
+    """One entry of the tensor table: name, ggml type, shape (ne0 first), offset in the data
+    section, and its bytes (``ggml_nbytes``)."""
+
+    name: str
+    ggml_type: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+    @property
+    def elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
 class GGUFHeader:
     """What a GGUF file declares before its tensor data."""
 
@@ -106,6 +126,8 @@ class GGUFHeader:
     tensor_count: int
     tensor_bytes: int                  # bytes of every tensor, from its type and shape
     tensor_types: Mapping[str, int]    # ggml type name -> tensors of that type
+    tensors: tuple[GGUFTensor, ...] = ()
+    alignment: int = 32                # general.alignment: the data section's tensor alignment
 
     @property
     def architecture(self) -> str:
@@ -216,26 +238,31 @@ def read_header(path: str | Path) -> GGUFHeader:
                 raise ConfigError(f"{p}: the GGUF key {key!r} appears twice (llama.cpp refuses "
                                   "duplicate keys)")
             meta[key] = s.value(s.unpack("<I"), keep=not key.startswith("tokenizer.ggml."))
-        total, types = 0, {}
+        total, types, tensors = 0, {}, []
         for _ in range(n_tensors):
-            s.skip_string()
+            tname = s.string()
             n_dims = s.unpack("<I")
             if n_dims > MAX_DIMS:
                 raise ConfigError(f"{p}: a tensor with {n_dims} dimensions (at most {MAX_DIMS})")
-            elements = 1
+            elements, shape = 1, []
             for _ in range(n_dims):
-                elements *= s.unpack("<Q")
+                shape.append(s.unpack("<Q"))
+                elements *= shape[-1]
             if elements > MAX_TENSOR_ELEMENTS:
                 raise ConfigError(f"{p}: a tensor of {elements:,} values (ggml's limit is "
                                   f"{MAX_TENSOR_ELEMENTS:,})")
             ttype = s.unpack("<I")
-            s.unpack("<Q")  # offset into the data section
+            offset = s.unpack("<Q")  # offset into the data section
             if ttype not in quant:
                 raise ConfigError(f"{p}: a tensor of unknown ggml type {ttype}")
             name, block, size = quant[ttype]
-            total += tensor_bytes(elements, block, size)
+            nbytes = tensor_bytes(elements, block, size)
+            total += nbytes
             types[name] = types.get(name, 0) + 1
-    return GGUFHeader(str(p), version, meta, n_tensors, total, types)
+            tensors.append(GGUFTensor(tname, name, tuple(shape), offset, nbytes))
+    align = meta.get("general.alignment", 32)
+    return GGUFHeader(str(p), version, meta, n_tensors, total, types, tuple(tensors),
+                      align if isinstance(align, int) and align > 0 else 32)
 
 
 def tensor_bytes(elements: int, block_elements: int, block_bytes: int) -> int:
@@ -245,14 +272,10 @@ def tensor_bytes(elements: int, block_elements: int, block_bytes: int) -> int:
 
 
 def _quant_sizes() -> dict[int, tuple[str, int, int]]:
-    """ggml type id -> (name, values per block, bytes per block), from the ``gguf`` package."""
-    try:
-        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-    except ImportError:
-        raise ConfigError("reading a GGUF file needs the gguf package: pip install gguf "
-                          "(or kvcalc[gguf])") from None
-    return {int(t): (t.name.lower(), *GGML_QUANT_SIZES[t]) for t in GGMLQuantizationType
-            if t in GGML_QUANT_SIZES}
+    """ggml type id -> (name, values per block, bytes per block) (:mod:`kvcalc.ggml`)."""
+    from .ggml import TYPES
+
+    return {t.ggml_id: (t.name, t.block, t.block_bytes) for t in TYPES}
 
 
 def find_gguf(directory: Path) -> Path | None:
@@ -325,11 +348,17 @@ def gguf_config(header: GGUFHeader) -> dict[str, Any]:
             "tensor_bytes": header.tensor_bytes,
             "tensor_count": header.tensor_count,
             "tensor_types": dict(header.tensor_types),
+            # every tensor: [name, ggml type, shape, bytes] (kvcalc.gguf_weights)
+            "tensors": [[t.name, t.ggml_type, list(t.shape), t.nbytes] for t in header.tensors],
             "hparams": {k: v for k, v in arch_meta.items() if not isinstance(v, tuple)},
         },
     }
     if "attention.key_length" in arch_meta:
         cfg["head_dim"] = arch_meta["attention.key_length"]
+    names = {t.name for t in header.tensors}
+    if "token_embd.weight" in names:
+        # no output matrix: llama.cpp reuses the token embeddings (tied), counted once
+        cfg["tie_word_embeddings"] = "output.weight" not in names
     return {k: v for k, v in cfg.items() if v is not None}
 
 

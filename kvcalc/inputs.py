@@ -148,6 +148,11 @@ PARAMS: dict[str, Param] = {
     **{k: _count() for k in ("parallel", "batch_size", "ubatch_size", "num_parallel",
                              "num_batch")},
     **{k: _TEXT for k in ("cache_type_k", "cache_type_v", "flash_attn", "kv_cache_type")},
+    # llama.cpp's offload (-ngl N|all|auto, -ts, -sm, -ot) and Ollama's num_gpu: checked by
+    # kvcalc.engines.llamacpp
+    **{k: _TEXT for k in ("n_gpu_layers", "tensor_split", "split_mode", "override_tensor",
+                          "num_gpu")},
+    "no_kv_offload": _BOOL,
     # simulate
     "rate": Param("number", MIN_RATE, MAX_RATE),
     "rate_scale": Param("number", MIN_RATE_SCALE, MAX_RATE_SCALE),

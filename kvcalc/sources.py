@@ -416,6 +416,10 @@ def resolve(model: str, revision: str | None = None) -> ResolvedModel:
         from . import hub  # imported only for hub ids
 
         return hub.resolve_hub(model, revision)
+    from . import ollama_names
+
+    if ollama_names.is_ollama_name(model):   # gemma3:4b, llama3.1:8b-instruct-q8_0
+        return _from_ollama_name(model)
     looks_like_path = os.sep in model or model.endswith((".json", ".yaml", ".yml"))
     if looks_like_path:
         raise ModelNotFoundError(f"no such file or directory: {model}")
@@ -424,6 +428,24 @@ def resolve(model: str, revision: str | None = None) -> ResolvedModel:
         + suggest(model, preset_names())
         + " (kvcalc models lists the presets)"
     )
+
+
+def _from_ollama_name(model: str) -> ResolvedModel:
+    """An Ollama library name: its preset, with the tag's quantization under
+    ``ollama_quantization`` in the config (the weights of --engine llamacpp / ollama)."""
+    from .ollama_names import lookup
+
+    entry, quant = lookup(model)
+    preset = find_preset(entry.preset)
+    if preset is None:
+        raise ModelNotFoundError(f"Ollama model '{model}' maps to preset '{entry.preset}', "
+                                 "which is not installed")
+    found = _from_preset(preset)
+    config = {**found.config, "ollama_quantization": quant, "ollama_name": model}
+    return ResolvedModel(model, config, "preset", found.location, hub_id=found.hub_id,
+                         revision=found.revision,
+                         description=f"Ollama {model} = preset {preset.name}, {quant.upper()}",
+                         origin=found.origin)
 
 
 def _no_revision(what: str, revision: str | None, hub_id: str | None) -> None:

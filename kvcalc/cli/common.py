@@ -62,7 +62,8 @@ def llamacpp_options(f):
 
     tokens = TokenList("token count", single=True)
     options = [
-        click.option("--ctx-size", type=tokens, default=None,
+        click.option("--ctx-size", type=TokenList("token count", single=True, zero=True),
+                     default=None,
                      help="llamacpp: llama-server -c, tokens over all slots (default 0 = the "
                           "model's context length)."),
         click.option("--parallel", type=int, default=None,
@@ -168,13 +169,16 @@ class TokenList(click.ParamType):
 
     name = "tokens"
 
-    def __init__(self, what: str = "token count", single: bool = False):
+    def __init__(self, what: str = "token count", single: bool = False, zero: bool = False):
         self.what = what
         self.single = single
+        self.zero = zero          # 0 accepted (llama.cpp's -c 0: the trained context)
 
     def convert(self, value, param, ctx):
         if isinstance(value, (int, list)):
             return value
+        if self.zero and str(value).strip() == "0":
+            return 0
         try:
             return parse_tokens(value, self.what) if self.single else parse_token_list(value, self.what)
         except UsageError as exc:

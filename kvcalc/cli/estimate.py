@@ -50,6 +50,9 @@ def estimate(model, revision, seqs, batches, engine, kv_dtype, block_size, fmt, 
         echo_output(to_yaml(records[0] if len(records) == 1 else records))
     elif fmt == "csv":
         echo_output(to_csv(records, CSV_COLUMNS))
+    elif len(records) == 1 and "llamacpp" in records[0] and _seq_defaulted():
+        # llama.cpp / Ollama allocate the whole context up front: that is the one answer
+        echo_output(_allocation_answer(records[0], fmt))
     elif len(records) == 1:
         echo_output(_single_table(records[0], fmt))
     else:
@@ -84,6 +87,30 @@ def _single_table(rec: dict, fmt: str) -> str:
     parts = [header, "", totals, "", layers, "", f"{bold}Formula{bold}: {rec['formula']}"]
     if "llamacpp" in rec:
         parts += ["", _allocation_table(rec["llamacpp"], fmt)]
+    if rec["notes"]:
+        parts.append("")
+        parts.extend(f"note: {n}" for n in rec["notes"])
+    return "\n".join(parts) + "\n"
+
+
+def _seq_defaulted() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source("seqs") in (
+        click.core.ParameterSource.DEFAULT, None)
+
+
+def _allocation_answer(rec: dict, fmt: str) -> str:
+    """The estimate of an engine that reserves its context at start-up: the model, the bytes
+    of one cell, and what it allocates (no --seq table: --seq was not given)."""
+    bold = "**" if fmt == "markdown" else ""
+    header = key_values([
+        ("Model", f"{rec['model']} ({rec['model_type']}; {_source(rec)})"),
+        ("Engine", rec["engine_detail"]),
+        ("KV dtype", rec["kv_dtype"]),
+        ("Per token", f"{rec['bytes_per_token']:,} B ({rec['human']['per_token']}) per cell"),
+    ], fmt)
+    parts = [header, "", _allocation_table(rec["llamacpp"], fmt), "",
+             f"{bold}Formula{bold}: {rec['formula']}"]
     if rec["notes"]:
         parts.append("")
         parts.extend(f"note: {n}" for n in rec["notes"])

@@ -35,20 +35,41 @@ def _summary(preset) -> dict:
     return row
 
 
+def _ollama_rows() -> list[dict]:
+    from ..ollama_names import TABLE
+
+    return [{"ollama": m.name, "preset": m.preset, "quantization": m.quant, "note": m.note}
+            for m in TABLE]
+
+
 @click.group(invoke_without_command=True)
+@click.option("--ollama", "ollama", is_flag=True,
+              help="List the Ollama library names kvcalc resolves (family:size -> preset, "
+                   "default quantization); add -variant and -quant to a tag as Ollama does.")
 @format_option
 @click.pass_context
-def models(ctx, fmt):
+def models(ctx, ollama, fmt):
     """List model presets with their KV bytes per token (model dtype).
 
     \b
     Examples:
       kvcalc models
       kvcalc models --format json
+      kvcalc models --ollama
       kvcalc models show llama-7b
       kvcalc models add Qwen/Qwen3-8B --as qwen3-8b-mine
     """
     if ctx.invoked_subcommand is not None:
+        return
+    if ollama:
+        rows = _ollama_rows()
+        if fmt in ("json", "yaml", "csv"):
+            echo_output({"json": to_json, "yaml": to_yaml}.get(fmt, lambda r: to_csv(
+                r, ("ollama", "preset", "quantization", "note")))(rows))
+        else:
+            echo_output(table([(r["ollama"], r["preset"], r["quantization"].upper(),
+                                r["note"] or "") for r in rows],
+                              ("Ollama name", "preset", "default quant", "note"), fmt) + "\n")
         return
     rows = [_summary(p) for p in all_presets()]
     if fmt == "json":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .. import api
 from ..params import weights_dtype_bytes
 from ..planning import Plan
 from ..render import key_values, table, to_csv, to_json, to_yaml
@@ -17,7 +18,8 @@ from .common import (ByteSize, TokenList, allocation_options, echo_output, forma
 EXIT_DOES_NOT_FIT = 3
 #: the hidden --vllm-era of earlier kvcalc releases, as a version of its band
 ERA_VERSIONS = {"new": "0.32", "mid": "0.19"}
-WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4")
+WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4") + tuple(
+    t for t in api.LLAMACPP_FILE_TYPES if t not in ("bf16",))
 
 
 @click.command()
@@ -51,8 +53,11 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
               help="vLLM gpu_memory_utilization: share of total memory the engine may use "
                    "(default: the version's -- 1.0 with 0.34's extensible KV cache, 0.92 from "
                    "0.25, 0.9 before).")
-@click.option("--weights-dtype", type=click.Choice(WEIGHT_CHOICES), default="auto",
-              show_default=True, help="Weight storage; auto = the checkpoint's.")
+@click.option("--weights-dtype", type=click.Choice(WEIGHT_CHOICES, case_sensitive=False),
+              default="auto", show_default=True,
+              help="Weight storage; auto = the checkpoint's. llamacpp/ollama: a llama.cpp file "
+                   "type (q4_k_m, q5_k_m, q8_0, iq4_xs ...) with llama-quantize's per-tensor "
+                   "mix; auto = the GGUF file's tensors, Q4_K_M for a preset.")
 @click.option("--overhead", type=ByteSize(), default=None,
               help="Replace the activation + non-torch + CUDA-graph estimate, e.g. 3GiB.")
 @click.option("--weights-memory", "weights_memory", type=ByteSize(), default=None,
@@ -140,6 +145,21 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
               help="Solve: the largest --max-len at which this many requests fit at once.")
 @click.option("--compare-gpus", is_flag=True,
               help="Run the plan on every catalog GPU and compare.")
+@click.option("--n-gpu-layers", "-ngl", "--gpu-layers", "n_gpu_layers", default=None,
+              metavar="N|all|auto",
+              help="llamacpp: layers on the GPU, the output layer counted (default auto: "
+                   "llama.cpp's --fit, all when they fit).")
+@click.option("--tensor-split", "-ts", "tensor_split", default=None, metavar="P0,P1,...",
+              help="llamacpp: share of the layers per GPU (several GPUs of --gpu's kind).")
+@click.option("--split-mode", "-sm", "split_mode", type=click.Choice(("layer", "row", "none")),
+              default=None, help="llamacpp: split the layers (default) or each matrix's rows.")
+@click.option("--no-kv-offload", "-nkvo", "no_kv_offload", is_flag=True, default=None,
+              help="llamacpp: keep the KV cache in RAM.")
+@click.option("--override-tensor", "-ot", "override_tensor", default=None,
+              metavar="PATTERN=CPU,...",
+              help="llamacpp: tensors whose name matches stay in RAM ('exps=CPU': MoE experts).")
+@click.option("--num-gpu", "num_gpu", default=None, metavar="N",
+              help="ollama: num_gpu, layers on the GPU (default: what fits).")
 @allocation_options
 @format_option
 def plan(model, vllm_era, compare_gpus, solve_max_len, fmt, **options):

@@ -41,6 +41,7 @@ from ..arch import AttentionLayer, MLALayer, ModelSpec
 from ..dtypes import KVDtype
 from ..errors import UsageError
 from ..units import cdiv
+from ..budget import Budget
 from . import Band, Engine, Setting, register
 from .cache import KEEP_ALL, KEEP_NONE, KEEP_WINDOW, LayerCache, Layout, no_cache_formula
 
@@ -319,6 +320,12 @@ class Allocation:
     def log_lines(self) -> list[str]:
         return [c.log_line(self.sizes.n_seq_max) for c in self.caches]
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """llama.cpp's warnings for this context (a context above the trained one)."""
+        w = context_warning(self.layout.spec, self.sizes)
+        return (w,) if w else ()
+
     def records(self) -> dict[str, Any]:
         """The JSON objects estimate and plan add: ``llamacpp`` and the engine's own."""
         return {"llamacpp": self.record(), **self.extra}
@@ -498,7 +505,7 @@ class LlamaCpp(Engine):
 
     @property
     def plan_options(self) -> tuple[str, ...]:
-        return tuple(f"--{k.replace('_', '-')}" for k in SERVER_OPTIONS)
+        return tuple(f"--{k.replace('_', '-')}" for k in SERVER_OPTIONS + OFFLOAD_OPTIONS)
 
     def plan_block_size(self, spec, inp) -> int:
         return 1  # cells of one token
@@ -514,13 +521,33 @@ class LlamaCpp(Engine):
             return None
         return max(1, options["ctx_size"] // server_settings(options).n_seq_max)
 
+    def plan_weights_dtype(self, spec, given: str) -> str:
+        """--weights-dtype for llama.cpp: a llama.cpp file type (q4_k_m, q8_0, iq4_xs ...);
+        auto = the GGUF file's own tensors, or Q4_K_M for a preset or config."""
+        from ..gguf_weights import DEFAULT_FILE_TYPE, FILE_TYPES
+
+        key = str(given or "auto").strip().lower()
+        if key == "auto":   # an Ollama name's tag, else what people download
+            return str((spec.config or {}).get("ollama_quantization") or DEFAULT_FILE_TYPE)
+        key = {"fp16": "f16", "fp32": "f32"}.get(key, key)
+        if key not in FILE_TYPES:
+            raise UsageError(f"--weights-dtype {given} is not a llama.cpp file type: choose "
+                             f"one of {', '.join(FILE_TYPES)}")
+        return key
+
     def plan_budgets(self, spec, params, inp) -> list:
         return _plan_budgets(self, spec, inp)
 
     def plan_figures(self, spec, inp, layout, budgets):
-        return plan_figures_for(spec, inp, lambda: self.allocation(
-            spec, _server_options_for_plan(inp),
-            "auto" if "/" in inp.kv_dtype else inp.kv_dtype, None))
+        base = _server_options_for_plan(inp, spec)
+        kv = "auto" if "/" in inp.kv_dtype else inp.kv_dtype
+
+        def make_alloc(ctx: int | None = None) -> Allocation:
+            return self.allocation(spec, base if ctx is None else {**base, "ctx_size": ctx},
+                                   kv, None)
+
+        return plan_figures_for(spec, inp, make_alloc,
+                                {k: inp.option(k) for k in OFFLOAD_OPTIONS})
 
 
 def server_settings(options: dict[str, Any], kv_dtype: str = "auto",
@@ -545,15 +572,36 @@ LLAMACPP = register(LlamaCpp())
 # Plans: a memory budget, the slots and contexts that fit, per-slot versus unified
 
 
-def model_weight_bytes(spec: ModelSpec) -> tuple[int, str]:
-    """The weights llama.cpp loads: the GGUF file's tensor bytes; for other models the
-    parameter count in f16 (llama.cpp's unquantised type), and where the figure came from."""
-    gg = spec.config.get(arch.GGUF_CONFIG_KEY) if spec.config else None
-    if isinstance(gg, dict) and isinstance(gg.get("tensor_bytes"), int):
-        return gg["tensor_bytes"], "the GGUF file's tensors"
-    from ..params import count_parameters, weight_bytes
+def model_weights(spec: ModelSpec, file_type: str | None = None):
+    """The weights llama.cpp loads (:class:`kvcalc.gguf_weights.Weights`): every tensor of a
+    GGUF file; for a preset or config, the tensors of a ``file_type`` GGUF (default
+    :data:`~kvcalc.gguf_weights.DEFAULT_FILE_TYPE`, Q4_K_M) as llama-quantize writes them."""
+    from ..gguf_weights import DEFAULT_FILE_TYPE, from_gguf_facts, quantize_spec
 
-    return weight_bytes(count_parameters(spec), "fp16"), "parameters x 2 B (f16)"
+    gg = spec.config.get(arch.GGUF_CONFIG_KEY) if spec.config else None
+    if isinstance(gg, dict):
+        found = from_gguf_facts(gg, spec.num_layers)
+        if found is not None:
+            return found
+    return quantize_spec(spec, file_type or DEFAULT_FILE_TYPE)
+
+
+def model_weight_bytes(spec: ModelSpec, file_type: str | None = None) -> tuple[int, str]:
+    """The bytes of :func:`model_weights` and where the figure came from."""
+    w = model_weights(spec, file_type)
+    return w.total_bytes, w.source
+
+
+def context_warning(spec: ModelSpec, sizes: ContextSizes) -> str | None:
+    """llama.cpp's warning for a per-sequence context above the trained one
+    (``llama_context``: "n_ctx_seq (X) > n_ctx_train (Y) -- possible training context
+    overflow")."""
+    train = spec.max_position_embeddings
+    if train and sizes.n_ctx_seq > train:
+        return (f"n_ctx_seq ({sizes.n_ctx_seq}) > n_ctx_train ({train}) -- possible training "
+                "context overflow (llama.cpp's warning: the model was trained on "
+                f"{train:,} tokens)")
+    return None
 
 
 def fits(spec: ModelSpec, settings: LlamaCppSettings, budget: int) -> bool:
@@ -617,10 +665,183 @@ SERVER_OPTIONS = ("ctx_size", "parallel", "kv_unified", "cache_type_k", "cache_t
                   "flash_attn", "swa_full", "batch_size", "ubatch_size")
 
 
+#: llama.cpp's --fit defaults (common/common.h: fit_params on, fit_params_target 1024 MiB per
+#: device, fit_params_min_ctx 4096; common/fit.cpp, ggml-org/llama.cpp#16653)
+FIT_TARGET = 1024 * 1024 * 1024
+FIT_MIN_CTX = 4096
+#: the plan options of the offload (llama-server's names): -ngl, -ts, -sm, -nkvo, -ot
+OFFLOAD_OPTIONS = ("n_gpu_layers", "tensor_split", "split_mode", "no_kv_offload",
+                   "override_tensor")
+SPLIT_MODES = ("layer", "row", "none")
+
+
+def compute_buffer_bytes(spec: ModelSpec, weights, alloc: Allocation) -> int:
+    """The compute buffer llama.cpp reserves for its worst-case graph (``llama_context``:
+    ``graph_reserve(n_ubatch, n_seqs, n_outputs = n_ubatch)``, "compute buffer size"), as the
+    larger of its two peaks: the logits of ``n_ubatch`` outputs (``n_vocab x n_ubatch`` f32)
+    with the hidden state, and the attention of one layer (without flash attention the f32
+    ``KQ`` matrix of ``n_kv x n_ubatch x n_head``; with it the output rows) with the FFN's
+    intermediate activations. A model of ggml-alloc's peak, not its allocator: docs/llamacpp.md
+    gives its agreement with llama.cpp's log."""
+    z = alloc.sizes
+    n_ub = z.n_ubatch
+    f32 = 4
+    h = spec.hidden_size
+    vocab = spec.vocab_size or 0
+    heads = spec.num_attention_heads
+    n_kv = max((c.cells_per_stream for c in alloc.caches), default=0)
+    inter = int(spec.config.get("intermediate_size") or 4 * h) if spec.config else 4 * h
+    hd = max((l.head_dim_v for l in spec.layers if isinstance(l, AttentionLayer)), default=0)
+    logits = vocab * n_ub * f32 + h * n_ub * f32
+    if alloc.flash_attn:
+        attn = heads * hd * n_ub * f32 * 2
+    else:
+        attn = n_kv * n_ub * heads * f32 + heads * hd * n_ub * f32
+    ffn = 2 * inter * n_ub * f32
+    return max(logits, attn + h * n_ub * f32, ffn + h * n_ub * f32)
+
+
+def layer_kv_bytes(spec: ModelSpec, alloc: Allocation) -> list[int]:
+    """KV bytes of each layer (cells x streams x its K and V rows) for ``alloc``'s caches."""
+    s = alloc.settings
+    tk, tv = ggml_type(s.cache_type_k), ggml_type(s.cache_type_v)
+    cells = {c.cache: c.cells_per_stream * c.n_stream for c in alloc.caches}
+    out = []
+    for layer in spec.layers:
+        if isinstance(layer, AttentionLayer) and layer.kind == arch.SLIDING:
+            k, v = cell_rows(layer, tk, tv)
+            out.append((k + v) * cells.get("swa", 0))
+        elif isinstance(layer, (AttentionLayer, MLALayer)):
+            k, v = cell_rows(layer, tk, tv)
+            out.append((k + v) * cells.get("base", 0))
+        else:
+            out.append(0)
+    return out
+
+
+def layer_devices(n_layer: int, ngl: int, split: tuple[float, ...]) -> list[int]:
+    """The device of each layer and of the output layer (index ``n_layer``), -1 = CPU
+    (``llama_model::load_tensors``: ``i_gpu_start = max(n_layer + 1 - ngl, 0)``, the last
+    ``ngl`` layers counting the output go to the GPUs, split by ``upper_bound`` of the
+    cumulative ``--tensor-split`` fractions)."""
+    total = sum(split)
+    cum, acc = [], 0.0
+    for x in split:
+        acc += x
+        cum.append(acc / total)
+    start = max(n_layer + 1 - ngl, 0)
+    act = min(ngl, n_layer + 1)
+    out = []
+    for il in range(n_layer + 1):
+        if il < start or il - start >= act:
+            out.append(-1)
+            continue
+        frac = (il - start) / act
+        out.append(min(next((i for i, c in enumerate(cum) if c > frac), len(cum) - 1),
+                       len(cum) - 1))
+    return out
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where llama.cpp puts the weights, the KV cache and the compute buffers."""
+
+    n_gpu_layers: int
+    devices: tuple[dict[str, int], ...]     # per GPU: weights, kv, compute, total
+    host: dict[str, int]                    # the CPU side (RAM)
+
+    def fits(self, memory: int) -> bool:
+        return all(d["total"] <= memory for d in self.devices)
+
+    def record(self) -> dict[str, Any]:
+        return {"n_gpu_layers": self.n_gpu_layers, "devices": [dict(d) for d in self.devices],
+                "host": dict(self.host)}
+
+
+def place(spec: ModelSpec, weights, alloc: Allocation, ngl: int, split: tuple[float, ...] = (1.0,),
+          no_kv_offload: bool = False, override: tuple[str, ...] = (), split_mode: str = "layer",
+          compute: int | None = None) -> Placement:
+    """Weights, KV and compute buffer per device for ``-ngl ngl`` (module doc)."""
+    import re
+
+    n = spec.num_layers
+    n_dev = len(split) if split_mode != "none" else 1
+    devs = layer_devices(n, ngl, split if split_mode == "layer" else (1.0,))
+    kv = layer_kv_bytes(spec, alloc)
+    compute = compute_buffer_bytes(spec, weights, alloc) if compute is None else compute
+    pats = [re.compile(p) for p in override]
+    rows = [{"weights": 0, "kv": 0, "compute": 0} for _ in range(n_dev)]
+    host = {"weights": 0, "kv": 0, "compute": 0}
+    for t in weights.tensors:
+        il = t.layer if t.layer is not None else (None if _input_tensor(t.name) else n)
+        dev = -1 if il is None or any(p.search(t.name) for p in pats) else devs[min(il, n)]
+        if dev < 0:
+            host["weights"] += t.nbytes
+        elif split_mode == "row" and n_dev > 1 and t.layer is not None and len(t.shape) >= 2:
+            for i, frac in enumerate(_fractions(split)):   # -sm row: matrices split by rows
+                rows[i]["weights"] += int(t.nbytes * frac)
+        else:
+            rows[dev]["weights"] += t.nbytes
+    for il, b in enumerate(kv):
+        dev = devs[il]
+        if dev < 0 or no_kv_offload:
+            host["kv"] += b
+        else:
+            rows[dev]["kv"] += b
+    used = sorted({d for d in devs if d >= 0})
+    for d in used:
+        rows[d]["compute"] = compute
+    if not used:
+        host["compute"] = compute
+    for r in (*rows, host):
+        r["total"] = r["weights"] + r["kv"] + r["compute"]
+    return Placement(ngl, tuple(rows), host)
+
+
+def _fractions(split: tuple[float, ...]) -> list[float]:
+    total = sum(split)
+    return [x / total for x in split]
+
+
+def _input_tensor(name: str) -> bool:
+    return name.startswith(("token_embd.", "per_layer_token_embd.", "token_types.",
+                            "position_embd."))
+
+
+def parse_ngl(value: Any, n_layer: int) -> int | None:
+    """-ngl N | all | auto (None: llama.cpp's --fit decides)."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    text = str(value).strip().lower()
+    if text == "all":
+        return n_layer + 1
+    try:
+        n = int(text)
+    except ValueError:
+        raise UsageError(f"invalid --n-gpu-layers '{value}': a number, 'all' or 'auto'") from None
+    if n < 0:
+        return n_layer + 1           # llama.cpp: a negative value is all (-1 in the C API)
+    return min(n, n_layer + 1)
+
+
+def parse_split(value: Any) -> tuple[float, ...]:
+    """--tensor-split 3,1 (proportions per GPU)."""
+    if value in (None, ""):
+        return (1.0,)
+    try:
+        parts = tuple(float(x) for x in str(value).replace("/", ",").split(","))
+    except ValueError:
+        raise UsageError(f"invalid --tensor-split '{value}': proportions such as 3,1") from None
+    if not parts or any(x < 0 for x in parts) or not sum(parts) > 0:
+        raise UsageError(f"invalid --tensor-split '{value}': non-negative proportions, not all 0")
+    return parts
+
+
 @dataclass(frozen=True)
 class LlamaCppPlanFigures:
-    """What ``kvcalc plan --engine llamacpp`` prints: the budget, the caches llama.cpp allocates
-    for the settings, and what else fits (plan.Plan's ``engine_figures``)."""
+    """What ``kvcalc plan --engine llamacpp`` prints: the weights, KV cache and compute buffer
+    per device for the offload, whether they fit, the largest -ngl and -c that fit, llama.cpp's
+    --fit choice, and the slots (plan.Plan's ``engine_figures``)."""
 
     alloc: Allocation | None
     capacity: dict[str, Any] | None
@@ -629,16 +850,60 @@ class LlamaCppPlanFigures:
     weights_source: str
     overhead_bytes: int
     error: str | None = None
+    weights: Any = None
+    placement: Placement | None = None
+    offload: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
     key = "llamacpp"
 
     @property
+    def gpu_weights(self) -> int:
+        return self.placement.devices[0]["weights"] if self.placement else self.weights_bytes
+
+    @property
+    def compute_bytes(self) -> int:
+        return self.placement.devices[0]["compute"] if self.placement else 0
+
+    @property
     def kv_budget(self) -> int:
-        return self.total_bytes - self.weights_bytes - self.overhead_bytes
+        return self.total_bytes - self.gpu_weights - self.compute_bytes - self.overhead_bytes
+
+    @property
+    def gpu_kv(self) -> int:
+        if self.placement:
+            return self.placement.devices[0]["kv"]
+        return self.alloc.total_bytes if self.alloc else 0
 
     @property
     def fits(self) -> bool:
-        return self.error is None and self.alloc is not None and \
-            self.alloc.total_bytes <= self.kv_budget
+        if self.error is not None or self.alloc is None:
+            return False
+        if self.placement:
+            return self.placement.fits(self.total_bytes - self.overhead_bytes)
+        return self.alloc.total_bytes <= self.kv_budget
+
+    @property
+    def shortfall_reason(self) -> str | None:
+        """Which term does not fit (the first device that overflows)."""
+        if self.error or self.fits or not self.placement:
+            return self.error
+        cap = self.total_bytes - self.overhead_bytes
+        for i, d in enumerate(self.placement.devices):
+            if d["total"] <= cap:
+                continue
+            where = f"GPU {i}" if len(self.placement.devices) > 1 else "the GPU"
+            if d["weights"] > cap:
+                return (f"the weights on {where} ({d['weights']:,} B, -ngl "
+                        f"{self.placement.n_gpu_layers}) exceed its {cap:,} B; lower -ngl "
+                        f"(largest that fits: {self.offload.get('max_ngl', 0)})")
+            if d["weights"] + d["compute"] > cap:
+                return (f"weights ({d['weights']:,} B) + compute buffer ({d['compute']:,} B) "
+                        f"exceed {where}'s {cap:,} B; lower -ngl or --ubatch-size")
+            return (f"the KV cache on {where} ({d['kv']:,} B) exceeds the "
+                    f"{cap - d['weights'] - d['compute']:,} B left after the weights and the "
+                    f"compute buffer; lower --ctx-size (largest at -ngl all: "
+                    f"{self.offload.get('max_ctx_size_all_layers', 0):,}) or -ngl")
+        return None
 
     @property
     def num_blocks(self) -> int:
@@ -659,27 +924,53 @@ class LlamaCppPlanFigures:
                                                 else "per_slot"])
 
     def budget_rows(self) -> list[tuple[str, int]]:
-        return [("total memory", self.total_bytes),
-                (f"- weights ({self.weights_source})", self.weights_bytes),
-                ("- compute buffers and the rest (--overhead; default 0)", self.overhead_bytes),
-                ("= memory for the KV cache", self.kv_budget)]
+        rows = [("total memory", self.total_bytes),
+                (f"- weights on the GPU ({self.weights_source})", self.gpu_weights)]
+        if self.placement:
+            rows.append(("- compute buffer (llama.cpp's graph reserve)", self.compute_bytes))
+        rows += [("- the rest (--overhead; default 0)", self.overhead_bytes),
+                 ("= memory for the KV cache", self.kv_budget)]
+        return rows
 
     def capacity_rows(self) -> list[tuple[str, str]]:
         if self.alloc is None:
             return [("llama.cpp refuses", self.error or "")]
         z, cap = self.alloc.sizes, self.capacity or {}
-        rows = [("n_ctx / n_ctx_seq / streams", f"{z.n_ctx:,} / {z.n_ctx_seq:,} / {z.n_stream}"
-                 + (" (unified)" if z.unified else "")),
-                ("KV cache llama.cpp allocates", f"{self.alloc.total_bytes:,} B"),
-                ("fits", "yes" if self.fits else "no")]
+        rows = []
+        if self.weights is not None:
+            w = self.weights
+            types = ", ".join(f"{k} {v}" for k, v in sorted(w.type_counts().items()))
+            rows.append(("weights (all tensors)", f"{w.total_bytes:,} B, {w.params:,} params "
+                         f"({types})"))
+        rows += [("n_ctx / n_ctx_seq / streams", f"{z.n_ctx:,} / {z.n_ctx_seq:,} / {z.n_stream}"
+                  + (" (unified)" if z.unified else "")),
+                 ("KV cache llama.cpp allocates", f"{self.alloc.total_bytes:,} B")]
+        if self.placement:
+            p = self.placement
+            rows.append(("-ngl (layers on the GPU, output counted)",
+                         f"{p.n_gpu_layers} of {self.alloc.layout.spec.num_layers + 1}"
+                         + (" (llama.cpp --fit)" if self.offload.get("fit") else "")))
+            for i, d in enumerate(p.devices):
+                rows.append((f"GPU {i}: weights + KV + compute = total",
+                             f"{d['weights']:,} + {d['kv']:,} + {d['compute']:,} = "
+                             f"{d['total']:,} B"))
+            h = p.host
+            rows.append(("CPU (RAM): weights + KV + compute",
+                         f"{h['weights']:,} + {h['kv']:,} + {h['compute']:,} = {h['total']:,} B"))
+        rows.append(("fits", "yes" if self.fits else "no"))
+        o = self.offload
+        if o:
+            rows.append((f"largest -ngl that fits at -c {o['ctx_size']:,}", f"{o['max_ngl']}"))
+            rows.append(("largest -c at -ngl all (up to the trained context)",
+                         f"{o['max_ctx_size_all_layers']:,}"))
+            if o.get("fit"):
+                rows.append(("llama.cpp --fit would choose", f"-c {o['fit']['ctx_size']:,} "
+                             f"-ngl {o['fit']['n_gpu_layers']}"))
         if cap:
             rows += [(f"most slots of {cap['slot_context']:,} tokens (per-slot / unified)",
                       f"{cap['max_slots']['per_slot']:,} / {cap['max_slots']['unified']:,}"),
-                     (f"largest --ctx-size for {z.n_seq_max} slot(s)",
-                      f"{cap['max_ctx_size']:,}"),
-                     ("same context per-slot / unified",
-                      f"{cap['per_slot_vs_unified_bytes']['per_slot']:,} B / "
-                      f"{cap['per_slot_vs_unified_bytes']['unified']:,} B")]
+                     (f"largest --ctx-size for {z.n_seq_max} slot(s), KV budget only",
+                      f"{cap['max_ctx_size']:,}")]
         return rows
 
     def log_lines(self) -> list[str]:
@@ -687,7 +978,7 @@ class LlamaCppPlanFigures:
 
     @property
     def notes(self) -> tuple[str, ...]:
-        return self.alloc.notes if self.alloc else ()
+        return (self.alloc.notes if self.alloc else ()) + self.warnings
 
     def record(self) -> dict[str, Any]:
         """The ``llamacpp`` object of ``kvcalc plan --format json`` (Ollama's mapping nested
@@ -697,39 +988,148 @@ class LlamaCppPlanFigures:
             out.update(self.alloc.extra)
         out.update({"error": self.error, "kv_budget_bytes": self.kv_budget,
                     "weights_bytes": self.weights_bytes, "weights_source": self.weights_source,
-                    "fits": self.fits, "capacity": self.capacity})
+                    "weights": self.weights.record() if self.weights is not None else None,
+                    "compute_buffer_bytes": self.compute_bytes,
+                    "placement": self.placement.record() if self.placement else None,
+                    "offload": self.offload or None, "fits": self.fits,
+                    "shortfall": self.shortfall_reason, "capacity": self.capacity})
         return out
 
 
-def plan_figures_for(spec: ModelSpec, inp, make_alloc) -> LlamaCppPlanFigures:
-    """Figures for a plan: ``make_alloc(settings_or_None)`` gives the Allocation."""
-    weights, source = model_weight_bytes(spec)
+def plan_figures_for(spec: ModelSpec, inp, make_alloc, options: dict[str, Any] | None = None
+                     ) -> LlamaCppPlanFigures:
+    """Figures for a plan: ``make_alloc(ctx_size=None)`` gives the Allocation (for another
+    --ctx-size when given); ``options``: the offload options (-ngl, -ts, -sm, -nkvo, -ot)."""
+    o = options or {}
+    warnings: list[str] = []
+    try:
+        weights = model_weights(spec, None if inp.weights_dtype in (None, "auto")
+                                else inp.weights_dtype)
+    except UsageError as exc:
+        weights, wsource = None, str(exc)
+    if weights is not None:
+        wbytes, wsource = weights.total_bytes, weights.source
+    else:
+        wbytes = 0
     if inp.weights is not None:
-        weights, source = inp.weights, "--weights-memory"
+        weights, wbytes, wsource = None, inp.weights, "--weights-memory"
+    elif weights is None:
+        return LlamaCppPlanFigures(None, None, inp.gpu.memory_bytes, 0, "", 0, wsource)
     overhead = inp.overhead or 0
     total = inp.gpu.memory_bytes
     try:
-        alloc = make_alloc()
+        alloc = make_alloc(None)
     except UsageError as exc:
-        return LlamaCppPlanFigures(None, None, total, weights, source, overhead, str(exc))
-    budget = inp.kv_budget if inp.kv_budget is not None else total - weights - overhead
-    cap = plan_capacity(spec, alloc.settings, max(0, budget)) if budget > 0 else None
-    return LlamaCppPlanFigures(alloc, cap, total if inp.kv_budget is None else
-                               budget + weights + overhead, weights, source, overhead)
+        return LlamaCppPlanFigures(None, None, total, wbytes, wsource, overhead, str(exc),
+                                   weights)
+    w = context_warning(spec, alloc.sizes)
+    if w:
+        warnings.append(w)
+    if inp.kv_budget is not None or weights is None:   # the budget given: no placement
+        budget = inp.kv_budget if inp.kv_budget is not None else total - wbytes - overhead
+        cap = plan_capacity(spec, alloc.settings, max(0, budget)) if budget > 0 else None
+        return LlamaCppPlanFigures(alloc, cap, total if inp.kv_budget is None else
+                                   budget + wbytes + overhead, wbytes, wsource, overhead,
+                                   weights=weights, warnings=tuple(warnings))
+    n = spec.num_layers
+    split = parse_split(o.get("tensor_split"))
+    mode = o.get("split_mode") or "layer"
+    if mode not in SPLIT_MODES:
+        raise UsageError(f"invalid --split-mode '{mode}': choose layer, row or none")
+    nkvo = bool(o.get("no_kv_offload"))
+    ot = tuple(p for p in str(o.get("override_tensor") or "").split(",") if p)
+    override = []
+    for item in ot:
+        pattern, _, buft = item.rpartition("=")
+        if not pattern or buft.upper() != "CPU":
+            raise UsageError(f"invalid --override-tensor '{item}': kvcalc models PATTERN=CPU "
+                             "(e.g. 'exps=CPU': the MoE experts in RAM)")
+        override.append(pattern)
+    cap_mem = total - overhead
+    compute = compute_buffer_bytes(spec, weights, alloc)
+
+    def placed(a: Allocation, ngl: int) -> Placement:
+        return place(spec, weights, a, ngl, split, nkvo, tuple(override), mode,
+                     compute_buffer_bytes(spec, weights, a))
+
+    ngl_given = parse_ngl(o.get("n_gpu_layers"), n)
+    all_layers = n + 1
+    max_ngl = next((k for k in range(all_layers, -1, -1)
+                    if placed(alloc, k).fits(cap_mem)), 0)
+    train = spec.max_position_embeddings or alloc.sizes.n_ctx
+    max_ctx = _largest_ctx(spec, make_alloc, lambda a: placed(a, all_layers).fits(cap_mem),
+                           max(train * alloc.sizes.n_seq_max if not alloc.sizes.unified
+                               else train, CTX_PAD))
+    offload: dict[str, Any] = {"ctx_size": alloc.sizes.n_ctx, "max_ngl": max_ngl,
+                               "max_ctx_size_all_layers": max_ctx, "n_layer": n,
+                               "tensor_split": list(split), "split_mode": mode,
+                               "no_kv_offload": nkvo, "override_tensor": override}
+    chosen = ngl_given
+    if ngl_given is None:                      # -ngl auto: llama.cpp's --fit
+        fit = _fit(spec, make_alloc, alloc, placed, total, all_layers,
+                   ctx_given=bool(alloc.settings.ctx_size))
+        offload["fit"] = fit
+        chosen = fit["n_gpu_layers"]
+        if fit["ctx_size"] != alloc.sizes.n_ctx:
+            alloc = make_alloc(fit["ctx_size"])
+            warnings.append(f"llama.cpp --fit lowers the context to {fit['ctx_size']:,} "
+                            f"tokens to leave {FIT_TARGET // 2**20} MiB free on the GPU "
+                            "(give -c to keep yours, --fit off to refuse instead)")
+    placement = placed(alloc, chosen)
+    cap_bytes = cap_mem - placement.devices[0]["weights"] - placement.devices[0]["compute"]
+    capacity = plan_capacity(spec, alloc.settings, max(0, cap_bytes)) if cap_bytes > 0 else None
+    del compute
+    return LlamaCppPlanFigures(alloc, capacity, total, wbytes, wsource, overhead, None, weights,
+                               placement, offload, tuple(warnings))
+
+
+def _largest_ctx(spec, make_alloc, ok, limit: int) -> int:
+    """The largest --ctx-size (a multiple of 256, at most ``limit``) whose placement fits."""
+    from ..units import largest_satisfying
+
+    def fits_at(k: int) -> bool:
+        try:
+            return ok(make_alloc(k * CTX_PAD))
+        except UsageError:
+            return False
+
+    top = max(1, limit // CTX_PAD)
+    return largest_satisfying(fits_at, top) * CTX_PAD if fits_at(1) else 0
+
+
+def _fit(spec, make_alloc, alloc, placed, total: int, all_layers: int, ctx_given: bool
+         ) -> dict[str, Any]:
+    """llama.cpp's --fit (common/fit.cpp, on by default since ggml-org/llama.cpp#16653): keep
+    1 GiB free per device; with -c not given, first lower the context (to at least 4,096),
+    then offload fewer layers. Modelled: the first setting that fits, in that order."""
+    target = total - FIT_TARGET
+    if placed(alloc, all_layers).fits(target):
+        return {"ctx_size": alloc.sizes.n_ctx, "n_gpu_layers": all_layers, "changed": False}
+    ctx = alloc.sizes.n_ctx
+    if not ctx_given and ctx > FIT_MIN_CTX:
+        best = _largest_ctx(spec, make_alloc, lambda a: placed(a, all_layers).fits(target), ctx)
+        if best >= FIT_MIN_CTX:
+            return {"ctx_size": best, "n_gpu_layers": all_layers, "changed": True}
+        ctx = FIT_MIN_CTX
+        alloc = make_alloc(ctx)
+    ngl = next((k for k in range(all_layers, -1, -1) if placed(alloc, k).fits(target)), 0)
+    return {"ctx_size": ctx, "n_gpu_layers": ngl, "changed": True}
 
 
 def _plan_budgets(engine, spec, inp) -> list:
-    from ..planning import Budget
-
     f = engine.plan_figures(spec, inp, None, None)
-    return [Budget(f.total_bytes, 1.0, f.weights_bytes, 0, 0, 0, f.overhead_bytes, f.kv_budget,
+    return [Budget(f.total_bytes, 1.0, f.gpu_weights, 0, 0, 0,
+                   f.overhead_bytes + f.compute_bytes, f.kv_budget,
                    "--kv-budget" if inp.kv_budget is not None else "llama.cpp")]
 
 
-def _server_options_for_plan(inp) -> dict[str, Any]:
-    """llama-server options of a plan; ``--ctx-size`` defaults to --max-len per slot."""
+def _server_options_for_plan(inp, spec: ModelSpec | None = None) -> dict[str, Any]:
+    """llama-server options of a plan. ``--ctx-size`` not given: 0 (the trained context, as
+    llama-server and ``kvcalc estimate`` take it) unless --max-len names a shorter per-slot
+    context, then --max-len per slot."""
     given = {k: inp.option(k) for k in SERVER_OPTIONS if inp.option(k) is not None}
     if "ctx_size" not in given:
+        train = spec.max_position_embeddings if spec is not None else None
         slots = given.get("parallel") or SERVER_AUTO_PARALLEL
-        given["ctx_size"] = inp.max_len * slots
+        given["ctx_size"] = 0 if train and inp.max_len >= train else inp.max_len * slots
     return given

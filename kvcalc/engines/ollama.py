@@ -57,6 +57,15 @@ GO_ENGINE_ARCHS = ("gemma3", "gemma3n", "gemma4", "qwen3", "qwen3moe", "llama4",
 GO_CACHE_PADDING = 256
 
 
+#: OLLAMA_CONTEXT_LENGTH's default by GPU memory (server/routes.go): >= 47 GiB, >= 23 GiB
+NUM_CTX_BY_VRAM = ((47 << 30, 262144), (23 << 30, 32768))
+
+
+def default_num_ctx(gpu_bytes: int) -> int:
+    """Ollama's num_ctx when neither the request nor OLLAMA_CONTEXT_LENGTH sets it."""
+    return next((n for limit, n in NUM_CTX_BY_VRAM if gpu_bytes >= limit), DEFAULT_NUM_CTX)
+
+
 def scheduler_num_batch(num_ctx: int, num_parallel: int) -> int:
     """The num_batch Ollama's scheduler picks when the request sets none (server/sched.go)."""
     total = num_ctx * num_parallel
@@ -122,7 +131,7 @@ class Ollama(Engine):
 
     plans = True
     plan_options = ("--num-ctx", "--num-parallel", "--kv-cache-type", "--flash-attention",
-                    "--num-batch")
+                    "--num-batch", "--num-gpu")
 
     def plan_block_size(self, spec, inp) -> int:
         return 1
@@ -143,9 +152,22 @@ class Ollama(Engine):
 
         options = {k: inp.option(k) for k in ("num_ctx", "num_parallel", "kv_cache_type",
                                                "flash_attention", "num_batch")}
-        options["num_ctx"] = options["num_ctx"] or inp.max_len
-        return plan_figures_for(spec, inp, lambda: self.allocation(spec, options, inp.kv_dtype,
-                                                                   None))
+        if not options["num_ctx"]:   # --max-len, else Ollama's default for this GPU
+            train = spec.max_position_embeddings
+            options["num_ctx"] = inp.max_len if not train or inp.max_len < train else \
+                default_num_ctx(inp.gpu.memory_bytes)
+
+        def make_alloc(ctx: int | None = None):
+            o = options if ctx is None else {**options, "num_ctx": max(
+                1, ctx // (options.get("num_parallel") or DEFAULT_NUM_PARALLEL))}
+            return self.allocation(spec, o, inp.kv_dtype, None)
+
+        return plan_figures_for(spec, inp, make_alloc,
+                                {"n_gpu_layers": inp.option("num_gpu")})
+
+    def plan_weights_dtype(self, spec, given: str) -> str:
+        """As llama.cpp's: Ollama's library serves Q4_K_M unless the tag names another."""
+        return LLAMACPP.plan_weights_dtype(spec, given)
 
     def describe(self, layout: Layout) -> str:
         return (f"Ollama {layout.version} (band {layout.band}): llama.cpp, a contiguous cache "
