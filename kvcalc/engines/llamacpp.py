@@ -692,7 +692,7 @@ def compute_buffer_bytes(spec: ModelSpec, weights, alloc: Allocation) -> int:
     n_kv = max((c.cells_per_stream for c in alloc.caches), default=0)
     inter = int(spec.config.get("intermediate_size") or 4 * h) if spec.config else 4 * h
     hd = max((l.head_dim_v for l in spec.layers if isinstance(l, AttentionLayer)), default=0)
-    logits = vocab * n_ub * f32 + h * n_ub * f32
+    logits = vocab * n_ub * f32 + 2 * h * n_ub * f32   # logits + the normed and final state
     if alloc.flash_attn:
         attn = heads * hd * n_ub * f32 * 2
     else:
