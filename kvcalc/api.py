@@ -776,3 +776,227 @@ def check(command: Any, *, gpu: Any = None, gpus: int | None = None,
                                  gpus=gpus, target_concurrency=checked["target_concurrency"],
                                  **measured))
 
+
+
+# ----------------------------------------------------------- lists and helpers (the CLI's too)
+# What a command offers as choices and the small helpers it needs, so that kvcalc/cli/ imports
+# this module (and render, errors, units) and never an engine, sources, arch or planning.
+# Each is cheap: none imports an engine module unless it answers about that engine.
+
+from .dtypes import KV_DTYPE_CHOICES  # noqa: E402  (--kv-dtype)
+from .engines import ALLOCATION_OPTIONS, engine_names  # noqa: E402,F401  (--engine choices)
+
+
+def engine_cards() -> tuple[Any, ...]:
+    """The shipped engines' registry cards (``name``, ``aliases``, ``display_name``,
+    ``plans``, ``version_flag``, ``default_version``, ``bands``), read without importing any
+    engine module: what ``--engine`` and the ``--<engine>-version`` options show."""
+    from .engines import cards
+
+    return cards()
+
+
+def engine_name(engine: str) -> str:
+    """The registry name of ``engine`` or one of its aliases ("llama.cpp" -> "llamacpp")."""
+    from .engines import CARDS
+
+    key = str(engine).strip().lower()
+    for card in CARDS:
+        if key == card.name or key in card.aliases:
+            return card.name
+    return get_engine(engine).name
+
+
+def engine_info(engine: str) -> Any:
+    """The :class:`kvcalc.engines.Engine` registered as ``engine`` (its settings, bands,
+    ``tensor_parallel`` …); imports that engine's module only."""
+    return get_engine(engine)
+
+
+def option_choices(option: str) -> tuple[str, ...]:
+    """The values an engine's own option takes, for a choice list: ``"cache_type"``
+    (llama-server's --cache-type-k/-v), ``"flash_attn"`` (llama-server's --flash-attn),
+    ``"kv_cache_type"`` (Ollama's OLLAMA_KV_CACHE_TYPE), ``"llamacpp_file_type"``
+    (--weights-dtype for llama.cpp and Ollama). Imports the engine that defines them."""
+    if option in ("cache_type", "flash_attn"):
+        from .engines import llamacpp
+
+        return tuple(llamacpp.CACHE_TYPE_CHOICES if option == "cache_type"
+                     else llamacpp.FLASH_ATTN_CHOICES)
+    if option == "kv_cache_type":
+        from .engines import ollama
+
+        return tuple(ollama.KV_CACHE_TYPES)
+    if option == "llamacpp_file_type":
+        return LLAMACPP_FILE_TYPES
+    raise UsageError(f"no choice list named {option!r}")
+
+
+def preset_list() -> list[Any]:
+    """Every model preset (user presets first; each with ``name``, ``aliases``,
+    ``display_name``, ``hub_id``, ``origin``, ``path``, ``data``)."""
+    from .sources import all_presets
+
+    return all_presets()
+
+
+def find_preset(name: str) -> Any:
+    """The preset named ``name`` (or an alias), None when there is none."""
+    from .sources import find_preset as _find
+
+    return _find(name)
+
+
+def unknown_preset_hint(name: str) -> str:
+    """The tail of an "unknown preset" message: a hub id's ``models add`` hint, or the close
+    preset names."""
+    from .errors import suggest
+    from .sources import preset_names
+
+    if "/" in name:
+        return f" (a hub id: save it with `kvcalc models add {name}`)"
+    return suggest(name, preset_names())
+
+
+def preset_summary(preset: Any) -> dict[str, Any]:
+    """One row of ``kvcalc models``: the preset's names and origin, its layers by kind, dtype
+    and KV bytes per token in transformers and vLLM (``error`` when kvcalc cannot read it)."""
+    from .errors import KvcalcError
+    from .sources import builtin_preset_dir
+
+    row = {"name": preset.name, "display_name": preset.display_name, "hub_id": preset.hub_id,
+           "aliases": list(preset.aliases), "origin": preset.origin, "path": str(preset.path),
+           "folder": str(preset.path.parent),
+           "overrides_builtin": preset.origin == "user" and any(
+               (builtin_preset_dir() / f"{preset.name}{s}").is_file()
+               for s in (".yaml", ".yml"))}
+    try:
+        spec = build_spec(preset.data["config"], preset.name)
+        row["model_type"] = spec.model_type
+        row["layers"] = spec.num_layers
+        kinds: dict[str, int] = {}
+        for layer in spec.layers:
+            kinds[layer.kind] = kinds.get(layer.kind, 0) + 1
+        row["layer_kinds"] = kinds
+        row["dtype"] = spec.dtype
+        row["bytes_per_token_hf"] = build_layout(spec, "hf").bytes_per_token
+        row["bytes_per_token_vllm"] = build_layout(spec, "vllm").bytes_per_token
+        row["max_position_embeddings"] = spec.max_position_embeddings
+    except KvcalcError as exc:
+        row["error"] = str(exc)
+    return row
+
+
+def user_preset_dirs() -> list[Any]:
+    """The user preset folders, highest priority first (docs/models.md)."""
+    from .sources import user_preset_dirs as _dirs
+
+    return _dirs()
+
+
+def ollama_names() -> list[dict[str, Any]]:
+    """The Ollama library names kvcalc resolves: ``ollama``, ``preset``, ``quantization``,
+    ``note``."""
+    from .ollama_names import TABLE
+
+    return [{"ollama": m.name, "preset": m.preset, "quantization": m.quant, "note": m.note}
+            for m in TABLE]
+
+
+def add_preset(hub_id: str, name: str | None = None, revision: str | None = None,
+               force: bool = False) -> dict[str, Any]:
+    """``kvcalc models add``: save a hub model's config.json as a user preset. Returns
+    ``name``, ``repo_id``, ``commit``, ``path`` and ``overrides_builtin``."""
+    from datetime import date
+
+    from . import hub
+    from .errors import KvcalcError
+    from .sources import HUB_ID, builtin_preset_dir, check_preset_name, save_user_preset
+
+    if not HUB_ID.match(hub_id):
+        raise UsageError(f"'{hub_id}' is not a hub id: models add takes org/name[@revision] "
+                         "(a local config.json can be used directly with --model)")
+    repo_id, _ = hub.split_revision(hub_id, revision)
+    key = check_preset_name(name or repo_id.split("/")[-1])
+    resolved = hub.resolve_hub(hub_id, revision)
+    try:
+        spec = build_spec(resolved.config, key)
+    except KvcalcError as exc:
+        raise KvcalcError(f"not saved: kvcalc cannot read the config of {repo_id}: {exc}") from None
+    commit = resolved.revision or resolved.ref
+    fetched = "read from the hub cache" if resolved.cached else f"fetched {date.today()}"
+    data = {
+        "name": key,
+        "display_name": repo_id.split("/")[-1],
+        "hub_id": repo_id,
+        "aliases": [],
+        "family": spec.model_type,
+        "source": f"hub {repo_id}@{commit} {fetched}",
+        "notes": f"Saved by `kvcalc models add {hub_id}` from {hub.endpoint()} "
+                 f"({resolved.ref or 'main'}).",
+        "config": dict(resolved.config),
+    }
+    path = save_user_preset(key, data, force=force)
+    return {"name": key, "repo_id": repo_id, "commit": commit, "path": path,
+            "overrides_builtin": any((builtin_preset_dir() / f"{key}{s}").is_file()
+                                     for s in (".yaml", ".yml"))}
+
+
+def gpu_catalog() -> list[Any]:
+    """The GPU catalog (:class:`kvcalc.hardware.GpuSpec` each: ``name``, ``aliases``,
+    ``memory_bytes``, ``memory_gib``, bandwidth, sources)."""
+    from .hardware import load_catalog
+
+    return load_catalog()
+
+
+def resolve_gpu(gpu: Any) -> Any:
+    """A catalog GPU by name or alias, or a bare memory size such as "48GiB"."""
+    from .hardware import resolve_gpu as _resolve_gpu
+
+    return _resolve_gpu(gpu)
+
+
+def load_model(model: str, revision: str | None = None) -> tuple[Any, ModelSpec]:
+    """(provenance, ModelSpec) of ``--model``, as every command reads it."""
+    m = resolve(model, revision=revision)
+    return m.resolved, m.spec
+
+
+def truncate_config(config: Mapping[str, Any], layers: int) -> dict[str, Any]:
+    """``config`` cut to its first ``layers`` layers (``kvcalc verify --layers``)."""
+    from .arch import truncate_config as _truncate
+
+    return _truncate(config, layers)
+
+
+def llamacpp_server_settings(options: Mapping[str, Any]) -> Any:
+    """llama-server's settings (``LlamaCppSettings``) from its options by kvcalc's names
+    (``ctx_size``, ``parallel`` …), as ``kvcalc verify --engine llamacpp`` runs them."""
+    from .engines.llamacpp import server_settings
+
+    return server_settings(options)
+
+
+def engine_versions() -> list[Any]:
+    """Every engine's version bands, newest checked and installed version (``kvcalc
+    versions``)."""
+    from .versions import all_engine_versions
+
+    return all_engine_versions()
+
+
+def verify_requirement(*args: Any, **kwargs: Any) -> Any:
+    """:func:`kvcalc.versions.verify_requirement` (``kvcalc versions``)."""
+    from .versions import verify_requirement as _verify_requirement
+
+    return _verify_requirement(*args, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """``PresetWarning`` (a skipped user preset), imported on first use."""
+    if name == "PresetWarning":
+        from .sources import PresetWarning
+
+        return PresetWarning
+    raise AttributeError(f"module 'kvcalc.api' has no attribute {name!r}")

@@ -471,8 +471,6 @@ def build_spec(raw: Mapping[str, Any], name: str = "model") -> ModelSpec:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"the config of {name} is not a JSON object")
     if GGUF_CONFIG_KEY in raw:  # read from a GGUF header: llama.cpp's rules (kvcalc/gguf.py)
-        from .gguf import build_gguf_spec
-
         return build_gguf_spec(raw, name)
     text, nested_key = unwrap_text_config(raw)
     parent_type = raw.get("model_type")
@@ -915,3 +913,167 @@ def truncate_config(raw: Mapping[str, Any], n: int) -> dict[str, Any]:
         out[key] = text
         return out
     return text
+
+
+# --------------------------------------------------------------------------------------------
+# GGUF configs: llama.cpp's layer rules
+#
+# A GGUF header is read by :mod:`kvcalc.gguf` (with :mod:`kvcalc.sources`) into a raw config:
+# the shared fields under their Hugging Face names and the llama.cpp facts under
+# GGUF_CONFIG_KEY. The rules below turn those facts into layers, as llama.cpp does
+# (src/llama-model.cpp, src/llama-hparams.cpp, src/models/<arch>.cpp; the rules are listed in
+# kvcalc/gguf.py's module docstring). Sources feed arch a dict; arch never imports them.
+
+#: SWA period per architecture when the file has no ``sliding_window_pattern``
+#: (``load_swa_pattern(ml, n)`` in src/models/<arch>.cpp): layer il is SWA iff il % n < n - 1
+SWA_PATTERNS = {"gemma3": 6, "gemma2": 2, "cohere2": 4, "gpt-oss": 2, "exaone4": 4,
+                "exaone-moe": 4}
+#: architectures that use the sliding window only when the file gives one (gemma3: else full)
+SWA_DEFAULT_WINDOW = {"gemma2": 4096}   # src/models/gemma2.cpp: n_swa = 4096 unless given
+#: GGUF hyperparameter -> the config field whose rule (FIELD_RULES) bounds it: a GGUF
+#: header is held to the limits a config.json is
+GGUF_FIELDS = {
+    "block_count": "num_hidden_layers", "embedding_length": "hidden_size",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    **{f"attention.{k}": "head_dim" for k in ("key_length", "value_length",
+                                              "key_length_swa", "value_length_swa")},
+    "attention.kv_lora_rank": "kv_lora_rank", "rope.dimension_count": "qk_rope_head_dim",
+    "attention.shared_kv_layers": "num_kv_shared_layers",
+    "context_length": "max_position_embeddings", "feed_forward_length": "intermediate_size",
+}
+
+
+def build_gguf_spec(raw: Mapping[str, Any], name: str):
+    """The :class:`~kvcalc.ModelSpec` of a GGUF model, by llama.cpp's rules (module doc)."""
+    facts = raw[GGUF_CONFIG_KEY]
+    if not isinstance(facts, Mapping) or not isinstance(facts.get("hparams"), Mapping):
+        raise ConfigError(f"the config of {name}: '{GGUF_CONFIG_KEY}' must be an object holding "
+                          "'hparams'")
+    h = facts["hparams"]
+    a = str(facts.get("architecture", ""))
+    where = f"{name} (GGUF, architecture '{a}')"
+    validate_fields({k: v for k, v in raw.items() if k != GGUF_CONFIG_KEY}, where)
+    notes: list[str] = [f"read from the GGUF header ({a}; {facts.get('tensor_count', 0):,} "
+                        f"tensors, {facts.get('tensor_bytes', 0):,} bytes of weights)"]
+
+    def integer(key: str, value: Any, lo: int = 0, hi: int | None = None) -> int:
+        """``value`` held to the FIELD_RULES bound of the config field ``key`` stands for."""
+        return checked_int(f"{a}.{key}", value, where, lo,
+                                FIELD_RULES[GGUF_FIELDS[key]][1] if hi is None else hi)
+
+    n = integer("block_count", h.get("block_count"), 1)
+    if n > MAX_LAYERS:
+        raise ConfigError(f"{where}: {n:,} layers (at most {MAX_LAYERS:,})")
+    embd = integer("embedding_length", h.get("embedding_length"), 1)
+    heads = per_layer(h.get("attention.head_count"), n, "attention.head_count", where)
+    kv_heads = per_layer(h.get("attention.head_count_kv", h.get("attention.head_count")), n,
+                         "attention.head_count_kv", where)
+    heads = [integer("attention.head_count", x) for x in heads]
+    kv_heads = [integer("attention.head_count_kv", x) for x in kv_heads]
+    for il, (q, kv) in enumerate(zip(heads, kv_heads)):
+        if kv > q or (kv and q % kv):
+            raise ConfigError(f"{where}: layer {il} has {kv} KV heads for {q} attention heads: "
+                              "the KV heads must be at most the attention heads and divide "
+                              "them")
+    head0 = next((x for x in heads if x), 0)
+    default_dim = embd // head0 if head0 else 0
+    hd_k = integer("attention.key_length", h.get("attention.key_length", default_dim))
+    hd_v = integer("attention.value_length", h.get("attention.value_length", default_dim))
+    hd_k_swa = integer("attention.key_length_swa", h.get("attention.key_length_swa", hd_k))
+    hd_v_swa = integer("attention.value_length_swa", h.get("attention.value_length_swa", hd_v))
+    if "attention.key_length" not in h:
+        notes.append(f"no '{a}.attention.key_length': head size embedding_length / head_count "
+                     f"= {embd} / {head0} = {default_dim}, as llama.cpp computes it")
+    swa, window = swa_layers(a, h, n, where)
+    if window:
+        notes.append(f"sliding window {window:,} on {sum(swa)} of {n} layers "
+                     f"({swa_rule_text(a, h)})")
+    elif "attention.sliding_window" in h:
+        notes.append(f"'{a}.attention.sliding_window' is ignored: llama.cpp runs '{a}' with "
+                     "full attention on every layer")
+    layers: list[Any] = []
+    lora = h.get("attention.kv_lora_rank")
+    for il in range(n):
+        if lora:
+            rope = integer("rope.dimension_count", h.get("rope.dimension_count"), 1)
+            layers.append(MLALayer(heads[il] or head0, integer("attention.kv_lora_rank", lora, 1),
+                                        rope, max(hd_k - rope, 0), hd_v))
+        elif kv_heads[il] == 0:
+            layers.append(NoCacheLayer("no KV heads in this layer (head_count_kv 0)"))
+        elif swa[il]:
+            layers.append(AttentionLayer(SLIDING, kv_heads[il], hd_k_swa, hd_v_swa,
+                                              window))
+        else:
+            layers.append(AttentionLayer(FULL, kv_heads[il], hd_k, hd_v))
+    shared = integer("attention.shared_kv_layers", h.get("attention.shared_kv_layers", 0),
+                     hi=n - 1)
+    if shared:
+        layers = _share_kv(layers, shared, n)
+        notes.append(f"the last {shared} layers reuse an earlier layer's cache "
+                     f"('{a}.attention.shared_kv_layers')")
+    ctx = h.get("context_length")
+    return ModelSpec(
+        name=name, model_type=str(raw.get("model_type") or a), layers=tuple(layers),
+        dtype="fp16", hidden_size=embd, num_attention_heads=head0,
+        max_position_embeddings=integer("context_length", ctx, 1) if ctx is not None else None,
+        vocab_size=raw.get("vocab_size"), config=dict(raw), notes=tuple(notes))
+
+
+def per_layer(value: Any, n: int, key: str, where: str) -> list[Any]:
+    """A scalar repeated ``n`` times, or a per-layer array of exactly ``n`` values."""
+    if isinstance(value, list):
+        if len(value) != n:
+            raise ConfigError(f"{where}: '{key}' lists {len(value)} values for {n} layers")
+        return list(value)
+    if value is None:
+        raise ConfigError(f"{where}: '{key}' is missing")
+    return [value] * n
+
+
+def swa_layers(a: str, h: Mapping[str, Any], n: int, where: str) -> tuple[list[bool], int]:
+    """Which of the ``n`` layers use the sliding window, and the window (0: none)."""
+    if a not in SWA_PATTERNS and "attention.sliding_window_pattern" not in h:
+        return [False] * n, 0
+    window = h.get("attention.sliding_window", SWA_DEFAULT_WINDOW.get(a, 0))
+    if not window:
+        return [False] * n, 0
+    pattern = h.get("attention.sliding_window_pattern", SWA_PATTERNS.get(a, 0))
+    window = checked_int("attention.sliding_window", window, where, 1, MAX_CONFIG_TOKENS)
+    if isinstance(pattern, list):
+        flags = per_layer(pattern, n, "attention.sliding_window_pattern", where)
+        bad = next((i for i, x in enumerate(flags) if x not in (True, False)), None)
+        if bad is not None:   # True/False, 1/0 (a bool array or integers)
+            raise ConfigError(f"{where}: 'attention.sliding_window_pattern[{bad}]' is "
+                              f"{flags[bad]!r}: one true/false per layer expected")
+        return [bool(x) for x in flags], window
+    period = checked_int("attention.sliding_window_pattern", pattern, where, 0, n + 1)
+    return [swa_by_period(il, period) for il in range(n)], window
+
+
+def swa_by_period(il: int, period: int) -> bool:
+    """``llama_hparams::set_swa_pattern(n)``: layer il is SWA iff ``il % n < n - 1``; a period
+    of 0 makes every layer SWA (and 1 none)."""
+    return period == 0 or il % period < period - 1
+
+
+def swa_rule_text(a: str, h: Mapping[str, Any]) -> str:
+    pattern = h.get("attention.sliding_window_pattern")
+    if isinstance(pattern, list):
+        return "the file's per-layer sliding_window_pattern"
+    if pattern is not None:
+        return f"the file's sliding_window_pattern {pattern}: layer il is SWA iff il % {pattern} < {int(pattern) - 1}"
+    p = SWA_PATTERNS[a]
+    return f"llama.cpp's rule for {a}: every {p}th layer is full attention"
+
+
+def _share_kv(layers: list[Any], shared: int, n: int) -> list[Any]:
+    """Layers from ``n - shared`` on read the cache of the last earlier layer of their kind."""
+    first = max(n - shared, 0)
+    out = list(layers)
+    for il in range(first, n):
+        kind = layers[il].kind
+        source = max((j for j in range(first) if layers[j].kind == kind), default=None)
+        if source is not None:
+            out[il] = SharedLayer(source, kind)
+    return out

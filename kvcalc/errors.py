@@ -76,3 +76,12 @@ def as_user_error(exc: BaseException) -> KvcalcError | None:
     if isinstance(exc, MemoryError):
         return LimitError("out of memory: the input is too large to process")
     return None
+
+
+def suggest(name: str, choices: list[str]) -> str:
+    """``"; did you mean a, b?"`` naming up to three of ``choices`` close to ``name``, or ``""``
+    (the tail of every "unknown X" message)."""
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), choices, n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else ""

@@ -16,12 +16,13 @@ complete, so a refused, failed or interrupted run leaves no half-written or empt
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import ConfigError, LimitError
 
@@ -189,3 +190,41 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# --------------------------------------------------------------------------------------------
+# text and JSON (configs, presets, hub downloads, reports)
+
+#: the largest config.json, preset or GPU file kvcalc reads (real configs are a few kB; the
+#: largest multimodal ones under 100 kB)
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+def decode_text(data: bytes, what: str) -> str:
+    """UTF-8 bytes -> text, accepting a UTF-8 byte-order mark (as spreadsheets write)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} is not UTF-8 text (byte {exc.start:,}): save it as "
+                          "UTF-8") from None
+
+
+def parse_json(text: str | bytes, what: str) -> Any:
+    """JSON text -> value; syntax errors, too deep nesting and 4,300+ digit numbers become one
+    ConfigError naming ``what``."""
+    if isinstance(text, bytes):
+        text = decode_text(text, what)
+    elif text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"malformed JSON in {what}:{exc.lineno}: {exc.msg}") from None
+    except (RecursionError, ValueError) as exc:
+        raise ConfigError(f"{what} cannot be read: {_parse_problem(exc)}") from None
+
+
+def _parse_problem(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return (str(exc).splitlines() or ["invalid value"])[0]

@@ -16,7 +16,7 @@ The download is one GET made here (not huggingface_hub's downloader), so what th
 checked before anything is written: the commit (``X-Repo-Commit``) must be 40 hex digits (and
 the one asked for, when a commit was asked for), the ETag 40 or 64 hex digits (a git blob id
 or a sha256, the hub's shapes), the revision a git ref name (no ``..``, no leading ``/``), the
-body at most :data:`~kvcalc.sources.MAX_CONFIG_BYTES`. The file is then stored in
+body at most :data:`~kvcalc.files.MAX_CONFIG_BYTES`. The file is then stored in
 huggingface_hub's cache layout (``blobs/<etag>``, ``snapshots/<commit>/<file>``,
 ``refs/<ref>``), written atomically, every path checked to stay inside the repository's cache
 folder; nothing partial is left behind. Credentials in ``HF_ENDPOINT``
@@ -43,7 +43,7 @@ from typing import Any
 
 from .errors import (ConfigError, HubError, KvcalcError, LimitError, ModelNotFoundError,
                      UsageError)
-from .sources import ResolvedModel
+from .provenance import ResolvedModel
 
 #: seconds any single network wait may take (KVCALC_HUB_TIMEOUT overrides)
 DEFAULT_TIMEOUT_S = 5.0
@@ -262,7 +262,7 @@ def _fetch(hf: Any, repo_id: str, filename: str, ref: str, limit: float
     hub error answer raises huggingface_hub's typed error (``hf_raise_for_status``)."""
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-    from .sources import MAX_CONFIG_BYTES
+    from .files import MAX_CONFIG_BYTES
 
     url = hf.hf_hub_url(repo_id, filename, revision=ref, endpoint=_request_endpoint())
     headers = build_hf_headers(library_name="kvcalc", library_version=_version())
@@ -490,7 +490,7 @@ def _commit_of(path: Path) -> str | None:
 
 def parse_config(data: bytes | str, what: str) -> dict[str, Any]:
     """config.json text -> dict, as plain JSON (``auto_map`` code is never looked at)."""
-    from .sources import parse_json
+    from .files import parse_json
 
     try:
         config = parse_json(data, f"config.json of {what}")

@@ -1008,10 +1008,53 @@ def _draw_timing(chart: Chart, ax) -> None:
             title_fontsize=LEGEND_FONT_SIZE)
 
 
-def _draw_timeline(chart: Chart, ax) -> None:
-    from .simulation.plot import draw_timeline
+def timeline_chart(path: str | Path, allocator: str | None = None) -> Chart:
+    """``kvcalc plot timeline``: the chart of a ``kvcalc simulate --timeline`` CSV (read and
+    checked by :func:`kvcalc.simulation.plot.read_timeline`); ``allocator`` keeps one
+    allocator's rows (stacked areas)."""
+    from .simulation.plot import TIMELINE_COLUMNS, read_timeline
 
-    draw_timeline(chart, ax)
+    rows, names = read_timeline(path, allocator)
+    return Chart("timeline", f"KV memory over time: {', '.join(names)}",
+                 f"kvcalc simulate --timeline {Path(path).name} (shares of the KV budget; times "
+                 "modelled)", TIMELINE_COLUMNS, rows, xlabel="time (s, modelled)",
+                 ylabel="share of the KV budget", y_scale="linear")
+
+
+def _draw_timeline(chart: Chart, ax) -> None:
+    """One allocator: the paper's categories stacked (token states, reservation, internal and
+    external fragmentation, free) as shares of the KV budget. Several: the token-state share of
+    each (solid) and its allocated share (token states + reservation + internal fragmentation,
+    dashed)."""
+    from .simulation.metrics import CATEGORIES
+
+    colors = {"token_states": "#2a7ab9", "reservation": "#f2a541",
+              "internal_fragmentation": "#d1495b", "external_fragmentation": "#7a4ea3",
+              "free": "#d9d9d9"}
+    labels = {"token_states": "token states", "reservation": "reservation",
+              "internal_fragmentation": "internal fragmentation",
+              "external_fragmentation": "external fragmentation", "free": "free"}
+    rows = chart.rows
+    names = list(dict.fromkeys(r["allocator"] for r in rows))
+    if len(names) == 1:
+        t = [r["time_s"] for r in rows]
+        ax.stackplot(t, *[[r[c] for r in rows] for c in CATEGORIES],
+                     labels=[labels[c] for c in CATEGORIES],
+                     colors=[colors[c] for c in CATEGORIES], step="post")
+        ax.set_ylim(0, 1)
+        ax.legend(loc="upper right")
+    else:
+        for i, name in enumerate(names):
+            mine = [r for r in rows if r["allocator"] == name]
+            t = [r["time_s"] for r in mine]
+            color = f"C{i}"
+            ax.plot(t, [r["token_states"] for r in mine], color=color, drawstyle="steps-post",
+                    label=f"{name}: token states")
+            ax.plot(t, [r["token_states"] + r["reservation"] + r["internal_fragmentation"]
+                        for r in mine], color=color, linestyle="--", drawstyle="steps-post",
+                    label=f"{name}: allocated")
+        ax.set_ylim(0, 1.02)
+        ax.legend(loc="best")
 
 
 DRAWERS = {"memory": _draw_memory, "concurrency": _draw_concurrency, "waste": _draw_waste,

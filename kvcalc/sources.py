@@ -12,8 +12,6 @@ config.json and a hub download all pass through the same :mod:`kvcalc.arch` adap
 
 from __future__ import annotations
 
-import difflib
-import json
 import os
 import re
 import warnings
@@ -23,53 +21,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, KvcalcError, LimitError, ModelNotFoundError, UsageError
-from .files import read_bounded
+from .errors import ConfigError, KvcalcError, ModelNotFoundError, UsageError, suggest
+from .files import (MAX_CONFIG_BYTES, _parse_problem, decode_text, parse_json,  # noqa: F401
+                    read_bounded)
+from .provenance import ResolvedModel  # noqa: F401  (re-exported: kvcalc.sources.ResolvedModel)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-#: the largest config.json, preset or GPU file kvcalc reads (real configs are a few kB; the
-#: largest multimodal ones under 100 kB)
-MAX_CONFIG_BYTES = 4 * 1024 * 1024
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(@[\w.\-/]+)?$")
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A raw config and its provenance."""
-
-    name: str
-    config: Mapping[str, Any] = field(repr=False)
-    kind: str                     # "preset" | "file" | "hub" | "config" (a dict, Python API)
-    location: str                 # preset file, config path, or the hub cache file read
-    hub_id: str | None = None
-    revision: str | None = None   # hub: the commit sha the config came from
-    description: str | None = None
-    ref: str | None = None        # hub: the branch, tag or commit asked for (default main)
-    cached: bool = False          # hub: read from the hub cache without the hub's answer
-    note: str | None = None       # hub: why the cache was used
-    origin: str | None = None     # preset: "built-in" or "user"
-
-    @property
-    def provenance(self) -> str:
-        """One line for humans: which source, and which revision or file."""
-        if self.kind == "preset":
-            text = {"built-in": "built-in preset", "user": f"user preset {self.location}"}.get(
-                self.origin or "", f"preset file {self.location}")
-            if self.hub_id:
-                text += f", hub id {self.hub_id}"
-                text += f"@{self.revision[:12]}" if self.revision else ""
-            return text
-        if self.kind == "hub":
-            ref = self.ref or "main"
-            text = f"hub {self.hub_id}@{ref}"
-            if self.revision and self.revision != ref:
-                text += f" (commit {self.revision[:12]})"
-            if self.note:
-                text += f", cached copy: {self.note}"
-            return text
-        if self.kind == "config":
-            return "config dict given in Python"
-        return f"file {self.location}"
+#: a Hugging Face hub id, org/name[@revision]
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(@[\w.\-/]+)?$")
+_HUB_ID = HUB_ID
 
 
 @dataclass(frozen=True)
@@ -122,15 +82,6 @@ def read_text_file(path: Path, what: str = "file", limit: int = MAX_CONFIG_BYTES
     return decode_text(read_bounded(path, what, limit), f"{what} {path}")
 
 
-def decode_text(data: bytes, what: str) -> str:
-    """UTF-8 bytes -> text, accepting a UTF-8 byte-order mark (as spreadsheets write)."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{what} is not UTF-8 text (byte {exc.start:,}): save it as "
-                          "UTF-8") from None
-
-
 def parse_yaml(text: str, what: str) -> Any:
     """Safe YAML (no tags that build objects) without aliases: ``*name`` references are refused
     before anything is built, so an alias bomb ("billion laughs") costs nothing."""
@@ -151,27 +102,6 @@ def parse_yaml(text: str, what: str) -> Any:
         raise ConfigError(f"malformed YAML in {where}: {problem}") from None
     except (RecursionError, ValueError) as exc:  # nesting, 4,300+ digit numbers
         raise ConfigError(f"{what} cannot be read: {_parse_problem(exc)}") from None
-
-
-def parse_json(text: str | bytes, what: str) -> Any:
-    """JSON text -> value; syntax errors, too deep nesting and 4,300+ digit numbers become one
-    ConfigError naming ``what``."""
-    if isinstance(text, bytes):
-        text = decode_text(text, what)
-    elif text.startswith("\ufeff"):
-        text = text[1:]
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"malformed JSON in {what}:{exc.lineno}: {exc.msg}") from None
-    except (RecursionError, ValueError) as exc:
-        raise ConfigError(f"{what} cannot be read: {_parse_problem(exc)}") from None
-
-
-def _parse_problem(exc: Exception) -> str:
-    if isinstance(exc, RecursionError):
-        return "nested too deeply"
-    return (str(exc).splitlines() or ["invalid value"])[0]
 
 
 def load_yaml_file(path: Path) -> Any:
@@ -374,11 +304,6 @@ def preset_names() -> list[str]:
         names.append(preset.name)
         names.extend(preset.aliases)
     return names
-
-
-def suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name.lower(), choices, n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 _SOURCE_COMMIT = re.compile(r"^hub \S+@([0-9a-f]{40})\b")

@@ -133,7 +133,7 @@ def _show_kvcalc_warnings() -> None:
     ``warning:`` line each, once per run; other warnings keep Python's handling."""
     import warnings
 
-    from ..sources import PresetWarning
+    from ..api import PresetWarning
 
     shown = warnings.showwarning
 

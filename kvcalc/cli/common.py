@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..dtypes import KV_DTYPE_CHOICES
+from .. import api
+from ..api import ALLOCATION_OPTIONS, KV_DTYPE_CHOICES, engine_names
 from ..errors import UsageError
-from ..engines import ALLOCATION_OPTIONS, engine_names, engines, get_engine
 from ..render import FORMATS, printable
 from ..units import parse_bytes, parse_token_list, parse_tokens
 
@@ -23,8 +23,8 @@ def model_options(f):
 
 def version_options(f):
     """One --<engine>-version option per registered engine (--hf-version, --vllm-version)."""
-    for engine in reversed(engines()):
-        bands = ", ".join(f"{b.name}" for b in engine.bands)
+    for engine in reversed(api.engine_cards()):   # no engine module imported
+        bands = ", ".join(engine.bands)
         f = click.option(engine.version_flag, f"{engine.name}_version", default=None,
                          metavar="X.Y",
                          help=f"{engine.display_name} version whose layout is modelled "
@@ -34,7 +34,7 @@ def version_options(f):
 
 def engine_version(engine: str, versions: dict) -> str | None:
     """The version given for ``engine`` among the --<engine>-version options."""
-    return versions.get(f"{get_engine(engine).name}_version")
+    return versions.get(f"{api.engine_name(engine)}_version")
 
 
 def layout_options(f):
@@ -58,8 +58,6 @@ def layout_options(f):
 
 def llamacpp_options(f):
     """llama-server's options, under its own names (--ctx-size, --parallel, ...)."""
-    from ..engines.llamacpp import CACHE_TYPE_CHOICES, FLASH_ATTN_CHOICES
-
     tokens = TokenList("token count", single=True)
     options = [
         click.option("--ctx-size", type=TokenList("token count", single=True, zero=True),
@@ -72,11 +70,11 @@ def llamacpp_options(f):
         click.option("--kv-unified/--no-kv-unified", "kv_unified", default=None,
                      help="llamacpp: one cache stream shared by all slots (default: on with "
                           "-np auto, off with an explicit --parallel)."),
-        click.option("--cache-type-k", type=click.Choice(CACHE_TYPE_CHOICES), default=None,
+        click.option("--cache-type-k", type=LazyChoice("cache_type"), default=None,
                      help="llamacpp: K cache type (default f16, or --kv-dtype)."),
-        click.option("--cache-type-v", type=click.Choice(CACHE_TYPE_CHOICES), default=None,
+        click.option("--cache-type-v", type=LazyChoice("cache_type"), default=None,
                      help="llamacpp: V cache type; quantized types need flash attention."),
-        click.option("--flash-attn", type=click.Choice(FLASH_ATTN_CHOICES), default=None,
+        click.option("--flash-attn", type=LazyChoice("flash_attn"), default=None,
                      help="llamacpp: flash attention (default auto)."),
         click.option("--swa-full/--no-swa-full", "swa_full", default=None,
                      help="llamacpp: sliding-window layers keep the full context (default "
@@ -94,8 +92,6 @@ def llamacpp_options(f):
 
 def ollama_options(f):
     """Ollama's settings (--num-ctx, ...), read from the OLLAMA_* variables when absent."""
-    from ..engines.ollama import KV_CACHE_TYPES
-
     tokens = TokenList("token count", single=True)
     options = [
         click.option("--num-ctx", type=FromEnv(tokens), default=None,
@@ -104,7 +100,7 @@ def ollama_options(f):
         click.option("--num-parallel", type=FromEnv(click.INT), default=None,
                      envvar="OLLAMA_NUM_PARALLEL",
                      help="ollama: requests at once (OLLAMA_NUM_PARALLEL; default 1)."),
-        click.option("--kv-cache-type", type=FromEnv(click.Choice(KV_CACHE_TYPES)), default=None,
+        click.option("--kv-cache-type", type=FromEnv(LazyChoice("kv_cache_type")), default=None,
                      envvar="OLLAMA_KV_CACHE_TYPE",
                      help="ollama: K and V cache type (OLLAMA_KV_CACHE_TYPE; default f16)."),
         click.option("--flash-attention/--no-flash-attention", "flash_attention", default=None,
@@ -128,7 +124,7 @@ def allocation_settings(engine: str, kwargs: dict) -> dict:
     """The up-front allocation options given, checked against ``engine``: an option of another
     engine is an error naming the engine it belongs to. Environment variables (OLLAMA_*) only
     count for Ollama."""
-    name = get_engine(engine).name
+    name = api.engine_name(engine)
     ctx = click.get_current_context(silent=True)
     given = {}
     for key, owner in ALLOCATION_OPTIONS.items():
@@ -162,6 +158,27 @@ def format_option(f):
 
 def tokens_type(what: str):
     return TokenList(what, single=True)
+
+
+class LazyChoice(click.Choice):
+    """A click.Choice over :func:`kvcalc.api.option_choices` (``option``), read when the option
+    is used, shown or completed: declaring llama-server's --cache-type-k does not import the
+    llama.cpp engine."""
+
+    def __init__(self, option: str, case_sensitive: bool = True):
+        self._option = option
+        self._choices: tuple[str, ...] | None = None
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self._choices is None:
+            self._choices = api.option_choices(self._option)
+        return self._choices
+
+    @choices.setter
+    def choices(self, value) -> None:
+        self._choices = tuple(value)
 
 
 class TokenList(click.ParamType):

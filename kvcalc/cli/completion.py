@@ -27,10 +27,10 @@ def complete_model(ctx: click.Context, param: click.Parameter, incomplete: str):
     completion when it looks like a path."""
     if _looks_like_path(incomplete):
         return [CompletionItem(incomplete, type="file")]
-    from ..sources import all_presets
+    from ..api import preset_list
 
     items = []
-    for preset in all_presets():
+    for preset in preset_list():
         for name in (preset.name, *preset.aliases):
             if name.startswith(incomplete):
                 items.append(entry(name, preset.display_name or None))
@@ -47,7 +47,7 @@ def entry(value: str, help: str | None = None) -> CompletionItem:
 
 def complete_gpu(ctx: click.Context, param: click.Parameter, incomplete: str):
     """GPU catalog names and aliases starting with ``incomplete``."""
-    from ..hardware import load_catalog
+    from ..api import gpu_catalog as load_catalog
 
     return [entry(name, gpu.name if name != gpu.name else None)
             for gpu in load_catalog() for name in (gpu.name, *gpu.aliases)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..hardware import load_catalog
+from ..api import gpu_catalog as load_catalog
 from ..render import table, to_csv, to_json, to_yaml
 from .common import echo_output, format_option
 

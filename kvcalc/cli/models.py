@@ -4,42 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ..arch import build_spec
-from ..errors import KvcalcError, ModelNotFoundError
-from ..engines import build_layout
+from .. import api
+from ..errors import ModelNotFoundError
 from ..render import key_values, table, to_csv, to_json, to_yaml
-from ..sources import (all_presets, builtin_preset_dir, find_preset, preset_names, suggest,
-                       user_preset_dirs)
 from ..units import format_bytes
 from .common import echo_output, format_option
-
-
-def _summary(preset) -> dict:
-    row = {"name": preset.name, "display_name": preset.display_name, "hub_id": preset.hub_id,
-           "aliases": list(preset.aliases), "origin": preset.origin, "path": str(preset.path),
-           "folder": str(preset.path.parent), "overrides_builtin": _overrides(preset)}
-    try:
-        spec = build_spec(preset.data["config"], preset.name)
-        row["model_type"] = spec.model_type
-        row["layers"] = spec.num_layers
-        kinds: dict[str, int] = {}
-        for layer in spec.layers:
-            kinds[layer.kind] = kinds.get(layer.kind, 0) + 1
-        row["layer_kinds"] = kinds
-        row["dtype"] = spec.dtype
-        row["bytes_per_token_hf"] = build_layout(spec, "hf").bytes_per_token
-        row["bytes_per_token_vllm"] = build_layout(spec, "vllm").bytes_per_token
-        row["max_position_embeddings"] = spec.max_position_embeddings
-    except KvcalcError as exc:
-        row["error"] = str(exc)
-    return row
-
-
-def _ollama_rows() -> list[dict]:
-    from ..ollama_names import TABLE
-
-    return [{"ollama": m.name, "preset": m.preset, "quantization": m.quant, "note": m.note}
-            for m in TABLE]
 
 
 @click.group(invoke_without_command=True)
@@ -62,7 +31,7 @@ def models(ctx, ollama, fmt):
     if ctx.invoked_subcommand is not None:
         return
     if ollama:
-        rows = _ollama_rows()
+        rows = api.ollama_names()
         if fmt in ("json", "yaml", "csv"):
             echo_output({"json": to_json, "yaml": to_yaml}.get(fmt, lambda r: to_csv(
                 r, ("ollama", "preset", "quantization", "note")))(rows))
@@ -71,7 +40,7 @@ def models(ctx, ollama, fmt):
                                 r["note"] or "") for r in rows],
                               ("Ollama name", "preset", "default quant", "note"), fmt) + "\n")
         return
-    rows = [_summary(p) for p in all_presets()]
+    rows = [api.preset_summary(p) for p in api.preset_list()]
     if fmt == "json":
         echo_output(to_json(rows))
     elif fmt == "yaml":
@@ -89,12 +58,6 @@ def models(ctx, ollama, fmt):
                                  "vllm B/token", "origin"), fmt) + "\n" + _folders_note(fmt))
 
 
-def _overrides(preset) -> bool:
-    if preset.origin != "user":
-        return False
-    return any((builtin_preset_dir() / f"{preset.name}{s}").is_file() for s in (".yaml", ".yml"))
-
-
 def _origin(row: dict) -> str:
     if row["origin"] != "user":
         return row["origin"]
@@ -110,7 +73,7 @@ def _tilde(path: str) -> str:
 
 
 def _folders_note(fmt: str) -> str:
-    folders = ", ".join(_tilde(str(d)) for d in user_preset_dirs())
+    folders = ", ".join(_tilde(str(d)) for d in api.user_preset_dirs())
     if fmt == "markdown":
         return ""
     return (f"\nUser presets (first wins, then built-in): {folders}\n"
@@ -122,12 +85,10 @@ def _folders_note(fmt: str) -> str:
 @format_option
 def show(name, fmt):
     """Show one preset: provenance, layers and the config fields kvcalc reads."""
-    preset = find_preset(name)
+    preset = api.find_preset(name)
     if preset is None:
-        hint = (f" (a hub id: save it with `kvcalc models add {name}`)" if "/" in name
-                else suggest(name, preset_names()))
-        raise ModelNotFoundError(f"unknown preset '{name}'" + hint)
-    row = _summary(preset)
+        raise ModelNotFoundError(f"unknown preset '{name}'" + api.unknown_preset_hint(name))
+    row = api.preset_summary(preset)
     row["source"] = preset.data.get("source")
     row["notes"] = preset.data.get("notes")
     if fmt in ("json", "yaml"):
@@ -181,37 +142,10 @@ def add(hub_id, name, revision, force):
       kvcalc models add Qwen/Qwen3-8B@main --as qwen3-8b-mine
       kvcalc estimate --model qwen3-8b-mine --seq 32k
     """
-    from datetime import date
-
-    from .. import hub
-    from ..errors import UsageError
-    from ..sources import _HUB_ID, check_preset_name, save_user_preset
-
-    if not _HUB_ID.match(hub_id):
-        raise UsageError(f"'{hub_id}' is not a hub id: models add takes org/name[@revision] "
-                         "(a local config.json can be used directly with --model)")
-    repo_id, _ = hub.split_revision(hub_id, revision)
-    key = check_preset_name(name or repo_id.split("/")[-1])
-    resolved = hub.resolve_hub(hub_id, revision)
-    try:
-        spec = build_spec(resolved.config, key)
-    except KvcalcError as exc:
-        raise KvcalcError(f"not saved: kvcalc cannot read the config of {repo_id}: {exc}") from None
-    commit = resolved.revision or resolved.ref
-    fetched = "read from the hub cache" if resolved.cached else f"fetched {date.today()}"
-    data = {
-        "name": key,
-        "display_name": repo_id.split("/")[-1],
-        "hub_id": repo_id,
-        "aliases": [],
-        "family": spec.model_type,
-        "source": f"hub {repo_id}@{commit} {fetched}",
-        "notes": f"Saved by `kvcalc models add {hub_id}` from {hub.endpoint()} "
-                 f"({resolved.ref or 'main'}).",
-        "config": dict(resolved.config),
-    }
-    path = save_user_preset(key, data, force=force)
-    builtin = any((builtin_preset_dir() / f"{key}{s}").is_file() for s in (".yaml", ".yml"))
-    click.echo(f"saved {repo_id}@{(commit or 'main')[:12]} as preset '{key}' in {path}"
-               + (" (overrides the built-in preset of that name)" if builtin else ""))
-    click.echo(f"use it with: kvcalc estimate --model {key}")
+    saved = api.add_preset(hub_id, name, revision, force)
+    commit = saved["commit"]
+    click.echo(f"saved {saved['repo_id']}@{(commit or 'main')[:12]} as preset '{saved['name']}' "
+               f"in {saved['path']}"
+               + (" (overrides the built-in preset of that name)" if saved["overrides_builtin"]
+                  else ""))
+    click.echo(f"use it with: kvcalc estimate --model {saved['name']}")

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..dtypes import KV_DTYPE_CHOICES
+from ..api import KV_DTYPE_CHOICES, engine_info, engine_names
 from ..errors import UsageError
-from ..engines import engine_names, get_engine
 from .common import ByteSize, TokenList, echo_output, version_options, warn
 
 FORMAT_CHOICES = ("png", "svg", "csv", "json")
@@ -192,7 +191,7 @@ def memory(models, revision, engines, kv_dtypes, block_size, batch, min_len, max
     from ..plot import PlanOptions, memory_chart
 
     kind = _check_out(out, fmt)
-    single = [e for e in engines if not get_engine(e).tensor_parallel]
+    single = [e for e in engines if not engine_info(e).tensor_parallel]
     if tp > 1 and single:
         raise UsageError(f"--tp needs --engine vllm (the {single[0]} layout models one process)")
     chart = memory_chart(_load(models, revision), engines=list(engines),
@@ -308,7 +307,7 @@ def timeline(timeline, allocator, out, fmt, size, dpi):
       kvcalc simulate -m llama-3.1-8b --trace azure-conv-2023 --timeline t.csv
       kvcalc plot timeline --from t.csv --allocator paged --out timeline.png
     """
-    from ..simulation.plot import timeline_chart
+    from ..plot import timeline_chart
 
     kind = _check_out(out, fmt)
     _emit(timeline_chart(timeline, allocator), kind, out, size, dpi)
@@ -324,7 +323,7 @@ def _check_out(out, fmt) -> str:
 
 
 def _load(models, revision):
-    from ..model import load_spec
+    from ..api import load_model as load_spec
     from ..plot import ModelInput
 
     out = []
@@ -338,7 +337,7 @@ def _load(models, revision):
 
 
 def _gpus(names):
-    from ..hardware import resolve_gpu
+    from ..api import resolve_gpu
 
     return [resolve_gpu(n) for n in dict.fromkeys(names)]
 

@@ -231,9 +231,7 @@ def _meta(model, revision, seqs, all_presets, dtype, layers, jobs, every_layer, 
 
     import transformers
 
-    from ..arch import truncate_config
-    from ..model import load_spec
-    from ..sources import all_presets as presets
+    from ..api import load_model as load_spec, preset_list as presets, truncate_config
     from ..verify.meta import check_many
 
     targets = []

@@ -16,7 +16,7 @@ EXIT_VERIFY_FAILED = 4
 
 def verify_llamacpp_command(weights, model, server: dict, grid: bool, threads, fmt) -> None:
     """Check llama.cpp's allocation for the given llama-server settings (or the grid)."""
-    from ..engines.llamacpp import server_settings
+    from ..api import llamacpp_server_settings as server_settings
     from ..verify.llamacpp import grid as settings_grid
     from ..verify.llamacpp import verify_llamacpp
 
@@ -29,7 +29,7 @@ def verify_llamacpp_command(weights, model, server: dict, grid: bool, threads, f
         raise UsageError("--grid checks its own settings: give either --grid or llama-server "
                          "options")
     if grid:
-        from ..model import load_spec
+        from ..api import load_model as load_spec
 
         settings = settings_grid(load_spec(str(path))[1])
     else:

@@ -7,7 +7,7 @@ import textwrap
 import click
 
 from ..render import table, to_csv, to_json, to_yaml
-from ..versions import all_engine_versions, verify_requirement
+from ..api import engine_versions as all_engine_versions, verify_requirement
 from .common import echo_output, format_option, warn
 
 

@@ -24,11 +24,11 @@ never compare engine names themselves. Adding an engine = one module that define
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, replace
-from importlib import metadata
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import UsageError, suggest
 from .cache import Layout, parse_version
 
 #: a version as kvcalc compares them: (major, minor)
@@ -106,6 +106,8 @@ class Engine:
 
     def installed_version(self) -> str | None:
         """The version of :attr:`package` installed in this environment, None when absent."""
+        from importlib import metadata  # ~10 ms: only when a version is asked for
+
         try:
             return metadata.version(self.package)
         except metadata.PackageNotFoundError:
@@ -236,6 +238,41 @@ class Engine:
         return None
 
 
+@dataclass(frozen=True)
+class EngineCard:
+    """What the registry knows of an engine without importing its module: its names, the
+    module that defines it, and the facts the CLI's choice lists and help need. The engine's
+    own class attributes are the truth; ``tests/test_layers.py`` checks each card against
+    them."""
+
+    name: str
+    module: str                    # the module that defines and registers the engine
+    aliases: tuple[str, ...]
+    display_name: str
+    plans: bool                    # prints capacity figures for a budget (kvcalc plan)
+    version_flag: str
+    default_version: str
+    bands: tuple[str, ...]         # the bands' names, oldest first
+
+
+#: the engines kvcalc ships, in the order outputs list them; a module is imported only when
+#: its engine is asked for (:func:`get_engine`), so a command pays for the engine it uses
+CARDS: tuple[EngineCard, ...] = (
+    EngineCard("hf", "kvcalc.engines.transformers", ("transformers",), "transformers", False,
+               "--hf-version", "5.25", ("<4.56", "4.56-5.14", "5.15-5.17", "5.18-5.24", ">=5.25")),
+    EngineCard("vllm", "kvcalc.engines.vllm", (), "vLLM", True, "--vllm-version", "0.34",
+               ("0.9-0.19", "0.20-0.32", "0.33", "0.34")),
+    EngineCard("llamacpp", "kvcalc.engines.llamacpp", ("llama.cpp", "llama-cpp", "llama-server"),
+               "llama.cpp", True, "--llamacpp-version", "2026.10", ("<2025.11", ">=2025.11")),
+    EngineCard("ollama", "kvcalc.engines.ollama", (), "Ollama", True, "--ollama-version", "0.33",
+               ("<0.30", ">=0.30")),
+    EngineCard("sglang", "kvcalc.engines.sglang", (), "SGLang", True, "--sglang-version", "0.5",
+               ("0.5.23",)),
+    EngineCard("trtllm", "kvcalc.engines.trtllm", ("tensorrt-llm",), "TensorRT-LLM", True,
+               "--trtllm-version", "1.2", ("0.10-1.1", "1.2")),
+)
+_CARDS = {key: card for card in CARDS for key in (card.name, *card.aliases)}
+
 _REGISTRY: dict[str, Engine] = {}
 
 
@@ -246,24 +283,39 @@ def register(engine: Engine) -> Engine:
     return engine
 
 
+def cards() -> tuple[EngineCard, ...]:
+    """The shipped engines' cards (names, flags, bands), without importing any engine."""
+    return CARDS
+
+
 def engines() -> tuple[Engine, ...]:
-    """Every registered engine, once each, in registration order."""
-    return tuple(dict.fromkeys(_REGISTRY.values()))
+    """Every engine, once each: the shipped ones in :data:`CARDS` order (this imports every
+    engine module), then any registered from outside."""
+    shipped = tuple(get_engine(card.name) for card in CARDS)
+    return shipped + tuple(e for e in dict.fromkeys(_REGISTRY.values()) if e not in shipped)
 
 
 def engine_names(planning: bool = False) -> tuple[str, ...]:
-    """Names ``--engine`` accepts (aliases included); ``planning`` keeps engines that plan."""
-    return tuple(k for k, e in _REGISTRY.items() if e.plans or not planning)
+    """Names ``--engine`` accepts (aliases included); ``planning`` keeps engines that plan.
+    Read from the cards (no engine module imported) and the engines registered from outside."""
+    names = [k for k, card in _CARDS.items() if card.plans or not planning]
+    names += [k for k, e in _REGISTRY.items()
+              if k not in _CARDS and (e.plans or not planning)]
+    return tuple(names)
 
 
 def get_engine(name: str) -> Engine:
-    """The engine registered as ``name`` (or an alias), with a suggestion when unknown."""
-    engine = _REGISTRY.get(str(name).strip().lower())
+    """The engine registered as ``name`` (or an alias), with a suggestion when unknown; a
+    shipped engine's module is imported on first use."""
+    key = str(name).strip().lower()
+    engine = _REGISTRY.get(key)
+    if engine is None and key in _CARDS:
+        importlib.import_module(_CARDS[key].module)   # registers the engine
+        engine = _REGISTRY.get(key)
     if engine is None:
-        from ..sources import suggest
-
-        raise UsageError(f"unknown engine '{name}': choose one of {', '.join(_REGISTRY)}"
-                         + suggest(str(name), list(_REGISTRY)))
+        known = engine_names()
+        raise UsageError(f"unknown engine '{name}': choose one of {', '.join(known)}"
+                         + suggest(str(name), list(known)))
     return engine
 
 
@@ -302,10 +354,3 @@ def build_layout(spec, engine: str = "hf", kv_dtype: str = "auto", *,
     return get_engine(engine).layout(spec, kv_dtype, version=version, block_size=block_size,
                                      tp=tp)
 
-
-from . import transformers as _transformers  # noqa: E402,F401  (registers "hf")
-from . import vllm as _vllm  # noqa: E402,F401  (registers "vllm")
-from . import llamacpp as _llamacpp  # noqa: E402,F401  (registers "llamacpp")
-from . import ollama as _ollama  # noqa: E402,F401  (registers "ollama")
-from . import sglang as _sglang  # noqa: E402,F401  (registers "sglang")
-from . import trtllm as _trtllm  # noqa: E402,F401  (registers "trtllm")

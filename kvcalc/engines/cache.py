@@ -156,6 +156,20 @@ def attention_bytes_per_token(kv_heads: int, head_dim_k: int, head_dim_v: int,
     return kv_heads * (dtype.row_bytes(head_dim_k) + dtype.row_bytes(head_dim_v))
 
 
+#: DeepSeek-V3.2 lightning-indexer keys: fp8 values + one fp32 scale per this many, in vLLM
+#: (``DeepseekV32IndexerCache``) and SGLang (``DSATokenToKVPool``) alike
+INDEXER_QUANT_BLOCK = 128
+
+
+def indexer_bytes_per_token(layer: MLALayer) -> int:
+    """DeepSeek-V3.2 lightning-indexer keys: ``index_head_dim`` fp8 values plus one fp32 scale
+    per :data:`INDEXER_QUANT_BLOCK` values, whatever the KV dtype (vLLM and SGLang)."""
+    if not layer.indexer_head_dim:
+        return 0
+    d = layer.indexer_head_dim
+    return d + d // INDEXER_QUANT_BLOCK * 4
+
+
 def mla_latent_bytes_per_token(layer: MLALayer, dtype: KVDtype) -> int:
     """One latent row per token: ``(kv_lora_rank + qk_rope_head_dim) x bytes`` (576 elements
     for DeepSeek V2/V3/R1 and Kimi K2)."""

@@ -36,7 +36,7 @@ from ..errors import UsageError
 from ..units import GiB, MiB
 from ..budget import Budget, activation_bytes, pp_partition, stage_weight_bytes  # noqa: F401
 from . import Band, Engine, Setting, cached_layout, register
-from .vllm import VLLM_INDEXER_QUANT_BLOCK, vllm_indexer_bytes_per_token
+from .cache import INDEXER_QUANT_BLOCK, indexer_bytes_per_token
 from .cache import (KEEP_ALL, KEEP_NONE, LayerCache, Layout, attention_bytes_per_token,
                     attention_formula, mla_latent_bytes_per_token, mla_latent_formula,
                     no_cache_formula, state_bytes, state_formula,
@@ -94,7 +94,7 @@ MAMBA_SSM_BYTES = 4
 #: Llama 4); Gemma 2/3, Mistral, Phi-3 keep one full-length pool for every layer
 HYBRID_SWA_MODEL_TYPES = ("gpt_oss", "llama4", "llama4_text")
 #: DeepSeek-V3.2 indexer keys: fp8 values + one fp32 scale per 128 (``DSATokenToKVPool``)
-DSA_INDEXER_QUANT_BLOCK = VLLM_INDEXER_QUANT_BLOCK
+DSA_INDEXER_QUANT_BLOCK = INDEXER_QUANT_BLOCK
 #: default attention backend and page size per GPU generation (``get_default_attn_backend``,
 #: ``_page_size_default``): compute-capability major -> (backend, page_size)
 DEFAULT_BACKENDS = {9: ("fa3", 1), 10: ("trtllm_mha", 64)}
@@ -199,8 +199,9 @@ def sglang_kv_heads_per_gpu(kv_heads: int, tp: int) -> int:
 
 def sglang_indexer_bytes_per_token(layer: MLALayer) -> int:
     """DeepSeek-V3.2 lightning-indexer keys: ``index_head_dim`` fp8 values + one fp32 scale per
-    128 (``_compute_dsa_indexer_cell_size``) -- the layout vLLM uses too, so its function."""
-    return vllm_indexer_bytes_per_token(layer)
+    128 (``_compute_dsa_indexer_cell_size``) -- the layout vLLM uses too
+    (:func:`kvcalc.engines.cache.indexer_bytes_per_token`)."""
+    return indexer_bytes_per_token(layer)
 
 
 def served_kv_dtype(spec: ModelSpec, kv_dtype: str) -> KVDtype:

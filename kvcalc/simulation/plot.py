@@ -3,7 +3,8 @@
 One allocator: the paper's categories stacked (token states, reservation, internal and
 external fragmentation, free) as shares of the KV budget. Several: the token-state share of
 each (solid) and its allocated share (token states + reservation + internal fragmentation,
-dashed). matplotlib is imported by :func:`kvcalc.plot.draw` only.
+dashed). This module reads the CSV; the chart is :func:`kvcalc.plot.timeline_chart`
+(matplotlib is imported by :func:`kvcalc.plot.draw` only).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ MAX_TIMELINE_ROWS = 1_000_000
 MAX_TIMELINE_BYTES = 256 * 1024 * 1024
 
 
-def timeline_chart(path: str | Path, allocator: str | None = None):
-    """The chart of ``path``; ``allocator`` keeps one allocator's rows (stacked areas)."""
-    from ..plot import Chart
-
+def read_timeline(path: str | Path, allocator: str | None = None) -> tuple[list[dict], list[str]]:
+    """The rows of a ``kvcalc simulate --timeline`` CSV (numbers checked) and the allocators
+    they hold, in order; ``allocator`` keeps that allocator's rows. The chart is drawn by
+    :func:`kvcalc.plot.timeline_chart` (this package never imports matplotlib or
+    :mod:`kvcalc.plot`)."""
     import os
 
     from ..files import text_lines
@@ -59,38 +61,4 @@ def timeline_chart(path: str | Path, allocator: str | None = None):
                              f"{', '.join(names) or 'no rows'}")
         rows = [r for r in rows if r["allocator"] == allocator]
         names = [allocator]
-    return Chart("timeline", f"KV memory over time: {', '.join(names)}",
-                 f"kvcalc simulate --timeline {path.name} (shares of the KV budget; times "
-                 "modelled)", TIMELINE_COLUMNS, rows, xlabel="time (s, modelled)",
-                 ylabel="share of the KV budget", y_scale="linear")
-
-
-def draw_timeline(chart, ax) -> None:
-    """Stacked categories for one allocator; token-state and allocated lines for several."""
-    colors = {"token_states": "#2a7ab9", "reservation": "#f2a541",
-              "internal_fragmentation": "#d1495b", "external_fragmentation": "#7a4ea3",
-              "free": "#d9d9d9"}
-    labels = {"token_states": "token states", "reservation": "reservation",
-              "internal_fragmentation": "internal fragmentation",
-              "external_fragmentation": "external fragmentation", "free": "free"}
-    rows = chart.rows
-    names = list(dict.fromkeys(r["allocator"] for r in rows))
-    if len(names) == 1:
-        t = [r["time_s"] for r in rows]
-        ax.stackplot(t, *[[r[c] for r in rows] for c in CATEGORIES],
-                     labels=[labels[c] for c in CATEGORIES],
-                     colors=[colors[c] for c in CATEGORIES], step="post")
-        ax.set_ylim(0, 1)
-        ax.legend(loc="upper right")
-    else:
-        for i, name in enumerate(names):
-            mine = [r for r in rows if r["allocator"] == name]
-            t = [r["time_s"] for r in mine]
-            color = f"C{i}"
-            ax.plot(t, [r["token_states"] for r in mine], color=color, drawstyle="steps-post",
-                    label=f"{name}: token states")
-            ax.plot(t, [r["token_states"] + r["reservation"] + r["internal_fragmentation"]
-                        for r in mine], color=color, linestyle="--", drawstyle="steps-post",
-                    label=f"{name}: allocated")
-        ax.set_ylim(0, 1.02)
-        ax.legend(loc="best")
+    return rows, names
