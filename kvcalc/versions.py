@@ -81,7 +81,7 @@ class EngineVersions:
             "newest_checked": e.newest_checked, "installed": self.installed,
             "installed_band": self.band, "status": self.status, "notice": self.notice,
             "bands": [{"name": b.name, "versions": b.versions, "changes": list(b.changes),
-                       "sources": list(b.sources)} for b in e.bands],
+                       "sources": list(b.sources)} for b in e.modelled_bands()],
         }
 
 
