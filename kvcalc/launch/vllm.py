@@ -9,7 +9,7 @@ tools/gen_engine_flags.py). Checks, each with vLLM's message:
 - ``max_model_len``: ``_get_and_verify_max_len`` (vllm/config/model.py): --max-model-len above
   the derived length (``max_position_embeddings`` x a RoPE scaling factor, printed as vLLM's
   float) without ``VLLM_ALLOW_LONG_MAX_MODEL_LEN=1``;
-- ``tensor_parallel``: attention heads / KV heads not divisible (engines.vllm.tp_refusal);
+- ``tensor_parallel``: attention heads / KV heads not divisible (the engine's ``tp_refusal``);
 - ``kv_cache_memory``: "To serve at least one request ..." / "No available memory ..."
   (the plan's vLLM figures, vllm/v1/core/kv_cache_planning.py);
 - ``mamba_cache_blocks``: "max_num_seqs (N) exceeds available Mamba cache blocks (M) ..."
@@ -22,7 +22,7 @@ import json
 import math
 from typing import Any
 
-from ..engines.vllm import tp_refusal
+from ..engines import get_engine
 from .base import Change, Reading, Refusal, Setting, classify, human_int, read_flags
 from .command import CommandError, Launch
 from .flags import table
@@ -210,7 +210,7 @@ def pre_checks(reading: Reading, model) -> list[Refusal]:
     """vLLM's checks of the configuration, before any memory is planned."""
     out = []
     tp = reading.plan.get("tp", 1)
-    refusal = tp_refusal(model.spec, tp)
+    refusal = get_engine("vllm").tp_refusal(model.spec, tp)
     if refusal:
         message = refusal.split("vLLM stops with '", 1)[-1].rstrip("')").rstrip("'")
         message = message.split("' (QKVParallelLinear")[0]
@@ -264,7 +264,7 @@ def candidates(reading: Reading, model, record: dict[str, Any] | None,
     heads = model.spec.num_attention_heads or 0
     if "tensor_parallel" in checks:
         for t in sorted({t for t in (1, 2, 4, 8, 16) if t != tp}, key=lambda t: abs(t - tp)):
-            if not tp_refusal(model.spec, t):
+            if not get_engine("vllm").tp_refusal(model.spec, t):
                 out.append(Change(f"--tensor-parallel-size {t}", {"tp": t}))
     if "max_model_len" in checks:
         derived, _ = derived_max_len(dict(model.config))
@@ -292,7 +292,7 @@ def candidates(reading: Reading, model, record: dict[str, Any] | None,
         if plan.get("kv_dtype", "auto") not in ("fp8",):
             out.append(Change("--kv-cache-dtype fp8", {"kv_dtype": "fp8"}))
         for t in (2, 4, 8):
-            if t > tp and not tp_refusal(model.spec, t) and (not heads or t <= heads):
+            if t > tp and not get_engine("vllm").tp_refusal(model.spec, t) and (not heads or t <= heads):
                 out.append(Change(f"--tensor-parallel-size {t}", {"tp": t}))
         if target and record and not memory:
             per = concurrency(record) / int(record.get("replicas") or 1)
