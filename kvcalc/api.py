@@ -229,10 +229,9 @@ def estimate_sweep(model: Any, *, seqs: Sequence[int], batches: Sequence[int] = 
 
 # ------------------------------------------------------------------------------------- plan
 
-#: --weights-dtype for llama.cpp and Ollama: llama.cpp's file types (kvcalc.gguf_weights)
-from .gguf_weights import FILE_TYPES as _FILE_TYPES  # noqa: E402
-
-LLAMACPP_FILE_TYPES = tuple(_FILE_TYPES)
+#: --weights-dtype for llama.cpp and Ollama: llama.cpp's file types (kvcalc.gguf_weights);
+#: ``LLAMACPP_FILE_TYPES`` is read on first use (module ``__getattr__`` below), so an estimate
+#: does not import the GGUF weights tables
 
 #: keyword -> flag of the settings only some planning engines take (SGLang, TensorRT-LLM; each
 #: engine lists the flags it takes in ``plan_options``)
@@ -828,7 +827,7 @@ def option_choices(option: str) -> tuple[str, ...]:
 
         return tuple(ollama.KV_CACHE_TYPES)
     if option == "llamacpp_file_type":
-        return LLAMACPP_FILE_TYPES
+        return __getattr__("LLAMACPP_FILE_TYPES")
     raise UsageError(f"no choice list named {option!r}")
 
 
@@ -994,7 +993,13 @@ def verify_requirement(*args: Any, **kwargs: Any) -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    """``PresetWarning`` (a skipped user preset), imported on first use."""
+    """``PresetWarning`` (a skipped user preset) and ``LLAMACPP_FILE_TYPES`` (llama.cpp's file
+    types, --weights-dtype of llama.cpp and Ollama), imported on first use."""
+    if name == "LLAMACPP_FILE_TYPES":
+        from .gguf_weights import FILE_TYPES
+
+        globals()[name] = tuple(FILE_TYPES)
+        return globals()[name]
     if name == "PresetWarning":
         from .sources import PresetWarning
 
