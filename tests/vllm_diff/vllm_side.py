@@ -133,6 +133,8 @@ import types
 H100_MEMORY_BYTES = 85_045_477_376
 H100_NAME = "NVIDIA H100 80GB HBM3"
 SM90 = (9, 0)
+#: the CUDA runtime major of vLLM's CUDA wheels (cu13)
+CUDA_RUNTIME_MAJOR = 13
 #: the simulated GPU the fakes answer for (``--defaults`` switches it per case)
 GPU = {"name": H100_NAME, "memory": H100_MEMORY_BYTES, "capability": SM90}
 
@@ -218,6 +220,10 @@ def install_gpu_fakes() -> None:
     cls.get_device_name = classmethod(lambda c, device_id=0: GPU["name"])
     cls.get_device_total_memory = classmethod(lambda c, device_id=0: GPU["memory"])
     cls.device_count = classmethod(lambda c: 8)
+    # torch.version.cuda of the CUDA build vLLM's wheels run on (0.33 and 0.34 require the
+    # cu13 stack: nvidia-cutlass-dsl[cu13], torch 2.14.0); the CPU build here reports none
+    if hasattr(cls, "get_cuda_runtime_major"):
+        cls.get_cuda_runtime_major = classmethod(lambda c: CUDA_RUNTIME_MAJOR)
     vllm.platforms._current_platform = cls()
 
     # CUTLASS MLA (SM 10.x) allocates a 128 MB workspace on the GPU and asks for the SM count
