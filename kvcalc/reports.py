@@ -187,7 +187,8 @@ def shortfall_record(p: Plan, spec: ModelSpec, inp: PlanInputs) -> dict:
     figures = p.engine_figures
     own = getattr(figures, "shortfall", None)
     if own is None or not get_engine(inp.engine).solves:
-        return {"reason": figures.error or "the pool holds no token", "shortfall_bytes":
+        reason = getattr(figures, "shortfall_reason", None) or figures.error
+        return {"reason": reason or "the pool holds no token", "shortfall_bytes":
                 max(0, -p.budget.kv_bytes), "shortfall_gib": round(max(0, -p.budget.kv_bytes)
                                                                    / GiB, 2),
                 "estimated_max_model_len": 0, "engine_error": figures.error,
