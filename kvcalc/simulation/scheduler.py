@@ -17,7 +17,8 @@ One engine step, as ``Scheduler.schedule`` in ``vllm/v1/core/sched/scheduler.py`
 A closed loop (``Config.concurrency``, as serving benchmarks run: ``vllm bench serve
 --max-concurrency``, aiperf ``--concurrency``) keeps that many requests in flight: they arrive
 at the start, and one more each time one finishes (or is refused), at that moment; the first
-``Config.warmup`` requests are left out of the latency and throughput figures.
+``Config.warmup`` requests are left out of the latency and throughput figures, and, as aiperf
+runs its warm-up phase, the loop drains after them and starts the measured requests at once.
 
 Steps in which nothing but decoding happens and nothing can change the schedule are taken in
 bulk (event-driven): the run ends at the next arrival, the next completion, or the step at
@@ -129,8 +130,8 @@ class Totals:
 def run(arrivals: Iterable[Arrival], cache, cfg: Config, timing: StepTime) -> Totals:
     """Replay ``arrivals`` (sorted by time) through the scheduler and ``cache``."""
     tot = Totals()
-    source = iter(arrivals) if cfg.concurrency is None else ClosedLoop(arrivals,
-                                                                       cfg.concurrency)
+    source = iter(arrivals) if cfg.concurrency is None else ClosedLoop(
+        arrivals, cfg.concurrency, cfg.warmup)
     sim = _Loop(source, cache, cfg, timing, tot)
     sim.loop()
     return tot
@@ -843,14 +844,20 @@ def _most_steps(rot: list[int], n: int, k: int, free: int) -> int:
 class ClosedLoop:
     """The arrivals of a closed loop: ``concurrency`` requests of ``source`` (their lengths;
     arrival times ignored) at time 0, then one more each time :meth:`release` is called (a
-    request finished or was refused), at that time, until ``source`` runs out."""
+    request finished or was refused), at that time, until ``source`` runs out. With
+    ``warmup`` requests, as aiperf runs its warm-up phase: the loop issues the first
+    ``warmup`` requests, waits until all of them are done, then starts again with
+    ``concurrency`` requests at once (the measured phase)."""
 
-    __slots__ = ("source", "ready")
+    __slots__ = ("source", "ready", "concurrency", "warmup", "issued", "done")
 
-    def __init__(self, source: Iterable[Arrival], concurrency: int):
+    def __init__(self, source: Iterable[Arrival], concurrency: int, warmup: int = 0):
         self.source = iter(source)
         self.ready: deque[Arrival] = deque()
-        self.release(0.0, concurrency)
+        self.concurrency = concurrency
+        self.warmup = warmup
+        self.issued = self.done = 0
+        self._issue(0.0, concurrency)
 
     def __iter__(self) -> "ClosedLoop":
         return self
@@ -861,9 +868,20 @@ class ClosedLoop:
         raise StopIteration
 
     def release(self, t: float, n: int) -> None:
+        self.done += n
+        if self.warmup and self.issued == self.warmup:
+            if self.done == self.warmup:         # the warm-up drained: measure from now
+                self._issue(t, self.concurrency)
+            return
+        self._issue(t, n)
+
+    def _issue(self, t: float, n: int) -> None:
+        if self.issued < self.warmup:
+            n = min(n, self.warmup - self.issued)
         source, ready = self.source, self.ready
         for _ in range(n):
             a = next(source, None)
             if a is None:
                 return
             ready.append(Arrival(t, a.prompt, a.output, a.hash_ids))
+            self.issued += 1
