@@ -418,3 +418,50 @@ def _file_order(shapes: list[_Shape]) -> list[_Shape]:
         layer = int(s.name.split(".")[1]) if s.name.startswith("blk.") else -1
         return (layer, s.name)
     return sorted(shapes, key=key)
+
+
+# --------------------------------------------------------------------------------------------
+# the CPU model buffers llama.cpp logs ("CPU_Mapped model buffer size", "CPU_REPACK ...")
+
+#: ggml's tensor alignment in CPU buffers and GGUF's default data alignment (TENSOR_ALIGNMENT,
+#: ggml/src/ggml-impl.h; GGUF_DEFAULT_ALIGNMENT)
+TENSOR_ALIGNMENT = 32
+#: the ggml types ggml-cpu repacks on x86-64 with AVX2 (the portable build): Q4_0 -> 8x8,
+#: Q4_K -> 8x8, IQ4_NL -> 8x8, MXFP4 -> 8x8, each for matrices with a multiple of 8 rows
+#: (``ggml_repack_get_optimal_repack_type``, ggml/src/ggml-cpu/repack.cpp); Q2_K needs AVX-512,
+#: Q5_K / Q6_K / Q8_0 repack only on ARM
+REPACK_TYPES_AVX2 = frozenset({"q4_0", "q4_k", "iq4_nl", "mxfp4"})
+REPACK_ROWS = 8
+
+
+def repacked(t: WeightTensor) -> bool:
+    """Whether llama.cpp's CPU backend puts ``t`` in its CPU_REPACK buffer (x86-64, AVX2): a
+    matrix multiplied by activations (not the token embeddings, read by GET_ROWS) of a type it
+    interleaves, with a multiple of 8 rows."""
+    return (t.ggml_type in REPACK_TYPES_AVX2 and len(t.shape) == 2
+            and t.shape[1] % REPACK_ROWS == 0 and not _is_input(t.name))
+
+
+def cpu_model_buffers(weights: Weights, use_mmap: bool = True, repack: bool = True
+                      ) -> dict[str, int]:
+    """The model buffers llama.cpp creates when every layer stays on the CPU
+    (``llama_model::load_tensors``; "NAME model buffer size"): with mmap, ``CPU_Mapped`` spans
+    the file's tensor data from the first to the last tensor it holds (tensors padded to the
+    GGUF alignment); the repacked matrices are copied into ``CPU_REPACK`` (each padded to 32
+    bytes, ``ggml_backend_alloc_ctx_tensors_from_buft``) and stay inside the mapped span."""
+    def padded(n: int) -> int:
+        return -(-n // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
+
+    packed = [t for t in weights.tensors if repack and repacked(t)]
+    plain = [t for t in weights.tensors if not (repack and repacked(t))]
+    out: dict[str, int] = {}
+    if plain:
+        # file order: the span from the first plain tensor to the end of the last one
+        idx = [i for i, t in enumerate(weights.tensors) if not (repack and repacked(t))]
+        span = weights.tensors[idx[0]:idx[-1] + 1]
+        out["CPU_Mapped" if use_mmap else "CPU"] = (
+            sum(padded(t.nbytes) for t in span[:-1]) + span[-1].nbytes if use_mmap
+            else sum(padded(t.nbytes) for t in plain))
+    if packed:
+        out["CPU_REPACK"] = sum(padded(t.nbytes) for t in packed)
+    return out

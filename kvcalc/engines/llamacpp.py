@@ -675,14 +675,27 @@ OFFLOAD_OPTIONS = ("n_gpu_layers", "tensor_split", "split_mode", "no_kv_offload"
 SPLIT_MODES = ("layer", "row", "none")
 
 
+#: bytes per token of the int32 input the logits peak sits above (measured: llama.cpp's buffer
+#: exceeds the two-hidden-state logits peak by 4 B per token of the micro-batch)
+COMPUTE_INPUT_BYTES_PER_TOKEN = 4
+
+
 def compute_buffer_bytes(spec: ModelSpec, weights, alloc: Allocation) -> int:
-    """The compute buffer llama.cpp reserves for its worst-case graph (``llama_context``:
-    ``graph_reserve(n_ubatch, n_seqs, n_outputs = n_ubatch)``, "compute buffer size"), as the
-    larger of its two peaks: the logits of ``n_ubatch`` outputs (``n_vocab x n_ubatch`` f32)
-    with the hidden state, and the attention of one layer (without flash attention the f32
-    ``KQ`` matrix of ``n_kv x n_ubatch x n_head``; with it the output rows) with the FFN's
-    intermediate activations. A model of ggml-alloc's peak, not its allocator: docs/llamacpp.md
-    gives its agreement with llama.cpp's log."""
+    """The compute buffer llama.cpp reserves for its worst-case graph (``llama_context::
+    sched_reserve``: ``graph_reserve(n_tokens = min(n_ctx, n_ubatch), n_seqs = n_seq_max,
+    n_outputs = n_tokens)``, "compute buffer size"; ggml-alloc sizes the buffer to the highest
+    offset any tensor of the graph reaches), as the larger of its peaks:
+
+    - the logits of ``n_ubatch`` outputs (``n_vocab x n_ubatch`` f32) with the normed and the
+      final hidden state and one int32 input per token;
+    - the attention of one layer: without flash attention the f32 ``KQ`` matrix of
+      ``n_kv x n_ubatch x n_head`` and the f32 KQ masks of every cache (``n_kv x n_ubatch``
+      each, ``build_attn_inp_kq_mask``; f16 with flash attention), with the Q rows;
+    - the FFN's intermediate activations.
+
+    A model of ggml-alloc's peak, not its allocator (which places each tensor in the best-fit
+    free block): where a freed KQ block leaves a hole the logits do not fit in, llama.cpp's
+    buffer is larger. docs/llamacpp.md gives the grid and where it is short."""
     z = alloc.sizes
     n_ub = z.n_ubatch
     f32 = 4
@@ -692,11 +705,13 @@ def compute_buffer_bytes(spec: ModelSpec, weights, alloc: Allocation) -> int:
     n_kv = max((c.cells_per_stream for c in alloc.caches), default=0)
     inter = int(spec.config.get("intermediate_size") or 4 * h) if spec.config else 4 * h
     hd = max((l.head_dim_v for l in spec.layers if isinstance(l, AttentionLayer)), default=0)
-    logits = vocab * n_ub * f32 + 2 * h * n_ub * f32   # logits + the normed and final state
+    logits = vocab * n_ub * f32 + 2 * h * n_ub * f32 + COMPUTE_INPUT_BYTES_PER_TOKEN * n_ub
+    mask_bytes = 2 if alloc.flash_attn else f32
+    masks = sum(c.cells_per_stream * n_ub * mask_bytes for c in alloc.caches)
     if alloc.flash_attn:
-        attn = heads * hd * n_ub * f32 * 2
+        attn = heads * hd * n_ub * f32 * 2 + masks
     else:
-        attn = n_kv * n_ub * heads * f32 + heads * hd * n_ub * f32
+        attn = n_kv * n_ub * heads * f32 + heads * hd * n_ub * f32 + masks
     ffn = 2 * inter * n_ub * f32
     return max(logits, attn + h * n_ub * f32, ffn + h * n_ub * f32)
 

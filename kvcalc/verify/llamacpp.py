@@ -22,6 +22,15 @@ attention, swa_full, batch sizes) one context is created with llama.cpp's C API
 
 Together 1 and 2 give the bytes of every cache exactly: cells x streams (integers from the log)
 x the bytes of a cell (from the state), split into K and V by the log's figures.
+
+Beside the KV cache, every context's **compute buffer** (``sched_reserve: CPU compute buffer
+size = X MiB``, and the 4-decimal figure llama.cpp logs at debug level when the context is
+freed, ``~llama_context: CPU compute buffer size is X MiB``) is compared with
+:func:`kvcalc.engines.llamacpp.compute_buffer_bytes` (``compute_buffer`` in each result: equal
+when kvcalc's bytes print as the logged MiB), and once per model the **model buffers**
+(``load_tensors: CPU_Mapped model buffer size``, ``CPU_REPACK model buffer size``) with
+:func:`kvcalc.gguf_weights.cpu_model_buffers`, and ``llama_model_size()`` (every tensor's
+bytes, exact) with the GGUF table's sum.
 Refused settings (a quantized V cache with flash attention off) must be refused by llama.cpp too,
 with the reason kvcalc gives.
 """
@@ -37,7 +46,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..engines.llamacpp import (QUANTIZED_V_REFUSAL, Allocation, LlamaCppSettings, allocate,
-                                ggml_type)
+                                compute_buffer_bytes, ggml_type, model_weights)
 from ..errors import KvcalcError, UsageError
 
 #: bytes the state adds per cell besides the K/V rows: position (int32), number of sequences
@@ -50,6 +59,9 @@ LOG_LINE = re.compile(
     r"layers, +(?P<seqs>\d+)/(?P<streams>\d+) seqs\), K \((?P<tk>\w+)\): +(?P<k>[\d.]+) MiB, "
     r"V \((?P<tv>\w+)\): +(?P<v>[\d.]+) MiB")
 MIB = 1024 * 1024
+COMPUTE_LINE = re.compile(r"(?P<buft>\S+) compute buffer size = +(?P<mib>[\d.]+) MiB")
+COMPUTE_DEBUG_LINE = re.compile(r"(?P<buft>\S+) compute buffer size is +(?P<mib>[\d.]+) MiB")
+MODEL_BUFFER_LINE = re.compile(r"(?P<buft>\S+) model buffer size = +(?P<mib>[\d.]+) MiB")
 #: the grid ``--grid`` runs (and CI runs on both test models): every rule of the layout
 GRID_CTX = (512, 1000, 4096)
 GRID_TYPES = (("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_1"), ("f16", "q5_1"),
@@ -90,6 +102,7 @@ class _Runtime:
         if not self.model:
             raise KvcalcError(f"llama.cpp could not load {path}: "
                               + (self._errors() or "see its log"))
+        self.load_lines = [t for _, t in self.lines]
         self.threads = threads
         self.vocab = self.lib.llama_model_get_vocab(self.model)
         self.n_vocab = self.lib.llama_vocab_n_tokens(self.vocab)
@@ -124,6 +137,11 @@ class _Runtime:
         if rc != 0:
             raise KvcalcError(f"llama_decode returned {rc}")
 
+    def model_buffers(self) -> dict[str, str]:
+        """The model buffers llama.cpp logged at load: buffer name -> MiB as printed."""
+        return {m.group("buft"): m.group("mib") for t in self.load_lines
+                if (m := MODEL_BUFFER_LINE.search(t))}
+
     def close(self) -> None:
         if self.model:
             self.lib.llama_model_free(self.model)
@@ -151,12 +169,15 @@ class CaseResult:
     predicted: dict[str, Any] | None = None
     measured: dict[str, Any] | None = None
     mismatches: list[str] = field(default_factory=list)
+    #: llama.cpp's compute buffer against kvcalc's (``compute_buffer_bytes``); not part of
+    #: ``passed`` (the KV cache's verdict): ``matches`` says whether they print alike
+    compute_buffer: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def run_case(rt: _Runtime, spec, s: LlamaCppSettings) -> CaseResult:
+def run_case(rt: _Runtime, spec, s: LlamaCppSettings, weights=None) -> CaseResult:
     """Create one context with ``s``, compare it with the prediction (module doc)."""
     settings = {k: v for k, v in asdict(s).items() if k != "version"}
     settings["parallel"], settings["kv_unified"] = s.n_seq_max, s.unified
@@ -188,9 +209,46 @@ def run_case(rt: _Runtime, spec, s: LlamaCppSettings) -> CaseResult:
         rt.decode(ctx, 100 + n1, n2 - n1)
         s2 = rt.lib.llama_state_get_size(ctx)
         per_cell = (s2 - s1) // (n2 - n1)
-        return _compare(settings, alloc, logged, per_cell, rss1 - rss0)
+        result = _compare(settings, alloc, logged, per_cell, rss1 - rss0)
     finally:
+        n_before = len(rt.lines)
         rt.lib.llama_free(ctx)
+    compute = [m.group("mib") for _, t in rt.lines[:n_before] if (m := COMPUTE_LINE.search(t))]
+    fine = [m.group("mib") for _, t in rt.lines[n_before:]
+            if (m := COMPUTE_DEBUG_LINE.search(t))]
+    predicted = compute_buffer_bytes(spec, weights if weights is not None
+                                     else model_weights(spec), alloc)
+    result.compute_buffer = compare_compute_buffer(predicted, compute, fine)
+    return result
+
+
+def compare_compute_buffer(predicted: int, logged: list[str], fine: list[str]) -> dict[str, Any]:
+    """kvcalc's compute buffer against llama.cpp's lines (one CPU buffer): equal when the
+    bytes print as the logged ``%.2f`` MiB; the 4-decimal debug figure gives the difference
+    to about 100 bytes."""
+    out: dict[str, Any] = {"predicted_bytes": predicted,
+                           "predicted_mib": f"{predicted / MIB:.2f}",
+                           "logged_mib": logged[0] if len(logged) == 1 else None,
+                           "logged_mib_4": fine[0] if len(fine) == 1 else None}
+    out["matches"] = out["logged_mib"] == out["predicted_mib"]
+    out["difference_bytes"] = (round(float(out["logged_mib_4"]) * MIB) - predicted
+                               if out["logged_mib_4"] else None)
+    return out
+
+
+def compare_model_buffers(rt: _Runtime, weights) -> dict[str, Any]:
+    """The model buffers llama.cpp logged at load against :func:`cpu_model_buffers`, and
+    ``llama_model_size()`` (the sum of every tensor's bytes) against the GGUF table's."""
+    from ..gguf_weights import cpu_model_buffers
+
+    logged = rt.model_buffers()
+    predicted = cpu_model_buffers(weights)
+    size = int(rt.lib.llama_model_size(rt.model))
+    return {"logged_mib": logged, "predicted_bytes": predicted,
+            "predicted_mib": {k: f"{v / MIB:.2f}" for k, v in predicted.items()},
+            "matches": logged == {k: f"{v / MIB:.2f}" for k, v in predicted.items()},
+            "llama_model_size": size, "weights_bytes": weights.total_bytes,
+            "model_size_matches": size == weights.total_bytes}
 
 
 def predicted_state_bytes_per_token(alloc: Allocation) -> int:
@@ -299,17 +357,42 @@ def grid(spec, ubatches=(64, 512)) -> list[LlamaCppSettings]:
     return out
 
 
+#: the buffers grid (CI, both test models): -c 0 (the trained context), 512 and 4,096 x
+#: (-b, -ub) x flash attention x slots, f16 and a quantized cache per flash-attention setting
+BUFFER_GRID_CTX = (0, 512, 4096)
+BUFFER_GRID_BATCH = ((512, 128), (512, 512), (2048, 1024))
+BUFFER_GRID_SLOTS = ((1, False), (3, False), (3, True))
+BUFFER_GRID_TYPES = {"on": (("f16", "f16"), ("q8_0", "q8_0")),
+                     "off": (("f16", "f16"), ("q8_0", "f16"))}
+
+
+def buffer_grid() -> list[LlamaCppSettings]:
+    """The settings whose compute buffers (and KV caches) the buffers grid compares."""
+    return [LlamaCppSettings(ctx_size=ctx, parallel=np_, kv_unified=uni, cache_type_k=tk,
+                             cache_type_v=tv, flash_attn=fa, batch_size=b, ubatch_size=ub)
+            for ctx in BUFFER_GRID_CTX for b, ub in BUFFER_GRID_BATCH for fa in ("on", "off")
+            for np_, uni in BUFFER_GRID_SLOTS for tk, tv in BUFFER_GRID_TYPES[fa]]
+
+
+def case_id(s: LlamaCppSettings) -> str:
+    """A short name for a setting: c4096-b512-ub128-faoff-np3u-q8_0-f16."""
+    return (f"c{s.ctx_size}-b{s.batch_size}-ub{s.ubatch_size}-fa{s.flash_attn}-np{s.n_seq_max}"
+            f"{'u' if s.unified else ''}-{s.cache_type_k}-{s.cache_type_v}")
+
+
 def verify_llamacpp(weights: str, settings: list[LlamaCppSettings], threads: int = 1,
                     progress=None) -> dict[str, Any]:
     """Run every setting against ``weights`` (a GGUF file); the verify report."""
     from ..model import load_spec
 
     resolved, spec = load_spec(weights)
+    tensors = model_weights(spec)
     rt = _Runtime(str(weights), threads)
     try:
+        buffers = compare_model_buffers(rt, tensors)
         results = []
         for i, s in enumerate(settings):
-            results.append(run_case(rt, spec, replace(s)))
+            results.append(run_case(rt, spec, replace(s), tensors))
             if progress:
                 progress(i + 1, len(settings), results[-1])
     finally:
@@ -319,4 +402,8 @@ def verify_llamacpp(weights: str, settings: list[LlamaCppSettings], threads: int
     return {"engine": "llamacpp", "weights": str(weights), "model": resolved.name,
             "llama_cpp_python": lib_version, "checks": len(results),
             "passed_checks": sum(r.passed for r in results), "passed": passed,
+            "model_buffers": buffers,
+            "compute_buffer_checks": sum(r.compute_buffer is not None for r in results),
+            "compute_buffer_matches": sum(bool(r.compute_buffer and r.compute_buffer["matches"])
+                                          for r in results),
             "results": [r.record() for r in results]}
