@@ -166,7 +166,6 @@ def replay(case: Case, calibration, transform=None) -> tuple[float, float]:
     the step-time ``calibration`` (a name or a :class:`.timing.Calibration`). Raises
     :class:`kvcalc.errors.UsageError` when kvcalc cannot simulate it (the plan does not fit)."""
     from ..hardware import resolve_gpu
-    from ..model import load_spec
     from ..planning import PlanInputs
     from . import Options, simulate
     from .requests import synthetic

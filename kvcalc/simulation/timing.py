@@ -17,8 +17,9 @@ and each request's time to first token (and end-to-end time) carries the fronten
 ``c_req + c_req_tok x prompt tokens`` (HTTP, tokenization, detokenization: not a step).
 
 - ``Wdense + Wexperts(T)``: the weights the step reads / memory bandwidth: the dense weights,
-  plus each MoE layer's routed experts that T tokens touch: with E experts, top-k routing and uniform
-  routing the expected share is ``1 - (1 - k/E)^T`` (all of them from a few dozen tokens on);
+  plus each MoE layer's routed experts that T tokens touch: with E experts, top-k routing and
+  uniform routing the expected share is ``1 - (1 - k/E)^T`` (nearly all of them from a few
+  dozen tokens on);
 - ``Fgemm(T)``: ``2 x active parameters x T`` FLOPs at the GPU's dense peak for the weights'
   compute dtype (bf16, fp8, fp4: the GPU catalog; int4 weight-only and fp16 run at the bf16
   peak), with a coefficient per dtype (``c_flop``, ``c_flop8``, ``c_flop4``);
@@ -275,7 +276,8 @@ def step_time_model(gpu, figures: ModelFigures | None, weights_dtype: str = "bf1
         if not gpu.interconnect_bandwidth_bytes_per_s:
             raise UsageError(f"the GPU catalog has no interconnect bandwidth for {gpu.name}: "
                              "give --tp 1 or --step-time SECONDS")
-        per_token += cal.c_arbw * f.allreduce_bytes_per_token / gpu.interconnect_bandwidth_bytes_per_s
+        per_token += (cal.c_arbw * f.allreduce_bytes_per_token
+                      / gpu.interconnect_bandwidth_bytes_per_s)
         base += cal.c_arlat * f.allreduces * (gpu.interconnect_latency_s or 0.0)
     miss = 1.0 - f.top_k / f.experts if f.experts else 1.0
     return StepTime(cal, base_s=base, per_token_s=per_token, w_dense_s=f.dense_weight_bytes / bw,
