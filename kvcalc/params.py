@@ -18,7 +18,8 @@ Weight bytes (``weight_bytes``): bf16/fp16 2 B, fp32 4 B; fp8 1 B + one fp32 sca
 block; int8 1 B + one fp16 scale per output channel (approximated as per 128 weights); int4
 0.5 B + fp16 scale and zero per group of 128 (GPTQ/AWQ default) = 0.53125 B; mxfp4 (gpt-oss)
 0.5 B + one e8m0 scale per 32 weights = 0.53125 B for the MLP/expert weights only, everything
-else 16-bit; nvfp4 (NVIDIA's NVFP4 checkpoints) 0.5 B + one fp8 scale per 16 weights = 0.5625 B. Quantized formats keep the embeddings and LM head in 16-bit, as GPTQ/AWQ/fp8
+else 16-bit; nvfp4 (NVIDIA's NVFP4 checkpoints) 0.5 B + one fp8 scale per 16 weights
+= 0.5625 B. Quantized formats keep the embeddings and LM head in 16-bit, as GPTQ/AWQ/fp8
 checkpoints do. ``auto`` reads ``quantization_config`` (fp8 -> fp8, mxfp4 -> mxfp4,
 AWQ/GPTQ/4-bit -> int4), else the model's ``torch_dtype``.
 """
