@@ -18,6 +18,7 @@ Nothing here imports torch or transformers.
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1004,4 +1005,31 @@ def __getattr__(name: str) -> Any:
         from .sources import PresetWarning
 
         return PresetWarning
+    if name in _PLAN_NAMES:
+        module, attr = _PLAN_NAMES[name]
+        globals()[name] = getattr(importlib.import_module(module), attr)
+        return globals()[name]
     raise AttributeError(f"module 'kvcalc.api' has no attribute {name!r}")
+
+
+#: what ``kvcalc plan``'s options show, read on first use: the length distributions and the
+#: default sample count (kvcalc.workload), vLLM's chunked-local environment variable
+_PLAN_NAMES = {
+    "DISTRIBUTIONS": ("kvcalc.workload", "DISTRIBUTIONS"),
+    "DEFAULT_SAMPLES": ("kvcalc.workload", "DEFAULT_SAMPLES"),
+    "CHUNKED_LOCAL_HYBRID_ENV": ("kvcalc.engines.vllm", "CHUNKED_LOCAL_HYBRID_ENV"),
+}
+
+
+def weights_dtype_text(dtype: str) -> str:
+    """How a weights dtype is stored, in words ("bf16: 2 B", "int4: 0.5 B + scales" …)."""
+    from .params import weights_dtype_bytes
+
+    return weights_dtype_bytes(dtype)[2]
+
+
+def engine_card(engine: str) -> Any:
+    """The registry card of ``engine`` (name, display name, version flag, default version,
+    band names), without importing the engine's module."""
+    name = engine_name(engine)
+    return next(card for card in engine_cards() if card.name == name)

@@ -5,20 +5,17 @@ from __future__ import annotations
 import click
 
 from .. import api
-from ..params import weights_dtype_bytes
-from ..planning import Plan
 from ..render import key_values, table, to_csv, to_json, to_yaml
 from ..units import format_bytes, format_gib
-from ..engines import engine_names, get_engine
-from ..engines.vllm import CHUNKED_LOCAL_HYBRID_ENV, ERAS, VLLM
-from ..workload import DEFAULT_SAMPLES, DISTRIBUTIONS
 from .common import (ByteSize, TokenList, allocation_options, echo_output, format_option, warn,
                      with_allocation_settings)
 
 EXIT_DOES_NOT_FIT = 3
 #: the hidden --vllm-era of earlier kvcalc releases, as a version of its band
 ERA_VERSIONS = {"new": "0.32", "mid": "0.19"}
-WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4") + tuple(
+#: vLLM's registry card: the default version and bands --vllm-version's help names
+_VLLM = api.engine_card("vllm")
+WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4", "nvfp4") + tuple(
     t for t in api.LLAMACPP_FILE_TYPES if t not in ("bf16",))
 
 
@@ -35,7 +32,7 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
               type=TokenList("max length", single=True), default=None,
               help="vLLM max_model_len / SGLang context_length: tokens one request may reach "
                    "(default: the model's context length).")
-@click.option("--engine", type=click.Choice(engine_names(planning=True)), default="vllm",
+@click.option("--engine", type=click.Choice(api.engine_names(planning=True)), default="vllm",
               show_default=True,
               help="Engine whose figures the plan models: vllm (PagedAttention start-up "
                    "figures), sglang (token pool from mem_fraction_static), trtllm (blocks "
@@ -83,9 +80,9 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
 @click.option("--num-gpu-blocks-override", "num_gpu_blocks_override", type=int, default=None,
               help="As vLLM's flag: use this many GPU blocks instead of the computed number.")
 @click.option("--vllm-version", default=None, metavar="X.Y",
-              help=f"vLLM version whose rules are modelled (default {VLLM.default_version}; "
-                   f"bands {', '.join(b.name for b in VLLM.bands)}).")
-@click.option("--vllm-era", type=click.Choice(ERAS), default=None, hidden=True,
+              help=f"vLLM version whose rules are modelled (default {_VLLM.default_version}; "
+                   f"bands {', '.join(_VLLM.bands)}).")
+@click.option("--vllm-era", type=click.Choice(tuple(ERA_VERSIONS)), default=None, hidden=True,
               help="Old name of --vllm-version: new = 0.32, mid = 0.19.")
 @click.option("--enable-prefix-caching/--no-enable-prefix-caching", "enable_prefix_caching",
               default=True, show_default=True,
@@ -95,8 +92,8 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
               show_default=True,
               help="As vLLM's speculative_config: one more Mamba state block per token.")
 @click.option("--allow-chunked-local-hybrid/--no-allow-chunked-local-hybrid",
-              "allow_chunked_local_hybrid", default=None, envvar=CHUNKED_LOCAL_HYBRID_ENV,
-              help=f"As vLLM's {CHUNKED_LOCAL_HYBRID_ENV} (read from the environment too): keep "
+              "allow_chunked_local_hybrid", default=None, envvar=api.CHUNKED_LOCAL_HYBRID_ENV,
+              help=f"As vLLM's {api.CHUNKED_LOCAL_HYBRID_ENV} (read from the environment too): keep "
                    "the hybrid KV cache manager for chunked local attention (Llama 4). Default: "
                    "on (vLLM reads the variable with a default of 1).")
 @click.option("--mem-fraction-static", "mem_fraction_static", type=float, default=None,
@@ -130,11 +127,11 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
               help="Fixed workload: prompt tokens per request.")
 @click.option("--output-len", type=TokenList("output length", single=True), default=None,
               help="Fixed workload: generated tokens per request.")
-@click.option("--dist", type=click.Choice(DISTRIBUTIONS), default=None,
+@click.option("--dist", type=click.Choice(api.DISTRIBUTIONS), default=None,
               help="Workload: total length drawn from this distribution.")
 @click.option("--mean", type=float, default=None, help="Mean length for --dist (tokens).")
 @click.option("--std", type=float, default=None, help="Standard deviation for --dist.")
-@click.option("--samples", type=int, default=DEFAULT_SAMPLES, show_default=True)
+@click.option("--samples", type=int, default=api.DEFAULT_SAMPLES, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--trace", type=click.Path(dir_okay=False), default=None,
               help="Workload trace: JSONL or CSV with prompt_len and output_len.")
@@ -196,7 +193,7 @@ def plan(model, vllm_era, compare_gpus, solve_max_len, fmt, **options):
         click.get_current_context().exit(EXIT_DOES_NOT_FIT)
 
 
-def _emit(record: dict, p: Plan, fmt: str) -> None:
+def _emit(record: dict, p, fmt: str) -> None:
     if fmt == "json":
         echo_output(to_json(record))
     elif fmt == "yaml":
@@ -216,7 +213,7 @@ def _emit(record: dict, p: Plan, fmt: str) -> None:
         echo_output(_table(record, p, fmt))
 
 
-def _table(r: dict, p: Plan, fmt: str) -> str:
+def _table(r: dict, p, fmt: str) -> str:
     inp, b = p.inputs, r["budget"]
     gpu = inp.gpu
     layout = f"tp {inp.tp} x pp {inp.pp} x {inp.replicas} replica(s) = {r['num_gpus']} GPU(s)"
@@ -241,7 +238,7 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
     if b["source"] == "--kv-budget":
         rows = [("KV budget (--kv-budget)", f"{b['kv_bytes']:,}", format_gib(b["kv_bytes"]))]
     else:
-        wnum, wden, wdesc = weights_dtype_bytes(inp.weights_dtype)
+        wdesc = api.weights_dtype_text(inp.weights_dtype)
         rows = [
             ("total memory", f"{b['total_bytes']:,}", format_gib(b["total_bytes"])),
             (f"x gpu_util {b['utilization']}", f"{b['requested_bytes']:,}",
@@ -340,7 +337,7 @@ def _table(r: dict, p: Plan, fmt: str) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _engine_table(r: dict, p: Plan, fmt: str, figures) -> str:
+def _engine_table(r: dict, p, fmt: str, figures) -> str:
     """The plan of an engine with its own figures (SGLang): its budget and capacity rows."""
     inp = p.inputs
     gpu = inp.gpu
@@ -351,12 +348,12 @@ def _engine_table(r: dict, p: Plan, fmt: str, figures) -> str:
                 f"as the runtime reports it"),
         ("Layout", f"tp {inp.tp} x pp {inp.pp} x {inp.replicas} replica(s) = "
                    f"{r['num_gpus']} GPU(s)"),
-        ("Engine", f"{get_engine(inp.engine).describe(p.layout)}, KV {r['kv_dtype']}, "
+        ("Engine", f"{api.engine_info(inp.engine).describe(p.layout)}, KV {r['kv_dtype']}, "
                    f"context {inp.max_len:,}"),
     ], fmt)
     budget = table([(k, f"{v:,}", format_gib(v)) for k, v in figures.budget_rows()],
                    ("budget (per GPU)", "bytes", "GiB = 2^30"), fmt)
-    capacity = table(figures.capacity_rows(), (f"{get_engine(inp.engine).display_name} "
+    capacity = table(figures.capacity_rows(), (f"{api.engine_info(inp.engine).display_name} "
                                                "figures", "value"), fmt)
     parts = [head, "", budget, "", capacity, ""]
     parts += [f"log: {line}" for line in figures.log_lines()]
