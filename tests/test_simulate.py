@@ -33,7 +33,8 @@ def llama():
 
 def tiny(blocks: int, **kw) -> PlanInputs:
     """An H100 plan whose KV budget is exactly ``blocks`` blocks of Llama-3.1-8B (the null
-    block among them)."""
+    block among them), under vLLM 0.33's blocks of 16 tokens (the hand-checked traces)."""
+    kw.setdefault("version", "0.33")
     return PlanInputs(gpu=resolve_gpu("h100"), max_len=kw.pop("max_len", 64),
                       kv_budget=blocks * BLOCK_BYTES, **kw)
 
@@ -54,7 +55,7 @@ def test_capacity_is_plans(llama):
     assert res.usable_blocks == plan.vllm.num_blocks - 1          # the null block
     rec = result_record(res)
     assert rec["kv_budget_bytes"] == plan.budget.kv_bytes
-    assert rec["block_size"] == plan.vllm.block_size == 16
+    assert rec["block_size"] == plan.vllm.block_size == 64      # vLLM 0.34's default block
     assert rec["num_gpu_blocks"] == plan.vllm.num_blocks
 
 
@@ -117,7 +118,7 @@ def test_prefix_hits_on_a_hash_chain(llama):
     r3 shares hash id 1 only (512); r4 repeats r1 but its last token is always computed, so
     63 blocks hit (1,008). 2,544 tokens in all."""
     trace = load_trace(str(FIX / "chain.jsonl"))
-    inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=4096)
+    inp = PlanInputs(version="0.33", gpu=resolve_gpu("h100"), max_len=4096)
     t = run(llama, inp, trace, allocators=("paged",)).runs["paged"].totals
     assert t.prefix_hit_tokens == 1024 + 512 + 1008
     t_off = run(llama, inp, trace, allocators=("paged",),
@@ -155,7 +156,8 @@ def test_prefix_hits_equal_the_bound_on_mooncake(llama):
     head = load_trace(str(FIX / "mooncake-conversation-head40.jsonl"))
     spaced = Trace("spaced", tuple(Arrival(i * 10_000.0, a.prompt, a.output, a.hash_ids)
                                    for i, a in enumerate(head.arrivals)))
-    inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=131072, kv_budget=1 << 40)
+    inp = PlanInputs(version="0.33", gpu=resolve_gpu("h100"), max_len=131072,
+                     kv_budget=1 << 40)
     t = run(llama, inp, spaced, allocators=("paged",), check=False).runs["paged"].totals
     assert t.prefix_hit_tokens == hit_bound(spaced, 16) > 10_000
     assert t.completed == 40
@@ -184,7 +186,7 @@ def test_cpu_tier_catches_evicted_prefixes(llama):
 def test_no_preemption_when_the_budget_is_ample(llama):
     trace = load_trace("azure-conv-2023")
     head = Trace("head", trace.arrivals[:400])
-    t = run(llama, PlanInputs(gpu=resolve_gpu("h100"), max_len=32768), head,
+    t = run(llama, PlanInputs(version="0.33", gpu=resolve_gpu("h100"), max_len=32768), head,
             allocators=("paged",)).runs["paged"].totals
     assert t.preemptions == 0 and t.completed == 400
 
@@ -210,7 +212,8 @@ def test_conservation(llama, reqs, blocks, prefix, cpu):
 
 
 def test_determinism_under_a_seed(llama):
-    inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=4096, kv_budget=400 * BLOCK_BYTES)
+    inp = PlanInputs(version="0.33", gpu=resolve_gpu("h100"), max_len=4096,
+                     kv_budget=400 * BLOCK_BYTES)
 
     def once(seed):
         return result_record(run(llama, inp, lambda: synthetic(
@@ -224,7 +227,7 @@ def test_paper_ordering_sharegpt_like():
     """PagedAttention paper Fig. 2 (OPT-13B, A100-40GB, ShareGPT means 161 in / 338 out):
     token states Orca Max 20.4% < Pow2 26.8% < Oracle 38.2% < vLLM 96.3%."""
     spec = load_spec(OPT13B)[1]
-    inp = PlanInputs(gpu=resolve_gpu("a100-40gb"), max_len=2048)
+    inp = PlanInputs(version="0.33", gpu=resolve_gpu("a100-40gb"), max_len=2048)
     res = run(spec, inp, lambda: synthetic(2500, None, 161, 338, "lognormal", max_len=2048,
                                            seed=0), check=False)
     share = {n: r.memory["token_states"] for n, r in res.runs.items()}
@@ -316,7 +319,8 @@ def test_cli_bad_trace_file(tmp_path):
 def test_cli_json_and_timeline(tmp_path):
     timeline = tmp_path / "t.csv"
     result = CliRunner().invoke(cli, [
-        "simulate", "-m", "llama-3.1-8b", "--kv-budget", str(5 * BLOCK_BYTES), "--max-len",
+        "simulate", "-m", "llama-3.1-8b", "--vllm-version", "0.33", "--kv-budget",
+        str(5 * BLOCK_BYTES), "--max-len",
         "64", "--trace", str(FIX / "toy3.csv"), "--step-time", "1", "--no-prefix-caching",
         "--timeline", str(timeline), "-f", "json"])
     assert result.exit_code == 0, result.output
@@ -351,7 +355,8 @@ def test_plot_timeline(tmp_path):
     timeline = tmp_path / "t.csv"
     runner = CliRunner()
     result = runner.invoke(cli, [
-        "simulate", "-m", "llama-3.1-8b", "--kv-budget", str(5 * BLOCK_BYTES), "--max-len",
+        "simulate", "-m", "llama-3.1-8b", "--vllm-version", "0.33", "--kv-budget",
+        str(5 * BLOCK_BYTES), "--max-len",
         "64", "--trace", str(FIX / "toy3.csv"), "--step-time", "1", "--timeline", str(timeline)])
     assert result.exit_code == 0, result.output
     for extra in ([], ["--allocator", "paged"]):
@@ -390,7 +395,7 @@ def test_step_time_roofline(llama):
     trace = Trace("one", (Arrival(0.0, 1000, 2),))
     params = count_parameters(llama)
     for tp in (1, 2):
-        inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=4096, tp=tp)
+        inp = PlanInputs(version="0.33", gpu=resolve_gpu("h100"), max_len=4096, tp=tp)
         res = run(llama, inp, trace, allocators=("paged",), calibration="roofline")
         w = weight_bytes(params, "bf16") / tp
         step = res.timing.duration(1, 1001)
@@ -535,7 +540,8 @@ def test_lazy_ticks_equal_detailed_steps(llama, monkeypatch, workload):
     else:
         def arrivals():
             return synthetic(400, 40.0, 300, 150, "lognormal", max_len=4096, seed=7)
-        inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=4096, kv_budget=300 * BLOCK_BYTES)
+        inp = PlanInputs(version="0.33", gpu=resolve_gpu("h100"), max_len=4096,
+                         kv_budget=300 * BLOCK_BYTES)
         opts = dict(allocators=("paged", "orca-pow2", "orca-oracle"))
 
     def once():
