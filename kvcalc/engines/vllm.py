@@ -50,7 +50,8 @@ from . import Band, Engine, Setting, register
 from .cache import (KEEP_ALL, KEEP_CHUNK, KEEP_NONE, KEEP_WINDOW, LayerCache, Layout,
                     attention_bytes_per_token, attention_formula, mla_latent_bytes_per_token,
                     mla_latent_formula, no_cache_formula, state_bytes, state_formula,
-                    require_at_least_one)
+                    require_at_least_one, INDEXER_QUANT_BLOCK,
+                    indexer_bytes_per_token)
 
 #: the capacity-report eras of the bands: "new" (>= 0.20) and "mid" (0.9-0.19)
 ERAS = ("new", "mid")
@@ -275,18 +276,10 @@ FLASHINFER_MLA_QK_NOPE = (64, 128, 192)
 MLA_BACKEND_BEFORE_V0_33 = {9: "FLASHMLA", 10: "CUTLASS_MLA"}
 
 
-#: vLLM's DSA indexer key cache is fp8 with one fp32 scale per 128 values
-#: (``index_head_dim + index_head_dim // 128 * 4`` bytes per token per layer)
-VLLM_INDEXER_QUANT_BLOCK = 128
-
-
-def vllm_indexer_bytes_per_token(layer: MLALayer) -> int:
-    """DeepSeek-V3.2 lightning-indexer keys: vLLM stores ``index_head_dim`` fp8 values plus one
-    fp32 scale per :data:`VLLM_INDEXER_QUANT_BLOCK` values, whatever the KV dtype."""
-    if not layer.indexer_head_dim:
-        return 0
-    d = layer.indexer_head_dim
-    return d + d // VLLM_INDEXER_QUANT_BLOCK * 4
+#: vLLM's DSA indexer key cache: fp8 keys with one fp32 scale per 128 values
+#: (engines.cache.indexer_bytes_per_token, shared with SGLang)
+VLLM_INDEXER_QUANT_BLOCK = INDEXER_QUANT_BLOCK
+vllm_indexer_bytes_per_token = indexer_bytes_per_token
 
 
 #: FlashMLA-sparse's fp8 cache format "fp8_ds_mla" (what vLLM serves any fp8 KV dtype of a
