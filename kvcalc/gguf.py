@@ -33,6 +33,8 @@ The layer rules follow llama.cpp (``src/llama-model.cpp``, ``src/llama-hparams.c
 
 from __future__ import annotations
 
+import math
+
 import os
 import struct
 from collections.abc import Mapping
@@ -92,10 +94,7 @@ class GGUFTensor:
 
     @property
     def elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ type and the file's 246,587,904 bytes.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +42,7 @@ class WeightTensor:
 
     @property
     def elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def layer(self) -> int | None:
