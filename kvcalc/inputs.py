@@ -161,13 +161,17 @@ PARAMS: dict[str, Param] = {
     "step_time": Param("number", 0.0, MAX_STEP_S, open_lo=True),
     "step_overhead": Param("number", 0.0, MAX_STEP_S),
     "timeline_interval": Param("number", MIN_TIMELINE_S, MAX_TIMELINE_S),
+    # simulate's closed loop and step-time calibration (kvcalc.simulation.timing)
+    "concurrency": _count(1, MAX_SEQUENCES), "warmup": _count(0, MAX_SEQUENCES),
+    "calibration": _TEXT,
 }
 
 
 #: keywords whose default is a value, not None: None for them is an error, not "not given"
 REQUIRED = ("seq", "batch", "engine", "kv_dtype", "gpu", "tp", "pp", "replicas",
             "weights_dtype", "seed", "async_scheduling", "disable_hybrid_kv_cache_manager",
-            "enable_prefix_caching", "num_speculative_tokens", "rate_scale", "prefix_caching")
+            "enable_prefix_caching", "num_speculative_tokens", "rate_scale", "prefix_caching",
+            "warmup")
 for _name in REQUIRED:
     PARAMS[_name] = dataclasses.replace(PARAMS[_name], nullable=False)
 

@@ -107,6 +107,7 @@ def test_mamba_align_mode_nemotron_3_nano():
     refused = plan(*base)
     assert refused["fits"] is False and refused["does_not_fit"]["reason"].startswith(
         "max_num_seqs (1024) exceeds available Mamba cache blocks (240).")
+    assert plan(*base, "--enforce-eager")["fits"] is True      # no CUDA graphs, no check
     # --no-enable-prefix-caching: mode "none", 1 block per Mamba group (and vLLM <= 0.32)
     off = plan(*base, "--no-enable-prefix-caching")["vllm"]
     assert (off["blocks_per_request"], off["max_concurrency"]) == (6, 40.0)

@@ -416,3 +416,18 @@ def test_every_api_error_is_a_kvcalc_error():
                  lambda: kvcalc.estimate("llama-7b", seq="x")):
         with pytest.raises(KvcalcError):
             call()
+
+
+def test_closed_loop_keywords_are_declared():
+    """simulate's concurrency / warmup / calibration pass the same declaration as the rest."""
+    import re
+
+    import kvcalc
+
+    for kw, message in ((dict(concurrency=True), "--concurrency True: must be an integer"),
+                        (dict(concurrency=0), "--concurrency 0: must be from 1"),
+                        (dict(concurrency=2.5), "--concurrency 2.5: must be an integer"),
+                        (dict(warmup=-1), "--warmup -1: must be from 0"),
+                        (dict(warmup=None), "--warmup None: give a value")):
+        with pytest.raises(kvcalc.UsageError, match=re.escape(message)):
+            kvcalc.simulate("llama-3.1-8b", input_len=100, output_len=10, requests=5, **kw)

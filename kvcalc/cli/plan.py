@@ -88,6 +88,9 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
               default=True, show_default=True,
               help="As vLLM's flag: with prefix caching (its default) vLLM >= 0.33 keeps Mamba "
                    "states in 'align' mode, 2-3 blocks per request.")
+@click.option("--enforce-eager", "enforce_eager", is_flag=True, default=False,
+              help="As vLLM's flag: no CUDA graphs, so no full-graph check of max_num_seqs "
+                   "against the Mamba cache blocks.")
 @click.option("--num-speculative-tokens", "num_speculative_tokens", type=int, default=0,
               show_default=True,
               help="As vLLM's speculative_config: one more Mamba state block per token.")

@@ -14,7 +14,7 @@ from .common import ByteSize, TokenList, echo_output, version_options, warn
 
 FORMAT_CHOICES = ("png", "svg", "csv", "json")
 PLAN_KV_DTYPES = ("auto", "fp32", "fp16", "bf16", "fp8", "int8", "int4")
-WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4")
+WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4", "nvfp4")
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*[xX×]\s*([0-9]+(?:\.[0-9]+)?)\s*$")
 
 
