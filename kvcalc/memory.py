@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .engines.cache import KEEP_CHUNK, KEEP_WINDOW, LayerCache, Layout
+from .layout import KEEP_CHUNK, KEEP_WINDOW, LayerCache, Layout
 
 
 @dataclass(frozen=True)

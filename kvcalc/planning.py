@@ -31,7 +31,7 @@ from .budget import (ACTIVATION_BYTES, EXTENSIBLE, SAMPLER_BYTES_PER_LOGIT,  # n
 from .errors import UsageError
 from .hardware import GpuSpec
 from .engines import cached_layout, get_engine
-from .engines.cache import KEEP_ALL, KEEP_NONE, Layout
+from .layout import KEEP_ALL, KEEP_NONE, Layout
 from .params import ParamCount, count_parameters
 from .units import MAX_TOKENS, GiB, cdiv, largest_satisfying
 from .workload import AllocatorResult, Workload, compare_allocators, distinct, peak_bytes

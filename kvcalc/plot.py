@@ -35,7 +35,7 @@ from .errors import ConfigError, KvcalcError, UsageError
 from .files import atomic_write
 from .hardware import GpuSpec
 from .engines import build_layout, get_engine
-from .engines.cache import KEEP_CHUNK, KEEP_WINDOW, Layout
+from .layout import KEEP_CHUNK, KEEP_WINDOW, Layout
 from .memory import estimate
 from .reports import engine_detail
 from .units import GiB, format_tokens

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .arch import ModelSpec
 from .engines import get_engine
-from .engines.cache import Layout
+from .layout import Layout
 from .memory import Estimate, formula
 from .sources import ResolvedModel
 from .units import GiB, format_bytes, format_gib

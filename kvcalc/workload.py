@@ -40,7 +40,7 @@ from statistics import fmean
 
 from .errors import ConfigError, UsageError
 from .units import MAX_TOKENS
-from .engines.cache import KEEP_ALL, KEEP_CHUNK, KEEP_NONE, LayerCache, Layout
+from .layout import KEEP_ALL, KEEP_CHUNK, KEEP_NONE, LayerCache, Layout
 
 DISTRIBUTIONS = ("uniform", "normal", "lognormal")
 DEFAULT_SAMPLES = 2000
