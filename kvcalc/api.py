@@ -585,7 +585,8 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
              prefix_caching: bool = True, cpu_offload: Any = 0, step_time: float | None = None,
              step_overhead: float | None = None, timeline_interval: float | None = None,
              concurrency: int | None = None, warmup: int = 0, calibration: str | None = None,
-             engine: str = "vllm", gpu: Any = "h100", tp: int = 1, max_len: Any = None,
+             engine: str = "vllm", gpu: Any = "h100", tp: int = 1, pp: int = 1,
+             max_len: Any = None,
              kv_dtype: str = "auto", block_size: int | None = None,
              gpu_util: float | None = None, weights_dtype: str = "auto", overhead: Any = None,
              weights_memory: Any = None, activation_memory: Any = None,
@@ -602,6 +603,8 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
     ``ctx_size`` / ``parallel``), on the capacity :func:`plan` computes from the same
     model/GPU/budget keywords. ``concurrency``: a closed loop keeping that many requests in
     flight (a new one as each finishes; the first ``warmup`` left out of the latency figures).
+    ``pp``: pipeline stages (vLLM), each holding its layers of every request in its own budget;
+    the stage with the fewest blocks limits the replica, steps last the slowest stage's time.
     Times are modelled: a step-time ``calibration`` (``SIMULATE_CALIBRATIONS``; default the
     engine's own, the uncalibrated roofline for llama.cpp), or ``step_time``."""
     from .simulation import Options, result_record, simulate as run_simulation
@@ -723,7 +726,7 @@ def _simulation_inputs(m: Model, engine: str, settings: dict[str, Any], o: dict[
               if o["weights_dtype"] == "auto" else o["weights_dtype"])
     weights_dtype_bytes(wdtype)
     return PlanInputs(
-        gpu=resolve_gpu(o["gpu"]), tp=o["tp"],
+        gpu=resolve_gpu(o["gpu"]), tp=o["tp"], pp=o["pp"],
         gpu_util=o["gpu_util"],
         weights_dtype=wdtype, kv_dtype=str(o["kv_dtype"]).lower(),
         block_size=o["block_size"], max_len=o["max_len"],

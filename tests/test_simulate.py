@@ -194,19 +194,22 @@ def test_no_preemption_when_the_budget_is_ample(llama):
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 300), st.integers(1, 200), st.floats(0, 20)),
                 min_size=1, max_size=25),
-       st.integers(4, 60), st.booleans(), st.integers(0, 40))
-def test_conservation(llama, reqs, blocks, prefix, cpu):
+       st.integers(4, 60), st.booleans(), st.integers(0, 40), st.sampled_from((1, 2)))
+def test_conservation(llama, reqs, blocks, prefix, cpu, pp):
     """Blocks in use never exceed the pool, no category goes negative, the categories sum to
-    the budget (checked after every step), every request finishes or is rejected."""
+    the budget (checked after every step), every request finishes or is rejected; no peak
+    above the plan's capacity (pp 1 and 2)."""
     arrivals = tuple(sorted((Arrival(t, p, o, (0, 1, 2) if prefix else None)
                              for p, o, t in reqs), key=lambda a: a.arrival_s))
     trace = Trace("hypothesis", arrivals)
     res = run(llama, tiny(blocks, max_len=16 * (blocks - 1), max_batched_tokens=64,
-                          max_num_seqs=8), trace,
+                          max_num_seqs=8, pp=pp), trace,
               prefix_caching=prefix, cpu_offload_bytes=cpu * BLOCK_BYTES)
+    assert res.usable_blocks == res.plan.vllm.num_blocks - 1
     for r in res.runs.values():
         t = r.totals
         assert t.completed + t.rejected == t.requests == len(reqs)
+        assert t.peak_used_slots <= r.pool_slots <= r.budget_slots
         assert sum(r.memory.values()) == pytest.approx(1.0)
         assert min(r.memory.values()) >= -1e-9
 
@@ -585,3 +588,95 @@ def test_synthetic_lognormal_draws_inline_are_random_s():
             t += arrival_rng.expovariate(10.0)
             want.append(Arrival(t, p, o))
     assert got == want and all(math.isfinite(a.arrival_s) for a in got)
+
+
+# --------------------------------------------------------------------------------------------
+# Pipeline parallelism
+
+
+def test_pp2_toy_trace_by_hand(llama):
+    """--pp 2 with a KV budget of 5 blocks per GPU: each stage holds 16 of the 32 layers, so a
+    block costs half as much there and each stage fits 10 -- the plan's num_blocks (vLLM's
+    minimum over the stages), 9 usable. A and B (16 + 20 tokens) peak at 3 blocks each (35
+    tokens held at their last step): 6 of 9, no preemption (at pp 1, 4 usable blocks: step 18
+    preempts B). Both finish at step 20 (t = 20), C (40 + 1) runs alone at t = 30, step 21. The
+    budget in slots is 5 x 16 x 2 = 160, of which 16 are the null block's."""
+    inp = tiny(5, pp=2)
+    plan = make_plan(llama, inp, fixed(1, 0))
+    assert plan.vllm.num_blocks == 10
+    res = run(llama, inp, load_trace(str(FIX / "toy3.csv")), allocators=("paged",),
+              step_time_s=1.0, prefix_caching=False)
+    assert res.usable_blocks == plan.vllm.num_blocks - 1 == 9
+    r = res.runs["paged"]
+    t = r.totals
+    assert (t.completed, t.rejected, t.preemptions) == (3, 0, 0)
+    assert t.steps == 21 and t.seconds == pytest.approx(31.0)
+    assert r.budget_slots == 160 and r.pool_slots == 144
+    assert t.peak_used_slots == 6 * 16 <= r.pool_slots
+    assert sum(r.memory.values()) == pytest.approx(1.0)
+    assert r.memory["external_fragmentation"] == pytest.approx(16 / 160)   # the null block
+    rec = result_record(res)
+    assert (rec["pp"], rec["num_gpu_blocks"], rec["usable_blocks"]) == (2, 10, 9)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from(("llama-3.1-8b", "llama-3.1-70b", "qwen2.5-32b")),
+       st.sampled_from(("h100", "h200", "a100-80gb")), st.sampled_from((1, 2, 4)),
+       st.sampled_from((4096, 8192, 32768)))
+def test_pp2_holds_at_least_pp1s_blocks(model, gpu, tp, max_len):
+    """Weights dominate these models: at pp 2 each GPU of the same kind and tp holds half the
+    layers' weights and half the layers' KV per block, so each stage fits at least as many
+    blocks as the one stage of pp 1 (activations are not split, the embeddings and LM head sit
+    whole on the first and last stages). The simulation's capacity is the plan's at pp 2."""
+    spec = load_spec(model)[1]
+    one, two = (make_plan(spec, PlanInputs(gpu=resolve_gpu(gpu), tp=tp, pp=pp,
+                                           max_len=max_len), fixed(1, 0)) for pp in (1, 2))
+    assert two.vllm.num_blocks >= one.vllm.num_blocks
+    if two.fits:
+        res = run(spec, two.inputs, lambda: synthetic(20, None, 300, 30), allocators=("paged",))
+        assert res.usable_blocks == two.vllm.num_blocks - 1
+        t = res.runs["paged"].totals
+        assert t.completed == 20 and t.peak_used_slots <= res.usable_blocks * two.vllm.block_size
+
+
+def test_pp_step_time_is_the_slowest_stage_per_round(llama):
+    """A round of a 2-stage pipeline: 2 stage times on half the scheduled tokens each (one
+    micro-batch per request up to 2); the bulk decode series agrees with the step-by-step
+    durations; a lone request's token takes 2 stage latencies of its whole chunk."""
+    from kvcalc.simulation.timing import PipelineStepTime, StepTime
+
+    inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=8192, pp=2)
+    timing = run(llama, inp, lambda: synthetic(2, None, 100, 2), allocators=("paged",)).timing
+    assert isinstance(timing, PipelineStepTime) and timing.stages == 2
+    stage = StepTime.duration(timing, 1000, 1000, 499_500)
+    send = timing.send_base_s + timing.send_s * 1000
+    assert timing.duration(1000, 1000, 499_500, 1) == pytest.approx(2 * (stage + send))
+    half = StepTime.duration(timing, 500, 5000, 0) + timing.send_base_s + timing.send_s * 500
+    assert timing.duration(1000, 10_000, 0, 1000) == pytest.approx(2 * half)
+    c0, c1 = timing.decode_series(64, 64_000)
+    for j in (0, 1, 7):
+        assert c0 + c1 * j == pytest.approx(timing.duration(64, 64_000 + 64 * (j + 1), 0, 64))
+    # the pipeline takes about the time of pp 1 per round on a lone request, less when full
+    one = run(llama, PlanInputs(gpu=resolve_gpu("h100"), max_len=8192),
+              lambda: synthetic(2, None, 100, 2), allocators=("paged",)).timing
+    assert timing.duration(1, 1000, 0, 1) > one.duration(1, 1000)
+    assert timing.duration(256, 256_000, 0, 256) < 2 * one.duration(256, 256_000)
+
+
+def test_cli_pp2(tmp_path):
+    result = CliRunner().invoke(cli, [
+        "simulate", "-m", "llama-3.1-8b", "--vllm-version", "0.33", "--kv-budget",
+        str(5 * BLOCK_BYTES), "--max-len", "64", "--pp", "2", "--trace",
+        str(FIX / "toy3.csv"), "--step-time", "1", "--no-prefix-caching", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    rec = json.loads(result.output)
+    assert (rec["pp"], rec["num_gpu_blocks"], rec["usable_blocks"]) == (2, 10, 9)
+    paged = rec["allocators"]["paged"]
+    assert paged["completed"] == 3 and paged["preemptions"] == 0
+    assert paged["throughput_modelled"]["output_tokens_per_s_per_gpu"] == pytest.approx(
+        paged["throughput_modelled"]["output_tokens_per_s"] / 2, abs=0.01)
+    table = CliRunner().invoke(cli, ["simulate", "-m", "llama-3.1-8b", "--pp", "2",
+                                     "--input-len", "200", "--output-len", "20", "--requests",
+                                     "50", "--allocator", "paged"])
+    assert table.exit_code == 0, table.output
+    assert "pipeline of 2 stages" in table.output and "tightest of 2 pipeline" in table.output

@@ -14,7 +14,7 @@ from .common import (ByteSize, TokenList, echo_output, format_option, llamacpp_o
                      with_allocation_settings)
 
 #: ``kvcalc plan`` options reused as they are (the same click objects: same names, help, types)
-PLAN_OPTIONS = ("model", "revision", "gpu", "tp", "max_len", "kv_dtype", "block_size",
+PLAN_OPTIONS = ("model", "revision", "gpu", "tp", "pp", "max_len", "kv_dtype", "block_size",
                 "gpu_util", "weights_dtype", "overhead", "weights_memory",
                 "activation_memory", "non_torch_memory", "cuda_graph_memory", "kv_budget",
                 "max_batched_tokens", "max_num_seqs", "num_gpu_blocks_override", "vllm_version")
@@ -200,7 +200,9 @@ def _emit(record: dict, fmt: str) -> None:
     head = key_values([
         ("Model", record["model"]),
         ("GPU", f"{record['gpu']}: KV budget {record['kv_budget_bytes']:,} B, "
-                f"{record['bytes_per_token']:,} B/token"),
+                f"{record['bytes_per_token']:,} B/token"
+                + (f" (per GPU of the tightest of {record['pp']} pipeline stages)"
+                   if record.get("pp", 1) > 1 else "")),
         ("Engine", _engine_line(record)),
         ("Workload", record["workload"]),
         ("Step time", f"{record['step_time_model']} (modelled)"),

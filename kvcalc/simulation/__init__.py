@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator
 from ..engines.cache import KEEP_ALL, KEEP_NONE
 from ..errors import UsageError
 from ..params import weight_bytes
+from ..budget import pp_partition, stage_weight_bytes
 from ..planning import Plan, PlanInputs, make_plan
 from ..workload import fixed
 from .contiguous import POLICIES, SLOTS, ContiguousCache, SlotsCache
@@ -35,7 +36,7 @@ from .metrics import CATEGORIES
 from .paged import PagedCache
 from .requests import MOONCAKE_HASH_BLOCK, Arrival, Trace
 from .scheduler import Config, Totals, run
-from .timing import StepTime, model_figures, step_time_model
+from .timing import StepTime, model_figures, pipeline_step_time, step_time_model
 
 #: allocator names: vLLM's paged pool, then the paper's contiguous baselines (--engine vllm)
 ALLOCATORS = ("paged",) + POLICIES
@@ -108,8 +109,6 @@ def check_simulable(plan: Plan) -> None:
     if plan.inputs.engine != "vllm":
         raise UsageError("kvcalc simulate models vLLM's scheduler and llama.cpp's slots: use "
                          "--engine vllm or --engine llamacpp")
-    if plan.inputs.pp != 1:
-        raise UsageError("kvcalc simulate models one pipeline stage: use --pp 1 (tp is fine)")
     odd = [c for c in layout.layers if c.keep not in (KEEP_ALL, KEEP_NONE) or c.fixed_bytes]
     if odd or plan.vllm.groups != 1:
         kinds = sorted({c.kind for c in odd}) or ["several KV cache groups"]
@@ -174,16 +173,20 @@ def simulate(spec, inputs: PlanInputs, arrivals: Trace | Callable[[], Iterable[A
     if inputs.engine == "llamacpp":
         return _simulate_llamacpp(plan, arrivals, options, names)
     cap, budget = plan.vllm, plan.budget
-    bpt = plan.bytes_per_token
-    slot_bytes = cap.bytes_per_block / cap.block_size
+    if inputs.pp > 1:
+        budget, slot_bytes, timing = _pipeline(plan, options)
+    else:
+        bpt = plan.bytes_per_token
+        slot_bytes = cap.bytes_per_block / cap.block_size
+        # per GPU: with tensor parallelism each GPU reads its shard of the weights and of the
+        # KV (bpt is per GPU already) and computes its share of the FLOPs, all at once
+        figures = model_figures(spec, plan.params, weight_bytes(plan.params,
+                                                                inputs.weights_dtype)
+                                / inputs.tp, bpt, inputs.tp)
+        timing = step_time_model(inputs.gpu, figures, inputs.weights_dtype,
+                                 options.calibration or "vllm", options.step_overhead_s,
+                                 options.step_time_s)
     budget_slots = budget.kv_bytes / slot_bytes
-    # per GPU: with tensor parallelism each GPU reads its shard of the weights and of the KV
-    # (bpt is per GPU already) and computes its share of the FLOPs, all at once
-    figures = model_figures(spec, plan.params, weight_bytes(plan.params, inputs.weights_dtype)
-                            / inputs.tp, bpt, inputs.tp)
-    timing = step_time_model(inputs.gpu, figures, inputs.weights_dtype,
-                             options.calibration or "vllm", options.step_overhead_s,
-                             options.step_time_s)
     if options.timing_transform is not None:
         timing = options.timing_transform(timing)
     # SGLang's calibration comes with its batching: prompts first, decodes wait
@@ -218,6 +221,39 @@ def simulate(spec, inputs: PlanInputs, arrivals: Trace | Callable[[], Iterable[A
         totals = run(replay(), cache, cfg, timing)
         result.runs[name] = AllocatorRun(name, totals, budget_slots, pool)
     return result
+
+
+def _pipeline(plan: Plan, options: Options):
+    """Pipeline parallelism: (the limiting stage's budget, its KV bytes per token slot, the
+    pipeline's step-time model). Every stage holds its own layers of every sequence in its own
+    budget; the stage that fits the fewest blocks limits the replica -- the plan's
+    ``num_blocks`` (vLLM's minimum over the stages), whose budget and bytes per token set the
+    memory figures' denominator. The step time is the slowest stage's
+    (:class:`.timing.PipelineStepTime`)."""
+    spec, inputs, cap = plan.spec, plan.inputs, plan.vllm
+    stages = pp_partition(spec.num_layers, inputs.pp)
+    per_token = [sum(c.bytes_per_token for c in plan.layout.layers[start:end]
+                     if c.keep != KEEP_NONE) for start, end in stages]
+    blocks = [b.kv_bytes // (t * cap.block_size) if t else 0
+              for b, t in zip(plan.budgets, per_token)]
+    limit = min(range(len(stages)), key=lambda i: blocks[i])
+    if inputs.num_blocks_override is None and blocks[limit] != cap.num_blocks:
+        raise UsageError(f"internal: stage {limit} holds {blocks[limit]:,} blocks, the plan "
+                         f"{cap.num_blocks:,}")
+    weights = stage_weight_bytes(spec, plan.params, inputs.weights_dtype, inputs.tp, stages)
+    whole = weight_bytes(plan.params, inputs.weights_dtype) / inputs.tp
+    cal = options.calibration or "vllm"
+    if options.step_time_s is not None:
+        fixed = step_time_model(inputs.gpu, None, inputs.weights_dtype, cal,
+                                options.step_overhead_s, options.step_time_s)
+        timing = pipeline_step_time(fixed, [fixed] * len(stages), inputs.gpu, spec.hidden_size)
+    else:
+        models = [step_time_model(inputs.gpu, model_figures(spec, plan.params, w, t, inputs.tp,
+                                                            (start, end, w / whole)),
+                                  inputs.weights_dtype, cal, options.step_overhead_s)
+                  for (start, end), w, t in zip(stages, weights, per_token)]
+        timing = pipeline_step_time(models[0], models, inputs.gpu, spec.hidden_size)
+    return plan.budgets[limit], per_token[limit], timing
 
 
 def _check_loop(options: Options) -> None:
@@ -295,9 +331,10 @@ def result_record(res: SimulationResult) -> dict:
         "step_time_model": res.timing.describe(),
         "calibration": res.timing.calibration.name if res.timing.fixed_s is None else None,
         "tp": inp.tp,
+        "pp": inp.pp,
         "concurrency": res.options.concurrency,
         "warmup_requests": res.options.warmup,
-        "allocators": {name: run_record(r, inp.tp) for name, r in res.runs.items()},
+        "allocators": {name: run_record(r, inp.tp * inp.pp) for name, r in res.runs.items()},
     }
     return rec
 

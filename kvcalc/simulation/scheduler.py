@@ -389,7 +389,7 @@ class _Loop:
         blocked = False
         if not preempted:
             blocked, tokens, kv, extra = self._admit(admitted, budget, tokens, kv, extra)
-        d = self.timing.duration(tokens, kv, extra)
+        d = self.timing.duration(tokens, kv, extra, scheduled_running + len(admitted))
         end = self.t + d
         # the running requests' computed prompt blocks are cached after the admissions
         # looked the cache up, as vLLM caches blocks once the step has run
@@ -453,7 +453,7 @@ class _Loop:
         extra = 0.0
         if waiting and budget > 0:
             blocked, tokens, kv, extra = self._admit(admitted, budget, tokens, kv, extra)
-        d = self.timing.duration(tokens, kv, extra)
+        d = self.timing.duration(tokens, kv, extra, n + len(admitted))
         end = t + d
         all_decode = True
         if admitted:
@@ -507,7 +507,7 @@ class _Loop:
             _, tokens, kv, extra = self._admit(admitted, budget, tokens, kv, extra)
         if not chunks and not admitted:
             return False
-        d = self.timing.duration(tokens, kv, extra)
+        d = self.timing.duration(tokens, kv, extra, len(chunks) + len(admitted))
         end = self.t + d
         finished: list[Req] = []
         out = self._compute_admitted(chunks, end, finished)[0] if chunks else 0

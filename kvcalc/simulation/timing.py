@@ -141,21 +141,26 @@ class ModelFigures:
 
 
 def model_figures(spec, params, weights_bytes: float, kv_bytes_per_token: float,
-                  tp: int) -> ModelFigures:
+                  tp: int, stage: tuple[int, int, float] | None = None) -> ModelFigures:
     """:class:`ModelFigures` of ``spec`` (parameter count ``params``, ``weights_bytes`` on each
-    GPU) split over ``tp`` GPUs."""
+    GPU) split over ``tp`` GPUs. ``stage``: (start, end, share) of one pipeline stage holding
+    layers ``start:end`` and ``weights_bytes`` (its own): its attention layers and all-reduces
+    exactly, the routed experts of its layers (MoE layers taken as evenly spread), and
+    ``share`` (its weights over the model's) of the GEMM FLOPs."""
     cfg = spec.config
     experts = int(cfg.get("num_local_experts") or cfg.get("num_experts")
                   or cfg.get("n_routed_experts") or 0)
     top_k = int(cfg.get("num_experts_per_tok") or cfg.get("experts_per_token") or 1)
-    per_param = weights_bytes / params.total if params.total else 0.0
+    start, end, share = stage if stage is not None else (0, len(spec.layers), 1.0)
+    per_param = weights_bytes / share / params.total if params.total and share else 0.0
     routed = 0.0
     if experts > top_k >= 1:
         # total - active = (E - k) x routed expert parameters / E
         routed = (params.total - params.active) * experts / (experts - top_k)
+        routed *= (end - start) / len(spec.layers) if spec.layers else 1.0
     pairs = 0.0
     layers = 0
-    for layer in spec.layers:
+    for layer in spec.layers[start:end]:
         if isinstance(layer, MLALayer):
             pairs += 2 * layer.num_heads * (2 * layer.kv_lora_rank + layer.qk_rope_head_dim)
             layers += 1
@@ -168,7 +173,7 @@ def model_figures(spec, params, weights_bytes: float, kv_bytes_per_token: float,
     return ModelFigures(
         dense_weight_bytes=weights_bytes - routed * per_param,
         expert_weight_bytes=routed * per_param, experts=experts if routed else 0, top_k=top_k,
-        gemm_flops_per_token=FLOPS_PER_PARAM_TOKEN * params.active / tp,
+        gemm_flops_per_token=FLOPS_PER_PARAM_TOKEN * params.active * share / tp,
         kv_bytes_per_token=kv_bytes_per_token, attn_flops_per_pair=pairs / tp,
         allreduces=ALLREDUCES_PER_LAYER * layers if tp > 1 else 0,
         allreduce_bytes_per_token=ALLREDUCES_PER_LAYER * layers * ring * spec.hidden_size
@@ -214,9 +219,11 @@ class StepTime:
         end-to-end time; not a step)."""
         return self.request_s + self.request_token_s * prompt
 
-    def duration(self, tokens: int, kv_tokens: int, extra_pairs: float = 0) -> float:
+    def duration(self, tokens: int, kv_tokens: int, extra_pairs: float = 0,
+                 seqs: int = 0) -> float:
         """One step scheduling ``tokens`` new tokens whose requests hold ``kv_tokens``
-        (``extra_pairs``: the prefill chunks' query-key pairs beyond one per held token)."""
+        (``extra_pairs``: the prefill chunks' query-key pairs beyond one per held token;
+        ``seqs``: the requests scheduled, which only a pipeline's micro-batches need)."""
         if self.fixed_s is not None:
             return self.fixed_s
         wd = self.w_dense_s
@@ -289,3 +296,77 @@ def step_time_model(gpu, figures: ModelFigures | None, weights_dtype: str = "bf1
                     c_flop={"bf16": cal.c_flop, "fp8": cal.c_flop8, "fp4": cal.c_flop4}[dtype],
                     c_max=cal.c_max, prefill_s=cal.c_mix, peak_dtype=dtype,
                     bandwidth=bw, request_s=cal.c_req, request_token_s=cal.c_req_tok)
+
+
+#: values per token one pipeline stage sends the next: vLLM's ``IntermediateTensors`` of the
+#: decoder models carry the hidden states and the residual
+#: (``make_empty_intermediate_tensors_factory(["hidden_states", "residual"], hidden_size)``,
+#: vllm/model_executor/models/llama.py), in the activations' dtype (bf16)
+PP_TENSORS_PER_TOKEN = 2
+
+
+@dataclass(frozen=True)
+class PipelineStepTime(StepTime):
+    """A pipeline of ``stages`` stages: one simulated step is one round of the pipeline, in
+    which every scheduled request moves one step through all the stages.
+
+    The scheduled requests are split into ``m = min(stages, requests)`` micro-batches (vLLM
+    keeps ``pp`` batches in flight, ``pp + 1`` with async scheduling, and a request is in one
+    of them at a time); each stage computes a micro-batch in the time of the base model (the
+    slowest stage's figures, :func:`pipeline_step_time`) on ``1/m`` of the step's tokens, held
+    tokens and pairs, plus sending its activations to the next stage. A round lasts ``stages``
+    such stage times: a full pipeline (m = stages) completes one micro-batch per stage time,
+    and a request's token (its first one included) comes ``stages`` stage latencies after it
+    was scheduled."""
+
+    stages: int = 1
+    send_s: float = 0.0              # activation transfer per token, between two stages
+    send_base_s: float = 0.0         # link latency per transfer
+
+    def duration(self, tokens: int, kv_tokens: int, extra_pairs: float = 0,
+                 seqs: int = 0) -> float:
+        if self.fixed_s is not None:
+            return self.fixed_s
+        p = self.stages
+        m = p if seqs >= p else (seqs or 1)
+        per = tokens / m
+        stage = StepTime.duration(self, per, kv_tokens / m, extra_pairs / m)
+        return p * (stage + self.send_base_s + self.send_s * per)
+
+    def decode_series(self, running: int, kv_tokens: int) -> tuple[float, float]:
+        if self.fixed_s is not None:
+            return self.fixed_s, 0.0
+        m = min(self.stages, running) or 1
+        c0 = self.duration(running, kv_tokens + running, 0, running)
+        return c0, self.stages / m * (self.kv_s + self.attn_s) * running
+
+    def describe(self) -> str:
+        text = StepTime.describe(self)
+        if self.fixed_s is not None:
+            return text
+        return (f"{text}; pipeline of {self.stages} stages: a step is {self.stages} x the "
+                f"slowest stage's time on one micro-batch"
+                + (" + activation transfer" if self.send_s or self.send_base_s else ""))
+
+
+def pipeline_step_time(base: StepTime, stage_models: list[StepTime], gpu,
+                       hidden_size: int) -> PipelineStepTime:
+    """The model of a pipeline whose stages run ``stage_models`` (each built on its stage's
+    :class:`ModelFigures`): the slowest stage taken term by term (each term the largest over
+    the stages -- an upper bound of every stage, equal to the slowest one when one stage is
+    the largest in every term, as with vLLM's split: the stages differ by at most a layer and
+    the first holds the embeddings, the last the LM head), the activations sent over the
+    catalog's GPU link (:data:`PP_TENSORS_PER_TOKEN` bf16 vectors of ``hidden_size`` per token,
+    plus its latency; nothing where the catalog has no link figures). ``base`` carries the
+    calibration, the overhead and the constant step time."""
+    if base.fixed_s is not None:
+        return PipelineStepTime(base.calibration, fixed_s=base.fixed_s, stages=len(stage_models))
+    top = {name: max(getattr(s, name) for s in stage_models)
+           for name in ("base_s", "per_token_s", "w_dense_s", "w_expert_s", "flop_s", "kv_s",
+                        "attn_s")}
+    bw = gpu.interconnect_bandwidth_bytes_per_s
+    send = PP_TENSORS_PER_TOKEN * hidden_size * ACTIVATION_BYTES / bw if bw else 0.0
+    fields_ = {f.name: getattr(base, f.name) for f in fields(StepTime)}
+    fields_.update(top)
+    return PipelineStepTime(**fields_, stages=len(stage_models), send_s=send,
+                            send_base_s=(gpu.interconnect_latency_s or 0.0) if bw else 0.0)
