@@ -1015,12 +1015,25 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'kvcalc.api' has no attribute {name!r}")
 
 
-#: what ``kvcalc plan``'s options show, read on first use: the length distributions and the
-#: default sample count (kvcalc.workload), vLLM's chunked-local environment variable
+#: public names read on first use (so that importing kvcalc.api stays cheap): what
+#: ``kvcalc plan``'s options show (the length distributions and the default sample count of
+#: kvcalc.workload, vLLM's chunked-local environment variable), the charts of kvcalc.plot
+#: (matplotlib only when one is drawn), the checks against real engines of kvcalc.verify
+#: (torch / transformers / llama-cpp-python only when one runs), and the one atomic writer
 _PLAN_NAMES = {
     "DISTRIBUTIONS": ("kvcalc.workload", "DISTRIBUTIONS"),
     "DEFAULT_SAMPLES": ("kvcalc.workload", "DEFAULT_SAMPLES"),
     "CHUNKED_LOCAL_HYBRID_ENV": ("kvcalc.engines.vllm", "CHUNKED_LOCAL_HYBRID_ENV"),
+    **{name: ("kvcalc.plot", name) for name in (
+        "KINDS", "DEFAULT_DPI", "DEFAULT_SIZE_IN", "PlanOptions", "WorkloadOptions",
+        "ModelInput", "memory_chart", "concurrency_chart", "waste_chart", "timing_chart",
+        "timeline_chart", "check_out", "draw", "to_text")},
+    "atomic_write": ("kvcalc.files", "atomic_write"),
+    "verify_require": ("kvcalc.verify.backend", "require"),
+    "run_verify": ("kvcalc.verify.run", "run_verify"),
+    "check_many": ("kvcalc.verify.meta", "check_many"),
+    "llamacpp_verify_grid": ("kvcalc.verify.llamacpp", "grid"),
+    "verify_llamacpp": ("kvcalc.verify.llamacpp", "verify_llamacpp"),
 }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .. import api
 from ..api import KV_DTYPE_CHOICES, engine_info, engine_names
 from ..errors import UsageError
 from .common import ByteSize, TokenList, echo_output, version_options, warn
@@ -31,7 +32,7 @@ class PlotGroup(click.Group):
         return super().resolve_command(ctx, args)
 
     def list_commands(self, ctx):
-        from ..plot import KINDS
+        KINDS = api.KINDS
 
         return list(KINDS)
 
@@ -56,7 +57,8 @@ class FigureSize(click.ParamType):
 
 def output_options(f):
     """--out, --format, --size, --dpi (every kind)."""
-    from ..plot import DEFAULT_DPI, DEFAULT_SIZE_IN
+    DEFAULT_DPI = api.DEFAULT_DPI
+    DEFAULT_SIZE_IN = api.DEFAULT_SIZE_IN
 
     w, h = DEFAULT_SIZE_IN
     f = click.option("--dpi", type=click.IntRange(50, 600), default=DEFAULT_DPI,
@@ -188,7 +190,8 @@ def memory(models, revision, engines, kv_dtypes, block_size, batch, min_len, max
     Example:
       kvcalc plot memory -m llama-7b -m llama-3.1-8b --gpu h100 --out mem.png
     """
-    from ..plot import PlanOptions, memory_chart
+    PlanOptions = api.PlanOptions
+    memory_chart = api.memory_chart
 
     kind = _check_out(out, fmt)
     single = [e for e in engines if not engine_info(e).tensor_parallel]
@@ -225,7 +228,9 @@ def concurrency(models, revision, gpus, engine, kv_dtypes, block_size, min_len, 
       kvcalc plot concurrency -m llama-3.1-8b --gpu h100 --dist lognormal --mean 900 \\
           --std 700 --out conc.png
     """
-    from ..plot import PlanOptions, WorkloadOptions, concurrency_chart
+    PlanOptions = api.PlanOptions
+    WorkloadOptions = api.WorkloadOptions
+    concurrency_chart = api.concurrency_chart
 
     kind = _check_out(out, fmt)
     chart = concurrency_chart(
@@ -259,7 +264,9 @@ def waste(models, revision, gpus, engine, kv_dtypes, block_size, max_lens, tp, g
       kvcalc plot waste -m llama-3.1-8b --gpu h100 --max-len 2k,8k,32k --dist lognormal \\
           --mean 500 --std 400 --out waste.png
     """
-    from ..plot import PlanOptions, WorkloadOptions, waste_chart
+    PlanOptions = api.PlanOptions
+    WorkloadOptions = api.WorkloadOptions
+    waste_chart = api.waste_chart
 
     kind = _check_out(out, fmt)
     workload = WorkloadOptions(prompt_len, output_len, dist, mean, std, samples, seed, trace)
@@ -286,7 +293,7 @@ def timing(reports, out, fmt, size, dpi):
       kvcalc verify -m llama-3.1-8b --device cuda --format json > report.json
       kvcalc plot timing --from report.json --out timing.png
     """
-    from ..plot import timing_chart
+    timing_chart = api.timing_chart
 
     kind = _check_out(out, fmt)
     _emit(timing_chart(list(reports)), kind, out, size, dpi)
@@ -307,7 +314,7 @@ def timeline(timeline, allocator, out, fmt, size, dpi):
       kvcalc simulate -m llama-3.1-8b --trace azure-conv-2023 --timeline t.csv
       kvcalc plot timeline --from t.csv --allocator paged --out timeline.png
     """
-    from ..plot import timeline_chart
+    timeline_chart = api.timeline_chart
 
     kind = _check_out(out, fmt)
     _emit(timeline_chart(timeline, allocator), kind, out, size, dpi)
@@ -317,14 +324,14 @@ def timeline(timeline, allocator, out, fmt, size, dpi):
 
 
 def _check_out(out, fmt) -> str:
-    from ..plot import check_out
+    check_out = api.check_out
 
     return check_out(out, fmt)
 
 
 def _load(models, revision):
     from ..api import load_model as load_spec
-    from ..plot import ModelInput
+    ModelInput = api.ModelInput
 
     out = []
     for name in models:
@@ -347,8 +354,9 @@ def _dtypes(values):
 
 
 def _emit(chart, kind: str, out: str | None, size, dpi: int) -> None:
-    from ..files import atomic_write
-    from ..plot import draw, to_text
+    atomic_write = api.atomic_write
+    draw = api.draw
+    to_text = api.to_text
 
     for message in chart.warnings:
         warn(message)

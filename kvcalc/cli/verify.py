@@ -84,7 +84,7 @@ def verify(model, revision, device, dtype, prompt_len, new_tokens, repeats, laye
         return verify_llamacpp_command(weights, model, server, grid, threads, fmt)
     if grid or any(v is not None for v in server.values()):
         raise UsageError("--grid and llama-server options apply to --engine llamacpp")
-    from ..verify.backend import require
+    from ..api import verify_require as require
 
     torch, transformers = require(*(("gguf",) if weights and str(weights).endswith(".gguf") else ()))
     if threads is not None:
@@ -103,7 +103,7 @@ def verify(model, revision, device, dtype, prompt_len, new_tokens, repeats, laye
     elif device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: torch sees no CUDA device (torch "
                          f"{torch.__version__}); use --device cpu or auto")
-    from ..verify.run import run_verify
+    from ..api import run_verify
 
     report = run_verify(model=model, revision=revision, device=device, dtype=dtype,
                         prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats,
@@ -232,7 +232,7 @@ def _meta(model, revision, seqs, all_presets, dtype, layers, jobs, every_layer, 
     import transformers
 
     from ..api import load_model as load_spec, preset_list as presets, truncate_config
-    from ..verify.meta import check_many
+    from ..api import check_many
 
     targets = []
     if all_presets:

@@ -17,8 +17,8 @@ EXIT_VERIFY_FAILED = 4
 def verify_llamacpp_command(weights, model, server: dict, grid: bool, threads, fmt) -> None:
     """Check llama.cpp's allocation for the given llama-server settings (or the grid)."""
     from ..api import llamacpp_server_settings as server_settings
-    from ..verify.llamacpp import grid as settings_grid
-    from ..verify.llamacpp import verify_llamacpp
+    from ..api import llamacpp_verify_grid as settings_grid
+    from ..api import verify_llamacpp
 
     path = weights or model
     if path is None:
