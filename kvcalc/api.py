@@ -1029,6 +1029,7 @@ _PLAN_NAMES = {
         "ModelInput", "memory_chart", "concurrency_chart", "waste_chart", "timing_chart",
         "timeline_chart", "check_out", "draw", "to_text")},
     "atomic_write": ("kvcalc.files", "atomic_write"),
+    "MEMORY_CATEGORIES": ("kvcalc.simulation.metrics", "CATEGORIES"),
     "verify_require": ("kvcalc.verify.backend", "require"),
     "run_verify": ("kvcalc.verify.run", "run_verify"),
     "check_many": ("kvcalc.verify.meta", "check_many"),

@@ -157,7 +157,7 @@ def _check_writable(path: str) -> None:
 
 
 def _write_timeline(path: str, rows) -> None:
-    from ..simulation.metrics import CATEGORIES
+    from ..api import MEMORY_CATEGORIES as CATEGORIES
 
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
@@ -165,7 +165,7 @@ def _write_timeline(path: str, rows) -> None:
     for r in rows:
         w.writerow([r["allocator"], f"{r['time_s']:.6f}", r["running"], r["waiting"],
                     r["preemptions"], *(f"{r[c]:.6f}" for c in CATEGORIES)])
-    from ..files import atomic_write
+    from ..api import atomic_write
 
     try:   # the CSV appears only when complete
         with atomic_write(path) as fh:
