@@ -70,7 +70,7 @@ def test_exit_4_when_nothing_could_be_checked(tmp_path):
     assert result.exit_code == 4, result.output
     summary = json.loads(result.stdout)
     assert summary["checked"] == 0 and summary["passed"] is False
-    assert "no check could be made" in result.stderr
+    assert "error: no check could be made" in result.stderr
 
 
 @pytest.mark.parametrize("after_runs", [0, 1])

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import click
 
 from ..errors import KvcalcError, UsageError
-from ..render import key_values, table, to_csv, to_json, to_yaml
+from ..render import printable, key_values, table, to_csv, to_json, to_yaml
 from ..units import format_bytes
 from .common import TokenList, echo_output, format_option, llamacpp_options, warn
 
@@ -284,7 +284,8 @@ def _meta(model, revision, seqs, all_presets, dtype, layers, jobs, every_layer, 
                                    "match"), fmt) + "\n")
     if not summary["checked"]:
         reasons = sorted({str(r["reason"]) for r in rows if r["reason"]})
-        warn("no check could be made, so nothing is verified: " + ("; ".join(reasons)
-                                                                   or "nothing to check"))
+        # an error line, as every non-zero exit has (exit 4: nothing verified)
+        click.echo(printable("error: no check could be made, so nothing is verified: "
+                             + ("; ".join(reasons) or "nothing to check")), err=True)
     if not summary["passed"]:
         click.get_current_context().exit(EXIT_VERIFY_FAILED)
