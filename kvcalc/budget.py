@@ -44,8 +44,13 @@ class Budget:
 
     @property
     def requested_bytes(self) -> int:
-        """``ceil(total x utilization)`` (vLLM ``request_memory``, vllm/v1/worker/utils.py)."""
-        return math.ceil(self.total_bytes * self.utilization)
+        return requested_memory(self.total_bytes, self.utilization)
+
+
+def requested_memory(total: int, utilization: float) -> int:
+    """The memory an engine may use: ``ceil(total x utilization)`` (vLLM ``request_memory``,
+    vllm/v1/worker/utils.py)."""
+    return math.ceil(total * utilization)
 
 
 def pp_partition(num_layers: int, pp: int) -> list[tuple[int, int]]:

@@ -106,9 +106,13 @@ def drift_notice(layout: Any) -> str | None:
     that release falls into), None otherwise."""
     from .engines import get_engine
 
-    engine = get_engine(layout.engine)
+    return _installed_notice(get_engine(layout.engine), getattr(layout, "band", None))
+
+
+def _installed_notice(engine: Engine, band: str | None) -> str | None:
+    """:func:`drift_notice` for ``engine``'s figures modelled in ``band``."""
     found = engine_versions(engine)
-    if found.status != NEWER or found.band != getattr(layout, "band", None):
+    if found.status != NEWER or found.band != band:
         return None
     return found.notice
 
@@ -118,14 +122,11 @@ def engine_version_notices(engine_name: str, version: str | None = None) -> list
     (None: the engine's default): the version asked for (``--vllm-version 0.35``) when it is
     newer than the newest one checked, and the installed engine when it is
     (:func:`drift_notice`). Estimate, plan, simulate and the API results carry them."""
-    from types import SimpleNamespace
-
     from .engines import get_engine
 
     engine = get_engine(engine_name)
-    band = engine.band(version).name
     notices = [engine.newer_notice(version),
-               drift_notice(SimpleNamespace(engine=engine.name, band=band))]
+               _installed_notice(engine, engine.band(version).name)]
     return [n for n in dict.fromkeys(notices) if n]
 
 

@@ -211,8 +211,8 @@ class Engine:
 
     def plan_defaults(self, inp) -> Any:
         """The engine's serving defaults for a plan whose settings leave them open: an object
-        with ``rules`` (the version band and settings modelled), ``era``, ``utilization``,
-        ``batched_tokens``, ``num_seqs``, ``in_flight`` and ``backend`` / ``block`` (see
+        with ``rules`` (the version band and settings modelled), ``era``, ``extensible``,
+        ``utilization``, ``batched_tokens``, ``num_seqs`` and ``in_flight`` (see
         :meth:`kvcalc.engines.vllm.Vllm.plan_defaults`). Engines that plan with their own
         settings share the OpenAI-compatible server defaults of vLLM's ``get_batch_defaults``
         for the figures they do not set themselves."""

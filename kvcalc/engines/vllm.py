@@ -41,11 +41,12 @@ from functools import cached_property, lru_cache
 
 from .. import arch
 from ..budget import (EXTENSIBLE, Budget, activation_bytes, pp_partition,  # noqa: F401
-                      stage_weight_bytes)
+                      requested_memory, stage_weight_bytes)
 from ..arch import CHUNKED, FULL, MLA, SLIDING, AttentionLayer, MLALayer, ModelSpec, StateLayer
 from ..dtypes import DTYPES, KVDtype, resolve_kv_dtype
 from ..errors import UsageError
 from ..units import MiB, GiB, cdiv, largest_satisfying
+from ..units import format_gib as kvcalc_gib   # 'N.NN GiB'; format_gib below is vLLM's
 from . import Band, Engine, Setting, register
 from .cache import (KEEP_ALL, KEEP_CHUNK, KEEP_NONE, KEEP_WINDOW, LayerCache, Layout,
                     attention_bytes_per_token, attention_formula, mla_latent_bytes_per_token,
@@ -987,21 +988,21 @@ def vllm_budgets(spec: ModelSpec, params, inp) -> list[Budget]:
     the extensible KV cache (on unless --num-gpu-blocks-override is given): utilization 1.0 by
     default and :func:`extensible_kv_bytes`, which also keeps the margin free.
     """
-    rules = inp.rules()
+    defaults = inp.defaults()
+    rules = defaults.rules
     stages = pp_partition(spec.num_layers, inp.pp)
     weights = stage_weight_bytes(spec, params, inp.weights_dtype, inp.tp, stages)
     if inp.weights is not None:
         weights = [inp.weights] * len(stages)
-    tokens, seqs = inp.batched_tokens(), inp.num_seqs()
+    tokens, seqs = defaults.batched_tokens, defaults.num_seqs
     act = (activation_bytes(spec, params, tokens, seqs, inp.tp)
            if inp.activation is None else inp.activation)
     non_torch = (NON_TORCH_MULTI_GPU_BYTES if inp.tp * inp.pp > 1 else NON_TORCH_BYTES) \
         if inp.non_torch is None else inp.non_torch
     graphs = CUDA_GRAPH_BYTES[rules.era] if inp.cuda_graph is None else inp.cuda_graph
-    extensible = rules.extensible_kv_cache and inp.num_blocks_override is None
-    util = inp.utilization()
+    util = defaults.utilization
     total = inp.gpu.memory_bytes
-    requested = math.ceil(total * util)
+    requested = requested_memory(total, util)
     out = []
     for w in weights:
         if inp.overhead is not None:   # --overhead: activations, non-torch and graphs in one
@@ -1012,7 +1013,7 @@ def vllm_budgets(spec: ModelSpec, params, inp) -> list[Budget]:
             peak, resident = act, w + non_torch + graphs
         estimate = requested - resident - peak
         kv, margin, source = estimate, 0, "computed"
-        if extensible:
+        if defaults.extensible:
             kv = extensible_kv_bytes(total, requested, resident, peak, rules.cuda)
             margin, source = estimate - kv, EXTENSIBLE
         out.append(Budget(total, util, w, *terms, kv, source, margin))
@@ -1026,24 +1027,23 @@ def vllm_budgets(spec: ModelSpec, params, inp) -> list[Budget]:
 @dataclass(frozen=True)
 class VllmPlanDefaults:
     """What vLLM does with the settings a plan leaves open: the version band and settings
-    modelled (:class:`VllmRules`), ``gpu_memory_utilization``, ``get_batch_defaults``, the tokens
-    in flight for windows and the attention backend that picks the block size."""
+    modelled (:class:`VllmRules`), whether the extensible KV cache sizes the budget,
+    ``gpu_memory_utilization``, ``get_batch_defaults`` and the tokens in flight for windows."""
 
     rules: VllmRules
+    extensible: bool
     utilization: float
     batched_tokens: int
     num_seqs: int
     in_flight: int
-    block: int
-    backend: str
 
     @property
     def era(self) -> str:
         return self.rules.era
 
 
-def plan_defaults(spec: ModelSpec | None, inp) -> VllmPlanDefaults:
-    """:class:`VllmPlanDefaults` for plan inputs ``inp`` (``spec`` None: no block size)."""
+def plan_defaults(inp) -> VllmPlanDefaults:
+    """:class:`VllmPlanDefaults` for plan inputs ``inp``."""
     rules = rules_for_gpu(inp.version, inp.gpu.compute_capability, inp.gpu.vendor,
                           enable_prefix_caching=inp.prefix_caching,
                           num_speculative_tokens=inp.speculative_tokens,
@@ -1053,14 +1053,13 @@ def plan_defaults(spec: ModelSpec | None, inp) -> VllmPlanDefaults:
         tokens = inp.max_batched_tokens
     if inp.max_num_seqs is not None:
         seqs = inp.max_num_seqs
+    # the extensible KV cache is on unless num_gpu_blocks_override is given (vLLM's rule)
+    extensible = rules.extensible_kv_cache and inp.num_blocks_override is None
     util = inp.gpu_util if inp.gpu_util is not None else rules.default_gpu_utilization(
-        rules.extensible_kv_cache and inp.num_blocks_override is None)
-    block, backend = default_block_size(spec, inp.kv_dtype, rules) if spec is not None else (
-        rules.default_block_size, "")
-    return VllmPlanDefaults(rules, util, tokens, seqs,
+        extensible)
+    return VllmPlanDefaults(rules, extensible, util, tokens, seqs,
                             in_flight_tokens(tokens, rules.era, inp.pp, inp.async_scheduling,
-                                             rules),
-                            block, backend)
+                                             rules))
 
 
 @dataclass(frozen=True)
@@ -1146,23 +1145,16 @@ class VllmPlanFigures:
         if cap.refusal:        # vLLM stops for another reason than the KV check (Mamba blocks)
             return cap.refusal, 0, longest
         if b.kv_bytes <= 0:
-            return (f"weights ({format_gib_text(b.weights_bytes)}) and runtime overhead "
-                    f"({format_gib_text(b.overhead_bytes)}) exceed the "
-                    f"{format_gib_text(b.requested_bytes)} vLLM may use at gpu_util "
+            return (f"weights ({kvcalc_gib(b.weights_bytes)}) and runtime overhead "
+                    f"({kvcalc_gib(b.overhead_bytes)}) exceed the "
+                    f"{kvcalc_gib(b.requested_bytes)} vLLM may use at gpu_util "
                     f"{b.utilization}", cap.needed_bytes - b.kv_bytes, longest)
         return (f"one request of {inp.max_len:,} tokens needs "
-                f"{format_gib_text(cap.needed_bytes)} of KV cache; "
-                f"{format_gib_text(cap.available_bytes)} is available",
+                f"{kvcalc_gib(cap.needed_bytes)} of KV cache; "
+                f"{kvcalc_gib(cap.available_bytes)} is available",
                 cap.needed_bytes - cap.available_bytes, longest)
 
     budgets: tuple = ()
-
-
-def format_gib_text(n: int) -> str:
-    """'N.NN GiB' (kvcalc's own rounding, units.format_gib)."""
-    from ..units import format_gib as _format
-
-    return _format(n)
 
 
 def vllm_plan_figures(spec: ModelSpec, inp, layout: Layout, budgets: list[Budget]
@@ -1376,7 +1368,7 @@ class Vllm(Engine):
         return vllm_budgets(spec, params, inp)
 
     def plan_defaults(self, inp) -> VllmPlanDefaults:
-        return plan_defaults(None, inp)
+        return plan_defaults(inp)
 
     def plan_block_size(self, spec, inp) -> int:
         return default_block_size(spec, inp.kv_dtype, inp.rules())[0]
