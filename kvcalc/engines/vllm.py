@@ -1111,8 +1111,9 @@ class VllmPlanFigures:
 
     def record(self) -> dict:
         inp, cap = self.inputs, self.capacity
+        d = inp.defaults()
         return {
-            "era": inp.era,
+            "era": d.era,
             "version": self.layout.version,
             "band": self.layout.band,
             "attention_backend": inp.backend(self.layout.spec) or None,
@@ -1122,11 +1123,11 @@ class VllmPlanFigures:
             "kv_cache_tokens": cap.kv_cache_tokens,
             "max_concurrency": round(cap.max_concurrency, 2),
             "kv_cache_groups": cap.groups,
-            "max_num_batched_tokens": inp.batched_tokens(),
-            "max_num_seqs": inp.num_seqs(),
+            "max_num_batched_tokens": d.batched_tokens,
+            "max_num_seqs": d.num_seqs,
             "async_scheduling": inp.async_scheduling,
             "hybrid_kv_cache_manager": not inp.disable_hybrid,
-            "in_flight_tokens": inp.in_flight(),
+            "in_flight_tokens": d.in_flight,
             "max_model_len": inp.max_len,
             "bytes_per_block": cap.bytes_per_block,
             "blocks_per_request": cap.blocks_per_request,
@@ -1161,8 +1162,9 @@ def vllm_plan_figures(spec: ModelSpec, inp, layout: Layout, budgets: list[Budget
                       ) -> VllmPlanFigures:
     """vLLM's figures for a plan: :func:`vllm_capacity` on the budgets (tightest stage), how
     the budget was sized (its error hints), and the Mamba max_num_seqs check."""
+    d = inp.defaults()
     cap = vllm_capacity(layout, [max(0, b.kv_bytes) for b in budgets], inp.max_len,
-                        inp.in_flight(), inp.rules(), inp.num_blocks_override,
+                        d.in_flight, d.rules, inp.num_blocks_override,
                         inp.disable_hybrid)
     tight = min(budgets, key=lambda b: b.kv_bytes)
     extensible = tight.source == EXTENSIBLE
@@ -1182,7 +1184,7 @@ def mamba_check(cap: VllmCapacity, layout: Layout, tight: Budget, inp) -> VllmCa
     if not cap.fits or not cap.bytes_per_block:
         return cap
     blocks = cap.num_blocks
-    if tight.source == EXTENSIBLE and inp.num_blocks_override is None:
+    if tight.source == EXTENSIBLE:     # (never with num_gpu_blocks_override: vLLM's rule)
         blocks = (tight.kv_bytes + tight.margin_bytes) // cap.bytes_per_block
     refusal = mamba_max_num_seqs_refusal(layout, inp.num_seqs(), blocks, not inp.enforce_eager)
     return replace(cap, fits=False, refusal=refusal) if refusal else cap
