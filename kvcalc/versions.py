@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 from .engines import Engine, engines
@@ -142,6 +141,8 @@ def all_engine_versions() -> list[EngineVersions]:
 def verify_requirement(package: str = "transformers") -> str | None:
     """The version range kvcalc's ``verify`` extra requires of ``package`` (from the installed
     kvcalc's metadata, the same line as pyproject.toml), e.g. ">=5.5"; None when unknown."""
+    from importlib import metadata  # ~15 ms: only verify asks
+
     try:
         requires = metadata.requires("kvcalc") or []
     except metadata.PackageNotFoundError:

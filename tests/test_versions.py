@@ -193,3 +193,17 @@ def test_an_installed_newer_engine_is_named_in_every_command(monkeypatch):
     # an older band asked for explicitly is not drift
     assert not any("newer than" in w for w in
                    kvcalc.plan("llama-3.1-8b", max_len=8192, vllm_version="0.33").warnings)
+
+
+@pytest.mark.parametrize("package", ["click", "PyYAML", "pyyaml", "kvcalc", "typing_extensions",
+                                     "no-such-distribution-kvcalc"])
+def test_distribution_version_is_what_importlib_metadata_reads(package):
+    from importlib import metadata
+
+    from kvcalc.engines import distribution_version
+
+    try:
+        expected = metadata.version(package)
+    except metadata.PackageNotFoundError:
+        expected = None
+    assert distribution_version(package) == expected

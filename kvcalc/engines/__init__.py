@@ -25,6 +25,9 @@ never compare engine names themselves. Adding an engine = one module that define
 from __future__ import annotations
 
 import importlib
+import os
+import re
+import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,6 +36,48 @@ from .cache import Layout, parse_version
 
 #: a version as kvcalc compares them: (major, minor)
 Version = tuple[int, int]
+
+
+def _normalised(name: str) -> str:
+    """A distribution name as packaging normalises it (PEP 503), with '_' for the separators."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def distribution_version(package: str) -> str | None:
+    """The version of the installed distribution ``package`` (what ``importlib.metadata.version``
+    returns), None when it is not installed.
+
+    importlib.metadata costs ~15 ms to import (email, zipfile, csv ...) on every start of a
+    command that names the installed engine, so the usual case is read here from the name of the
+    first ``<name>-<version>.dist-info`` folder on ``sys.path`` (PEP 376/427: the same folder
+    importlib.metadata would read first); anything else (an egg, a folder name without a
+    version, a zip on the path) is left to importlib.metadata."""
+    want = _normalised(package)
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            stem, dot, suffix = name.rpartition(".")
+            if not dot or suffix not in ("dist-info", "egg-info"):
+                continue
+            dist, _, version = stem.partition("-")
+            if _normalised(dist) != want:
+                continue
+            if suffix == "dist-info" and version and "-" not in version:
+                return version
+            return _metadata_version(package)
+    return None
+
+
+def _metadata_version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -106,12 +151,7 @@ class Engine:
 
     def installed_version(self) -> str | None:
         """The version of :attr:`package` installed in this environment, None when absent."""
-        from importlib import metadata  # ~10 ms: only when a version is asked for
-
-        try:
-            return metadata.version(self.package)
-        except metadata.PackageNotFoundError:
-            return None
+        return distribution_version(self.package)
 
     def parse_version(self, version: str) -> Version:
         return parse_version(version, self.display_name, self.version_example)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from importlib import metadata
 from typing import Any
 
 from .. import arch
@@ -42,7 +41,7 @@ from ..dtypes import KVDtype
 from ..errors import UsageError
 from ..units import cdiv
 from ..budget import Budget
-from . import Band, Engine, Setting, register
+from . import Band, Engine, Setting, distribution_version, register
 from .cache import KEEP_ALL, KEEP_NONE, KEEP_WINDOW, LayerCache, Layout, no_cache_formula
 
 #: llama.cpp pads the context and the per-sequence context to 256 cells
@@ -479,10 +478,8 @@ class LlamaCpp(Engine):
 
     def installed_version(self) -> str | None:
         """The llama.cpp build (YYYY.MM) vendored by the installed llama-cpp-python, when known."""
-        try:
-            return VENDORED_BUILDS.get(metadata.version(self.package))
-        except metadata.PackageNotFoundError:
-            return None
+        installed = distribution_version(self.package)
+        return VENDORED_BUILDS.get(installed) if installed else None
 
     def layout(self, spec, kv_dtype: str = "auto", *, version: str | None = None,
                block_size: int | None = None, tp: int = 1) -> Layout:
