@@ -14,7 +14,7 @@ from functools import lru_cache
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError, UsageError
-from .sources import builtin_preset_dir, load_yaml_file, suggest
+from .sources import builtin_preset_dir, preset_documents, suggest
 from .units import GiB, parse_bytes
 
 _SIZE = re.compile(r"^\s*[0-9][0-9_.]*\s*[a-zA-Z]*\s*$")
@@ -81,10 +81,8 @@ class GpuSpec(BaseModel):
 @lru_cache(maxsize=1)
 def load_catalog() -> tuple[GpuSpec, ...]:
     """Every GPU in the built-in catalog, sorted by name."""
-    directory = builtin_preset_dir("gpus")
     out = []
-    for path in sorted(directory.glob("*.yaml")):
-        data = load_yaml_file(path)
+    for path, data in preset_documents(builtin_preset_dir("gpus")):
         try:
             out.append(GpuSpec(**data))
         except (TypeError, ValidationError) as exc:

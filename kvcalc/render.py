@@ -1,4 +1,4 @@
-"""Output formats: table (tabulate), json, yaml, csv, markdown. No arithmetic here."""
+"""Output formats: table, json, yaml, csv, markdown. No arithmetic here."""
 
 from __future__ import annotations
 
@@ -77,21 +77,101 @@ def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = No
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | str = (), fmt: str = "table",
           align_numbers: bool = True) -> str:
-    """A tabulate table: ``simple`` for the terminal, ``github`` for markdown."""
-    from tabulate import tabulate
-
-    style = "github" if fmt == "markdown" else "simple"
-    return tabulate(rows, headers=headers, tablefmt=style, disable_numparse=True,
-                    colalign=_colalign(rows, headers) if align_numbers else None)
+    """A text table: ``simple`` for the terminal, ``github`` for markdown (tabulate's formats of
+    those names, cell for cell)."""
+    return _grid(rows, headers, "github" if fmt == "markdown" else "simple",
+                 _colalign(rows, headers) if align_numbers else None)
 
 
 def key_values(pairs: Sequence[tuple[str, Any]], fmt: str = "table") -> str:
     """Two-column 'label  value' block (no header)."""
-    from tabulate import tabulate
-
     if fmt == "markdown":
-        return tabulate(pairs, headers=("", ""), tablefmt="github", disable_numparse=True)
-    return tabulate(pairs, tablefmt="plain", disable_numparse=True)
+        return _grid(pairs, ("", ""), "github", None)
+    return _grid(pairs, (), "plain", None)
+
+
+#: the table styles, as tabulate draws its formats of the same names: the (begin, separator,
+#: end) of a row, the rule's fill ('' for none) and where it is drawn, the padding in a cell
+_STYLES = {
+    "simple": (("", "  ", ""), "-", ("above", "below_header", "below"), 0),
+    "github": (("|", "|", "|"), "-", ("above", "below_header"), 1),
+    "plain": (("", "  ", ""), "", (), 0),
+}
+
+
+def _grid(rows: Sequence[Sequence[Any]], headers: Sequence[str] | str, style: str,
+          colalign: Sequence[str] | None) -> str:
+    """``rows`` under ``headers`` in ``style`` (:data:`_STYLES`), column ``i`` aligned
+    ``colalign[i]`` ("left" or "right"; left when not given). As tabulate draws it with numbers
+    not parsed: None is blank, cells are stripped and measured as printed (:func:`printable`), a column is as wide as its widest cell and at
+    least its header plus 2, a multi-line cell spreads over lines, trailing blanks are cut; with
+    a header the simple style drops its rules above and below (kept without one)."""
+    (begin, sep, end), fill, rules, pad = _STYLES[style]
+    body = [["" if v is None else printable(v) for v in row] for row in rows]
+    ncols = max((len(r) for r in body), default=0)
+    heads = [printable(h) for h in headers] if headers and not isinstance(headers, str) else []
+    if heads and body and len(heads) < ncols:
+        heads = [""] * (ncols - len(heads)) + heads
+    ncols = ncols if body else len(heads)
+    heads = heads[:ncols]
+    if not heads and not body:
+        return ""
+    body = [r + [""] * (ncols - len(r)) for r in body]
+    aligns = [(colalign[i] if colalign and i < len(colalign) else "left") for i in range(ncols)]
+    multiline = any("\n" in c or "\r" in c for c in [*heads, *(c for r in body for c in r)])
+    cols = [[r[i].strip() for r in body] for i in range(ncols)]
+    widths = [max([_lines_width(c) for c in col] + ([_lines_width(heads[i]) + 2] if heads else []),
+                  default=0) for i, col in enumerate(cols)]
+    if heads and not body:
+        widths = [_lines_width(h) + 2 for h in heads]
+
+    def lines_of(cells: list[str]) -> list[str]:
+        split = [_cell_lines(c) if multiline else [c] for c in cells]
+        height = max((len(s) for s in split), default=1)
+        out = []
+        for k in range(height):
+            parts = [_aligned(s[k] if k < len(s) else "", w, a)
+                     for s, w, a in zip(split, widths, aligns)]
+            out.append((begin + sep.join(" " * pad + p + " " * pad for p in parts) + end).rstrip())
+        return out
+
+    rule = (begin + sep.join(fill * (w + 2 * pad) for w in widths) + end).rstrip()
+    hidden = ("above", "below") if heads and style == "simple" else ("above",) if heads else ()
+    out: list[str] = []
+    if fill and "above" in rules and "above" not in hidden:
+        out.append(rule)
+    if heads:
+        out += lines_of(heads)
+        if fill and "below_header" in rules:
+            out.append(rule)
+    for row in zip(*cols) if cols else ():
+        out += lines_of(list(row))
+    if fill and "below" in rules and "below" not in hidden:
+        out.append(rule)
+    return "\n".join(out)
+
+
+def _cell_lines(text: str) -> list[str]:
+    return text.splitlines()
+
+
+def _lines_width(text: str) -> int:
+    return max((_text_width(line) for line in re.split("[\r\n]", text)), default=0)
+
+
+def _text_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: East Asian wide characters 2, combining marks 0."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF"
+               else 1 for c in text)
+
+
+def _aligned(text: str, width: int, align: str) -> str:
+    gap = " " * max(0, width - _text_width(text))
+    return gap + text if align == "right" else text + gap
 
 
 def _colalign(rows: Sequence[Sequence[Any]], headers: Sequence[str] | str) -> tuple[str, ...] | None:

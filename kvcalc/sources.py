@@ -118,8 +118,45 @@ def load_json_file(path: Path) -> Any:
 PRESET_TEXT_KEYS = ("name", "display_name", "hub_id", "source", "notes", "description")
 
 
-def _load_preset(path: Path, origin: str) -> Preset:
-    data = load_yaml_file(path)
+#: the built-in presets of one folder compiled to JSON (``python tools/gen_presets.py``): one
+#: small read instead of importing PyYAML and parsing every file on each command that names a
+#: preset; used only while it lists exactly the folder's YAML files at their sizes
+COMPILED_PRESETS = "_compiled.json"
+
+
+def preset_documents(directory: Path, origin: str = "built-in") -> list[tuple[Path, Any]]:
+    """``(path, parsed YAML)`` of every preset file in ``directory``, sorted by file name: from
+    its :data:`COMPILED_PRESETS` for a built-in folder when that is current, else each file."""
+    files = _preset_files(directory)
+    if origin == "built-in":
+        compiled = _compiled_documents(directory, files)
+        if compiled is not None:
+            return compiled
+    return [(path, load_yaml_file(path)) for path in files]
+
+
+def compile_presets(directory: Path) -> dict[str, Any]:
+    """The :data:`COMPILED_PRESETS` document of ``directory``: each YAML file's size and data."""
+    return {"generated_by": "tools/gen_presets.py",
+            "files": {p.name: {"size": p.stat().st_size, "data": load_yaml_file(p)}
+                      for p in _preset_files(directory)}}
+
+
+def _compiled_documents(directory: Path, files: list[Path]) -> list[tuple[Path, Any]] | None:
+    try:
+        entries = parse_json((directory / COMPILED_PRESETS).read_text("utf-8"),
+                             COMPILED_PRESETS)["files"]
+        if sorted(entries) != [p.name for p in files] or any(
+                entries[p.name]["size"] != p.stat().st_size for p in files):
+            return None     # a preset added, removed or edited since: read the YAML
+        return [(p, entries[p.name]["data"]) for p in files]
+    except (OSError, KvcalcError, KeyError, TypeError):
+        return None
+
+
+def _load_preset(path: Path, origin: str, data: Any = None) -> Preset:
+    if data is None:
+        data = load_yaml_file(path)
     if not isinstance(data, Mapping) or not isinstance(data.get("config"), Mapping):
         raise ConfigError(f"preset {path} has no 'config:' mapping (see docs/models.md)")
     for key in PRESET_TEXT_KEYS:
@@ -164,6 +201,9 @@ def _try_load(path: Path, origin: str) -> Preset | None:
 
 @lru_cache(maxsize=None)
 def _scan_dir(directory: str, origin: str) -> tuple[Preset, ...]:
+    if origin == "built-in":
+        return tuple(_load_preset(path, origin, data)
+                     for path, data in preset_documents(Path(directory), origin))
     loaded = (_try_load(p, origin) for p in _preset_files(Path(directory)))
     return tuple(p for p in loaded if p is not None)
 
@@ -188,6 +228,8 @@ def find_preset(name: str) -> Preset | None:
     dirs = [(d, "user") for d in user_preset_dirs()] + [(builtin_preset_dir(), "built-in")]
     for directory, origin in dirs:  # fast path: the file is named after the preset
         if not PRESET_NAME.match(key):  # never a path: '../x' is not a preset name
+            break
+        if origin == "built-in":  # compiled: every built-in preset costs one JSON read
             break
         for suffix in (".yaml", ".yml"):
             path = directory / f"{key}{suffix}"
