@@ -395,15 +395,16 @@ def override_fits(plan: Any, override: int | None) -> None:
     """``--num-gpu-blocks-override`` beyond what the KV budget holds is refused (plan and
     simulate): vLLM would try to allocate that many blocks and fail at start-up, and figures
     past it mean nothing (a negative fragmentation, a plan that "fits" 2**62 blocks)."""
-    cap = plan.vllm
-    if override is None or cap is None or not cap.bytes_per_block:
+    per_block = getattr(plan.engine_figures, "bytes_per_block", None)
+    if override is None or not per_block:
         return
     kv = min(b.kv_bytes for b in plan.budgets)
-    holds = max(kv, 0) // cap.bytes_per_block
+    holds = max(kv, 0) // per_block
     if override > holds:
         raise UsageError(f"invalid --num-gpu-blocks-override {override:,}: the KV budget "
-                         f"({kv:,} bytes per GPU) holds {holds:,} blocks of "
-                         f"{cap.bytes_per_block:,} bytes; vLLM would fail to allocate more")
+                         f"({kv:,} bytes per GPU) holds {holds:,} blocks of {per_block:,} "
+                         f"bytes; {get_engine(plan.inputs.engine).display_name} would fail "
+                         "to allocate more")
 
 
 def _own_plan_figures(runtime: Any) -> bool:
@@ -722,7 +723,7 @@ def _simulation_inputs(m: Model, engine: str, settings: dict[str, Any], o: dict[
 
     sizes = {k: _size(o[k], k) for k in ("overhead", "weights_memory", "activation_memory",
                                          "non_torch_memory", "cuda_graph_memory", "kv_budget")}
-    wdtype = (get_engine("vllm").served_dtype(default_weights_dtype(m.spec))
+    wdtype = (get_engine(engine).served_dtype(default_weights_dtype(m.spec))
               if o["weights_dtype"] == "auto" else o["weights_dtype"])
     weights_dtype_bytes(wdtype)
     return PlanInputs(

@@ -284,10 +284,12 @@ def memory_chart(models: list[ModelInput], *, engines: list[str], kv_dtypes: lis
                                  "gib": est.bytes_total / GiB})
         for gpu in gpus:
             budget = gpu_kv_budget(m.spec, gpu, plan, kv_dtypes[0], ends[m.name])
+            planner = get_engine(plan.inputs(m.spec, gpu, kv_dtypes[0], ends[m.name]).engine)
             if budget <= 0:
                 warnings.append(f"{m.name} on {gpu.name}: no KV budget ({budget / GiB:,.2f} GiB: "
-                                f"weights and overhead exceed what vLLM may use); no line drawn")
-            rows.append({"series": "kv_budget", "model": m.name, "engine": "vllm",
+                                f"weights and overhead exceed what {planner.display_name} may "
+                                "use); no line drawn")
+            rows.append({"series": "kv_budget", "model": m.name, "engine": planner.name,
                          "kv_dtype": None, "block_size": None, "tp": plan.tp, "gpu": gpu.name,
                          "batch": None, "seq": None, "bytes": budget,
                          "gib": budget / GiB, "gpu_label": gpu.display_name})
@@ -359,10 +361,12 @@ def concurrency_chart(models: list[ModelInput], *, gpus: list[GpuSpec], kv_dtype
                         "kv_budget_bytes": p.budget.kv_bytes,
                         "contiguous": int(p.contiguous.max_sequences),
                         "paged": p.paged.max_sequences,
-                        "vllm_max_concurrency": p.vllm.max_concurrency if p.vllm else None,
+                        # the planning engine's own figure (the column keeps its name)
+                        "vllm_max_concurrency": p.engine_figures.max_concurrency,
                         "fits": p.fits,
-                        "estimated_max_model_len": (None if p.vllm is None or p.vllm.fits
-                                                    else p.vllm.estimated_max_model_len),
+                        "estimated_max_model_len": (
+                            None if p.engine_figures.fits
+                            else getattr(p.engine_figures, "estimated_max_model_len", None)),
                         "gpu_label": gpu.display_name,
                     })
     for key in _unique((r["model"], r["gpu"], r["kv_dtype"]) for r in rows):

@@ -234,7 +234,8 @@ class Engine:
     def plan_figures(self, spec, inp, layout, budgets):
         """The capacity figures the engine prints for a plan: an object with ``key`` (the
         plan JSON's object for this engine), ``fits``, ``num_blocks``, ``kv_cache_tokens``,
-        ``max_concurrency``, ``error``, ``notes``, ``record()`` and ``log_lines()`` (each
+        ``max_concurrency``, ``error``, ``notes``, ``record()`` and ``log_lines()``, and
+        ``bytes_per_block`` where the engine takes a block-count override (each
         engine module defines its own: vLLM's ``VllmPlanFigures``, SGLang's
         ``SglangCapacity`` …)."""
         raise NotImplementedError(f"{self.display_name} prints no capacity figures")

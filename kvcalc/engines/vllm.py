@@ -1094,6 +1094,18 @@ class VllmPlanFigures:
         return self.capacity.block_size or self.layout.block_size
 
     @property
+    def estimated_max_model_len(self) -> int | None:
+        """The longest context that would fit ("estimated maximum model length" of vLLM's
+        error) when the plan does not fit."""
+        return self.capacity.estimated_max_model_len
+
+    @property
+    def bytes_per_block(self) -> int:
+        """Bytes of one block over every KV cache group (what --num-gpu-blocks-override
+        counts)."""
+        return self.capacity.bytes_per_block
+
+    @property
     def error(self) -> str | None:
         return None if self.fits else vllm_error_message(self.capacity)
 
