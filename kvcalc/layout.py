@@ -113,3 +113,24 @@ class Layout:
             key = replace(layer, index=0)
             counts[key] = counts.get(key, 0) + 1
         return tuple(counts.items())
+
+
+def head_split_problem(spec: ModelSpec, tp: int) -> tuple[str, int, int, int] | None:
+    """Why ``tp`` GPUs cannot share ``spec``'s attention heads evenly, or None: engines that
+    shard attention by heads (Megatron-style column-parallel Q/K/V) need ``tp`` to divide the
+    attention heads, and to divide the KV heads (tp < KV heads) or be a multiple of them (tp >=
+    KV heads: each KV head replicated on tp / KV heads GPUs); MLA layers replicate the latent.
+    Returns ``("heads", heads, heads, tp)`` or ``("kv", kv, numerator, denominator)``."""
+    from .arch import AttentionLayer
+
+    if tp <= 1:
+        return None
+    heads = spec.num_attention_heads
+    if heads and heads % tp:
+        return ("heads", heads, heads, tp)
+    for kv in sorted({l.kv_heads for l in spec.layers if isinstance(l, AttentionLayer)}):
+        num, den = (kv, tp) if tp < kv else (tp, kv)
+        if num % den:
+            return ("kv", kv, num, den)
+    return None
+

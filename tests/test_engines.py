@@ -256,3 +256,24 @@ def test_sparse_mla_fp8_is_served_as_fp8_ds_mla():
     assert (v["num_gpu_blocks"], v["block_size"], v["max_concurrency"]) == (2792, 64, 43.62)
     # bf16 keeps the 576-element latent (+ indexer): 61 x (1,152 + 132)
     assert build_layout(spec, "vllm", "bf16").bytes_per_token == 61 * 1284
+
+
+def test_other_engines_refuse_an_uneven_head_split_in_their_own_name():
+    """The head-sharding rule is shared (kvcalc.layout.head_split_problem); only vLLM's refusal
+    quotes vLLM."""
+    from kvcalc.engines import get_engine
+
+    _, phi4 = load_spec("phi-4")            # 40 attention heads, 10 KV heads
+    for name, shown in (("sglang", "SGLang"), ("trtllm", "TensorRT-LLM")):
+        engine = get_engine(name)
+        assert engine.tp_refusal(phi4, 8) == (
+            f"--tp 8 does not divide the 10 KV heads: {shown} shards the attention heads evenly "
+            "over the GPUs")
+        assert engine.tp_refusal(phi4, 3) == (
+            f"--tp 3 does not divide the 40 attention heads: {shown} shards the attention heads "
+            "evenly over the GPUs")
+        _, qwen = load_spec("qwen2.5-7b")    # 28 attention heads, 4 KV heads
+        assert engine.tp_refusal(qwen, 14) == (
+            f"--tp 14 is not a multiple of the 4 KV heads: {shown} shards the attention heads "
+            "evenly over the GPUs")
+        assert engine.tp_refusal(phi4, 2) is None and engine.tp_refusal(phi4, 1) is None

@@ -217,9 +217,9 @@ class Engine:
     plan_options: tuple[str, ...] = ()
 
     def plan_block_size(self, spec, inp) -> int:
-        """The engine's default block / page size for a plan (by default the serving
-        defaults' block, :meth:`plan_defaults`)."""
-        return get_engine("vllm").plan_block_size(spec, inp)
+        """The engine's default block / page size for a plan (tokens; 1 for a token-granular
+        cache). Every engine that plans defines it."""
+        raise NotImplementedError(f"{self.display_name} names no block size")
 
     def plan_backend(self, spec, inp) -> str:
         """The attention backend that chose the default block ("" when none is named)."""
@@ -246,9 +246,20 @@ class Engine:
 
     def tp_refusal(self, spec, tp: int) -> str | None:
         """Why the engine refuses tensor parallelism ``tp`` for ``spec`` (one line), or None.
-        By default the rule every engine that shards attention by heads shares, in vLLM's
-        words (``QKVParallelLinear``; :func:`kvcalc.engines.vllm.tp_refusal`)."""
-        return get_engine("vllm").tp_refusal(spec, tp)
+        By default the rule every engine that shards attention by heads shares
+        (:func:`kvcalc.layout.head_split_problem`); an engine with its own words for it
+        overrides this (vLLM: :func:`kvcalc.engines.vllm.tp_refusal`)."""
+        from ..layout import head_split_problem
+
+        problem = head_split_problem(spec, tp)
+        if problem is None:
+            return None
+        kind, count, _, _ = problem
+        what = (f"does not divide the {count} attention heads" if kind == "heads"
+                else f"does not divide the {count} KV heads" if tp < count
+                else f"is not a multiple of the {count} KV heads")
+        return (f"--tp {tp} {what}: {self.display_name} shards the attention heads evenly "
+                "over the GPUs")
 
     def plan_defaults(self, inp) -> Any:
         """The engine's serving defaults for a plan whose settings leave them open: an object

@@ -45,6 +45,7 @@ from ..budget import (EXTENSIBLE, Budget, activation_bytes, pp_partition,  # noq
 from ..arch import CHUNKED, FULL, MLA, SLIDING, AttentionLayer, MLALayer, ModelSpec, StateLayer
 from ..dtypes import DTYPES, KVDtype, resolve_kv_dtype
 from ..errors import UsageError
+from ..layout import head_split_problem
 from ..units import MiB, GiB, cdiv, largest_satisfying
 from ..units import format_gib as kvcalc_gib   # 'N.NN GiB'; format_gib below is vLLM's
 from . import Band, Engine, Setting, register
@@ -360,24 +361,22 @@ def tp_refusal(spec: ModelSpec, tp: int) -> str | None:
 
     ``QKVParallelLinear`` divides the attention heads by tp, and the KV heads by tp when
     tp < KV heads (else tp by the KV heads, replicating them): ``vllm.distributed.utils.divide``
-    asserts "{numerator} is not divisible by {denominator}". MLA layers replicate the latent.
+    asserts "{numerator} is not divisible by {denominator}"; the rule is
+    :func:`kvcalc.layout.head_split_problem`. MLA layers replicate the latent.
     """
-    if tp <= 1:
+    problem = head_split_problem(spec, tp)
+    if problem is None:
         return None
-    heads = spec.num_attention_heads
-    if heads and heads % tp:
+    kind, count, num, den = problem
+    if kind == "heads":
         # ModelConfig.verify_with_parallel_config (vllm/config/model.py), before any layer
-        return (f"--tp {tp} does not divide the {heads} attention heads: vLLM stops with "
-                f"'Total number of attention heads ({heads}) must be divisible by tensor "
+        return (f"--tp {tp} does not divide the {count} attention heads: vLLM stops with "
+                f"'Total number of attention heads ({count}) must be divisible by tensor "
                 f"parallel size ({tp}).'")
-    for kv in sorted({l.kv_heads for l in spec.layers if isinstance(l, AttentionLayer)}):
-        num, den = (kv, tp) if tp < kv else (tp, kv)
-        if num % den:
-            relation = (f"does not divide the {kv} KV heads" if tp < kv
-                        else f"is not a multiple of the {kv} KV heads")
-            return (f"--tp {tp} {relation}: vLLM stops with '{num} is not divisible by {den}' "
-                    f"(QKVParallelLinear)")
-    return None
+    relation = (f"does not divide the {count} KV heads" if tp < count
+                else f"is not a multiple of the {count} KV heads")
+    return (f"--tp {tp} {relation}: vLLM stops with '{num} is not divisible by {den}' "
+            f"(QKVParallelLinear)")
 
 
 def vllm_kv_heads_per_gpu(kv_heads: int, tp: int) -> int:
