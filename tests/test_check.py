@@ -59,7 +59,43 @@ def test_llamacpp_log_of_smollm2(tmp_path):
     assert d["boots"]
     assert d["lines"] == ["llama_kv_cache: size =   90.00 MiB (  4096 cells,  30 layers,  "
                           "1/1 seqs), K (f16):   45.00 MiB, V (f16):   45.00 MiB"]
-    assert d["not_modelled_flags"][0]["flag"] == "-ngl"
+    assert d["honoured_flags"][-1]["kvcalc"] == {"n_gpu_layers": "99"}
+
+
+def test_llamacpp_out_of_memory_in_its_own_words_and_the_offload_that_boots():
+    """-ngl 99 at -c 262144 on a 24 GB card: the 32 GiB KV cache cannot be allocated (the
+    weights load first, then the context's KV buffer fails: llama.cpp's lines); left to
+    --fit (no -ngl), llama.cpp keeps layers on the CPU and boots."""
+    d = check("llama-server -m llama-3.1-8b -c 262144 -ngl 99", gpu="rtx-4090")
+    assert not d["boots"]
+    assert d["refusals"] == [{"engine": "llama.cpp", "check": "gpu_memory", "message":
+                              "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 32768.00 "
+                              "MiB on device 0: cudaMalloc failed: out of memory; "
+                              "llama_init_from_model: failed to initialize the context: failed "
+                              "to allocate buffer for kv cache"}]
+    changes = [s["change"] for s in d["suggestions"]]
+    assert "-ngl 21" in changes and all(s["verified"] for s in d["suggestions"])
+    fit = check("llama-server -m llama-3.1-8b -c 262144", gpu="rtx-4090")
+    assert fit["boots"]
+    assert any("--fit (on by default) puts 20 of 33 layers on the GPU" in n for n in fit["notes"])
+    off = check("llama-server -m llama-3.1-8b -c 262144 --fit off", gpu="rtx-4090")
+    assert not off["boots"] and off["refusals"][0]["check"] == "gpu_memory"
+
+
+def test_llamacpp_weights_that_do_not_load_and_experts_on_the_cpu():
+    big = check("llama-server -m llama-3.1-70b -c 4096 -ngl 99", gpu="rtx-4090")
+    assert big["refusals"][0]["message"] == ("llama_model_load: error loading model: unable to "
+                                              "allocate CUDA0 buffer")
+    moe = check("llama-server -m qwen3-30b-a3b --cpu-moe -ngl 99 -c 32768", gpu="rtx-4090")
+    assert moe["boots"]
+    assert moe["plan"]["llamacpp"]["offload"]["override_tensor"] == [r"\.ffn_(up|down|gate)_exps"]
+    assert moe["plan"]["llamacpp"]["placement"]["host"]["weights"] > 15 * GiB
+    two = check("llama-server -m qwen3-30b-a3b --n-cpu-moe 2 -ngl 99 -c 32768", gpu="rtx-4090")
+    assert two["plan"]["llamacpp"]["offload"]["override_tensor"] == [
+        r"blk\.0\.ffn_(up|down|gate)_exps", r"blk\.1\.ffn_(up|down|gate)_exps"]
+    other = check("llama-server -m llama-3.1-8b -c 8192 -ot ffn=CUDA1", gpu="rtx-4090")
+    assert other["not_modelled_flags"] == [{"flag": "-ot", "reason": "tensors placed on "
+                                            "another GPU (kvcalc models PATTERN=CPU)"}]
 
 
 def test_trtllm_and_ollama_lines():

@@ -55,6 +55,7 @@ def run_check(command, *, run_plan: Callable[..., Any], resolve: Callable[[str],
     context = {"run_plan": run_plan, "gpu": gpu, "gpus": available, "measured": measured,
                "target": target_concurrency}
     verdict = evaluate(mod, reading, model, context)
+    reading.notes += getattr(mod, "notes", lambda *a: [])(reading, model, verdict["plan"])
     suggestions = []
     if not verdict["boots"] or (target_concurrency and not verdict["reaches_target"]):
         suggestions = suggest(mod, reading, model, verdict, context)
