@@ -672,27 +672,80 @@ OFFLOAD_OPTIONS = ("n_gpu_layers", "tensor_split", "split_mode", "no_kv_offload"
 SPLIT_MODES = ("layer", "row", "none")
 
 
-#: bytes per token of the int32 input the logits peak sits above (measured: llama.cpp's buffer
-#: exceeds the two-hidden-state logits peak by 4 B per token of the micro-batch)
-COMPUTE_INPUT_BYTES_PER_TOKEN = 4
+def graph_model(spec: ModelSpec):
+    """The model as :mod:`.llamacpp_graph` builds its graph, or None for an architecture
+    whose graph kvcalc does not build (then :func:`compute_buffer_estimate`): llama.cpp's
+    ``llama`` graph (Llama, Mistral, SmolLM: no biases, no sliding layers, no experts) and
+    ``gemma3`` (ISWA cache when the model has sliding layers)."""
+    from .llamacpp_graph import GraphModel
+
+    cfg = spec.config or {}
+    gg = cfg.get(arch.GGUF_CONFIG_KEY) if isinstance(cfg.get(arch.GGUF_CONFIG_KEY), dict) else {}
+    name = str(gg.get("architecture") or spec.model_type or "").lower()
+    family = ("gemma3" if name in ("gemma3", "gemma3_text") else
+              "llama" if name in ("llama", "mistral") else None)
+    layers = spec.layers
+    if family is None or not layers or not all(isinstance(l, AttentionLayer) for l in layers):
+        return None
+    first = layers[0]
+    if any((l.kv_heads, l.head_dim_k, l.head_dim_v) != (first.kv_heads, first.head_dim_k,
+                                                          first.head_dim_k) for l in layers):
+        return None
+    sliding = tuple(l.kind == arch.SLIDING for l in layers)
+    if family == "llama" and any(sliding):
+        return None
+    if any(cfg.get(k) for k in ("num_local_experts", "num_experts", "attention_bias",
+                                "mlp_bias")):
+        return None
+    n_ff = cfg.get("intermediate_size")
+    if not n_ff or not spec.vocab_size:
+        return None
+    return GraphModel(family, spec.num_layers, spec.hidden_size, spec.num_attention_heads,
+                      first.kv_heads, first.head_dim_k, int(n_ff), int(spec.vocab_size),
+                      sliding, float(cfg.get("final_logit_softcapping") or 0.0))
 
 
 def compute_buffer_bytes(spec: ModelSpec, weights, alloc: Allocation) -> int:
     """The compute buffer llama.cpp reserves for its worst-case graph (``llama_context::
-    sched_reserve``: ``graph_reserve(n_tokens = min(n_ctx, n_ubatch), n_seqs = n_seq_max,
-    n_outputs = n_tokens)``, "compute buffer size"; ggml-alloc sizes the buffer to the highest
-    offset any tensor of the graph reaches), as the larger of its peaks:
+    sched_reserve``, its "compute buffer size" line): the model's graph built as llama.cpp
+    builds it and placed by ggml-alloc's allocator (:mod:`.llamacpp_graph`), byte for byte
+    on the architectures kvcalc builds (:func:`graph_model`); otherwise
+    :func:`compute_buffer_estimate`."""
+    from .llamacpp_graph import CacheShape, ReserveParams, reserve
+
+    model = graph_model(spec)
+    if model is None:
+        return compute_buffer_estimate(spec, weights, alloc)
+    z = alloc.sizes
+    caches = {c.cache: CacheShape(c.cells_per_stream, c.n_stream, c.type_k, c.type_v)
+              for c in alloc.caches}
+    return reserve(model, ReserveParams(z.n_ctx, z.n_ubatch, z.n_seq_max, z.unified,
+                                        alloc.flash_attn, caches.get("base"),
+                                        caches.get("swa")))
+
+
+def compute_buffer_exact(spec: ModelSpec) -> bool:
+    """True when :func:`compute_buffer_bytes` builds the model's graph (not an estimate)."""
+    return graph_model(spec) is not None
+
+
+#: bytes per token of the int32 input the logits peak sits above (the estimate below)
+COMPUTE_INPUT_BYTES_PER_TOKEN = 4
+
+
+def compute_buffer_estimate(spec: ModelSpec, weights, alloc: Allocation) -> int:
+    """An estimate of the compute buffer for architectures kvcalc builds no graph for: the
+    larger of the graph's peaks (not ggml-alloc's placement):
 
     - the logits of ``n_ubatch`` outputs (``n_vocab x n_ubatch`` f32) with the normed and the
       final hidden state and one int32 input per token;
     - the attention of one layer: without flash attention the f32 ``KQ`` matrix of
-      ``n_kv x n_ubatch x n_head`` and the f32 KQ masks of every cache (``n_kv x n_ubatch``
-      each, ``build_attn_inp_kq_mask``; f16 with flash attention), with the Q rows;
+      ``n_kv x n_ubatch x n_head`` and the f32 KQ masks of every cache (f16 with flash
+      attention), with the Q rows;
     - the FFN's intermediate activations.
 
-    A model of ggml-alloc's peak, not its allocator (which places each tensor in the best-fit
-    free block): where a freed KQ block leaves a hole the logits do not fit in, llama.cpp's
-    buffer is larger. docs/llamacpp.md gives the grid and where it is short."""
+    On the two checked models it is short by up to 9 MiB where ggml-alloc leaves holes
+    (docs/llamacpp.md)."""
     z = alloc.sizes
     n_ub = z.n_ubatch
     f32 = 4
