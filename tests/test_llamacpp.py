@@ -295,3 +295,39 @@ def test_compute_buffer_llama_31_8b_and_unknown_architectures():
     assert compute_buffer_bytes(spec, None, a) < 279_447_552 // 3
     moe = load_spec("mixtral-8x7b")[1]
     assert not compute_buffer_exact(moe)
+
+
+def test_plan_mmproj_adds_the_projector_to_the_gpu(tmp_path):
+    """--mmproj FILE.gguf: the projector's tensor bytes (exact) and its compute buffer
+    estimate (224 px / 14 px patches = 256 patches) on the first GPU, in the totals and the
+    searches for -ngl and -c."""
+    pytest.importorskip("gguf")
+    from test_gguf import write_gguf
+
+    keys = {"vision.image_size": 224, "vision.patch_size": 14, "vision.embedding_length": 64,
+            "vision.feed_forward_length": 256, "vision.attention.head_count": 4}
+    proj = write_gguf(tmp_path / "mmproj.gguf", "clip", keys,
+                      {"v.blk.0.ffn_up.weight": (256, 64), "mm.0.weight": (576, 64)})
+    base = ["plan", "-m", "llama-3.1-8b", "--engine", "llamacpp", "--gpu", "rtx-4090",
+            "--ctx-size", "32768", "-f", "json"]
+    plain = json.loads(CliRunner().invoke(cli, base).stdout)["llamacpp"]
+    result = CliRunner().invoke(cli, base + ["--mmproj", str(proj)])
+    assert result.exit_code == 0, result.output[-2000:]
+    d = json.loads(result.stdout)["llamacpp"]
+    mm = d["mmproj"]
+    assert mm["weights_bytes"] == (256 * 64 + 576 * 64) * 2 and mm["tensors"] == 2
+    # FFN: 2 x 256 x 256 x 4 + 2 x 256 x 64 x 4; attention: 4 x 256^2 x 4 + 4 x 256 x 64 x 4
+    assert mm["n_patches"] == 256 and mm["compute_buffer_bytes"] == max(655_360, 1_310_720)
+    gpu, gpu0 = d["placement"]["devices"][0], plain["placement"]["devices"][0]
+    assert gpu["mmproj"] == mm["weights_bytes"] + mm["compute_buffer_bytes"]
+    assert gpu["total"] == gpu0["total"] + gpu["mmproj"]
+    assert d["kv_budget_bytes"] == plain["kv_budget_bytes"] - gpu["mmproj"]
+    table = CliRunner().invoke(cli, base[:-2] + ["--mmproj", str(proj)]).output
+    assert "weights + KV + compute + mmproj" in table and "projector (--mmproj)" in table
+    # not a projector: one line, non-zero exit
+    bad = CliRunner().invoke(cli, base + ["--mmproj", str(write_gguf(
+        tmp_path / "m.gguf", "llama", {"block_count": 1}))])
+    assert bad.exit_code != 0 and "not a multimodal projector" in bad.output
+    other = CliRunner().invoke(cli, ["plan", "-m", "llama-3.1-8b", "--gpu", "h100",
+                                     "--mmproj", str(proj)])
+    assert other.exit_code != 0 and "--mmproj is a setting of" in other.output

@@ -668,7 +668,7 @@ FIT_TARGET = 1024 * 1024 * 1024
 FIT_MIN_CTX = 4096
 #: the plan options of the offload (llama-server's names): -ngl, -ts, -sm, -nkvo, -ot
 OFFLOAD_OPTIONS = ("n_gpu_layers", "tensor_split", "split_mode", "no_kv_offload",
-                   "override_tensor")
+                   "override_tensor", "mmproj")
 SPLIT_MODES = ("layer", "row", "none")
 
 
@@ -766,6 +766,59 @@ def compute_buffer_estimate(spec: ModelSpec, weights, alloc: Allocation) -> int:
     return max(logits, attn + h * n_ub * f32, ffn + h * n_ub * f32)
 
 
+@dataclass(frozen=True)
+class Projector:
+    """A multimodal projector (``--mmproj FILE.gguf``): llama-server loads it beside the
+    model (``mtmd_init_from_file``, tools/mtmd/) on the first GPU (``--mmproj-offload``, on by
+    default), with its own compute buffer for the warm-up image (``clip.cpp``
+    ``alloc_compute_meta``)."""
+
+    path: str
+    weights_bytes: int
+    tensors: int
+    compute_bytes: int
+    n_patches: int
+
+    def record(self) -> dict[str, Any]:
+        return {"path": self.path, "weights_bytes": self.weights_bytes, "tensors": self.tensors,
+                "compute_buffer_bytes": self.compute_bytes, "compute_buffer": "estimate",
+                "n_patches": self.n_patches}
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.compute_bytes
+
+
+def read_projector(path: str) -> Projector:
+    """The projector's weights (every tensor of its GGUF, ``ggml_nbytes`` by type, exact) and
+    an estimate of its compute buffer: the vision encoder on the warm-up image of
+    ``clip.vision.image_size`` pixels, ``(image_size / patch_size)^2`` patches, at its peak --
+    the larger of one FFN (the up projection and its activation, ``n_patches x n_ff`` f32
+    each, with two hidden states) and one attention layer without flash attention (``n_head x
+    n_patches^2`` f32 scores with Q, K, V and the output, ``n_patches x n_embd`` f32 each).
+    Not a graph of clip.cpp (models with dynamic resolution warm up on other sizes)."""
+    from ..gguf import read_header
+
+    h = read_header(path)
+    meta = h.metadata
+    if not any(str(k).startswith("clip.") for k in meta):
+        raise UsageError(f"--mmproj {path}: not a multimodal projector (no clip.* keys; "
+                         f"general.architecture = {h.architecture or 'none'})")
+
+    def key(name: str, default: int = 0) -> int:
+        v = meta.get(f"clip.vision.{name}", default)
+        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
+
+    size, patch = key("image_size"), key("patch_size")
+    n_embd, n_ff, n_head = key("embedding_length"), key("feed_forward_length"), \
+        key("attention.head_count", 1)
+    n_patches = (size // patch) ** 2 if size and patch else 0
+    f32 = 4
+    ffn = 2 * n_patches * n_ff * f32 + 2 * n_patches * n_embd * f32
+    attn = n_head * n_patches * n_patches * f32 + 4 * n_patches * n_embd * f32
+    return Projector(str(path), h.tensor_bytes, h.tensor_count, max(ffn, attn), n_patches)
+
+
 def layer_kv_bytes(spec: ModelSpec, alloc: Allocation) -> list[int]:
     """KV bytes of each layer (cells x streams x its K and V rows) for ``alloc``'s caches."""
     s = alloc.settings
@@ -825,7 +878,7 @@ class Placement:
 
 def place(spec: ModelSpec, weights, alloc: Allocation, ngl: int, split: tuple[float, ...] = (1.0,),
           no_kv_offload: bool = False, override: tuple[str, ...] = (), split_mode: str = "layer",
-          compute: int | None = None) -> Placement:
+          compute: int | None = None, mmproj: int = 0) -> Placement:
     """Weights, KV and compute buffer per device for ``-ngl ngl`` (module doc)."""
     import re
 
@@ -858,8 +911,10 @@ def place(spec: ModelSpec, weights, alloc: Allocation, ngl: int, split: tuple[fl
         rows[d]["compute"] = compute
     if not used:
         host["compute"] = compute
+    if mmproj and rows:
+        rows[0]["mmproj"] = mmproj      # --mmproj-offload (default): on the first GPU
     for r in (*rows, host):
-        r["total"] = r["weights"] + r["kv"] + r["compute"]
+        r["total"] = r["weights"] + r["kv"] + r["compute"] + r.get("mmproj", 0)
     return Placement(ngl, tuple(rows), host)
 
 
@@ -919,7 +974,13 @@ class LlamaCppPlanFigures:
     placement: Placement | None = None
     offload: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    projector: Projector | None = None
     key = "llamacpp"
+
+    @property
+    def mmproj_bytes(self) -> int:
+        """The projector's weights and compute buffer on the GPU (0 without --mmproj)."""
+        return self.projector.total_bytes if self.projector else 0
 
     @property
     def gpu_weights(self) -> int:
@@ -931,7 +992,8 @@ class LlamaCppPlanFigures:
 
     @property
     def kv_budget(self) -> int:
-        return self.total_bytes - self.gpu_weights - self.compute_bytes - self.overhead_bytes
+        return (self.total_bytes - self.gpu_weights - self.compute_bytes - self.mmproj_bytes
+                - self.overhead_bytes)
 
     @property
     def gpu_kv(self) -> int:
@@ -961,9 +1023,10 @@ class LlamaCppPlanFigures:
                 return (f"the weights on {where} ({d['weights']:,} B, -ngl "
                         f"{self.placement.n_gpu_layers}) exceed its {cap:,} B; lower -ngl "
                         f"(largest that fits: {self.offload.get('max_ngl', 0)})")
-            if d["weights"] + d["compute"] > cap:
-                return (f"weights ({d['weights']:,} B) + compute buffer ({d['compute']:,} B) "
-                        f"exceed {where}'s {cap:,} B; lower -ngl or --ubatch-size")
+            if d["weights"] + d["compute"] + d.get("mmproj", 0) > cap:
+                return (f"weights ({d['weights']:,} B) + compute buffer ({d['compute']:,} B)"
+                        + (f" + projector ({d['mmproj']:,} B)" if d.get("mmproj") else "")
+                        + f" exceed {where}'s {cap:,} B; lower -ngl or --ubatch-size")
             return (f"the KV cache on {where} ({d['kv']:,} B) exceeds the "
                     f"{cap - d['weights'] - d['compute']:,} B left after the weights and the "
                     f"compute buffer; lower --ctx-size (largest at -ngl all: "
@@ -993,6 +1056,9 @@ class LlamaCppPlanFigures:
                 (f"- weights on the GPU ({self.weights_source})", self.gpu_weights)]
         if self.placement:
             rows.append(("- compute buffer (llama.cpp's graph reserve)", self.compute_bytes))
+        if self.projector:
+            rows.append(("- projector (--mmproj: weights + compute estimate)",
+                         self.mmproj_bytes))
         rows += [("- the rest (--overhead; default 0)", self.overhead_bytes),
                  ("= memory for the KV cache", self.kv_budget)]
         return rows
@@ -1007,6 +1073,11 @@ class LlamaCppPlanFigures:
             types = ", ".join(f"{k} {v}" for k, v in sorted(w.type_counts().items()))
             rows.append(("weights (all tensors)", f"{w.total_bytes:,} B, {w.params:,} params "
                          f"({types})"))
+        if self.projector:
+            pj = self.projector
+            rows.append(("projector (--mmproj)", f"weights {pj.weights_bytes:,} B "
+                         f"({pj.tensors} tensors) + compute buffer {pj.compute_bytes:,} B "
+                         f"(estimate: {pj.n_patches:,} patches)"))
         rows += [("n_ctx / n_ctx_seq / streams", f"{z.n_ctx:,} / {z.n_ctx_seq:,} / {z.n_stream}"
                   + (" (unified)" if z.unified else "")),
                  ("KV cache llama.cpp allocates", f"{self.alloc.total_bytes:,} B")]
@@ -1016,6 +1087,11 @@ class LlamaCppPlanFigures:
                          f"{p.n_gpu_layers} of {self.alloc.layout.spec.num_layers + 1}"
                          + (" (llama.cpp --fit)" if self.offload.get("fit") else "")))
             for i, d in enumerate(p.devices):
+                if d.get("mmproj"):
+                    rows.append((f"GPU {i}: weights + KV + compute + mmproj = total",
+                                 f"{d['weights']:,} + {d['kv']:,} + {d['compute']:,} + "
+                                 f"{d['mmproj']:,} = {d['total']:,} B"))
+                    continue
                 rows.append((f"GPU {i}: weights + KV + compute = total",
                              f"{d['weights']:,} + {d['kv']:,} + {d['compute']:,} = "
                              f"{d['total']:,} B"))
@@ -1056,6 +1132,7 @@ class LlamaCppPlanFigures:
                     "weights": self.weights.record() if self.weights is not None else None,
                     "compute_buffer_bytes": self.compute_bytes,
                     "placement": self.placement.record() if self.placement else None,
+                    "mmproj": self.projector.record() if self.projector else None,
                     "offload": self.offload or None, "fits": self.fits,
                     "shortfall": self.shortfall_reason, "capacity": self.capacity})
         return out
@@ -1112,10 +1189,12 @@ def plan_figures_for(spec: ModelSpec, inp, make_alloc, options: dict[str, Any] |
         override.append(pattern)
     cap_mem = total - overhead
     compute = compute_buffer_bytes(spec, weights, alloc)
+    projector = read_projector(str(o["mmproj"])) if o.get("mmproj") else None
+    mm = projector.total_bytes if projector else 0
 
     def placed(a: Allocation, ngl: int) -> Placement:
         return place(spec, weights, a, ngl, split, nkvo, tuple(override), mode,
-                     compute_buffer_bytes(spec, weights, a))
+                     compute_buffer_bytes(spec, weights, a), mm)
 
     ngl_given = parse_ngl(o.get("n_gpu_layers"), n)
     all_layers = n + 1
@@ -1141,11 +1220,12 @@ def plan_figures_for(spec: ModelSpec, inp, make_alloc, options: dict[str, Any] |
                             f"tokens to leave {FIT_TARGET // 2**20} MiB free on the GPU "
                             "(give -c to keep yours, --fit off to refuse instead)")
     placement = placed(alloc, chosen)
-    cap_bytes = cap_mem - placement.devices[0]["weights"] - placement.devices[0]["compute"]
+    cap_bytes = (cap_mem - placement.devices[0]["weights"] - placement.devices[0]["compute"]
+                 - mm)
     capacity = plan_capacity(spec, alloc.settings, max(0, cap_bytes)) if cap_bytes > 0 else None
     del compute
     return LlamaCppPlanFigures(alloc, capacity, total, wbytes, wsource, overhead, None, weights,
-                               placement, offload, tuple(warnings))
+                               placement, offload, tuple(warnings), projector)
 
 
 def _largest_ctx(spec, make_alloc, ok, limit: int) -> int:
