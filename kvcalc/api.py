@@ -254,6 +254,7 @@ ENGINE_PLAN_OPTIONS = {
     "split_mode": "--split-mode",
     "no_kv_offload": "--no-kv-offload",
     "override_tensor": "--override-tensor",
+    "mmproj": "--mmproj",
     "num_gpu": "--num-gpu",
 }
 #: byte-size keywords: an int, or a size such as "3GiB"

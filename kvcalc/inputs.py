@@ -152,7 +152,7 @@ PARAMS: dict[str, Param] = {
     # kvcalc.engines.llamacpp
     **{k: _TEXT for k in ("n_gpu_layers", "tensor_split", "split_mode", "override_tensor",
                           "num_gpu")},
-    "no_kv_offload": _BOOL,
+    "no_kv_offload": _BOOL, "mmproj": Param("path"),
     # simulate
     "rate": Param("number", MIN_RATE, MAX_RATE),
     "rate_scale": Param("number", MIN_RATE_SCALE, MAX_RATE_SCALE),

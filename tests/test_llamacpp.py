@@ -7,6 +7,7 @@ checks the whole grid against the running library)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -229,3 +230,104 @@ def test_cli_verify_llamacpp_errors_are_one_line(models, monkeypatch):
                                           models["smollm2"]])
         assert result.exit_code == 1 and "needs llama-cpp-python" in result.output
         assert "Traceback" not in result.output
+
+
+# ---- the compute buffer (kvcalc.engines.llamacpp_graph): llama.cpp's bytes, no llama.cpp ------
+
+COMPUTE_FIXTURE = Path(__file__).parent / "fixtures" / "llamacpp-compute-buffers.json"
+
+
+def test_graph_allocator_by_hand():
+    """ggml-alloc's rules on three tiny graphs: an in-place op takes its parent's memory, a
+    freed block is reused (best fit), an output is never freed."""
+    from kvcalc.engines import llamacpp_graph as g
+
+    x = g.new(g.F32, 16, flags=g.INPUT)                 # 64 B
+    chain = g.Graph()
+    chain.expand(g.cont(g.cont(g.cont(x))))             # CONT is not in place: 2 live at most
+    assert g.allocate(chain) == 128
+    inplace = g.Graph()
+    inplace.expand(g.dup("RMS_NORM", g.dup("SCALE", x)))  # both take x's 64 B
+    assert g.allocate(inplace) == 64
+    y = g.cont(x)
+    y.flags |= g.OUTPUT                                  # kept: the next CONT cannot reuse it
+    kept = g.Graph()
+    kept.expand(g.cont(g.cont(y)))
+    assert g.allocate(kept) == 64 + 64 + 64
+    odd = g.Graph()                                      # sizes padded to 32 B
+    odd.expand(g.cont(g.new(g.F32, 5, flags=g.INPUT)))
+    assert g.allocate(odd) == 64
+
+
+def test_compute_buffer_equals_llamacpp_bytes_on_the_buffers_grid():
+    """All 216 contexts of the buffers grid: kvcalc's compute buffer equals the bytes llama.cpp
+    0c1e57098 allocated (ggml_gallocr_get_buffer_size, tests/llamacpp_probe) and prints as
+    its "CPU compute buffer size = X MiB" line."""
+    from kvcalc.arch import build_spec
+    from kvcalc.engines.llamacpp import compute_buffer_bytes, compute_buffer_estimate, graph_model
+    from kvcalc.verify.llamacpp import buffer_grid, case_id
+
+    data = json.loads(COMPUTE_FIXTURE.read_text())
+    checked = estimate_right = 0
+    for model, cfg in data["models"].items():
+        spec = build_spec(cfg, model)
+        assert graph_model(spec) is not None
+        for s in buffer_grid():
+            cid, alloc = case_id(s), allocate(spec, s)
+            got = compute_buffer_bytes(spec, None, alloc)
+            assert got == data["bytes"][model][cid], (model, cid, got)
+            assert f"{got / 2**20:.2f}" == data["logged_mib"][model][cid]
+            estimate_right += compute_buffer_estimate(spec, None, alloc) == got
+            checked += 1
+    assert checked == 216 and estimate_right == 47    # the old peak model: 47 to the byte
+
+
+def test_compute_buffer_llama_31_8b_and_unknown_architectures():
+    from kvcalc.engines.llamacpp import compute_buffer_bytes, compute_buffer_exact
+    from kvcalc.model import load_spec
+
+    spec = load_spec("llama-3.1-8b")[1]
+    assert compute_buffer_exact(spec)
+    # -ub 512: the logits of 512 tokens (128,256 x 512 f32) and two hidden states are the peak
+    a = allocate(spec, LlamaCppSettings(ctx_size=32768, parallel=1))
+    assert compute_buffer_bytes(spec, None, a) == 279_447_552
+    a = allocate(spec, LlamaCppSettings(ctx_size=32768, parallel=1, ubatch_size=128))
+    assert compute_buffer_bytes(spec, None, a) < 279_447_552 // 3
+    moe = load_spec("mixtral-8x7b")[1]
+    assert not compute_buffer_exact(moe)
+
+
+def test_plan_mmproj_adds_the_projector_to_the_gpu(tmp_path):
+    """--mmproj FILE.gguf: the projector's tensor bytes (exact) and its compute buffer
+    estimate (224 px / 14 px patches = 256 patches) on the first GPU, in the totals and the
+    searches for -ngl and -c."""
+    pytest.importorskip("gguf")
+    from test_gguf import write_gguf
+
+    keys = {"vision.image_size": 224, "vision.patch_size": 14, "vision.embedding_length": 64,
+            "vision.feed_forward_length": 256, "vision.attention.head_count": 4}
+    proj = write_gguf(tmp_path / "mmproj.gguf", "clip", keys,
+                      {"v.blk.0.ffn_up.weight": (256, 64), "mm.0.weight": (576, 64)})
+    base = ["plan", "-m", "llama-3.1-8b", "--engine", "llamacpp", "--gpu", "rtx-4090",
+            "--ctx-size", "32768", "-f", "json"]
+    plain = json.loads(CliRunner().invoke(cli, base).stdout)["llamacpp"]
+    result = CliRunner().invoke(cli, base + ["--mmproj", str(proj)])
+    assert result.exit_code == 0, result.output[-2000:]
+    d = json.loads(result.stdout)["llamacpp"]
+    mm = d["mmproj"]
+    assert mm["weights_bytes"] == (256 * 64 + 576 * 64) * 2 and mm["tensors"] == 2
+    # FFN: 2 x 256 x 256 x 4 + 2 x 256 x 64 x 4; attention: 4 x 256^2 x 4 + 4 x 256 x 64 x 4
+    assert mm["n_patches"] == 256 and mm["compute_buffer_bytes"] == max(655_360, 1_310_720)
+    gpu, gpu0 = d["placement"]["devices"][0], plain["placement"]["devices"][0]
+    assert gpu["mmproj"] == mm["weights_bytes"] + mm["compute_buffer_bytes"]
+    assert gpu["total"] == gpu0["total"] + gpu["mmproj"]
+    assert d["kv_budget_bytes"] == plain["kv_budget_bytes"] - gpu["mmproj"]
+    table = CliRunner().invoke(cli, base[:-2] + ["--mmproj", str(proj)]).output
+    assert "weights + KV + compute + mmproj" in table and "projector (--mmproj)" in table
+    # not a projector: one line, non-zero exit
+    bad = CliRunner().invoke(cli, base + ["--mmproj", str(write_gguf(
+        tmp_path / "m.gguf", "llama", {"block_count": 1}))])
+    assert bad.exit_code != 0 and "not a multimodal projector" in bad.output
+    other = CliRunner().invoke(cli, ["plan", "-m", "llama-3.1-8b", "--gpu", "h100",
+                                     "--mmproj", str(proj)])
+    assert other.exit_code != 0 and "--mmproj is a setting of" in other.output

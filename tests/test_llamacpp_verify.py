@@ -17,7 +17,8 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: .ci/
 from test_gguf import gemma3_path, smollm2_path  # noqa: E402
 
 from kvcalc.cli import cli  # noqa: E402
-from kvcalc.engines.llamacpp import LlamaCppSettings, allocate  # noqa: E402
+from kvcalc.engines.llamacpp import (LlamaCppSettings, allocate,  # noqa: E402
+                                     compute_buffer_bytes)
 from kvcalc.model import load_spec  # noqa: E402
 from kvcalc.verify.llamacpp import buffer_grid, case_id, grid, verify_llamacpp  # noqa: E402
 
@@ -84,146 +85,14 @@ def test_llama_server_defaults_allocate_what_llamacpp_allocates(model):
 # attention on / off x slots 1 / 3 per slot / 3 unified x an f16 and a quantized cache = 108
 # contexts per model. Every KV cache must match to the byte (as in the grid above), the model
 # buffers and llama_model_size() once per model, and every compute buffer must print as
-# llama.cpp's "CPU compute buffer size = X MiB" -- except the cases listed here, which are
-# xfail(strict): kvcalc models the peaks of the graph, not ggml-alloc's placement of each
-# tensor, and is short in two ways (docs/llamacpp.md, "Checked against llama.cpp"):
-#  - by 2-5 KiB with 3 slots: small per-sequence inputs of the graph kvcalc does not count,
-#    which tip the printed MiB where the figure sits on a rounding edge;
-#  - by about one hidden state (n_embd x n_ubatch f32: SmolLM2 -ub 512 1.125 MiB, Gemma 3
-#    -ub 512 1.25 MiB) or more: the allocator's best-fit placement leaves a freed block (the
-#    KQ matrix without flash attention, the quantized-K conversion with it) below the logits
-#    that the logits do not fit in, so the buffer ends higher than the live tensors' sum; and
-#    SmolLM2 at -c 0 (8,192 cells, one stream) without flash attention, where the attention of
-#    one layer (KQ + masks + the layer's activations) is the peak: kvcalc counts KQ, the masks
-#    and Q, llama.cpp's buffer is 3-9 MiB higher.
-#: (model, case) -> (llama.cpp's MiB, kvcalc's MiB, bytes kvcalc is short by (from the
-#: 4-decimal debug line, +-50 B)): the compute buffers kvcalc does not reproduce
-COMPUTE_SHORT = {
-    ("smollm2", "c0-b512-ub128-faon-np1-q8_0-q8_0"): ("24.84", "24.56", 294872),
-    ("smollm2", "c0-b512-ub128-faon-np3-f16-f16"): ("24.57", "24.56", 2319),
-    ("smollm2", "c0-b512-ub128-faon-np3-q8_0-q8_0"): ("24.85", "24.56", 297284),
-    ("smollm2", "c0-b512-ub128-faon-np3u-f16-f16"): ("24.57", "24.56", 2319),
-    ("smollm2", "c0-b512-ub128-faon-np3u-q8_0-q8_0"): ("24.85", "24.56", 297284),
-    ("smollm2", "c0-b512-ub128-faoff-np1-f16-f16"): ("41.60", "40.56", 1083913),
-    ("smollm2", "c0-b512-ub128-faoff-np1-q8_0-f16"): ("41.33", "40.56", 805411),
-    ("smollm2", "c0-b512-ub128-faoff-np3-f16-f16"): ("24.85", "24.56", 297284),
-    ("smollm2", "c0-b512-ub128-faoff-np3-q8_0-f16"): ("24.85", "24.56", 297284),
-    ("smollm2", "c0-b512-ub128-faoff-np3u-f16-f16"): ("41.92", "40.56", 1424700),
-    ("smollm2", "c0-b512-ub128-faoff-np3u-q8_0-f16"): ("41.65", "40.56", 1143892),
-    ("smollm2", "c0-b512-ub512-faon-np1-q8_0-q8_0"): ("99.38", "98.25", 1179697),
-    ("smollm2", "c0-b512-ub512-faon-np3-q8_0-q8_0"): ("99.38", "98.25", 1182004),
-    ("smollm2", "c0-b512-ub512-faon-np3u-q8_0-q8_0"): ("99.38", "98.25", 1182004),
-    ("smollm2", "c0-b512-ub512-faoff-np1-f16-f16"): ("166.38", "162.25", 4335652),
-    ("smollm2", "c0-b512-ub512-faoff-np1-q8_0-f16"): ("165.28", "162.25", 3172362),
-    ("smollm2", "c0-b512-ub512-faoff-np3-f16-f16"): ("99.38", "98.25", 1182004),
-    ("smollm2", "c0-b512-ub512-faoff-np3-q8_0-f16"): ("99.38", "98.25", 1182004),
-    ("smollm2", "c0-b512-ub512-faoff-np3u-f16-f16"): ("166.71", "162.25", 4676439),
-    ("smollm2", "c0-b512-ub512-faoff-np3u-q8_0-f16"): ("165.60", "162.25", 3510842),
-    ("smollm2", "c0-b2048-ub1024-faon-np1-q8_0-q8_0"): ("198.75", "196.50", 2359289),
-    ("smollm2", "c0-b2048-ub1024-faon-np3-f16-f16"): ("196.51", "196.50", 4607),
-    ("smollm2", "c0-b2048-ub1024-faon-np3-q8_0-q8_0"): ("198.76", "196.50", 2363903),
-    ("smollm2", "c0-b2048-ub1024-faon-np3u-f16-f16"): ("196.51", "196.50", 4607),
-    ("smollm2", "c0-b2048-ub1024-faon-np3u-q8_0-q8_0"): ("198.76", "196.50", 2363903),
-    ("smollm2", "c0-b2048-ub1024-faoff-np1-f16-f16"): ("332.77", "324.50", 8671199),
-    ("smollm2", "c0-b2048-ub1024-faoff-np1-q8_0-f16"): ("330.54", "324.50", 6328366),
-    ("smollm2", "c0-b2048-ub1024-faoff-np3-f16-f16"): ("198.76", "196.50", 2363903),
-    ("smollm2", "c0-b2048-ub1024-faoff-np3-q8_0-f16"): ("198.76", "196.50", 2363903),
-    ("smollm2", "c0-b2048-ub1024-faoff-np3u-f16-f16"): ("333.42", "324.50", 9352774),
-    ("smollm2", "c0-b2048-ub1024-faoff-np3u-q8_0-f16"): ("331.18", "324.50", 7005327),
-    ("smollm2", "c512-b512-ub128-faon-np3-f16-f16"): ("24.57", "24.56", 2319),
-    ("smollm2", "c512-b512-ub128-faon-np3-q8_0-q8_0"): ("24.57", "24.56", 2319),
-    ("smollm2", "c512-b512-ub128-faon-np3u-f16-f16"): ("24.57", "24.56", 2319),
-    ("smollm2", "c512-b512-ub128-faon-np3u-q8_0-q8_0"): ("24.57", "24.56", 2319),
-    ("smollm2", "c512-b512-ub128-faoff-np3-f16-f16"): ("24.57", "24.56", 2319),
-    ("smollm2", "c512-b512-ub128-faoff-np3-q8_0-f16"): ("24.57", "24.56", 2319),
-    ("smollm2", "c512-b512-ub128-faoff-np3u-f16-f16"): ("24.57", "24.56", 2319),
-    ("smollm2", "c512-b512-ub128-faoff-np3u-q8_0-f16"): ("24.57", "24.56", 2319),
-    ("smollm2", "c4096-b512-ub128-faon-np1-q8_0-q8_0"): ("24.84", "24.56", 294872),
-    ("smollm2", "c4096-b512-ub128-faon-np3-f16-f16"): ("24.57", "24.56", 2319),
-    ("smollm2", "c4096-b512-ub128-faon-np3-q8_0-q8_0"): ("24.85", "24.56", 297284),
-    ("smollm2", "c4096-b512-ub128-faon-np3u-f16-f16"): ("24.57", "24.56", 2319),
-    ("smollm2", "c4096-b512-ub128-faon-np3u-q8_0-q8_0"): ("24.85", "24.56", 297284),
-    ("smollm2", "c4096-b512-ub128-faoff-np1-f16-f16"): ("24.84", "24.56", 294872),
-    ("smollm2", "c4096-b512-ub128-faoff-np1-q8_0-f16"): ("24.84", "24.56", 294872),
-    ("smollm2", "c4096-b512-ub128-faoff-np3-f16-f16"): ("24.85", "24.56", 297284),
-    ("smollm2", "c4096-b512-ub128-faoff-np3-q8_0-f16"): ("24.85", "24.56", 297284),
-    ("smollm2", "c4096-b512-ub128-faoff-np3u-f16-f16"): ("24.85", "24.56", 297284),
-    ("smollm2", "c4096-b512-ub128-faoff-np3u-q8_0-f16"): ("24.85", "24.56", 297284),
-    ("smollm2", "c4096-b512-ub512-faon-np1-q8_0-q8_0"): ("99.38", "98.25", 1179697),
-    ("smollm2", "c4096-b512-ub512-faon-np3-q8_0-q8_0"): ("99.38", "98.25", 1182004),
-    ("smollm2", "c4096-b512-ub512-faon-np3u-q8_0-q8_0"): ("99.38", "98.25", 1182004),
-    ("smollm2", "c4096-b512-ub512-faoff-np1-f16-f16"): ("99.38", "98.25", 1179697),
-    ("smollm2", "c4096-b512-ub512-faoff-np1-q8_0-f16"): ("99.38", "98.25", 1179697),
-    ("smollm2", "c4096-b512-ub512-faoff-np3-f16-f16"): ("99.38", "98.25", 1182004),
-    ("smollm2", "c4096-b512-ub512-faoff-np3-q8_0-f16"): ("99.38", "98.25", 1182004),
-    ("smollm2", "c4096-b512-ub512-faoff-np3u-f16-f16"): ("99.38", "98.25", 1182004),
-    ("smollm2", "c4096-b512-ub512-faoff-np3u-q8_0-f16"): ("99.38", "98.25", 1182004),
-    ("smollm2", "c4096-b2048-ub1024-faon-np1-q8_0-q8_0"): ("198.75", "196.50", 2359289),
-    ("smollm2", "c4096-b2048-ub1024-faon-np3-f16-f16"): ("196.51", "196.50", 4607),
-    ("smollm2", "c4096-b2048-ub1024-faon-np3-q8_0-q8_0"): ("198.76", "196.50", 2363903),
-    ("smollm2", "c4096-b2048-ub1024-faon-np3u-f16-f16"): ("196.51", "196.50", 4607),
-    ("smollm2", "c4096-b2048-ub1024-faon-np3u-q8_0-q8_0"): ("198.76", "196.50", 2363903),
-    ("smollm2", "c4096-b2048-ub1024-faoff-np1-f16-f16"): ("198.75", "196.50", 2359289),
-    ("smollm2", "c4096-b2048-ub1024-faoff-np1-q8_0-f16"): ("198.75", "196.50", 2359289),
-    ("smollm2", "c4096-b2048-ub1024-faoff-np3-f16-f16"): ("198.76", "196.50", 2363903),
-    ("smollm2", "c4096-b2048-ub1024-faoff-np3-q8_0-f16"): ("198.76", "196.50", 2363903),
-    ("smollm2", "c4096-b2048-ub1024-faoff-np3u-f16-f16"): ("198.76", "196.50", 2363903),
-    ("smollm2", "c4096-b2048-ub1024-faoff-np3u-q8_0-f16"): ("198.76", "196.50", 2363903),
-    ("gemma3", "c0-b512-ub128-faoff-np1-q8_0-f16"): ("128.94", "128.63", 327692),
-    ("gemma3", "c0-b512-ub128-faoff-np3-q8_0-f16"): ("128.94", "128.63", 330314),
-    ("gemma3", "c0-b2048-ub1024-faon-np3-f16-f16"): ("1029.01", "1029.00", 5131),
-    ("gemma3", "c0-b2048-ub1024-faon-np3-q8_0-q8_0"): ("1029.01", "1029.00", 5131),
-    ("gemma3", "c0-b2048-ub1024-faon-np3u-f16-f16"): ("1029.01", "1029.00", 5131),
-    ("gemma3", "c0-b2048-ub1024-faon-np3u-q8_0-q8_0"): ("1029.01", "1029.00", 5131),
-    ("gemma3", "c0-b2048-ub1024-faoff-np3-f16-f16"): ("1029.01", "1029.00", 5131),
-    ("gemma3", "c0-b2048-ub1024-faoff-np3-q8_0-f16"): ("1029.01", "1029.00", 5131),
-    ("gemma3", "c0-b2048-ub1024-faoff-np3u-f16-f16"): ("1029.01", "1029.00", 5131),
-    ("gemma3", "c0-b2048-ub1024-faoff-np3u-q8_0-f16"): ("1029.01", "1029.00", 5131),
-    ("gemma3", "c512-b512-ub128-faoff-np1-f16-f16"): ("128.94", "128.63", 327692),
-    ("gemma3", "c512-b512-ub128-faoff-np1-q8_0-f16"): ("128.94", "128.63", 327692),
-    ("gemma3", "c512-b512-ub128-faoff-np3u-f16-f16"): ("128.94", "128.63", 330314),
-    ("gemma3", "c512-b512-ub128-faoff-np3u-q8_0-f16"): ("128.94", "128.63", 330314),
-    ("gemma3", "c512-b512-ub512-faoff-np1-f16-f16"): ("515.75", "514.50", 1310769),
-    ("gemma3", "c512-b512-ub512-faoff-np3-q8_0-f16"): ("515.75", "514.50", 1313286),
-    ("gemma3", "c512-b512-ub512-faoff-np3u-f16-f16"): ("515.75", "514.50", 1313286),
-    ("gemma3", "c512-b2048-ub1024-faoff-np1-f16-f16"): ("515.75", "514.50", 1310769),
-    ("gemma3", "c512-b2048-ub1024-faoff-np3-q8_0-f16"): ("515.75", "514.50", 1313286),
-    ("gemma3", "c512-b2048-ub1024-faoff-np3u-f16-f16"): ("515.75", "514.50", 1313286),
-    ("gemma3", "c4096-b512-ub128-faon-np1-q8_0-q8_0"): ("128.94", "128.63", 327692),
-    ("gemma3", "c4096-b512-ub128-faon-np3u-q8_0-q8_0"): ("128.94", "128.63", 330314),
-    ("gemma3", "c4096-b512-ub128-faoff-np1-q8_0-f16"): ("128.94", "128.63", 327692),
-    ("gemma3", "c4096-b512-ub128-faoff-np3-q8_0-f16"): ("128.94", "128.63", 330314),
-    ("gemma3", "c4096-b512-ub512-faon-np3u-q8_0-q8_0"): ("515.75", "514.50", 1313286),
-    ("gemma3", "c4096-b2048-ub1024-faon-np3-f16-f16"): ("1029.01", "1029.00", 5131),
-    ("gemma3", "c4096-b2048-ub1024-faon-np3-q8_0-q8_0"): ("1029.01", "1029.00", 5131),
-    ("gemma3", "c4096-b2048-ub1024-faon-np3u-f16-f16"): ("1029.01", "1029.00", 5131),
-    ("gemma3", "c4096-b2048-ub1024-faon-np3u-q8_0-q8_0"): ("1031.51", "1029.00", 2626571),
-    ("gemma3", "c4096-b2048-ub1024-faoff-np3-f16-f16"): ("1029.01", "1029.00", 5131),
-    ("gemma3", "c4096-b2048-ub1024-faoff-np3-q8_0-f16"): ("1029.01", "1029.00", 5131),
-    ("gemma3", "c4096-b2048-ub1024-faoff-np3u-f16-f16"): ("1029.01", "1029.00", 5131),
-    ("gemma3", "c4096-b2048-ub1024-faoff-np3u-q8_0-f16"): ("1029.01", "1029.00", 5131),
-}
-
-SMALL_INPUTS = 16 * 1024
-
-
-def _short_reason(model, cid):
-    got, want, diff = COMPUTE_SHORT[(model, cid)]
-    why = ("small per-sequence graph inputs kvcalc does not count" if diff < SMALL_INPUTS
-           else "ggml-alloc's placement: a freed block below the logits (or the attention "
-                "peak) kvcalc does not model")
-    return f"llama.cpp logs {got} MiB, kvcalc {want} MiB ({diff:,} B short): {why}"
+# llama.cpp's "CPU compute buffer size = X MiB" (2 decimals) and as its debug line at free
+# (4 decimals), and equal the exact bytes the probe reads (tests/llamacpp_probe: where a C
+# compiler is at hand).
 
 
 def _buffer_params():
-    out = []
-    for model in ("smollm2", "gemma3"):
-        for s in buffer_grid():
-            cid = case_id(s)
-            marks = ([pytest.mark.xfail(strict=True, reason=_short_reason(model, cid))]
-                     if (model, cid) in COMPUTE_SHORT else [])
-            out.append(pytest.param(model, cid, marks=marks, id=f"{model}-{cid}"))
-    return out
+    return [pytest.param(model, case_id(s), id=f"{model}-{case_id(s)}")
+            for model in ("smollm2", "gemma3") for s in buffer_grid()]
 
 
 _BUFFER_REPORTS = {}
@@ -262,3 +131,46 @@ def test_compute_buffer_prints_as_llamacpp_logs(model_name, cid):
     c = r["compute_buffer"]
     assert c["logged_mib"] is not None and c["logged_mib_4"] is not None
     assert c["predicted_mib"] == c["logged_mib"], (c["logged_mib_4"], c["predicted_bytes"])
+    assert c["predicted_mib_4"] == c["logged_mib_4"], c
+    assert c["matches"] and abs(c["difference_bytes"]) <= 53
+
+
+@pytest.mark.parametrize("model_name", ["smollm2", "gemma3"])
+def test_compute_buffer_exact_bytes_read_from_llamacpp(model_name, tmp_path):
+    """The compute buffer's bytes, not MiB: tests/llamacpp_probe/reserve_probe.c wraps
+    ggml-alloc's reserve (LD_PRELOAD) and reads ggml_gallocr_get_buffer_size; every context of
+    the buffers grid equals compute_buffer_bytes."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import llama_cpp
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or not sys.platform.startswith("linux"):
+        pytest.skip("the probe needs a C compiler and LD_PRELOAD (Linux)")
+    here = Path(__file__).parent / "llamacpp_probe"
+    lib = Path(llama_cpp.__file__).parent / "lib"
+    probe = tmp_path / "reserve_probe.so"
+    subprocess.run([cc, "-O1", "-shared", "-fPIC", str(here / "reserve_probe.c"), "-o",
+                    str(probe), f"-L{lib}", "-lggml-base", "-ldl", f"-Wl,-rpath,{lib}"],
+                   check=True)
+    path = str(smollm2_path() if model_name == "smollm2" else gemma3_path())
+    out = tmp_path / "sizes.json"
+    env = dict(os.environ, LD_PRELOAD=str(probe))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
+                                                      env.get("PYTHONPATH")]))
+    subprocess.run([sys.executable, str(here / "reserve_sizes.py"), path, str(out)], env=env,
+                   check=True, timeout=900)
+    sizes = json.loads(out.read_text())
+    spec = load_spec(path)[1]
+    assert len(sizes) == len(buffer_grid()) == 108
+    wrong = {}
+    for s in buffer_grid():
+        want = sizes[case_id(s)]
+        got = compute_buffer_bytes(spec, None, allocate(spec, s))
+        if got != want:
+            wrong[case_id(s)] = (want, got)
+    assert not wrong, wrong

@@ -158,6 +158,9 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
 @click.option("--override-tensor", "-ot", "override_tensor", default=None,
               metavar="PATTERN=CPU,...",
               help="llamacpp: tensors whose name matches stay in RAM ('exps=CPU': MoE experts).")
+@click.option("--mmproj", "mmproj", default=None, metavar="FILE.gguf",
+              help="llamacpp, ollama: a multimodal projector's GGUF: its weights and compute "
+                   "buffer go on the first GPU.")
 @click.option("--num-gpu", "num_gpu", default=None, metavar="N",
               help="ollama: num_gpu, layers on the GPU (default: what fits).")
 @allocation_options

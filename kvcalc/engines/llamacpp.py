@@ -668,31 +668,84 @@ FIT_TARGET = 1024 * 1024 * 1024
 FIT_MIN_CTX = 4096
 #: the plan options of the offload (llama-server's names): -ngl, -ts, -sm, -nkvo, -ot
 OFFLOAD_OPTIONS = ("n_gpu_layers", "tensor_split", "split_mode", "no_kv_offload",
-                   "override_tensor")
+                   "override_tensor", "mmproj")
 SPLIT_MODES = ("layer", "row", "none")
 
 
-#: bytes per token of the int32 input the logits peak sits above (measured: llama.cpp's buffer
-#: exceeds the two-hidden-state logits peak by 4 B per token of the micro-batch)
-COMPUTE_INPUT_BYTES_PER_TOKEN = 4
+def graph_model(spec: ModelSpec):
+    """The model as :mod:`.llamacpp_graph` builds its graph, or None for an architecture
+    whose graph kvcalc does not build (then :func:`compute_buffer_estimate`): llama.cpp's
+    ``llama`` graph (Llama, Mistral, SmolLM: no biases, no sliding layers, no experts) and
+    ``gemma3`` (ISWA cache when the model has sliding layers)."""
+    from .llamacpp_graph import GraphModel
+
+    cfg = spec.config or {}
+    gg = cfg.get(arch.GGUF_CONFIG_KEY) if isinstance(cfg.get(arch.GGUF_CONFIG_KEY), dict) else {}
+    name = str(gg.get("architecture") or spec.model_type or "").lower()
+    family = ("gemma3" if name in ("gemma3", "gemma3_text") else
+              "llama" if name in ("llama", "mistral") else None)
+    layers = spec.layers
+    if family is None or not layers or not all(isinstance(l, AttentionLayer) for l in layers):
+        return None
+    first = layers[0]
+    if any((l.kv_heads, l.head_dim_k, l.head_dim_v) != (first.kv_heads, first.head_dim_k,
+                                                          first.head_dim_k) for l in layers):
+        return None
+    sliding = tuple(l.kind == arch.SLIDING for l in layers)
+    if family == "llama" and any(sliding):
+        return None
+    if any(cfg.get(k) for k in ("num_local_experts", "num_experts", "attention_bias",
+                                "mlp_bias")):
+        return None
+    n_ff = cfg.get("intermediate_size")
+    if not n_ff or not spec.vocab_size:
+        return None
+    return GraphModel(family, spec.num_layers, spec.hidden_size, spec.num_attention_heads,
+                      first.kv_heads, first.head_dim_k, int(n_ff), int(spec.vocab_size),
+                      sliding, float(cfg.get("final_logit_softcapping") or 0.0))
 
 
 def compute_buffer_bytes(spec: ModelSpec, weights, alloc: Allocation) -> int:
     """The compute buffer llama.cpp reserves for its worst-case graph (``llama_context::
-    sched_reserve``: ``graph_reserve(n_tokens = min(n_ctx, n_ubatch), n_seqs = n_seq_max,
-    n_outputs = n_tokens)``, "compute buffer size"; ggml-alloc sizes the buffer to the highest
-    offset any tensor of the graph reaches), as the larger of its peaks:
+    sched_reserve``, its "compute buffer size" line): the model's graph built as llama.cpp
+    builds it and placed by ggml-alloc's allocator (:mod:`.llamacpp_graph`), byte for byte
+    on the architectures kvcalc builds (:func:`graph_model`); otherwise
+    :func:`compute_buffer_estimate`."""
+    from .llamacpp_graph import CacheShape, ReserveParams, reserve
+
+    model = graph_model(spec)
+    if model is None:
+        return compute_buffer_estimate(spec, weights, alloc)
+    z = alloc.sizes
+    caches = {c.cache: CacheShape(c.cells_per_stream, c.n_stream, c.type_k, c.type_v)
+              for c in alloc.caches}
+    return reserve(model, ReserveParams(z.n_ctx, z.n_ubatch, z.n_seq_max, z.unified,
+                                        alloc.flash_attn, caches.get("base"),
+                                        caches.get("swa")))
+
+
+def compute_buffer_exact(spec: ModelSpec) -> bool:
+    """True when :func:`compute_buffer_bytes` builds the model's graph (not an estimate)."""
+    return graph_model(spec) is not None
+
+
+#: bytes per token of the int32 input the logits peak sits above (the estimate below)
+COMPUTE_INPUT_BYTES_PER_TOKEN = 4
+
+
+def compute_buffer_estimate(spec: ModelSpec, weights, alloc: Allocation) -> int:
+    """An estimate of the compute buffer for architectures kvcalc builds no graph for: the
+    larger of the graph's peaks (not ggml-alloc's placement):
 
     - the logits of ``n_ubatch`` outputs (``n_vocab x n_ubatch`` f32) with the normed and the
       final hidden state and one int32 input per token;
     - the attention of one layer: without flash attention the f32 ``KQ`` matrix of
-      ``n_kv x n_ubatch x n_head`` and the f32 KQ masks of every cache (``n_kv x n_ubatch``
-      each, ``build_attn_inp_kq_mask``; f16 with flash attention), with the Q rows;
+      ``n_kv x n_ubatch x n_head`` and the f32 KQ masks of every cache (f16 with flash
+      attention), with the Q rows;
     - the FFN's intermediate activations.
 
-    A model of ggml-alloc's peak, not its allocator (which places each tensor in the best-fit
-    free block): where a freed KQ block leaves a hole the logits do not fit in, llama.cpp's
-    buffer is larger. docs/llamacpp.md gives the grid and where it is short."""
+    On the two checked models it is short by up to 9 MiB where ggml-alloc leaves holes
+    (docs/llamacpp.md)."""
     z = alloc.sizes
     n_ub = z.n_ubatch
     f32 = 4
@@ -711,6 +764,59 @@ def compute_buffer_bytes(spec: ModelSpec, weights, alloc: Allocation) -> int:
         attn = n_kv * n_ub * heads * f32 + heads * hd * n_ub * f32 + masks
     ffn = 2 * inter * n_ub * f32
     return max(logits, attn + h * n_ub * f32, ffn + h * n_ub * f32)
+
+
+@dataclass(frozen=True)
+class Projector:
+    """A multimodal projector (``--mmproj FILE.gguf``): llama-server loads it beside the
+    model (``mtmd_init_from_file``, tools/mtmd/) on the first GPU (``--mmproj-offload``, on by
+    default), with its own compute buffer for the warm-up image (``clip.cpp``
+    ``alloc_compute_meta``)."""
+
+    path: str
+    weights_bytes: int
+    tensors: int
+    compute_bytes: int
+    n_patches: int
+
+    def record(self) -> dict[str, Any]:
+        return {"path": self.path, "weights_bytes": self.weights_bytes, "tensors": self.tensors,
+                "compute_buffer_bytes": self.compute_bytes, "compute_buffer": "estimate",
+                "n_patches": self.n_patches}
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.compute_bytes
+
+
+def read_projector(path: str) -> Projector:
+    """The projector's weights (every tensor of its GGUF, ``ggml_nbytes`` by type, exact) and
+    an estimate of its compute buffer: the vision encoder on the warm-up image of
+    ``clip.vision.image_size`` pixels, ``(image_size / patch_size)^2`` patches, at its peak --
+    the larger of one FFN (the up projection and its activation, ``n_patches x n_ff`` f32
+    each, with two hidden states) and one attention layer without flash attention (``n_head x
+    n_patches^2`` f32 scores with Q, K, V and the output, ``n_patches x n_embd`` f32 each).
+    Not a graph of clip.cpp (models with dynamic resolution warm up on other sizes)."""
+    from ..gguf import read_header
+
+    h = read_header(path)
+    meta = h.metadata
+    if not any(str(k).startswith("clip.") for k in meta):
+        raise UsageError(f"--mmproj {path}: not a multimodal projector (no clip.* keys; "
+                         f"general.architecture = {h.architecture or 'none'})")
+
+    def key(name: str, default: int = 0) -> int:
+        v = meta.get(f"clip.vision.{name}", default)
+        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
+
+    size, patch = key("image_size"), key("patch_size")
+    n_embd, n_ff, n_head = key("embedding_length"), key("feed_forward_length"), \
+        key("attention.head_count", 1)
+    n_patches = (size // patch) ** 2 if size and patch else 0
+    f32 = 4
+    ffn = 2 * n_patches * n_ff * f32 + 2 * n_patches * n_embd * f32
+    attn = n_head * n_patches * n_patches * f32 + 4 * n_patches * n_embd * f32
+    return Projector(str(path), h.tensor_bytes, h.tensor_count, max(ffn, attn), n_patches)
 
 
 def layer_kv_bytes(spec: ModelSpec, alloc: Allocation) -> list[int]:
@@ -772,7 +878,7 @@ class Placement:
 
 def place(spec: ModelSpec, weights, alloc: Allocation, ngl: int, split: tuple[float, ...] = (1.0,),
           no_kv_offload: bool = False, override: tuple[str, ...] = (), split_mode: str = "layer",
-          compute: int | None = None) -> Placement:
+          compute: int | None = None, mmproj: int = 0) -> Placement:
     """Weights, KV and compute buffer per device for ``-ngl ngl`` (module doc)."""
     import re
 
@@ -805,8 +911,10 @@ def place(spec: ModelSpec, weights, alloc: Allocation, ngl: int, split: tuple[fl
         rows[d]["compute"] = compute
     if not used:
         host["compute"] = compute
+    if mmproj and rows:
+        rows[0]["mmproj"] = mmproj      # --mmproj-offload (default): on the first GPU
     for r in (*rows, host):
-        r["total"] = r["weights"] + r["kv"] + r["compute"]
+        r["total"] = r["weights"] + r["kv"] + r["compute"] + r.get("mmproj", 0)
     return Placement(ngl, tuple(rows), host)
 
 
@@ -866,7 +974,13 @@ class LlamaCppPlanFigures:
     placement: Placement | None = None
     offload: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    projector: Projector | None = None
     key = "llamacpp"
+
+    @property
+    def mmproj_bytes(self) -> int:
+        """The projector's weights and compute buffer on the GPU (0 without --mmproj)."""
+        return self.projector.total_bytes if self.projector else 0
 
     @property
     def gpu_weights(self) -> int:
@@ -878,7 +992,8 @@ class LlamaCppPlanFigures:
 
     @property
     def kv_budget(self) -> int:
-        return self.total_bytes - self.gpu_weights - self.compute_bytes - self.overhead_bytes
+        return (self.total_bytes - self.gpu_weights - self.compute_bytes - self.mmproj_bytes
+                - self.overhead_bytes)
 
     @property
     def gpu_kv(self) -> int:
@@ -908,9 +1023,10 @@ class LlamaCppPlanFigures:
                 return (f"the weights on {where} ({d['weights']:,} B, -ngl "
                         f"{self.placement.n_gpu_layers}) exceed its {cap:,} B; lower -ngl "
                         f"(largest that fits: {self.offload.get('max_ngl', 0)})")
-            if d["weights"] + d["compute"] > cap:
-                return (f"weights ({d['weights']:,} B) + compute buffer ({d['compute']:,} B) "
-                        f"exceed {where}'s {cap:,} B; lower -ngl or --ubatch-size")
+            if d["weights"] + d["compute"] + d.get("mmproj", 0) > cap:
+                return (f"weights ({d['weights']:,} B) + compute buffer ({d['compute']:,} B)"
+                        + (f" + projector ({d['mmproj']:,} B)" if d.get("mmproj") else "")
+                        + f" exceed {where}'s {cap:,} B; lower -ngl or --ubatch-size")
             return (f"the KV cache on {where} ({d['kv']:,} B) exceeds the "
                     f"{cap - d['weights'] - d['compute']:,} B left after the weights and the "
                     f"compute buffer; lower --ctx-size (largest at -ngl all: "
@@ -940,6 +1056,9 @@ class LlamaCppPlanFigures:
                 (f"- weights on the GPU ({self.weights_source})", self.gpu_weights)]
         if self.placement:
             rows.append(("- compute buffer (llama.cpp's graph reserve)", self.compute_bytes))
+        if self.projector:
+            rows.append(("- projector (--mmproj: weights + compute estimate)",
+                         self.mmproj_bytes))
         rows += [("- the rest (--overhead; default 0)", self.overhead_bytes),
                  ("= memory for the KV cache", self.kv_budget)]
         return rows
@@ -954,6 +1073,11 @@ class LlamaCppPlanFigures:
             types = ", ".join(f"{k} {v}" for k, v in sorted(w.type_counts().items()))
             rows.append(("weights (all tensors)", f"{w.total_bytes:,} B, {w.params:,} params "
                          f"({types})"))
+        if self.projector:
+            pj = self.projector
+            rows.append(("projector (--mmproj)", f"weights {pj.weights_bytes:,} B "
+                         f"({pj.tensors} tensors) + compute buffer {pj.compute_bytes:,} B "
+                         f"(estimate: {pj.n_patches:,} patches)"))
         rows += [("n_ctx / n_ctx_seq / streams", f"{z.n_ctx:,} / {z.n_ctx_seq:,} / {z.n_stream}"
                   + (" (unified)" if z.unified else "")),
                  ("KV cache llama.cpp allocates", f"{self.alloc.total_bytes:,} B")]
@@ -963,6 +1087,11 @@ class LlamaCppPlanFigures:
                          f"{p.n_gpu_layers} of {self.alloc.layout.spec.num_layers + 1}"
                          + (" (llama.cpp --fit)" if self.offload.get("fit") else "")))
             for i, d in enumerate(p.devices):
+                if d.get("mmproj"):
+                    rows.append((f"GPU {i}: weights + KV + compute + mmproj = total",
+                                 f"{d['weights']:,} + {d['kv']:,} + {d['compute']:,} + "
+                                 f"{d['mmproj']:,} = {d['total']:,} B"))
+                    continue
                 rows.append((f"GPU {i}: weights + KV + compute = total",
                              f"{d['weights']:,} + {d['kv']:,} + {d['compute']:,} = "
                              f"{d['total']:,} B"))
@@ -1003,6 +1132,7 @@ class LlamaCppPlanFigures:
                     "weights": self.weights.record() if self.weights is not None else None,
                     "compute_buffer_bytes": self.compute_bytes,
                     "placement": self.placement.record() if self.placement else None,
+                    "mmproj": self.projector.record() if self.projector else None,
                     "offload": self.offload or None, "fits": self.fits,
                     "shortfall": self.shortfall_reason, "capacity": self.capacity})
         return out
@@ -1059,10 +1189,12 @@ def plan_figures_for(spec: ModelSpec, inp, make_alloc, options: dict[str, Any] |
         override.append(pattern)
     cap_mem = total - overhead
     compute = compute_buffer_bytes(spec, weights, alloc)
+    projector = read_projector(str(o["mmproj"])) if o.get("mmproj") else None
+    mm = projector.total_bytes if projector else 0
 
     def placed(a: Allocation, ngl: int) -> Placement:
         return place(spec, weights, a, ngl, split, nkvo, tuple(override), mode,
-                     compute_buffer_bytes(spec, weights, a))
+                     compute_buffer_bytes(spec, weights, a), mm)
 
     ngl_given = parse_ngl(o.get("n_gpu_layers"), n)
     all_layers = n + 1
@@ -1088,11 +1220,12 @@ def plan_figures_for(spec: ModelSpec, inp, make_alloc, options: dict[str, Any] |
                             f"tokens to leave {FIT_TARGET // 2**20} MiB free on the GPU "
                             "(give -c to keep yours, --fit off to refuse instead)")
     placement = placed(alloc, chosen)
-    cap_bytes = cap_mem - placement.devices[0]["weights"] - placement.devices[0]["compute"]
+    cap_bytes = (cap_mem - placement.devices[0]["weights"] - placement.devices[0]["compute"]
+                 - mm)
     capacity = plan_capacity(spec, alloc.settings, max(0, cap_bytes)) if cap_bytes > 0 else None
     del compute
     return LlamaCppPlanFigures(alloc, capacity, total, wbytes, wsource, overhead, None, weights,
-                               placement, offload, tuple(warnings))
+                               placement, offload, tuple(warnings), projector)
 
 
 def _largest_ctx(spec, make_alloc, ok, limit: int) -> int:

@@ -131,7 +131,7 @@ class Ollama(Engine):
 
     plans = True
     plan_options = ("--num-ctx", "--num-parallel", "--kv-cache-type", "--flash-attention",
-                    "--num-batch", "--num-gpu")
+                    "--num-batch", "--num-gpu", "--mmproj")
 
     def plan_block_size(self, spec, inp) -> int:
         return 1
@@ -163,7 +163,8 @@ class Ollama(Engine):
             return self.allocation(spec, o, inp.kv_dtype, None)
 
         return plan_figures_for(spec, inp, make_alloc,
-                                {"n_gpu_layers": inp.option("num_gpu")})
+                                {"n_gpu_layers": inp.option("num_gpu"),
+                                 "mmproj": inp.option("mmproj")})
 
     def plan_weights_dtype(self, spec, given: str) -> str:
         """As llama.cpp's: Ollama's library serves Q4_K_M unless the tag names another."""

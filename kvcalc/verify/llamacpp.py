@@ -27,7 +27,7 @@ Beside the KV cache, every context's **compute buffer** (``sched_reserve: CPU co
 size = X MiB``, and the 4-decimal figure llama.cpp logs at debug level when the context is
 freed, ``~llama_context: CPU compute buffer size is X MiB``) is compared with
 :func:`kvcalc.engines.llamacpp.compute_buffer_bytes` (``compute_buffer`` in each result: equal
-when kvcalc's bytes print as the logged MiB), and once per model the **model buffers**
+when kvcalc's bytes print as both logged MiB figures), and once per model the **model buffers**
 (``load_tensors: CPU_Mapped model buffer size``, ``CPU_REPACK model buffer size``) with
 :func:`kvcalc.gguf_weights.cpu_model_buffers`, and ``llama_model_size()`` (every tensor's
 bytes, exact) with the GGUF table's sum.
@@ -224,13 +224,15 @@ def run_case(rt: _Runtime, spec, s: LlamaCppSettings, weights=None) -> CaseResul
 
 def compare_compute_buffer(predicted: int, logged: list[str], fine: list[str]) -> dict[str, Any]:
     """kvcalc's compute buffer against llama.cpp's lines (one CPU buffer): equal when the
-    bytes print as the logged ``%.2f`` MiB; the 4-decimal debug figure gives the difference
-    to about 100 bytes."""
+    bytes print as the logged ``%.2f`` MiB and, where llama.cpp logged it (debug level, when
+    the context is freed), as the ``%.4f`` MiB figure (about 100 bytes apart)."""
     out: dict[str, Any] = {"predicted_bytes": predicted,
                            "predicted_mib": f"{predicted / MIB:.2f}",
+                           "predicted_mib_4": f"{predicted / MIB:.4f}",
                            "logged_mib": logged[0] if len(logged) == 1 else None,
                            "logged_mib_4": fine[0] if len(fine) == 1 else None}
-    out["matches"] = out["logged_mib"] == out["predicted_mib"]
+    out["matches"] = (out["logged_mib"] == out["predicted_mib"] and
+                      out["logged_mib_4"] in (None, out["predicted_mib_4"]))
     out["difference_bytes"] = (round(float(out["logged_mib_4"]) * MIB) - predicted
                                if out["logged_mib_4"] else None)
     return out
