@@ -207,3 +207,20 @@ def test_target_concurrency_suggestions_reach_it():
     d = check("vllm serve llama-3.1-8b --max-model-len 131072", target_concurrency=8)
     assert d["boots"] and not d["reaches_target"]
     assert d["suggestions"] and all(s["concurrency"] >= 8 for s in d["suggestions"])
+
+
+def test_trtllm_refuses_in_its_executor_creator_words():
+    """NVIDIA/TensorRT-LLM#5872: 'Executor creation failed due to insufficient GPU memory. The
+    following component could not be created: KV cache' (the model loaded, no pool); a model
+    too large for the card fails one component earlier, at 'Model'."""
+    kv = check("trtllm-serve Qwen/Qwen3-32B --max_seq_len 8192", gpu="62GiB")
+    assert not kv["boots"]
+    assert kv["refusals"] == [{"engine": "TensorRT-LLM", "check": "kv_cache_memory", "message":
+                               "Executor creation failed due to insufficient GPU memory. The "
+                               "following component could not be created: KV cache (free GPU "
+                               "memory before the attempt: 0.00 GiB)"}]
+    assert check("trtllm-serve Qwen/Qwen3-32B --max_seq_len 8192", gpu="64GiB")["boots"]
+    big = check("trtllm-serve meta-llama/Llama-3.1-70B --max_seq_len 8192", gpu="l4")
+    assert big["refusals"][0]["message"].startswith(
+        "Executor creation failed due to insufficient GPU memory. The following component could "
+        "not be created: Model (free GPU memory before the attempt: ")

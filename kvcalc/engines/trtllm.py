@@ -151,6 +151,9 @@ class TrtllmCapacity:
     max_seq_len: int = 0
     round_up: bool = True
     notes: tuple[str, ...] = ()
+    #: free memory when the model loads, and the weights it loads (which component fails)
+    free_bytes: int = 0
+    weights_bytes: int = 0
 
     key = "trtllm"
 
@@ -165,7 +168,16 @@ class TrtllmCapacity:
 
     @property
     def error(self) -> str | None:
-        return None if self.fits else "no memory left for the KV cache pool"
+        # the PyTorch executor's refusal (tensorrt_llm/_torch/pyexecutor/py_executor_creator.py,
+        # as quoted in NVIDIA/TensorRT-LLM#5872): the KV cache is the component not created
+        if self.fits:
+            return None
+        model = self.weights_bytes > self.free_bytes > 0
+        free = self.free_bytes if model else max(self.available_bytes, 0)
+        return ("Executor creation failed due to insufficient GPU memory. The following "
+                f"component could not be created: {'Model' if model else 'KV cache'} (free GPU "
+                f"memory before the attempt: {free / GiB:.2f} GiB"
+                + (f"; weights per GPU {self.weights_bytes / GiB:.2f} GiB)" if model else ")"))
 
     @property
     def num_blocks(self) -> int:
@@ -212,7 +224,8 @@ def trtllm_capacity(available_bytes: int, bytes_per_token: int, *,
                     fraction: float = FREE_GPU_MEMORY_FRACTION,
                     tokens_per_block: int = TOKENS_PER_BLOCK, max_tokens: int | None = None,
                     max_gpu_total_bytes: int = 0, host_cache_size: int = 0,
-                    max_seq_len: int = 0, round_up: bool = True) -> TrtllmCapacity:
+                    max_seq_len: int = 0, round_up: bool = True, free_bytes: int = 0,
+                    weights_bytes: int = 0) -> TrtllmCapacity:
     """``max_tokens = int(available x fraction) // bytes_per_token`` (capped by ``max_tokens``
     and ``max_gpu_total_bytes``), ``blocks = ceil(max_tokens / tokens_per_block)`` (the newest
     PyTorch source floors: ``round_up=False``); host blocks from ``host_cache_size``."""
@@ -226,7 +239,8 @@ def trtllm_capacity(available_bytes: int, bytes_per_token: int, *,
     block_bytes = tokens_per_block * bytes_per_token
     host = host_cache_size // block_bytes if block_bytes else 0
     return TrtllmCapacity(available_bytes, fraction, bytes_per_token, tokens_per_block, tokens,
-                          blocks, host, max_seq_len, round_up)
+                          blocks, host, max_seq_len, round_up, free_bytes=free_bytes,
+                          weights_bytes=weights_bytes)
 
 
 #: 1.1.0rc3 rounds the final pool's max_tokens up to whole blocks (``math.ceil`` in
@@ -328,7 +342,8 @@ class Trtllm(Engine):
                                max_gpu_total_bytes=o("max_gpu_total_bytes", 0) or 0,
                                host_cache_size=o("host_cache_size", 0) or 0,
                                max_seq_len=inp.max_len,
-                               round_up=ROUNDS_UP.get(layout.band, True))
+                               round_up=ROUNDS_UP.get(layout.band, True),
+                               free_bytes=free, weights_bytes=weights)
 
     def plan_budgets(self, spec, params, inp) -> list:
         cap = self._capacity(spec, params, inp)

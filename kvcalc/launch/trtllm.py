@@ -59,7 +59,8 @@ def plan_refusals(record: dict[str, Any]) -> list[Refusal]:
     if t.get("fits", True):
         return []
     reason = ((record.get("does_not_fit") or {}).get("engine_error")
-              or "no memory left for the KV cache pool")
+              or t.get("error") or "Executor creation failed due to insufficient GPU memory. "
+              "The following component could not be created: KV cache")
     return [Refusal(DISPLAY, "kv_cache_memory", reason)]
 
 
