@@ -33,7 +33,8 @@ def test_human_bytes2_as_ollama_formats():
 
 
 def test_real_log_ollama_0_5_4_llama31_8b_q4_k_m_rtx4090_full_offload():
-    """A public Ollama 0.5.4 log (RunPod worker, 2025-12-01): llama3.1:8b (Q4_K_M, 292 tensors:
+    """A public Ollama 0.5.4 log (MagicWand18/Securetag-AI-Agent, runpod-deploy/logcompleto.md,
+    2025-12-01): llama3.1:8b (Q4_K_M, 292 tensors:
     f32 66, q4_K 193, q6_K 33), one RTX 4090 with available=24975835136, parallel=4,
     --ctx-size 8192 --batch-size 512, source=memory.go:356."""
     shape, groups = _model("llama-3.1-8b", "q4_k_m")
