@@ -419,8 +419,6 @@ def ollama_plan_figures(engine, spec, inp) -> LlamaCppPlanFigures:
     else:
         info["rules"] = ("Ollama 0.12.11 - 0.29: llm/server.go createLayout (Ollama's memory "
                          "layout for both engines): not modelled; llama.cpp's placement shown")
-    if inp.option("num_batch") is None and options.get("num_batch") is None:
-        options["num_batch"] = None
 
     def make_alloc(c: int | None = None):
         o = options if c is None else {**options, "num_ctx": max(1, c // np_)}
