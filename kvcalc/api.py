@@ -256,11 +256,13 @@ ENGINE_PLAN_OPTIONS = {
     "override_tensor": "--override-tensor",
     "mmproj": "--mmproj",
     "num_gpu": "--num-gpu",
+    "gpu_overhead": "--gpu-overhead",
+    "ollama_version": "--ollama-version",
 }
 #: byte-size keywords: an int, or a size such as "3GiB"
 _BYTE_OPTIONS = ("overhead", "weights_memory", "activation_memory", "non_torch_memory",
                  "cuda_graph_memory", "kv_budget", "free_memory", "max_gpu_total_bytes",
-                 "host_cache_size")
+                 "host_cache_size", "gpu_overhead")
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,8 @@ PARAMS: dict[str, Param] = {
     **{k: _TEXT for k in ("n_gpu_layers", "tensor_split", "split_mode", "override_tensor",
                           "num_gpu")},
     "no_kv_offload": _BOOL, "mmproj": Param("path"),
+    # Ollama: OLLAMA_GPU_OVERHEAD (bytes set aside per GPU)
+    "gpu_overhead": _BYTES, "ollama_version": _TEXT,
     # simulate
     "rate": Param("number", MIN_RATE, MAX_RATE),
     "rate_scale": Param("number", MIN_RATE_SCALE, MAX_RATE_SCALE),

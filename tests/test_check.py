@@ -106,8 +106,9 @@ def test_trtllm_and_ollama_lines():
     o = check("OLLAMA_NUM_PARALLEL=4 OLLAMA_KV_CACHE_TYPE=q8_0 OLLAMA_HOST=0.0.0.0 "
               "ollama run gemma3:4b")
     assert o["resolved_model"] == "gemma3-4b" or o["resolved_model"] == "gemma-3-4b"
-    assert all(line.startswith("llama_kv_cache: size =") and "4/4 seqs" in line
-               and "K (q8_0)" in line for line in o["lines"])
+    kv_lines = [line for line in o["lines"] if line.startswith("llama_kv_cache: size =")]
+    assert kv_lines and all("4/4 seqs" in line and "K (q8_0)" in line for line in kv_lines)
+    assert o["lines"][0].startswith('msg="gpu memory"')     # Ollama's own lines first
     assert o["ignored_flags"] == ["OLLAMA_HOST=0.0.0.0"]
 
 

@@ -163,6 +163,13 @@ WEIGHT_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"
                    "buffer go on the first GPU.")
 @click.option("--num-gpu", "num_gpu", default=None, metavar="N",
               help="ollama: num_gpu, layers on the GPU (default: what fits).")
+@click.option("--ollama-version", "ollama_version", default=None, metavar="X.Y[.Z]",
+              help="ollama: the release whose memory rules are modelled (default 0.33; "
+                   "<= 0.12.10: llm/memory.go's estimate decides the layers; >= 0.30: "
+                   "llama-server's --fit).")
+@click.option("--gpu-overhead", "gpu_overhead", type=ByteSize(), default=None,
+              help="ollama: OLLAMA_GPU_OVERHEAD, memory set aside per GPU (Ollama's estimate "
+                   "before 0.13; its default num_ctx and 'gpu memory' line from 0.30).")
 @allocation_options
 @format_option
 def plan(model, vllm_era, compare_gpus, solve_max_len, fmt, **options):

@@ -23,14 +23,16 @@ shared by all slots: ``roundUp(np x num_ctx, 256)`` cells on full-attention laye
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .. import arch
 from ..errors import UsageError
 from . import Band, Engine, Setting, register
 from .cache import Layout
-from .llamacpp import (LLAMACPP, Allocation, Cache, ContextSizes, LlamaCppSettings, allocate,
+from . import ollama_memory as om
+from .llamacpp import (LLAMACPP, Allocation, Cache, ContextSizes, LlamaCppPlanFigures,
+                       LlamaCppSettings, allocate,
                        cache_groups, cell_rows, ggml_type, llamacpp_layout, pad)
 
 #: OLLAMA_CONTEXT_LENGTH when unset and no GPU size is known (server/routes.go)
@@ -42,6 +44,8 @@ KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 #: the scheduler's num_batch by num_ctx x np (server/sched.go): (largest total, batch)
 NUM_BATCH_STEPS = ((4096, 512), (32768, 1024))
 NUM_BATCH_LARGE = 2048
+#: num_batch before 0.30: api/types.go DefaultOptions (NumBatch: 512), no scheduler rule
+CGO_NUM_BATCH = 512
 #: llama-server since Ollama 0.30 (ollama/ollama#16031)
 LLAMA_SERVER_SINCE = (0, 30)
 #: the llama.cpp build month Ollama's pinned llama-server (LLAMA_CPP_VERSION b10488) follows
@@ -131,7 +135,8 @@ class Ollama(Engine):
 
     plans = True
     plan_options = ("--num-ctx", "--num-parallel", "--kv-cache-type", "--flash-attention",
-                    "--num-batch", "--num-gpu", "--mmproj")
+                    "--num-batch", "--num-gpu", "--mmproj", "--free-memory", "--gpu-overhead",
+                    "--ollama-version")
 
     def plan_block_size(self, spec, inp) -> int:
         return 1
@@ -148,23 +153,7 @@ class Ollama(Engine):
         return _plan_budgets(self, spec, inp)
 
     def plan_figures(self, spec, inp, layout, budgets):
-        from .llamacpp import plan_figures_for
-
-        options = {k: inp.option(k) for k in ("num_ctx", "num_parallel", "kv_cache_type",
-                                               "flash_attention", "num_batch")}
-        if not options["num_ctx"]:   # --max-len, else Ollama's default for this GPU
-            train = spec.max_position_embeddings
-            options["num_ctx"] = inp.max_len if not train or inp.max_len < train else \
-                default_num_ctx(inp.gpu.memory_bytes)
-
-        def make_alloc(ctx: int | None = None):
-            o = options if ctx is None else {**options, "num_ctx": max(
-                1, ctx // (options.get("num_parallel") or DEFAULT_NUM_PARALLEL))}
-            return self.allocation(spec, o, inp.kv_dtype, None)
-
-        return plan_figures_for(spec, inp, make_alloc,
-                                {"n_gpu_layers": inp.option("num_gpu"),
-                                 "mmproj": inp.option("mmproj")})
+        return ollama_plan_figures(self, spec, inp)
 
     def plan_weights_dtype(self, spec, given: str) -> str:
         """As llama.cpp's: Ollama's library serves Q4_K_M unless the tag names another."""
@@ -195,13 +184,16 @@ def ollama_settings(spec, options: dict[str, Any], kv_dtype: str = "auto") -> di
         if value < 1:
             raise UsageError(f"invalid {flag} {value}: must be at least 1")
     batch = options.get("num_batch") or scheduler_num_batch(num_ctx, np_)
+    if not options.get("num_batch") and options.get("_version") and \
+            om.version_tuple(options["_version"]) < om.LLAMA_SERVER_SINCE:
+        batch = CGO_NUM_BATCH     # api.DefaultOptions before the 0.30 scheduler rule
     return {"num_ctx": num_ctx, "num_parallel": np_, "kv_cache_type": kv,
             "flash_attention": options.get("flash_attention"), "num_batch": batch,
             "num_batch_from_scheduler": not options.get("num_batch"), "notes": notes}
 
 
 def ollama_allocation(spec, options: dict[str, Any], kv_dtype: str, version: str) -> Allocation:
-    o = ollama_settings(spec, options, kv_dtype)
+    o = ollama_settings(spec, {**options, "_version": version}, kv_dtype)
     ver = OLLAMA.parse_version(version)
     OLLAMA.band(version)
     if ver >= LLAMA_SERVER_SINCE:
@@ -269,6 +261,186 @@ def go_engine_allocation(spec, o: dict[str, Any], kv: str, version: str) -> Allo
     layout = llamacpp_layout(spec, kv, kv, CGO_RUNNER_BUILD, "ollama")
     return Allocation(s, sizes, bool(o["flash_attention"]), tuple(caches), layout,
                       ("Ollama's Go engine: one cache shared by all slots",))
+
+
+# -- Ollama's own memory figures in a plan (kvcalc/engines/ollama_memory.py) -----------------
+
+
+@dataclass(frozen=True)
+class OllamaPlanFigures(LlamaCppPlanFigures):
+    """llama.cpp's figures for the context Ollama creates, plus Ollama's own estimate and
+    layer decision and the lines Ollama logs (``ollama_memory`` in the JSON)."""
+
+    ollama: dict[str, Any] = field(default_factory=dict)
+
+    def capacity_rows(self) -> list[tuple[str, str]]:
+        rows = super().capacity_rows()
+        o = self.ollama
+        if not o:
+            return rows
+        extra = [("Ollama's rules", o["rules"])]
+        if o.get("layers_on_gpu") is not None:
+            part = o["layers_on_gpu"] < o["layers_model"]
+            extra.append(("Ollama runs with", f"{o['layers_on_gpu']} of {o['layers_model']} "
+                          "layers on the GPU" + (" (partial offload: it boots, slower; the "
+                                                 "rest on the CPU)" if part else "")))
+        est = o.get("estimate")
+        if est:
+            extra += [
+                ("Ollama's estimate: required full / partial",
+                 f"{est['required_full_bytes']:,} B / {est['required_partial_bytes']:,} B"),
+                ("Ollama's estimate: KV / graph full / graph partial",
+                 f"{est['required_kv_bytes']:,} B / {est['graph_full_bytes']:,} B / "
+                 f"{est['graph_partial_bytes']:,} B"),
+                ("Ollama's estimate: weights repeating / nonrepeating",
+                 f"{est['weights_repeating_bytes']:,} B / "
+                 f"{est['weights_nonrepeating_bytes']:,} B")]
+        if o.get("predicted_vram_bytes") is not None:
+            extra.append(("Ollama's prediction (PredictServerVRAM)",
+                          f"{o['predicted_vram_bytes']:,} B (file + f16 KV at "
+                          f"{o['predicted_ctx']:,} tokens)"))
+        if o.get("num_batch_rule"):
+            extra.append(("num_batch (-b = -ub)", f"{o['num_batch']:,} ({o['num_batch_rule']})"))
+        if o.get("gpu_available_bytes") is not None:
+            extra.append(("GPU free - OLLAMA_GPU_OVERHEAD - minimum",
+                          f"{o['gpu_free_bytes']:,} - {o['gpu_overhead_bytes']:,} - "
+                          f"{om.MINIMUM_MEMORY:,} = {o['gpu_available_bytes']:,} B"))
+        return rows + extra
+
+    def log_lines(self) -> list[str]:
+        return list(self.ollama.get("lines", ())) + super().log_lines()
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return super().notes + tuple(self.ollama.get("notes", ()))
+
+    def record(self) -> dict[str, Any]:
+        out = super().record()
+        out["ollama_memory"] = self.ollama or None
+        out["log"] = self.log_lines()        # the lines Ollama's log shows, in its order
+        return out
+
+
+def _offloaded_line(ngl: int, n_layer: int) -> str:
+    """llama.cpp's load_tensors line (src/llama-model.cpp), which Ollama parses
+    (llm/llama_server.go offloadedLayersRegex)."""
+    return f"load_tensors: offloaded {min(ngl, n_layer + 1)}/{n_layer + 1} layers to GPU"
+
+
+def ollama_plan_figures(engine, spec, inp) -> LlamaCppPlanFigures:
+    """``kvcalc plan --engine ollama``: Ollama's settings and its own memory rules for the
+    version (ollama_memory.estimate_band), then llama.cpp's placement of the layers Ollama (or,
+    from 0.30, llama-server's --fit) puts on the GPU."""
+    from .llamacpp import model_weights, plan_figures_for
+
+    version = str(inp.option("ollama_version") or engine.default_version)
+    engine.band(version)                    # an unreadable version: one clear line
+    band = om.estimate_band(version)
+    options = {k: inp.option(k) for k in ("num_ctx", "num_parallel", "kv_cache_type",
+                                           "flash_attention", "num_batch")}
+    free = int(inp.option("free_memory") or inp.gpu.memory_bytes)
+    overhead = int(inp.option("gpu_overhead") or 0)
+    info: dict[str, Any] = {"version": version, "band": band, "gpu_free_bytes": free,
+                            "gpu_overhead_bytes": overhead, "lines": [], "notes": []}
+    if not options["num_ctx"]:   # --max-len, else Ollama's default for this GPU
+        train = spec.max_position_embeddings
+        options["num_ctx"] = inp.max_len if not train or inp.max_len < train else \
+            default_num_ctx(max(0, inp.gpu.memory_bytes - overhead))
+    num_gpu = inp.option("num_gpu")
+    try:
+        weights = model_weights(spec, None if inp.weights_dtype in (None, "auto")
+                                else inp.weights_dtype)
+        shape = om.model_shape(spec)
+    except UsageError as exc:
+        weights, shape = None, None
+        info["notes"].append(f"Ollama's memory estimate is not computed: {exc}")
+    settings = ollama_settings(spec, {**options, "_version": version}, inp.kv_dtype)
+    np_, ctx = settings["num_parallel"], settings["num_ctx"]
+    ngl_for_placement = num_gpu
+    if band == "llama-server":
+        info["rules"] = ("Ollama >= 0.30: llama-server places the layers (-ngl auto = llama.cpp "
+                         "--fit); Ollama predicts VRAM only to pick num_batch")
+        fa_off = settings["flash_attention"] is False
+        if weights is not None and shape is not None:
+            eff = ctx * np_
+            predicted = om.predict_server_vram(weights.total_bytes, shape, eff)
+            info.update(predicted_vram_bytes=predicted, predicted_ctx=eff)
+            if not options["num_batch"]:
+                batch = om.automatic_generation_batch(eff, predicted, free, fa_off, True, free)
+                options["num_batch"] = batch
+                info["num_batch_rule"] = ("server/sched.go automaticGenerationBatch: "
+                                          f"{om.generation_batch_for_context(eff):,} for "
+                                          f"{eff:,} tokens" + (
+                                              f", lowered: the prediction leaves too little "
+                                              f"headroom in {free:,} B" if batch <
+                                              om.generation_batch_for_context(eff) and not
+                                              fa_off else "") +
+                                          (", flash attention off on CUDA" if fa_off else ""))
+                info["notes"].append(
+                    f"Ollama predicts {predicted:,} B ({om.human_bytes2(predicted)}: the weights "
+                    f"+ an f16 KV cache of {eff:,} tokens, PredictServerVRAM) and picks "
+                    f"num_batch {batch}")
+        line, available = om.gpu_memory_line(free, overhead)
+        info["gpu_available_bytes"] = available
+        info["lines"].append(line)
+    elif band == "memory.go":
+        info["rules"] = ("Ollama <= 0.12.10: llm/memory.go estimateGPULayers decides the layers "
+                         "(--n-gpu-layers passed to the runner)")
+        arch_name = om.gguf_architecture(spec)
+        if arch_name in GO_ENGINE_ARCHS or spec.model_type in GO_ENGINE_ARCHS:
+            info["notes"].append(f"{arch_name} runs on Ollama's Go engine, which measures its "
+                                 "layout instead of llm/memory.go's estimate: not modelled")
+        elif weights is not None and shape is not None:
+            fa = bool(settings["flash_attention"])
+            kvct = settings["kv_cache_type"] if fa and settings["kv_cache_type"] != "f16" else ""
+            groups = om.group_layers(weights)
+            gate = sum(t.nbytes for t in weights.tensors
+                       if t.name == "blk.0.ffn_gate_exps.weight")
+            try:
+                est = om.estimate_gpu_layers(
+                    [om.GpuDevice(free)], shape, groups, ctx, settings["num_batch"], np_, kvct,
+                    -1 if num_gpu is None else int(num_gpu), overhead, gate_exps_bytes=gate)
+            except UsageError as exc:
+                info["notes"].append(str(exc))
+            else:
+                info["estimate"] = est.record(version)
+                info["lines"].append(est.log_line(version))
+                if num_gpu is None:
+                    ngl_for_placement = est.layers
+                ngl_arg = est.layers if num_gpu is None else int(num_gpu)
+                info["lines"].append(
+                    f'msg="starting llama server" cmd="ollama_llama_server --ctx-size '
+                    f'{ctx * np_} --batch-size {min(settings["num_batch"], ctx)}'
+                    + (f' --n-gpu-layers {ngl_arg}' if ngl_arg > 0 else '')
+                    + f' --parallel {np_}"')
+                if est.layers == 0:
+                    info["notes"].append("no layer fits Ollama's estimate: it runs on the CPU "
+                                         "(\"insufficient VRAM to load any model layers\")")
+    else:
+        info["rules"] = ("Ollama 0.12.11 - 0.29: llm/server.go createLayout (Ollama's memory "
+                         "layout for both engines): not modelled; llama.cpp's placement shown")
+
+    def make_alloc(c: int | None = None):
+        o = options if c is None else {**options, "num_ctx": max(1, c // np_)}
+        return engine.allocation(spec, o, inp.kv_dtype, version)
+
+    base = plan_figures_for(spec, inp, make_alloc,
+                            {"n_gpu_layers": ngl_for_placement, "mmproj": inp.option("mmproj")})
+    if base.placement is not None:
+        ngl = base.placement.n_gpu_layers
+        info["layers_on_gpu"] = ngl
+        info["layers_model"] = spec.num_layers + 1
+        if band != "memory.go":
+            info["lines"].append(_offloaded_line(ngl, spec.num_layers))
+    if base.alloc is not None:
+        info["num_batch"] = base.alloc.settings.batch_size if band == "llama-server" else \
+            settings["num_batch"]
+        args = base.alloc.extra.get("ollama", {}).get("llama_server_args", "")
+        if band == "llama-server" and args:
+            info["lines"].insert(len(info["lines"]) - (1 if base.placement else 0),
+                                 f'msg="starting llama-server" cmd="{args}"')
+    return OllamaPlanFigures(**{f.name: getattr(base, f.name) for f in fields(base)},
+                             ollama=info)
 
 
 OLLAMA = register(Ollama())

@@ -3,10 +3,16 @@
 Ollama reads its server settings from the environment (envconfig/config.go; the variables in
 kvcalc/launch/flags/ollama.json) and runs llama-server with them (kvcalc/engines/ollama.py).
 Honoured: ``OLLAMA_CONTEXT_LENGTH``, ``OLLAMA_NUM_PARALLEL``, ``OLLAMA_KV_CACHE_TYPE``,
-``OLLAMA_FLASH_ATTENTION``. ``ollama run``'s own flags do not change memory. The model is an
-Ollama name (``gemma3:4b``), matched to kvcalc's presets (``gemma-3-4b``), or a GGUF path.
-Checks: ``gpu_memory`` (weights and caches beyond the GPU: Ollama then offloads layers to the
-CPU, "offloaded N/M layers to GPU", slower but it starts), ``cache_types``.
+``OLLAMA_FLASH_ATTENTION``, ``OLLAMA_GPU_OVERHEAD``; the release from ``ollama/ollama:TAG``.
+``ollama run``'s own flags do not change memory. The model is an Ollama name (``gemma3:4b``),
+matched to kvcalc's presets (``gemma-3-4b``), or a GGUF path.
+
+A model larger than the GPU is not a refusal: Ollama puts fewer layers on the GPU and runs the
+rest on the CPU (slower) -- from 0.30 llama-server's ``--fit`` picks them ("load_tensors:
+offloaded N/M layers to GPU"), up to 0.12.10 Ollama's own estimate does (the ``offload`` log
+line). The check prints those lines and "N of M layers on the GPU". Refusals: ``cache_types``
+(a quantized V cache without flash attention, llama.cpp's message) and ``gpu_memory`` only
+where the layers are not left to Ollama (a plan's ``num_gpu``).
 """
 
 from __future__ import annotations
@@ -23,9 +29,8 @@ DISPLAY = "Ollama"
 KV_TYPES = ("f16", "q8_0", "q4_0")
 HONOURED_ENV = {"OLLAMA_CONTEXT_LENGTH": "num_ctx", "OLLAMA_NUM_PARALLEL": "num_parallel",
                 "OLLAMA_KV_CACHE_TYPE": "kv_cache_type",
-                "OLLAMA_FLASH_ATTENTION": "flash_attention"}
+                "OLLAMA_FLASH_ATTENTION": "flash_attention", "OLLAMA_GPU_OVERHEAD": "gpu_overhead"}
 NOT_MODELLED_ENV = {
-    "OLLAMA_GPU_OVERHEAD": "VRAM set aside per GPU",
     "OLLAMA_MAX_LOADED_MODELS": "several models loaded at once",
     "OLLAMA_SCHED_SPREAD": "the model spread over every GPU",
 }
@@ -50,13 +55,16 @@ def read(launch: Launch) -> Reading:
                                "until one is asked for; check 'ollama run MODEL' with the same "
                                "OLLAMA_* variables")
     reading = Reading(launch, "ollama", DISPLAY, model, {"engine": "ollama"})
+    if launch.image_version:              # ollama/ollama:0.12.6 -> that release's rules
+        reading.plan["ollama_version"] = launch.image_version
     for name, value in launch.env.items():
         if not name.startswith("OLLAMA_"):
             continue
         if name in HONOURED_ENV:
             key = HONOURED_ENV[name]
             try:
-                converted: Any = (int(value) if key in ("num_ctx", "num_parallel") else
+                converted: Any = (int(value) if key in ("num_ctx", "num_parallel",
+                                                        "gpu_overhead") else
                                   _truthy(value) if key == "flash_attention" else value)
             except ValueError:
                 raise CommandError(f"cannot read the command at '{name}={value}': not a "
@@ -65,7 +73,11 @@ def read(launch: Launch) -> Reading:
                 reading.notes.append(f"{name}={value}: Ollama falls back to f16 for an "
                                      f"unsupported cache type ({', '.join(KV_TYPES)})")
                 converted = "f16"
-            reading.plan[key] = converted
+            if key == "gpu_overhead" and converted < 0:
+                raise CommandError(f"cannot read the command at '{name}={value}': a number of "
+                                   "bytes")
+            if key != "gpu_overhead" or converted > 0:   # 0 = Ollama's default
+                reading.plan[key] = converted
             reading.honoured.append({"flag": f"{name}={value}", "value": value,
                                      "setting": name, "kvcalc": {key: converted}})
         elif name in NOT_MODELLED_ENV:
@@ -102,11 +114,33 @@ def pre_checks(reading: Reading, model) -> list[Refusal]:
 
 
 def plan_refusals(record: dict[str, Any]) -> list[Refusal]:
+    """llama.cpp's refusals for the context Ollama creates, less running out of GPU memory when
+    Ollama (<= 0.12.10: its estimate) or llama-server (>= 0.30: --fit) chose the layers: then
+    the model runs partly on the CPU instead."""
     refusals = _llamacpp.plan_refusals(record)
-    return [Refusal(DISPLAY, r.check, r.message) for r in refusals]
+    l = record.get("llamacpp") or {}
+    chosen = ((l.get("offload") or {}).get("fit") is not None
+              or ((l.get("ollama_memory") or {}).get("estimate") or {}).get("layers_requested")
+              == -1)
+    return [Refusal(DISPLAY, r.check, r.message) for r in refusals
+            if not (chosen and r.check == "gpu_memory")]
 
 
 lines = _llamacpp.lines
+
+
+def notes(reading: Reading, model, record: dict[str, Any] | None) -> list[str]:
+    """How many layers Ollama runs on the GPU; with fewer than all, that it boots slower."""
+    l = (record or {}).get("llamacpp") or {}
+    o = l.get("ollama_memory") or {}
+    if o.get("layers_on_gpu") is None:
+        return []
+    on, total = o["layers_on_gpu"], o["layers_model"]
+    if on >= total:
+        return [f"all {total} layers on the GPU"]
+    host = ((l.get("placement") or {}).get("host") or {}).get("total", 0)
+    return [f"{on} of {total} layers on the GPU: Ollama offloads the rest to the CPU and runs "
+            f"(slower); {host:,} B of weights and caches in host memory"]
 
 
 def concurrency(record: dict[str, Any]) -> float:
