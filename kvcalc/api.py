@@ -564,10 +564,13 @@ def _engine_options(runtime: Any, given: dict) -> tuple:
         out.append((name, value))
     for name, value in out:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            bad = (not 0 < value <= 1) if isinstance(value, float) else value < 1 \
-                if name != "free_memory" else value <= 0
+            # sizes may be 0 (no host cache, no GPU overhead, no cap) but for the free memory
+            sized = name in _BYTE_OPTIONS and name != "free_memory"
+            bad = (not 0 < value <= 1) if isinstance(value, float) else \
+                value < 0 if sized else value < 1
             if bad:
-                rule = "in (0, 1]" if isinstance(value, float) else "positive"
+                rule = ("in (0, 1]" if isinstance(value, float) else
+                        "0 or more" if sized else "positive")
                 raise UsageError(f"invalid --{name.replace('_', '-')} {value}: must be {rule}")
     return tuple(out)
 

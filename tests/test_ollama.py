@@ -216,3 +216,18 @@ def test_bad_ollama_version_is_one_line(bad):
                                   "rtx-4090", "--ollama-version", bad])
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert "version" in r.output.lower()
+
+
+def test_a_gpu_overhead_of_zero_is_ollamas_default_not_an_error():
+    """OLLAMA_GPU_OVERHEAD=0 is the default: --gpu-overhead 0 plans like no overhead; sizes may
+    be 0, a negative one is refused in one line."""
+    from click.testing import CliRunner
+
+    from kvcalc.cli import cli
+
+    zero = CliRunner().invoke(cli, ["plan", "-m", "llama-3.1-8b", "--engine", "ollama",
+                                    "--gpu-overhead", "0", "-f", "json"])
+    none = CliRunner().invoke(cli, ["plan", "-m", "llama-3.1-8b", "--engine", "ollama",
+                                    "-f", "json"])
+    assert zero.exit_code == none.exit_code == 0
+    assert json.loads(zero.output)["llamacpp"] == json.loads(none.output)["llamacpp"]
