@@ -823,20 +823,18 @@ def engine_info(engine: str) -> Any:
     return get_engine(engine)
 
 
+#: the engine whose own option each choice list is (:meth:`kvcalc.engines.Engine.choices`)
+_CHOICE_OWNERS = {"cache_type": "llamacpp", "flash_attn": "llamacpp", "kv_cache_type": "ollama"}
+
+
 def option_choices(option: str) -> tuple[str, ...]:
     """The values an engine's own option takes, for a choice list: ``"cache_type"``
     (llama-server's --cache-type-k/-v), ``"flash_attn"`` (llama-server's --flash-attn),
     ``"kv_cache_type"`` (Ollama's OLLAMA_KV_CACHE_TYPE), ``"llamacpp_file_type"``
     (--weights-dtype for llama.cpp and Ollama). Imports the engine that defines them."""
-    if option in ("cache_type", "flash_attn"):
-        from .engines import llamacpp
-
-        return tuple(llamacpp.CACHE_TYPE_CHOICES if option == "cache_type"
-                     else llamacpp.FLASH_ATTN_CHOICES)
-    if option == "kv_cache_type":
-        from .engines import ollama
-
-        return tuple(ollama.KV_CACHE_TYPES)
+    owner = _CHOICE_OWNERS.get(option)
+    if owner is not None:
+        return get_engine(owner).choices(option) or ()
     if option == "llamacpp_file_type":
         return __getattr__("LLAMACPP_FILE_TYPES")
     raise UsageError(f"no choice list named {option!r}")
@@ -983,9 +981,7 @@ def truncate_config(config: Mapping[str, Any], layers: int) -> dict[str, Any]:
 def llamacpp_server_settings(options: Mapping[str, Any]) -> Any:
     """llama-server's settings (``LlamaCppSettings``) from its options by kvcalc's names
     (``ctx_size``, ``parallel`` …), as ``kvcalc verify --engine llamacpp`` runs them."""
-    from .engines.llamacpp import server_settings
-
-    return server_settings(options)
+    return get_engine("llamacpp").server_settings(dict(options))
 
 
 def engine_versions() -> list[Any]:

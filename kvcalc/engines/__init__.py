@@ -203,6 +203,21 @@ class Engine:
         """One line naming the engine, version band and layout settings of ``layout``."""
         raise NotImplementedError
 
+    #: the values the engine's own choice-list options take ({option: values}), for the CLI's
+    #: choice lists (llama-server's --cache-type-k/-v and --flash-attn, Ollama's
+    #: OLLAMA_KV_CACHE_TYPE); read through :meth:`choices`
+    CHOICES: dict[str, tuple[str, ...]] = {}
+
+    def choices(self, option: str) -> tuple[str, ...] | None:
+        """The values the engine's option ``option`` takes, None when it has no such list."""
+        values = self.CHOICES.get(option)
+        return tuple(values) if values is not None else None
+
+    def server_settings(self, options: dict[str, Any]) -> Any:
+        """The engine's server settings from its options by kvcalc's names, as kvcalc's real
+        engine check runs them (llama-server's ``LlamaCppSettings``)."""
+        raise UsageError(f"kvcalc runs no {self.display_name} server")
+
     def served_dtype(self, model_dtype: str) -> str:
         """The dtype the engine runs a checkpoint of ``model_dtype`` in (weights and 'auto')."""
         return model_dtype

@@ -463,6 +463,10 @@ class LlamaCpp(Engine):
     default_version = DEFAULT_VERSION
     version_flag = "--llamacpp-version"
     version_example = "2025.10"
+    CHOICES = {"cache_type": CACHE_TYPE_CHOICES, "flash_attn": FLASH_ATTN_CHOICES}
+
+    def server_settings(self, options: dict[str, Any]) -> "LlamaCppSettings":
+        return server_settings(options)
     settings = (
         Setting("n_ctx", 0, "--ctx-size", "tokens over all slots; 0 = the model's context"),
         Setting("n_parallel", None, "--parallel", "slots; auto = 4 with a unified cache"),

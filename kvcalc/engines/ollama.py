@@ -88,6 +88,7 @@ class Ollama(Engine):
     name = "ollama"
     display_name = "Ollama"
     package = ""
+    CHOICES = {"kv_cache_type": KV_CACHE_TYPES}
     bands = (
         Band("<0.30", None, (0, 29),
              ("CGO runner: llama.cpp C defaults (swa_full on), n_batch = num_batch x np, a "
