@@ -522,7 +522,10 @@ def _plan_setup(model: Any, o: dict[str, Any]):
         max_batched_tokens=o["max_batched_tokens"], max_num_seqs=o["max_num_seqs"],
         overhead=o["overhead"], cuda_graph=o["cuda_graph_memory"],
         activation=o["activation_memory"], non_torch=o["non_torch_memory"],
-        weights=o["weights_memory"], kv_budget=o["kv_budget"], version=o["vllm_version"],
+        weights=o["weights_memory"], kv_budget=o["kv_budget"],
+        # the planning engine's own version option (--vllm-version, --ollama-version)
+        version=(o["vllm_version"] if runtime.name == "vllm"
+                 else options.get(f"{runtime.name}_version")),
         engine=o["engine"], async_scheduling=o["async_scheduling"],
         disable_hybrid=o["disable_hybrid_kv_cache_manager"],
         num_blocks_override=o["num_gpu_blocks_override"],

@@ -231,3 +231,18 @@ def test_a_gpu_overhead_of_zero_is_ollamas_default_not_an_error():
                                     "-f", "json"])
     assert zero.exit_code == none.exit_code == 0
     assert json.loads(zero.output)["llamacpp"] == json.loads(none.output)["llamacpp"]
+
+
+def test_the_ollama_image_runs_what_follows_it_at_the_release_its_tag_names():
+    """ollama/ollama's entry point is `ollama` with `serve` as its command: `docker run
+    ollama/ollama:0.12.10 run llama3.1:8b` runs `ollama run llama3.1:8b` of 0.12.10, and the
+    check, its lines and the plan behind it say 0.12.10."""
+    from kvcalc import check
+
+    d = check("docker run --gpus all -e OLLAMA_NUM_PARALLEL=2 ollama/ollama:0.12.10 run "
+              "llama3.1:8b", gpu="rtx-4090").to_dict()
+    assert d["program"] == "ollama run" and d["engine_version"] == "0.12.10"
+    assert d["plan"]["version_band"] == "<0.30"
+    assert d["lines"][0].startswith("msg=offload library=CUDA")
+    bare = CliRunner().invoke(main, ["check", "--", "docker", "run", "ollama/ollama"])
+    assert bare.exit_code == 2 and "'ollama serve'" in bare.output

@@ -93,7 +93,7 @@ IMAGES = {
     "vllm/vllm-openai": ("vllm", "vllm serve"),
     "lmsysorg/sglang": ("sglang", None),
     "ghcr.io/ggml-org/llama.cpp": ("llamacpp", None),     # entry point by tag, below
-    "ollama/ollama": ("ollama", "ollama serve"),
+    "ollama/ollama": ("ollama", "ollama"),           # ENTRYPOINT ollama, CMD serve
     "nvcr.io/nvidia/tensorrt-llm/release": ("trtllm", None),
 }
 #: ghcr.io/ggml-org/llama.cpp tags -> the program of their entry point
@@ -221,6 +221,8 @@ def _container(tokens: list[str], env: dict[str, str]) -> Launch:
         if program is None and args and args[0] in ("--run", "--server"):
             # the :full image's tools.sh: --run is llama-cli, --server llama-server
             program, args = ("llama-cli" if args[0] == "--run" else "llama-server"), args[1:]
+    if engine == "ollama" and not args:
+        args = ["serve"]            # the image's CMD, replaced by what follows the image
     if program is None:
         if not args:
             raise CommandError(f"cannot read the command at '{image}': the image runs the "
