@@ -184,6 +184,7 @@ class Merged:
     prompt_tokens: int = 0
     output_tokens: int = 0
     prefix_hit_tokens: int = 0
+    resume_hit_tokens: int = 0
     measured_output_tokens: int = 0
     start: float | None = None
     end: float = 0.0
@@ -199,6 +200,7 @@ class Merged:
         self.prompt_tokens += t.prompt_tokens
         self.output_tokens += t.output_tokens
         self.prefix_hit_tokens += t.prefix_hit_tokens
+        self.resume_hit_tokens += t.resume_hit_tokens
         self.measured_output_tokens += t.measured_output_tokens
         if t.measured_start is not None:
             self.start = t.measured_start if self.start is None else min(self.start,
@@ -280,6 +282,9 @@ def outcome(ctx: Context, m: Merged, gpus: int, replicas: int) -> dict:
         "rejected": m.rejected,
         "preemptions": m.preemptions,
         "prefix_hit_tokens": m.prefix_hit_tokens,
+        #: hits of other requests' blocks (the prefix reuse routing can win), not the
+        #: preempted requests' own blocks found again
+        "shared_prefix_hit_tokens": m.prefix_hit_tokens - m.resume_hit_tokens,
         "prompt_tokens": m.prompt_tokens,
         "output_tokens": m.output_tokens,
         "max_running": m.max_running,

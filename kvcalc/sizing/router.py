@@ -11,13 +11,19 @@ one replica at a time and does not expose per-request completions):
   frontend latency, its prompt's prefill in chunks of ``max_num_batched_tokens`` and its output
   tokens at the decode step time of the replica's outstanding batch (the calibrated step-time
   model, :mod:`kvcalc.simulation.timing`); ties go to the lowest replica number;
-- ``prefix-aware``: as llm-d's precise prefix-cache scorer routes (it tracks the KV-cache
-  events of every vLLM instance): a request carrying prefix hash ids (Mooncake's, one per
-  512 prompt tokens) goes to the replica holding the longest run of its leading blocks,
-  ties and requests without a hit to the least-outstanding replica. The router's picture of a
-  replica's cache is an LRU of the hash blocks it sent there, as many as the replica's KV cache
-  holds (usable blocks x block size / 512 tokens): vLLM's eviction order (least recently freed)
-  is close to it but not the same, and blocks freed by preemption are not seen.
+- ``prefix-aware``: as llm-d's scheduler with its precise prefix-cache scorer routes (the
+  scorer tracks the KV-cache events of every vLLM instance), two scorers in [0, 1] added with
+  equal weights: the prefix score, the share of the request's prefix hash blocks (Mooncake's,
+  one per 512 prompt tokens) that the replica holds as a leading run, and the load score,
+  ``(most - outstanding) / (most - least)`` over the replicas (1 when all are equal, as
+  llm-d's queue scorer normalises); the highest total wins, ties to the least outstanding,
+  then the lowest number. A request without hash ids goes to the least-outstanding replica.
+  Pure affinity (the longest match wins whatever the load) sends every request sharing a
+  system prompt to one replica, which is why llm-d combines the scorers; the equal weights are
+  kvcalc's choice, not llm-d's defaults. The router's picture of a replica's cache is an LRU of
+  the hash blocks it sent there, as many as the replica's KV cache holds (usable blocks x block
+  size / 512 tokens): vLLM's eviction order (least recently freed) is close to it but not the
+  same, and blocks freed by preemption are not seen.
 """
 
 from __future__ import annotations
@@ -58,19 +64,23 @@ def route(arrivals: Sequence, replicas: int, policy: str,
         for heap in finishing:
             while heap and heap[0] <= t:
                 heapq.heappop(heap)
-        pick = -1
+        loads = [len(h) for h in finishing]
         if caches is not None and a.hash_ids:
-            best = 0
+            most, least = max(loads), min(loads)
+            blocks = len(a.hash_ids)
+            best = None
             for i, cache in enumerate(caches):
                 n = 0
                 for h in a.hash_ids:
                     if h not in cache:
                         break
                     n += 1
-                if n > best or (n == best and n and len(finishing[i]) < len(finishing[pick])):
-                    best, pick = n, i
-        if pick < 0:
-            pick = min(range(replicas), key=lambda i: len(finishing[i]))
+                load = (most - loads[i]) / (most - least) if most > least else 1.0
+                score = (n / blocks + load, -loads[i], -i)
+                if best is None or score > best:
+                    best, pick = score, i
+        else:
+            pick = min(range(replicas), key=lambda i: loads[i])
         out[pick].append(a)
         heapq.heappush(finishing[pick], t + service_s(a.prompt, a.output,
                                                       len(finishing[pick])))
