@@ -817,7 +817,8 @@ def size(model: Any, *, slo: Any, trace: Any = None, rate_scale: float = 1.0,
          max_batched_tokens: int | None = None, calibration: str | None = None,
          vllm_version: str | None = None, max_replicas: int | None = None,
          jobs: int | None = None, ray: Any = None, disagg: bool = False,
-         link_rate: Any = None, revision: str | None = None) -> SizeResult:
+         link_rate: Any = None, pareto_span: Any = 1.25,
+         revision: str | None = None) -> SizeResult:
     """The fewest GPUs that meet the objectives, as ``kvcalc size --format json``: every
     configuration of the search space (``gpu``, ``engine``, ``tp``, ``kv_dtype``,
     ``weights_dtype``, ``max_num_seqs``, ``prefix_caching``, ``router``: each a value, a list or
@@ -829,7 +830,9 @@ def size(model: Any, *, slo: Any, trace: Any = None, rate_scale: float = 1.0,
     or ``"h100=2.5"``; default table in docs/sizing.md). ``jobs``: worker processes (default
     all cores); ``ray``: run the simulations as Ray tasks (``True`` for a local Ray, or a
     cluster address). ``disagg``: P prefill + D decode replicas (``link_rate``: bytes/s per
-    GPU between them). Times are modelled (the calibrated step time)."""
+    GPU between them). ``pareto_span``: configurations that cannot cost less than this many
+    times the cheapest fleet found are not simulated further (``"all"`` or None: the whole
+    Pareto front). Times are modelled (the calibrated step time)."""
     from .hardware import resolve_gpu as _resolve_gpu
     from .params import weights_dtype_bytes
     from .simulation.requests import load_trace, synthetic
@@ -938,8 +941,17 @@ def size(model: Any, *, slo: Any, trace: Any = None, rate_scale: float = 1.0,
         runner = RayRunner(None if ray is True else str(ray))
     else:
         runner = LocalRunner(jobs)
+    if pareto_span in (None, "all"):
+        span = None
+    else:
+        try:
+            span = float(pareto_span)
+        except (TypeError, ValueError):
+            span = float("nan")
+        if isinstance(pareto_span, bool) or not 1 <= span < float("inf"):
+            raise UsageError(f"invalid --pareto-span {pareto_span!r}: a number >= 1, or all")
     record = size_fleet(ctx, candidates, prices, runner,
-                        max_replicas or DEFAULT_MAX_REPLICAS)
+                        max_replicas or DEFAULT_MAX_REPLICAS, span)
     warnings += engine_version_notices("vllm", vllm_version)
     answer = record["answer"]
     return SizeResult({"model": m.name, "workload": traffic.description,

@@ -84,6 +84,10 @@ def _seconds(s: float) -> str:
               metavar="[ADDRESS]",
               help="Run the simulations as Ray tasks: a local Ray, or the cluster at ADDRESS "
                    "(ray://head:10001); needs kvcalc[ray].")
+@click.option("--pareto-span", default="1.25", show_default=True, metavar="X|all",
+              help="Stop simulating a configuration once it cannot cost less than X times the "
+                   "cheapest fleet found (all: search every configuration to its fewest "
+                   "replicas: the whole Pareto front).")
 @click.option("--disagg", is_flag=True, default=False,
               help="Disaggregated serving: P prefill and D decode replicas (docs/sizing.md).")
 @click.option("--link-rate", type=ByteSize(), default=None, metavar="BYTES/S",

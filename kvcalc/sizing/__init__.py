@@ -21,7 +21,7 @@ from .router import ROUTERS, route
 from .search import DEFAULT_MAX_REPLICAS, LocalRunner, run_search
 
 __all__ = ["Candidate", "Context", "Settings", "Traffic", "Objective", "ROUTERS",
-           "DEFAULT_MAX_REPLICAS", "DEFAULT_PRICES", "PRICE_SOURCE", "LocalRunner",
+           "DEFAULT_MAX_REPLICAS", "DEFAULT_PARETO_SPAN", "DEFAULT_PRICES", "PRICE_SOURCE", "LocalRunner",
            "evaluate", "setup", "route", "parse_objectives", "parse_prices", "price_table",
            "size_fleet"]
 
@@ -29,8 +29,14 @@ __all__ = ["Candidate", "Context", "Settings", "Traffic", "Objective", "ROUTERS"
 MAX_CONFIGURATIONS = 20_000
 
 
+#: default --pareto-span: fleets that cannot cost less than this many times the cheapest found
+#: are not simulated further
+DEFAULT_PARETO_SPAN = 1.25
+
+
 def size_fleet(ctx: Context, candidates: list[Candidate], prices: dict[str, dict], runner,
-               most: int = DEFAULT_MAX_REPLICAS) -> dict:
+               most: int = DEFAULT_MAX_REPLICAS,
+               span: float | None = DEFAULT_PARETO_SPAN) -> dict:
     """Search ``candidates`` for the cheapest fleet meeting ``ctx.objectives``; the record of
     ``kvcalc size --format json`` without the model and workload lines (docs/sizing.md)."""
     from .search import misses_text
@@ -40,7 +46,7 @@ def size_fleet(ctx: Context, candidates: list[Candidate], prices: dict[str, dict
     if len(candidates) > MAX_CONFIGURATIONS:
         raise UsageError(f"{len(candidates):,} configurations: at most "
                          f"{MAX_CONFIGURATIONS:,} (narrow --gpu, --tp, --kv-dtype ...)")
-    states = run_search(ctx, candidates, runner, most)
+    states = run_search(ctx, candidates, runner, most, prices, span)
     rows = []
     for st in states:
         rows.append(_row(ctx, st, prices, misses_text))
@@ -66,6 +72,7 @@ def size_fleet(ctx: Context, candidates: list[Candidate], prices: dict[str, dict
         "calibration_source": (timing.calibration.source if timing is not None else None),
         "prices": prices,
         "max_replicas": most,
+        "pareto_span": span,
         "answer": answer,
         "pareto": front,
         "configurations": rows,

@@ -189,11 +189,13 @@ def prepare(ctx: Context, states: list[State], stats: TrafficStats) -> None:
             st.bounds["seconds_per_replica"] = round(span, 3)
 
 
-def _group(st: State, hashed: bool):
+def _group(st: State, hashed: bool, replicas: int):
     """Configurations whose runs can be shared: they differ only in max_num_seqs, or (on a
-    traffic without prefix hash ids) in prefix caching."""
+    traffic without prefix hash ids) in prefix caching, or (one replica: nothing to route)
+    in the router."""
     return (replace(st.c, max_num_seqs=None,
-                    prefix_caching=st.c.prefix_caching if hashed else None),
+                    prefix_caching=st.c.prefix_caching if hashed else None,
+                    router=st.c.router if replicas > 1 else ""),
             st.su.plan.engine_figures.num_blocks, st.su.max_batched_tokens)
 
 
@@ -202,10 +204,24 @@ def _rank(st: State):
     return (st.su.max_num_seqs, st.c.prefix_caching)
 
 
-def run_search(ctx: Context, candidates: list[Candidate], runner, most: int) -> list[State]:
+#: simulations per round when the search prunes by cost (a constant, so that the configurations
+#: simulated, not only the answer, are the same whatever the number of workers)
+COST_BATCH = 16
+
+
+def run_search(ctx: Context, candidates: list[Candidate], runner, most: int,
+               prices: dict | None = None, span: float | None = None) -> list[State]:
+    """The search. ``span``: a configuration that cannot cost less than ``span`` x the
+    cheapest fleet found so far is not simulated further ("pruned by cost"), and the
+    simulations go cheapest first, ``COST_BATCH`` at a time (None: every configuration is
+    searched to its fewest replicas, all at once: the whole Pareto front)."""
     stats = TrafficStats(ctx.traffic.arrivals, ctx.traffic.warmup)
     states = [State(c, i) for i, c in enumerate(candidates)]
     prepare(ctx, states, stats)
+    best = float("inf")
+
+    def usd(st: State, replicas: int) -> float:
+        return replicas * st.c.tp * prices[st.c.gpu]["usd_per_gpu_hour"]
     shared: dict = {}        # (group, replicas) -> [(max_num_seqs, prefix caching, outcome)]
     hashed = any(a.hash_ids for a in ctx.traffic.arrivals)
     runner.start(ctx)
@@ -213,26 +229,42 @@ def run_search(ctx: Context, candidates: list[Candidate], runner, most: int) -> 
         while True:
             wanted = [(st, r) for st in states
                       if (r := st.next_replicas(most)) is not None]
+            if span is not None:
+                for st, r in wanted:
+                    floor = usd(st, st.lo + 1)
+                    if st.hi is None and floor > span * best:
+                        st.status = "pruned by cost"
+                        st.reason = (f"costs at least ${floor:,.2f}/h ({st.lo + 1} replicas x "
+                                     f"{st.c.tp} GPUs x ${usd(st, 1) / st.c.tp:g}), more than "
+                                     f"{span:g} x the cheapest fleet (${best:,.2f}/h)")
+                wanted = [(st, r) for st, r in wanted if not st.status]
+                wanted.sort(key=lambda x: (usd(x[0], x[0].lo + 1), -x[0].su.max_num_seqs,
+                                           not x[0].c.prefix_caching, x[0].index))
+                wanted = wanted[:COST_BATCH]
             if not wanted:
                 break
             # siblings: the one with the largest max_num_seqs runs first; the others reuse it
             # when it never ran their limit's worth of requests at once
-            best: dict = {}
+            lead: dict = {}
             for st, r in wanted:
-                key = (_group(st, hashed), r)
-                if key not in best or _rank(st) > _rank(best[key]):
-                    best[key] = st
-            first = [(st, r) for st, r in wanted if best[(_group(st, hashed), r)] is st]
-            later = [(st, r) for st, r in wanted if best[(_group(st, hashed), r)] is not st]
+                key = (_group(st, hashed, r), r)
+                if key not in lead or _rank(st) > _rank(lead[key]):
+                    lead[key] = st
+            first = [(st, r) for st, r in wanted if lead[(_group(st, hashed, r), r)] is st]
+            later = [(st, r) for st, r in wanted if lead[(_group(st, hashed, r), r)] is not st]
             _run(runner, first, shared, hashed)
             rerun = []
             for st, r in later:
-                reuse = _reusable(shared.get((_group(st, hashed), r), ()), st)
+                reuse = _reusable(shared.get((_group(st, hashed, r), r), ()), st)
                 if reuse is None:
                     rerun.append((st, r))
                 else:
                     _record(st, r, reuse[1], reuse[0])
             _run(runner, rerun, shared, hashed)
+            if span is not None:
+                for st, _ in wanted:
+                    if st.hi is not None:
+                        best = min(best, usd(st, st.hi))
         for st in states:
             if not st.status:
                 st.status = "meets" if st.hi is not None else "misses"
@@ -251,8 +283,8 @@ def _run(runner, items, shared, hashed: bool) -> None:
     results = runner.map([(st.c, r) for st, r in items])
     for (st, r), out in zip(items, results):
         _record(st, r, out, "simulated")
-        shared.setdefault((_group(st, hashed), r), []).append(
-            (st.su.max_num_seqs, st.c.prefix_caching, out))
+        shared.setdefault((_group(st, hashed, r), r), []).append(
+            (st.su.max_num_seqs, st.c.prefix_caching, st.c.router, out))
 
 
 def _reusable(entries, st: State):
@@ -261,7 +293,7 @@ def _reusable(entries, st: State):
     caching differs, nothing was preempted (on a traffic without hash ids the prefix cache
     only serves preempted requests' own blocks, and lookups take no modelled time)."""
     seqs = st.su.max_num_seqs
-    for other, prefix, out in entries:
+    for other, prefix, router, out in entries:
         if out["max_running"] >= min(other, seqs):
             continue
         if prefix != st.c.prefix_caching and out["preemptions"]:
@@ -271,7 +303,9 @@ def _reusable(entries, st: State):
             what.append(f"max_num_seqs {other:,}")
         if prefix != st.c.prefix_caching:
             what.append("prefix caching " + ("on" if prefix else "off"))
-        return (f"same run as {' and '.join(what)} (at most {out['max_running']:,} ran at "
+        if router != st.c.router:
+            what.append(f"router {router} (one replica: nothing to route)")
+        return (f"same run as {', '.join(what) or 'itself'} (at most {out['max_running']:,} ran at "
                 f"once" + (", none preempted" if prefix != st.c.prefix_caching else "")
                 + ")"), out
     return None
