@@ -364,3 +364,24 @@ def test_cli_errors_are_one_line(args, words):
     assert res.exit_code != 0
     assert words in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_disagg_pools_and_link(spec8b):
+    r = api.size("llama-3.1-8b", slo=SLO, gpu="a100-80gb", tp="1,2", max_len=8192, jobs=1,
+                 max_replicas=16, disagg=True, **TRAFFIC).to_dict()
+    ans = r["answer"]
+    assert ans["disagg"] and ans["prefill_replicas"] >= 1 and ans["decode_replicas"] >= 1
+    assert ans["gpus"] == (ans["prefill_replicas"] + ans["decode_replicas"]) * ans["tp"]
+    # the prefill pool is checked on TTFT only, the decode pool on TPOT only
+    assert set(ans["prefill"]["answer"]["values_s"]) == {"ttft_p99"}
+    assert set(ans["decode"]["answer"]["values_s"]) == {"tpot_p99"}
+    link = ans["bounds"]["link"]
+    arrivals = list(synthetic(600, 30, 800, 150, "lognormal", max_len=8192))
+    per_token = 131072 // ans["tp"]          # Llama-3.1-8B: 128 KiB of bf16 K and V per token
+    assert link["kv_bytes_per_token_per_gpu"] == per_token
+    assert link["kv_bytes_total"] == per_token * ans["tp"] * sum(a.prompt for a in arrivals)
+    assert r["counts"]["configurations"] == 2 and r["counts"]["pools"] == 4
+    with pytest.raises(UsageError, match="E2E"):
+        api.size("llama-3.1-8b", slo=["ttft_p99=1s", "e2e_p99=9s"], disagg=True, **TRAFFIC)
+    with pytest.raises(UsageError, match="TPOT"):
+        api.size("llama-3.1-8b", slo=["ttft_p99=1s"], disagg=True, **TRAFFIC)

@@ -184,7 +184,17 @@ def _emit(record: dict, fmt: str) -> None:
                      f"shared runs), {counts['configurations_decided_without_simulation']:,} "
                      f"decided without simulating; {record['runner']['runner']}"),
     ], fmt)
-    if answer:
+    if answer and answer.get("disagg"):
+        link = answer["bounds"]["link"]
+        best = (f"{answer['prefill_replicas']} prefill + {answer['decode_replicas']} decode x "
+                f"({answer['label']}) = {answer['gpus']} GPUs, "
+                f"${answer['usd_per_hour']:,.2f}/h; {_latencies(answer, record)} (modelled); "
+                f"KV moved {link['kv_bytes_per_request_mean']:,} B per request on average, "
+                f"{link['rate_needed_mean_bytes_per_s'] / 1e9:,.2f} GB/s mean, "
+                f"{link['rate_needed_busiest_second_bytes_per_s'] / 1e9:,.2f} GB/s in the "
+                f"busiest second; p99 prompt {_seconds(link['transfer_s_p99_prompt'])} at "
+                f"{link['link_rate_bytes_per_s_per_gpu'] / 1e9:g} GB/s per GPU")
+    elif answer:
         best = (f"{answer['replicas']} x ({answer['label']}) = {answer['gpus']} GPUs, "
                 f"${answer['usd_per_hour']:,.2f}/h; {_latencies(answer, record)} (modelled); "
                 f"{answer['replicas'] - 1} replicas: {answer['replicas_minus_one']}")
@@ -198,7 +208,9 @@ def _emit(record: dict, fmt: str) -> None:
         table_rows = []
         for r in met:
             table_rows.append([
-                "*" if r.get("pareto") else "", r["label"], r["replicas"], r["gpus"],
+                "*" if r.get("pareto") else "", r["label"],
+                f"{r['prefill_replicas']}P + {r['decode_replicas']}D" if r.get("disagg")
+                else r["replicas"], r["gpus"],
                 f"{r['usd_per_hour']:,.2f}", f"{r['output_tokens_per_s_per_gpu']:,.1f}",
                 f"{r['usd_per_million_output_tokens']:,.3f}"
                 if r["usd_per_million_output_tokens"] is not None else "-",

@@ -46,14 +46,22 @@ def size_fleet(ctx: Context, candidates: list[Candidate], prices: dict[str, dict
     if len(candidates) > MAX_CONFIGURATIONS:
         raise UsageError(f"{len(candidates):,} configurations: at most "
                          f"{MAX_CONFIGURATIONS:,} (narrow --gpu, --tp, --kv-dtype ...)")
-    states = run_search(ctx, candidates, runner, most, prices, span)
-    rows = []
-    for st in states:
-        rows.append(_row(ctx, st, prices, misses_text))
+    if ctx.disagg is not None:
+        from dataclasses import replace
+
+        pools = [replace(c, pool=pool) for c in candidates for pool in ("prefill", "decode")]
+        states = run_search(ctx, pools, runner, most, prices, None)
+        rows = [_disagg_row(ctx, i, c, _row(ctx, states[2 * i], prices, misses_text),
+                            _row(ctx, states[2 * i + 1], prices, misses_text), prices)
+                for i, c in enumerate(candidates)]
+        span = None
+    else:
+        states = run_search(ctx, candidates, runner, most, prices, span)
+        rows = [_row(ctx, st, prices, misses_text) for st in states]
     met = [r for r in rows if r["status"] == "meets"]
     met.sort(key=lambda r: (r["usd_per_hour"], r["gpus"], r["answer"]["margin"], r["index"]))
     answer = met[0] if met else None
-    if answer is not None:
+    if answer is not None and ctx.disagg is None:
         _check_answer(ctx, states[answer["index"]], answer, runner)
     front, best_margin = [], float("inf")
     for r in met:
@@ -62,6 +70,12 @@ def size_fleet(ctx: Context, candidates: list[Candidate], prices: dict[str, dict
             front.append(r["index"])
             r["pareto"] = True
     counts = _counts(states)
+    if ctx.disagg is not None:
+        counts["pools"] = counts["configurations"]
+        counts["configurations"] = len(candidates)
+        counts["by_status"] = {}
+        for r in rows:
+            counts["by_status"][r["status"]] = counts["by_status"].get(r["status"], 0) + 1
     timing = next((st.su.timing for st in states if st.su is not None), None)
     return {
         "objectives": [o.record() for o in ctx.objectives],
@@ -110,6 +124,38 @@ def _row(ctx, st, prices, misses_text) -> dict:
             "none" if st.hi == 1 else
             f"misses: {misses_text(ctx, below)}" if below is not None else
             f"below the throughput floor ({st.bounds.get('replicas_floor')} replicas)")
+    return row
+
+
+def _disagg_row(ctx, index: int, c, prefill: dict, decode: dict, prices) -> dict:
+    """One configuration with --disagg: its prefill pool and its decode pool together."""
+    row = {"index": index, "label": c.label, **c.record(), "disagg": True,
+           "prefill": prefill, "decode": decode,
+           "bounds": {"link": prefill["bounds"].get("link") or decode["bounds"].get("link")},
+           "step_time_model": prefill["step_time_model"],
+           "usd_per_gpu_hour": prices[c.gpu]["usd_per_gpu_hour"], "evaluations": []}
+    if prefill["status"] == decode["status"] == "meets":
+        p, d = prefill["answer"], decode["answer"]
+        gpus = p["gpus"] + d["gpus"]
+        usd = prices[c.gpu]["usd_per_gpu_hour"] * gpus
+        tok = d["output_tokens_per_s"]
+        answer = {**d, "replicas": p["replicas"] + d["replicas"], "gpus": gpus,
+                  "values_s": {**p["values_s"], **d["values_s"]},
+                  "misses": {}, "margin": max(p["margin"], d["margin"]),
+                  "output_tokens_per_s_per_gpu": round(tok / gpus, 2) if gpus else 0.0}
+        row.update(status="meets", reason="", replicas=answer["replicas"],
+                   prefill_replicas=p["replicas"], decode_replicas=d["replicas"], gpus=gpus,
+                   usd_per_hour=round(usd, 4),
+                   usd_per_million_output_tokens=round(usd / (tok * 3600) * 1e6, 4)
+                   if tok > 0 else None,
+                   output_tokens_per_s_per_gpu=answer["output_tokens_per_s_per_gpu"],
+                   answer=answer, pareto=False,
+                   replicas_minus_one=f"prefill {p['replicas'] - 1}: "
+                                      f"{prefill['replicas_minus_one']}; decode "
+                                      f"{d['replicas'] - 1}: {decode['replicas_minus_one']}")
+    else:
+        bad = prefill if prefill["status"] != "meets" else decode
+        row.update(status=bad["status"], reason=f"{bad['pool']} pool: {bad['reason']}")
     return row
 
 

@@ -92,6 +92,16 @@ def _rank_value(sorted_values, p: float):
     return sorted_values[max(1, math.ceil(p / 100 * n)) - 1]
 
 
+def ttft_floor(timing, prompt: int, max_batched_tokens: int) -> float:
+    """The TTFT floor of one request of ``prompt`` tokens (module docstring)."""
+    M = max(1, max_batched_tokens)
+    slope = timing.duration(1, 1) - timing.duration(1, 0)
+    full, last = divmod(prompt, M)
+    total = full * timing.duration(M, 0) + (timing.duration(last, 0) if last else 0.0)
+    kv = M * full * (full + 1) // 2 + (prompt if last else 0)
+    return timing.frontend(prompt) + total + slope * kv
+
+
 def latency_floors(timing, stats: TrafficStats, max_batched_tokens: int,
                    objectives) -> dict[str, float]:
     """Each objective's statistic over the per-request floors (modelled seconds). A

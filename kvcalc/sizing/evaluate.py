@@ -41,6 +41,8 @@ class Candidate:
     prefix_caching: bool = True
     router: str = "least-outstanding"
     cpu_offload: int = 0
+    #: --disagg: "prefill" or "decode" (the pool this candidate is); "" colocated
+    pool: str = ""
 
     @property
     def label(self) -> str:
@@ -50,6 +52,8 @@ class Candidate:
                  "prefix on" if self.prefix_caching else "prefix off", self.router]
         if self.cpu_offload:
             parts.append(f"cpu {self.cpu_offload / 2**30:g} GiB")
+        if self.pool:
+            parts.append(f"{self.pool} pool")
         return " · ".join(parts)
 
     def record(self) -> dict:
@@ -262,10 +266,11 @@ def split(ctx: Context, c: Candidate, su: Setup, replicas: int):
     return [(part, None, 0) for part in parts]
 
 
-def outcome(ctx: Context, m: Merged, gpus: int, replicas: int) -> dict:
-    values = {o.name: o.value(m.hist[o.histogram]) for o in ctx.objectives}
+def outcome(ctx: Context, m: Merged, gpus: int, replicas: int, objectives=None) -> dict:
+    objectives = ctx.objectives if objectives is None else objectives
+    values = {o.name: o.value(m.hist[o.histogram]) for o in objectives}
     values = {k: round(v, 6) for k, v in values.items()}
-    misses = {o.name: round(values[o.name] / o.limit_s, 4) for o in ctx.objectives
+    misses = {o.name: round(values[o.name] / o.limit_s, 4) for o in objectives
               if values[o.name] > o.limit_s}
     meets = not misses and m.rejected == 0 and m.completed > 0
     window = (m.end - m.start) if m.start is not None else 0.0
@@ -276,7 +281,7 @@ def outcome(ctx: Context, m: Merged, gpus: int, replicas: int) -> dict:
         "meets": meets,
         "values_s": values,
         "misses": misses,
-        "margin": round(max(values[o.name] / o.limit_s for o in ctx.objectives), 4),
+        "margin": round(max(values[o.name] / o.limit_s for o in objectives), 4),
         "requests": m.requests,
         "completed": m.completed,
         "rejected": m.rejected,
