@@ -197,7 +197,8 @@ def _emit(record: dict, fmt: str) -> None:
     elif answer:
         best = (f"{answer['replicas']} x ({answer['label']}) = {answer['gpus']} GPUs, "
                 f"${answer['usd_per_hour']:,.2f}/h; {_latencies(answer, record)} (modelled); "
-                f"{answer['replicas'] - 1} replicas: {answer['replicas_minus_one']}")
+                + (f"{answer['replicas'] - 1} replicas: {answer['replicas_minus_one']}"
+                   if answer["replicas"] > 1 else "one replica, nothing fewer"))
     else:
         best = "none of the configurations meets every objective (see why below)"
     out = [head, "", f"Cheapest: {best}", ""]
