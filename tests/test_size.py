@@ -4,7 +4,6 @@ by re-simulation, run sharing, parallel and Ray runners, and the CLI."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 from click.testing import CliRunner
@@ -19,7 +18,7 @@ from kvcalc.simulation.requests import Arrival, Trace, load_trace, synthetic
 from kvcalc.sizing import (Candidate, Context, LocalRunner, Settings, Traffic, evaluate,
                            parse_objectives, route, setup, size_fleet)
 from kvcalc.sizing.bounds import TrafficStats, latency_floors
-from kvcalc.sizing.evaluate import merge_histogram, service_estimate
+from kvcalc.sizing.merge import merge_histogram, service_estimate
 
 #: a small open-loop traffic that needs several A100 replicas (every run well under a second)
 TRAFFIC = dict(rate=30, requests=600, input_len=800, output_len=150, dist="lognormal")

@@ -21,7 +21,8 @@ from .router import ROUTERS, route
 from .search import DEFAULT_MAX_REPLICAS, LocalRunner, run_search
 
 __all__ = ["Candidate", "Context", "Settings", "Traffic", "Objective", "ROUTERS",
-           "DEFAULT_MAX_REPLICAS", "DEFAULT_PARETO_SPAN", "DEFAULT_PRICES", "PRICE_SOURCE", "LocalRunner",
+           "DEFAULT_MAX_REPLICAS", "DEFAULT_PARETO_SPAN", "DEFAULT_PRICES", "PRICE_SOURCE",
+           "LocalRunner",
            "evaluate", "setup", "route", "parse_objectives", "parse_prices", "price_table",
            "size_fleet"]
 

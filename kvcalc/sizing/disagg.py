@@ -32,6 +32,7 @@ from ..errors import UsageError
 from ..simulation import Options, simulate
 from ..simulation.requests import Arrival, Trace
 from ..simulation.timing import StepTime
+from .merge import Merged, outcome, service_estimate
 from .bounds import TrafficStats, latency_floors, replicas_floor, ttft_floor
 from .router import route
 
@@ -111,8 +112,6 @@ def pool_arrivals(ctx, c, su) -> tuple:
 
 
 def evaluate_disagg(ctx, c, replicas: int, su) -> dict:
-    from .evaluate import Merged, outcome, service_estimate
-
     arrivals = pool_arrivals(ctx, c, su)
     router = c.router if c.pool == "prefill" else (
         "least-outstanding" if c.router == "prefix-aware" else c.router)

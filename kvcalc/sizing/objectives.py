@@ -34,7 +34,8 @@ _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
 #: the largest objective: an hour
 MAX_LIMIT_S = 3600.0
 
-_PATTERN = re.compile(r"^\s*([a-z0-9_]+?)_(p50|p90|p99|mean)\s*(<=|=)\s*([0-9.eE+-]+)\s*([a-zµ]*)\s*$")
+_PATTERN = re.compile(
+    r"^\s*([a-z0-9_]+?)_(p50|p90|p99|mean)\s*(<=|=)\s*([0-9.eE+-]+)\s*([a-zµ]*)\s*$")
 
 
 @dataclass(frozen=True)
