@@ -749,6 +749,227 @@ def _simulation_inputs(m: Model, engine: str, settings: dict[str, Any], o: dict[
         engine_options=tuple(settings.items()))
 
 
+# ------------------------------------------------------------------------------------- size
+
+#: --router choices of ``kvcalc size`` (kvcalc.sizing.router.ROUTERS)
+SIZE_ROUTERS = ("round-robin", "least-outstanding", "prefix-aware")
+
+
+class SizeResult(Result):
+    """One ``kvcalc size``: the fields of ``kvcalc size --format json`` (``answer``: the
+    cheapest configuration meeting every objective, or None; ``pareto``: the indexes of the
+    configurations on the cost / latency front; ``configurations``: every configuration with
+    its status and why; ``counts``; ``objectives``; ``prices`` …). Times are modelled."""
+
+    __slots__ = ()
+    _repr_keys = ("model", "workload", "answer_label", "answer_gpus", "answer_usd_per_hour")
+
+
+def _listed(value: Any, what: str) -> list:
+    """A scalar, a list, or a comma-separated string, as a list without repeats."""
+    if value is None:
+        return [None]
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = []
+        for v in value:
+            items += [x.strip() for x in v.split(",")] if isinstance(v, str) else [v]
+    else:
+        items = [value]
+    if any(v == "" for v in items):
+        raise UsageError(f"invalid {what} {value!r}: an empty item")
+    return list(dict.fromkeys(items))
+
+
+def _counts_list(value: Any, what: str, lo: int = 1, hi: int = 1 << 16) -> list:
+    out = []
+    for v in _listed(value, what):
+        if v is None or (isinstance(v, str) and v in ("auto", "default")):
+            out.append(None)
+            continue
+        try:
+            n = int(v) if not isinstance(v, bool) and str(v).strip().isdigit() else None
+        except ValueError:
+            n = None
+        if n is None or not lo <= n <= hi:
+            raise UsageError(f"invalid {what} {v!r}: whole numbers from {lo} to {hi:,}, "
+                             "comma-separated")
+        out.append(n)
+    return list(dict.fromkeys(out))
+
+
+def _switches(value: Any, what: str) -> list[bool]:
+    out = []
+    for v in _listed(value, what):
+        if isinstance(v, bool):
+            out.append(v)
+        elif str(v).lower() in ("on", "true", "yes", "1"):
+            out.append(True)
+        elif str(v).lower() in ("off", "false", "no", "0"):
+            out.append(False)
+        else:
+            raise UsageError(f"invalid {what} {v!r}: on, off or on,off")
+    return list(dict.fromkeys(out))
+
+
+def size(model: Any, *, slo: Any, trace: Any = None, rate_scale: float = 1.0,
+         rate: float | None = None, requests: int | None = None,
+         concurrency: int | None = None, warmup: int = 0, input_len: Any = None,
+         output_len: Any = None, dist: str | None = None, input_std: float | None = None,
+         output_std: float | None = None, seed: int = 0, gpu: Any = "h100",
+         engine: Any = "vllm", tp: Any = (1, 2, 4, 8), kv_dtype: Any = "auto",
+         weights_dtype: Any = "auto", max_num_seqs: Any = None, prefix_caching: Any = True,
+         router: Any = "least-outstanding", cpu_offload: Any = 0, price: Any = None,
+         max_len: Any = None, gpu_util: float | None = None,
+         max_batched_tokens: int | None = None, calibration: str | None = None,
+         vllm_version: str | None = None, max_replicas: int | None = None,
+         jobs: int | None = None, ray: Any = None, disagg: bool = False,
+         link_rate: Any = None, pareto_span: Any = 1.25,
+         revision: str | None = None) -> SizeResult:
+    """The fewest GPUs that meet the objectives, as ``kvcalc size --format json``: every
+    configuration of the search space (``gpu``, ``engine``, ``tp``, ``kv_dtype``,
+    ``weights_dtype``, ``max_num_seqs``, ``prefix_caching``, ``router``: each a value, a list or
+    a comma-separated string) planned as :func:`plan` does and replayed as :func:`simulate`
+    does on the traffic (``trace`` [+ ``rate_scale``], or ``rate`` / ``concurrency`` with
+    ``input_len`` / ``output_len`` [+ ``dist``, ``input_std``, ``output_std``, ``requests``,
+    ``seed``]) with R replicas behind ``router``; ``slo``: objectives such as
+    ``["ttft_p99=2s", "tpot_p99=50ms"]``; ``price``: USD per GPU-hour by GPU (``{"h100": 2.5}``
+    or ``"h100=2.5"``; default table in docs/sizing.md). ``jobs``: worker processes (default
+    all cores); ``ray``: run the simulations as Ray tasks (``True`` for a local Ray, or a
+    cluster address). ``disagg``: P prefill + D decode replicas (``link_rate``: bytes/s per
+    GPU between them). ``pareto_span``: configurations that cannot cost less than this many
+    times the cheapest fleet found are not simulated further (``"all"`` or None: the whole
+    Pareto front). Times are modelled (the calibrated step time)."""
+    from .hardware import resolve_gpu as _resolve_gpu
+    from .params import weights_dtype_bytes
+    from .simulation.requests import load_trace, synthetic
+    from .sizing import (Candidate, Context, DEFAULT_MAX_REPLICAS, LocalRunner, Settings,
+                         Traffic, parse_objectives, parse_prices, price_table, size_fleet)
+    from .sizing.router import ROUTERS
+    from .units import parse_bytes, parse_tokens
+
+    objectives = parse_objectives(_listed(slo, "--slo") if slo is not None else ())
+    synthetic_given = any(x is not None for x in (rate, requests, input_len, output_len, dist,
+                                                  concurrency))
+    if trace and synthetic_given:
+        raise UsageError("give --trace, or synthetic arrivals (--rate or --concurrency with "
+                         "--input-len and --output-len), not both")
+    if not trace and not synthetic_given:
+        raise UsageError("give a traffic: --trace NAME|FILE, or --rate/--concurrency with "
+                         "--input-len and --output-len")
+    if concurrency is not None and rate is not None:
+        raise UsageError("--rate sets open-loop arrivals and --concurrency a closed loop: "
+                         "give one of them")
+    if calibration is not None and calibration not in SIMULATE_CALIBRATIONS:
+        raise UsageError(f"unknown --calibration '{calibration}': choose from "
+                         f"{', '.join(SIMULATE_CALIBRATIONS)}")
+    for name, v, lo in (("--jobs", jobs, 1), ("--max-replicas", max_replicas, 1),
+                        ("--concurrency", concurrency, 1), ("--requests", requests, 1),
+                        ("--warmup", warmup, 0), ("--max-batched-tokens", max_batched_tokens, 1)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo
+                              or v > 1 << 24):
+            raise UsageError(f"invalid {name} {v!r}: a whole number from {lo} to {1 << 24:,}")
+    if gpu_util is not None and not (isinstance(gpu_util, (int, float)) and 0 < gpu_util <= 1):
+        raise UsageError(f"invalid --gpu-util {gpu_util!r}: must be in (0, 1]")
+    if not (isinstance(rate_scale, (int, float)) and 0 < rate_scale < float("inf")):
+        raise UsageError(f"invalid --rate-scale {rate_scale!r}: must be a positive number")
+    m = resolve(model, revision=revision)
+    warnings = list(m.spec.warnings)
+    input_len, output_len, max_len = (parse_tokens(v, what) if isinstance(v, str) else v
+                                      for v, what in ((input_len, "prompt length"),
+                                                      (output_len, "output length"),
+                                                      (max_len, "max length")))
+    if max_len is None:
+        max_len = m.spec.max_position_embeddings or 4096
+    gpus = []
+    for g in _listed(gpu, "--gpu"):
+        gpus.append(_resolve_gpu(g).name)
+    engines = []
+    for e in _listed(engine, "--engine"):
+        engines.append(engine_name(str(e)))
+    tps = _counts_list(tp, "--tp")
+    if None in tps:
+        raise UsageError("invalid --tp auto: give numbers such as 1,2,4,8")
+    kvs = [str(k).lower() for k in _listed(kv_dtype, "--kv-dtype")]
+    for k in kvs:
+        if k not in KV_DTYPE_CHOICES:
+            raise UsageError(f"invalid --kv-dtype {k!r}: choose from {', '.join(KV_DTYPE_CHOICES)}")
+    wds = [str(w).lower() for w in _listed(weights_dtype, "--weights-dtype")]
+    for w in wds:
+        if w != "auto":
+            weights_dtype_bytes(w)
+    seqs = _counts_list(max_num_seqs, "--max-num-seqs")
+    prefixes = _switches(prefix_caching, "--prefix-caching")
+    routers = [str(r) for r in _listed(router, "--router")]
+    for r in routers:
+        if r not in ROUTERS:
+            raise UsageError(f"unknown --router '{r}': choose from {', '.join(ROUTERS)}")
+    offloads = [parse_bytes(v, "--cpu-offload") if isinstance(v, str) else int(v or 0)
+                for v in _listed(cpu_offload, "--cpu-offload")]
+    prices = price_table(gpus, parse_prices(_listed(price, "--price") if price else (),
+                                            lambda g: _resolve_gpu(g).name))
+    if trace:
+        tr = load_trace(trace).scaled(rate_scale)
+        traffic = Traffic(tr.description, tr.arrivals, tr.hash_block, None, warmup)
+    else:
+        if rate_scale != 1.0:
+            raise UsageError("--rate-scale scales a --trace; give --rate for synthetic arrivals")
+        if input_len is None or output_len is None:
+            raise UsageError("synthetic arrivals need --input-len and --output-len")
+        n = 1000 if requests is None else requests
+        arrivals = tuple(synthetic(n, rate, input_len, output_len, dist, input_std, output_std,
+                                   max_len, seed))
+        what = (f"Poisson {rate:g}/s" if rate else f"closed loop, {concurrency:,} in flight"
+                if concurrency else "all at time 0")
+        traffic = Traffic(f"synthetic: {n:,} requests, {what}, " + (f"{dist} " if dist else
+                          "fixed ") + f"prompt {input_len:,} / output {output_len:,} tokens, "
+                          f"seed {seed}", arrivals, 512, concurrency, warmup)
+    if warmup and warmup >= len(traffic.arrivals):
+        raise UsageError(f"invalid --warmup {warmup}: it leaves none of the "
+                         f"{len(traffic.arrivals):,} requests to measure")
+    disagg_settings = None
+    if disagg:
+        from .sizing.disagg import disagg_settings as _disagg
+
+        disagg_settings = _disagg(objectives, link_rate)
+    elif link_rate is not None:
+        raise UsageError("--link-rate is the prefill-to-decode link of --disagg")
+    import itertools
+
+    candidates = [Candidate(g, e, t, k, w, s, p, r, o) for g, e, t, k, w, s, p, r, o in
+                  itertools.product(gpus, engines, tps, kvs, wds, seqs, prefixes, routers,
+                                    offloads)]
+    ctx = Context(m.spec, traffic, objectives,
+                  Settings(max_len, gpu_util, max_batched_tokens, calibration, vllm_version),
+                  disagg_settings)
+    if ray is not None and ray is not False:
+        from .sizing.ray_runner import RayRunner
+
+        runner = RayRunner(None if ray is True else str(ray))
+    else:
+        runner = LocalRunner(jobs)
+    if pareto_span in (None, "all"):
+        span = None
+    else:
+        try:
+            span = float(pareto_span)
+        except (TypeError, ValueError):
+            span = float("nan")
+        if isinstance(pareto_span, bool) or not 1 <= span < float("inf"):
+            raise UsageError(f"invalid --pareto-span {pareto_span!r}: a number >= 1, or all")
+    record = size_fleet(ctx, candidates, prices, runner,
+                        max_replicas or DEFAULT_MAX_REPLICAS, span)
+    warnings += engine_version_notices("vllm", vllm_version)
+    answer = record["answer"]
+    return SizeResult({"model": m.name, "workload": traffic.description,
+                       "requests": len(traffic.arrivals), "max_len": max_len,
+                       "answer_label": answer["label"] if answer else None,
+                       "answer_gpus": answer["gpus"] if answer else None,
+                       "answer_usd_per_hour": answer["usd_per_hour"] if answer else None,
+                       **record, "warnings": list(dict.fromkeys(warnings))})
+
+
 # ------------------------------------------------------------------------------------ check
 
 #: exit status of ``kvcalc check`` when the engine would refuse to start

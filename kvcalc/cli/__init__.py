@@ -23,6 +23,7 @@ COMMANDS = {
     "versions": "kvcalc.cli.versions:versions",
     "simulate": "kvcalc.cli.simulate:simulate",
     "check": "kvcalc.cli.check:check",
+    "size": "kvcalc.cli.size:size",
 }
 
 
