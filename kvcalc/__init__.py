@@ -10,7 +10,7 @@ The public API (pure Python, no torch; docs/api.md):
 >>> kvcalc.plan("llama-3.1-8b", gpu="h100", max_len="8k").fits
 True
 
-``resolve``, ``estimate``, ``plan`` and ``simulate`` take keyword arguments named like the CLI options and return
+``resolve``, ``estimate``, ``plan``, ``simulate``, ``check`` and ``size`` take keyword arguments named like the CLI options and return
 frozen results whose ``to_dict()`` is the command's JSON output; errors are the typed
 exceptions of :mod:`kvcalc.errors` (all :class:`KvcalcError`). Names are imported on first use,
 so ``import kvcalc`` stays as cheap as ``kvcalc estimate``.
@@ -28,6 +28,7 @@ _EXPORTS = {
     "resolve": "kvcalc.api", "estimate": "kvcalc.api", "estimate_sweep": "kvcalc.api",
     "plan": "kvcalc.api", "compare_gpus": "kvcalc.api", "simulate": "kvcalc.api",
     "SimulateResult": "kvcalc.api", "check": "kvcalc.api", "CheckResult": "kvcalc.api",
+    "size": "kvcalc.api", "SizeResult": "kvcalc.api",
     "Model": "kvcalc.api", "EstimateResult": "kvcalc.api", "PlanResult": "kvcalc.api",
     "Result": "kvcalc.api",
     "KvcalcError": "kvcalc.errors", "UsageError": "kvcalc.errors",
