@@ -516,11 +516,16 @@ class _HState:
     """A request's tables (one per group) and the computed counts at the start of its last
     scheduled steps (the tokens in flight with async scheduling)."""
 
-    __slots__ = ("tables", "marks", "tail", "ifrag")
+    __slots__ = ("tables", "marks", "tail", "ifrag", "cap", "next_free", "upto")
 
     def __init__(self, groups: int):
         self.tables = [_Table() for _ in range(groups)]
         self.marks: list[int] = []
+        #: the most tokens the held blocks take without a new block, the fewest processed
+        #: tokens at which a group frees a block, and the tokens the blocks were sized for
+        self.cap = 0
+        self.next_free = 0
+        self.upto = 0
         self.tail = 0          # slots of the attention groups' last blocks not yet filled
         self.ifrag = 0         # of which never filled (the request's final length reached)
 
@@ -571,6 +576,7 @@ class HybridCache(PagedCache):
         self.in_flight = in_flight
         self.tail_slots = 0
         self.peak_blocks = 0
+        self.n_attention = sum(1 for g in groups if g.kind != MAMBA_GROUP)
         #: lookup order: full attention first (its leading run bounds the others)
         self._order = sorted(range(len(groups)), key=lambda g: groups[g].kind != FULL_GROUP)
 
@@ -755,6 +761,16 @@ class HybridCache(PagedCache):
         c = r.computed
         marks = st.marks
         processed = marks[0] if self.lag and marks else c
+        if upto <= st.cap and processed < st.next_free:
+            # nothing to free nor to allocate: only the last blocks' tails shrink
+            d = (upto - st.upto) * self.n_attention
+            st.upto = upto
+            st.tail -= d
+            self.tail_slots -= d
+            marks.append(c)
+            if len(marks) > self.lag:
+                del marks[0]
+            return True
         self._remove_skipped(r, st, processed)
         need = 0
         for g, spec in enumerate(self.groups):
@@ -830,6 +846,8 @@ class HybridCache(PagedCache):
         self.tail_slots += tail - st.tail
         self.ifrag_slots += ifrag - st.ifrag
         st.tail, st.ifrag = tail, ifrag
+        st.upto = upto
+        self._events(st)
         marks = st.marks
         marks.append(start)
         if len(marks) > self.lag:
@@ -837,6 +855,26 @@ class HybridCache(PagedCache):
         used = self.n - self.free_count
         if used > self.peak_blocks:
             self.peak_blocks = used
+
+    def _events(self, st: _HState) -> None:
+        """The request's next events: ``cap`` (tokens its blocks hold) and ``next_free``
+        (processed tokens at which a group frees a block)."""
+        B = self.block
+        cap = nxt = 1 << 62
+        for g, spec in enumerate(self.groups):
+            tab = st.tables[g]
+            kind = spec.kind
+            if kind == MAMBA_GROUP:
+                if spec.align and tab.held:
+                    nxt = min(nxt, (min(tab.held) + 1) * B + 1)
+                continue
+            cap = min(cap, tab.n * B)
+            if kind == SLIDING_GROUP:
+                nxt = min(nxt, (tab.lo + 1) * B + spec.window - 1)
+            elif kind == CHUNKED_GROUP:
+                C = spec.window
+                nxt = min(nxt, -(-(tab.lo + 1) * B // C) * C)
+        st.cap, st.next_free = cap, nxt
 
     def _remove_skipped(self, r, st: _HState, processed: int) -> None:
         """Free what the groups no longer need once ``processed`` tokens are processed."""
@@ -870,6 +908,7 @@ class HybridCache(PagedCache):
             self._queue(clean, cached)
             self.held_total -= freed
             r.held -= freed
+            self._events(st)
 
     def on_computed(self, r) -> None:
         """Cache the full prompt blocks ``r`` holds that a trace hash identifies, per group."""
