@@ -13,7 +13,7 @@ from kvcalc.cli import cli
 from kvcalc.hardware import resolve_gpu
 from kvcalc.model import load_spec
 from kvcalc.planning import PlanInputs, make_plan
-from kvcalc.simulation import Options, kv_cache_groups, result_record, simulate
+from kvcalc.simulation import Options, kv_cache_groups, simulate
 from kvcalc.simulation.contiguous import HybridContiguousCache
 from kvcalc.simulation.paged import GroupSpec, HybridCache
 from kvcalc.simulation.requests import Arrival, synthetic
