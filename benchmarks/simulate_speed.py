@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--synthetic", type=int, default=1_000_000)
     ap.add_argument("--skip-azure", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--skip-hybrid", action="store_true",
+                    help="leave out the hybrid case (Gemma 3 27B, KV cache groups)")
     args = ap.parse_args()
     spec = load_spec("llama-3.1-8b")[1]
     inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=131072)
@@ -57,6 +59,18 @@ def main() -> None:
                          "requests": t.requests, "completed": t.completed, "steps": t.steps,
                          "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
                          "requests_per_cpu_s": round(len(allocators) * t.requests / cpu)})
+        if not args.skip_hybrid:
+            # a hybrid model (issue 24): 6 sliding-window groups + 1 full group, every step in
+            # detail (paged.HybridCache)
+            g3 = load_spec("gemma-3-27b")[1]
+            g3_inp = PlanInputs(gpu=resolve_gpu("h100"), max_len=32768)
+            res, cpu, wall = timed(lambda: simulate(g3, g3_inp, trace,
+                                                    Options(allocators=("paged",))))
+            t = res.runs["paged"].totals
+            rows.append({"case": "azure-conv-2023, gemma-3-27b / h100 (7 KV cache groups), "
+                                 "paged", "requests": t.requests, "completed": t.completed,
+                         "steps": t.steps, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+                         "requests_per_cpu_s": round(t.requests / cpu)})
     for n in sorted({min(100_000, args.synthetic), args.synthetic}):
         before = maxrss_mib()
 

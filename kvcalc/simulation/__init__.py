@@ -25,15 +25,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from ..engines.cache import KEEP_ALL, KEEP_NONE
+from ..engines.cache import KEEP_ALL, KEEP_CHUNK, KEEP_NONE, KEEP_WINDOW
 from ..errors import UsageError
 from ..params import weight_bytes
 from ..budget import pp_partition, stage_weight_bytes
 from ..planning import Plan, PlanInputs, make_plan
 from ..workload import fixed
-from .contiguous import POLICIES, SLOTS, ContiguousCache, SlotsCache
+from .contiguous import POLICIES, SLOTS, ContiguousCache, HybridContiguousCache, SlotsCache
 from .metrics import CATEGORIES
-from .paged import PagedCache
+from .paged import (CHUNKED_GROUP, FULL_GROUP, MAMBA_GROUP, SLIDING_GROUP, GroupSpec,
+                    HybridCache, PagedCache)
 from .requests import MOONCAKE_HASH_BLOCK, Arrival, Trace
 from .scheduler import Config, Totals, run
 from .timing import StepTime, model_figures, pipeline_step_time, step_time_model
@@ -98,26 +99,133 @@ class SimulationResult:
     cpu_blocks: int = 0
     usable_blocks: int = 0
     config: Config | None = None
+    #: vLLM's KV cache groups when there are several (or one that is not full attention)
+    groups: Groups | None = None
 
 
 def check_simulable(plan: Plan) -> None:
-    """The simulator models one KV cache group of full-attention (or MLA) layers."""
-    layout = plan.layout
+    """The simulator models vLLM's KV cache groups (:func:`kv_cache_groups`) and llama.cpp's
+    slots, on a plan that fits."""
     if plan.inputs.engine == "llamacpp":
         _check_llamacpp(plan)
         return
     if plan.inputs.engine != "vllm":
         raise UsageError("kvcalc simulate models vLLM's scheduler and llama.cpp's slots: use "
                          "--engine vllm or --engine llamacpp")
-    odd = [c for c in layout.layers if c.keep not in (KEEP_ALL, KEEP_NONE) or c.fixed_bytes]
-    if odd or plan.vllm.groups != 1:
-        kinds = sorted({c.kind for c in odd}) or ["several KV cache groups"]
-        raise UsageError(f"kvcalc simulate models full-attention and MLA layers in one KV cache "
-                         f"group; {plan.spec.model_type} has {', '.join(kinds)} layers "
-                         f"(not modelled yet)")
     if not plan.fits:
         raise UsageError(f"the plan does not fit: {plan.vllm.log_lines()[0]} (kvcalc plan "
                          f"shows why)")
+    kv_cache_groups(plan)
+
+
+def _is_single_group(plan: Plan) -> bool:
+    """One KV cache group of full-attention (or MLA) layers: the dense path."""
+    if plan.vllm.groups != 1:
+        return False
+    return not any(c.keep not in (KEEP_ALL, KEEP_NONE) or c.fixed_bytes
+                   for c in plan.layout.layers) or _unified_to_full(plan)
+
+
+def _unified_to_full(plan: Plan) -> bool:
+    """vLLM turns sliding/chunked layers into full attention: --disable-hybrid-kv-cache-manager,
+    or chunked local attention where the band switches the hybrid manager off."""
+    inp = plan.inputs
+    if inp.disable_hybrid:
+        return True
+    chunked = any(c.keep == KEEP_CHUNK for c in plan.layout.layers)
+    return chunked and not inp.rules().allows_chunked_local_hybrid
+
+
+@dataclass(frozen=True)
+class Groups:
+    """vLLM's KV cache groups of a plan, as the simulator replays them: one
+    :class:`.paged.GroupSpec` per group, the layers of each (vLLM's ``get_kv_cache_groups``:
+    layers bucketed by spec, each bucket split into groups of ``group_size`` layers, a bucket's
+    i-th group taking every n-th layer), the attention block size and the block page."""
+
+    specs: tuple[GroupSpec, ...]
+    layers: tuple[tuple[int, ...], ...]
+    block_size: int
+    page_bytes: int
+
+    def stage_bytes_per_block(self, start: int, end: int) -> int:
+        """One block id's bytes on a pipeline stage holding layers ``start .. end - 1``: the
+        group with the most layers there (vLLM's per-worker page tensors)."""
+        return self.page_bytes * max(sum(1 for l in ls if start <= l < end)
+                                     for ls in self.layers)
+
+
+def kv_cache_groups(plan: Plan) -> Groups | None:
+    """The KV cache groups of a vLLM plan, or None for one group of full attention (the dense
+    path). Derived from the plan's layout and checked against the plan's engine figures (the
+    number of groups and the blocks one max_model_len request needs)."""
+    if _is_single_group(plan):
+        return None
+    layout, cap, inp = plan.layout, plan.vllm, plan.inputs
+    rules = inp.rules()
+    full = _unified_to_full(plan)
+    buckets: dict[tuple, list[int]] = {}
+    attn_bpt = set()
+    for c in layout.layers:
+        if c.fixed_bytes:
+            key = (MAMBA_GROUP, 0)
+        elif c.keep == KEEP_NONE:
+            continue
+        else:
+            attn_bpt.add(c.bytes_per_token)
+            if full or c.keep == KEEP_ALL:
+                key = (FULL_GROUP, 0)
+            elif c.keep == KEEP_WINDOW:
+                key = (SLIDING_GROUP, c.window)
+            else:
+                key = (CHUNKED_GROUP, c.window)
+        buckets.setdefault(key, []).append(c.index)
+    if not attn_bpt:
+        raise UsageError(f"kvcalc simulate needs attention layers; {plan.spec.model_type} has "
+                         f"none (an attention-free model: not modelled)")
+    if len(attn_bpt) > 1:
+        raise UsageError(f"kvcalc simulate models KV cache groups of one block size; "
+                         f"{plan.spec.model_type}'s attention layers differ in bytes per token "
+                         f"(vLLM scales their block sizes: not modelled yet)")
+    if inp.speculative_tokens and (MAMBA_GROUP, 0) in buckets:
+        raise UsageError("kvcalc simulate does not model speculative decoding's Mamba blocks: "
+                         "use --num-speculative-tokens 0")
+    sizes = [len(v) for v in buckets.values()]
+    lo, hi = min(sizes), max(sizes)
+    group_size = hi if hi < lo * 1.5 else lo
+    B, L, T = cap.block_size, inp.max_len, inp.in_flight()
+    kinds, members = [], []
+    attn_blocks = 0
+    n_mamba = 0
+    for (kind, window), ls in buckets.items():
+        n = -(-len(ls) // group_size) if len(buckets) > 1 else 1
+        for i in range(n):
+            kinds.append((kind, window))
+            members.append(tuple(ls[i::n]))
+            if kind == SLIDING_GROUP:
+                attn_blocks += -(-min(window - 1 + T, L) // B) + 1
+            elif kind == CHUNKED_GROUP:
+                attn_blocks += -(-min(window + T, L) // B)
+            elif kind == FULL_GROUP:
+                attn_blocks += -(-L // B)
+            else:
+                n_mamba += 1
+    align = rules.mamba_align
+    checkpoint = 0
+    if n_mamba:
+        per, rest = divmod(cap.blocks_per_request - attn_blocks, n_mamba)
+        checkpoint = per - 2 if align else 0
+        if rest or per != (2 + checkpoint if align else 1) or checkpoint not in (0, 1):
+            raise UsageError(f"internal: {n_mamba} Mamba groups need "
+                             f"{cap.blocks_per_request - attn_blocks} blocks per request")
+    if len(kinds) != cap.groups or (not n_mamba and attn_blocks != cap.blocks_per_request):
+        raise UsageError(f"internal: {len(kinds)} KV cache groups, {attn_blocks} blocks per "
+                         f"request; the plan has {cap.groups} and {cap.blocks_per_request}")
+    specs = tuple(GroupSpec(kind, window, align and kind == MAMBA_GROUP,
+                            checkpoint if kind == MAMBA_GROUP else 0)
+                  for kind, window in kinds)
+    return Groups(specs, tuple(members), B, cap.bytes_per_block // (group_size if len(
+        buckets) > 1 else len(members[0])))
 
 
 def _check_llamacpp(plan: Plan) -> None:
@@ -173,8 +281,12 @@ def simulate(spec, inputs: PlanInputs, arrivals: Trace | Callable[[], Iterable[A
     if inputs.engine == "llamacpp":
         return _simulate_llamacpp(plan, arrivals, options, names)
     cap, budget = plan.vllm, plan.budget
+    groups = kv_cache_groups(plan)
+    if groups is not None and options.cpu_offload_bytes:
+        raise UsageError("--cpu-offload is not modelled with several KV cache groups (a hybrid "
+                         "model's blocks): leave it out")
     if inputs.pp > 1:
-        budget, slot_bytes, timing = _pipeline(plan, options)
+        budget, slot_bytes, timing = _pipeline(plan, options, groups)
     else:
         bpt = plan.bytes_per_token
         slot_bytes = cap.bytes_per_block / cap.block_size
@@ -210,11 +322,23 @@ def simulate(spec, inputs: PlanInputs, arrivals: Trace | Callable[[], Iterable[A
         replay = arrivals
     result = SimulationResult(plan, timing, options, description, cpu_blocks=cpu_blocks,
                               usable_blocks=usable, config=cfg)
+    batches = max(1, inputs.in_flight() // max(1, inputs.batched_tokens()))
+    result.groups = groups
     for name in names:
-        if name == "paged":
+        if name == "paged" and groups is not None:
+            cache = HybridCache(groups.specs, usable, cap.block_size, budget_slots,
+                                options.prefix_caching, hash_block,
+                                lag=batches - 1 if inputs.async_scheduling else 0,
+                                in_flight=inputs.in_flight())
+            pool = usable * cap.block_size
+        elif name == "paged":
             cache = PagedCache(usable, cap.block_size, budget_slots, options.prefix_caching,
                                cpu_blocks, hash_block)
             pool = usable * cap.block_size
+        elif groups is not None:
+            pool = int(budget.kv_bytes // slot_bytes)
+            cache = HybridContiguousCache(name, pool, budget_slots, inputs.max_len,
+                                          groups.specs, cap.block_size)
         else:
             pool = int(budget.kv_bytes // slot_bytes)
             cache = ContiguousCache(name, pool, budget_slots, inputs.max_len)
@@ -223,7 +347,7 @@ def simulate(spec, inputs: PlanInputs, arrivals: Trace | Callable[[], Iterable[A
     return result
 
 
-def _pipeline(plan: Plan, options: Options):
+def _pipeline(plan: Plan, options: Options, groups: Groups | None = None):
     """Pipeline parallelism: (the limiting stage's budget, its KV bytes per token slot, the
     pipeline's step-time model). Every stage holds its own layers of every sequence in its own
     budget; the stage that fits the fewest blocks limits the replica -- the plan's
@@ -234,8 +358,13 @@ def _pipeline(plan: Plan, options: Options):
     stages = pp_partition(spec.num_layers, inputs.pp)
     per_token = [sum(c.bytes_per_token for c in plan.layout.layers[start:end]
                      if c.keep != KEEP_NONE) for start, end in stages]
-    blocks = [b.kv_bytes // (t * cap.block_size) if t else 0
-              for b, t in zip(plan.budgets, per_token)]
+    if groups is None:
+        blocks = [b.kv_bytes // (t * cap.block_size) if t else 0
+                  for b, t in zip(plan.budgets, per_token)]
+    else:
+        # a block id costs each stage one page of each of its layers in the fullest group
+        block_bytes = [groups.stage_bytes_per_block(start, end) for start, end in stages]
+        blocks = [b.kv_bytes // p if p else 0 for b, p in zip(plan.budgets, block_bytes)]
     limit = min(range(len(stages)), key=lambda i: blocks[i])
     if inputs.num_blocks_override is None and blocks[limit] != cap.num_blocks:
         raise UsageError(f"internal: stage {limit} holds {blocks[limit]:,} blocks, the plan "
@@ -253,6 +382,8 @@ def _pipeline(plan: Plan, options: Options):
                                   inputs.weights_dtype, cal, options.step_overhead_s)
                   for (start, end), w, t in zip(stages, weights, per_token)]
         timing = pipeline_step_time(models[0], models, inputs.gpu, spec.hidden_size)
+    if groups is not None:
+        return plan.budgets[limit], block_bytes[limit] / cap.block_size, timing
     return plan.budgets[limit], per_token[limit], timing
 
 
@@ -336,7 +467,25 @@ def result_record(res: SimulationResult) -> dict:
         "warmup_requests": res.options.warmup,
         "allocators": {name: run_record(r, inp.tp * inp.pp) for name, r in res.runs.items()},
     }
+    if res.groups is not None:
+        rec["kv_cache_groups"] = groups_record(res)
     return rec
+
+
+def groups_record(res: SimulationResult) -> list[dict]:
+    """The KV cache groups a hybrid simulation replayed (one entry per group, in vLLM's order;
+    ``peak_blocks_per_request``: the most one max_len request holds, vLLM's
+    ``max_memory_usage_bytes / page``)."""
+    inp, B = res.plan.inputs, res.groups.block_size
+    out = []
+    for spec, layers in zip(res.groups.specs, res.groups.layers):
+        out.append({"kind": spec.kind, "layers": len(layers),
+                    "window": spec.window or None,
+                    "mamba_cache_mode": ("align" if spec.align else "none")
+                    if spec.kind == MAMBA_GROUP else None,
+                    "peak_blocks_per_request": spec.peak_blocks(inp.max_len, B,
+                                                                inp.in_flight())})
+    return out
 
 
 def _llamacpp_record(res: SimulationResult, first: AllocatorRun) -> dict:

@@ -177,3 +177,95 @@ class SlotsCache(ContiguousCache):
         # the holes are whole slots (first fit of equal ranges in P x n_ctx_seq cells): any
         # idle slot serves the next request
         return 0, self.n - self.reserved
+
+
+class HybridContiguousCache(ContiguousCache):
+    """The paper's contiguous baselines on a hybrid model: a request reserves one range for
+    all its KV cache groups, each group sized as a contiguous system would size it -- a full
+    attention group the policy's reservation R, a sliding-window group a ring buffer of
+    min(R, W) slots, a chunked-local group min(R, C) (one chunk), a Mamba / GDN group one
+    state page (``block_size`` slots: vLLM's page is one attention block). Slots are token
+    positions of one group (the pool is the KV budget in those units, as for the paged pool).
+
+    Token states are what the groups hold of the request: full attention every computed
+    token, a window its last min(c, W), a chunk buffer min(c, C), a Mamba group its state
+    page once the request has started. The scheduler asks every step in detail
+    (``bulk_decode``), as a window's fill stops growing at W."""
+
+    bulk_decode = False
+
+    def __init__(self, policy: str, pool_slots: int, budget_slots: float, max_len: int,
+                 groups, block_size: int):
+        super().__init__(policy, pool_slots, budget_slots, max_len)
+        self.groups = groups
+        self.block = block_size
+        #: token states of the admitted requests (kept up to date at every step)
+        self.fill_total = 0
+
+    def _sizes(self, tokens: int) -> int:
+        """Slots of all the groups for a reservation of ``tokens`` tokens."""
+        total = 0
+        for g in self.groups:
+            if g.kind == "mamba":
+                total += self.block
+            elif g.kind in ("sliding", "chunked"):
+                total += min(tokens, g.window)
+            else:
+                total += tokens
+        return total
+
+    def _fill(self, tokens: int) -> int:
+        """Slots the groups fill with ``tokens`` computed tokens."""
+        if tokens <= 0:
+            return 0
+        return self._sizes(tokens)
+
+    def rejects(self, r) -> bool:
+        r.reserve = self._sizes(reservation(self.policy, r.prompt, r.output, self.max_len))
+        return r.reserve > self.n
+
+    def admit(self, r, hits, upto: int) -> bool:
+        placed = r.addr >= 0
+        if not super().admit(r, hits, upto):
+            return False
+        if not placed:
+            # what the reservation will hold: each group's fill at the last step, capped
+            self.keep_total += self._keep(r) - min(r.reserve, r.final)
+        self._set_fill(r, upto)
+        return True
+
+    def _keep(self, r) -> int:
+        return min(r.reserve, self._fill(r.final))
+
+    def _set_fill(self, r, tokens: int) -> None:
+        f = self._fill(tokens)
+        was = r.bkeys[0] if r.bkeys else 0
+        self.fill_total += f - was
+        r.bkeys = [f]
+
+    def grow(self, r, upto: int) -> bool:
+        self._set_fill(r, upto)
+        return True
+
+    def free(self, r, preempted: bool) -> None:
+        if r.addr < 0:
+            return
+        self.keep_total += min(r.reserve, r.final) - self._keep(r)
+        super().free(r, preempted)
+        self.fill_total -= r.bkeys[0] if r.bkeys else 0
+        r.bkeys = None
+
+    def snapshot(self, running, head, computed: int | None = None) -> tuple[float, ...]:
+        toks = self.fill_total
+        res = self.keep_total - toks
+        ifrag = self.reserved - self.keep_total
+        stranded, usable = self._free_split(head)
+        return (toks, res, ifrag, self.budget_slots - self.n + stranded, usable)
+
+    def check(self, running) -> None:
+        assert sum(self.sizes) + self.reserved == self.n, "slots not conserved"
+        assert sum(r.reserve for r in running if r.addr >= 0) == self.reserved
+        assert sum(self._keep(r) for r in running) == self.keep_total
+        assert sum(r.bkeys[0] for r in running if r.bkeys) == self.fill_total
+        for a, b, s in zip(self.starts, self.starts[1:], self.sizes):
+            assert a + s < b, "holes overlap or touch"

@@ -174,6 +174,9 @@ class _Loop:
         self.n_active = 0
         #: paged: block size; a lazy request needs a new block at the ticks t = q (mod B)
         self.B = B = getattr(cache, "B", 0)
+        #: a cache may ask for every step in detail (hybrid KV cache groups:
+        #: :class:`.paged.HybridCache` frees and allocates at different ticks per group)
+        self.bulk = getattr(cache, "bulk_decode", True)
         self.phase = [0] * B
         #: (tick at which the request samples its last token, seq, request)
         self.finish_heap: list = []
@@ -302,7 +305,7 @@ class _Loop:
                 self._accumulate_idle(gap)
                 self.t = self.next.arrival_s
                 continue
-            if self.stable and self._decode_run():
+            if self.stable and self.bulk and self._decode_run():
                 continue
             if self.prefill_first and (self.n_active or self.waiting) and self._prefill_step():
                 continue
@@ -326,7 +329,7 @@ class _Loop:
         B = self.B
         n = len(self.running)
         # 1. running requests, oldest first
-        if self.n_active == 0 and n <= budget and self.fast_ticks and (
+        if self.n_active == 0 and n <= budget and self.fast_ticks and self.bulk and (
                 not B or self.phase[(self.D + 1) % B] <= cache.free_count):
             self._tick_step(n)
             return
