@@ -39,6 +39,15 @@ from .requests import Arrival
 from .timing import StepTime
 
 
+def prefill_pairs(cached: int, new: int) -> float:
+    """The query-key pairs a chunk of ``new`` prompt tokens after ``cached`` computes beyond
+    what the step's KV term counts for it (``cached + new`` keys, as for one token): token k
+    (1-based) of the chunk attends to ``cached + k`` keys, ``new x cached + new (new + 1) / 2``
+    pairs in all, which is ``(new - 1)(cached + new / 2)`` more (the step time's attention term,
+    :meth:`.timing.StepTime.duration`). Every scheduled chunk of more than one token adds it."""
+    return (new - 1) * (cached + new / 2)
+
+
 class Req:
     """One request in flight."""
 
@@ -362,7 +371,7 @@ class _Loop:
             tokens += new
             kv += c + new
             if new > 1:
-                extra += (new - 1) * (c + new / 2)
+                extra += prefill_pairs(c, new)
             i += 1
             r.computed = c + new
             if c < r.hwm:
@@ -504,7 +513,7 @@ class _Loop:
                 tokens += new
                 kv += c + new
                 if new > 1:
-                    extra += (new - 1) * (c + new / 2)
+                    extra += prefill_pairs(c, new)
         admitted: list[tuple[Req, int]] = []
         if self.waiting and budget > 0:
             _, tokens, kv, extra = self._admit(admitted, budget, tokens, kv, extra)
@@ -569,7 +578,7 @@ class _Loop:
             tokens += new
             kv += hit_tokens + new
             if new > 1:
-                extra += (new - 1) * (hit_tokens + new / 2)
+                extra += prefill_pairs(hit_tokens, new)
         return False, tokens, kv, extra
 
     def _compute_admitted(self, admitted: list[tuple[Req, int]], end: float,
