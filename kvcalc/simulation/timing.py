@@ -6,7 +6,7 @@ requests then hold ``kv`` tokens (their context, the tokens written this step in
 its prefill chunks add ``extra`` query-key pairs beyond one per held token. Per GPU (tensor
 parallel degree ``tp``: every figure is the GPU's shard; the GPUs work at once):
 
-    step = overhead + c_mix [a prompt chunk in the step] + c_tok x T
+    step = overhead + c_mix [a prompt chunk in the step] + c_tok x T + c_seq x S
          + c_wmem x Wdense + c_wexp x Wexperts(T) + c_flop[dtype] x Fgemm(T)
          + c_max x max(Wdense + Wexperts(T), Fgemm(T))                            (GEMMs)
          + c_kv x kv x KV bytes/token / bandwidth                                   (KV read)
@@ -25,6 +25,9 @@ and each request's time to first token (and end-to-end time) carries the fronten
   peak), with a coefficient per dtype (``c_flop``, ``c_flop8``, ``c_flop4``);
 - ``c_mix``: a step that computes a prompt chunk runs outside the decode CUDA graphs (the
   engines capture decode-only batches);
+- ``c_seq x S``: the host's work per request in the step (``S`` requests scheduled: building
+  its inputs, sampling, detokenizing and streaming its token), which grows with the batch
+  while the GPU's decode time barely does;
 - attention FLOPs per (query, key) pair and layer: ``2 x heads x (d_k + d_v)`` (QK^T and PV);
   MLA (DeepSeek) as vLLM/FlashMLA run it, the latent absorbed:
   ``2 x heads x (2 x kv_lora_rank + rope_dim)``; heads split by tp;
@@ -75,6 +78,7 @@ class Calibration:
     overhead_s: float
     c_mix: float = 0.0          # seconds more for a step that computes a prompt chunk
     c_tok: float = 0.0          # seconds per scheduled token
+    c_seq: float = 0.0          # seconds per scheduled request
     c_wmem: float = 0.0         # the dense weights' read
     c_wexp: float = 0.0         # the routed experts' read
     c_flop: float = 0.0         # GEMM FLOPs at the bf16 peak ...
@@ -197,6 +201,7 @@ class StepTime:
     calibration: Calibration
     base_s: float = 0.0              # overhead + all-reduce latencies
     per_token_s: float = 0.0         # c_tok + the all-reduces' bandwidth term, per token
+    per_seq_s: float = 0.0           # c_seq: per request scheduled
     w_dense_s: float = 0.0           # dense weights / bandwidth
     w_expert_s: float = 0.0          # routed experts / bandwidth
     miss: float = 1.0                # 1 - k/E: an expert's chance to be missed by one token
@@ -223,14 +228,15 @@ class StepTime:
                  seqs: int = 0) -> float:
         """One step scheduling ``tokens`` new tokens whose requests hold ``kv_tokens``
         (``extra_pairs``: the prefill chunks' query-key pairs beyond one per held token;
-        ``seqs``: the requests scheduled, which only a pipeline's micro-batches need)."""
+        ``seqs``: the requests scheduled)."""
         if self.fixed_s is not None:
             return self.fixed_s
         wd = self.w_dense_s
         we = self.w_expert_s * (1.0 - self.miss ** tokens) if self.w_expert_s else 0.0
         w = wd + we
         f = self.flop_s * tokens
-        d = (self.base_s + self.per_token_s * tokens + self.c_wmem * wd + self.c_wexp * we
+        d = (self.base_s + self.per_token_s * tokens + self.per_seq_s * seqs
+             + self.c_wmem * wd + self.c_wexp * we
              + self.c_flop * f + self.c_max * (w if w > f else f) + self.kv_s * kv_tokens
              + self.attn_s * (kv_tokens + extra_pairs))
         return d + self.prefill_s if extra_pairs else d
@@ -240,7 +246,7 @@ class StepTime:
         lasts ``c0 + c1 x j`` (each request reads its context plus the token it writes)."""
         if self.fixed_s is not None:
             return self.fixed_s, 0.0
-        c0 = self.duration(running, kv_tokens + running)
+        c0 = self.duration(running, kv_tokens + running, 0, running)
         return c0, (self.kv_s + self.attn_s) * running
 
     def describe(self) -> str:
@@ -287,7 +293,8 @@ def step_time_model(gpu, figures: ModelFigures | None, weights_dtype: str = "bf1
                       / gpu.interconnect_bandwidth_bytes_per_s)
         base += cal.c_arlat * f.allreduces * (gpu.interconnect_latency_s or 0.0)
     miss = 1.0 - f.top_k / f.experts if f.experts else 1.0
-    return StepTime(cal, base_s=base, per_token_s=per_token, w_dense_s=f.dense_weight_bytes / bw,
+    return StepTime(cal, base_s=base, per_token_s=per_token, per_seq_s=cal.c_seq,
+                    w_dense_s=f.dense_weight_bytes / bw,
                     w_expert_s=f.expert_weight_bytes / bw, miss=miss,
                     flop_s=f.gemm_flops_per_token / peak,
                     kv_s=cal.c_kv * f.kv_bytes_per_token / bw,
@@ -317,7 +324,7 @@ class PipelineStepTime(StepTime):
     tokens and pairs, plus sending its activations to the next stage. A round lasts ``stages``
     such stage times: a full pipeline (m = stages) completes one micro-batch per stage time,
     and a request's token (its first one included) comes ``stages`` stage latencies after it
-    was scheduled."""
+    was scheduled. The host's work per request (``c_seq``) is done once per round."""
 
     stages: int = 1
     send_s: float = 0.0              # activation transfer per token, between two stages
@@ -331,7 +338,8 @@ class PipelineStepTime(StepTime):
         m = p if seqs >= p else (seqs or 1)
         per = tokens / m
         stage = StepTime.duration(self, per, kv_tokens / m, extra_pairs / m)
-        return p * (stage + self.send_base_s + self.send_s * per)
+        # the host schedules, samples and streams each request once per round
+        return p * (stage + self.send_base_s + self.send_s * per) + self.per_seq_s * seqs
 
     def decode_series(self, running: int, kv_tokens: int) -> tuple[float, float]:
         if self.fixed_s is not None:
@@ -362,8 +370,8 @@ def pipeline_step_time(base: StepTime, stage_models: list[StepTime], gpu,
     if base.fixed_s is not None:
         return PipelineStepTime(base.calibration, fixed_s=base.fixed_s, stages=len(stage_models))
     top = {name: max(getattr(s, name) for s in stage_models)
-           for name in ("base_s", "per_token_s", "w_dense_s", "w_expert_s", "flop_s", "kv_s",
-                        "attn_s")}
+           for name in ("base_s", "per_token_s", "per_seq_s", "w_dense_s", "w_expert_s",
+                        "flop_s", "kv_s", "attn_s")}
     bw = gpu.interconnect_bandwidth_bytes_per_s
     send = PP_TENSORS_PER_TOKEN * hidden_size * ACTIVATION_BYTES / bw if bw else 0.0
     fields_ = {f.name: getattr(base, f.name) for f in fields(StepTime)}
