@@ -134,6 +134,19 @@ def test_moe_reads_the_experts_its_tokens_touch():
     assert experts > 10 * dense
 
 
+def test_gemm_coefficient_follows_the_gpu_generation():
+    """Blackwell's bf16 and fp8 GEMMs take their own coefficients, fp4 its one; Hopper and the
+    unmeasured generations (Ampere here) the others."""
+    from kvcalc.simulation.timing import gemm_coefficient
+
+    cal = Calibration(name="t", overhead_s=0.0, c_flop=1.0, c_flop8=2.0, c_flop4=3.0,
+                      c_flop_bw=4.0, c_flop8_bw=5.0)
+    assert [gemm_coefficient(cal, resolve_gpu(g), d) for g, d in (
+        ("h100", "bf16"), ("h100", "fp8"), ("a100-80gb", "bf16"), ("b200", "bf16"),
+        ("b200", "fp8"), ("b200", "fp4"), ("gb200", "fp8"))] == [1.0, 2.0, 1.0, 4.0, 5.0, 3.0,
+                                                                 5.0]
+
+
 def test_peaks_follow_the_weights_dtype():
     from kvcalc.simulation.timing import gemm_peak
 

@@ -79,12 +79,13 @@ def code_version() -> str:
 
 #: every term of the model at its physical value (the coefficients 1, no overhead)
 ONES = Calibration(name="ones", overhead_s=0.0, c_wmem=1.0, c_wexp=1.0, c_flop=1.0,
-                   c_flop8=1.0, c_flop4=1.0, c_max=1.0, c_kv=1.0, c_attn=1.0, c_arbw=1.0,
-                   c_arlat=1.0, source="unit terms")
-ZERO = dict(base_s=0.0, per_token_s=0.0, per_seq_s=0.0, c_wmem=0.0, c_wexp=0.0, c_flop=0.0, c_max=0.0,
-            kv_s=0.0, attn_s=0.0, prefill_s=0.0)
+                   c_flop8=1.0, c_flop4=1.0, c_flop_bw=1.0, c_flop8_bw=1.0, c_max=1.0,
+                   c_kv=1.0, c_attn=1.0, c_arbw=1.0, c_arlat=1.0, source="unit terms")
+ZERO = dict(base_s=0.0, per_token_s=0.0, per_seq_s=0.0, c_wmem=0.0, c_wexp=0.0, c_flop=0.0,
+            c_max=0.0, kv_s=0.0, attn_s=0.0, prefill_s=0.0)
 #: the shapes of the step time whose sums over a run give every term: a constant per step,
-#: a constant per step with a prompt chunk, the tokens scheduled, the tokens held, the
+#: a constant per step with a prompt chunk, the tokens scheduled, the requests scheduled,
+#: the tokens held, the
 #: query-key pairs, the weights read (dense and experts), the GEMM roofline (each a
 #: transform of the physical model)
 SHAPES = {
@@ -146,15 +147,32 @@ def columns(row: dict, case: silicon.Case) -> dict[str, tuple[float, float]]:
     dtype = ph.get("dtype") or _dtype(case)
     flops = scaled("tok", ph["flop_s"])
     zero = (0.0, 0.0)
+    gemm = {k: zero for k in GEMM_COEFS}
+    gemm[_gemm_coefficient_name(case, dtype)] = flops
     return {"overhead_s": row["const"], "c_mix": row["mix"], "c_tok": row["tok"],
             "c_seq": row["seq"],
             "c_wmem": dense, "c_wexp": tuple(a - b for a, b in zip(row["wmem"], dense)),
-            "c_flop": flops if dtype == "bf16" else zero,
-            "c_flop8": flops if dtype == "fp8" else zero,
-            "c_flop4": flops if dtype == "fp4" else zero, "c_max": row["max"],
+            **gemm, "c_max": row["max"],
             "c_kv": scaled("kv", ph["kv_s"]), "c_attn": scaled("pairs", ph["attn_s"]),
             "c_arbw": scaled("tok", ph["ar_tok"]), "c_arlat": scaled("const", ph["ar_base"]),
             "c_req": (1.0, 0.0), "c_req_tok": (float(case.isl), 0.0)}
+
+
+#: the GEMM coefficients: one of them scales a run's GEMM FLOPs (:func:`_gemm_coefficient_name`)
+GEMM_COEFS = ("c_flop", "c_flop8", "c_flop4", "c_flop_bw", "c_flop8_bw")
+
+
+def _gemm_coefficient_name(case: silicon.Case, dtype: str) -> str:
+    """The coefficient :func:`kvcalc.simulation.timing.gemm_coefficient` applies to ``case``'s
+    GEMMs at the ``dtype`` peak (the one of its own coefficient set to 1)."""
+    from kvcalc.hardware import resolve_gpu
+    from kvcalc.simulation.timing import gemm_coefficient
+
+    gpu = resolve_gpu(case.gpu)
+    picked = [k for k in GEMM_COEFS
+              if gemm_coefficient(Calibration(name="probe", overhead_s=0.0, **{k: 1.0}), gpu,
+                                  dtype)]
+    return picked[0]
 
 
 def _dtype(case: silicon.Case) -> str:

@@ -22,7 +22,10 @@ and each request's time to first token (and end-to-end time) carries the fronten
   dozen tokens on);
 - ``Fgemm(T)``: ``2 x active parameters x T`` FLOPs at the GPU's dense peak for the weights'
   compute dtype (bf16, fp8, fp4: the GPU catalog; int4 weight-only and fp16 run at the bf16
-  peak), with a coefficient per dtype (``c_flop``, ``c_flop8``, ``c_flop4``);
+  peak), with a coefficient per dtype (``c_flop``, ``c_flop8``, ``c_flop4``) and, for bf16 and
+  fp8, per GPU generation (``c_flop_bw``, ``c_flop8_bw`` on Blackwell, whose peaks doubled
+  Hopper's: the share of the peak that GEMMs reach is the generation's, not the model's; fp4
+  exists on Blackwell only; other generations, unmeasured, take Hopper's);
 - ``c_mix``: a step that computes a prompt chunk runs outside the decode CUDA graphs (the
   engines capture decode-only batches);
 - ``c_seq x S``: the host's work per request in the step (``S`` requests scheduled: building
@@ -83,7 +86,9 @@ class Calibration:
     c_wexp: float = 0.0         # the routed experts' read
     c_flop: float = 0.0         # GEMM FLOPs at the bf16 peak ...
     c_flop8: float = 0.0        # ... at the fp8 peak
-    c_flop4: float = 0.0        # ... at the fp4 peak
+    c_flop4: float = 0.0        # ... at the fp4 peak (Blackwell)
+    c_flop_bw: float = 0.0      # GEMM FLOPs at the bf16 peak on Blackwell ...
+    c_flop8_bw: float = 0.0     # ... at the fp8 peak on Blackwell
     c_max: float = 0.0
     c_kv: float = 0.0
     c_attn: float = 0.0
@@ -103,7 +108,8 @@ class Calibration:
 
 #: the uncalibrated roofline: 2 ms + (weights + KV read) / bandwidth + FLOPs / peak
 ROOFLINE = Calibration("roofline", DEFAULT_STEP_OVERHEAD_S, c_wmem=1.0, c_wexp=1.0,
-                       c_flop=1.0, c_flop8=1.0, c_flop4=1.0, c_kv=1.0,
+                       c_flop=1.0, c_flop8=1.0, c_flop4=1.0, c_flop_bw=1.0, c_flop8_bw=1.0,
+                       c_kv=1.0,
                        source="uncalibrated roofline")
 
 
@@ -192,6 +198,20 @@ def gemm_peak(gpu, weights_dtype: str) -> tuple[float, str]:
     if weights_dtype in FP8_WEIGHTS | FP4_WEIGHTS and gpu.fp8_tflops:
         return gpu.fp8_tflops * 1e12, "fp8"
     return (gpu.bf16_tflops or 0.0) * 1e12, "bf16"
+
+
+#: the GPU generation with its own GEMM coefficients (``Calibration.c_flop_bw``, ...)
+BLACKWELL = "blackwell"
+
+
+def gemm_coefficient(cal: Calibration, gpu, dtype: str) -> float:
+    """The coefficient of ``cal`` for GEMMs at the ``dtype`` peak (:func:`gemm_peak`) on
+    ``gpu``'s generation."""
+    if dtype == "fp4":
+        return cal.c_flop4
+    if gpu.architecture == BLACKWELL:
+        return cal.c_flop8_bw if dtype == "fp8" else cal.c_flop_bw
+    return cal.c_flop8 if dtype == "fp8" else cal.c_flop
 
 
 @dataclass(frozen=True)
@@ -300,7 +320,7 @@ def step_time_model(gpu, figures: ModelFigures | None, weights_dtype: str = "bf1
                     kv_s=cal.c_kv * f.kv_bytes_per_token / bw,
                     attn_s=cal.c_attn * f.attn_flops_per_pair / (gpu.bf16_tflops * 1e12),
                     c_wmem=cal.c_wmem, c_wexp=cal.c_wexp,
-                    c_flop={"bf16": cal.c_flop, "fp8": cal.c_flop8, "fp4": cal.c_flop4}[dtype],
+                    c_flop=gemm_coefficient(cal, gpu, dtype),
                     c_max=cal.c_max, prefill_s=cal.c_mix, peak_dtype=dtype,
                     bandwidth=bw, request_s=cal.c_req, request_token_s=cal.c_req_tok)
 
