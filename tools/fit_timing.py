@@ -15,8 +15,9 @@ linear function of the coefficients of :class:`kvcalc.simulation.timing.Calibrat
 each measured benchmark once per coefficient, that coefficient 1 and the others 0, gives its
 row of the design matrix exactly. Per engine, the coefficients (all >= 0) minimise the sum of
 absolute log errors, ``|log(modelled / measured)|``, of TTFT and (weighted x2) TPOT over the
-fit rows: iteratively reweighted non-negative least squares (:func:`fit`). The validation figures come from full replays with the
-fitted calibration (the design matrix is checked against them).
+fit rows: iteratively reweighted non-negative least squares (:func:`fit`). The validation
+figures come from full replays with the fitted calibration (the design matrix is checked
+against them).
 """
 
 from __future__ import annotations

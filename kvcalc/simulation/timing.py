@@ -7,7 +7,7 @@ its prefill chunks add ``extra`` query-key pairs beyond one per held token. Per 
 parallel degree ``tp``: every figure is the GPU's shard; the GPUs work at once):
 
     step = overhead + c_mix [a prompt chunk in the step] + c_tok x T + c_seq x S
-         + c_wmem x Wdense + c_wexp x Wexperts(T) + c_flop[dtype] x Fgemm(T)
+         + c_wmem x Wdense + c_wexp x Wexperts(T) + c_flop[dtype, gen] x Fgemm(T)
          + c_max x max(Wdense + Wexperts(T), Fgemm(T))                            (GEMMs)
          + c_kv x kv x KV bytes/token / bandwidth                                   (KV read)
          + c_attn x (kv + extra) x attention FLOPs per pair / bf16 peak         (attention)
