@@ -651,17 +651,19 @@ def test_pp_step_time_is_the_slowest_stage_per_round(llama):
     assert isinstance(timing, PipelineStepTime) and timing.stages == 2
     stage = StepTime.duration(timing, 1000, 1000, 499_500)
     send = timing.send_base_s + timing.send_s * 1000
-    assert timing.duration(1000, 1000, 499_500, 1) == pytest.approx(2 * (stage + send))
+    assert timing.duration(1000, 1000, 499_500, 1) == pytest.approx(2 * (stage + send)
+                                                                     + timing.per_seq_s)
     half = StepTime.duration(timing, 500, 5000, 0) + timing.send_base_s + timing.send_s * 500
-    assert timing.duration(1000, 10_000, 0, 1000) == pytest.approx(2 * half)
+    assert timing.duration(1000, 10_000, 0, 1000) == pytest.approx(2 * half
+                                                                   + 1000 * timing.per_seq_s)
     c0, c1 = timing.decode_series(64, 64_000)
     for j in (0, 1, 7):
         assert c0 + c1 * j == pytest.approx(timing.duration(64, 64_000 + 64 * (j + 1), 0, 64))
     # the pipeline takes about the time of pp 1 per round on a lone request, less when full
     one = run(llama, PlanInputs(gpu=resolve_gpu("h100"), max_len=8192),
               lambda: synthetic(2, None, 100, 2), allocators=("paged",)).timing
-    assert timing.duration(1, 1000, 0, 1) > one.duration(1, 1000)
-    assert timing.duration(256, 256_000, 0, 256) < 2 * one.duration(256, 256_000)
+    assert timing.duration(1, 1000, 0, 1) > one.duration(1, 1000, 0, 1)
+    assert timing.duration(256, 256_000, 0, 256) < 2 * one.duration(256, 256_000, 0, 256)
 
 
 def test_cli_pp2(tmp_path):

@@ -113,6 +113,10 @@ def test_terms_by_hand(llama):
     assert one(c_arbw=1.0) == pytest.approx(10 * 64 * 4096 * 2 / 450e9)
     assert one(c_arlat=1.0) == pytest.approx(64 * 8e-6)
     assert one(c_tok=1e-6) == pytest.approx(10e-6)
+    # the host's work per scheduled request: 3 requests
+    per_seq = step_time_model(gpu, fig, "fp8", Calibration(name="t", overhead_s=0.0, c_seq=2e-5))
+    assert per_seq.duration(10, 1000, 500, 3) == pytest.approx(6e-5)
+    assert per_seq.decode_series(8, 5000) == (pytest.approx(8 * 2e-5), 0.0)
     assert one(c_max=1.0) == pytest.approx(max(w / 3.35e12, 2 * params.active / 2 * 10 / 1979e12))
 
 
@@ -128,6 +132,19 @@ def test_moe_reads_the_experts_its_tokens_touch():
     assert st.duration(1, 0) == pytest.approx(dense + experts * 8 / 256)
     assert st.duration(64, 0) == pytest.approx(dense + experts * (1 - (1 - 8 / 256) ** 64))
     assert experts > 10 * dense
+
+
+def test_gemm_coefficient_follows_the_gpu_generation():
+    """Blackwell's bf16 and fp8 GEMMs take their own coefficients, fp4 its one; Hopper and the
+    unmeasured generations (Ampere here) the others."""
+    from kvcalc.simulation.timing import gemm_coefficient
+
+    cal = Calibration(name="t", overhead_s=0.0, c_flop=1.0, c_flop8=2.0, c_flop4=3.0,
+                      c_flop_bw=4.0, c_flop8_bw=5.0)
+    assert [gemm_coefficient(cal, resolve_gpu(g), d) for g, d in (
+        ("h100", "bf16"), ("h100", "fp8"), ("a100-80gb", "bf16"), ("b200", "bf16"),
+        ("b200", "fp8"), ("b200", "fp4"), ("gb200", "fp8"))] == [1.0, 2.0, 1.0, 4.0, 5.0, 3.0,
+                                                                 5.0]
 
 
 def test_peaks_follow_the_weights_dtype():
@@ -157,11 +174,19 @@ def test_decode_series_is_the_step_by_step_sum(llama):
     st = res.timing
     c0, c1 = st.decode_series(8, 5000)
     for j in range(4):
-        assert c0 + c1 * j == pytest.approx(st.duration(8, 5000 + 8 * (j + 1)))
+        assert c0 + c1 * j == pytest.approx(st.duration(8, 5000 + 8 * (j + 1), 0, 8))
 
 
 # --------------------------------------------------------------------------------------------
 # Measured runs: the split, and the accuracy on validation rows
+
+
+def test_sglang_chunk_follows_gpu_memory():
+    """SGLang's default --chunked-prefill-size: 8192 below 160 GiB, 16384 from there."""
+    assert silicon.sglang_chunk(resolve_gpu("h100")) == 8192
+    assert silicon.sglang_chunk(resolve_gpu("h200")) == 8192       # 143,072 MiB
+    assert silicon.sglang_chunk(resolve_gpu("b200")) == 16384      # 182,642 MiB
+    assert silicon.sglang_chunk(resolve_gpu("b300")) == 16384
 
 
 def test_remainder_two_is_never_read():

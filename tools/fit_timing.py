@@ -14,9 +14,10 @@ Method. In a closed loop with fixed lengths the scheduler's decisions never depe
 linear function of the coefficients of :class:`kvcalc.simulation.timing.Calibration`: running
 each measured benchmark once per coefficient, that coefficient 1 and the others 0, gives its
 row of the design matrix exactly. Per engine, the coefficients (all >= 0) minimise the sum of
-absolute relative errors of TTFT and (weighted x2) TPOT over the fit rows: iteratively
-reweighted non-negative least squares. The validation figures come from full replays with the
-fitted calibration (the design matrix is checked against them).
+absolute log errors, ``|log(modelled / measured)|``, of TTFT and (weighted x2) TPOT over the
+fit rows: iteratively reweighted non-negative least squares (:func:`fit`). The validation
+figures come from full replays with the fitted calibration (the design matrix is checked
+against them).
 """
 
 from __future__ import annotations
@@ -54,13 +55,15 @@ ENGINE_NAMES = {"vllm": "vLLM", "sglang": "SGLang", "trtllm": "TensorRT-LLM"}
 COEFS = Calibration.coefficient_names()
 #: the weight of a TPOT residual against a TTFT one
 TPOT_WEIGHT = 2.0
-#: IRLS: iterations, and the smallest |relative error| a weight is computed from
-IRLS_ITERATIONS = 40
+#: IRLS: iterations, those that scale residuals by the measured figure alone, and the
+#: smallest |log error| a weight is computed from
+IRLS_ITERATIONS = 60
+IRLS_WARMUP = 4
 IRLS_FLOOR = 0.01
 #: the validation rows the pytest replays: the fastest of each engine, this many
 CHECK_ROWS_PER_ENGINE = 12
 #: the calibration's name, printed with every modelled time
-NAME = "kvcalc-timing-1"
+NAME = "kvcalc-timing-2"
 
 
 def code_version() -> str:
@@ -77,18 +80,20 @@ def code_version() -> str:
 
 #: every term of the model at its physical value (the coefficients 1, no overhead)
 ONES = Calibration(name="ones", overhead_s=0.0, c_wmem=1.0, c_wexp=1.0, c_flop=1.0,
-                   c_flop8=1.0, c_flop4=1.0, c_max=1.0, c_kv=1.0, c_attn=1.0, c_arbw=1.0,
-                   c_arlat=1.0, source="unit terms")
-ZERO = dict(base_s=0.0, per_token_s=0.0, c_wmem=0.0, c_wexp=0.0, c_flop=0.0, c_max=0.0,
-            kv_s=0.0, attn_s=0.0, prefill_s=0.0)
+                   c_flop8=1.0, c_flop4=1.0, c_flop_bw=1.0, c_flop8_bw=1.0, c_max=1.0,
+                   c_kv=1.0, c_attn=1.0, c_arbw=1.0, c_arlat=1.0, source="unit terms")
+ZERO = dict(base_s=0.0, per_token_s=0.0, per_seq_s=0.0, c_wmem=0.0, c_wexp=0.0, c_flop=0.0,
+            c_max=0.0, kv_s=0.0, attn_s=0.0, prefill_s=0.0)
 #: the shapes of the step time whose sums over a run give every term: a constant per step,
-#: a constant per step with a prompt chunk, the tokens scheduled, the tokens held, the
+#: a constant per step with a prompt chunk, the tokens scheduled, the requests scheduled,
+#: the tokens held, the
 #: query-key pairs, the weights read (dense and experts), the GEMM roofline (each a
 #: transform of the physical model)
 SHAPES = {
     "const": lambda st: replace(st, **(ZERO | {"base_s": 1.0})),
     "mix": lambda st: replace(st, **(ZERO | {"prefill_s": 1.0})),
     "tok": lambda st: replace(st, **(ZERO | {"per_token_s": 1.0})),
+    "seq": lambda st: replace(st, **(ZERO | {"per_seq_s": 1.0})),
     "kv": lambda st: replace(st, **(ZERO | {"kv_s": 1.0})),
     "pairs": lambda st: replace(st, **(ZERO | {"attn_s": 1.0})),
     "wmem": lambda st: replace(st, **(ZERO | {"c_wmem": 1.0, "c_wexp": 1.0})),
@@ -143,14 +148,32 @@ def columns(row: dict, case: silicon.Case) -> dict[str, tuple[float, float]]:
     dtype = ph.get("dtype") or _dtype(case)
     flops = scaled("tok", ph["flop_s"])
     zero = (0.0, 0.0)
+    gemm = {k: zero for k in GEMM_COEFS}
+    gemm[_gemm_coefficient_name(case, dtype)] = flops
     return {"overhead_s": row["const"], "c_mix": row["mix"], "c_tok": row["tok"],
+            "c_seq": row["seq"],
             "c_wmem": dense, "c_wexp": tuple(a - b for a, b in zip(row["wmem"], dense)),
-            "c_flop": flops if dtype == "bf16" else zero,
-            "c_flop8": flops if dtype == "fp8" else zero,
-            "c_flop4": flops if dtype == "fp4" else zero, "c_max": row["max"],
+            **gemm, "c_max": row["max"],
             "c_kv": scaled("kv", ph["kv_s"]), "c_attn": scaled("pairs", ph["attn_s"]),
             "c_arbw": scaled("tok", ph["ar_tok"]), "c_arlat": scaled("const", ph["ar_base"]),
             "c_req": (1.0, 0.0), "c_req_tok": (float(case.isl), 0.0)}
+
+
+#: the GEMM coefficients: one of them scales a run's GEMM FLOPs (:func:`_gemm_coefficient_name`)
+GEMM_COEFS = ("c_flop", "c_flop8", "c_flop4", "c_flop_bw", "c_flop8_bw")
+
+
+def _gemm_coefficient_name(case: silicon.Case, dtype: str) -> str:
+    """The coefficient :func:`kvcalc.simulation.timing.gemm_coefficient` applies to ``case``'s
+    GEMMs at the ``dtype`` peak (the one of its own coefficient set to 1)."""
+    from kvcalc.hardware import resolve_gpu
+    from kvcalc.simulation.timing import gemm_coefficient
+
+    gpu = resolve_gpu(case.gpu)
+    picked = [k for k in GEMM_COEFS
+              if gemm_coefficient(Calibration(name="probe", overhead_s=0.0, **{k: 1.0}), gpu,
+                                  dtype)]
+    return picked[0]
 
 
 def _dtype(case: silicon.Case) -> str:
@@ -211,27 +234,42 @@ def nnls(A: np.ndarray, b: np.ndarray, iterations: int = 200) -> np.ndarray:
 
 
 def fit(cases: list[silicon.Case], rows: dict) -> np.ndarray:
-    """Coefficients (>= 0) minimising the weighted sum of absolute relative errors."""
-    A, w0 = [], []
+    """Coefficients (>= 0) minimising the weighted sum of ``|log(modelled / measured)|`` over
+    the TTFT and (x :data:`TPOT_WEIGHT`) TPOT of ``cases``.
+
+    The error is taken in log space so that a figure twice too long and one half as long
+    weigh the same (a relative error weighs the first twice as much, and its minimum leans
+    towards under-estimates). The model is linear in the coefficients, the logarithm is not:
+    iteratively reweighted non-negative least squares on the residuals
+    ``(modelled - measured) / sqrt(modelled x measured)`` -- which equal
+    ``2 sinh(log(modelled / measured) / 2)``, the log error to first order -- each weighted by
+    ``1 / max(|log error|, IRLS_FLOOR)`` (the weighted squares then sum to the absolute log
+    errors); the first iterations take the measured figure alone as the scale."""
+    A, m, w0 = [], [], []
     for c in cases:
         r = columns(rows[c.id], c)
-        A.append([r[k][0] / c.ttft_s for k in COEFS])
+        A.append([r[k][0] for k in COEFS])
+        m.append(c.ttft_s)
         w0.append(1.0)
-        A.append([r[k][1] / c.tpot_s for k in COEFS])
+        A.append([r[k][1] for k in COEFS])
+        m.append(c.tpot_s)
         w0.append(TPOT_WEIGHT)
     A = np.array(A)
+    m = np.array(m)
     w0 = np.array(w0)
     # scale the columns to comparable magnitudes (the solution is scaled back)
-    scale = np.maximum(np.abs(A).max(axis=0), 1e-30)
+    scale = np.maximum(np.abs(A / m[:, None]).max(axis=0), 1e-30)
     As = A / scale
-    b = np.ones(len(A))
+    scale_of = m.copy()
     weights = w0.copy()
     x = np.zeros(len(COEFS))
-    for _ in range(IRLS_ITERATIONS):
-        sw = np.sqrt(weights)
-        x = nnls(As * sw[:, None], b * sw)
-        resid = As @ x - b
-        weights = w0 / np.maximum(np.abs(resid), IRLS_FLOOR)
+    for i in range(IRLS_ITERATIONS):
+        sw = np.sqrt(weights) / scale_of
+        x = nnls(As * sw[:, None], m * sw)
+        pred = np.maximum(As @ x, 1e-12)
+        if i >= IRLS_WARMUP:
+            scale_of = np.sqrt(pred * m)
+        weights = w0 / np.maximum(np.abs(np.log(pred / m)), IRLS_FLOOR)
     return x / scale
 
 

@@ -51,9 +51,15 @@ SYSTEMS = {"h100_sxm": "h100-sxm", "h200_sxm": "h200", "b200_sxm": "b200",
 #: gemm_quant_mode -> --weights-dtype ("" = the checkpoint's 16-bit weights)
 WEIGHTS = {"": "bf16", "fp8": "fp8", "fp8_block": "fp8", "nvfp4": "nvfp4", "int4_wo": "int4"}
 #: the engines' token budget per step (vLLM: its default for the GPU, kvcalc plan's;
-#: SGLang ``--chunked-prefill-size`` and TensorRT-LLM ``max_num_tokens``: 8192, their defaults
-#: on these GPUs) and running-request cap (vLLM: max_num_seqs; the others: no cap below C)
-ENGINE_BUDGET = {"vllm": None, "sglang": 8192, "trtllm": 8192}
+#: TensorRT-LLM ``max_num_tokens``: 8192, its default; SGLang: :func:`sglang_chunk`) and
+#: running-request cap (vLLM: max_num_seqs; the others: no cap below C)
+ENGINE_BUDGET = {"vllm": None, "sglang": None, "trtllm": 8192}
+#: SGLang's ``--chunked-prefill-size`` default by GPU memory (python/sglang/srt/server_args.py,
+#: ``_handle_gpu_memory_settings``): 8192 below 160 GiB (H100, H200), 16384 from there (B200,
+#: B300, GB200); it is also the prefill batch's token budget (``PrefillAdder`` spends
+#: ``rem_chunk_tokens`` on every request it adds, python/sglang/srt/managers/schedule_policy.py)
+SGLANG_CHUNK_SMALL, SGLANG_CHUNK_LARGE = 8192, 16384
+SGLANG_LARGE_GPU_MIB = 160 * 1024
 #: aiperf's recipe: 20 x C measured requests after 2 x C warm-up requests
 MEASURED_PER_SLOT, WARMUP_PER_SLOT = 20, 2
 #: tensor-parallel degrees on one NVLink domain of 8 GPUs
@@ -172,8 +178,9 @@ def replay(case: Case, calibration, transform=None) -> tuple[float, float]:
 
     spec = _spec(case.preset)
     c = case.concurrency
-    budget = ENGINE_BUDGET[case.engine]
-    inp = PlanInputs(gpu=resolve_gpu(case.gpu), tp=case.tp, max_len=case.isl + case.osl,
+    gpu = resolve_gpu(case.gpu)
+    budget = sglang_chunk(gpu) if case.engine == "sglang" else ENGINE_BUDGET[case.engine]
+    inp = PlanInputs(gpu=gpu, tp=case.tp, max_len=case.isl + case.osl,
                      weights_dtype=case.weights_dtype, max_batched_tokens=budget,
                      max_num_seqs=None if case.engine == "vllm" else max(c, 1))
     n = (MEASURED_PER_SLOT + WARMUP_PER_SLOT) * c
@@ -183,6 +190,13 @@ def replay(case: Case, calibration, transform=None) -> tuple[float, float]:
                            prefill_first=case.engine == "sglang"))
     t = res.runs["paged"].totals
     return t.ttft.total / t.ttft.n, t.tpot.total / t.tpot.n
+
+
+def sglang_chunk(gpu) -> int:
+    """SGLang's default ``--chunked-prefill-size`` on ``gpu`` (:data:`SGLANG_CHUNK_SMALL`,
+    :data:`SGLANG_CHUNK_LARGE`; SGLang reads the memory in MiB)."""
+    mib = gpu.memory_bytes // 2**20
+    return SGLANG_CHUNK_LARGE if mib >= SGLANG_LARGE_GPU_MIB else SGLANG_CHUNK_SMALL
 
 
 _SPECS: dict = {}

@@ -6,8 +6,8 @@ requests then hold ``kv`` tokens (their context, the tokens written this step in
 its prefill chunks add ``extra`` query-key pairs beyond one per held token. Per GPU (tensor
 parallel degree ``tp``: every figure is the GPU's shard; the GPUs work at once):
 
-    step = overhead + c_mix [a prompt chunk in the step] + c_tok x T
-         + c_wmem x Wdense + c_wexp x Wexperts(T) + c_flop[dtype] x Fgemm(T)
+    step = overhead + c_mix [a prompt chunk in the step] + c_tok x T + c_seq x S
+         + c_wmem x Wdense + c_wexp x Wexperts(T) + c_flop[dtype, gen] x Fgemm(T)
          + c_max x max(Wdense + Wexperts(T), Fgemm(T))                            (GEMMs)
          + c_kv x kv x KV bytes/token / bandwidth                                   (KV read)
          + c_attn x (kv + extra) x attention FLOPs per pair / bf16 peak         (attention)
@@ -22,9 +22,15 @@ and each request's time to first token (and end-to-end time) carries the fronten
   dozen tokens on);
 - ``Fgemm(T)``: ``2 x active parameters x T`` FLOPs at the GPU's dense peak for the weights'
   compute dtype (bf16, fp8, fp4: the GPU catalog; int4 weight-only and fp16 run at the bf16
-  peak), with a coefficient per dtype (``c_flop``, ``c_flop8``, ``c_flop4``);
+  peak), with a coefficient per dtype (``c_flop``, ``c_flop8``, ``c_flop4``) and, for bf16 and
+  fp8, per GPU generation (``c_flop_bw``, ``c_flop8_bw`` on Blackwell, whose peaks doubled
+  Hopper's: the share of the peak that GEMMs reach is the generation's, not the model's; fp4
+  exists on Blackwell only; other generations, unmeasured, take Hopper's);
 - ``c_mix``: a step that computes a prompt chunk runs outside the decode CUDA graphs (the
   engines capture decode-only batches);
+- ``c_seq x S``: the host's work per request in the step (``S`` requests scheduled: building
+  its inputs, sampling, detokenizing and streaming its token), which grows with the batch
+  while the GPU's decode time barely does;
 - attention FLOPs per (query, key) pair and layer: ``2 x heads x (d_k + d_v)`` (QK^T and PV);
   MLA (DeepSeek) as vLLM/FlashMLA run it, the latent absorbed:
   ``2 x heads x (2 x kv_lora_rank + rope_dim)``; heads split by tp;
@@ -75,11 +81,14 @@ class Calibration:
     overhead_s: float
     c_mix: float = 0.0          # seconds more for a step that computes a prompt chunk
     c_tok: float = 0.0          # seconds per scheduled token
+    c_seq: float = 0.0          # seconds per scheduled request
     c_wmem: float = 0.0         # the dense weights' read
     c_wexp: float = 0.0         # the routed experts' read
     c_flop: float = 0.0         # GEMM FLOPs at the bf16 peak ...
     c_flop8: float = 0.0        # ... at the fp8 peak
-    c_flop4: float = 0.0        # ... at the fp4 peak
+    c_flop4: float = 0.0        # ... at the fp4 peak (Blackwell)
+    c_flop_bw: float = 0.0      # GEMM FLOPs at the bf16 peak on Blackwell ...
+    c_flop8_bw: float = 0.0     # ... at the fp8 peak on Blackwell
     c_max: float = 0.0
     c_kv: float = 0.0
     c_attn: float = 0.0
@@ -99,7 +108,8 @@ class Calibration:
 
 #: the uncalibrated roofline: 2 ms + (weights + KV read) / bandwidth + FLOPs / peak
 ROOFLINE = Calibration("roofline", DEFAULT_STEP_OVERHEAD_S, c_wmem=1.0, c_wexp=1.0,
-                       c_flop=1.0, c_flop8=1.0, c_flop4=1.0, c_kv=1.0,
+                       c_flop=1.0, c_flop8=1.0, c_flop4=1.0, c_flop_bw=1.0, c_flop8_bw=1.0,
+                       c_kv=1.0,
                        source="uncalibrated roofline")
 
 
@@ -190,6 +200,20 @@ def gemm_peak(gpu, weights_dtype: str) -> tuple[float, str]:
     return (gpu.bf16_tflops or 0.0) * 1e12, "bf16"
 
 
+#: the GPU generation with its own GEMM coefficients (``Calibration.c_flop_bw``, ...)
+BLACKWELL = "blackwell"
+
+
+def gemm_coefficient(cal: Calibration, gpu, dtype: str) -> float:
+    """The coefficient of ``cal`` for GEMMs at the ``dtype`` peak (:func:`gemm_peak`) on
+    ``gpu``'s generation."""
+    if dtype == "fp4":
+        return cal.c_flop4
+    if gpu.architecture == BLACKWELL:
+        return cal.c_flop8_bw if dtype == "fp8" else cal.c_flop_bw
+    return cal.c_flop8 if dtype == "fp8" else cal.c_flop
+
+
 @dataclass(frozen=True)
 class StepTime:
     """The step-time model: ``duration(tokens, kv_tokens, extra_pairs)`` in seconds."""
@@ -197,6 +221,7 @@ class StepTime:
     calibration: Calibration
     base_s: float = 0.0              # overhead + all-reduce latencies
     per_token_s: float = 0.0         # c_tok + the all-reduces' bandwidth term, per token
+    per_seq_s: float = 0.0           # c_seq: per request scheduled
     w_dense_s: float = 0.0           # dense weights / bandwidth
     w_expert_s: float = 0.0          # routed experts / bandwidth
     miss: float = 1.0                # 1 - k/E: an expert's chance to be missed by one token
@@ -223,14 +248,15 @@ class StepTime:
                  seqs: int = 0) -> float:
         """One step scheduling ``tokens`` new tokens whose requests hold ``kv_tokens``
         (``extra_pairs``: the prefill chunks' query-key pairs beyond one per held token;
-        ``seqs``: the requests scheduled, which only a pipeline's micro-batches need)."""
+        ``seqs``: the requests scheduled)."""
         if self.fixed_s is not None:
             return self.fixed_s
         wd = self.w_dense_s
         we = self.w_expert_s * (1.0 - self.miss ** tokens) if self.w_expert_s else 0.0
         w = wd + we
         f = self.flop_s * tokens
-        d = (self.base_s + self.per_token_s * tokens + self.c_wmem * wd + self.c_wexp * we
+        d = (self.base_s + self.per_token_s * tokens + self.per_seq_s * seqs
+             + self.c_wmem * wd + self.c_wexp * we
              + self.c_flop * f + self.c_max * (w if w > f else f) + self.kv_s * kv_tokens
              + self.attn_s * (kv_tokens + extra_pairs))
         return d + self.prefill_s if extra_pairs else d
@@ -240,7 +266,7 @@ class StepTime:
         lasts ``c0 + c1 x j`` (each request reads its context plus the token it writes)."""
         if self.fixed_s is not None:
             return self.fixed_s, 0.0
-        c0 = self.duration(running, kv_tokens + running)
+        c0 = self.duration(running, kv_tokens + running, 0, running)
         return c0, (self.kv_s + self.attn_s) * running
 
     def describe(self) -> str:
@@ -287,13 +313,14 @@ def step_time_model(gpu, figures: ModelFigures | None, weights_dtype: str = "bf1
                       / gpu.interconnect_bandwidth_bytes_per_s)
         base += cal.c_arlat * f.allreduces * (gpu.interconnect_latency_s or 0.0)
     miss = 1.0 - f.top_k / f.experts if f.experts else 1.0
-    return StepTime(cal, base_s=base, per_token_s=per_token, w_dense_s=f.dense_weight_bytes / bw,
+    return StepTime(cal, base_s=base, per_token_s=per_token, per_seq_s=cal.c_seq,
+                    w_dense_s=f.dense_weight_bytes / bw,
                     w_expert_s=f.expert_weight_bytes / bw, miss=miss,
                     flop_s=f.gemm_flops_per_token / peak,
                     kv_s=cal.c_kv * f.kv_bytes_per_token / bw,
                     attn_s=cal.c_attn * f.attn_flops_per_pair / (gpu.bf16_tflops * 1e12),
                     c_wmem=cal.c_wmem, c_wexp=cal.c_wexp,
-                    c_flop={"bf16": cal.c_flop, "fp8": cal.c_flop8, "fp4": cal.c_flop4}[dtype],
+                    c_flop=gemm_coefficient(cal, gpu, dtype),
                     c_max=cal.c_max, prefill_s=cal.c_mix, peak_dtype=dtype,
                     bandwidth=bw, request_s=cal.c_req, request_token_s=cal.c_req_tok)
 
@@ -317,7 +344,7 @@ class PipelineStepTime(StepTime):
     tokens and pairs, plus sending its activations to the next stage. A round lasts ``stages``
     such stage times: a full pipeline (m = stages) completes one micro-batch per stage time,
     and a request's token (its first one included) comes ``stages`` stage latencies after it
-    was scheduled."""
+    was scheduled. The host's work per request (``c_seq``) is done once per round."""
 
     stages: int = 1
     send_s: float = 0.0              # activation transfer per token, between two stages
@@ -331,7 +358,8 @@ class PipelineStepTime(StepTime):
         m = p if seqs >= p else (seqs or 1)
         per = tokens / m
         stage = StepTime.duration(self, per, kv_tokens / m, extra_pairs / m)
-        return p * (stage + self.send_base_s + self.send_s * per)
+        # the host schedules, samples and streams each request once per round
+        return p * (stage + self.send_base_s + self.send_s * per) + self.per_seq_s * seqs
 
     def decode_series(self, running: int, kv_tokens: int) -> tuple[float, float]:
         if self.fixed_s is not None:
@@ -362,8 +390,8 @@ def pipeline_step_time(base: StepTime, stage_models: list[StepTime], gpu,
     if base.fixed_s is not None:
         return PipelineStepTime(base.calibration, fixed_s=base.fixed_s, stages=len(stage_models))
     top = {name: max(getattr(s, name) for s in stage_models)
-           for name in ("base_s", "per_token_s", "w_dense_s", "w_expert_s", "flop_s", "kv_s",
-                        "attn_s")}
+           for name in ("base_s", "per_token_s", "per_seq_s", "w_dense_s", "w_expert_s",
+                        "flop_s", "kv_s", "attn_s")}
     bw = gpu.interconnect_bandwidth_bytes_per_s
     send = PP_TENSORS_PER_TOKEN * hidden_size * ACTIVATION_BYTES / bw if bw else 0.0
     fields_ = {f.name: getattr(base, f.name) for f in fields(StepTime)}
