@@ -11,7 +11,9 @@ every argument, and linear in kv. Hence, for a configuration and a traffic:
 
 **Latency floors (any number of replicas).** A request of p prompt tokens and o output tokens
 cannot get its first token sooner than the frontend plus its prompt in the fewest chunks
-(ceil(p / max_num_batched_tokens) steps, each alone in its step, no extra pairs), nor decode
+(ceil(p / max_num_batched_tokens) steps, each alone in its step with its query-key pairs:
+whatever the chunking, the prompt computes p (p + 1) / 2 pairs, and the fewest chunks read the
+least KV and pay the fewest per-step terms), nor decode
 faster than one request alone: its time per output token is at least the mean of
 step(1, p + j) over j = 1 .. o - 1 = step(1, p + o / 2). Every request's latency is at least its
 floor, so every percentile (and the mean) of the latencies is at least that of the floors
@@ -45,12 +47,14 @@ from __future__ import annotations
 
 import math
 
+from ..simulation.scheduler import prefill_pairs
+
 
 
 def _terms(timing):
     f = {k: getattr(timing, k, 0.0) or 0.0 for k in (
-        "base_s", "per_token_s", "w_dense_s", "c_wmem", "c_flop", "flop_s", "c_max", "kv_s",
-        "attn_s")}
+        "base_s", "per_token_s", "per_seq_s", "w_dense_s", "c_wmem", "c_flop", "flop_s",
+        "c_max", "kv_s", "attn_s")}
     return f
 
 
@@ -93,13 +97,14 @@ def _rank_value(sorted_values, p: float):
 
 
 def ttft_floor(timing, prompt: int, max_batched_tokens: int) -> float:
-    """The TTFT floor of one request of ``prompt`` tokens (module docstring)."""
+    """The TTFT floor of one request of ``prompt`` tokens (module docstring): the frontend and
+    the prompt in chunks of ``max_batched_tokens``, each step scheduling this request alone."""
     M = max(1, max_batched_tokens)
-    slope = timing.duration(1, 1) - timing.duration(1, 0)
-    full, last = divmod(prompt, M)
-    total = full * timing.duration(M, 0) + (timing.duration(last, 0) if last else 0.0)
-    kv = M * full * (full + 1) // 2 + (prompt if last else 0)
-    return timing.frontend(prompt) + total + slope * kv
+    total = timing.frontend(prompt)
+    for start in range(0, prompt, M):
+        new = min(M, prompt - start)
+        total += timing.duration(new, start + new, prefill_pairs(start, new), 1)
+    return total
 
 
 def latency_floors(timing, stats: TrafficStats, max_batched_tokens: int,
@@ -108,22 +113,15 @@ def latency_floors(timing, stats: TrafficStats, max_batched_tokens: int,
     percentile of a floor that is nondecreasing in one key (TTFT: the prompt; TPOT: p + o / 2)
     is the floor at that key's percentile; means and E2E go request by request."""
     M = max(1, max_batched_tokens)
-    dur = timing.duration
+
+    def dur(tokens: int, kv: int) -> float:   # a step of this request alone
+        return timing.duration(tokens, kv, 0, 1)
+
     slope = dur(1, 1) - dur(1, 0)           # (kv_s + attn_s): per held token
     d1 = dur(1, 0)
-    step_cache: dict[int, float] = {}
-
-    def step0(tokens: int) -> float:
-        v = step_cache.get(tokens)
-        if v is None:
-            v = step_cache[tokens] = dur(tokens, 0)
-        return v
 
     def ttft(p: int) -> float:
-        full, last = divmod(p, M)
-        total = full * step0(M) + (step0(last) if last else 0.0)
-        kv = M * full * (full + 1) // 2 + (p if last else 0)
-        return timing.frontend(p) + total + slope * kv
+        return ttft_floor(timing, p, M)
 
     def tpot(key: float) -> float:
         return d1 + slope * key
@@ -166,7 +164,10 @@ def busy_floor(timing, stats: TrafficStats, max_batched_tokens: int,
     if getattr(timing, "fixed_s", None) is not None:
         return steps * timing.fixed_s
     f = _terms(timing)
+    # every request is scheduled in at least one step per output token (the first comes from
+    # its last prompt chunk): per_seq_s x (decode tokens + requests)
     return (steps * (f["base_s"] + f["c_wmem"] * f["w_dense_s"])
+            + f["per_seq_s"] * (stats.decode + len(stats.arrivals))
             + stats.tokens * (f["per_token_s"] + f["c_flop"] * f["flop_s"])
             + f["c_max"] * max(steps * f["w_dense_s"], f["flop_s"] * stats.tokens)
             + (f["kv_s"] + f["attn_s"]) * stats.kv)
@@ -193,7 +194,7 @@ def steady_state(timing, stats: TrafficStats, max_num_seqs: int, capacity_tokens
     most = max(1, min(max_num_seqs, int(capacity_tokens // max(1.0, mean_len))))
 
     def step(n: int) -> float:
-        return timing.duration(n, n * mean_len)
+        return timing.duration(n, n * mean_len, 0, n)
 
     n = most
     if tpot_limit_s is not None:
