@@ -55,7 +55,8 @@ TAIL_034 = ("block_size=None, use_mla=True, has_sink=False, use_sparse={sparse},
     ("b200", "auto", "FLASHINFER"),           # FlashInfer first on SM 10.x
     ("rtx-5090", "auto", "FLASH_ATTN"),
     ("rtx-5090", "fp8", "FLASHINFER"),
-    ("t4", "fp8", "TRITON_ATTN"),             # SM 7.5: only Triton
+    ("t4", "auto", "TRITON_ATTN"),            # SM 7.5: only Triton
+    ("rtx-4090", "fp8", "FLASHINFER"),
 ])
 def test_llama_backend_per_gpu_and_kv_dtype(gpu, kv, want):
     assert backends("llama-3.1-8b", gpu, kv) == [want]
@@ -63,7 +64,7 @@ def test_llama_backend_per_gpu_and_kv_dtype(gpu, kv, want):
 
 def test_head_sizes_flashinfer_does_not_take_go_to_triton():
     # FlashInfer takes heads 64/128/256/512 only: Phi-3-mini (96) and Phi-2 (80) with fp8
-    assert backends("phi-3-mini", "a100-80gb", "fp8") == ["TRITON_ATTN"]
+    assert backends("phi-3-mini", "l40s", "fp8") == ["TRITON_ATTN"]
     assert backends("phi-2", "rtx-4090", "fp8_e5m2") == ["TRITON_ATTN"]
     # ... and FlashAttention 4 on SM 10.x takes head 96 (FlashInfer, first there, does not)
     assert backends("phi-3-mini", "b200", "auto") == ["FLASH_ATTN"]
@@ -94,8 +95,8 @@ def test_rocm_and_bands_before_033_are_not_selected():
     ("h100-sxm", "auto", "FLASH_ATTN_MLA", 64),
     ("h100-sxm", "fp8", "FLASHMLA", 64),
     ("b200", "fp8", "FLASHINFER_MLA", 64),     # TOKENSPEED_MLA is not installed with vLLM
-    ("a100-80gb", "fp8", "TRITON_MLA", 64),
-    ("rtx-5090", "auto", "TRITON_MLA", 64),
+    ("a100-80gb", "auto", "TRITON_MLA", 64),
+    ("rtx-5090", "fp8", "TRITON_MLA", 64),
 ])
 def test_deepseek_v3_backend_and_block(gpu, kv, want, block):
     assert backends("deepseek-v3", gpu, kv, tp=8) == [want]
@@ -181,6 +182,39 @@ def test_sparse_mla_before_hopper_is_refused():
     assert str(sm120).endswith("Reasons: {TRITON_MLA: [kv_cache_dtype not supported, sparse not "
                                "supported], FLASHINFER_MLA_SPARSE_SM120: [kv_cache_dtype not "
                                "supported, kv_cache_dtype not supported]}.")
+
+
+# ------------------------------------------ the Triton kernels' KV dtypes per GPU generation
+
+def test_triton_backends_store_fp8_only_from_sm89():
+    """TritonMLAImpl / TritonAttentionImpl.__init__ (vLLM's harness constructs them): an fp8
+    KV cache needs native fp8e4nv, SM 8.9+ -- DeepSeek on an A100, Phi-2 (head 80, no
+    FlashInfer) on an A10, anything on a T4."""
+    r = refusal("deepseek-v3", "a100-80gb", "fp8", tp=8, device_name="NVIDIA A100-SXM4-80GB")
+    assert r.check == "kv_cache_dtype"
+    assert str(r) == ("FP8 KV cache is not supported by the Triton MLA backend on NVIDIA "
+                      "A100-SXM4-80GB (compute capability 8.0); native FP8 (fp8e4nv) requires "
+                      "SM89+. Re-run with --kv-cache-dtype bfloat16.")
+    assert str(refusal("phi-2", "a10", "fp8_e4m3", device_name="NVIDIA A10")) == (
+        "FP8 KV cache is not supported by the Triton attention backend on NVIDIA A10 (compute "
+        "capability 8.6); native FP8 (fp8e4nv) requires SM89+. Re-run with --kv-cache-dtype "
+        "bfloat16.")
+    assert str(refusal("llama-3.1-8b", "t4", "fp8", device_name="Tesla T4")).endswith(
+        "(compute capability 7.5); native FP8 (fp8e4nv) requires SM89+. Re-run with "
+        "--kv-cache-dtype float16.")
+    # Ada takes it; FlashInfer (head 128) takes fp8 on an A100 before Triton is asked
+    assert backends("deepseek-v3", "l40s", "fp8", tp=8) == ["TRITON_MLA"]
+    assert backends("llama-3.1-8b", "a100-80gb", "fp8") == ["FLASHINFER"]
+
+
+def test_plan_fp8_deepseek_on_a100_is_refused_with_the_catalog_name():
+    res = CliRunner().invoke(cli, ["plan", "-m", "deepseek-v2-lite", "--engine", "vllm",
+                                   "--gpu", "a100", "--kv-dtype", "fp8", "-f", "json"])
+    assert res.exit_code == 3
+    assert json.loads(res.output)["does_not_fit"]["reason"] == (
+        "FP8 KV cache is not supported by the Triton MLA backend on NVIDIA A100 SXM4 80GB "
+        "(compute capability 8.0); native FP8 (fp8e4nv) requires SM89+. Re-run with "
+        "--kv-cache-dtype bfloat16.")
 
 
 # ------------------------------------------------------- the float KV dtype vs the model's

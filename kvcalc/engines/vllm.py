@@ -818,13 +818,41 @@ def selector_queries(spec: ModelSpec, kv_dtype: str, rules: VllmRules, tp: int =
     return out
 
 
+def triton_impl_refusal(backend: str, q: SelectorQuery, device_name: str) -> str | None:
+    """The ValueError the Triton backends' impls raise as the layer is built, for a KV dtype
+    the GPU cannot store (``TritonAttentionImpl.__init__``, vllm/v1/attention/backends/
+    triton_attn.py; ``TritonMLAImpl.__init__``, backends/mla/triton_mla.py; 0.33 and 0.34):
+    fp8 needs native fp8e4nv (SM 8.9+), bfloat16 SM 8.0+. ``device_name``: what vLLM prints
+    (``get_device_name``; kvcalc has the catalog's name)."""
+    if backend not in ("TRITON_ATTN", "TRITON_MLA"):
+        return None
+    cap = q.capability
+    where = (f"on {device_name} (compute capability {cap[0]}.{cap[1]})")
+    kind = "Triton MLA backend" if backend == "TRITON_MLA" else "Triton attention backend"
+    if q.kv_cache_dtype.startswith("fp8") and cap < FP8_KV_TRITON_CAPABILITY:
+        suggested = "float16" if cap < (8, 0) else "bfloat16"
+        return (f"FP8 KV cache is not supported by the {kind} {where}; native FP8 (fp8e4nv) "
+                f"requires SM89+. Re-run with --kv-cache-dtype {suggested}.")
+    if q.kv_cache_dtype == "bfloat16" and cap < (8, 0):
+        by = " by the Triton MLA backend" if backend == "TRITON_MLA" else ""
+        return (f"bfloat16 KV cache is not supported{by} {where}; bfloat16 requires SM80+. "
+                "Re-run with --kv-cache-dtype float16.")
+    return None
+
+
+#: the Triton kernels store an fp8 KV cache natively (fp8e4nv) from SM 8.9 (Ada)
+FP8_KV_TRITON_CAPABILITY = (8, 9)
+
+
 def attention_backends(spec: ModelSpec, kv_dtype: str, rules: VllmRules, tp: int = 1,
                        block_size: int | None = None, model_dtype: str | None = None,
-                       fa4_cute_dsl: bool = FA4_CUTE_DSL) -> list[str]:
+                       fa4_cute_dsl: bool = FA4_CUTE_DSL,
+                       device_name: str = "the GPU") -> list[str]:
     """The attention backend of each distinct attention layer of ``spec`` (in layer order,
     deduplicated), as vLLM 0.33/0.34 selects them on the GPU of ``rules`` for
     ``--kv-cache-dtype kv_dtype``; raises :class:`BackendRefusal` with vLLM's message when vLLM
-    stops (a float KV dtype that contradicts the model's, or no backend for a layer).
+    stops (a float KV dtype that contradicts the model's, no backend for a layer, or a Triton
+    backend that cannot store the KV dtype on that GPU: :func:`triton_impl_refusal`).
     ``block_size``: a --block-size given by the user (the selector then checks it)."""
     queries = selector_queries(spec, kv_dtype, rules, tp, block_size, model_dtype)
     if not queries:
@@ -835,16 +863,20 @@ def attention_backends(spec: ModelSpec, kv_dtype: str, rules: VllmRules, tp: int
     names: list[str] = []
     for q in queries:
         name = select_backend(replace(q, fa4_cute_dsl=fa4_cute_dsl), rules.parsed)
+        impl = triton_impl_refusal(name, q, device_name)
+        if impl:
+            raise BackendRefusal(impl, check="kv_cache_dtype")
         if name not in names:
             names.append(name)
     return names
 
 
 def backend_refusal(spec: ModelSpec, kv_dtype: str, rules: VllmRules, tp: int = 1,
-                    block_size: int | None = None) -> BackendRefusal | None:
+                    block_size: int | None = None,
+                    device_name: str = "the GPU") -> BackendRefusal | None:
     """:class:`BackendRefusal` when vLLM would stop building ``spec``'s layers, else None."""
     try:
-        attention_backends(spec, kv_dtype, rules, tp, block_size)
+        attention_backends(spec, kv_dtype, rules, tp, block_size, device_name=device_name)
     except BackendRefusal as exc:
         return exc
     return None
@@ -1746,7 +1778,8 @@ def vllm_plan_figures(spec: ModelSpec, inp, layout: Layout, budgets: list[Budget
     cap = mamba_check(cap, layout, tight, inp)
     # vLLM picks each layer's attention backend while it builds the model, before any KV
     # planning: a layer no backend takes stops it first
-    refusal = backend_refusal(spec, inp.kv_dtype, d.rules, inp.tp, inp.block_size)
+    refusal = backend_refusal(spec, inp.kv_dtype, d.rules, inp.tp, inp.block_size,
+                              inp.gpu.display_name)
     if refusal:
         cap = replace(cap, fits=False, refusal=str(refusal), estimated_max_model_len=None)
     return VllmPlanFigures(cap, layout, inp, tuple(budgets))

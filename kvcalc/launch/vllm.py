@@ -18,8 +18,10 @@ tools/gen_engine_flags.py). Checks, each with vLLM's message:
   AttentionSelectorConfig(...). Reasons: {...}." when no attention backend takes a layer on
   that GPU generation with that KV dtype (vllm/platforms/cuda.py ``get_attn_backend_cls``), and
   ``kv_cache_dtype``: 'kv_cache_dtype="float16" is incompatible with dtype="bfloat16" ...'
-  (vllm/config/vllm.py ``_reject_mismatched_float_kv_cache``) -- both from
-  engines.vllm.attention_backends, applied by plan too; the suggestion is a KV dtype that boots.
+  (vllm/config/vllm.py ``_reject_mismatched_float_kv_cache``) or "FP8 KV cache is not supported
+  by the Triton MLA backend on GPU (compute capability 8.0) ..." (the Triton backends' impls
+  below SM 8.9) -- all from engines.vllm.attention_backends, applied by plan too; the
+  suggestion is a KV dtype that boots.
 """
 
 from __future__ import annotations
@@ -240,6 +242,11 @@ def pre_checks(reading: Reading, model) -> list[Refusal]:
     return out
 
 
+#: how vLLM's KV-dtype refusals start (engines.vllm.kv_dtype_refusal, triton_impl_refusal)
+KV_DTYPE_REFUSALS = ('kv_cache_dtype="', "FP8 KV cache is not supported",
+                     "bfloat16 KV cache is not supported")
+
+
 def plan_refusals(record: dict[str, Any]) -> list[Refusal]:
     v = record.get("vllm") or {}
     if v.get("fits", True):
@@ -248,7 +255,7 @@ def plan_refusals(record: dict[str, Any]) -> list[Refusal]:
     check = ("mamba_cache_blocks" if message.startswith("max_num_seqs (") else
              "no_kv_cache_memory" if message.startswith("No available memory") else
              "attention_backend" if message.startswith("No valid attention backend") else
-             "kv_cache_dtype" if message.startswith('kv_cache_dtype="') else
+             "kv_cache_dtype" if message.startswith(KV_DTYPE_REFUSALS) else
              "kv_cache_memory")
     return [Refusal(DISPLAY, check, message)]
 

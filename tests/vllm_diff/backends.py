@@ -83,8 +83,8 @@ def kvcalc_side(model: str, gpu: str, kv_dtype: str, tp: int, band: str | None,
     g = find_gpu(gpu)
     rules = rules_for_gpu(band, g.compute_capability, g.vendor)
     try:
-        out = {"backends": sorted(set(attention_backends(spec, kv_dtype, rules, tp=tp,
-                                                         fa4_cute_dsl=fa4_cute_dsl)))}
+        out = {"backends": sorted(set(attention_backends(
+            spec, kv_dtype, rules, tp=tp, fa4_cute_dsl=fa4_cute_dsl, device_name=GPUS[gpu])))}
     except BackendRefusal as exc:
         out = {"refused": str(exc)}
     args = ["plan", "-m", model, "--engine", "vllm", "--gpu", gpu, "--tp", str(tp),
@@ -133,6 +133,7 @@ def vllm_side(version: str, keys: list[tuple], presets) -> dict:
 
 def diffs(rec: dict, mine: dict) -> dict:
     """field -> (vLLM, kvcalc) for every field that differs in one case."""
+    case_gpu = rec["gpu"]
     if "harness_error" in rec:
         return {"harness_error": (rec["harness_error"], None)}
     out = {}
@@ -140,7 +141,11 @@ def diffs(rec: dict, mine: dict) -> dict:
     if "refused" in rec:
         if mine.get("refused") != rec["refused"]:
             out["refusal"] = (rec["refused"], mine.get("refused") or mine.get("backends"))
-        if plan.get("exit_code") != 3 or plan.get("reason") != rec["refused"]:
+        # the plan names the GPU as kvcalc's catalog does (vLLM: as torch reports it)
+        from kvcalc.hardware import find_gpu
+
+        want = rec["refused"].replace(GPUS[case_gpu], find_gpu(case_gpu).display_name)
+        if plan.get("exit_code") != 3 or plan.get("reason") != want:
             out["plan_refusal"] = (rec["refused"], plan)
         return out
     if mine.get("backends") != rec["backends"]:

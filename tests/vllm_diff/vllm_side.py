@@ -779,6 +779,9 @@ def backends_case(config_dir: str, gpu: dict, kv_dtype: str, tp: int) -> dict:
             if NO_BACKEND in str(exc):
                 return {"refused": str(exc), **env}
             raise
+        for layer in vc.compilation_config.static_forward_context.values():
+            if refused := _impl_refusal(layer):
+                return {"refused": refused, **env}
         from vllm.platforms import current_platform
 
         current_platform.update_block_size_for_backend(vc)
@@ -791,6 +794,51 @@ def backends_case(config_dir: str, gpu: dict, kv_dtype: str, tp: int) -> dict:
                            if isinstance(m, (Attention, MLAAttention))})
     return {"backends": backends, "block_size": vc.cache_config.block_size,
             "model_dtype": str(vc.model_config.dtype).replace("torch.", ""), **env}
+
+
+#: the start of the ValueErrors the Triton backends' impls raise for a KV dtype the GPU cannot
+#: store (TritonAttentionImpl / TritonMLAImpl.__init__: fp8 below SM 8.9, bfloat16 below 8.0)
+IMPL_REFUSALS = ("FP8 KV cache is not supported", "bfloat16 KV cache is not supported")
+
+
+def _impl_refusal(layer) -> str | None:
+    """Construct the impl of a Triton layer's backend as ``Attention.__init__`` /
+    ``MLAAttention.__init__`` do, so that its own KV dtype check runs; its message, or None.
+    TritonAttentionImpl is built as it is (it holds no weights); for TritonMLAImpl the parent
+    ``MLACommonImpl.__init__`` (projections, kernels) is replaced for the call by one that sets
+    the two attributes the check reads (``kv_cache_dtype``, ``dcp_world_size``)."""
+    from vllm.v1.attention.backend import AttentionType
+
+    if not hasattr(layer, "get_attn_backend"):
+        return None
+    backend = layer.get_attn_backend()
+    name, kv = backend.get_name(), getattr(layer, "kv_cache_dtype", "auto")
+    if name not in ("TRITON_ATTN", "TRITON_MLA"):
+        return None
+    impl_cls = backend.get_impl_cls()
+    try:
+        if name == "TRITON_ATTN":
+            impl_cls(1, layer.head_size, 1.0, 1, None, layer.sliding_window, kv)
+        else:
+            parent = impl_cls.__mro__[1]
+            saved = parent.__init__
+
+            def light(self, *args, **kwargs):
+                self.kv_cache_dtype, self.dcp_world_size = args[6], 1
+
+            parent.__init__ = light
+            try:
+                impl_cls(1, layer.head_size, 1.0, 1, None, None, kv, None,
+                         AttentionType.DECODER, None)
+            finally:
+                parent.__init__ = saved
+    except ValueError as exc:
+        if str(exc).startswith(IMPL_REFUSALS):
+            return str(exc)
+        raise
+    except Exception:  # noqa: BLE001 - past the check (state the shell does not carry)
+        return None
+    return None
 
 
 def run_backends(req: dict) -> dict:
