@@ -1,5 +1,7 @@
 """vLLM's own KV-cache capacity figures for kvcalc's presets, on a simulated H100 (0.33.0 and
-0.34.0; ``--defaults``: vLLM's defaults and budget on other simulated GPUs too).
+0.34.0; ``--defaults``: vLLM's defaults and budget on other simulated GPUs too; ``--backends``:
+the attention backend each layer gets, or vLLM's refusal, per GPU and KV dtype -- see
+docs/vllm-check.md for the two host facts that mode sets).
 
 Run with the interpreter of the separate environment that `make_venv.sh` builds
 (`.vllm-venv/bin/python tests/vllm_diff/vllm_side.py --help`). It reads a JSON request
