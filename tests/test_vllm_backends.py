@@ -56,6 +56,7 @@ TAIL_034 = ("block_size=None, use_mla=True, has_sink=False, use_sparse={sparse},
     ("rtx-5090", "auto", "FLASH_ATTN"),
     ("rtx-5090", "fp8", "FLASHINFER"),
     ("t4", "auto", "TRITON_ATTN"),            # SM 7.5: only Triton
+    ("v100-32gb", "auto", "TRITON_ATTN"),     # SM 7.0: Triton takes any capability
     ("rtx-4090", "fp8", "FLASHINFER"),
 ])
 def test_llama_backend_per_gpu_and_kv_dtype(gpu, kv, want):
@@ -199,6 +200,9 @@ def test_triton_backends_store_fp8_only_from_sm89():
         "FP8 KV cache is not supported by the Triton attention backend on NVIDIA A10 (compute "
         "capability 8.6); native FP8 (fp8e4nv) requires SM89+. Re-run with --kv-cache-dtype "
         "bfloat16.")
+    assert str(refusal("llama-3.1-8b", "v100-32gb", "fp8_e5m2")).startswith(
+        "FP8 KV cache is not supported by the Triton attention backend on the GPU (compute "
+        "capability 7.0)")
     assert str(refusal("llama-3.1-8b", "t4", "fp8", device_name="Tesla T4")).endswith(
         "(compute capability 7.5); native FP8 (fp8e4nv) requires SM89+. Re-run with "
         "--kv-cache-dtype float16.")

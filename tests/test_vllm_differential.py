@@ -137,7 +137,7 @@ def vllm_backends(request):
 
 def test_attention_backends_match_vllm(vllm_backends):
     """The attention backend vLLM's selector picks for each preset (head sizes 64-256, sliding
-    windows, gpt-oss's sinks, dense and sparse MLA) on T4, A100, A10, L40S, RTX 4090, H100,
+    windows, gpt-oss's sinks, dense and sparse MLA) on V100, T4, A100, A10, L40S, RTX 4090, H100,
     B200, B300, RTX 5090 and GB10 for every --kv-cache-dtype (auto, bfloat16, float16, fp8,
     fp8_e4m3, fp8_e5m2), at TP 1 and 8 for DeepSeek V3 / V3.2 -- or vLLM's refusal, word for
     word: kvcalc's attention_backends and its plan (exit 3, the same message, the block

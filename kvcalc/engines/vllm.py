@@ -502,7 +502,8 @@ def _flashinfer(q: SelectorQuery) -> list[str]:
 
 def _triton_attn(q: SelectorQuery) -> list[str]:
     """TRITON_ATTN (vllm/v1/attention/backends/triton_attn.py): any head size, sinks and
-    windows, every float and fp8 KV dtype, SM 7.5 and later."""
+    windows, every float and fp8 KV dtype, any compute capability (its impl then refuses
+    KV dtypes the GPU cannot store: :func:`triton_impl_refusal`)."""
     r = []
     if q.block_size is not None and q.block_size % 16:
         r.append("block_size not supported")
@@ -510,8 +511,6 @@ def _triton_attn(q: SelectorQuery) -> list[str]:
         r.append("MLA not supported")
     if q.use_sparse:
         r.append("sparse not supported")
-    if q.capability < (7, 5):
-        r.append("compute capability not supported")
     return r
 
 

@@ -35,6 +35,7 @@ import compare  # noqa: E402
 #: kvcalc catalog name -> the name torch reports for the device (the capability is the
 #: catalog's, presets/gpus/*.yaml): one card per GPU generation vLLM's selector tells apart
 GPUS = {
+    "v100-32gb": "Tesla V100-SXM2-32GB",           # SM 7.0 (Volta)
     "t4": "Tesla T4",                              # SM 7.5 (Turing)
     "a100-80gb": "NVIDIA A100-SXM4-80GB",          # SM 8.0 (Ampere)
     "a10": "NVIDIA A10",                           # SM 8.6
@@ -55,10 +56,12 @@ PRESETS = ("llama-3.1-8b", "qwen3-8b", "gemma-3-27b", "gemma-3-1b", "phi-3-mini"
 KV_DTYPES = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2")
 #: TP 8 too where the heads per GPU change the choice (sparse MLA on SM 10.x: <= 16 heads)
 TP8_PRESETS = ("deepseek-v3", "deepseek-v3.2")
-#: cases vLLM refuses before it selects a backend, for a reason other than the KV dtype
-#: (gpt-oss's MXFP4 weights need SM 8.0: "The quantization method gpt_oss_mxfp4 is not
-#: supported for the current GPU")
-EXCLUDED = {("gpt-oss-20b", "t4")}
+#: cases vLLM refuses before it selects a backend, for the weights' quantization (not the KV
+#: dtype): "The quantization method gpt_oss_mxfp4 is not supported for the current GPU. Minimum
+#: capability: 80" (gpt-oss) and "... fp8 ... Minimum capability: 75" (the fp8 checkpoints of
+#: DeepSeek V3 / V3.2 and Kimi K2 on a V100)
+EXCLUDED = {("gpt-oss-20b", "t4"), ("gpt-oss-20b", "v100-32gb"), ("deepseek-v3", "v100-32gb"),
+            ("deepseek-v3.2", "v100-32gb"), ("kimi-k2", "v100-32gb")}
 
 
 def cases(presets=PRESETS, gpus=tuple(GPUS), kv_dtypes=KV_DTYPES) -> list[tuple]:
