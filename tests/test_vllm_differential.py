@@ -120,3 +120,33 @@ def test_defaults_and_budget_match_vllm(vllm_defaults):
     assert not bad, (f"vLLM {vllm_defaults['vllm_version']}: {len(bad)} of {len(cases)} "
                      "(preset, GPU) defaults differ:\n"
                      + "\n".join("  " + defaults.describe(c) for c in bad))
+
+
+# ------------------------------------------------ the attention backend and its refusals
+
+import backends  # noqa: E402
+
+
+@pytest.fixture(scope="session", params=RELEASES)
+def vllm_backends(request):
+    release = request.param
+    if _installed(release) is None:
+        pytest.skip(f"vLLM {release} environment absent")
+    return backends.run(release)
+
+
+def test_attention_backends_match_vllm(vllm_backends):
+    """The attention backend vLLM's selector picks for each preset (head sizes 64-256, sliding
+    windows, gpt-oss's sinks, dense and sparse MLA) on V100, T4, A100, A10, L40S, RTX 4090, H100,
+    B200, B300, RTX 5090 and GB10 for every --kv-cache-dtype (auto, bfloat16, float16, fp8,
+    fp8_e4m3, fp8_e5m2), at TP 1 and 8 for DeepSeek V3 / V3.2 -- or vLLM's refusal, word for
+    word: kvcalc's attention_backends and its plan (exit 3, the same message, the block
+    size) must agree on every case."""
+    cases = vllm_backends["cases"]
+    assert len(cases) == len(backends.cases())
+    refused = [c for c in cases if "refused" in c["vllm"]]
+    assert refused and len(refused) < len(cases)
+    bad = [c for c in cases if c["diffs"]]
+    assert not bad, (f"vLLM {vllm_backends['vllm_version']}: {len(bad)} of {len(cases)} "
+                     "(preset, GPU, KV dtype, TP) cases differ:\n"
+                     + "\n".join("  " + backends.describe(c) for c in bad))

@@ -258,7 +258,13 @@ MLA_KERNEL_BLOCKS = {
     "FLASHINFER_MLA": ((32, 64), 0),
     "CUTLASS_MLA": ((128,), 0),
     "TRITON_MLA": ((), 16),
-    "FLASHMLA_SPARSE": ((64,), 0),
+    "FLASHMLA_SPARSE": ((), 64),
+    # the sparse backends 0.33's selector also picks (DeepSeek-V3.2 by GPU, KV dtype, heads)
+    "FLASH_ATTN_MLA_SPARSE": ((), 64),
+    "FLASH_ATTN_MLA_SPARSE_FA4": ((), 64),
+    "FLASHINFER_MLA_SPARSE": ((), 32),
+    "FLASHINFER_MLA_SPARSE_SM90": ((), 64),
+    "FLASHINFER_MLA_SPARSE_SM120": ((), 64),
 }
 #: the priority lists per GPU generation at v0.33.0 (dense MLA; TOKENSPEED_MLA needs a package
 #: that vLLM does not install, so it is skipped)
@@ -323,14 +329,579 @@ def mla_backend(spec: ModelSpec, kv_dtype: str, rules: VllmRules) -> str:
     return "TRITON_MLA"
 
 
-def default_block_size(spec: ModelSpec, kv_dtype: str, rules: VllmRules) -> tuple[int, str]:
+# --------------------------------------------------------------------------------------------
+# The attention backend vLLM selects per layer, and its refusal when none takes the layer
+# (0.33 and 0.34: ``get_attn_backend`` in vllm/v1/attention/selector.py ->
+# ``CudaPlatform.get_attn_backend_cls`` / ``_get_backend_priorities`` in vllm/platforms/cuda.py
+# -> each backend's ``AttentionBackend.validate_configuration``, vllm/v1/attention/backend.py).
+# Checked against vLLM's own selector: tests/vllm_diff/backends.py.
+
+#: kvcalc's KV dtype names -> the ``--kv-cache-dtype`` value the selector sees
+SELECTOR_KV_DTYPES = {"auto": "auto", "bf16": "bfloat16", "bfloat16": "bfloat16",
+                      "fp16": "float16", "float16": "float16", "fp8": "fp8",
+                      "fp8_e4m3": "fp8_e4m3", "fp8_e5m2": "fp8_e5m2"}
+#: --kv-cache-dtype values that are not quantized (``is_quantized_kv_cache``)
+UNQUANTIZED_KV = ("auto", "bfloat16", "float16")
+#: model types that run with attention sinks on every layer (vllm/model_executor/models/
+#: gpt_oss.py passes ``sinks`` to ``Attention``)
+SINK_MODEL_TYPES = ("gpt_oss",)
+#: ``_FLOAT16_NOT_SUPPORTED_MODELS`` (vllm/config/model.py): never served in float16
+FLOAT16_NOT_SUPPORTED = ("gemma2", "gemma3", "gemma3_text", "glm4")
+#: the environment kvcalc assumes, as on a GPU host with vLLM's wheel and its dependencies:
+#: FlashInfer's TRT-LLM kernels reachable (``has_nvidia_artifactory``: NVIDIA's artifactory or
+#: flashinfer-cubin; attention sinks on FlashInfer) and the FA4 cute-DSL entry point
+#: importable (nvidia-cutlass-dsl, a vLLM requirement; FLASH_ATTN_MLA_SPARSE_FA4)
+FA4_CUTE_DSL = True
+
+
+class BackendRefusal(Exception):
+    """vLLM stops building the model: no attention backend takes a layer (or the KV dtype
+    contradicts the model dtype); the message is vLLM's."""
+
+    def __init__(self, message: str, check: str = "attention_backend"):
+        super().__init__(message)
+        self.check = check
+
+
+@dataclass(frozen=True)
+class SelectorQuery:
+    """What ``AttentionSelectorConfig`` (and the backends' ``supports_combination``) read for
+    one layer, as far as kvcalc knows it: vLLM's defaults for everything else (no --block-size
+    unless given, no KV connector, DCP/PCP off, causal decoder attention)."""
+
+    head_size: int
+    dtype: str                    # "bfloat16" | "float16" | "float32" (torch.<name>)
+    kv_cache_dtype: str           # the --kv-cache-dtype value
+    capability: tuple[int, int]
+    block_size: int | None = None
+    use_mla: bool = False
+    has_sink: bool = False
+    use_sparse: bool = False
+    has_sliding_window: bool = False
+    num_heads: int | None = None  # MLA: query heads per GPU
+    # model config fields the MLA backends read (hf_text_config)
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    kv_lora_rank: int = 0
+    index_topk: int | None = None
+    fa4_cute_dsl: bool = FA4_CUTE_DSL
+
+    @property
+    def quantized(self) -> bool:
+        return self.kv_cache_dtype not in UNQUANTIZED_KV
+
+    def config_repr(self, version: tuple[int, int]) -> str:
+        """``AttentionSelectorConfig.__repr__`` (vllm/v1/attention/selector.py); the attention
+        type prints as ``AttentionType.DECODER`` in 0.33, ``decoder`` in 0.34."""
+        attn_type = "decoder" if version >= V0_34 else "AttentionType.DECODER"
+        block = "None" if self.block_size is None else str(self.block_size)
+        return (f"AttentionSelectorConfig(head_size={self.head_size}, dtype=torch.{self.dtype}, "
+                f"kv_cache_dtype={self.kv_cache_dtype}, block_size={block}, "
+                f"use_mla={self.use_mla}, has_sink={self.has_sink}, use_sparse={self.use_sparse}, "
+                "use_mm_prefix=False, use_per_head_quant_scales=False, "
+                f"attn_type={attn_type}, has_sliding_window={self.has_sliding_window}, "
+                "use_non_causal=False, use_batch_invariant=False, use_kv_connector=False, "
+                "use_adaptive_verification=False, use_pcp=False, use_dcp=False, use_rswa=False)")
+
+
+def _fa_version(cap: tuple[int, int]) -> int | None:
+    """``get_flash_attn_version()`` with no layer arguments (fa_utils.py): FA3 on SM 9.x, FA4
+    on SM 10.x, FA2 from SM 8.0; None below."""
+    if cap[0] == 9:
+        return 3
+    if cap[0] == 10:
+        return 4
+    return 2 if cap >= (8, 0) else None
+
+
+def _fa4_supported(cap: tuple[int, int]) -> bool:
+    """``_is_fa4_supported`` (vllm_flash_attn/flash_attn_interface.py): SM 9.x, 10.x, 11.x."""
+    return cap[0] in (9, 10, 11)
+
+
+def _fa_layer_version(q: SelectorQuery) -> int | None:
+    """``get_flash_attn_version(head_size=..., has_sinks=..., kv_cache_block_size=...,
+    supports_fa4_hd256=True)`` for a layer of equal K/V head size (fa_utils.py): FA3 -> FA4 on
+    SM 9.0 past head 256; FA4's Blackwell head-256 kernel falls back to FA2 for sinks or a
+    quantized KV cache; FA4 on SM >= 10 takes heads up to 128 (and 256) only."""
+    cap, v = q.capability, _fa_version(q.capability)
+    if v == 3 and _fa4_supported(cap) and q.head_size > 256:
+        v = 4
+    if v == 4 and q.head_size == 256 and cap[0] in (10, 11):
+        if q.has_sink or q.quantized or (q.block_size is not None and q.block_size % 128):
+            v = 2
+    if v == 4 and cap[0] >= 10 and q.head_size > 128 and q.head_size != 256:
+        v = 2
+    return v
+
+
+def _fa_supports_kv(q: SelectorQuery, layer: bool) -> bool:
+    """``flash_attn_supports_kv_cache_dtype`` (fa_utils.py): never fp8_e5m2; fp8 with FA3 on
+    SM 9.x (or FA4 at head 512) and with FA4 on SM 10.x."""
+    if q.kv_cache_dtype == "fp8_e5m2":
+        return False
+    v = _fa_layer_version(q) if layer else _fa_version(q.capability)
+    sm90 = v == 3 or (v == 4 and (not layer or q.head_size == 512))
+    return (sm90 and q.capability[0] == 9) or (v == 4 and q.capability[0] == 10)
+
+
+def _flash_attn(q: SelectorQuery) -> list[str]:
+    """FLASH_ATTN (vllm/v1/attention/backends/flash_attn.py)."""
+    cap, r = q.capability, []
+    if not (q.head_size % 8 == 0 and (q.head_size <= 256 or (
+            _fa4_supported(cap) and q.head_size <= 512))):
+        r.append("head_size not supported")
+    if q.dtype not in ("float16", "bfloat16"):
+        r.append("dtype not supported")
+    if q.kv_cache_dtype not in ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3") or (
+            q.quantized and not _fa_supports_kv(q, layer=False)):
+        r.append("kv_cache_dtype not supported")
+    if q.block_size is not None and q.block_size % 16:
+        r.append("block_size not supported")
+    if q.use_mla:
+        r.append("MLA not supported")
+    if q.has_sink and _fa_version(cap) not in (3, 4):
+        r.append("attention sinks not supported")
+    if q.use_sparse:
+        r.append("sparse not supported")
+    if cap < (8, 0):
+        r.append("compute capability not supported")
+    if (cap == (9, 0) and q.quantized and q.head_size == 512 and q.block_size is not None
+            and q.block_size % 64):
+        r.append("SM90 d512 FP8 KV requires a block size divisible by 64")
+    elif q.has_sink and cap < (9, 0):
+        r.append("sink not supported on compute capability < 9.0")
+    elif q.quantized and not _fa_supports_kv(q, layer=True):
+        r.append("FP8 KV requires FA3 (SM90), equal-d512 FA4 (SM90), or FA4 (SM100).")
+    return r
+
+
+def _flashinfer(q: SelectorQuery) -> list[str]:
+    """FLASHINFER (vllm/v1/attention/backends/flashinfer.py); attention sinks through the
+    TRT-LLM kernels: decode on SM 9.0 and 12.x, decode and prefill on 10.x."""
+    cap, r = q.capability, []
+    if q.head_size not in (64, 128, 256, 512):
+        r.append("head_size not supported")
+    if q.dtype not in ("float16", "bfloat16"):
+        r.append("dtype not supported")
+    if q.kv_cache_dtype not in ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"):
+        r.append("kv_cache_dtype not supported")
+    if q.block_size is not None and q.block_size % 16:
+        r.append("block_size not supported")
+    if q.use_mla:
+        r.append("MLA not supported")
+    if q.has_sink and not (cap == (9, 0) or cap[0] in (10, 12)):
+        r.append("attention sinks not supported")
+    if q.use_sparse:
+        r.append("sparse not supported")
+    if not (8, 0) <= cap <= (12, 1):
+        r.append("compute capability not supported")
+    return r
+
+
+def _triton_attn(q: SelectorQuery) -> list[str]:
+    """TRITON_ATTN (vllm/v1/attention/backends/triton_attn.py): any head size, sinks and
+    windows, every float and fp8 KV dtype, any compute capability (its impl then refuses
+    KV dtypes the GPU cannot store: :func:`triton_impl_refusal`)."""
+    r = []
+    if q.block_size is not None and q.block_size % 16:
+        r.append("block_size not supported")
+    if q.use_mla:
+        r.append("MLA not supported")
+    if q.use_sparse:
+        r.append("sparse not supported")
+    return r
+
+
+def _mla_common(q: SelectorQuery, *, heads=(), dtypes=("float16", "bfloat16"),
+                kv=("auto", "float16", "bfloat16", "fp8", "fp8_e4m3"), blocks=(),
+                multiple_of=0, sparse=False, majors=None, window=False) -> list[str]:
+    """``validate_configuration``'s generic checks for an MLA backend, in vLLM's order."""
+    r = []
+    if heads and q.head_size not in heads:
+        r.append("head_size not supported")
+    if q.dtype not in dtypes:
+        r.append("dtype not supported")
+    if q.kv_cache_dtype not in kv:
+        r.append("kv_cache_dtype not supported")
+    if q.block_size is not None and not (
+            (multiple_of and q.block_size % multiple_of == 0)
+            or any(q.block_size % b == 0 for b in blocks)):
+        r.append("block_size not supported")
+    if not q.use_mla:
+        r.append("non-MLA not supported")
+    if q.has_sink:
+        r.append("attention sinks not supported")
+    if q.use_sparse != sparse:
+        r.append("sparse not supported" if q.use_sparse else "non-sparse not supported")
+    if majors is not None and q.capability[0] not in majors:
+        r.append("compute capability not supported")
+    if q.has_sliding_window and not window:
+        r.append("sliding window not supported")
+    return r
+
+
+DENSE_MLA_HEADS = (320, 512, 576)
+
+
+def _flash_attn_mla(q):
+    r = _mla_common(q, heads=DENSE_MLA_HEADS, kv=("auto", "float16", "bfloat16"),
+                    multiple_of=16, majors=(9,))
+    if q.capability[0] != 9:                     # flash_attn_supports_mla(): FA3 on SM 9.x
+        r.append("FlashAttention MLA not supported on this device")
+    return r
+
+
+def _flashmla(q):
+    r = _mla_common(q, heads=DENSE_MLA_HEADS, blocks=(64,), majors=(9, 10))
+    if q.use_sparse:                              # is_flashmla_sparse_supported()
+        if q.capability[0] not in (9, 10):
+            r.append("FlashMLA Sparse is only supported on Hopper and Blackwell DC devices.")
+    elif q.capability[0] != 9:                    # is_flashmla_dense_supported()
+        r.append("FlashMLA Dense is only supported on Hopper devices.")
+    return r
+
+
+def _flashinfer_mla(q):
+    r = _mla_common(q, heads=DENSE_MLA_HEADS, blocks=(32, 64), majors=(10,))
+    if q.qk_nope_head_dim not in (64, 128, 192):
+        r.append("FlashInfer MLA kernel requires qk_nope_head_dim in [64, 128, 192], but got "
+                 f"{q.qk_nope_head_dim}")
+    return r
+
+
+def _tokenspeed_mla(q):
+    # tokenspeed_mla is not a vLLM requirement: not installed unless added by hand
+    return _mla_common(q, heads=DENSE_MLA_HEADS, kv=("fp8", "fp8_e4m3"), blocks=(32, 64),
+                       majors=(10,)) + [
+        "tokenspeed_mla package is not installed. Install it with: "
+        "`uv pip install tokenspeed-mla`"]
+
+
+def _cutlass_mla(q):
+    return _mla_common(q, heads=DENSE_MLA_HEADS, blocks=(128,), majors=(10,))
+
+
+def _triton_mla(q):
+    return _mla_common(q, multiple_of=16, window=True)
+
+
+def _flash_attn_mla_sparse(q):
+    r = _mla_common(q, kv=("auto", "float16", "bfloat16"), multiple_of=64, sparse=True,
+                    majors=(9,))
+    if q.kv_cache_dtype not in ("auto", "float16", "bfloat16"):
+        r.append("FlashAttention MLA Sparse currently supports only FP16/BF16 KV cache")
+    elif q.capability[0] != 9:
+        r.append("FlashAttention MLA not supported on this device")
+    elif q.index_topk is None:
+        r.append("FlashAttention MLA Sparse requires model with index_topk")
+    return r
+
+
+def _flashinfer_mla_sparse_combination(q) -> str | None:
+    """``FlashInferMLASparseTRTLLMBackend.supports_combination`` (flashinfer_mla_sparse.py)."""
+    if q.qk_rope_head_dim == 0:
+        if q.qk_nope_head_dim != 256 or q.kv_lora_rank != 512:
+            return ("FlashInfer native no-rope MLA requires qk_nope_head_dim=256 and "
+                    f"kv_lora_rank=512, but got qk_nope_head_dim={q.qk_nope_head_dim}, "
+                    f"kv_lora_rank={q.kv_lora_rank}")
+    elif q.qk_nope_head_dim not in (128, 192):
+        return ("FlashInfer MLA Sparse kernel requires qk_nope_head_dim in [128, 192], but got "
+                f"{q.qk_nope_head_dim}")
+    if q.index_topk is None:
+        return "FlashInfer MLA Sparse requires model with index_topk config"
+    return None
+
+
+def _flashinfer_mla_sparse(q):
+    r = _mla_common(q, heads=(512, 576), multiple_of=32, sparse=True, majors=(10,))
+    if reason := _flashinfer_mla_sparse_combination(q):
+        r.append(reason)
+    return r
+
+
+FA4_SPARSE_HEADS = (8, 16, 32, 64, 128)
+
+
+def _flash_attn_mla_sparse_fa4(q):
+    """FLASH_ATTN_MLA_SPARSE_FA4 (flashattn_mla_sparse.py): FA4's decode kernel, bf16 only."""
+    r = _mla_common(q, heads=(576,), dtypes=("bfloat16",), kv=("auto", "bfloat16"),
+                    multiple_of=64, sparse=True, majors=(10,))
+    if not _fa4_supported(q.capability):
+        reason = ("FA4 unavailable: FA4 is only supported on devices with compute capability "
+                  "9.x, 10.x, or 11.x")
+    elif not q.fa4_cute_dsl:
+        reason = ("FA4 cute-DSL entry point failed to import: "
+                  "ModuleNotFoundError(\"No module named 'cutlass'\")")
+    elif q.index_topk is None or q.index_topk % 128:
+        reason = f"FA4 sparse MLA requires index_topk % 128 == 0, got {q.index_topk}"
+    elif (q.kv_lora_rank, q.qk_rope_head_dim) != (512, 64):
+        reason = ("FA4 sparse MLA requires (kv_lora_rank, qk_rope_head_dim) == (512, 64), got "
+                  f"({q.kv_lora_rank}, {q.qk_rope_head_dim})")
+    elif q.num_heads not in FA4_SPARSE_HEADS:
+        reason = (f"FA4 sparse MLA requires {FA4_SPARSE_HEADS} gathered query heads, got "
+                  f"num_heads={q.num_heads} * dcp_size=1")
+    else:
+        reason = _flashinfer_mla_sparse_combination(q)
+    return r + ([reason] if reason else [])
+
+
+def _flashmla_sparse(q):
+    r = _mla_common(q, heads=(576, 512), dtypes=("bfloat16",),
+                    kv=("auto", "bfloat16", "fp8_ds_mla", "fp8", "nvfp4_ds_mla"),
+                    multiple_of=64, sparse=True, majors=(9, 10))
+    if q.head_size == 512:
+        if q.kv_cache_dtype in ("auto", "bfloat16", "fp8_ds_mla") and q.capability[0] == 9:
+            if q.qk_rope_head_dim != 0:
+                r.append("FLASHMLA_SPARSE supports head_size 512 only for rope-free (NoPE) "
+                         "models")
+        else:
+            r.append("FLASHMLA_SPARSE supports head_size 512 only with bf16 or fp8_ds_mla "
+                     f"kv-cache on SM90 (NoPE), got kv_cache_dtype={q.kv_cache_dtype}, "
+                     f"capability={_cap_repr(q.capability)}")
+    return r
+
+
+def _cap_repr(cap: tuple[int, int]) -> str:
+    return f"DeviceCapability(major={cap[0]}, minor={cap[1]})"
+
+
+def _flashinfer_mla_sparse_sm90(q):
+    r = _mla_common(q, heads=(512, 576), dtypes=("bfloat16",),
+                    kv=("auto", "bfloat16", "fp8", "fp8_e4m3"), multiple_of=64, sparse=True,
+                    majors=(9,))
+    if not q.use_sparse:
+        r.append("FLASHINFER_MLA_SPARSE_SM90 requires sparse MLA")
+    elif q.kv_lora_rank != 512:
+        r.append("FLASHINFER_MLA_SPARSE_SM90 requires kv_lora_rank=512")
+    elif q.qk_rope_head_dim not in (0, 64):
+        r.append("FLASHINFER_MLA_SPARSE_SM90 requires qk_rope_head_dim in (0, 64)")
+    return r
+
+
+def _flashinfer_mla_sparse_sm120(q):
+    kv = ("auto", "fp8", "fp8_e4m3", "fp8_ds_mla")
+    r = _mla_common(q, heads=(512, 576), dtypes=("bfloat16",), kv=kv, multiple_of=64,
+                    sparse=True, majors=(12,))
+    if q.dtype != "bfloat16":
+        r.append("dtype not supported")
+    elif q.kv_cache_dtype not in kv:
+        r.append("kv_cache_dtype not supported")
+    elif q.index_topk is None:
+        r.append("FLASHINFER_MLA_SPARSE_SM120 requires a model with index_topk config")
+    elif q.index_topk != 2048:
+        r.append(f"FLASHINFER_MLA_SPARSE_SM120 requires index_topk=2048; got {q.index_topk}")
+    return r
+
+
+#: each backend's ``validate_configuration`` for the layers kvcalc plans
+BACKEND_CHECKS = {
+    "FLASH_ATTN": _flash_attn, "FLASHINFER": _flashinfer, "TRITON_ATTN": _triton_attn,
+    "FLASH_ATTN_MLA": _flash_attn_mla, "FLASHMLA": _flashmla,
+    "FLASHINFER_MLA": _flashinfer_mla, "TOKENSPEED_MLA": _tokenspeed_mla,
+    "CUTLASS_MLA": _cutlass_mla, "TRITON_MLA": _triton_mla,
+    "FLASH_ATTN_MLA_SPARSE": _flash_attn_mla_sparse,
+    "FLASH_ATTN_MLA_SPARSE_FA4": _flash_attn_mla_sparse_fa4,
+    "FLASHMLA_SPARSE": _flashmla_sparse, "FLASHINFER_MLA_SPARSE": _flashinfer_mla_sparse,
+    "FLASHINFER_MLA_SPARSE_SM90": _flashinfer_mla_sparse_sm90,
+    "FLASHINFER_MLA_SPARSE_SM120": _flashinfer_mla_sparse_sm120,
+}
+
+
+def backend_priorities(q: SelectorQuery) -> tuple[str, ...]:
+    """``_get_backend_priorities`` (vllm/platforms/cuda.py, the same in 0.33.0 and 0.34.0),
+    for causal decoder layers without a multimodal prefix; FLEX_ATTENTION and TURBOQUANT
+    follow TRITON_ATTN but are never reached (TRITON_ATTN takes every layer kvcalc plans)."""
+    major = q.capability[0]
+    if q.use_mla:
+        if major == 10:
+            if q.quantized:
+                sparse = ("FLASHINFER_MLA_SPARSE", "FLASHMLA_SPARSE")
+            elif q.num_heads is not None and q.num_heads <= 16:
+                sparse = ("FLASH_ATTN_MLA_SPARSE_FA4", "FLASHINFER_MLA_SPARSE",
+                          "FLASHMLA_SPARSE")
+            else:
+                sparse = ("FLASHMLA_SPARSE", "FLASHINFER_MLA_SPARSE")
+            return ("FLASHINFER_MLA", "TOKENSPEED_MLA", "CUTLASS_MLA", "FLASH_ATTN_MLA",
+                    "FLASHMLA", "TRITON_MLA") + sparse
+        if major == 12:
+            return ("TRITON_MLA", "FLASHINFER_MLA_SPARSE_SM120")
+        tail = ("FLASH_ATTN_MLA_SPARSE", "FLASHMLA_SPARSE")
+        tail = (("FLASHINFER_MLA_SPARSE_SM90",) + tail if q.head_size == 512
+                else tail + ("FLASHINFER_MLA_SPARSE_SM90",))
+        return ("FLASH_ATTN_MLA", "FLASHMLA", "FLASHINFER_MLA", "TRITON_MLA") + tail
+    if major == 10:
+        return ("FLASHINFER", "FLASH_ATTN", "TRITON_ATTN")
+    return ("FLASH_ATTN", "FLASHINFER", "TRITON_ATTN")
+
+
+def select_backend(q: SelectorQuery, version: tuple[int, int] = V0_34) -> str:
+    """The backend ``CudaPlatform.get_attn_backend_cls`` returns for ``q``: the first of the
+    priority list whose checks pass; else :class:`BackendRefusal` with vLLM's message,
+    "No valid attention backend found for cuda with <config>. Reasons: {...}."."""
+    reasons = {}
+    for name in backend_priorities(q):
+        invalid = BACKEND_CHECKS[name](q)
+        if not invalid:
+            return name
+        reasons[name] = invalid
+    text = ", ".join(f"{name}: [{', '.join(r)}]" for name, r in reasons.items())
+    raise BackendRefusal(f"No valid attention backend found for cuda with "
+                         f"{q.config_repr(version)}. Reasons: {{{text}}}.")
+
+
+def selector_model_dtype(spec: ModelSpec, cap: tuple[int, int],
+                         model_dtype: str | None = None) -> str:
+    """The dtype vLLM runs the model in on a GPU of capability ``cap``
+    (``ModelConfig._resolve_auto_dtype``, vllm/config/model.py): bf16 from SM 8.0, else
+    float16 (float32 for the models ``_FLOAT16_NOT_SUPPORTED_MODELS`` keeps off float16);
+    float32 checkpoints run in the first of those."""
+    supported = ["bfloat16", "float16", "float32"] if cap >= (8, 0) else ["float16", "float32"]
+    if spec.model_type in FLOAT16_NOT_SUPPORTED:
+        supported.remove("float16")
+    name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(
+        model_dtype or spec.dtype, "bfloat16")
+    if name == "float32" or name not in supported:
+        return supported[0]
+    return name
+
+
+def kv_dtype_refusal(kv_cache_dtype: str, model_dtype: str) -> str | None:
+    """``VllmConfig._reject_mismatched_float_kv_cache`` (vllm/config/vllm.py, 0.33 and 0.34):
+    an explicit float16/bfloat16 KV cache must match the model dtype."""
+    if kv_cache_dtype not in ("float16", "bfloat16") or kv_cache_dtype == model_dtype:
+        return None
+    allowed = (f"`auto` or `{model_dtype}`" if model_dtype in ("float16", "bfloat16")
+               else "`auto`")
+    return (f'kv_cache_dtype="{kv_cache_dtype}" is incompatible with dtype="{model_dtype}". '
+            f"Please set `--kv-cache-dtype` to {allowed}.")
+
+
+def selector_queries(spec: ModelSpec, kv_dtype: str, rules: VllmRules, tp: int = 1,
+                     block_size: int | None = None, model_dtype: str | None = None
+                     ) -> list[SelectorQuery]:
+    """One :class:`SelectorQuery` per distinct attention layer of ``spec`` (as vLLM's model
+    files build them: MLA layers with ``kv_lora_rank + qk_rope_head_dim`` and the heads per
+    GPU; attention layers with their head size, window and sinks). Empty when the selector
+    does not apply: a ROCm GPU, a band before 0.33, or a KV dtype vLLM names otherwise."""
+    kv = SELECTOR_KV_DTYPES.get(kv_dtype)
+    if kv is None or not rules.cuda or rules.capability is None or rules.parsed < V0_33:
+        return []
+    if kv == "bfloat16" and any(isinstance(l, MLALayer) and l.indexer_head_dim is not None
+                                for l in spec.layers):
+        # DeepSeek-V3.2 serves an explicit bfloat16 KV cache as "auto"
+        # (DeepseekV32ForCausalLM.verify_and_update_config, vllm/model_executor/models/config.py)
+        kv = "auto"
+    cap = rules.capability
+    dtype = selector_model_dtype(spec, cap, model_dtype)
+    cfg = spec.config or {}
+    out: list[SelectorQuery] = []
+    for layer in spec.layers:
+        if isinstance(layer, MLALayer):
+            q = SelectorQuery(
+                layer.kv_lora_rank + layer.qk_rope_head_dim, dtype, kv, cap, block_size,
+                use_mla=True, use_sparse=layer.indexer_head_dim is not None,
+                num_heads=max(1, layer.num_heads // tp),
+                qk_nope_head_dim=layer.qk_nope_head_dim,
+                qk_rope_head_dim=layer.qk_rope_head_dim, v_head_dim=layer.v_head_dim,
+                kv_lora_rank=layer.kv_lora_rank, index_topk=cfg.get("index_topk"))
+        elif isinstance(layer, AttentionLayer):
+            q = SelectorQuery(layer.head_dim_k, dtype, kv, cap, block_size,
+                              has_sink=spec.model_type in SINK_MODEL_TYPES,
+                              has_sliding_window=layer.kind == SLIDING)
+        else:
+            continue
+        if q not in out:
+            out.append(q)
+    return out
+
+
+def triton_impl_refusal(backend: str, q: SelectorQuery, device_name: str) -> str | None:
+    """The ValueError the Triton backends' impls raise as the layer is built, for a KV dtype
+    the GPU cannot store (``TritonAttentionImpl.__init__``, vllm/v1/attention/backends/
+    triton_attn.py; ``TritonMLAImpl.__init__``, backends/mla/triton_mla.py; 0.33 and 0.34):
+    fp8 needs native fp8e4nv (SM 8.9+), bfloat16 SM 8.0+. ``device_name``: what vLLM prints
+    (``get_device_name``; kvcalc has the catalog's name)."""
+    if backend not in ("TRITON_ATTN", "TRITON_MLA"):
+        return None
+    cap = q.capability
+    where = (f"on {device_name} (compute capability {cap[0]}.{cap[1]})")
+    kind = "Triton MLA backend" if backend == "TRITON_MLA" else "Triton attention backend"
+    if q.kv_cache_dtype.startswith("fp8") and cap < FP8_KV_TRITON_CAPABILITY:
+        suggested = "float16" if cap < (8, 0) else "bfloat16"
+        return (f"FP8 KV cache is not supported by the {kind} {where}; native FP8 (fp8e4nv) "
+                f"requires SM89+. Re-run with --kv-cache-dtype {suggested}.")
+    if q.kv_cache_dtype == "bfloat16" and cap < (8, 0):
+        by = " by the Triton MLA backend" if backend == "TRITON_MLA" else ""
+        return (f"bfloat16 KV cache is not supported{by} {where}; bfloat16 requires SM80+. "
+                "Re-run with --kv-cache-dtype float16.")
+    return None
+
+
+#: the Triton kernels store an fp8 KV cache natively (fp8e4nv) from SM 8.9 (Ada)
+FP8_KV_TRITON_CAPABILITY = (8, 9)
+
+
+def attention_backends(spec: ModelSpec, kv_dtype: str, rules: VllmRules, tp: int = 1,
+                       block_size: int | None = None, model_dtype: str | None = None,
+                       fa4_cute_dsl: bool = FA4_CUTE_DSL,
+                       device_name: str = "the GPU") -> list[str]:
+    """The attention backend of each distinct attention layer of ``spec`` (in layer order,
+    deduplicated), as vLLM 0.33/0.34 selects them on the GPU of ``rules`` for
+    ``--kv-cache-dtype kv_dtype``; raises :class:`BackendRefusal` with vLLM's message when vLLM
+    stops (a float KV dtype that contradicts the model's, no backend for a layer, or a Triton
+    backend that cannot store the KV dtype on that GPU: :func:`triton_impl_refusal`).
+    ``block_size``: a --block-size given by the user (the selector then checks it)."""
+    queries = selector_queries(spec, kv_dtype, rules, tp, block_size, model_dtype)
+    if not queries:
+        return []
+    refusal = kv_dtype_refusal(queries[0].kv_cache_dtype, queries[0].dtype)
+    if refusal:
+        raise BackendRefusal(refusal, check="kv_cache_dtype")
+    names: list[str] = []
+    for q in queries:
+        name = select_backend(replace(q, fa4_cute_dsl=fa4_cute_dsl), rules.parsed)
+        impl = triton_impl_refusal(name, q, device_name)
+        if impl:
+            raise BackendRefusal(impl, check="kv_cache_dtype")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def backend_refusal(spec: ModelSpec, kv_dtype: str, rules: VllmRules, tp: int = 1,
+                    block_size: int | None = None,
+                    device_name: str = "the GPU") -> BackendRefusal | None:
+    """:class:`BackendRefusal` when vLLM would stop building ``spec``'s layers, else None."""
+    try:
+        attention_backends(spec, kv_dtype, rules, tp, block_size, device_name=device_name)
+    except BackendRefusal as exc:
+        return exc
+    return None
+
+def default_block_size(spec: ModelSpec, kv_dtype: str, rules: VllmRules,
+                       tp: int = 1) -> tuple[int, str]:
     """vLLM's block size when ``--block-size`` is not given, and the backend that chose it:
     the band's default for attention models (16; 64 from 0.34: FLASH_ATTN / FLASHINFER /
     TRITON_ATTN take multiples of 16; on SM 10.x FlashInfer, which vLLM installs, runs
     before FlashAttention 4 and its head-dim-256 blocks of 128), the MLA backend's preferred
-    block for MLA models."""
+    block for MLA models -- from 0.33 the backend vLLM's selector picks
+    (:func:`attention_backends`, ``kv_dtype`` as given: fp8 and fp8_e4m3 can differ); when it
+    picks none (:func:`backend_refusal`), the band's default and no backend."""
     if not spec.is_mla:
         return rules.default_block_size, ""
+    if rules.cuda and rules.parsed >= V0_33 and kv_dtype in SELECTOR_KV_DTYPES:
+        try:
+            names = attention_backends(spec, kv_dtype, rules, tp)
+        except BackendRefusal:
+            return rules.default_block_size, ""
+        backend = next((n for n in names if n in MLA_KERNEL_BLOCKS), "")
+        if backend:
+            block = preferred_block_size(backend, rules.default_block_size)
+            if any(isinstance(l, MLALayer) and l.indexer_head_dim for l in spec.layers):
+                block = common_block_size(backend, rules.default_block_size)
+            return block, backend
     backend = mla_backend(spec, served_kv_dtype(spec, kv_dtype).name, rules)
     return preferred_block_size(backend, rules.default_block_size), backend
 
@@ -343,6 +914,27 @@ def preferred_block_size(backend: str, default: int) -> int:
     if (multiple_of and default % multiple_of == 0) or default in kernel_blocks:
         return default
     return min(kernel_blocks) if kernel_blocks else multiple_of
+
+
+#: the DeepSeek-V3.2 indexer's kernel block on CUDA (``DeepseekV32IndexerBackend
+#: .get_supported_kernel_block_sizes``, vllm/v1/attention/backends/mla/indexer.py: [64])
+INDEXER_KERNEL_BLOCK = 64
+
+
+def common_block_size(backend: str, default: int) -> int:
+    """``Platform._preferred_block_size_for_backends`` (vllm/platforms/interface.py) for a
+    sparse MLA backend and the indexer's backend: the default block when both take it, else the
+    smallest common multiple of their kernel blocks (0.33: FLASHINFER_MLA_SPARSE's multiples of
+    32 and the indexer's 64 -> 64)."""
+    kernel_blocks, multiple_of = MLA_KERNEL_BLOCKS[backend]
+
+    def takes(block: int) -> bool:
+        return bool((multiple_of and block % multiple_of == 0)
+                    or any(block % b == 0 for b in kernel_blocks))
+
+    if takes(default) and default % INDEXER_KERNEL_BLOCK == 0:
+        return default
+    return min(math.lcm(b, INDEXER_KERNEL_BLOCK) for b in (kernel_blocks or (multiple_of,)))
 
 
 def served_model_dtype(model_dtype: str) -> str:
@@ -1183,6 +1775,12 @@ def vllm_plan_figures(spec: ModelSpec, inp, layout: Layout, budgets: list[Budget
                   after_warmup=extensible and not cap.fits
                   and cap.needed_bytes <= tight.kv_bytes + tight.margin_bytes)
     cap = mamba_check(cap, layout, tight, inp)
+    # vLLM picks each layer's attention backend while it builds the model, before any KV
+    # planning: a layer no backend takes stops it first
+    refusal = backend_refusal(spec, inp.kv_dtype, d.rules, inp.tp, inp.block_size,
+                              inp.gpu.display_name)
+    if refusal:
+        cap = replace(cap, fits=False, refusal=str(refusal), estimated_max_model_len=None)
     return VllmPlanFigures(cap, layout, inp, tuple(budgets))
 
 
@@ -1247,7 +1845,7 @@ def vllm_plan_notes(spec: ModelSpec, inp, layout: Layout, figures: VllmPlanFigur
         notes.append(f"vLLM runs at most max_num_seqs = {inp.num_seqs():,} sequences at once per "
                      f"replica (--max-num-seqs); the KV cache alone would hold "
                      f"{paged.max_sequences:,.0f}")
-    if spec.is_mla and inp.block_size is None:
+    if spec.is_mla and inp.block_size is None and inp.backend(spec):
         notes.append(f"MLA: block size {layout.block_size} of the {inp.backend(spec)} backend "
                      f"vLLM {layout.band} picks on {inp.gpu.name} (compute capability "
                      f"{inp.gpu.compute_capability or 'unknown'}) for KV {layout.kv_dtype.name}; "
@@ -1384,10 +1982,10 @@ class Vllm(Engine):
         return plan_defaults(inp)
 
     def plan_block_size(self, spec, inp) -> int:
-        return default_block_size(spec, inp.kv_dtype, inp.rules())[0]
+        return default_block_size(spec, inp.kv_dtype, inp.rules(), inp.tp)[0]
 
     def plan_backend(self, spec, inp) -> str:
-        return default_block_size(spec, inp.kv_dtype, inp.rules())[1]
+        return default_block_size(spec, inp.kv_dtype, inp.rules(), inp.tp)[1]
 
     def plan_figures(self, spec, inp, layout, budgets) -> VllmPlanFigures:
         return vllm_plan_figures(spec, inp, layout, budgets)

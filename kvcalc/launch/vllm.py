@@ -13,7 +13,15 @@ tools/gen_engine_flags.py). Checks, each with vLLM's message:
 - ``kv_cache_memory``: "To serve at least one request ..." / "No available memory ..."
   (the plan's vLLM figures, vllm/v1/core/kv_cache_planning.py);
 - ``mamba_cache_blocks``: "max_num_seqs (N) exceeds available Mamba cache blocks (M) ..."
-  (vllm/config/compilation.py; engines.vllm.mamba_max_num_seqs_refusal, applied by plan too).
+  (vllm/config/compilation.py; engines.vllm.mamba_max_num_seqs_refusal, applied by plan too);
+- ``attention_backend``: "No valid attention backend found for cuda with
+  AttentionSelectorConfig(...). Reasons: {...}." when no attention backend takes a layer on
+  that GPU generation with that KV dtype (vllm/platforms/cuda.py ``get_attn_backend_cls``), and
+  ``kv_cache_dtype``: 'kv_cache_dtype="float16" is incompatible with dtype="bfloat16" ...'
+  (vllm/config/vllm.py ``_reject_mismatched_float_kv_cache``) or "FP8 KV cache is not supported
+  by the Triton MLA backend on GPU (compute capability 8.0) ..." (the Triton backends' impls
+  below SM 8.9) -- all from engines.vllm.attention_backends, applied by plan too; the
+  suggestion is a KV dtype that boots.
 """
 
 from __future__ import annotations
@@ -29,9 +37,10 @@ from .flags import table
 
 DISPLAY = "vLLM"
 
-#: vLLM's kv_cache_dtype values kvcalc models -> kvcalc's KV dtype
+#: vLLM's kv_cache_dtype values kvcalc models -> kvcalc's KV dtype (fp8_e4m3 and fp8_e5m2 kept:
+#: the attention backends take different fp8 formats)
 KV_DTYPES = {"auto": "auto", "float16": "fp16", "bfloat16": "bf16", "fp8": "fp8",
-             "fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "fp8_inc": "fp8"}
+             "fp8_e4m3": "fp8_e4m3", "fp8_e5m2": "fp8_e5m2", "fp8_inc": "fp8"}
 #: --dtype -> the weights dtype (and the KV dtype of "auto")
 DTYPES = {"auto": "auto", "half": "fp16", "float16": "fp16", "bfloat16": "bf16",
           "float": "fp32", "float32": "fp32"}
@@ -233,6 +242,11 @@ def pre_checks(reading: Reading, model) -> list[Refusal]:
     return out
 
 
+#: how vLLM's KV-dtype refusals start (engines.vllm.kv_dtype_refusal, triton_impl_refusal)
+KV_DTYPE_REFUSALS = ('kv_cache_dtype="', "FP8 KV cache is not supported",
+                     "bfloat16 KV cache is not supported")
+
+
 def plan_refusals(record: dict[str, Any]) -> list[Refusal]:
     v = record.get("vllm") or {}
     if v.get("fits", True):
@@ -240,6 +254,8 @@ def plan_refusals(record: dict[str, Any]) -> list[Refusal]:
     message = v["log"][0]
     check = ("mamba_cache_blocks" if message.startswith("max_num_seqs (") else
              "no_kv_cache_memory" if message.startswith("No available memory") else
+             "attention_backend" if message.startswith("No valid attention backend") else
+             "kv_cache_dtype" if message.startswith(KV_DTYPE_REFUSALS) else
              "kv_cache_memory")
     return [Refusal(DISPLAY, check, message)]
 
@@ -273,6 +289,16 @@ def candidates(reading: Reading, model, record: dict[str, Any] | None,
         out.append(Change("VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (in front of the command)",
                           settings={"env": {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}}))
     v = (record or {}).get("vllm") or {}
+    if checks & {"attention_backend", "kv_cache_dtype"}:
+        # a KV dtype a backend takes on this GPU: the model's own first, then fp8 (the same
+        # memory as fp8_e5m2); a --block-size that ruled backends out goes
+        given = plan.get("kv_dtype", "auto")
+        for kv in ("auto", "fp8"):
+            if kv != given:
+                out.append(Change(f"--kv-cache-dtype {kv}", {"kv_dtype": kv}))
+        if plan.get("block_size") is not None:
+            out.append(Change("drop --block-size (the backend's own block)",
+                              {"block_size": None}))
     if "mamba_cache_blocks" in checks:
         blocks = int(refusals[[r.check for r in refusals].index("mamba_cache_blocks")]
                      .message.split("at most ")[1].split(" ")[0])
@@ -289,7 +315,7 @@ def candidates(reading: Reading, model, record: dict[str, Any] | None,
         util = plan.get("gpu_util")
         if util is not None and util < 0.95:
             out.append(Change("--gpu-memory-utilization 0.95", {"gpu_util": 0.95}))
-        if plan.get("kv_dtype", "auto") not in ("fp8",):
+        if not str(plan.get("kv_dtype", "auto")).startswith("fp8"):
             out.append(Change("--kv-cache-dtype fp8", {"kv_dtype": "fp8"}))
         for t in (2, 4, 8):
             if t > tp and not get_engine("vllm").tp_refusal(model.spec, t) and (not heads or t <= heads):

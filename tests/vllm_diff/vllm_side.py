@@ -1,5 +1,7 @@
 """vLLM's own KV-cache capacity figures for kvcalc's presets, on a simulated H100 (0.33.0 and
-0.34.0; ``--defaults``: vLLM's defaults and budget on other simulated GPUs too).
+0.34.0; ``--defaults``: vLLM's defaults and budget on other simulated GPUs too; ``--backends``:
+the attention backend each layer gets, or vLLM's refusal, per GPU and KV dtype -- see
+docs/vllm-check.md for the two host facts that mode sets).
 
 Run with the interpreter of the separate environment that `make_venv.sh` builds
 (`.vllm-venv/bin/python tests/vllm_diff/vllm_side.py --help`). It reads a JSON request
@@ -744,6 +746,120 @@ def run_defaults(req: dict) -> dict:
     return {"records": records}
 
 
+#: vLLM's message when no attention backend takes a layer (CudaPlatform.get_attn_backend_cls,
+#: vllm/platforms/cuda.py)
+NO_BACKEND = "No valid attention backend found for "
+
+
+def backends_case(config_dir: str, gpu: dict, kv_dtype: str, tp: int) -> dict:
+    """The attention backend vLLM's selector picks for every KV-carrying layer of one model on
+    one simulated GPU (``get_attn_backend`` -> ``CudaPlatform.get_attn_backend_cls``, each
+    backend's ``validate_configuration``), the block size the backend leaves
+    (``update_block_size_for_backend``), or the selector's refusal, word for word."""
+    from vllm.config import set_current_vllm_config
+    from vllm.utils.torch_utils import set_default_torch_dtype
+
+    if (GPU["name"], tuple(GPU["capability"])) != (gpu["name"], tuple(gpu["capability"])):
+        _clear_gpu_caches()
+    GPU.update(name=gpu["name"], memory=gpu["memory"], capability=tuple(gpu["capability"]))
+    try:
+        vc = engine_config(config_dir, tp, kv_dtype, 4096)
+    except Exception as exc:  # pydantic's ValidationError wraps vLLM's ValueError
+        # VllmConfig._reject_mismatched_float_kv_cache (vllm/config/vllm.py)
+        m = re.search(r'kv_cache_dtype="\w+" is incompatible with dtype="\w+"\. Please set '
+                      r'`--kv-cache-dtype` to [^.]*\.', str(exc))
+        if m:
+            return {"refused": m.group(0)}
+        raise
+    from vllm.v1.attention.backends.mla.flashattn_mla_sparse import _fa4_cute_mla_available
+
+    env = {"fa4_cute_mla": _fa4_cute_mla_available()}
+    with set_current_vllm_config(vc), set_default_torch_dtype(vc.model_config.dtype):
+        try:
+            build_layers(vc)
+        except ValueError as exc:
+            if NO_BACKEND in str(exc):
+                return {"refused": str(exc), **env}
+            raise
+        for layer in vc.compilation_config.static_forward_context.values():
+            if refused := _impl_refusal(layer):
+                return {"refused": refused, **env}
+        from vllm.platforms import current_platform
+
+        current_platform.update_block_size_for_backend(vc)
+        from vllm.model_executor.layers.attention.attention import Attention
+        from vllm.model_executor.layers.attention.mla_attention import MLAAttention
+
+        # the attention layers' backends (not the Mamba/GDN mixers' nor the V3.2 indexer's)
+        layers = vc.compilation_config.static_forward_context.values()
+        backends = sorted({m.get_attn_backend().get_name() for m in layers
+                           if isinstance(m, (Attention, MLAAttention))})
+    return {"backends": backends, "block_size": vc.cache_config.block_size,
+            "model_dtype": str(vc.model_config.dtype).replace("torch.", ""), **env}
+
+
+#: the start of the ValueErrors the Triton backends' impls raise for a KV dtype the GPU cannot
+#: store (TritonAttentionImpl / TritonMLAImpl.__init__: fp8 below SM 8.9, bfloat16 below 8.0)
+IMPL_REFUSALS = ("FP8 KV cache is not supported", "bfloat16 KV cache is not supported")
+
+
+def _impl_refusal(layer) -> str | None:
+    """Construct the impl of a Triton layer's backend as ``Attention.__init__`` /
+    ``MLAAttention.__init__`` do, so that its own KV dtype check runs; its message, or None.
+    TritonAttentionImpl is built as it is (it holds no weights); for TritonMLAImpl the parent
+    ``MLACommonImpl.__init__`` (projections, kernels) is replaced for the call by one that sets
+    the two attributes the check reads (``kv_cache_dtype``, ``dcp_world_size``)."""
+    from vllm.v1.attention.backend import AttentionType
+
+    if not hasattr(layer, "get_attn_backend"):
+        return None
+    backend = layer.get_attn_backend()
+    name, kv = backend.get_name(), getattr(layer, "kv_cache_dtype", "auto")
+    if name not in ("TRITON_ATTN", "TRITON_MLA"):
+        return None
+    impl_cls = backend.get_impl_cls()
+    try:
+        if name == "TRITON_ATTN":
+            impl_cls(1, layer.head_size, 1.0, 1, None, layer.sliding_window, kv)
+        else:
+            parent = impl_cls.__mro__[1]
+            saved = parent.__init__
+
+            def light(self, *args, **kwargs):
+                self.kv_cache_dtype, self.dcp_world_size = args[6], 1
+
+            parent.__init__ = light
+            try:
+                impl_cls(1, layer.head_size, 1.0, 1, None, None, kv, None,
+                         AttentionType.DECODER, None)
+            finally:
+                parent.__init__ = saved
+    except ValueError as exc:
+        if str(exc).startswith(IMPL_REFUSALS):
+            return str(exc)
+        raise
+    except Exception:  # noqa: BLE001 - past the check (state the shell does not carry)
+        return None
+    return None
+
+
+def run_backends(req: dict) -> dict:
+    """``--backends``: :func:`backends_case` for every (preset, GPU, KV dtype, TP)."""
+    records = []
+    for case in req["cases"]:
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(req["presets"][case["model"]], f)
+            try:
+                rec = backends_case(d, case["gpu"], case["kv_dtype"], case["tp"])
+            except Exception as exc:  # noqa: BLE001 - reported, not hidden
+                rec = {"harness_error": f"{type(exc).__name__}: {exc}",
+                       "traceback": traceback.format_exc()[-2000:]}
+        records.append({"model": case["model"], "gpu": case["gpu"]["key"],
+                        "kv_dtype": case["kv_dtype"], "tp": case["tp"], **rec})
+    return {"records": records}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("request", help="JSON file: {presets: {name: config}, budgets, "
@@ -752,8 +868,18 @@ def main(argv=None) -> int:
     ap.add_argument("--defaults", action="store_true",
                     help="the request lists (preset, GPU, budget terms) cases: report vLLM's "
                          "defaults and budget for each (defaults_case)")
+    ap.add_argument("--backends", action="store_true",
+                    help="the request lists (preset, GPU, KV dtype, TP) cases: report the "
+                         "attention backend vLLM's selector picks, or its refusal "
+                         "(backends_case)")
     args = ap.parse_args(argv)
     req = json.load(open(args.request))
+    if args.backends:
+        # FlashInfer's TRT-LLM kernels (attention sinks on SM 9.0 decode / SM 10.x / SM 12.x)
+        # are available where NVIDIA's artifactory is reachable or flashinfer-cubin is
+        # installed (vllm/utils/flashinfer.py has_nvidia_artifactory); this host has no
+        # network, so vLLM's own switch says so, as on a served GPU host.
+        os.environ.setdefault("VLLM_HAS_FLASHINFER_CUBIN", "1")
     t0 = time.time()
     install_gpu_fakes()
     import logging
@@ -761,8 +887,9 @@ def main(argv=None) -> int:
     logging.disable(logging.WARNING)
     import vllm
 
-    if args.defaults:
-        doc = {"vllm_version": vllm.__version__, **run_defaults(req),
+    if args.defaults or args.backends:
+        doc = {"vllm_version": vllm.__version__,
+               **(run_backends(req) if args.backends else run_defaults(req)),
                "seconds": round(time.time() - t0, 1)}
         with (sys.stdout if args.out == "-" else open(args.out, "w")) as f:
             f.write(json.dumps(doc))
