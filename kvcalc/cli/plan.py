@@ -315,8 +315,13 @@ def _table(r: dict, p, fmt: str) -> str:
     if "does_not_fit" in r:
         d = r["does_not_fit"]
         w = d["would_fit"]
-        lines = [f"DOES NOT FIT: {d['reason']}; short by {d['shortfall_gib']:,.2f} GiB per GPU.",
-                 f"vLLM would stop with: {d['vllm_error']}"]
+        if d["shortfall_gib"] > 0 or d["reason"] != d["vllm_error"]:
+            lines = [f"DOES NOT FIT: {d['reason']}"
+                     + (f"; short by {d['shortfall_gib']:,.2f} GiB per GPU."
+                        if d["shortfall_gib"] > 0 else ""),
+                     f"vLLM would stop with: {d['vllm_error']}"]
+        else:   # a start-up check, not memory: the attention backend, the Mamba blocks ...
+            lines = [f"DOES NOT FIT: vLLM would stop with: {d['vllm_error']}"]
         if d["estimated_max_model_len"]:
             lines.append(f"What fits: --max-len {d['estimated_max_model_len']:,} on this layout")
         if w["fits"]:
