@@ -749,7 +749,9 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
         if r.totals.rejected:
             warnings.append(f"{name}: {r.totals.rejected:,} requests rejected (prompt >= "
                             + (f"the slot context {limit:,}" if engine == "llamacpp" else
-                               f"--max-len {limit:,}, or larger than the whole KV cache")
+                               f"--max-len {limit:,}, or larger than the whole KV cache"
+                               + (", or longer than --max-num-tokens without "
+                                  "--enable-chunked-prefill" if engine == "trtllm" else ""))
                             + ")")
     record["warnings"] = list(dict.fromkeys(list(record.get("warnings", ())) + warnings))
     timeline = []

@@ -495,6 +495,7 @@ class SglangLoop(StepLoop):
             decoded = sum(r.generated for r in running)
             self.ratio = min(1.0, (decoded + RETRACT_DECODE_STEPS * len(running))
                              / (sum(r.output for r in running) + 1))
+            self.on_retract(retracted)
         else:
             self.ratio = max(self.ratio - sg.ratio_decay, sg.min_ratio)
         if len(running) < before:
@@ -518,6 +519,9 @@ class SglangLoop(StepLoop):
         if finished:
             self.batch_full = False
         self.end_step(n, kv, 0.0, n, sampled, finished)
+
+    def on_retract(self, retracted: list) -> None:
+        """Called after a retraction, with the ratio set (tests watch it)."""
 
     def _retract(self, r: SReq, remaining: int) -> None:
         """``release_req``: what the tree holds stays cached, the rest is freed; then the tree

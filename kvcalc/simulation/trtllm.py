@@ -148,11 +148,12 @@ class TrtllmLoop(StepLoop):
                 used += need
                 i += 1
                 continue
-            # pause the last started request behind this one, and retry
+            # pause the last started request from the end of the list down to this one (it
+            # may be the one paused), and retry
             j = end - 1
-            while j > i and not (active[j].held or active[j].computed):
+            while j >= i and not (active[j].held or active[j].computed):
                 j -= 1
-            if j <= i or not (active[j].held or active[j].computed):
+            if j < i:
                 break
             victim = active[j]
             free += victim.held
