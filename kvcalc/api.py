@@ -640,8 +640,8 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
     from .units import parse_tokens
 
     if engine not in SIMULATED_ENGINES:
-        raise UsageError(f"simulate replays {' or '.join(SIMULATED_ENGINES)}, not --engine "
-                         f"{engine}")
+        raise UsageError(f"simulate replays {', '.join(SIMULATED_ENGINES[:-1])} or "
+                         f"{SIMULATED_ENGINES[-1]}, not --engine {engine}")
     synthetic_given = any(x is not None for x in (rate, requests, input_len, output_len, dist))
     if trace and synthetic_given:
         raise UsageError("give --trace, or synthetic arrivals (--rate, --requests, "

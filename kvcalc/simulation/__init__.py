@@ -37,6 +37,7 @@ from .paged import (CHUNKED_GROUP, FULL_GROUP, MAMBA_GROUP, SLIDING_GROUP, Group
                     HybridCache, PagedCache)
 from .requests import MOONCAKE_HASH_BLOCK, Arrival, Trace
 from .scheduler import Config, Totals, run
+from . import sglang as _sglang, trtllm as _trtllm
 from .timing import StepTime, model_figures, pipeline_step_time, step_time_model
 
 #: allocator names: vLLM's paged pool, then the paper's contiguous baselines (--engine vllm)
@@ -661,16 +662,40 @@ class EngineSimulation:
     record: Callable[[SimulationResult], dict]
 
 
-def _engines() -> dict[str, EngineSimulation]:
-    from . import sglang, trtllm
+def _step_loop_engine(module) -> EngineSimulation:
+    """An engine whose module (:mod:`.sglang`, :mod:`.trtllm`) gives ``check_plan``,
+    ``settings`` (its config from the plan and options), ``capacity`` (pool and budget in token
+    slots, KV bytes per token, its calibration, the loop's limits), ``run`` and ``record``."""
 
-    return {
-        "vllm": EngineSimulation(_check_vllm, _simulate_vllm, _vllm_record),
-        "llamacpp": EngineSimulation(_check_llamacpp, _simulate_llamacpp, _llamacpp_record),
-        "sglang": EngineSimulation(sglang.check_plan, sglang.simulate_plan, sglang.record),
-        "trtllm": EngineSimulation(trtllm.check_plan, trtllm.simulate_plan, trtllm.record),
-    }
+    def simulate_(plan: Plan, arrivals, options: Options, names) -> SimulationResult:
+        settings = module.settings(plan, options)
+        c = module.capacity(plan, settings)
+        timing = engine_timing(plan, options, c["bytes_per_token"], c["calibration"])
+        cfg = loop_config(plan, options, c["batched_tokens"], c["seqs"])
+        replay, description, hash_block = replay_of(arrivals)
+        result = SimulationResult(plan, timing, options, description,
+                                  usable_blocks=c["usable_blocks"], config=cfg)
+        result.engine_settings = settings
+        for name in names:
+            totals = module.run(replay(), cfg, timing, settings, c["budget_slots"],
+                                hash_block or options.hash_block)
+            result.runs[name] = AllocatorRun(name, totals, c["budget_slots"], c["pool_slots"])
+        return result
+
+    def record_(res: SimulationResult) -> dict:
+        rec = common_record(res, res.plan.inputs.engine)
+        rec.update(module.record(res.plan, res.engine_settings))
+        rec["allocators"] = {n: run_record(r, res.plan.inputs.tp * res.plan.inputs.pp)
+                             for n, r in res.runs.items()}
+        return rec
+
+    return EngineSimulation(module.check_plan, simulate_, record_)
 
 
-#: the engines ``kvcalc simulate`` replays, by name
-ENGINES = _engines()
+#: the engines ``kvcalc simulate`` replays, by name (a table: no engine is named elsewhere)
+ENGINES = {
+    "vllm": EngineSimulation(_check_vllm, _simulate_vllm, _vllm_record),
+    "llamacpp": EngineSimulation(_check_llamacpp, _simulate_llamacpp, _llamacpp_record),
+    "sglang": _step_loop_engine(_sglang),
+    "trtllm": _step_loop_engine(_trtllm),
+}

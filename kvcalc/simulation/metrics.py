@@ -123,13 +123,16 @@ class StepLoop:
     :meth:`step` (one engine step: it calls :meth:`end_step`) and :meth:`snapshot` (the
     categories now, in token slots: they sum to ``budget_slots``).
 
-    Requests are :class:`.scheduler.Req`; the same rejections as vLLM's loop (a prompt of
-    ``max_len`` or more, empty requests), the same clipping of output at ``max_len``, the same
-    closed loop (:class:`.scheduler.ClosedLoop`) and the same latency figures."""
+    Requests are ``request_type`` (:class:`.scheduler.Req`, set by the subclass: this module
+    sits below the scheduler); the same rejections as vLLM's loop (a prompt of ``max_len`` or
+    more, empty requests), the same clipping of output at ``max_len``, the same closed loop
+    (``closed_loop_type``, :class:`.scheduler.ClosedLoop`) and the same latency figures."""
+
+    request_type: type = None
+    closed_loop_type: type = None
 
     def __init__(self, arrivals, cfg, timing, tot, budget_slots: float):
-        from .scheduler import ClosedLoop
-
+        ClosedLoop = self.closed_loop_type
         self.cfg, self.timing, self.tot = cfg, timing, tot
         self.budget_slots = budget_slots
         self.arrivals = iter(arrivals) if cfg.concurrency is None else ClosedLoop(
@@ -193,8 +196,7 @@ class StepLoop:
         """The engine had nothing to do (SGLang resets its new-token ratio)."""
 
     def take_arrivals(self) -> None:
-        from .scheduler import Req
-
+        Req = self.request_type
         cfg, tot = self.cfg, self.tot
         while self.next is not None and self.next.arrival_s <= self.t:
             a = self.next

@@ -51,8 +51,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from ..errors import UsageError
 from .metrics import StepLoop
-from .scheduler import Req, Totals
+from .scheduler import ClosedLoop, Req, Totals
 
 #: ``SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION`` (environ.py): max_new_tokens counted at most this
 CLIP_MAX_NEW_TOKENS = 4096
@@ -215,6 +216,9 @@ class SReq(Req):
 class SglangLoop(StepLoop):
     """SGLang's scheduler (see the module docstring) on :class:`SglangPool`."""
 
+    request_type = SReq
+    closed_loop_type = ClosedLoop
+
     def __init__(self, arrivals, cfg, timing, tot: Totals, sg: SglangConfig,
                  budget_slots: float, hash_block: int):
         super().__init__(arrivals, cfg, timing, tot, budget_slots)
@@ -228,17 +232,6 @@ class SglangLoop(StepLoop):
         self.aborted = 0
 
     # ---- requests --------------------------------------------------------------------
-    def take_arrivals(self) -> None:
-        n = len(self.waiting)
-        super().take_arrivals()
-        for i in range(n, len(self.waiting)):     # the same request as an SReq
-            r = self.waiting[i]
-            s = SReq.__new__(SReq)
-            for name in Req.__slots__:
-                setattr(s, name, getattr(r, name))
-            s.path, s.shared, s.priv = [], 0, 0
-            self.waiting[i] = s
-
     def rejects(self, r) -> bool:
         """A request SGLang could never admit, even into an empty pool: its prompt +
         ``min(max_new_tokens, 4096)`` + one page reaches the pool's tokens."""
@@ -593,8 +586,6 @@ ALLOCATOR = "sglang-radix"
 
 def check_plan(plan) -> None:
     """SGLang's pool as ``kvcalc plan --engine sglang`` computes it, one full-attention pool."""
-    from ..errors import UsageError
-
     cap = plan.engine_figures
     if not cap.fits:
         raise UsageError(f"the plan does not fit: {cap.log_lines()[0]} (kvcalc plan --engine "
@@ -606,37 +597,32 @@ def check_plan(plan) -> None:
                          f"{plan.spec.model_type} needs its SWA or Mamba pools (not modelled yet)")
 
 
-def simulate_plan(plan, arrivals, options, names):
-    from . import (AllocatorRun, SimulationResult, engine_timing, loop_config, replay_of)
-    from ..errors import UsageError
-
+def settings(plan, options) -> SglangConfig:
+    """The scheduler settings of a run on ``plan`` with ``options`` (kvcalc.simulation's)."""
     if options.cpu_offload_bytes:
         raise UsageError("--cpu-offload is a vLLM setting (SGLang's host tier, HiCache, is not "
                          "modelled)")
     cap = plan.engine_figures
     chunk = cap.chunked_prefill_size if cap.chunked_prefill_size > 0 else None
-    sg = SglangConfig(cap.max_total_num_tokens, cap.page_size, cap.max_running_requests, chunk,
-                      ignore_eos=options.ignore_eos, prefix_caching=options.prefix_caching)
-    budget_slots = cap.available_bytes / cap.cell_size
-    timing = engine_timing(plan, options, cap.cell_size, "sglang")
-    cfg = loop_config(plan, options, chunk or sg.max_prefill_tokens, sg.max_running_requests)
-    replay, description, hash_block = replay_of(arrivals)
-    result = SimulationResult(plan, timing, options, description,
-                              usable_blocks=cap.max_total_num_tokens // cap.page_size, config=cfg)
-    result.engine_settings = sg
-    for name in names:
-        totals = run(replay(), cfg, timing, sg, budget_slots, hash_block or options.hash_block)
-        result.runs[name] = AllocatorRun(name, totals, budget_slots, cap.max_total_num_tokens)
-    return result
+    return SglangConfig(cap.max_total_num_tokens, cap.page_size, cap.max_running_requests, chunk,
+                        ignore_eos=options.ignore_eos, prefix_caching=options.prefix_caching)
 
 
-def record(res) -> dict:
-    from . import common_record, run_record
+def capacity(plan, sg: SglangConfig) -> dict:
+    """What the engine-neutral driver needs: the pool in token slots, the budget in token
+    slots, KV bytes per token, the calibration, the loop's token and request limits."""
+    cap = plan.engine_figures
+    return {"pool_slots": sg.max_total_num_tokens, "usable_blocks": sg.max_total_num_tokens
+            // sg.page_size, "budget_slots": cap.available_bytes / cap.cell_size,
+            "bytes_per_token": cap.cell_size, "calibration": "sglang",
+            "batched_tokens": sg.chunked_prefill_size or sg.max_prefill_tokens,
+            "seqs": sg.max_running_requests}
 
-    sg: SglangConfig = res.engine_settings
-    cap = res.plan.engine_figures
-    rec = common_record(res, "sglang")
-    rec.update({
+
+def record(plan, sg: SglangConfig) -> dict:
+    """The SGLang fields of the JSON record."""
+    cap = plan.engine_figures
+    return {
         "kv_budget_bytes": cap.available_bytes,
         "bytes_per_token": cap.cell_size,
         "page_size": sg.page_size,
@@ -648,6 +634,4 @@ def record(res) -> dict:
         "new_token_ratio": {"init": round(sg.init_ratio, 6), "min": round(sg.min_ratio, 6),
                             "decay_per_step": round(sg.ratio_decay, 9)},
         "ignore_eos": sg.ignore_eos,
-        "allocators": {n: run_record(r, res.plan.inputs.tp) for n, r in res.runs.items()},
-    })
-    return rec
+    }

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UsageError
 from .metrics import StepLoop
 from .paged import PagedCache
-from .scheduler import Totals
+from .scheduler import ClosedLoop, Req, Totals
 
 GUARANTEED_NO_EVICT = "GUARANTEED_NO_EVICT"
 MAX_UTILIZATION = "MAX_UTILIZATION"
@@ -57,6 +58,9 @@ class TrtllmConfig:
 
 class TrtllmLoop(StepLoop):
     """The capacity and micro-batch schedulers (see the module docstring) on a block pool."""
+
+    request_type = Req
+    closed_loop_type = ClosedLoop
 
     def __init__(self, arrivals, cfg, timing, tot: Totals, tc: TrtllmConfig,
                  budget_slots: float, hash_block: int):
@@ -298,8 +302,6 @@ ALLOCATOR = "trtllm-paged"
 
 
 def check_plan(plan) -> None:
-    from ..errors import UsageError
-
     cap = plan.engine_figures
     if not cap.fits:
         raise UsageError(f"the plan does not fit: {cap.error} (kvcalc plan --engine trtllm "
@@ -311,10 +313,8 @@ def check_plan(plan) -> None:
                          f"{plan.spec.model_type} has Mamba states (not modelled)")
 
 
-def simulate_plan(plan, arrivals, options, names):
-    from . import (AllocatorRun, SimulationResult, engine_timing, loop_config, replay_of)
-    from ..errors import UsageError
-
+def settings(plan, options) -> TrtllmConfig:
+    """The batch manager's settings of a run on ``plan`` with ``options``."""
     if options.cpu_offload_bytes:
         raise UsageError("--cpu-offload is a vLLM setting (TensorRT-LLM's host blocks, "
                          "--host-cache-size, are not modelled)")
@@ -328,31 +328,24 @@ def simulate_plan(plan, arrivals, options, names):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
             raise UsageError(f"invalid {flag} {value}: must be a whole number >= 1")
-    tc = TrtllmConfig(cap.blocks, cap.tokens_per_block,
-                      options.max_batch_size or MAX_BATCH_SIZE,
-                      options.max_num_tokens or MAX_NUM_TOKENS, policy,
-                      options.prefix_caching, options.enable_chunked_prefill)
+    return TrtllmConfig(cap.blocks, cap.tokens_per_block,
+                        options.max_batch_size or MAX_BATCH_SIZE,
+                        options.max_num_tokens or MAX_NUM_TOKENS, policy,
+                        options.prefix_caching, options.enable_chunked_prefill)
+
+
+def capacity(plan, tc: TrtllmConfig) -> dict:
+    cap = plan.engine_figures
     pool = tc.blocks * tc.tokens_per_block
-    budget_slots = max(plan.budget.kv_bytes / cap.bytes_per_token, pool)
-    timing = engine_timing(plan, options, cap.bytes_per_token, "trtllm")
-    cfg = loop_config(plan, options, tc.max_num_tokens, tc.max_batch_size)
-    replay, description, hash_block = replay_of(arrivals)
-    result = SimulationResult(plan, timing, options, description, usable_blocks=tc.blocks,
-                              config=cfg)
-    result.engine_settings = tc
-    for name in names:
-        totals = run(replay(), cfg, timing, tc, budget_slots, hash_block or options.hash_block)
-        result.runs[name] = AllocatorRun(name, totals, budget_slots, pool)
-    return result
+    return {"pool_slots": pool, "usable_blocks": tc.blocks,
+            "budget_slots": max(plan.budget.kv_bytes / cap.bytes_per_token, pool),
+            "bytes_per_token": cap.bytes_per_token, "calibration": "trtllm",
+            "batched_tokens": tc.max_num_tokens, "seqs": tc.max_batch_size}
 
 
-def record(res) -> dict:
-    from . import common_record, run_record
-
-    tc: TrtllmConfig = res.engine_settings
-    cap = res.plan.engine_figures
-    rec = common_record(res, "trtllm")
-    rec.update({
+def record(plan, tc: TrtllmConfig) -> dict:
+    cap = plan.engine_figures
+    return {
         "kv_budget_bytes": cap.kv_cache_bytes,
         "bytes_per_token": cap.bytes_per_token,
         "tokens_per_block": tc.tokens_per_block,
@@ -362,6 +355,4 @@ def record(res) -> dict:
         "capacity_scheduler_policy": tc.policy,
         "enable_block_reuse": tc.enable_block_reuse,
         "enable_chunked_prefill": tc.enable_chunked_prefill,
-        "allocators": {n: run_record(r, res.plan.inputs.tp) for n, r in res.runs.items()},
-    })
-    return rec
+    }
