@@ -580,8 +580,16 @@ def _engine_options(runtime: Any, given: dict) -> tuple:
 
 # --------------------------------------------------------------------------------- simulate
 
-#: the engines whose scheduler and cache ``simulate`` replays
-SIMULATED_ENGINES = ("vllm", "llamacpp")
+#: the engines whose scheduler and cache ``simulate`` replays (kvcalc.simulation.ENGINES)
+SIMULATED_ENGINES = ("vllm", "llamacpp", "sglang", "trtllm")
+#: ``simulate``'s allocator names: vLLM's paged pool and the contiguous baselines, llama-server's
+#: slots, SGLang's radix-tree pool, TensorRT-LLM's block pool
+#: (kvcalc.simulation.ENGINE_ALLOCATORS)
+SIMULATE_ALLOCATORS = ("paged", "orca-max", "orca-pow2", "orca-oracle", "llamacpp-slots",
+                       "sglang-radix", "trtllm-paged")
+#: ``--capacity-scheduler-policy`` choices of ``simulate --engine trtllm``
+#: (kvcalc.simulation.trtllm.POLICIES)
+TRTLLM_CAPACITY_POLICIES = ("GUARANTEED_NO_EVICT", "MAX_UTILIZATION")
 #: the step-time calibrations ``simulate`` takes (kvcalc.simulation.timing.calibrations():
 #: fitted per engine on measured runs, and the uncalibrated roofline)
 SIMULATE_CALIBRATIONS = ("vllm", "sglang", "trtllm", "roofline")
@@ -595,6 +603,9 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
              prefix_caching: bool = True, cpu_offload: Any = 0, step_time: float | None = None,
              step_overhead: float | None = None, timeline_interval: float | None = None,
              concurrency: int | None = None, warmup: int = 0, calibration: str | None = None,
+             ignore_eos: bool = False, capacity_scheduler_policy: str | None = None,
+             max_batch_size: int | None = None, max_num_tokens: int | None = None,
+             enable_chunked_prefill: bool = False,
              engine: str = "vllm", gpu: Any = "h100", tp: int = 1, pp: int = 1,
              max_len: Any = None,
              kv_dtype: str = "auto", block_size: int | None = None,
@@ -616,15 +627,21 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
     ``pp``: pipeline stages (vLLM), each holding its layers of every request in its own budget;
     the stage with the fewest blocks limits the replica, steps last the slowest stage's time.
     Times are modelled: a step-time ``calibration`` (``SIMULATE_CALIBRATIONS``; default the
-    engine's own, the uncalibrated roofline for llama.cpp), or ``step_time``."""
+    engine's own, the uncalibrated roofline for llama.cpp), or ``step_time``.
+    ``engine="sglang"``: SGLang's scheduler and radix-tree token pool (``ignore_eos``: requests
+    sent with ignore_eos, their remaining output reserved whole; SGLang's plan settings such as
+    ``max_running_requests``, ``chunked_prefill_size``, ``mem_fraction_static``);
+    ``engine="trtllm"``: TensorRT-LLM's capacity scheduler (``capacity_scheduler_policy``:
+    ``TRTLLM_CAPACITY_POLICIES``), ``max_batch_size``, ``max_num_tokens``,
+    ``enable_chunked_prefill``, KV block reuse (``prefix_caching``)."""
     from .simulation import Options, result_record, simulate as run_simulation
     from .simulation.metrics import CATEGORIES
     from .simulation.requests import load_trace, synthetic
     from .units import parse_tokens
 
     if engine not in SIMULATED_ENGINES:
-        raise UsageError(f"simulate replays {' or '.join(SIMULATED_ENGINES)}, not --engine "
-                         f"{engine}")
+        raise UsageError(f"simulate replays {', '.join(SIMULATED_ENGINES[:-1])} or "
+                         f"{SIMULATED_ENGINES[-1]}, not --engine {engine}")
     synthetic_given = any(x is not None for x in (rate, requests, input_len, output_len, dist))
     if trace and synthetic_given:
         raise UsageError("give --trace, or synthetic arrivals (--rate, --requests, "
@@ -644,8 +661,27 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
         if value is not None and not 0 <= value < float("inf"):
             raise UsageError(f"invalid {name} {value}: must be a non-negative number of tokens")
     settings, unknown = _server_settings(server_settings, engine)
-    if unknown:
-        raise UsageError(f"unknown simulate option {next(iter(unknown))!r}")
+    for key in unknown:
+        if key not in ENGINE_PLAN_OPTIONS or engine not in ("sglang", "trtllm"):
+            raise UsageError(f"unknown simulate option {key!r}")
+    trt_only = [flag for flag, given in (
+        ("--capacity-scheduler-policy", capacity_scheduler_policy is not None),
+        ("--max-batch-size", max_batch_size is not None),
+        ("--max-num-tokens", max_num_tokens is not None),
+        ("--enable-chunked-prefill", bool(enable_chunked_prefill))) if given]
+    if trt_only and engine != "trtllm":
+        raise UsageError(f"{trt_only[0]} is a setting of --engine trtllm, not {engine}")
+    if ignore_eos and engine != "sglang":
+        raise UsageError(f"--ignore-eos is a setting of --engine sglang, not {engine}")
+    if capacity_scheduler_policy is not None and \
+            str(capacity_scheduler_policy).upper() not in TRTLLM_CAPACITY_POLICIES:
+        raise UsageError(f"unknown --capacity-scheduler-policy '{capacity_scheduler_policy}': "
+                         f"choose from {', '.join(TRTLLM_CAPACITY_POLICIES)}")
+    for name, value in (("--max-batch-size", max_batch_size),
+                        ("--max-num-tokens", max_num_tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise UsageError(f"invalid {name} {value}: must be a whole number >= 1")
     input_len, output_len, max_len = (parse_tokens(v, what) if isinstance(v, str) else v
                                       for v, what in ((input_len, "prompt length"),
                                                       (output_len, "output length"),
@@ -684,7 +720,11 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
                       prefix_caching=prefix_caching, cpu_offload_bytes=cpu_offload,
                       step_time_s=step_time, step_overhead_s=step_overhead,
                       timeline_interval_s=timeline_interval, calibration=calibration,
-                      concurrency=concurrency, warmup=warmup)
+                      concurrency=concurrency, warmup=warmup, ignore_eos=bool(ignore_eos),
+                      capacity_scheduler_policy=(str(capacity_scheduler_policy).upper()
+                                                 if capacity_scheduler_policy else None),
+                      max_batch_size=max_batch_size, max_num_tokens=max_num_tokens,
+                      enable_chunked_prefill=bool(enable_chunked_prefill))
     total = len(arrivals) if trace else n
     if warmup and isinstance(warmup, int) and warmup >= total:
         raise UsageError(f"invalid --warmup {warmup}: it leaves none of the {total:,} "
@@ -709,7 +749,9 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
         if r.totals.rejected:
             warnings.append(f"{name}: {r.totals.rejected:,} requests rejected (prompt >= "
                             + (f"the slot context {limit:,}" if engine == "llamacpp" else
-                               f"--max-len {limit:,}, or larger than the whole KV cache")
+                               f"--max-len {limit:,}, or larger than the whole KV cache"
+                               + (", or longer than --max-num-tokens without "
+                                  "--enable-chunked-prefill" if engine == "trtllm" else ""))
                             + ")")
     record["warnings"] = list(dict.fromkeys(list(record.get("warnings", ())) + warnings))
     timeline = []
@@ -732,6 +774,14 @@ def _simulation_inputs(m: Model, engine: str, settings: dict[str, Any], o: dict[
 
     sizes = {k: _size(o[k], k) for k in ("overhead", "weights_memory", "activation_memory",
                                          "non_torch_memory", "cuda_graph_memory", "kv_budget")}
+    # SGLang's and TensorRT-LLM's plan settings (--max-running-requests, --max-tokens, ...)
+    plan_settings = {k: (_size(v, k) if k in _BYTE_OPTIONS else v)
+                     for k, v in o["server_settings"].items()
+                     if k in ENGINE_PLAN_OPTIONS and v is not None}
+    engine_options = tuple(settings.items())
+    if plan_settings:
+        engine_options += _engine_options(get_engine(engine), {
+            ENGINE_PLAN_OPTIONS[k]: (k, v) for k, v in plan_settings.items()})
     wdtype = (get_engine(engine).served_dtype(default_weights_dtype(m.spec))
               if o["weights_dtype"] == "auto" else o["weights_dtype"])
     weights_dtype_bytes(wdtype)
@@ -746,7 +796,7 @@ def _simulation_inputs(m: Model, engine: str, settings: dict[str, Any], o: dict[
         weights=sizes["weights_memory"], kv_budget=sizes["kv_budget"],
         version=o["vllm_version"] if engine == "vllm" else None, engine=engine,
         num_blocks_override=o["num_gpu_blocks_override"], prefix_caching=o["prefix_caching"],
-        engine_options=tuple(settings.items()))
+        free_memory=plan_settings.get("free_memory"), engine_options=engine_options)
 
 
 # ------------------------------------------------------------------------------------- size

@@ -235,7 +235,8 @@ def test_simulate_to_dict_is_the_cli_json_and_timeline_is_the_csv(tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(), "give a workload"),
     (dict(trace="azure-conv-2023", rate=1), "not both"),
-    (dict(input_len=100, output_len=10, engine="sglang"), "simulate replays vllm or llamacpp"),
+    (dict(input_len=100, output_len=10, engine="ollama"),
+     "simulate replays vllm, llamacpp, sglang or trtllm, not --engine ollama"),
     (dict(input_len=100, output_len=10, ctx_size=4096), "--ctx-size is a setting of --engine llamacpp"),
     (dict(input_len=100, output_len=10, timeline_interval=0), "--timeline-interval"),
     (dict(input_len=100, output_len=10, nonsense=1), "unknown simulate option 'nonsense'"),

@@ -9,7 +9,8 @@ import io
 import click
 
 from ..errors import UsageError
-from ..api import SIMULATE_CALIBRATIONS
+from ..api import (SIMULATE_ALLOCATORS, SIMULATE_CALIBRATIONS, SIMULATED_ENGINES,
+                   TRTLLM_CAPACITY_POLICIES)
 from .common import (ByteSize, TokenList, echo_output, format_option, llamacpp_options, warn,
                      with_allocation_settings)
 
@@ -17,7 +18,12 @@ from .common import (ByteSize, TokenList, echo_output, format_option, llamacpp_o
 PLAN_OPTIONS = ("model", "revision", "gpu", "tp", "pp", "max_len", "kv_dtype", "block_size",
                 "gpu_util", "weights_dtype", "overhead", "weights_memory",
                 "activation_memory", "non_torch_memory", "cuda_graph_memory", "kv_budget",
-                "max_batched_tokens", "max_num_seqs", "num_gpu_blocks_override", "vllm_version")
+                "max_batched_tokens", "max_num_seqs", "num_gpu_blocks_override", "vllm_version",
+                # SGLang's and TensorRT-LLM's pool settings
+                "mem_fraction_static", "max_running_requests", "max_total_tokens",
+                "chunked_prefill_size", "cuda_graph_max_bs", "disable_cuda_graph", "free_memory",
+                "free_gpu_memory_fraction", "max_tokens", "max_gpu_total_bytes",
+                "host_cache_size")
 
 
 def plan_options(f):
@@ -33,10 +39,12 @@ def plan_options(f):
 
 @click.command()
 @plan_options
-@click.option("--engine", type=click.Choice(("vllm", "llamacpp")), default="vllm",
+@click.option("--engine", type=click.Choice(SIMULATED_ENGINES), default="vllm",
               show_default=True,
               help="Engine whose scheduler and cache are replayed: vllm (paged blocks and the "
-                   "contiguous baselines) or llamacpp (llama-server's slots: give --parallel).")
+                   "contiguous baselines), llamacpp (llama-server's slots: give --parallel), "
+                   "sglang (radix-tree token pool, retraction), trtllm (capacity scheduler, "
+                   "block reuse).")
 @llamacpp_options
 @click.option("--trace", default=None, metavar="NAME|FILE",
               help="Built-in trace (azure-conv-2023, azure-code-2023, mooncake-conv, "
@@ -62,13 +70,13 @@ def plan_options(f):
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of synthetic arrivals and lengths.")
 @click.option("--allocator", "allocators", multiple=True,
-              type=click.Choice(("paged", "orca-max", "orca-pow2", "orca-oracle",
-                                 "llamacpp-slots")),
+              type=click.Choice(SIMULATE_ALLOCATORS),
               help="KV allocator to simulate; repeat for several (default: the engine's: the "
-                   "four vLLM ones, or llamacpp-slots).")
+                   "four vLLM ones, llamacpp-slots, sglang-radix or trtllm-paged).")
 @click.option("--prefix-caching/--no-prefix-caching", "--enable-prefix-caching/"
               "--no-enable-prefix-caching", "prefix_caching", default=True, show_default=True,
-              help="vLLM's automatic prefix caching (on by default in vLLM v1).")
+              help="vLLM's automatic prefix caching (on by default in vLLM v1); SGLang's radix "
+                   "cache; TensorRT-LLM's KV block reuse.")
 @click.option("--cpu-offload", type=ByteSize(), default=0, metavar="SIZE",
               help="CPU tier for evicted prefix-cache blocks, e.g. 64GiB (default none).")
 @click.option("--concurrency", type=int, default=None, metavar="C",
@@ -77,6 +85,20 @@ def plan_options(f):
                    "as each finishes (arrival times ignored).")
 @click.option("--warmup", type=int, default=0, show_default=True, metavar="N",
               help="Leave the first N requests out of the latency and throughput figures.")
+@click.option("--ignore-eos", "ignore_eos", is_flag=True, default=False,
+              help="sglang: requests sent with ignore_eos (sglang.bench_serving's default): "
+                   "their remaining output is reserved whole, not x new_token_ratio.")
+@click.option("--capacity-scheduler-policy", type=click.Choice(TRTLLM_CAPACITY_POLICIES),
+              default=None,
+              help="trtllm: GUARANTEED_NO_EVICT (default: reserve each request's blocks to "
+                   "completion) or MAX_UTILIZATION (pack, pause the newest when short).")
+@click.option("--max-batch-size", type=int, default=None,
+              help="trtllm: requests per iteration (default 2048).")
+@click.option("--max-num-tokens", type=int, default=None,
+              help="trtllm: tokens per iteration (default 8192).")
+@click.option("--enable-chunked-prefill", "enable_chunked_prefill", is_flag=True, default=False,
+              help="trtllm: chunk prompts longer than the token budget (off by default; "
+                   "without it a prompt over --max-num-tokens is rejected).")
 @click.option("--calibration", type=click.Choice(SIMULATE_CALIBRATIONS), default=None,
               help="Step-time coefficients: fitted on measured vLLM, SGLang or TensorRT-LLM "
                    "runs, or the uncalibrated roofline (default: vllm; roofline for "
@@ -128,6 +150,22 @@ def simulate(model, num_requests, allocators, timeline_path, timeline_interval, 
 
 
 def _engine_line(record: dict) -> str:
+    if record.get("engine") == "sglang":
+        ratio = record["new_token_ratio"]
+        return (f"SGLang {record['engine_version']} (band {record['version_band']}): "
+                f"max_total_num_tokens {record['max_total_num_tokens']:,}, page_size "
+                f"{record['page_size']}, max_running_requests "
+                f"{record['max_running_requests']:,}, chunked_prefill_size "
+                f"{record['chunked_prefill_size'] or 'off'}, new_token_ratio "
+                f"{ratio['init']:g} -> {ratio['min']:g}, radix cache "
+                f"{'on' if record['prefix_caching'] else 'off'}")
+    if record.get("engine") == "trtllm":
+        return (f"TensorRT-LLM {record['engine_version']} (band {record['version_band']}): "
+                f"{record['blocks']:,} blocks of {record['tokens_per_block']} tokens, "
+                f"{record['capacity_scheduler_policy']}, max_batch_size "
+                f"{record['max_batch_size']:,}, max_num_tokens {record['max_num_tokens']:,}, "
+                f"block reuse {'on' if record['enable_block_reuse'] else 'off'}, chunked "
+                f"prefill {'on' if record['enable_chunked_prefill'] else 'off'}")
     if record.get("engine") == "llamacpp":
         return (f"llama.cpp {record['engine_version']} (band {record['version_band']}): "
                 f"{record['slots']} slots of {record['n_ctx_seq']:,} tokens (n_ctx "

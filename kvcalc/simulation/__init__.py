@@ -37,14 +37,21 @@ from .paged import (CHUNKED_GROUP, FULL_GROUP, MAMBA_GROUP, SLIDING_GROUP, Group
                     HybridCache, PagedCache)
 from .requests import MOONCAKE_HASH_BLOCK, Arrival, Trace
 from .scheduler import Config, Totals, run
+from . import sglang as _sglang, trtllm as _trtllm
 from .timing import StepTime, model_figures, pipeline_step_time, step_time_model
 
 #: allocator names: vLLM's paged pool, then the paper's contiguous baselines (--engine vllm)
 ALLOCATORS = ("paged",) + POLICIES
 #: --engine llamacpp: llama-server's slots
 LLAMACPP_ALLOCATORS = (SLOTS,)
+#: --engine sglang / trtllm: the engine's own pool (one allocator each)
+SGLANG_ALLOCATOR = "sglang-radix"
+TRTLLM_ALLOCATOR = "trtllm-paged"
+#: each simulated engine's allocators, its own first (the default set: all of them)
+ENGINE_ALLOCATORS = {"vllm": ALLOCATORS, "llamacpp": LLAMACPP_ALLOCATORS,
+                     "sglang": (SGLANG_ALLOCATOR,), "trtllm": (TRTLLM_ALLOCATOR,)}
 #: every allocator name, for the CLI's choices
-ALL_ALLOCATORS = ALLOCATORS + LLAMACPP_ALLOCATORS
+ALL_ALLOCATORS = tuple(n for names in ENGINE_ALLOCATORS.values() for n in names)
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,14 @@ class Options:
     hash_block: int = MOONCAKE_HASH_BLOCK
     #: assert block/slot conservation after every step (tests; slower)
     check: bool = False
+    #: SGLang: requests sent with ignore_eos (their remaining output reserved whole)
+    ignore_eos: bool = False
+    #: TensorRT-LLM: capacity_scheduler_policy, max_batch_size, max_num_tokens,
+    #: enable_chunked_prefill (None: the LLM API's defaults)
+    capacity_scheduler_policy: str | None = None
+    max_batch_size: int | None = None
+    max_num_tokens: int | None = None
+    enable_chunked_prefill: bool = False
 
 
 @dataclass
@@ -101,17 +116,21 @@ class SimulationResult:
     config: Config | None = None
     #: vLLM's KV cache groups when there are several (or one that is not full attention)
     groups: Groups | None = None
+    #: the SGLang / TensorRT-LLM scheduler settings of the run (their modules' configs)
+    engine_settings: object = None
 
 
 def check_simulable(plan: Plan) -> None:
     """The simulator models vLLM's KV cache groups (:func:`kv_cache_groups`) and llama.cpp's
     slots, on a plan that fits."""
-    if plan.inputs.engine == "llamacpp":
-        _check_llamacpp(plan)
-        return
-    if plan.inputs.engine != "vllm":
-        raise UsageError("kvcalc simulate models vLLM's scheduler and llama.cpp's slots: use "
-                         "--engine vllm or --engine llamacpp")
+    engine = plan.inputs.engine
+    if engine not in ENGINES:
+        raise UsageError(f"kvcalc simulate models the schedulers of {', '.join(ENGINES)}; not "
+                         f"--engine {engine}")
+    ENGINES[engine].check(plan)
+
+
+def _check_vllm(plan: Plan) -> None:
     if not plan.fits:
         raise UsageError(f"the plan does not fit: {plan.vllm.log_lines()[0]} (kvcalc plan "
                          f"shows why)")
@@ -251,18 +270,16 @@ def _check_llamacpp(plan: Plan) -> None:
 
 def _allocators(options: Options, engine: str) -> tuple[str, ...]:
     """The allocators to run: the engine's own by default, each checked against it."""
-    if engine == "llamacpp":
-        names = LLAMACPP_ALLOCATORS if options.allocators == ALLOCATORS else options.allocators
-        own = LLAMACPP_ALLOCATORS
-    else:
-        names, own = options.allocators, ALLOCATORS
+    own = ENGINE_ALLOCATORS.get(engine, ALLOCATORS)
+    names = own if options.allocators == ALLOCATORS else options.allocators
     for name in names:
         if name in own:
             continue
         if name in ALL_ALLOCATORS:
+            owner = next(e for e, ns in ENGINE_ALLOCATORS.items() if name in ns)
             raise UsageError(f"--allocator {name} does not apply to --engine {engine}: choose "
-                             f"from {', '.join(own)}" + (" (--engine llamacpp)"
-                                                         if name == SLOTS else ""))
+                             f"from {', '.join(own)}" + (f" (--engine {owner})"
+                                                         if owner != "vllm" else ""))
         raise UsageError(f"unknown allocator '{name}': choose from {', '.join(own)}")
     return tuple(names)
 
@@ -278,8 +295,13 @@ def simulate(spec, inputs: PlanInputs, arrivals: Trace | Callable[[], Iterable[A
     _check_loop(options)
     plan = make_plan(spec, inputs, fixed(1, 0))
     check_simulable(plan)
-    if inputs.engine == "llamacpp":
-        return _simulate_llamacpp(plan, arrivals, options, names)
+    return ENGINES[inputs.engine].simulate(plan, arrivals, options, names)
+
+
+def _simulate_vllm(plan: Plan, arrivals, options: Options,
+                   names: tuple[str, ...]) -> SimulationResult:
+    """vLLM v1's scheduler (:mod:`.scheduler`) on its paged pool or a contiguous baseline."""
+    spec, inputs = plan.spec, plan.inputs
     cap, budget = plan.vllm, plan.budget
     groups = kv_cache_groups(plan)
     if groups is not None and options.cpu_offload_bytes:
@@ -387,12 +409,68 @@ def _pipeline(plan: Plan, options: Options, groups: Groups | None = None):
     return plan.budgets[limit], per_token[limit], timing
 
 
+def engine_timing(plan: Plan, options: Options, kv_bytes_per_token: float,
+                  calibration: str) -> StepTime:
+    """The step-time model of a one-stage plan: ``options``' calibration (else
+    ``calibration``, the engine's own), overhead or constant step, and transform."""
+    inputs = plan.inputs
+    figures = model_figures(plan.spec, plan.params,
+                            weight_bytes(plan.params, inputs.weights_dtype) / inputs.tp,
+                            kv_bytes_per_token, inputs.tp)
+    timing = step_time_model(inputs.gpu, figures, inputs.weights_dtype,
+                             options.calibration or calibration, options.step_overhead_s,
+                             options.step_time_s)
+    if options.timing_transform is not None:
+        timing = options.timing_transform(timing)
+    return timing
+
+
+def loop_config(plan: Plan, options: Options, batched_tokens: int, seqs: int) -> Config:
+    """The engine-neutral part of a loop's settings (max_len, timeline, closed loop, checks)."""
+    return Config(batched_tokens, seqs, plan.inputs.max_len, options.timeline_interval_s,
+                  options.check, options.concurrency, options.warmup)
+
+
+def common_record(res: SimulationResult, engine: str) -> dict:
+    """The fields every engine's ``kvcalc simulate`` JSON starts with."""
+    plan, inp = res.plan, res.plan.inputs
+    first = next(iter(res.runs.values()))
+    return {
+        "model": None,
+        "gpu": inp.gpu.name,
+        "engine": engine,
+        "workload": res.description,
+        "requests": first.totals.requests,
+        "completed": first.totals.completed,
+        "rejected": first.totals.rejected,
+        "kv_budget_bytes": plan.budget.kv_bytes,
+        "bytes_per_token": plan.bytes_per_token,
+        "engine_version": plan.layout.version,
+        "version_band": plan.layout.band,
+        "max_len": inp.max_len,
+        "prefix_caching": res.options.prefix_caching,
+        "cpu_offload_bytes": 0,
+        "step_time_model": res.timing.describe(),
+        "calibration": res.timing.calibration.name if res.timing.fixed_s is None else None,
+        "tp": inp.tp,
+        "pp": inp.pp,
+        "concurrency": res.options.concurrency,
+        "warmup_requests": res.options.warmup,
+    }
+
+
 def _check_loop(options: Options) -> None:
     c, w = options.concurrency, options.warmup
     if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
         raise UsageError(f"invalid --concurrency {c}: must be a whole number of requests >= 1")
     if isinstance(w, bool) or not isinstance(w, int) or w < 0:
         raise UsageError(f"invalid --warmup {w}: must be a whole number of requests >= 0")
+
+
+def replay_of(arrivals) -> tuple[Callable[[], Iterable[Arrival]], str, int | None]:
+    """(a function returning fresh arrivals, their description, the trace's hash block)."""
+    replay, description = _replay(arrivals)
+    return replay, description, arrivals.hash_block if isinstance(arrivals, Trace) else None
 
 
 def _replay(arrivals) -> tuple[Callable[[], Iterable[Arrival]], str]:
@@ -435,10 +513,12 @@ def _simulate_llamacpp(plan: Plan, arrivals, options: Options,
 
 def result_record(res: SimulationResult) -> dict:
     """The documented JSON of ``kvcalc simulate`` (docs/simulation.md)."""
+    return ENGINES[res.plan.inputs.engine].record(res)
+
+
+def _vllm_record(res: SimulationResult) -> dict:
     plan, inp = res.plan, res.plan.inputs
     first = next(iter(res.runs.values()))
-    if inp.engine == "llamacpp":
-        return _llamacpp_record(res, first)
     rec = {
         "model": None,
         "gpu": inp.gpu.name,
@@ -488,7 +568,8 @@ def groups_record(res: SimulationResult) -> list[dict]:
     return out
 
 
-def _llamacpp_record(res: SimulationResult, first: AllocatorRun) -> dict:
+def _llamacpp_record(res: SimulationResult) -> dict:
+    first = next(iter(res.runs.values()))
     plan, inp, cfg = res.plan, res.plan.inputs, res.config
     figures = plan.engine_figures
     z = figures.alloc.sizes
@@ -569,3 +650,52 @@ def throughput(t: Totals, gpus: int) -> dict:
             "output_tokens_per_s_per_gpu": round(total / gpus, 2),
             "output_tokens_per_s_per_user": round(1 / tpot, 2) if tpot > 0 else 0.0,
             "window_s": round(window, 6)}
+
+
+@dataclass(frozen=True)
+class EngineSimulation:
+    """What ``simulate`` does for one engine: refuse a plan it cannot replay (one line), replay
+    the arrivals on the plan (one run per allocator), write the JSON record."""
+
+    check: Callable[[Plan], None]
+    simulate: Callable[..., SimulationResult]
+    record: Callable[[SimulationResult], dict]
+
+
+def _step_loop_engine(module) -> EngineSimulation:
+    """An engine whose module (:mod:`.sglang`, :mod:`.trtllm`) gives ``check_plan``,
+    ``settings`` (its config from the plan and options), ``capacity`` (pool and budget in token
+    slots, KV bytes per token, its calibration, the loop's limits), ``run`` and ``record``."""
+
+    def simulate_(plan: Plan, arrivals, options: Options, names) -> SimulationResult:
+        settings = module.settings(plan, options)
+        c = module.capacity(plan, settings)
+        timing = engine_timing(plan, options, c["bytes_per_token"], c["calibration"])
+        cfg = loop_config(plan, options, c["batched_tokens"], c["seqs"])
+        replay, description, hash_block = replay_of(arrivals)
+        result = SimulationResult(plan, timing, options, description,
+                                  usable_blocks=c["usable_blocks"], config=cfg)
+        result.engine_settings = settings
+        for name in names:
+            totals = module.run(replay(), cfg, timing, settings, c["budget_slots"],
+                                hash_block or options.hash_block)
+            result.runs[name] = AllocatorRun(name, totals, c["budget_slots"], c["pool_slots"])
+        return result
+
+    def record_(res: SimulationResult) -> dict:
+        rec = common_record(res, res.plan.inputs.engine)
+        rec.update(module.record(res.plan, res.engine_settings))
+        rec["allocators"] = {n: run_record(r, res.plan.inputs.tp * res.plan.inputs.pp)
+                             for n, r in res.runs.items()}
+        return rec
+
+    return EngineSimulation(module.check_plan, simulate_, record_)
+
+
+#: the engines ``kvcalc simulate`` replays, by name (a table: no engine is named elsewhere)
+ENGINES = {
+    "vllm": EngineSimulation(_check_vllm, _simulate_vllm, _vllm_record),
+    "llamacpp": EngineSimulation(_check_llamacpp, _simulate_llamacpp, _llamacpp_record),
+    "sglang": _step_loop_engine(_sglang),
+    "trtllm": _step_loop_engine(_trtllm),
+}
