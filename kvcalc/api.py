@@ -595,6 +595,25 @@ TRTLLM_CAPACITY_POLICIES = ("GUARANTEED_NO_EVICT", "MAX_UTILIZATION")
 SIMULATE_CALIBRATIONS = ("vllm", "sglang", "trtllm", "roofline")
 
 
+def _check_workload(trace: Any, synthetic: tuple, rate: Any, concurrency: Any,
+                    calibration: str | None) -> None:
+    """simulate's and size's workload: a trace or synthetic arrivals (any of ``synthetic``
+    given), not both and not neither; an open or a closed loop; a known calibration."""
+    synthetic_given = any(x is not None for x in synthetic)
+    if trace and synthetic_given:
+        raise UsageError("give --trace, or synthetic arrivals (--rate or --concurrency with "
+                         "--input-len and --output-len; --requests, --dist), not both")
+    if not trace and not synthetic_given:
+        raise UsageError("give a workload: --trace NAME|FILE, or --input-len and --output-len "
+                         "(with --rate or --concurrency, and --requests)")
+    if concurrency is not None and rate is not None:
+        raise UsageError("--rate sets open-loop arrivals and --concurrency a closed loop: "
+                         "give one of them")
+    if calibration is not None and calibration not in SIMULATE_CALIBRATIONS:
+        raise UsageError(f"unknown --calibration '{calibration}': choose from "
+                         f"{', '.join(SIMULATE_CALIBRATIONS)}")
+
+
 @validated("simulate")
 def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
              rate: float | None = None, requests: int | None = None, input_len: Any = None,
@@ -642,19 +661,8 @@ def simulate(model: Any, *, trace: Any = None, rate_scale: float = 1.0,
     if engine not in SIMULATED_ENGINES:
         raise UsageError(f"simulate replays {', '.join(SIMULATED_ENGINES[:-1])} or "
                          f"{SIMULATED_ENGINES[-1]}, not --engine {engine}")
-    synthetic_given = any(x is not None for x in (rate, requests, input_len, output_len, dist))
-    if trace and synthetic_given:
-        raise UsageError("give --trace, or synthetic arrivals (--rate, --requests, "
-                         "--input-len, --output-len, --dist), not both")
-    if not trace and not synthetic_given:
-        raise UsageError("give a workload: --trace NAME|FILE, or --input-len and --output-len "
-                         "(with --rate and --requests)")
-    if concurrency is not None and rate is not None:
-        raise UsageError("--rate sets open-loop arrivals and --concurrency a closed loop: "
-                         "give one of them")
-    if calibration is not None and calibration not in SIMULATE_CALIBRATIONS:
-        raise UsageError(f"unknown --calibration '{calibration}': choose from "
-                         f"{', '.join(SIMULATE_CALIBRATIONS)}")
+    _check_workload(trace, (rate, requests, input_len, output_len, dist), rate, concurrency,
+                    calibration)
     if timeline_interval is not None and not timeline_interval > 0:
         raise UsageError(f"invalid --timeline-interval {timeline_interval}: must be positive")
     for name, value in (("--input-std", input_std), ("--output-std", output_std)):
@@ -900,20 +908,8 @@ def size(model: Any, *, slo: Any, trace: Any = None, rate_scale: float = 1.0,
     from .units import parse_bytes, parse_tokens
 
     objectives = parse_objectives(_listed(slo, "--slo") if slo is not None else ())
-    synthetic_given = any(x is not None for x in (rate, requests, input_len, output_len, dist,
-                                                  concurrency))
-    if trace and synthetic_given:
-        raise UsageError("give --trace, or synthetic arrivals (--rate or --concurrency with "
-                         "--input-len and --output-len), not both")
-    if not trace and not synthetic_given:
-        raise UsageError("give a traffic: --trace NAME|FILE, or --rate/--concurrency with "
-                         "--input-len and --output-len")
-    if concurrency is not None and rate is not None:
-        raise UsageError("--rate sets open-loop arrivals and --concurrency a closed loop: "
-                         "give one of them")
-    if calibration is not None and calibration not in SIMULATE_CALIBRATIONS:
-        raise UsageError(f"unknown --calibration '{calibration}': choose from "
-                         f"{', '.join(SIMULATE_CALIBRATIONS)}")
+    _check_workload(trace, (rate, requests, input_len, output_len, dist, concurrency), rate,
+                    concurrency, calibration)
     for name, v, lo in (("--jobs", jobs, 1), ("--max-replicas", max_replicas, 1),
                         ("--concurrency", concurrency, 1), ("--requests", requests, 1),
                         ("--warmup", warmup, 0), ("--max-batched-tokens", max_batched_tokens, 1)):

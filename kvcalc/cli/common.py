@@ -268,3 +268,26 @@ class ByteSize(click.ParamType):
             return parse_bytes(value, param.opts[0] if param else "size")
         except UsageError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def echo_structured(data, fmt: str) -> bool:
+    """Print ``data`` as JSON or YAML when ``fmt`` asks for one (True), else print nothing."""
+    from ..render import to_json, to_yaml
+
+    if fmt not in ("json", "yaml"):
+        return False
+    echo_output(to_json(data) if fmt == "json" else to_yaml(data))
+    return True
+
+
+def check_writable(path: str, option: str) -> None:
+    """Fail before a long run, not after it, when the file ``option`` names cannot be
+    written -- without creating it (a refused or interrupted run leaves no empty file)."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    problem = ("is a directory" if os.path.isdir(path) else
+               "no such folder" if not os.path.isdir(folder) else
+               "permission denied" if not os.access(folder, os.W_OK) else None)
+    if problem:
+        raise UsageError(f"cannot write {option} {path}: {problem}")

@@ -11,8 +11,8 @@ import click
 from ..errors import UsageError
 from ..api import (SIMULATE_ALLOCATORS, SIMULATE_CALIBRATIONS, SIMULATED_ENGINES,
                    TRTLLM_CAPACITY_POLICIES)
-from .common import (ByteSize, TokenList, echo_output, format_option, llamacpp_options, warn,
-                     with_allocation_settings)
+from .common import (ByteSize, TokenList, check_writable, echo_output, echo_structured,
+                     format_option, llamacpp_options, warn, with_allocation_settings)
 
 #: ``kvcalc plan`` options reused as they are (the same click objects: same names, help, types)
 PLAN_OPTIONS = ("model", "revision", "gpu", "tp", "pp", "max_len", "kv_dtype", "block_size",
@@ -136,7 +136,7 @@ def simulate(model, num_requests, allocators, timeline_path, timeline_interval, 
     from .. import api
 
     if timeline_path:
-        _check_writable(timeline_path)
+        check_writable(timeline_path, "--timeline")
     options = with_allocation_settings(engine, options)
     result = api.simulate(
         model, requests=num_requests, allocator=list(allocators), engine=engine,
@@ -181,19 +181,6 @@ def _engine_line(record: dict) -> str:
                if record["cpu_offload_blocks"] else ""))
 
 
-def _check_writable(path: str) -> None:
-    """Fail before a long simulation, not after it, when --timeline cannot be written --
-    without creating it (a refused or interrupted run leaves no empty file behind)."""
-    import os
-
-    folder = os.path.dirname(os.path.abspath(path))
-    problem = ("is a directory" if os.path.isdir(path) else
-               "no such folder" if not os.path.isdir(folder) else
-               "permission denied" if not os.access(folder, os.W_OK) else None)
-    if problem:
-        raise UsageError(f"cannot write --timeline {path}: {problem}")
-
-
 def _write_timeline(path: str, rows) -> None:
     from ..api import MEMORY_CATEGORIES as CATEGORIES
 
@@ -213,13 +200,9 @@ def _write_timeline(path: str, rows) -> None:
 
 
 def _emit(record: dict, fmt: str) -> None:
-    from ..render import key_values, table, to_csv, to_json, to_yaml
+    from ..render import key_values, table, to_csv
 
-    if fmt == "json":
-        echo_output(to_json(record))
-        return
-    if fmt == "yaml":
-        echo_output(to_yaml(record))
+    if echo_structured(record, fmt):
         return
     runs = record["allocators"]
     if fmt == "csv":

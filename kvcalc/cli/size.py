@@ -7,7 +7,8 @@ import click
 
 from ..api import SIMULATE_CALIBRATIONS, SIZE_ROUTERS
 from ..errors import UsageError
-from .common import ByteSize, TokenList, echo_output, format_option, warn
+from .common import (ByteSize, TokenList, check_writable, echo_output, echo_structured,
+                     format_option, warn)
 
 
 def _seconds(s: float) -> str:
@@ -114,7 +115,7 @@ def size(model, revision, slo, num_requests, ray_address, out_path, fmt, **optio
     from .. import api
 
     if out_path:
-        _check_writable(out_path)
+        check_writable(out_path, "--out")
     ray = None if ray_address is None else (True if ray_address == "local" else ray_address)
     result = api.size(model, revision=revision, slo=list(slo), requests=num_requests,
                       ray=ray, **options)
@@ -133,30 +134,15 @@ def size(model, revision, slo, num_requests, ray_address, out_path, fmt, **optio
     _emit(record, fmt)
 
 
-def _check_writable(path: str) -> None:
-    import os
-
-    folder = os.path.dirname(os.path.abspath(path))
-    problem = ("is a directory" if os.path.isdir(path) else
-               "no such folder" if not os.path.isdir(folder) else
-               "permission denied" if not os.access(folder, os.W_OK) else None)
-    if problem:
-        raise UsageError(f"cannot write --out {path}: {problem}")
-
-
 def _latencies(row: dict, record: dict) -> str:
     vals = row["answer"]["values_s"]
     return ", ".join(f"{o['name']} {_seconds(vals[o['name']])}" for o in record["objectives"])
 
 
 def _emit(record: dict, fmt: str) -> None:
-    from ..render import key_values, table, to_csv, to_json, to_yaml
+    from ..render import key_values, table, to_csv
 
-    if fmt == "json":
-        echo_output(to_json(record))
-        return
-    if fmt == "yaml":
-        echo_output(to_yaml(record))
+    if echo_structured(record, fmt):
         return
     rows = record["configurations"]
     if fmt == "csv":
