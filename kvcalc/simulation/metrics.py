@@ -116,6 +116,19 @@ def steps_until(dt: float, c0: float, c1: float) -> int:
 # The step loop the SGLang and TensorRT-LLM schedulers share (:mod:`.sglang`, :mod:`.trtllm`)
 
 
+def record_finished(tot, finished, t: float, timing) -> None:
+    """Requests that finished at ``t``: counted, and the measured ones' end-to-end latency
+    (the frontend's time included) and time per output token after the first."""
+    tot.completed += len(finished)
+    for r in finished:
+        if r.measured:
+            tot.e2e.add(t - r.arrival + timing.frontend(r.prompt))
+            if r.output > 1:
+                tot.tpot.add((t - r.first) / (r.output - 1))
+            tot.measured_output_tokens += r.output
+            tot.measured_end = t
+
+
 class StepLoop:
     """Arrivals, steps and their bookkeeping for an engine whose scheduler takes every step in
     detail (the SGLang and TensorRT-LLM loops; vLLM's event-driven loop is
@@ -276,14 +289,7 @@ class StepLoop:
         tot.waiting.add(len(self.waiting))
         self.t = end
         if finished:
-            tot.completed += len(finished)
-            for r in finished:
-                if r.measured:
-                    tot.e2e.add(end - r.arrival + self.timing.frontend(r.prompt))
-                    if r.output > 1:
-                        tot.tpot.add((end - r.first) / (r.output - 1))
-                    tot.measured_output_tokens += r.output
-                    tot.measured_end = end
+            record_finished(tot, finished, end, self.timing)
             if self.closed is not None:
                 self.closed.release(end, len(finished))
                 if self.next is None:

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from ..units import largest_satisfying
-from .metrics import (CATEGORIES, CountHistogram, LogHistogram, series_jtime, series_time,
-                      steps_until)
+from .metrics import (CATEGORIES, CountHistogram, LogHistogram, record_finished, series_jtime,
+                      series_time, steps_until)
 from .requests import Arrival
 from .timing import StepTime
 
@@ -689,16 +689,8 @@ class _Loop:
             kv_sum -= r.computed
             del running[r.seq]
         self.kv_sum = kv_sum
-        tot = self.tot
-        tot.completed += len(finished)
         t = self.t
-        for r in finished:
-            if r.measured:
-                tot.e2e.add(t - r.arrival + self.timing.frontend(r.prompt))
-                if r.output > 1:
-                    tot.tpot.add((t - r.first) / (r.output - 1))
-                tot.measured_output_tokens += r.output
-                tot.measured_end = t
+        record_finished(self.tot, finished, t, self.timing)
         if self.closed is not None:
             self.closed.release(t, len(finished))
             if self.next is None:
