@@ -6,6 +6,7 @@ value after a retraction, conservation after every step, and the Azure hour with
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -182,3 +183,129 @@ def test_azure_hour_within_the_plan(llama):
     assert r.totals.completed + r.totals.rejected == 1500
     assert set(r.memory) == set(CATEGORIES) and sum(r.memory.values()) == pytest.approx(1.0)
     assert res.timing.calibration.name == "sglang"
+
+
+# ---- hybrid pools: SWA (gpt-oss, Llama 4) and Mamba / GDN ------------------------------------
+
+HYBRID_PRESETS = ("gpt-oss-20b", "gpt-oss-120b", "llama-4-scout", "llama-4-maverick",
+                  "jamba-v0.1", "nemotron-3-nano-30b", "qwen3-next-80b-a3b")
+
+
+@pytest.fixture
+def loops(monkeypatch):
+    """The SglangLoop of each run (its pools' peaks)."""
+    seen = []
+
+    class Spy(sgl.SglangLoop):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            seen.append(self)
+
+    monkeypatch.setattr(sgl, "SglangLoop", Spy)
+    return seen
+
+
+def test_mamba_slots_agree_with_the_plan():
+    from kvcalc.engines import sglang as engine
+    assert sgl.MAMBA_SLOTS_PER_REQUEST == engine.MAMBA_SLOTS_PER_REQUEST
+
+
+def test_swa_window_slides_out_of_the_swa_pool(loops):
+    # gpt-oss-20b, pool capped at 1,000 tokens: SWA pool 800, window 128, page 1; full and
+    # SWA tokens cost the same bytes (half a budget slot each). One request, prompt 200,
+    # output 50: the prefill holds 200 full and 200 SWA tokens (in flight), then the SWA pool
+    # keeps the last 128; each decode adds one full token and slides the window by one
+    gpt = load_spec("gpt-oss-20b")[1]
+    res = simulate(gpt, tiny(1000, max_len=1024), toy((0, 200, 50)), step_time_s=1.0,
+                   timeline_interval_s=1.0, check=True)
+    s = res.engine_settings
+    assert (s.swa_max_total_num_tokens, s.sliding_window, s.prefix_caching) == (800, 128, False)
+    t, loop = one(res), loops[-1]
+    assert (t.steps, t.completed, t.preemptions) == (50, 1, 0)
+    assert t.timeline[0][4] == (200 + 128) / 2 and t.timeline[0][8] == (800 + 672) / 2
+    assert t.timeline[1][4] == (201 + 128) / 2
+    assert loop.peak_swa == 200 and loop.peak_full == 200 + 48
+    assert loop.swa_free == loop.swa_total == 800 and loop.pool.free == 1000
+
+
+def test_swa_pool_limits_admission(loops):
+    # three prompts of 300 (output 10): the full pool admits all three (each 300 + 10 + 1 =
+    # 311 < 1000 - what the others reserve), but SGLang's SWA estimate (estimate_swa_kv_tokens)
+    # is 300 - 128 + 128 + 1 = 301 each: 301 < 800, 301 < 499, not 301 < 198. The third waits
+    # until the first two finish (step 10), then runs alone: 20 steps
+    gpt = load_spec("gpt-oss-20b")[1]
+    res = simulate(gpt, tiny(1000, max_len=1024), toy((0, 300, 10), (0, 300, 10), (0, 300, 10)),
+                   step_time_s=1.0, timeline_interval_s=1.0, check=True)
+    t, loop = one(res), loops[-1]
+    assert (t.steps, t.completed, t.preemptions) == (20, 3, 0)
+    assert t.timeline[0][1:3] == (2, 1) and t.timeline[0][4] == (600 + 256) / 2
+    assert t.timeline[10][1:3] == (1, 0) and t.timeline[10][4] == (300 + 128) / 2
+    assert loop.peak_swa == 600 and loop.peak_full == 2 * 308
+    assert sgl.swa_tokens(300, 10, 128, 1) == 301
+    assert sgl.swa_tokens(1000, 10, 128, 1, chunk=256) == 128 + 128 + 1
+
+
+def test_mamba_slots_limit_admission(monkeypatch, loops):
+    # nemotron-3-nano-30b with a Mamba pool of 10 slots (5 per request) and room for 13
+    # requests: two run, the third waits for a free slot (prompt 16, output 5: 5 steps each)
+    nem = load_spec("nemotron-3-nano-30b")[1]
+    orig = sgl.settings
+    monkeypatch.setattr(sgl, "settings",
+                        lambda plan, o: replace(orig(plan, o), max_mamba_cache_size=10))
+    res = simulate(nem, tiny(1000, max_len=1024), toy((0, 16, 5), (0, 16, 5), (0, 16, 5)),
+                   step_time_s=1.0, timeline_interval_s=1.0, check=True)
+    t, loop = one(res), loops[-1]
+    assert res.engine_settings.max_running_requests >= 3
+    assert (t.steps, t.completed, t.preemptions) == (10, 3, 0)
+    assert [row[1:3] for row in t.timeline] == [(2, 1)] * 4 + [(0, 1)] + [(1, 0)] * 4 + [(0, 0)]
+    assert loop.peak_mamba == 10 and loop.mamba_free == 10 and loop.peak_full == 2 * (16 + 3)
+    r = res.runs["sglang-radix"]
+    assert sum(r.memory.values()) == pytest.approx(1.0)
+
+
+def test_mamba_slots_follow_the_running_requests(loops):
+    # the plan's pool (max_mamba_cache_size from memory): 5 slots per running request
+    nem = load_spec("nemotron-3-nano-30b")[1]
+    res = simulate(nem, tiny(1000, max_len=1024, opts=(("max_running_requests", 2),)),
+                   toy((0, 16, 5), (0, 16, 5), (0, 16, 5)), step_time_s=1.0, check=True)
+    t, loop = one(res), loops[-1]
+    assert (t.steps, t.completed) == (10, 3)
+    assert loop.peak_mamba == 10 <= res.plan.engine_figures.max_mamba_cache_size
+
+
+@pytest.mark.parametrize("model", ["gpt-oss-20b", "jamba-v0.1"])
+@pytest.mark.parametrize("chunk", [None, 256])
+def test_hybrid_conservation(loops, model, chunk):
+    spec = load_spec(model)[1]
+    opts = (("chunked_prefill_size", chunk),) if chunk else ()
+    res = simulate(spec, tiny(1200, max_len=1024, opts=opts, tp=2 if model == "jamba-v0.1" else 1),
+                   _random_trace(200, 5, False), step_time_s=0.01, check=True)
+    r = res.runs["sglang-radix"]
+    t, loop, cap = r.totals, loops[-1], res.plan.engine_figures
+    assert t.completed + t.rejected == t.requests == 200
+    assert sum(r.memory.values()) == pytest.approx(1.0)
+    assert loop.peak_full <= cap.max_total_num_tokens // cap.page_size
+    assert loop.peak_swa <= (cap.swa_max_total_num_tokens or 0) // cap.page_size
+    assert loop.peak_mamba <= (cap.max_mamba_cache_size or 0)
+    assert t.preemptions > 0
+
+
+@pytest.mark.parametrize("model,kw", [
+    ("gpt-oss-20b", {}), ("gpt-oss-120b", {"tp": 4}), ("llama-4-scout", {"tp": 4}),
+    ("llama-4-maverick", {"tp": 8, "gpu": "h200"}), ("jamba-v0.1", {"tp": 2}),
+    ("nemotron-3-nano-30b", {}), ("qwen3-next-80b-a3b", {"tp": 4})])
+def test_hybrid_presets_simulate_within_their_plan(loops, model, kw):
+    spec = load_spec(model)[1]
+    gpu = resolve_gpu(kw.pop("gpu", "h100"))
+    trace = load_trace("azure-conv-2023")
+    head = Trace("head", trace.arrivals[:300])
+    res = simulate(spec, PlanInputs(gpu=gpu, max_len=8192, engine="sglang", **kw), head,
+                   check=True)
+    r = res.runs["sglang-radix"]
+    t, loop, cap = r.totals, loops[-1], res.plan.engine_figures
+    assert t.completed + t.rejected == 300
+    assert loop.peak_full <= cap.max_total_num_tokens // cap.page_size
+    assert loop.peak_swa <= (cap.swa_max_total_num_tokens or 0) // cap.page_size
+    assert loop.peak_mamba <= (cap.max_mamba_cache_size or 0)
+    assert loop.peak_swa or loop.peak_mamba
+    assert set(r.memory) == set(CATEGORIES) and sum(r.memory.values()) == pytest.approx(1.0)

@@ -37,6 +37,28 @@ at tag v0.5.23), facts only:
   1``; computed prefill chunks are inserted, a finished request's tokens are inserted and
   unlocked, unlocked nodes are evicted least recently used first, leaves first.
 
+Hybrid pools (``kvcalc plan --engine sglang`` sizes them; the facts below are read from
+``mem_cache/prefill_budget.py``, ``mem_cache/allocator/swa.py`` and
+``mem_cache/memory_pool.py`` as stored at sgl-project/sglang commit 036da26, not diffed
+against the v0.5.23 tag):
+
+- **SWA** (``SWATokenToKVPoolAllocator``, gpt-oss and Llama 4): every token takes a slot in
+  the full pool (``max_total_num_tokens``) and in the SWA pool
+  (``swa_max_total_num_tokens``); a step allocates all its new tokens in both, then the pages
+  of each request older than its last ``sliding_window`` tokens go back to the SWA pool.
+  Admission (``SWAPrefillBudget``) adds to the full-pool check an SWA check:
+  ``estimate_swa_kv_tokens`` = ``max(allocated - window, 0) + min(extend + max_new_tokens,
+  window) + page`` (allocated: the chunk at most) must be less than the SWA pool's free
+  tokens less what this step admitted before; a prompt chunk is cut to the SWA pool's free
+  tokens less one page. A decode step needs a page per request in each pool; when either
+  cannot give them, requests are retracted as above;
+- **Mamba** (``HybridReqToTokenPool`` / ``MambaPool``): a request admitted takes
+  :data:`MAMBA_SLOTS_PER_REQUEST` state slots of ``max_mamba_cache_size`` and holds them until
+  it finishes or is retracted; no free slots, no admission;
+- the hybrid pools run without prefix hits (``SWARadixCache`` keeps a prefix only while its
+  window's SWA tokens are cached; ``MambaRadixCache`` only at cached states: neither is
+  modelled, so a hybrid run counts no hit and, on retraction, recomputes everything).
+
 What a trace can say about shared prefixes is Mooncake's hash ids (one per 512 prompt tokens):
 a tree node here is one hash block (its page-aligned tokens), so a hit is the run of leading
 hash blocks cached -- what a token-granular tree finds for prompts that agree block by block.
@@ -52,6 +74,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from ..layout import KEEP_ALL, KEEP_WINDOW
 from .metrics import StepLoop
 from .scheduler import ClosedLoop, Req, Totals
 
@@ -65,6 +88,12 @@ NEW_TOKEN_RATIO_DECAY_STEPS = 600
 RETRACT_DECODE_STEPS = 20
 #: ``--max-prefill-tokens`` default (arg_groups/fields/schedule.py)
 MAX_PREFILL_TOKENS = 16384
+#: Mamba state slots one running request holds: the figure ``kvcalc plan --engine sglang``
+#: divides ``max_mamba_cache_size`` by for ``max_running_requests`` (kvcalc.engines.sglang's
+#: constant of the same name, from ``_calculate_mamba_ratio``: 3 + 2 tracking slots of the
+#: radix cache's extra buffer; simulation does not import an engine module, a test checks they
+#: agree)
+MAMBA_SLOTS_PER_REQUEST = 5
 
 
 @dataclass(frozen=True)
@@ -81,6 +110,17 @@ class SglangConfig:
     #: remaining output is reserved whole (ratio 1) instead of x new_token_ratio
     ignore_eos: bool = False
     prefix_caching: bool = True
+    #: hybrid SWA (gpt-oss, Llama 4): the SWA pool's tokens and the window its layers keep
+    swa_max_total_num_tokens: int | None = None
+    sliding_window: int | None = None
+    #: Mamba / GDN hybrids: state slots in the pool and slots one running request holds
+    max_mamba_cache_size: int | None = None
+    mamba_slots_per_request: int = 0
+    #: bytes of a full-pool token, an SWA-pool token, a Mamba slot, a budget slot (hybrids)
+    full_bytes_per_token: int = 0
+    swa_bytes_per_token: int = 0
+    mamba_slot_bytes: int = 0
+    cell_size: int = 0
 
     @property
     def init_ratio(self) -> float:
@@ -93,6 +133,15 @@ class SglangConfig:
     @property
     def ratio_decay(self) -> float:
         return (self.init_ratio - self.min_ratio) / NEW_TOKEN_RATIO_DECAY_STEPS
+
+
+def swa_tokens(extend: int, max_new: int, window: int, page: int,
+               chunk: int | None = None) -> int:
+    """``estimate_swa_kv_tokens`` (``mem_cache/prefill_budget.py``): the SWA tokens a request
+    admitted with ``extend`` new tokens and ``max_new`` to generate is charged -- what its
+    allocation (a chunk at most) leaves beyond one window, the window (or less), one page."""
+    alloc = extend if chunk is None else min(extend, chunk)
+    return max(alloc - window, 0) + min(extend + max_new, window) + page
 
 
 class _Node:
@@ -204,13 +253,16 @@ class SglangPool:
 class SReq(Req):
     """A request in SGLang's pool: the tree nodes it locks and its private pages."""
 
-    __slots__ = ("path", "shared", "priv")
+    __slots__ = ("path", "shared", "priv", "swa", "swa_lo", "mslots")
 
     def __init__(self, rid, a, output):
         super().__init__(rid, a, output)
         self.path: list = []
         self.shared = 0      # tokens its locked nodes cover
         self.priv = 0        # private pages
+        self.swa = 0         # SWA pool pages held (hybrid SWA)
+        self.swa_lo = 0      # pages at its start already freed from the SWA pool
+        self.mslots = 0      # Mamba state slots held
 
 
 class SglangLoop(StepLoop):
@@ -230,14 +282,41 @@ class SglangLoop(StepLoop):
         self.kv_sum = 0          # computed tokens of the requests holding pages
         self.shared_sum = 0      # tokens their locked nodes cover (per request)
         self.aborted = 0
+        # hybrid pools (None / 0 on a full-attention model: the loop is then unchanged)
+        self.W = sg.sliding_window if sg.swa_max_total_num_tokens is not None else None
+        self.swa_total = (sg.swa_max_total_num_tokens // sg.page_size
+                          if self.W is not None else 0)
+        self.swa_free = self.swa_total
+        self.mamba_total = sg.max_mamba_cache_size or 0
+        self.mamba_free = self.mamba_total
+        self.mk = sg.mamba_slots_per_request if sg.max_mamba_cache_size is not None else 0
+        self.hybrid = self.W is not None or self.mk > 0
+        #: bytes of a full-pool token, an SWA-pool token and a Mamba slot, over the bytes of
+        #: one budget slot (set by :func:`run` from the plan; 1, 0, 0 on a dense model)
+        self.fb, self.sb, self.mb = 1.0, 0.0, 0.0
+        if self.hybrid:
+            self.fb = sg.full_bytes_per_token / sg.cell_size
+            self.sb = sg.swa_bytes_per_token / sg.cell_size
+            self.mb = sg.mamba_slot_bytes / sg.cell_size
+        #: the most each pool held at once (pages, SWA pages, Mamba slots)
+        self.peak_full = self.peak_swa = self.peak_mamba = 0
 
     # ---- requests --------------------------------------------------------------------
     def rejects(self, r) -> bool:
         """A request SGLang could never admit, even into an empty pool: its prompt +
-        ``min(max_new_tokens, 4096)`` + one page reaches the pool's tokens."""
+        ``min(max_new_tokens, 4096)`` + one page reaches the pool's tokens (hybrid SWA: or its
+        SWA estimate, :func:`swa_tokens`, reaches the SWA pool's, ``swa_never_fits``)."""
         p = self.sg.page_size
-        return (r.prompt + min(r.output, CLIP_MAX_NEW_TOKENS) + p >= self.sg.max_total_num_tokens
-                or -(-r.final // p) > self.pool.total)
+        if (r.prompt + min(r.output, CLIP_MAX_NEW_TOKENS) + p >= self.sg.max_total_num_tokens
+                or -(-r.final // p) > self.pool.total):
+            return True
+        if self.W is not None:
+            chunk = self.sg.chunked_prefill_size
+            need = swa_tokens(r.prompt, min(r.output, CLIP_MAX_NEW_TOKENS), self.W, p, chunk)
+            # and a prompt chunk beside a full window must fit an otherwise empty SWA pool
+            peak = self.W + min(r.prompt, chunk or r.prompt) + 2 * p
+            return need >= self.swa_total * p or peak > self.swa_total * p
+        return False
 
     def busy(self) -> bool:
         return self.chunked is not None
@@ -250,6 +329,24 @@ class SglangLoop(StepLoop):
         if need > 0:
             self.pool.take(need)
             r.priv += need
+        if self.W is not None:           # the SWA pool holds the same new tokens
+            need = -(-upto // self.pool.p) - r.swa_lo - r.swa
+            if need > 0:
+                assert need <= self.swa_free, "SGLang SWA pool exhausted"
+                self.swa_free -= need
+                r.swa += need
+                if self.swa_total - self.swa_free > self.peak_swa:   # in flight counts
+                    self.peak_swa = self.swa_total - self.swa_free
+
+    def _slide(self, r: SReq) -> None:
+        """Free from the SWA pool the whole pages of ``r`` older than its last ``W`` tokens
+        (``SWATokenToKVPoolAllocator.free_swa``, after the step that computed them)."""
+        lo = max(0, (r.computed - self.W) // self.pool.p)
+        if lo > r.swa_lo:
+            d = lo - r.swa_lo
+            r.swa -= d
+            self.swa_free += d
+            r.swa_lo = lo
 
     def _insert(self, r: SReq) -> None:
         """Cache ``r``'s computed page-aligned prompt blocks (hash blocks, then its own node)."""
@@ -308,6 +405,10 @@ class SglangLoop(StepLoop):
         pool = self.pool
         pool.give(r.priv)
         r.priv = 0
+        if self.hybrid:
+            self.swa_free += r.swa
+            self.mamba_free += r.mslots
+            r.swa = r.swa_lo = r.mslots = 0
         path = r.path
         if finished and path and type(path[-1]) is tuple:
             own = path.pop()
@@ -368,11 +469,18 @@ class SglangLoop(StepLoop):
                 return "other"
             return "continue"
 
+        W = self.W
+        swa_off = 0
         r = cont = self.chunked
         if r is not None:
             rem = min(rem_chunk, int(avail - total_off)) if rem_chunk is not None else None
             if rem is not None and rem <= 0:
                 rem = rem_chunk
+            if W is not None and rem is not None:
+                # the chunk also fits the SWA pool's free tokens less one page
+                rem = min(rem, (r.swa_lo + r.swa + self.swa_free - 1) * p - r.computed)
+                if rem < p:
+                    rem = 0
             left = r.num_tokens - r.computed
             truncated = rem is not None and left > rem
             new = ((r.computed + rem) // p * p - r.computed) if truncated else left
@@ -380,6 +488,15 @@ class SglangLoop(StepLoop):
                 batch.append((r, new, [], 0))
                 reserve(new, 0 if truncated else min(r.output, CLIP_MAX_NEW_TOKENS))
                 self.chunked = r if truncated else None
+                if W is not None:
+                    swa_off += swa_tokens(new, 0 if truncated else min(
+                        r.output, CLIP_MAX_NEW_TOKENS), W, p, rem_chunk)
+            elif W is not None and not self.running:   # cannot progress alone: out of memory
+                self.chunked = None
+                self._release(r, True)
+                self.aborted += 1
+                self._refuse()
+                return True
         admitted = 0
         for r in self.waiting:
             if state() == "other":
@@ -393,6 +510,14 @@ class SglangLoop(StepLoop):
             pinned = pool.unlocked_pages(path) * p
             if not ext + max_new + p < avail - pinned - total_off:
                 self.batch_full = bool(batch) or bool(self.running)
+                break
+            if W is not None:                # SWAPrefillBudget.check_prefill: the SWA pool
+                need_swa = swa_tokens(ceil_p(ext), max_new, W, p, rem_chunk)
+                if not need_swa < self.swa_free * p - swa_off:
+                    self.batch_full = bool(batch) or bool(self.running)
+                    break
+            if self.mk and self.mamba_free - admitted * self.mk < self.mk:
+                self.batch_full = True       # no free Mamba slot (alloc_req_slots)
                 break
             if rem_chunk is None and batch and ceil_p(ext) >= rem_input:
                 break
@@ -408,6 +533,8 @@ class SglangLoop(StepLoop):
             batch.append((r, ext, path, hit))
             admitted += 1
             reserve(ext, max_new)
+            if W is not None:
+                swa_off += need_swa
             s = state()
             if s != "continue":
                 if s == "no_token":
@@ -427,6 +554,9 @@ class SglangLoop(StepLoop):
                 tot.queried_tokens += r.num_tokens
                 r.path = list(path)
                 r.shared = hit
+                if self.mk:
+                    self.mamba_free -= self.mk
+                    r.mslots = self.mk
                 self.shared_sum += hit
                 r.computed = hit
                 self.kv_sum += hit
@@ -450,6 +580,9 @@ class SglangLoop(StepLoop):
                     finished.append(r)
                 else:
                     self.running.append(r)
+        if W is not None:    # the batch's tokens were all allocated; now the window slides
+            for r in self.holders():
+                self._slide(r)
         if finished:
             self.batch_full = False
         self.end_step(tokens, kv, extra, len(batch), sampled, finished)
@@ -459,22 +592,29 @@ class SglangLoop(StepLoop):
         p = self.pool.p
         return sum(1 for r in reqs if r.computed % p == 0)
 
+    def _short(self, reqs) -> bool:
+        """``check_decode_mem``: the pages the next decode needs exceed the available and
+        evictable ones (hybrid SWA: of either pool)."""
+        need = self._need_pages(reqs)
+        return need > self.pool.free + self.pool.evictable or (
+            self.W is not None and need > self.swa_free)
+
     def _decode(self) -> None:
-        pool, sg, tot = self.pool, self.sg, self.tot
+        sg, tot = self.sg, self.tot
         running = self.running
         before = len(running)
-        if self._need_pages(running) > pool.free + pool.evictable:
+        if self._short(running):
             keep = sorted(running, key=lambda r: (r.generated, -r.prompt), reverse=True)
             retracted = []
             first = True
-            while first or self._need_pages(keep) > pool.free + pool.evictable:
+            while first or self._short(keep):
                 if len(keep) == 1:
                     break
                 first = False
                 r = keep.pop()
                 self._retract(r, len(keep))
                 retracted.append(r)
-            if len(keep) <= 1 and self._need_pages(keep) > pool.free + pool.evictable:
+            if len(keep) <= 1 and self._short(keep):
                 r = keep.pop()                       # aborted: out of memory even alone
                 self._release(r, True)
                 self.aborted += 1
@@ -496,6 +636,7 @@ class SglangLoop(StepLoop):
         if not running:
             return
         sampled, finished, still = [], [], []
+        W = self.W
         for r in running:
             self._grow(r, r.computed + 1)
             self.kv_sum += 1
@@ -506,6 +647,9 @@ class SglangLoop(StepLoop):
                 finished.append(r)
             else:
                 still.append(r)
+        if W is not None:
+            for r in still:
+                self._slide(r)
         n = len(running)
         kv = self.kv_sum + sum(r.computed for r in finished)
         self.running = still
@@ -531,11 +675,22 @@ class SglangLoop(StepLoop):
     def holders(self) -> list:
         return self.running + ([self.chunked] if self.chunked is not None else [])
 
+    def pools_slots(self) -> float:
+        """The pools' bytes (full, SWA, Mamba slots) in budget slots."""
+        p = self.pool.p
+        return (self.pool.total * p * self.fb + self.swa_total * p * self.sb
+                + self.mamba_total * self.mb)
+
     def idle_split(self) -> tuple[float, float]:
         pool = self.pool
+        if self.hybrid:
+            pools = self.pools_slots()
+            return self.budget_slots - pools, pools
         return self.budget_slots - pool.total * pool.p, pool.total * pool.p
 
     def snapshot(self) -> tuple:
+        if self.hybrid:
+            return self._hybrid_snapshot()
         pool, p = self.pool, self.pool.p
         private_tokens = self.kv_sum - self.shared_sum
         tails = pool.private * p - private_tokens
@@ -548,9 +703,56 @@ class SglangLoop(StepLoop):
         return (pool.locked * p + private_tokens, tails - ifrag, ifrag,
                 self.budget_slots - pool.total * p, (pool.free + pool.evictable) * p)
 
+    def _hybrid_snapshot(self) -> tuple:
+        """The categories with SWA / Mamba pools, each pool's tokens or slots weighed by its
+        bytes (in budget slots): states = full tokens + SWA tokens in their windows + the
+        running requests' Mamba slots; internal fragmentation = the last pages' unfilled
+        tokens of both pools; free = free pages and slots; the rest of the budget is external
+        (pools' rounding, SGLang's spare Mamba slot)."""
+        pool, p = self.pool, self.pool.p
+        fb, sb, mb = self.fb, self.sb, self.mb
+        holders = self.holders()
+        private_tokens = self.kv_sum - self.shared_sum
+        tails = pool.private * p - private_tokens
+        ifrag = 0
+        if p > 1:
+            for r in holders:
+                covered = r.shared + r.priv * p
+                if covered > r.final:
+                    ifrag += covered - r.final
+        swa_used = self.swa_total - self.swa_free
+        swa_tok = sum(r.computed - r.swa_lo * p for r in holders) if self.W is not None else 0
+        m_used = self.mamba_total - self.mamba_free
+        full_used = pool.locked + pool.private
+        if full_used > self.peak_full:
+            self.peak_full = full_used
+        if swa_used > self.peak_swa:
+            self.peak_swa = swa_used
+        if m_used > self.peak_mamba:
+            self.peak_mamba = m_used
+        states = (pool.locked * p + private_tokens) * fb + swa_tok * sb + m_used * mb
+        reserve = (tails - ifrag) * fb
+        frag = ifrag * fb + (swa_used * p - swa_tok) * sb
+        free = (pool.free + pool.evictable) * p * fb + self.swa_free * p * sb \
+            + self.mamba_free * mb
+        return (states, reserve, frag, self.budget_slots - self.pools_slots(), free)
+
     def check(self) -> None:
         pool = self.pool
         holders = self.holders()
+        if self.hybrid:
+            assert 0 <= self.swa_free <= self.swa_total, "SWA pages"
+            assert self.swa_free + sum(r.swa for r in holders) == self.swa_total, \
+                "SWA pages not conserved"
+            assert 0 <= self.mamba_free <= self.mamba_total, "Mamba slots"
+            assert self.mamba_free + sum(r.mslots for r in holders) == self.mamba_total, \
+                "Mamba slots not conserved"
+            if self.W is not None:
+                for r in holders:
+                    assert r.swa_lo * self.pool.p <= max(0, r.computed - self.W) + \
+                        self.pool.p and r.swa == -(-r.computed // self.pool.p) - r.swa_lo, \
+                        "SWA pages of a request"
+            assert len(holders) <= self.sg.max_running_requests + 1, "running requests"
         assert pool.free + pool.evictable + pool.locked + pool.private == pool.total, \
             "pages not conserved"
         assert 0 <= pool.free <= pool.total, "free pages"
@@ -577,6 +779,16 @@ def run(arrivals, cfg, timing, sg: SglangConfig, budget_slots: float,
     return tot
 
 
+def hybrid_kind(plan) -> str | None:
+    """``"swa"`` (gpt-oss, Llama 4), ``"mamba"`` (Mamba / GDN hybrids) or None."""
+    cap = plan.engine_figures
+    if cap.swa_max_total_num_tokens is not None:
+        return "swa"
+    if cap.max_mamba_cache_size is not None:
+        return "mamba"
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # kvcalc simulate --engine sglang: the plan's pool, one run, the JSON record
 
@@ -585,16 +797,21 @@ ALLOCATOR = "sglang-radix"
 
 
 def check_plan(plan) -> None:
-    """SGLang's pool as ``kvcalc plan --engine sglang`` computes it, one full-attention pool."""
+    """SGLang's pools as ``kvcalc plan --engine sglang`` computes them: the token pool, and
+    the SWA pool (gpt-oss, Llama 4) or the Mamba state pool (Mamba / GDN hybrids)."""
     cap = plan.engine_figures
     if not cap.fits:
         raise UsageError(f"the plan does not fit: {cap.log_lines()[0]} (kvcalc plan --engine "
                          f"sglang shows why)")
     if plan.inputs.pp != 1:
         raise UsageError("kvcalc simulate models SGLang on one pipeline stage: use --pp 1")
-    if cap.swa_max_total_num_tokens is not None or cap.max_mamba_cache_size is not None:
-        raise UsageError(f"kvcalc simulate models SGLang's full-attention token pool; "
-                         f"{plan.spec.model_type} needs its SWA or Mamba pools (not modelled yet)")
+    if cap.swa_max_total_num_tokens is not None and cap.max_mamba_cache_size is not None:
+        raise UsageError(f"kvcalc simulate models SGLang's SWA pool or its Mamba pool; "
+                         f"{plan.spec.model_type} needs both at once (not modelled)")
+    if cap.max_running_requests < 1:
+        raise UsageError(f"SGLang runs no request on this plan: max_running_requests 0 "
+                         f"(max_mamba_cache_size {cap.max_mamba_cache_size} < "
+                         f"{MAMBA_SLOTS_PER_REQUEST} slots per request)")
 
 
 def settings(plan, options) -> SglangConfig:
@@ -604,16 +821,38 @@ def settings(plan, options) -> SglangConfig:
                          "modelled)")
     cap = plan.engine_figures
     chunk = cap.chunked_prefill_size if cap.chunked_prefill_size > 0 else None
+    kind = hybrid_kind(plan)
+    if kind is None:
+        return SglangConfig(cap.max_total_num_tokens, cap.page_size, cap.max_running_requests,
+                            chunk, ignore_eos=options.ignore_eos,
+                            prefix_caching=options.prefix_caching)
+    layers = plan.layout.layers
+    full_b = sum(c.bytes_per_token for c in layers if c.keep == KEEP_ALL)
+    extra = {}
+    if kind == "swa":
+        extra = dict(swa_max_total_num_tokens=cap.swa_max_total_num_tokens,
+                     sliding_window=min(c.window for c in layers if c.keep == KEEP_WINDOW),
+                     swa_bytes_per_token=sum(c.bytes_per_token for c in layers
+                                             if c.keep == KEEP_WINDOW))
+    else:
+        extra = dict(max_mamba_cache_size=cap.max_mamba_cache_size,
+                     mamba_slots_per_request=MAMBA_SLOTS_PER_REQUEST,
+                     mamba_slot_bytes=cap.mamba_bytes_per_request)
+    # the hybrid pools run without prefix hits (SWARadixCache / MambaRadixCache: not modelled)
     return SglangConfig(cap.max_total_num_tokens, cap.page_size, cap.max_running_requests, chunk,
-                        ignore_eos=options.ignore_eos, prefix_caching=options.prefix_caching)
+                        ignore_eos=options.ignore_eos, prefix_caching=False,
+                        full_bytes_per_token=full_b, cell_size=cap.cell_size, **extra)
 
 
 def capacity(plan, sg: SglangConfig) -> dict:
     """What the engine-neutral driver needs: the pool in token slots, the budget in token
     slots, KV bytes per token, the calibration, the loop's token and request limits."""
     cap = plan.engine_figures
+    budget = cap.available_bytes
+    if sg.max_mamba_cache_size is not None:   # the state pool: max_mamba_cache_size + 1 slots
+        budget += (sg.max_mamba_cache_size + 1) * sg.mamba_slot_bytes
     return {"pool_slots": sg.max_total_num_tokens, "usable_blocks": sg.max_total_num_tokens
-            // sg.page_size, "budget_slots": cap.available_bytes / cap.cell_size,
+            // sg.page_size, "budget_slots": budget / cap.cell_size,
             "bytes_per_token": cap.cell_size, "calibration": "sglang",
             "batched_tokens": sg.chunked_prefill_size or sg.max_prefill_tokens,
             "seqs": sg.max_running_requests}
@@ -634,4 +873,16 @@ def record(plan, sg: SglangConfig) -> dict:
         "new_token_ratio": {"init": round(sg.init_ratio, 6), "min": round(sg.min_ratio, 6),
                             "decay_per_step": round(sg.ratio_decay, 9)},
         "ignore_eos": sg.ignore_eos,
-    }
+    } | _hybrid_record(sg)
+
+
+def _hybrid_record(sg: SglangConfig) -> dict:
+    """The SWA / Mamba pool fields (none on a full-attention model)."""
+    if sg.swa_max_total_num_tokens is not None:
+        return {"swa_max_total_num_tokens": sg.swa_max_total_num_tokens,
+                "sliding_window": sg.sliding_window, "prefix_caching": False}
+    if sg.max_mamba_cache_size is not None:
+        return {"max_mamba_cache_size": sg.max_mamba_cache_size,
+                "mamba_slots_per_request": sg.mamba_slots_per_request,
+                "mamba_bytes_per_slot": sg.mamba_slot_bytes, "prefix_caching": False}
+    return {}
