@@ -214,7 +214,8 @@ def test_swa_window_slides_out_of_the_swa_pool(loops):
     # gpt-oss-20b, pool capped at 1,000 tokens: SWA pool 800, window 128, page 1; full and
     # SWA tokens cost the same bytes (half a budget slot each). One request, prompt 200,
     # output 50: the prefill holds 200 full and 200 SWA tokens (in flight), then the SWA pool
-    # keeps the last 128; each decode adds one full token and slides the window by one
+    # keeps the last 128 + 1 (window + one page: _evict_swa frees before computed - 129);
+    # each decode adds one full token and slides the window by one
     gpt = load_spec("gpt-oss-20b")[1]
     res = simulate(gpt, tiny(1000, max_len=1024), toy((0, 200, 50)), step_time_s=1.0,
                    timeline_interval_s=1.0, check=True)
@@ -222,8 +223,8 @@ def test_swa_window_slides_out_of_the_swa_pool(loops):
     assert (s.swa_max_total_num_tokens, s.sliding_window, s.prefix_caching) == (800, 128, False)
     t, loop = one(res), loops[-1]
     assert (t.steps, t.completed, t.preemptions) == (50, 1, 0)
-    assert t.timeline[0][4] == (200 + 128) / 2 and t.timeline[0][8] == (800 + 672) / 2
-    assert t.timeline[1][4] == (201 + 128) / 2
+    assert t.timeline[0][4] == (200 + 129) / 2 and t.timeline[0][8] == (800 + 671) / 2
+    assert t.timeline[1][4] == (201 + 129) / 2
     assert loop.peak_swa == 200 and loop.peak_full == 200 + 48
     assert loop.swa_free == loop.swa_total == 800 and loop.pool.free == 1000
 
@@ -238,8 +239,8 @@ def test_swa_pool_limits_admission(loops):
                    step_time_s=1.0, timeline_interval_s=1.0, check=True)
     t, loop = one(res), loops[-1]
     assert (t.steps, t.completed, t.preemptions) == (20, 3, 0)
-    assert t.timeline[0][1:3] == (2, 1) and t.timeline[0][4] == (600 + 256) / 2
-    assert t.timeline[10][1:3] == (1, 0) and t.timeline[10][4] == (300 + 128) / 2
+    assert t.timeline[0][1:3] == (2, 1) and t.timeline[0][4] == (600 + 2 * 129) / 2
+    assert t.timeline[10][1:3] == (1, 0) and t.timeline[10][4] == (300 + 129) / 2
     assert loop.peak_swa == 600 and loop.peak_full == 2 * 308
     assert sgl.swa_tokens(300, 10, 128, 1) == 301
     assert sgl.swa_tokens(1000, 10, 128, 1, chunk=256) == 128 + 128 + 1

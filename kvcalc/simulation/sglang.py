@@ -44,13 +44,14 @@ against the v0.5.23 tag):
 
 - **SWA** (``SWATokenToKVPoolAllocator``, gpt-oss and Llama 4): every token takes a slot in
   the full pool (``max_total_num_tokens``) and in the SWA pool
-  (``swa_max_total_num_tokens``); a step allocates all its new tokens in both, then the pages
-  of each request older than its last ``sliding_window`` tokens go back to the SWA pool.
+  (``swa_max_total_num_tokens``); a step allocates all its new tokens in both, then each
+  request keeps only its last ``sliding_window`` + one page of tokens in the SWA pool.
   Admission (``SWAPrefillBudget``) adds to the full-pool check an SWA check:
   ``estimate_swa_kv_tokens`` = ``max(allocated - window, 0) + min(extend + max_new_tokens,
   window) + page`` (allocated: the chunk at most) must be less than the SWA pool's free
   tokens less what this step admitted before; a prompt chunk is cut to the SWA pool's free
-  tokens less one page. A decode step needs a page per request in each pool; when either
+  tokens less one page. Freed from the SWA pool: a request's tokens before ``computed -
+  window - page_size`` (``schedule_batch.py`` ``_evict_swa``). A decode step needs a page per request in each pool; when either
   cannot give them, requests are retracted as above;
 - **Mamba** (``HybridReqToTokenPool`` / ``MambaPool``): a request admitted takes
   :data:`MAMBA_SLOTS_PER_REQUEST` state slots of ``max_mamba_cache_size`` and holds them until
@@ -339,9 +340,9 @@ class SglangLoop(StepLoop):
                     self.peak_swa = self.swa_total - self.swa_free
 
     def _slide(self, r: SReq) -> None:
-        """Free from the SWA pool the whole pages of ``r`` older than its last ``W`` tokens
-        (``SWATokenToKVPoolAllocator.free_swa``, after the step that computed them)."""
-        lo = max(0, (r.computed - self.W) // self.pool.p)
+        """Free from the SWA pool ``r``'s pages before ``computed - window - page_size``
+        (``ScheduleBatch._evict_swa`` with ``free_swa``, before the next step runs)."""
+        lo = max(0, (r.computed - self.W - self.pool.p) // self.pool.p)
         if lo > r.swa_lo:
             d = lo - r.swa_lo
             r.swa -= d
@@ -749,8 +750,8 @@ class SglangLoop(StepLoop):
                 "Mamba slots not conserved"
             if self.W is not None:
                 for r in holders:
-                    assert r.swa_lo * self.pool.p <= max(0, r.computed - self.W) + \
-                        self.pool.p and r.swa == -(-r.computed // self.pool.p) - r.swa_lo, \
+                    assert r.swa_lo * self.pool.p <= max(0, r.computed - self.W) and \
+                        r.swa == -(-r.computed // self.pool.p) - r.swa_lo, \
                         "SWA pages of a request"
             assert len(holders) <= self.sg.max_running_requests + 1, "running requests"
         assert pool.free + pool.evictable + pool.locked + pool.private == pool.total, \
