@@ -310,3 +310,20 @@ def test_hybrid_presets_simulate_within_their_plan(loops, model, kw):
     assert loop.peak_mamba <= (cap.max_mamba_cache_size or 0)
     assert loop.peak_swa or loop.peak_mamba
     assert set(r.memory) == set(CATEGORIES) and sum(r.memory.values()) == pytest.approx(1.0)
+
+
+def test_swa_pool_short_in_decode_retracts(monkeypatch, loops):
+    # an SWA pool of 300 tokens beside a full pool of 1,000: requests (prompt 10, output 200)
+    # arriving every half step are admitted on the SWA pool's free tokens (129 each), but the
+    # running ones' windows grow to 129 each: decode runs out of SWA pages and retracts while
+    # the full pool stays under half used
+    gpt = load_spec("gpt-oss-20b")[1]
+    orig = sgl.settings
+    monkeypatch.setattr(sgl, "settings",
+                        lambda plan, o: replace(orig(plan, o), swa_max_total_num_tokens=300))
+    res = simulate(gpt, tiny(1000, max_len=1024), toy(*[(i * 0.5, 10, 200) for i in range(8)]),
+                   step_time_s=1.0, check=True)
+    t, loop = one(res), loops[-1]
+    assert (t.completed, t.rejected) == (8, 0)
+    assert t.preemptions > 0 and t.recomputed_tokens > 0
+    assert loop.peak_swa == 300 and loop.peak_full < 500

@@ -38,9 +38,8 @@ at tag v0.5.23), facts only:
   unlocked, unlocked nodes are evicted least recently used first, leaves first.
 
 Hybrid pools (``kvcalc plan --engine sglang`` sizes them; the facts below are read from
-``mem_cache/prefill_budget.py``, ``mem_cache/allocator/swa.py`` and
-``mem_cache/memory_pool.py`` as stored at sgl-project/sglang commit 036da26, not diffed
-against the v0.5.23 tag):
+``mem_cache/prefill_budget.py`` as stored at sgl-project/sglang commit 036da26 and
+``managers/schedule_batch.py``, snapshots of main not diffed against the v0.5.23 tag):
 
 - **SWA** (``SWATokenToKVPoolAllocator``, gpt-oss and Llama 4): every token takes a slot in
   the full pool (``max_total_num_tokens``) and in the SWA pool
@@ -51,8 +50,8 @@ against the v0.5.23 tag):
   window) + page`` (allocated: the chunk at most) must be less than the SWA pool's free
   tokens less what this step admitted before; a prompt chunk is cut to the SWA pool's free
   tokens less one page. Freed from the SWA pool: a request's tokens before ``computed -
-  window - page_size`` (``schedule_batch.py`` ``_evict_swa``). A decode step needs a page per request in each pool; when either
-  cannot give them, requests are retracted as above;
+  window - page_size`` (``schedule_batch.py`` ``_evict_swa``). A decode step needs a page
+  per request in each pool; when either cannot give them, requests are retracted as above;
 - **Mamba** (``HybridReqToTokenPool`` / ``MambaPool``): a request admitted takes
   :data:`MAMBA_SLOTS_PER_REQUEST` state slots of ``max_mamba_cache_size`` and holds them until
   it finishes or is retracted; no free slots, no admission;
