@@ -122,11 +122,9 @@ def _grid(rows: Sequence[Sequence[Any]], headers: Sequence[str] | str, style: st
     cols = [[r[i].strip() for r in body] for i in range(ncols)]
     widths = [max([_lines_width(c) for c in col] + ([_lines_width(heads[i]) + 2] if heads else []),
                   default=0) for i, col in enumerate(cols)]
-    if heads and not body:
-        widths = [_lines_width(h) + 2 for h in heads]
 
     def lines_of(cells: list[str]) -> list[str]:
-        split = [_cell_lines(c) if multiline else [c] for c in cells]
+        split = [c.splitlines() if multiline else [c] for c in cells]
         height = max((len(s) for s in split), default=1)
         out = []
         for k in range(height):
@@ -144,15 +142,11 @@ def _grid(rows: Sequence[Sequence[Any]], headers: Sequence[str] | str, style: st
         out += lines_of(heads)
         if fill and "below_header" in rules:
             out.append(rule)
-    for row in zip(*cols) if cols else ():
+    for row in zip(*cols):
         out += lines_of(list(row))
     if fill and "below" in rules and "below" not in hidden:
         out.append(rule)
     return "\n".join(out)
-
-
-def _cell_lines(text: str) -> list[str]:
-    return text.splitlines()
 
 
 def _lines_width(text: str) -> int:

@@ -126,6 +126,7 @@ def _read_overrides(reading: Reading, parsed) -> None:
     override list llama.cpp builds (common/arg.cpp): kvcalc places PATTERN=CPU; another
     buffer type (a second GPU) is listed as not modelled."""
     patterns: list[str] = []
+    honoured = []               # the flags that gave patterns, in the order given
     for g in parsed.given:
         dest = g.option.dest
         if dest == "override_tensor":
@@ -146,13 +147,11 @@ def _read_overrides(reading: Reading, parsed) -> None:
             patterns += [rf"blk\.{i}{EXPERTS}=CPU" for i in range(max(count, 0))]
         else:
             continue
-        reading.honoured.append({"flag": g.token, "value": g.value, "setting": dest,
-                                 "kvcalc": {"override_tensor": "(below)"}})
+        honoured.append(g)
     if patterns:
-        reading.plan["override_tensor"] = ",".join(patterns)
-        for h in reading.honoured:
-            if h["setting"] in OVERRIDES:
-                h["kvcalc"] = {"override_tensor": reading.plan["override_tensor"]}
+        value = reading.plan["override_tensor"] = ",".join(patterns)
+        reading.honoured += [{"flag": g.token, "value": g.value, "setting": g.option.dest,
+                              "kvcalc": {"override_tensor": value}} for g in honoured]
 
 
 def pre_checks(reading: Reading, model) -> list[Refusal]:
