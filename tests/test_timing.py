@@ -228,6 +228,47 @@ def test_validation_error_does_not_regress():
     assert statistics.median(o_err) <= figures["tpot_median"] + 1e-9
 
 
+def _fit_timing():
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "fit_timing.py"
+    spec = importlib.util.spec_from_file_location("fit_timing", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("fit_timing", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_design_matrix_from_one_replay_equals_full_replays(own, monkeypatch):
+    """tools/fit_timing.py's design row (ONE replay on a clock of one unit per step) gives each
+    engine's modelled mean TTFT and TPOT under the published calibration as full replays do --
+    for vLLM's bulk decode runs, the SGLang / TensorRT-LLM approximations on vLLM's scheduler
+    and (``own``) their own simulators."""
+    ft = _fit_timing()
+    if own:
+        monkeypatch.setattr(silicon, "OWN_SCHEDULER", dict(silicon.ENGINE_SCHEDULERS))
+    check = json.loads((SILICON / "check.json").read_text())
+    cals = calibrations()
+    seen = set()
+    for row in check["rows"]:
+        case = silicon.Case(**{k: row[k] for k in silicon.Case.__dataclass_fields__})
+        if case.engine in seen or (own and case.engine == "vllm"):
+            continue
+        seen.add(case.engine)
+        design = ft.design_row(case)
+        cols = ft.columns(design, case)
+        cal = cals[case.engine]
+        ttft = sum(getattr(cal, k) * cols[k][0] for k in ft.COEFS)
+        tpot = sum(getattr(cal, k) * cols[k][1] for k in ft.COEFS)
+        want = silicon.replay(case, cal)
+        assert design["steps"] > case.osl
+        assert ttft == pytest.approx(want[0], rel=1e-9)
+        assert tpot == pytest.approx(want[1], rel=1e-9)
+    assert len(seen) == (2 if own else 3)
+
+
 # --------------------------------------------------------------------------------------------
 # CLI
 

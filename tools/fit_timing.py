@@ -11,26 +11,34 @@ read. Rows of remainder 0 fit the coefficients; rows of remainder 1 only measure
 
 Method. In a closed loop with fixed lengths the scheduler's decisions never depend on time
 (arrivals follow completions, which follow steps), so every modelled mean TTFT and TPOT is a
-linear function of the coefficients of :class:`kvcalc.simulation.timing.Calibration`: running
-each measured benchmark once per coefficient, that coefficient 1 and the others 0, gives its
-row of the design matrix exactly. Per engine, the coefficients (all >= 0) minimise the sum of
-absolute log errors, ``|log(modelled / measured)|``, of TTFT and (weighted x2) TPOT over the
-fit rows: iteratively reweighted non-negative least squares (:func:`fit`). The validation
-figures come from full replays with the fitted calibration (the design matrix is checked
-against them).
+linear function of the coefficients of :class:`kvcalc.simulation.timing.Calibration`. Each
+measured benchmark is replayed ONCE with a clock of one unit per step (:func:`design_row`),
+recording every step's arguments and each measured request's arrival, first token and finish
+in steps; a mean TTFT or TPOT under any step-time model is then a weighted sum of its step
+durations, which gives every coefficient's column of the design matrix (the same figures as
+one replay per coefficient, to 1e-12, at the cost of one). Per engine, the coefficients (all
+>= 0) minimise the sum of absolute log errors, ``|log(modelled / measured)|``, of TTFT and
+(weighted x2) TPOT over the fit rows: iteratively reweighted non-negative least squares
+(:func:`fit`). The validation figures come from full replays with the fitted calibration (the
+design matrix is checked against them).
+
+``--own-scheduler`` replays SGLang's and TensorRT-LLM's runs on their own simulators instead of
+vLLM's scheduler with their batching approximated, and ``--trim`` makes the loss redescending:
+experiments for the next calibration, off for kvcalc-timing-2 (docs/simulation.md, "Time").
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import statistics
 import sys
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from kvcalc.errors import KvcalcError  # noqa: E402
 from kvcalc.simulation import silicon  # noqa: E402
-from kvcalc.simulation.timing import Calibration  # noqa: E402
+from kvcalc.simulation.timing import Calibration, StepTime  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "silicon" / "silicon_sample_r01.csv.gz"
 CHECK = ROOT / "tests" / "fixtures" / "silicon" / "check.json"
@@ -60,6 +68,10 @@ TPOT_WEIGHT = 2.0
 IRLS_ITERATIONS = 60
 IRLS_WARMUP = 4
 IRLS_FLOOR = 0.01
+#: the redescending part of the loss (``--trim``; off for calibration kvcalc-timing-2): from
+#: iteration IRLS_TRIM_FROM on, a residual whose |log error| exceeds the trim no longer pulls
+#: the fit
+IRLS_TRIM_FROM = 20
 #: the validation rows the pytest replays: the fastest of each engine, this many
 CHECK_ROWS_PER_ENGINE = 12
 #: the calibration's name, printed with every modelled time
@@ -68,11 +80,16 @@ NAME = "kvcalc-timing-2"
 
 def code_version() -> str:
     """A hash of the code a replay depends on (the design-matrix cache is keyed by it)."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(repr(sorted(silicon.OWN_SCHEDULER.items())).encode())
     for rel in ("kvcalc/simulation/timing.py", "kvcalc/simulation/scheduler.py",
                 "kvcalc/simulation/paged.py", "kvcalc/simulation/silicon.py",
-                "kvcalc/simulation/__init__.py", "kvcalc/params.py"):
+                "kvcalc/simulation/__init__.py", "kvcalc/params.py",
+                "kvcalc/simulation/sglang.py", "kvcalc/simulation/trtllm.py",
+                "kvcalc/simulation/metrics.py"):
         h.update((ROOT / rel).read_bytes())
+    # this script's part in a design row: the recording replay and the shapes it sums
+    for part in (design_row, _StepRecorder, shape_means, _physical, *SHAPES.values()):
+        h.update(inspect.getsource(part).encode())
     for p in sorted((ROOT / "presets" / "gpus").glob("*.yaml")):
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
@@ -110,30 +127,154 @@ def _physical(store: dict):
     return keep
 
 
-def design_row(case: silicon.Case, have: dict | None = None) -> dict:
-    """{shape: (TTFT, TPOT)} of ``case`` and its physical constants (the shapes in ``have``
-    kept), or {"skip": why}."""
-    out: dict = dict(have or {})
+class _StepRecorder:
+    """A step-time model that lasts one unit per step and records each step's arguments
+    ``(tokens, kv_tokens, extra_pairs, seqs)``: the clock of a replay is then the number of
+    steps run. vLLM's bulk decode runs (:meth:`.scheduler.Scheduler._decode_run`) ask for
+    :meth:`decode_series` once and take ``k`` steps; the run's ``k`` is read where the
+    scheduler computes the run's time (:func:`design_row`)."""
+
+    def __init__(self, physical):
+        self.physical = physical
+        #: (tokens, kv, extra, seqs), or ("run", n, kv, k) for a bulk run of k steps (k
+        #: added when the run is taken; a run given up before a step has none)
+        self.steps: list[tuple] = []
+
+    def duration(self, tokens, kv_tokens, extra_pairs=0, seqs=0) -> float:
+        self.steps.append((tokens, kv_tokens, extra_pairs, seqs))
+        return 1.0
+
+    def decode_series(self, running, kv_tokens):
+        self.steps.append(("run", running, kv_tokens))
+        return 1.0, 0.0
+
+    def frontend(self, prompt) -> float:
+        return 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.physical, name)
+
+
+def design_row(case: silicon.Case) -> dict:
+    """The sufficient statistics of ``case``'s replay for any step-time model linear in the
+    held tokens, from ONE replay, or {"skip": why}.
+
+    In a closed loop of fixed lengths the scheduler's decisions do not depend on the step
+    durations, so the replay runs with a clock of one unit per step (:class:`_StepRecorder`)
+    and records every step's arguments and every measured request's arrival, first token and
+    finish, in steps. A request's TTFT is then the sum of the durations of the steps in
+    ``(arrival, first]``, its TPOT those of ``(first, finish]`` over ``output - 1``: the means
+    are sums over the steps of ``duration x weight``. The steps are grouped by
+    ``(tokens, extra pairs, requests)``; per group the weights' sums times 1, ``kv`` and
+    ``kv^2`` (``"groups"``) give every model's mean TTFT and TPOT (:func:`columns`). The
+    physical step-time model's figures are kept (``"st"``)."""
+    from kvcalc.simulation import metrics, scheduler
+
+    holder: dict = {}
+    requests: list[tuple] = []
+
+    def transform(st):
+        holder["st"] = st
+        holder["rec"] = _StepRecorder(st)
+        return holder["rec"]
+
+    patched = {}
+
+    def record(tot, finished, t, timing):
+        for r in finished:
+            if r.measured:
+                requests.append((r.arrival, r.first, t, r.output))
+        patched["record_finished"](tot, finished, t, timing)
+
+    def jtime(k, c0, c1):
+        steps = holder["rec"].steps      # the run asked for its series just before
+        steps[-1] = (*steps[-1], k)
+        return patched["series_jtime"](k, c0, c1)
+
+    patched["record_finished"] = metrics.record_finished
+    patched["series_jtime"] = scheduler.series_jtime
+    metrics.record_finished = scheduler.record_finished = record
+    scheduler.series_jtime = jtime
     try:
-        if "phys" not in out:
-            phys: dict = {}
-            out["const"] = silicon.replay(case, ONES,
-                                          lambda st: SHAPES["const"](_physical(phys)(st)))
-            out["phys"] = phys
-        phys = out["phys"]
-        for name, shape in SHAPES.items():
-            if name in out or (name == "wmem" and not phys["w_expert_s"]):
-                continue
-            out[name] = silicon.replay(case, ONES, shape)
+        silicon.replay(case, ONES, transform)
     except KvcalcError as exc:
         return {"skip": str(exc).split(":")[0][:60]}
-    if "wmem" not in out:
-        out["wmem"] = tuple(phys["w_dense_s"] * v for v in out["const"])
+    finally:
+        metrics.record_finished = scheduler.record_finished = patched["record_finished"]
+        scheduler.series_jtime = patched["series_jtime"]
+    st, rec = holder["st"], holder["rec"]
+    # expand the bulk runs: step j of a run of n requests holding kv lasts as a step of n
+    # tokens and requests holding kv + n (j + 1) (:meth:`.timing.StepTime.decode_series`)
+    tok, kvs, ext, seq = [], [], [], []
+    for s in rec.steps:
+        if s[0] == "run":
+            if len(s) < 4:
+                continue
+            _, n, kv, k = s
+            tok += [n] * k
+            kvs += [kv + n * (j + 1) for j in range(k)]
+            ext += [0] * k
+            seq += [n] * k
+        else:
+            tok.append(s[0])
+            kvs.append(s[1])
+            ext.append(s[2])
+            seq.append(s[3])
+    n = len(tok)
+    # w_ttft[s]: measured requests waiting for their first token during step s (1-based:
+    # step s runs from time s - 1 to s); w_tpot[s]: the sum of 1 / (output - 1) of those
+    # decoding
+    w_ttft = np.zeros(n + 2)
+    w_tpot = np.zeros(n + 2)
+    n_ttft = n_tpot = 0
+    for a, f, e, o in requests:
+        a, f, e = int(round(a)), int(round(f)), int(round(e))
+        w_ttft[a + 1] += 1.0
+        w_ttft[f + 1] -= 1.0
+        n_ttft += 1
+        if o > 1:
+            w_tpot[f + 1] += 1.0 / (o - 1)
+            w_tpot[e + 1] -= 1.0 / (o - 1)
+            n_tpot += 1
+    w_ttft = np.cumsum(w_ttft)[1:n + 1] / n_ttft
+    w_tpot = np.cumsum(w_tpot)[1:n + 1] / max(n_tpot, 1)
+    kv = np.array(kvs, dtype=float)
+    groups: dict = {}
+    for i, key in enumerate(zip(tok, ext, seq)):
+        if w_ttft[i] == 0 and w_tpot[i] == 0:
+            continue
+        g = groups.setdefault(key, [0.0] * 6)
+        g[0] += w_ttft[i]
+        g[1] += w_tpot[i]
+        g[2] += w_ttft[i] * kv[i]
+        g[3] += w_tpot[i] * kv[i]
+        g[4] += w_ttft[i] * kv[i] ** 2
+        g[5] += w_tpot[i] * kv[i] ** 2
+    phys: dict = {}
+    _physical(phys)(st)
+    out = {"phys": phys, "st": {f.name: getattr(st, f.name) for f in fields(st)
+                                if f.name != "calibration"},
+           "steps": n, "groups": [[*k, *v] for k, v in groups.items()]}
+    for name, shape in SHAPES.items():
+        out[name] = shape_means(out, shape)
     return out
 
 
-def _design_row(args):
-    return design_row(*args)
+def shape_means(row: dict, shape) -> tuple[float, float]:
+    """(mean TTFT, mean TPOT) of the steps alone (no frontend) under the step-time model
+    ``shape`` of the run's physical model (:data:`SHAPES`), from its design row."""
+    st = shape(StepTime(calibration=ONES, **row["st"]))
+    ttft = tpot = 0.0
+    for t, e, s, w1, w2, k1, k2, _, _ in row["groups"]:
+        a = st.duration(t, 0, e, s)
+        b = st.duration(t, 1, e, s) - a
+        ttft += a * w1 + b * k1
+        tpot += a * w2 + b * k2
+    return ttft, tpot
+
+
+def _design_row(case):
+    return design_row(case)
 
 
 def columns(row: dict, case: silicon.Case) -> dict[str, tuple[float, float]]:
@@ -192,13 +333,12 @@ def design(cases: list[silicon.Case], jobs: int) -> dict[str, dict]:
         if cache.get("version") != version:
             cache = {}
     rows = cache.setdefault("rows", {})
-    todo = [c for c in cases if c.id not in rows or (
-        "skip" not in rows[c.id] and not set(SHAPES) <= set(rows[c.id]))]
+    todo = [c for c in cases if c.id not in rows]
     if todo:
-        print(f"replaying {len(todo)} runs, once per step-time shape missing "
+        print(f"replaying {len(todo)} runs once each "
               f"({jobs} processes)...", file=sys.stderr)
         with ProcessPoolExecutor(jobs) as pool:
-            for c, row in zip(todo, pool.map(_design_row, [(c, rows.get(c.id)) for c in todo],
+            for c, row in zip(todo, pool.map(_design_row, todo,
                                              chunksize=4)):
                 rows[c.id] = row
         cache["version"] = version
@@ -233,7 +373,7 @@ def nnls(A: np.ndarray, b: np.ndarray, iterations: int = 200) -> np.ndarray:
     return x
 
 
-def fit(cases: list[silicon.Case], rows: dict) -> np.ndarray:
+def fit(cases: list[silicon.Case], rows: dict, trim: float | None = None) -> np.ndarray:
     """Coefficients (>= 0) minimising the weighted sum of ``|log(modelled / measured)|`` over
     the TTFT and (x :data:`TPOT_WEIGHT`) TPOT of ``cases``.
 
@@ -244,7 +384,13 @@ def fit(cases: list[silicon.Case], rows: dict) -> np.ndarray:
     ``(modelled - measured) / sqrt(modelled x measured)`` -- which equal
     ``2 sinh(log(modelled / measured) / 2)``, the log error to first order -- each weighted by
     ``1 / max(|log error|, IRLS_FLOOR)`` (the weighted squares then sum to the absolute log
-    errors); the first iterations take the measured figure alone as the scale."""
+    errors); the first iterations take the measured figure alone as the scale. With ``trim``
+    the loss is made redescending: from iteration :data:`IRLS_TRIM_FROM` on, residuals beyond
+    ``trim`` in |log error| weigh nothing -- the sum minimised is that of
+    ``min(|log error|, trim)`` (a weight of 1e-6 keeps the system well posed), so that runs
+    no step-time model can explain (a measured TTFT 10-20 times that of the same
+    configuration in another campaign) do not pull the coefficients away from the bulk of the
+    runs."""
     A, m, w0 = [], [], []
     for c in cases:
         r = columns(rows[c.id], c)
@@ -269,7 +415,10 @@ def fit(cases: list[silicon.Case], rows: dict) -> np.ndarray:
         pred = np.maximum(As @ x, 1e-12)
         if i >= IRLS_WARMUP:
             scale_of = np.sqrt(pred * m)
-        weights = w0 / np.maximum(np.abs(np.log(pred / m)), IRLS_FLOOR)
+        err = np.abs(np.log(pred / m))
+        weights = w0 / np.maximum(err, IRLS_FLOOR)
+        if trim is not None and i >= IRLS_TRIM_FROM:
+            weights = np.where(err > trim, 1e-6 * w0, weights)
     return x / scale
 
 
@@ -321,9 +470,17 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--from-wheel", metavar="WHEEL",
                     help="rebuild the fixture from the aiconfigurator-core 0.12.0 wheel")
+    ap.add_argument("--trim", type=float, metavar="LOG_ERROR",
+                    help="make the loss redescending: residuals beyond this |log error| stop "
+                         "pulling the fit (an experiment; off for the published calibration)")
+    ap.add_argument("--own-scheduler", action="store_true",
+                    help="replay SGLang's and TensorRT-LLM's runs on their own simulators "
+                         "(kvcalc simulate --engine sglang|trtllm) instead of vLLM's scheduler")
     a = ap.parse_args(argv)
     if a.from_wheel:
         return rebuild_fixture(a.from_wheel)
+    if a.own_scheduler:
+        silicon.OWN_SCHEDULER.update(silicon.ENGINE_SCHEDULERS)
 
     rows = silicon.load_rows(FIXTURE)
     all_cases, skipped = silicon.cases(rows)
@@ -340,7 +497,7 @@ def main(argv=None) -> int:
     coefficients = {}
     for engine in ENGINES:
         own = [c for c in fit_cases if c.engine == engine]
-        x = fit(own, design_rows)
+        x = fit(own, design_rows, a.trim)
         coefficients[engine] = {k: float(v) for k, v in zip(COEFS, x)}
     cals = {e: Calibration(name=e, source=f"{NAME} ({e})", **coefficients[e]) for e in ENGINES}
 

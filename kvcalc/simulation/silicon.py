@@ -54,6 +54,13 @@ WEIGHTS = {"": "bf16", "fp8": "fp8", "fp8_block": "fp8", "nvfp4": "nvfp4", "int4
 #: TensorRT-LLM ``max_num_tokens``: 8192, its default; SGLang: :func:`sglang_chunk`) and
 #: running-request cap (vLLM: max_num_seqs; the others: no cap below C)
 ENGINE_BUDGET = {"vllm": None, "sglang": None, "trtllm": 8192}
+#: the engines whose runs replay on their own simulator (its allocator's name): SGLang's and
+#: TensorRT-LLM's schedulers (:mod:`.sglang`, :mod:`.trtllm`); the others on vLLM's.
+#: Empty by default: calibration kvcalc-timing-2 was fitted on vLLM-scheduler replays of every
+#: engine; ``tools/fit_timing.py --own-scheduler`` fills it with :data:`ENGINE_SCHEDULERS`
+#: (an experiment, not yet validated against the published figures)
+ENGINE_SCHEDULERS = {"sglang": "sglang-radix", "trtllm": "trtllm-paged"}
+OWN_SCHEDULER: dict = {}
 #: SGLang's ``--chunked-prefill-size`` default by GPU memory (python/sglang/srt/server_args.py,
 #: ``_handle_gpu_memory_settings``): 8192 below 160 GiB (H100, H200), 16384 from there (B200,
 #: B300, GB200); it is also the prefill batch's token budget (``PrefillAdder`` spends
@@ -131,7 +138,7 @@ def to_case(row: dict) -> Case | str:
     if preset is None:
         return "no kvcalc preset for the model"
     if preset.startswith("gpt-oss"):
-        return "sliding-window layers (kvcalc simulate models one KV cache group)"
+        return "gpt-oss (not in calibration kvcalc-timing-2's rows)"
     if row["system"] not in SYSTEMS:
         return "GPU not in the catalog"
     tp = int(row["tp_size"] or 1)
@@ -170,7 +177,14 @@ def replay(case: Case, calibration, transform=None) -> tuple[float, float]:
     """(mean TTFT, mean TPOT) in seconds that ``kvcalc simulate`` models for ``case``: a closed
     loop of ``case.concurrency`` requests, 2C warm-up then 20C measured, of fixed lengths, with
     the step-time ``calibration`` (a name or a :class:`.timing.Calibration`). Raises
-    :class:`kvcalc.errors.UsageError` when kvcalc cannot simulate it (the plan does not fit)."""
+    :class:`kvcalc.errors.UsageError` when kvcalc cannot simulate it (the plan does not fit).
+
+    Each engine's runs replay on that engine's own scheduler and pool when
+    :data:`OWN_SCHEDULER` names it (``kvcalc simulate --engine sglang|trtllm``: SGLang's
+    ``PrefillAdder`` on the pool ``kvcalc plan --engine sglang`` sizes, requests sent with
+    ``ignore_eos`` as the benchmark sends them; TensorRT-LLM's capacity scheduler on the blocks
+    ``kvcalc plan --engine trtllm`` sizes, its LLM API defaults), else on vLLM's scheduler with
+    the engine's batching approximated (:data:`ENGINE_BUDGET`, SGLang's prompts first)."""
     from ..hardware import resolve_gpu
     from ..planning import PlanInputs
     from . import Options, simulate
@@ -179,16 +193,24 @@ def replay(case: Case, calibration, transform=None) -> tuple[float, float]:
     spec = _spec(case.preset)
     c = case.concurrency
     gpu = resolve_gpu(case.gpu)
-    budget = sglang_chunk(gpu) if case.engine == "sglang" else ENGINE_BUDGET[case.engine]
-    inp = PlanInputs(gpu=gpu, tp=case.tp, max_len=case.isl + case.osl,
-                     weights_dtype=case.weights_dtype, max_batched_tokens=budget,
-                     max_num_seqs=None if case.engine == "vllm" else max(c, 1))
     n = (MEASURED_PER_SLOT + WARMUP_PER_SLOT) * c
-    res = simulate(spec, inp, lambda: synthetic(n, None, case.isl, case.osl),
-                   Options(allocators=("paged",), calibration=calibration, concurrency=c,
-                           warmup=WARMUP_PER_SLOT * c, timing_transform=transform,
-                           prefill_first=case.engine == "sglang"))
-    t = res.runs["paged"].totals
+    if case.engine in OWN_SCHEDULER:
+        inp = PlanInputs(gpu=gpu, tp=case.tp, max_len=case.isl + case.osl,
+                         weights_dtype=case.weights_dtype, engine=case.engine)
+        res = simulate(spec, inp, lambda: synthetic(n, None, case.isl, case.osl),
+                       Options(allocators=(OWN_SCHEDULER[case.engine],), calibration=calibration,
+                               concurrency=c, warmup=WARMUP_PER_SLOT * c,
+                               timing_transform=transform, ignore_eos=True))
+    else:
+        budget = sglang_chunk(gpu) if case.engine == "sglang" else ENGINE_BUDGET[case.engine]
+        inp = PlanInputs(gpu=gpu, tp=case.tp, max_len=case.isl + case.osl,
+                         weights_dtype=case.weights_dtype, max_batched_tokens=budget,
+                         max_num_seqs=None if case.engine == "vllm" else max(c, 1))
+        res = simulate(spec, inp, lambda: synthetic(n, None, case.isl, case.osl),
+                       Options(allocators=("paged",), calibration=calibration, concurrency=c,
+                               warmup=WARMUP_PER_SLOT * c, timing_transform=transform,
+                               prefill_first=case.engine == "sglang"))
+    t = next(iter(res.runs.values())).totals
     return t.ttft.total / t.ttft.n, t.tpot.total / t.tpot.n
 
 
