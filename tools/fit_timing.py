@@ -23,8 +23,8 @@ one replay per coefficient, to 1e-12, at the cost of one). Per engine, the coeff
 design matrix is checked against them).
 
 ``--own-scheduler`` replays SGLang's and TensorRT-LLM's runs on their own simulators instead of
-vLLM's scheduler with their batching approximated, and ``--trim`` makes the loss redescending:
-experiments for the next calibration, off for kvcalc-timing-2 (docs/simulation.md, "Time").
+vLLM's scheduler with their batching approximated: an experiment, off by default
+(docs/simulation.md, "Time"). ``--trim`` sets the loss's redescending threshold (:func:`fit`).
 """
 
 from __future__ import annotations
@@ -68,14 +68,15 @@ TPOT_WEIGHT = 2.0
 IRLS_ITERATIONS = 60
 IRLS_WARMUP = 4
 IRLS_FLOOR = 0.01
-#: the redescending part of the loss (``--trim``; off for calibration kvcalc-timing-2): from
-#: iteration IRLS_TRIM_FROM on, a residual whose |log error| exceeds the trim no longer pulls
-#: the fit
+#: the redescending part of the loss (``--trim``): from iteration IRLS_TRIM_FROM on, a
+#: residual whose |log error| exceeds IRLS_TRIM (a factor 1.65 either way) no longer pulls the
+#: fit (calibration kvcalc-timing-2 had none)
+IRLS_TRIM = 0.5
 IRLS_TRIM_FROM = 20
 #: the validation rows the pytest replays: the fastest of each engine, this many
 CHECK_ROWS_PER_ENGINE = 12
 #: the calibration's name, printed with every modelled time
-NAME = "kvcalc-timing-2"
+NAME = "kvcalc-timing-3"
 
 
 def code_version() -> str:
@@ -470,9 +471,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--from-wheel", metavar="WHEEL",
                     help="rebuild the fixture from the aiconfigurator-core 0.12.0 wheel")
-    ap.add_argument("--trim", type=float, metavar="LOG_ERROR",
-                    help="make the loss redescending: residuals beyond this |log error| stop "
-                         "pulling the fit (an experiment; off for the published calibration)")
+    ap.add_argument("--trim", type=float, metavar="LOG_ERROR", default=IRLS_TRIM,
+                    help="residuals beyond this |log error| stop pulling the fit (default "
+                         f"{IRLS_TRIM}; 0: none, a plain sum of absolute log errors)")
     ap.add_argument("--own-scheduler", action="store_true",
                     help="replay SGLang's and TensorRT-LLM's runs on their own simulators "
                          "(kvcalc simulate --engine sglang|trtllm) instead of vLLM's scheduler")
@@ -497,7 +498,7 @@ def main(argv=None) -> int:
     coefficients = {}
     for engine in ENGINES:
         own = [c for c in fit_cases if c.engine == engine]
-        x = fit(own, design_rows, a.trim)
+        x = fit(own, design_rows, a.trim or None)
         coefficients[engine] = {k: float(v) for k, v in zip(COEFS, x)}
     cals = {e: Calibration(name=e, source=f"{NAME} ({e})", **coefficients[e]) for e in ENGINES}
 

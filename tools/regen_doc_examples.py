@@ -7,7 +7,7 @@ commands print now (after a new step-time calibration, say), from real runs.
 Each example runs as ``tests/test_doc_examples.py`` runs it (same scratch folders, stand-in
 files and skips). A shown line the command no longer prints is replaced by the first line
 printed after the previous matched one that has the same shape -- the same text once every run
-of digits, separators and decimal points is masked -- so a changed figure is updated and
+of digits, separators and decimal points is masked and the column padding ignored -- so a changed figure is updated and
 everything else the doc shows (``...`` elisions, comments, the lines' order) stays. A line with
 no such counterpart is reported and left for a person: the prose around an example, which
 cites its figures, is never touched and must be read again.
@@ -40,8 +40,9 @@ def _examples_module():
 
 
 def shape(line: str) -> str:
-    """``line`` with every figure masked, trailing blanks dropped."""
-    return FIGURE.sub("#", line.rstrip())
+    """``line`` with every figure masked and every run of blanks or of dashes made one (a
+    table's columns widen and narrow with its figures)."""
+    return re.sub(r"-{2,}", "-", re.sub(r"\s+", " ", FIGURE.sub("#", line))).strip()
 
 
 def renewed(shown: list[str], output: str, machine) -> tuple[list[str], list[str]]:
