@@ -152,7 +152,10 @@ def test_peaks_follow_the_weights_dtype():
 
     assert gemm_peak(resolve_gpu("b200"), "nvfp4") == (9000e12, "fp4")
     assert gemm_peak(resolve_gpu("b200"), "fp8") == (4500e12, "fp8")
-    assert gemm_peak(resolve_gpu("h100"), "nvfp4") == (1979e12, "fp8")   # no fp4 units
+    # no fp4 units: weight-only kernels (Marlin W4A16 FP4, Triton MXFP4) at the bf16 peak
+    assert gemm_peak(resolve_gpu("h100"), "nvfp4") == (989e12, "bf16")
+    assert gemm_peak(resolve_gpu("h100"), "mxfp4") == (989e12, "bf16")
+    assert gemm_peak(resolve_gpu("h100"), "fp8") == (1979e12, "fp8")
     assert gemm_peak(resolve_gpu("h100"), "bf16") == (989e12, "bf16")
     assert gemm_peak(resolve_gpu("h100"), "int4") == (989e12, "bf16")    # weight-only
 

@@ -138,7 +138,7 @@ def to_case(row: dict) -> Case | str:
     if preset is None:
         return "no kvcalc preset for the model"
     if preset.startswith("gpt-oss"):
-        return "gpt-oss (its MXFP4 experts' kernels are not modelled: docs/simulation.md)"
+        return "gpt-oss (not in calibration kvcalc-timing-3's rows: docs/simulation.md)"
     if row["system"] not in SYSTEMS:
         return "GPU not in the catalog"
     tp = int(row["tp_size"] or 1)

@@ -21,9 +21,9 @@ and each request's time to first token (and end-to-end time) carries the fronten
   uniform routing the expected share is ``1 - (1 - k/E)^T`` (nearly all of them from a few
   dozen tokens on);
 - ``Fgemm(T)``: ``2 x active parameters x T`` FLOPs at the GPU's dense peak for the weights'
-  compute dtype (bf16, fp8, fp4: the GPU catalog; int4 weight-only and fp16 run at the bf16
-  peak), with a coefficient per dtype (``c_flop``, ``c_flop8``, ``c_flop4``) and, for bf16 and
-  fp8, per GPU generation (``c_flop_bw``, ``c_flop8_bw`` on Blackwell, whose peaks doubled
+  compute dtype (bf16, fp8, fp4: the GPU catalog; int4 weight-only, fp4 weights on a GPU
+  without fp4 units (weight-only too) and fp16 run at the bf16 peak), with a coefficient per
+  dtype (``c_flop``, ``c_flop8``, ``c_flop4``) and, for bf16 and fp8, per GPU generation (``c_flop_bw``, ``c_flop8_bw`` on Blackwell, whose peaks doubled
   Hopper's: the share of the peak that GEMMs reach is the generation's, not the model's; fp4
   exists on Blackwell only; other generations, unmeasured, take Hopper's);
 - ``c_mix``: a step that computes a prompt chunk runs outside the decode CUDA graphs (the
@@ -192,10 +192,13 @@ def model_figures(spec, params, weights_bytes: float, kv_bytes_per_token: float,
 
 def gemm_peak(gpu, weights_dtype: str) -> tuple[float, str]:
     """(FLOP/s, dtype) of the GEMMs for ``weights_dtype`` on ``gpu``: the catalog's dense
-    fp4 / fp8 peak where the GPU has one, else its bf16 peak."""
+    fp4 / fp8 peak where the GPU has one, else its bf16 peak. FP4 weights on a GPU without fp4
+    tensor cores (Hopper, Ada, Ampere) run weight-only kernels that dequantize to 16 bits --
+    vLLM's Marlin W4A16 FP4 path (``quantization/utils/marlin_utils_fp4.py``, SM 8.0 and up),
+    the Triton MXFP4 MoE kernels gpt-oss runs on Hopper -- at the bf16 peak, as int4 does."""
     if weights_dtype in FP4_WEIGHTS and gpu.fp4_tflops:
         return gpu.fp4_tflops * 1e12, "fp4"
-    if weights_dtype in FP8_WEIGHTS | FP4_WEIGHTS and gpu.fp8_tflops:
+    if weights_dtype in FP8_WEIGHTS and gpu.fp8_tflops:
         return gpu.fp8_tflops * 1e12, "fp8"
     return (gpu.bf16_tflops or 0.0) * 1e12, "bf16"
 
