@@ -115,6 +115,17 @@ def _skip_reason(args: list[str], raw: str) -> str | None:
     return None
 
 
+def command_args(command: str) -> list[str]:
+    """The arguments after ``kvcalc`` of a doc's command line: its comment, a pipe into another
+    program (``| jq ...``: run kvcalc, not the other program), redirections and ``| head``
+    dropped."""
+    text = command.split(" #")[0]
+    if re.search(r"\|\s*(?!head)\w", text):
+        text = text.split("|")[0]
+    text = re.split(r"\s[>|]\s?", text)[0]
+    return shlex.split(text)[1:]
+
+
 CASES = examples()
 
 
@@ -141,11 +152,7 @@ def test_example_runs(block, line, command, shown, block_dirs, monkeypatch):
     m = EXIT.search(command)
     if m:
         expected = int(m.group(1) or m.group(2))
-    text = command.split(" #")[0]
-    if re.search(r"\|\s*(?!head)\w", text):
-        text = text.split("|")[0]           # `| jq ...`: run kvcalc, not the other program
-    text = re.split(r"\s[>|]\s?", text)[0]  # redirections and `| head`
-    args = shlex.split(text)[1:]            # drop "kvcalc"
+    args = command_args(command)
     reason = _skip_reason(args, command)
     if reason:
         pytest.skip(reason)

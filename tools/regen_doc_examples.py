@@ -19,7 +19,6 @@ import argparse
 import importlib.util
 import os
 import re
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -71,12 +70,7 @@ def renewed(shown: list[str], output: str, machine) -> tuple[list[str], list[str
     return out, lost
 
 
-def run(command: str, folder: Path, cli, runner) -> tuple[int, str] | None:
-    text = command.split(" #")[0]
-    if re.search(r"\|\s*(?!head)\w", text):
-        text = text.split("|")[0]
-    text = re.split(r"\s[>|]\s?", text)[0]
-    args = shlex.split(text)[1:]
+def run(args: list[str], folder: Path, cli, runner) -> tuple[int, str]:
     here = os.getcwd()
     os.chdir(folder)
     try:
@@ -102,7 +96,7 @@ def main(argv=None) -> int:
     problems = 0
     docs = {d.name: d for d in ex.DOCS}
     for block, line, command, shown in ex.CASES:
-        args = shlex.split(re.split(r"\s[>|]\s?", command.split(" #")[0].split("|")[0])[0])[1:]
+        args = ex.command_args(command)
         if ex._skip_reason(args, command):
             continue
         if block not in folders:
@@ -110,7 +104,7 @@ def main(argv=None) -> int:
             folders[block].mkdir()
             ex._stand_ins(folders[block])
         os.environ["KVCALC_PRESETS"] = str(folders[block] / "user-presets")
-        code, output = run(command, folders[block], cli, CliRunner())
+        _, output = run(args, folders[block], cli, CliRunner())
         new, lost = renewed(list(shown), output, ex.MACHINE)
         doc = docs[block.split(":")[0]]
         changed = [(i, n) for i, (o, n) in enumerate(zip(shown, new)) if o != n]
