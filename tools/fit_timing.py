@@ -167,7 +167,7 @@ def design_row(case: silicon.Case) -> dict:
     ``(arrival, first]``, its TPOT those of ``(first, finish]`` over ``output - 1``: the means
     are sums over the steps of ``duration x weight``. The steps are grouped by
     ``(tokens, extra pairs, requests)``; per group the weights' sums times 1, ``kv`` and
-    ``kv^2`` (``"groups"``) give every model's mean TTFT and TPOT (:func:`columns`). The
+    ``kv^2`` (``"groups"``) give every model's mean TTFT and TPOT (:func:`shape_means`). The
     physical step-time model's figures are kept (``"st"``)."""
     from kvcalc.simulation import metrics, scheduler
 
