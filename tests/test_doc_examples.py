@@ -60,16 +60,27 @@ def examples() -> list[tuple[str, int, str, tuple[str, ...]]]:
 MACHINE = [(re.compile(r"; installed here: [^)]*\)"), ")")]
 
 
+def printed_lines(output: str) -> list[str]:
+    """A command's output lines as the docs' shown lines are held to: the machine's parts
+    (:data:`MACHINE`) replaced, trailing blanks dropped."""
+    for pattern, repl in MACHINE:
+        output = pattern.sub(repl, output)
+    return [l.rstrip() for l in output.splitlines()]
+
+
+def checks_nothing(shown_line: str) -> bool:
+    """A shown line that stands for no output line: blank, ``...`` (lines left out) or a
+    comment."""
+    return not shown_line or shown_line == "..." or shown_line.startswith("#")
+
+
 def shown_lines_missing(shown: tuple[str, ...], output: str) -> list[str]:
     """The output lines a doc shows that the command does not print, in order; ``...`` stands
     for lines left out. A doc that shows no output checks nothing."""
-    actual = output
-    for pattern, repl in MACHINE:
-        actual = pattern.sub(repl, actual)
-    lines = [l.rstrip() for l in actual.splitlines()]
+    lines = printed_lines(output)
     missing, at = [], 0
     for want in (l.rstrip() for l in shown):
-        if not want or want == "..." or want.startswith("#"):
+        if checks_nothing(want):
             continue
         try:
             at = lines.index(want, at) + 1

@@ -166,8 +166,8 @@ def design_row(case: silicon.Case) -> dict:
     finish, in steps. A request's TTFT is then the sum of the durations of the steps in
     ``(arrival, first]``, its TPOT those of ``(first, finish]`` over ``output - 1``: the means
     are sums over the steps of ``duration x weight``. The steps are grouped by
-    ``(tokens, extra pairs, requests)``; per group the weights' sums times 1, ``kv`` and
-    ``kv^2`` (``"groups"``) give every model's mean TTFT and TPOT (:func:`shape_means`). The
+    ``(tokens, extra pairs, requests)``; per group the weights' sums times 1 and times ``kv``
+    (``"groups"``) give every model's mean TTFT and TPOT (:func:`shape_means`). The
     physical step-time model's figures are kept (``"st"``)."""
     from kvcalc.simulation import metrics, scheduler
 
@@ -244,13 +244,11 @@ def design_row(case: silicon.Case) -> dict:
     for i, key in enumerate(zip(tok, ext, seq)):
         if w_ttft[i] == 0 and w_tpot[i] == 0:
             continue
-        g = groups.setdefault(key, [0.0] * 6)
+        g = groups.setdefault(key, [0.0] * 4)
         g[0] += w_ttft[i]
         g[1] += w_tpot[i]
         g[2] += w_ttft[i] * kv[i]
         g[3] += w_tpot[i] * kv[i]
-        g[4] += w_ttft[i] * kv[i] ** 2
-        g[5] += w_tpot[i] * kv[i] ** 2
     phys: dict = {}
     _physical(phys)(st)
     out = {"phys": phys, "st": {f.name: getattr(st, f.name) for f in fields(st)
@@ -266,16 +264,12 @@ def shape_means(row: dict, shape) -> tuple[float, float]:
     ``shape`` of the run's physical model (:data:`SHAPES`), from its design row."""
     st = shape(StepTime(calibration=ONES, **row["st"]))
     ttft = tpot = 0.0
-    for t, e, s, w1, w2, k1, k2, _, _ in row["groups"]:
+    for t, e, s, w1, w2, k1, k2 in row["groups"]:
         a = st.duration(t, 0, e, s)
         b = st.duration(t, 1, e, s) - a
         ttft += a * w1 + b * k1
         tpot += a * w2 + b * k2
     return ttft, tpot
-
-
-def _design_row(case):
-    return design_row(case)
 
 
 def columns(row: dict, case: silicon.Case) -> dict[str, tuple[float, float]]:
@@ -339,7 +333,7 @@ def design(cases: list[silicon.Case], jobs: int) -> dict[str, dict]:
         print(f"replaying {len(todo)} runs once each "
               f"({jobs} processes)...", file=sys.stderr)
         with ProcessPoolExecutor(jobs) as pool:
-            for c, row in zip(todo, pool.map(_design_row, todo,
+            for c, row in zip(todo, pool.map(design_row, todo,
                                              chunksize=4)):
                 rows[c.id] = row
         cache["version"] = version

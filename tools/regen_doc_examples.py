@@ -44,15 +44,14 @@ def shape(line: str) -> str:
     return re.sub(r"-{2,}", "-", re.sub(r"\s+", " ", FIGURE.sub("#", line))).strip()
 
 
-def renewed(shown: list[str], output: str, machine) -> tuple[list[str], list[str]]:
-    """(the shown lines brought up to date, those that could not be)."""
-    for pattern, repl in machine:
-        output = pattern.sub(repl, output)
-    lines = [l.rstrip() for l in output.splitlines()]
+def renewed(shown: list[str], output: str, ex) -> tuple[list[str], list[str]]:
+    """(the shown lines brought up to date, those that could not be), the lines held to the
+    output as ``ex`` (tests/test_doc_examples.py) holds them."""
+    lines = ex.printed_lines(output)
     out, lost, at = [], [], 0
     for want in shown:
         w = want.rstrip()
-        if not w or w == "..." or w.startswith("#"):
+        if ex.checks_nothing(w):
             out.append(want)
             continue
         if w in lines[at:]:
@@ -70,14 +69,14 @@ def renewed(shown: list[str], output: str, machine) -> tuple[list[str], list[str
     return out, lost
 
 
-def run(args: list[str], folder: Path, cli, runner) -> tuple[int, str]:
+def run(args: list[str], folder: Path, cli, runner) -> str:
+    """What ``kvcalc ARGS`` prints, run in ``folder``."""
     here = os.getcwd()
     os.chdir(folder)
     try:
-        result = runner.invoke(cli, args)
+        return runner.invoke(cli, args).output
     finally:
         os.chdir(here)
-    return result.exit_code, result.output
 
 
 def main(argv=None) -> int:
@@ -104,8 +103,8 @@ def main(argv=None) -> int:
             folders[block].mkdir()
             ex._stand_ins(folders[block])
         os.environ["KVCALC_PRESETS"] = str(folders[block] / "user-presets")
-        _, output = run(args, folders[block], cli, CliRunner())
-        new, lost = renewed(list(shown), output, ex.MACHINE)
+        output = run(args, folders[block], cli, CliRunner())
+        new, lost = renewed(list(shown), output, ex)
         doc = docs[block.split(":")[0]]
         changed = [(i, n) for i, (o, n) in enumerate(zip(shown, new)) if o != n]
         if changed:

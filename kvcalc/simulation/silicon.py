@@ -194,22 +194,19 @@ def replay(case: Case, calibration, transform=None) -> tuple[float, float]:
     c = case.concurrency
     gpu = resolve_gpu(case.gpu)
     n = (MEASURED_PER_SLOT + WARMUP_PER_SLOT) * c
+    plan = dict(gpu=gpu, tp=case.tp, max_len=case.isl + case.osl,
+                weights_dtype=case.weights_dtype)
     if case.engine in OWN_SCHEDULER:
-        inp = PlanInputs(gpu=gpu, tp=case.tp, max_len=case.isl + case.osl,
-                         weights_dtype=case.weights_dtype, engine=case.engine)
-        res = simulate(spec, inp, lambda: synthetic(n, None, case.isl, case.osl),
-                       Options(allocators=(OWN_SCHEDULER[case.engine],), calibration=calibration,
-                               concurrency=c, warmup=WARMUP_PER_SLOT * c,
-                               timing_transform=transform, ignore_eos=True))
+        plan.update(engine=case.engine)
+        run = dict(allocators=(OWN_SCHEDULER[case.engine],), ignore_eos=True)
     else:
         budget = sglang_chunk(gpu) if case.engine == "sglang" else ENGINE_BUDGET[case.engine]
-        inp = PlanInputs(gpu=gpu, tp=case.tp, max_len=case.isl + case.osl,
-                         weights_dtype=case.weights_dtype, max_batched_tokens=budget,
-                         max_num_seqs=None if case.engine == "vllm" else max(c, 1))
-        res = simulate(spec, inp, lambda: synthetic(n, None, case.isl, case.osl),
-                       Options(allocators=("paged",), calibration=calibration, concurrency=c,
-                               warmup=WARMUP_PER_SLOT * c, timing_transform=transform,
-                               prefill_first=case.engine == "sglang"))
+        plan.update(max_batched_tokens=budget,
+                    max_num_seqs=None if case.engine == "vllm" else max(c, 1))
+        run = dict(allocators=("paged",), prefill_first=case.engine == "sglang")
+    res = simulate(spec, PlanInputs(**plan), lambda: synthetic(n, None, case.isl, case.osl),
+                   Options(calibration=calibration, concurrency=c, warmup=WARMUP_PER_SLOT * c,
+                           timing_transform=transform, **run))
     t = next(iter(res.runs.values())).totals
     return t.ttft.total / t.ttft.n, t.tpot.total / t.tpot.n
 

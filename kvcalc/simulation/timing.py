@@ -23,9 +23,10 @@ and each request's time to first token (and end-to-end time) carries the fronten
 - ``Fgemm(T)``: ``2 x active parameters x T`` FLOPs at the GPU's dense peak for the weights'
   compute dtype (bf16, fp8, fp4: the GPU catalog; int4 weight-only, fp4 weights on a GPU
   without fp4 units (weight-only too) and fp16 run at the bf16 peak), with a coefficient per
-  dtype (``c_flop``, ``c_flop8``, ``c_flop4``) and, for bf16 and fp8, per GPU generation (``c_flop_bw``, ``c_flop8_bw`` on Blackwell, whose peaks doubled
-  Hopper's: the share of the peak that GEMMs reach is the generation's, not the model's; fp4
-  exists on Blackwell only; other generations, unmeasured, take Hopper's);
+  dtype (``c_flop``, ``c_flop8``, ``c_flop4``) and, for bf16 and fp8, per GPU generation
+  (``c_flop_bw``, ``c_flop8_bw`` on Blackwell, whose peaks doubled Hopper's: the share of the
+  peak that GEMMs reach is the generation's, not the model's; fp4 exists on Blackwell only;
+  other generations, unmeasured, take Hopper's);
 - ``c_mix``: a step that computes a prompt chunk runs outside the decode CUDA graphs (the
   engines capture decode-only batches);
 - ``c_seq x S``: the host's work per request in the step (``S`` requests scheduled: building
