@@ -23,6 +23,7 @@ requests in flight (:class:`.scheduler.ClosedLoop`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Callable, Iterable, Iterator
 
 from ..engines.cache import KEEP_ALL, KEEP_CHUNK, KEEP_NONE, KEEP_WINDOW
@@ -308,7 +309,9 @@ def _simulate_vllm(plan: Plan, arrivals, options: Options,
         raise UsageError("--cpu-offload is not modelled with several KV cache groups (a hybrid "
                          "model's blocks): leave it out")
     if inputs.pp > 1:
-        budget, slot_bytes, timing = _pipeline(plan, options, groups)
+        budget, slot_bytes, timing = _pipeline(plan, options, groups,
+                                               resolve_calibration(plan, options, "vllm",
+                                                                   arrivals))
     else:
         bpt = plan.bytes_per_token
         slot_bytes = cap.bytes_per_block / cap.block_size
@@ -318,8 +321,8 @@ def _simulate_vllm(plan: Plan, arrivals, options: Options,
                                                                 inputs.weights_dtype)
                                 / inputs.tp, bpt, inputs.tp)
         timing = step_time_model(inputs.gpu, figures, inputs.weights_dtype,
-                                 options.calibration or "vllm", options.step_overhead_s,
-                                 options.step_time_s)
+                                 resolve_calibration(plan, options, "vllm", arrivals),
+                                 options.step_overhead_s, options.step_time_s)
     budget_slots = budget.kv_bytes / slot_bytes
     if options.timing_transform is not None:
         timing = options.timing_transform(timing)
@@ -369,7 +372,7 @@ def _simulate_vllm(plan: Plan, arrivals, options: Options,
     return result
 
 
-def _pipeline(plan: Plan, options: Options, groups: Groups | None = None):
+def _pipeline(plan: Plan, options: Options, groups: Groups | None, cal):
     """Pipeline parallelism: (the limiting stage's budget, its KV bytes per token slot, the
     pipeline's step-time model). Every stage holds its own layers of every sequence in its own
     budget; the stage that fits the fewest blocks limits the replica -- the plan's
@@ -393,7 +396,6 @@ def _pipeline(plan: Plan, options: Options, groups: Groups | None = None):
                          f"{cap.num_blocks:,}")
     weights = stage_weight_bytes(spec, plan.params, inputs.weights_dtype, inputs.tp, stages)
     whole = weight_bytes(plan.params, inputs.weights_dtype) / inputs.tp
-    cal = options.calibration or "vllm"
     if options.step_time_s is not None:
         fixed = step_time_model(inputs.gpu, None, inputs.weights_dtype, cal,
                                 options.step_overhead_s, options.step_time_s)
@@ -409,17 +411,56 @@ def _pipeline(plan: Plan, options: Options, groups: Groups | None = None):
     return plan.budgets[limit], per_token[limit], timing
 
 
+#: the arrivals whose mean lengths place a workload among the measured runs
+SHAPE_SAMPLE = 10_000
+
+
+def resolve_calibration(plan: Plan, options: Options, default: str, arrivals=None):
+    """The step-time calibration of a run: ``options.calibration`` (else ``default``, the
+    engine's own) as given when it is a :class:`.timing.Calibration` or a fixed step time is
+    set; else, for an engine with measured runs, its coefficients fitted on the runs nearest
+    this plan and workload (:func:`.local.local_calibration`: GPU, model, weights dtype,
+    tensor parallelism, the closed loop's concurrency, the mean prompt and output lengths of
+    the first :data:`SHAPE_SAMPLE` arrivals); else the name (the roofline)."""
+    from .local import Query, local_calibration, model_key
+
+    name = options.calibration or default
+    if not isinstance(name, str) or options.step_time_s is not None:
+        return name
+    inputs = plan.inputs
+    isl = osl = None
+    if arrivals is not None:
+        replay, _ = _replay(arrivals)
+        sample = list(islice(replay(), SHAPE_SAMPLE))
+        if sample:
+            isl = sum(a.prompt for a in sample) / len(sample)
+            osl = sum(a.output for a in sample) / len(sample)
+    q = Query(gpu=inputs.gpu.name, model=model_key(plan.spec),
+              weights_dtype=inputs.weights_dtype, tp=inputs.tp,
+              concurrency=options.concurrency, isl=isl or None, osl=osl or None)
+    return local_calibration(name, q) or name
+
+
+def calibration_fields(timing: StepTime) -> dict:
+    """The JSON record's ``calibration`` (its name; None for a fixed step time) and
+    ``calibration_source`` (which fit: the local fit's runs, :func:`resolve_calibration`)."""
+    cal = timing.calibration if timing.fixed_s is None else None
+    return {"calibration": cal.name if cal else None,
+            "calibration_source": cal.source if cal else None}
+
+
 def engine_timing(plan: Plan, options: Options, kv_bytes_per_token: float,
-                  calibration: str) -> StepTime:
+                  calibration: str, arrivals=None) -> StepTime:
     """The step-time model of a one-stage plan: ``options``' calibration (else
-    ``calibration``, the engine's own), overhead or constant step, and transform."""
+    ``calibration``, the engine's own; fitted locally, :func:`resolve_calibration`), overhead
+    or constant step, and transform."""
     inputs = plan.inputs
     figures = model_figures(plan.spec, plan.params,
                             weight_bytes(plan.params, inputs.weights_dtype) / inputs.tp,
                             kv_bytes_per_token, inputs.tp)
     timing = step_time_model(inputs.gpu, figures, inputs.weights_dtype,
-                             options.calibration or calibration, options.step_overhead_s,
-                             options.step_time_s)
+                             resolve_calibration(plan, options, calibration, arrivals),
+                             options.step_overhead_s, options.step_time_s)
     if options.timing_transform is not None:
         timing = options.timing_transform(timing)
     return timing
@@ -451,7 +492,7 @@ def common_record(res: SimulationResult, engine: str) -> dict:
         "prefix_caching": res.options.prefix_caching,
         "cpu_offload_bytes": 0,
         "step_time_model": res.timing.describe(),
-        "calibration": res.timing.calibration.name if res.timing.fixed_s is None else None,
+        **calibration_fields(res.timing),
         "tp": inp.tp,
         "pp": inp.pp,
         "concurrency": res.options.concurrency,
@@ -496,7 +537,8 @@ def _simulate_llamacpp(plan: Plan, arrivals, options: Options,
     # no measured runs of llama.cpp to fit on: the uncalibrated roofline unless told otherwise
     timing = step_time_model(inputs.gpu, model_figures(plan.spec, plan.params,
                                                        figures.weights_bytes, cell_bytes, 1),
-                             inputs.weights_dtype, options.calibration or "roofline",
+                             inputs.weights_dtype,
+                             resolve_calibration(plan, options, "roofline", arrivals),
                              options.step_overhead_s, options.step_time_s)
     # llama-server's loop: every generating slot decodes one token, prompts fill the rest of
     # the n_batch tokens of a batch; at most one request per slot; a slot's context is n_ctx_seq
@@ -540,7 +582,7 @@ def _vllm_record(res: SimulationResult) -> dict:
         "cpu_offload_bytes": res.options.cpu_offload_bytes,
         "cpu_offload_blocks": res.cpu_blocks,
         "step_time_model": res.timing.describe(),
-        "calibration": res.timing.calibration.name if res.timing.fixed_s is None else None,
+        **calibration_fields(res.timing),
         "tp": inp.tp,
         "pp": inp.pp,
         "concurrency": res.options.concurrency,
@@ -598,7 +640,7 @@ def _llamacpp_record(res: SimulationResult) -> dict:
         "prefix_caching": False,
         "cpu_offload_bytes": 0,
         "step_time_model": res.timing.describe(),
-        "calibration": res.timing.calibration.name if res.timing.fixed_s is None else None,
+        **calibration_fields(res.timing),
         "tp": 1,
         "concurrency": res.options.concurrency,
         "warmup_requests": res.options.warmup,
@@ -670,7 +712,8 @@ def _step_loop_engine(module) -> EngineSimulation:
     def simulate_(plan: Plan, arrivals, options: Options, names) -> SimulationResult:
         settings = module.settings(plan, options)
         c = module.capacity(plan, settings)
-        timing = engine_timing(plan, options, c["bytes_per_token"], c["calibration"])
+        timing = engine_timing(plan, options, c["bytes_per_token"], c["calibration"],
+                               arrivals)
         cfg = loop_config(plan, options, c["batched_tokens"], c["seqs"])
         replay, description, hash_block = replay_of(arrivals)
         result = SimulationResult(plan, timing, options, description,

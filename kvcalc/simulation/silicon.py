@@ -56,7 +56,7 @@ WEIGHTS = {"": "bf16", "fp8": "fp8", "fp8_block": "fp8", "nvfp4": "nvfp4", "int4
 ENGINE_BUDGET = {"vllm": None, "sglang": None, "trtllm": 8192}
 #: the engines whose runs replay on their own simulator (its allocator's name): SGLang's and
 #: TensorRT-LLM's schedulers (:mod:`.sglang`, :mod:`.trtllm`); the others on vLLM's.
-#: Empty by default: calibration kvcalc-timing-3 was fitted on vLLM-scheduler replays of every
+#: Empty by default: the calibration is fitted on vLLM-scheduler replays of every
 #: engine; ``tools/fit_timing.py --own-scheduler`` fills it with :data:`ENGINE_SCHEDULERS`
 #: (an experiment, not yet validated against the published figures)
 ENGINE_SCHEDULERS = {"sglang": "sglang-radix", "trtllm": "trtllm-paged"}
@@ -137,8 +137,6 @@ def to_case(row: dict) -> Case | str:
     preset = MODEL_PRESETS.get(row["model_path"])
     if preset is None:
         return "no kvcalc preset for the model"
-    if preset.startswith("gpt-oss"):
-        return "gpt-oss (not in calibration kvcalc-timing-3's rows: docs/simulation.md)"
     if row["system"] not in SYSTEMS:
         return "GPU not in the catalog"
     tp = int(row["tp_size"] or 1)
