@@ -170,7 +170,7 @@ def test_search_statuses_and_reasons(small):
     assert rows[("l4", 2)]["status"] == "not simulated"     # no NVLink figures for an L4
     a1, a2 = rows[("a100-80gb", 1)], rows[("a100-80gb", 2)]
     assert a1["status"] == a2["status"] == "meets"
-    assert (a1["replicas"], a2["replicas"]) == (7, 3)
+    assert (a1["replicas"], a2["replicas"]) == (6, 2)
     assert a1["bounds"]["replicas_floor"] == 3 <= a1["replicas"]
     # every evaluation below the answer misses, the answer meets, the one below says why
     for row in (a1, a2):
@@ -179,13 +179,13 @@ def test_search_statuses_and_reasons(small):
         assert not evals[row["replicas"] - 1]["meets"]
         assert "tpot_p99" in evals[row["replicas"] - 1]["why"]
         assert row["replicas_minus_one"].startswith("misses")
-    # the cheapest: 3 x A100 tp2 (6 GPUs) before 7 x A100 tp1
+    # the cheapest: 2 x A100 tp2 (4 GPUs) before 6 x A100 tp1
     ans = small["answer"]
-    assert (ans["gpu"], ans["tp"], ans["replicas"], ans["gpus"]) == ("a100-80gb", 2, 3, 6)
-    assert ans["usd_per_hour"] == pytest.approx(6 * 2.16)
+    assert (ans["gpu"], ans["tp"], ans["replicas"], ans["gpus"]) == ("a100-80gb", 2, 2, 4)
+    assert ans["usd_per_hour"] == pytest.approx(4 * 2.16)
     tok = ans["answer"]["output_tokens_per_s"]
     assert ans["usd_per_million_output_tokens"] == pytest.approx(
-        6 * 2.16 / (tok * 3600) * 1e6, rel=1e-3)
+        4 * 2.16 / (tok * 3600) * 1e6, rel=1e-3)
     assert ans["pareto"] and small["pareto"][0] == ans["index"]
     assert small["time_figures"] == "modelled" and small["calibration"] == "vllm"
     assert small["counts"]["configurations"] == 4
@@ -193,7 +193,8 @@ def test_search_statuses_and_reasons(small):
 
 def _resimulate(spec, arrivals, c: Candidate, replicas: int, slo):
     """The fleet's figures re-derived without the search: route, simulate each replica with
-    kvcalc.simulation.simulate, pool every request's latencies."""
+    kvcalc.simulation.simulate (with the configuration's calibration, fitted once on the whole
+    traffic), pool every request's latencies."""
     ctx = _ctx(spec, arrivals, slo)
     su, _, _ = setup(ctx, c)
     parts = route(arrivals, replicas, c.router,
@@ -202,7 +203,8 @@ def _resimulate(spec, arrivals, c: Candidate, replicas: int, slo):
     hists = {"ttft": LogHistogram(), "tpot": LogHistogram()}
     completed = 0
     for part in parts:
-        res = simulate(spec, su.inputs, Trace("r", tuple(part)), Options(allocators=("paged",)))
+        res = simulate(spec, su.inputs, Trace("r", tuple(part)),
+                       Options(allocators=("paged",), calibration=su.calibration))
         t = res.runs["paged"].totals
         completed += t.completed
         for k, h in hists.items():
@@ -302,8 +304,8 @@ def test_engines_not_simulated_are_planned():
 
 def test_prefix_aware_routing_saves_on_mooncake(spec8b):
     """On the first 1,500 Mooncake requests, 8 H100 replicas: prefix-aware routing finds more
-    of other requests' blocks than round-robin or least-outstanding (docs/sizing.md: 2,182,336
-    against 1,163,648 and 1,053,056 tokens)."""
+    of other requests' blocks than round-robin or least-outstanding (docs/sizing.md: 2,197,824
+    against 1,197,952 and 1,182,464 tokens)."""
     arrivals = load_trace("mooncake-conv").arrivals[:1500]
     ctx = _ctx(spec8b, arrivals, ["ttft_p99=60s"], max_len=131072)
     su, _, _ = setup(ctx, Candidate("h100"))
@@ -337,7 +339,7 @@ def test_cli_json_and_out(tmp_path):
     assert res.exit_code == 0, res.output
     rec = json.loads(res.output)
     assert rec == json.loads(out.read_text())
-    assert rec["answer"]["replicas"] == 3 and rec["answer"]["usd_per_hour"] == 12.0
+    assert rec["answer"]["replicas"] == 2 and rec["answer"]["usd_per_hour"] == 8.0
     assert rec["prices"]["a100-80gb"]["source"] == "--price"
 
 
@@ -347,7 +349,7 @@ def test_cli_table():
         "--requests", "600", "--input-len", "800", "--output-len", "150", "--dist",
         "lognormal", "--gpu", "a100-80gb,l4", "--tp", "1,2", "--max-len", "8k", "-j", "1"])
     assert res.exit_code == 0, res.output
-    assert "Cheapest: 3 x (a100-80gb" in res.output and "(modelled)" in res.output
+    assert "Cheapest: 2 x (a100-80gb" in res.output and "(modelled)" in res.output
     assert "misses at any replica count" in res.output
     assert "calibrated step time" in res.output
 

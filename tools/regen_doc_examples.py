@@ -7,8 +7,8 @@ commands print now (after a new step-time calibration, say), from real runs.
 Each example runs as ``tests/test_doc_examples.py`` runs it (same scratch folders, stand-in
 files and skips). A shown line the command no longer prints is replaced by the first line
 printed after the previous matched one that has the same shape -- the same text once every run
-of digits, separators and decimal points is masked and the column padding ignored -- so a changed figure is updated and
-everything else the doc shows (``...`` elisions, comments, the lines' order) stays. A line with
+of digits, separators and decimal points is masked and the column padding ignored -- so a changed figure is updated (a ``Label   text`` line whose words changed is matched by its
+label) and everything else the doc shows (``...`` elisions, comments, the lines' order) stays. A line with
 no such counterpart is reported and left for a person: the prose around an example, which
 cites its figures, is never touched and must be read again.
 """
@@ -44,6 +44,13 @@ def shape(line: str) -> str:
     return re.sub(r"-{2,}", "-", re.sub(r"\s+", " ", FIGURE.sub("#", line))).strip()
 
 
+def label(line: str) -> str | None:
+    """The label of a ``Label   text`` line (what precedes its first run of two or more
+    blanks: ``Step time``, ``Engine``), or None."""
+    m = re.match(r"\s*(\S.*?)\s{2,}\S", line)
+    return m.group(1) if m else None
+
+
 def renewed(shown: list[str], output: str, ex) -> tuple[list[str], list[str]]:
     """(the shown lines brought up to date, those that could not be), the lines held to the
     output as ``ex`` (tests/test_doc_examples.py) holds them."""
@@ -60,6 +67,10 @@ def renewed(shown: list[str], output: str, ex) -> tuple[list[str], list[str]]:
             continue
         s = shape(w)
         match = next((i for i in range(at, len(lines)) if shape(lines[i]) == s), None)
+        if match is None and label(w):
+            # a labelled line whose words changed (a new calibration's Step time line)
+            match = next((i for i in range(at, len(lines)) if label(lines[i]) == label(w)),
+                         None)
         if match is None:
             lost.append(w)
             out.append(want)

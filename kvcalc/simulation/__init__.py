@@ -66,6 +66,9 @@ class Options:
     calibration: str | None = None
     #: closed loop: requests kept in flight (None: the arrivals' own times)
     concurrency: int | None = None
+    #: the mean (prompt, output) lengths the local calibration is fitted for
+    #: (:func:`resolve_calibration`; None: the arrivals')
+    workload_shape: tuple[float, float] | None = None
     #: requests left out of the latency figures (the first ones)
     warmup: int = 0
     #: SGLang's batching, prompts first (:attr:`.scheduler.Config.prefill_first`); None: with
@@ -421,15 +424,16 @@ def resolve_calibration(plan: Plan, options: Options, default: str, arrivals=Non
     set; else, for an engine with measured runs, its coefficients fitted on the runs nearest
     this plan and workload (:func:`.local.local_calibration`: GPU, model, weights dtype,
     tensor parallelism, the closed loop's concurrency, the mean prompt and output lengths of
-    the first :data:`SHAPE_SAMPLE` arrivals); else the name (the roofline)."""
+    the first :data:`SHAPE_SAMPLE` arrivals or ``options.workload_shape``); else the name (the
+    roofline)."""
     from .local import Query, local_calibration, model_key
 
     name = options.calibration or default
     if not isinstance(name, str) or options.step_time_s is not None:
         return name
     inputs = plan.inputs
-    isl = osl = None
-    if arrivals is not None:
+    isl, osl = options.workload_shape or (None, None)
+    if arrivals is not None and options.workload_shape is None:
         replay, _ = _replay(arrivals)
         sample = list(islice(replay(), SHAPE_SAMPLE))
         if sample:

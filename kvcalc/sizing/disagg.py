@@ -127,7 +127,8 @@ def evaluate_disagg(ctx, c, replicas: int, su) -> dict:
                                                   ctx.traffic.hash_block),
                        Options(allocators=("paged",), prefix_caching=c.prefix_caching,
                                cpu_offload_bytes=c.cpu_offload,
-                               calibration=ctx.settings.calibration,
+                               calibration=(su.calibration if su.calibration is not None
+                                            else ctx.settings.calibration),
                                timing_transform=transform))
         merged.add(res.runs["paged"].totals)
     return outcome(ctx, merged, replicas * c.tp, replicas, pool_objectives(ctx, c.pool))

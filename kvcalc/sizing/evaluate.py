@@ -104,11 +104,16 @@ class Setup:
     inputs: PlanInputs
     plan: object
     timing: object                    # kvcalc.simulation.timing.StepTime
+    #: the step-time calibration every simulation of the configuration uses (a
+    #: :class:`kvcalc.simulation.timing.Calibration` fitted once on the whole traffic's
+    #: shape, so that every replica count and every replica's share of the arrivals is timed
+    #: alike; None: a fixed step time)
     usable_blocks: int
     block_size: int
     max_num_seqs: int
     max_batched_tokens: int
     weights_dtype: str
+    calibration: object = None
 
 
 def plan_inputs(ctx: Context, c: Candidate, **over) -> PlanInputs:
@@ -148,17 +153,33 @@ def setup(ctx: Context, c: Candidate) -> tuple[Setup | None, str, str]:
             f"boots ({plan.engine_figures.num_blocks:,} KV blocks), but kvcalc simulate "
             f"replays vLLM's scheduler (and llama.cpp's slots), not {c.engine}'s")
     try:
-        empty = simulate(ctx.spec, inp, Trace("", ()), _options(ctx, c, None))
+        empty = simulate(ctx.spec, inp, Trace("", ()),
+                         replace(_options(ctx, c, None), workload_shape=traffic_shape(ctx)))
     except KvcalcError as exc:
         return None, "not simulated", str(exc)
     cfg = empty.config
+    cal = empty.timing.calibration if empty.timing.fixed_s is None else None
     return Setup(inp, plan, empty.timing, empty.usable_blocks, plan.vllm.block_size,
-                 cfg.max_num_seqs, cfg.max_num_batched_tokens, inp.weights_dtype), "", ""
+                 cfg.max_num_seqs, cfg.max_num_batched_tokens, inp.weights_dtype,
+                 cal), "", ""
 
 
-def _options(ctx: Context, c: Candidate, concurrency: int | None, warmup: int = 0) -> Options:
+def traffic_shape(ctx: Context) -> tuple[float, float] | None:
+    """The traffic's mean prompt and output lengths (what the local calibration is fitted
+    for)."""
+    arrivals = ctx.traffic.arrivals
+    if not arrivals:
+        return None
+    return (sum(a.prompt for a in arrivals) / len(arrivals),
+            sum(a.output for a in arrivals) / len(arrivals))
+
+
+def _options(ctx: Context, c: Candidate, concurrency: int | None, warmup: int = 0,
+             su: Setup | None = None) -> Options:
     return Options(allocators=("paged",), prefix_caching=c.prefix_caching,
-                   cpu_offload_bytes=c.cpu_offload, calibration=ctx.settings.calibration,
+                   cpu_offload_bytes=c.cpu_offload,
+                   calibration=(su.calibration if su is not None and su.calibration is not None
+                                else ctx.settings.calibration),
                    concurrency=concurrency, warmup=warmup)
 
 
@@ -179,7 +200,7 @@ def evaluate(ctx: Context, c: Candidate, replicas: int, su: Setup | None = None)
         if not arrivals:
             continue
         trace = Trace(tr.description, tuple(arrivals), tr.hash_block)
-        res = simulate(ctx.spec, su.inputs, trace, _options(ctx, c, conc, warm))
+        res = simulate(ctx.spec, su.inputs, trace, _options(ctx, c, conc, warm, su))
         merged.add(res.runs["paged"].totals)
     return outcome(ctx, merged, replicas * c.tp, replicas)
 
