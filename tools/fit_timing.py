@@ -16,11 +16,16 @@ measured benchmark is replayed ONCE with a clock of one unit per step (:func:`de
 recording every step's arguments and each measured request's arrival, first token and finish
 in steps; a mean TTFT or TPOT under any step-time model is then a weighted sum of its step
 durations, which gives every coefficient's column of the design matrix (the same figures as
-one replay per coefficient, to 1e-12, at the cost of one). Per engine, the coefficients (all
->= 0) minimise the sum of absolute log errors, ``|log(modelled / measured)|``, of TTFT and
-(weighted x2) TPOT over the fit rows: iteratively reweighted non-negative least squares
-(:func:`fit`). The validation figures come from full replays with the fitted calibration (the
-design matrix is checked against them).
+one replay per coefficient, to 1e-12, at the cost of one). The coefficients (all >= 0)
+minimise the weighted absolute log errors of TTFT and (weighted x2) TPOT
+(:func:`kvcalc.simulation.local.fit`), fitted for each run on its engine's fit rows weighted by
+their likeness to it (:mod:`kvcalc.simulation.local`: what ``kvcalc simulate`` does for every
+configuration; ``--engine-wide``: every fit row alike, one set per engine). ``--write`` writes
+the fit rows' design columns and the kernel (``kvcalc/simulation/calibration_runs.json``), the
+engine-wide coefficients and the validation figures (``calibration.json``), the docs' accuracy
+table and the regression test's rows. The validation figures come from full replays of each
+validation run with its own local fit (the design matrix is checked against them);
+``--choose-widths`` cross-validates the kernel's candidates on the fit rows alone.
 
 ``--own-scheduler`` replays SGLang's and TensorRT-LLM's runs on their own simulators instead of
 vLLM's scheduler with their batching approximated: an experiment, off by default

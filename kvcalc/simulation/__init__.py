@@ -62,8 +62,10 @@ class Options:
     cpu_offload_bytes: int = 0
     step_time_s: float | None = None
     step_overhead_s: float | None = None
-    #: the step-time calibration (:func:`.timing.calibrations`); None: the engine's own
-    calibration: str | None = None
+    #: the step-time calibration: an engine's name (its coefficients fitted on its measured
+    #: runs nearest the run, :func:`resolve_calibration`), "roofline", or a
+    #: :class:`.timing.Calibration` taken as it is; None: the engine's own
+    calibration: object = None
     #: closed loop: requests kept in flight (None: the arrivals' own times)
     concurrency: int | None = None
     #: the mean (prompt, output) lengths the local calibration is fitted for
@@ -418,6 +420,16 @@ def _pipeline(plan: Plan, options: Options, groups: Groups | None, cal):
 SHAPE_SAMPLE = 10_000
 
 
+def workload_shape(arrivals: Iterable[Arrival]) -> tuple[float, float] | None:
+    """The mean prompt and output lengths of the first :data:`SHAPE_SAMPLE` ``arrivals`` (what
+    a local calibration is fitted for), or None when there are none."""
+    sample = list(islice(arrivals, SHAPE_SAMPLE))
+    if not sample:
+        return None
+    return (sum(a.prompt for a in sample) / len(sample),
+            sum(a.output for a in sample) / len(sample))
+
+
 def resolve_calibration(plan: Plan, options: Options, default: str, arrivals=None):
     """The step-time calibration of a run: ``options.calibration`` (else ``default``, the
     engine's own) as given when it is a :class:`.timing.Calibration` or a fixed step time is
@@ -434,11 +446,7 @@ def resolve_calibration(plan: Plan, options: Options, default: str, arrivals=Non
     inputs = plan.inputs
     isl, osl = options.workload_shape or (None, None)
     if arrivals is not None and options.workload_shape is None:
-        replay, _ = _replay(arrivals)
-        sample = list(islice(replay(), SHAPE_SAMPLE))
-        if sample:
-            isl = sum(a.prompt for a in sample) / len(sample)
-            osl = sum(a.output for a in sample) / len(sample)
+        isl, osl = workload_shape(_replay(arrivals)[0]()) or (None, None)
     q = Query(gpu=inputs.gpu.name, model=model_key(plan.spec),
               weights_dtype=inputs.weights_dtype, tp=inputs.tp,
               concurrency=options.concurrency, isl=isl or None, osl=osl or None)

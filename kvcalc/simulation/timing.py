@@ -39,9 +39,10 @@ and each request's time to first token (and end-to-end time) carries the fronten
   ``T x hidden x 2 B`` each, a ring moving ``2 (tp - 1) / tp`` of it over each GPU's link
   (catalog: NVLink bandwidth per direction and latency).
 
-The coefficients ``c_*`` (:class:`Calibration`) are fitted per engine by
-``tools/fit_timing.py`` on measured serving runs (docs/simulation.md lists the values, the data
-and the accuracy); ``roofline`` is the uncalibrated estimate (2 ms + weights and KV read +
+The coefficients ``c_*`` (:class:`Calibration`) are fitted on an engine's measured serving
+runs, for each configuration on the runs nearest it (:mod:`.local`; ``tools/fit_timing.py``
+writes the runs and reports the accuracy, docs/simulation.md; :func:`calibrations` holds the
+engine-wide fits, every run alike); ``roofline`` is the uncalibrated estimate (2 ms + weights and KV read +
 FLOPs at the peak, no communication), used where no run was measured (llama.cpp).
 ``--step-time`` replaces the whole estimate with a constant. Memory figures depend on time only
 through arrivals: with every request arriving at once, or a closed loop, time changes no memory

@@ -18,7 +18,7 @@ from ..hardware import resolve_gpu
 from ..params import default_weights_dtype
 from ..planning import PlanInputs, make_plan
 from ..workload import fixed
-from ..simulation import Options, simulate
+from ..simulation import Options, simulate, workload_shape
 from ..simulation.requests import MOONCAKE_HASH_BLOCK, Arrival, Trace
 from .objectives import Objective
 from .merge import Merged, outcome, service_estimate
@@ -154,7 +154,8 @@ def setup(ctx: Context, c: Candidate) -> tuple[Setup | None, str, str]:
             f"replays vLLM's scheduler (and llama.cpp's slots), not {c.engine}'s")
     try:
         empty = simulate(ctx.spec, inp, Trace("", ()),
-                         replace(_options(ctx, c, None), workload_shape=traffic_shape(ctx)))
+                         replace(_options(ctx, c, None),
+                                 workload_shape=workload_shape(ctx.traffic.arrivals)))
     except KvcalcError as exc:
         return None, "not simulated", str(exc)
     cfg = empty.config
@@ -162,16 +163,6 @@ def setup(ctx: Context, c: Candidate) -> tuple[Setup | None, str, str]:
     return Setup(inp, plan, empty.timing, empty.usable_blocks, plan.vllm.block_size,
                  cfg.max_num_seqs, cfg.max_num_batched_tokens, inp.weights_dtype,
                  cal), "", ""
-
-
-def traffic_shape(ctx: Context) -> tuple[float, float] | None:
-    """The traffic's mean prompt and output lengths (what the local calibration is fitted
-    for)."""
-    arrivals = ctx.traffic.arrivals
-    if not arrivals:
-        return None
-    return (sum(a.prompt for a in arrivals) / len(arrivals),
-            sum(a.output for a in arrivals) / len(arrivals))
 
 
 def _options(ctx: Context, c: Candidate, concurrency: int | None, warmup: int = 0,
