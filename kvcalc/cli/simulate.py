@@ -100,9 +100,10 @@ def plan_options(f):
               help="trtllm: chunk prompts longer than the token budget (off by default; "
                    "without it a prompt over --max-num-tokens is rejected).")
 @click.option("--calibration", type=click.Choice(SIMULATE_CALIBRATIONS), default=None,
-              help="Step-time coefficients: fitted on measured vLLM, SGLang or TensorRT-LLM "
-                   "runs, or the uncalibrated roofline (default: vllm; roofline for "
-                   "--engine llamacpp). docs/simulation.md lists them and their accuracy.")
+              help="Step-time coefficients: fitted on the measured vLLM, SGLang or TensorRT-LLM "
+                   "runs nearest this configuration, or the uncalibrated roofline (default: "
+                   "the engine's own; roofline for --engine llamacpp). docs/simulation.md "
+                   "gives the method and its accuracy.")
 @click.option("--step-time", type=float, default=None, metavar="SECONDS",
               help="Every engine step takes this long (replaces the calibrated model).")
 @click.option("--step-overhead", type=float, default=None, metavar="SECONDS",
