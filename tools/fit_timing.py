@@ -44,6 +44,7 @@ import sys
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, fields, replace
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -362,10 +363,7 @@ def design(cases: list[silicon.Case], jobs: int) -> dict[str, dict]:
 def run_record(case: silicon.Case, row: dict) -> dict:
     """``case`` as a measured run of ``calibration_runs.json``: what the kernel compares
     (:class:`kvcalc.simulation.local.Query`), the measured means, the design columns."""
-    return {"id": case.id, "gpu": case.gpu, "model": local.model_key(silicon._spec(case.preset)),
-            "weights_dtype": case.weights_dtype, "tp": case.tp,
-            "concurrency": case.concurrency, "isl": case.isl, "osl": case.osl,
-            "ttft_s": case.ttft_s, "tpot_s": case.tpot_s,
+    return {"id": case.id, **asdict(query(case)), "ttft_s": case.ttft_s, "tpot_s": case.tpot_s,
             "columns": {k: [float(f"{v:.7g}") for v in col]
                         for k, col in columns(row, case).items()}}
 
@@ -397,18 +395,14 @@ def predict(x, row: dict, case: silicon.Case) -> tuple[float, float]:
             sum(v * r[k][1] for k, v in zip(COEFS, x)))
 
 
-def _local_one(args):
-    runs, q, st = args
-    return local.local_fit(runs, q, st, COEFS)
-
-
 def local_fits(cases: list[silicon.Case], runs: dict[str, list[dict]], st: dict,
                jobs: int) -> list[tuple[np.ndarray, float]]:
     """Each case's local fit on its engine's ``runs`` (``case``'s own run left out when it
     is one of them: cross-validation)."""
-    todo = [([r for r in runs[c.engine] if r["id"] != c.id], query(c), st) for c in cases]
+    others = [[r for r in runs[c.engine] if r["id"] != c.id] for c in cases]
     with ProcessPoolExecutor(jobs) as pool:
-        return list(pool.map(_local_one, todo, chunksize=8))
+        return list(pool.map(local.local_fit, others, map(query, cases), repeat(st),
+                             repeat(COEFS), chunksize=8))
 
 
 def cross_validate(fit_cases: list[silicon.Case], runs: dict[str, list[dict]], design_rows,
@@ -569,7 +563,8 @@ def render(fit_results, val_results, skipped, n_rows, coefficients, n_eff,
         method = (f"Coefficients: fitted for each run on its engine's fit rows, each weighted "
                   f"by its likeness to the run (kernel widths {WIDTHS}, floor {FLOOR}); "
                   f"effective fit rows per validation run: median "
-                  f"{statistics.median(n_eff):.1f}, 10th percentile {sorted(n_eff)[len(n_eff) // 10]:.1f}.")
+                  f"{statistics.median(n_eff):.1f}, 10th percentile "
+                  f"{sorted(n_eff)[len(n_eff) // 10]:.1f}.")
     out.append(f"Rows read: {n_rows:,} (remainders 0 and 1 of the split; remainder 2 never "
                f"read). Fit rows (remainder 0): {n_fit}; validation rows (remainder 1): "
                f"{n_val}. Skipped: " + "; ".join(f"{v} {k}" for k, v in

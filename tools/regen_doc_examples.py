@@ -7,10 +7,11 @@ commands print now (after a new step-time calibration, say), from real runs.
 Each example runs as ``tests/test_doc_examples.py`` runs it (same scratch folders, stand-in
 files and skips). A shown line the command no longer prints is replaced by the first line
 printed after the previous matched one that has the same shape -- the same text once every run
-of digits, separators and decimal points is masked and the column padding ignored -- so a changed figure is updated (a ``Label   text`` line whose words changed is matched by its
-label) and everything else the doc shows (``...`` elisions, comments, the lines' order) stays. A line with
-no such counterpart is reported and left for a person: the prose around an example, which
-cites its figures, is never touched and must be read again.
+of digits, separators and decimal points is masked and the column padding ignored -- so a
+changed figure is updated (a ``Label   text`` line whose words changed is matched by its
+label) and everything else the doc shows (``...`` elisions, comments, the lines' order)
+stays. A line with no such counterpart is reported and left for a person: the prose around an
+example, which cites its figures, is never touched and must be read again.
 """
 
 from __future__ import annotations

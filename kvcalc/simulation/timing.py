@@ -42,8 +42,8 @@ and each request's time to first token (and end-to-end time) carries the fronten
 The coefficients ``c_*`` (:class:`Calibration`) are fitted on an engine's measured serving
 runs, for each configuration on the runs nearest it (:mod:`.local`; ``tools/fit_timing.py``
 writes the runs and reports the accuracy, docs/simulation.md; :func:`calibrations` holds the
-engine-wide fits, every run alike); ``roofline`` is the uncalibrated estimate (2 ms + weights and KV read +
-FLOPs at the peak, no communication), used where no run was measured (llama.cpp).
+engine-wide fits, every run alike); ``roofline`` is the uncalibrated estimate (2 ms + weights
+and KV read + FLOPs at the peak, no communication), used where no run was measured (llama.cpp).
 ``--step-time`` replaces the whole estimate with a constant. Memory figures depend on time only
 through arrivals: with every request arriving at once, or a closed loop, time changes no memory
 figure.

@@ -127,8 +127,7 @@ def evaluate_disagg(ctx, c, replicas: int, su) -> dict:
                                                   ctx.traffic.hash_block),
                        Options(allocators=("paged",), prefix_caching=c.prefix_caching,
                                cpu_offload_bytes=c.cpu_offload,
-                               calibration=(su.calibration if su.calibration is not None
-                                            else ctx.settings.calibration),
+                               calibration=su.calibration,
                                timing_transform=transform))
         merged.add(res.runs["paged"].totals)
     return outcome(ctx, merged, replicas * c.tp, replicas, pool_objectives(ctx, c.pool))

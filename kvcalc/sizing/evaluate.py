@@ -104,15 +104,15 @@ class Setup:
     inputs: PlanInputs
     plan: object
     timing: object                    # kvcalc.simulation.timing.StepTime
-    #: the step-time calibration every simulation of the configuration uses (a
-    #: :class:`kvcalc.simulation.timing.Calibration` fitted once on the whole traffic's
-    #: shape, so that every replica count and every replica's share of the arrivals is timed
-    #: alike; None: a fixed step time)
     usable_blocks: int
     block_size: int
     max_num_seqs: int
     max_batched_tokens: int
     weights_dtype: str
+    #: the step-time calibration every simulation of the configuration uses: a
+    #: :class:`kvcalc.simulation.timing.Calibration` fitted once on the whole traffic's
+    #: shape, so that every replica count and every replica's share of the arrivals is timed
+    #: alike (with a fixed step time: the settings' calibration, unused)
     calibration: object = None
 
 
@@ -159,7 +159,8 @@ def setup(ctx: Context, c: Candidate) -> tuple[Setup | None, str, str]:
     except KvcalcError as exc:
         return None, "not simulated", str(exc)
     cfg = empty.config
-    cal = empty.timing.calibration if empty.timing.fixed_s is None else None
+    cal = (empty.timing.calibration if empty.timing.fixed_s is None
+           else ctx.settings.calibration)
     return Setup(inp, plan, empty.timing, empty.usable_blocks, plan.vllm.block_size,
                  cfg.max_num_seqs, cfg.max_num_batched_tokens, inp.weights_dtype,
                  cal), "", ""
@@ -169,8 +170,7 @@ def _options(ctx: Context, c: Candidate, concurrency: int | None, warmup: int = 
              su: Setup | None = None) -> Options:
     return Options(allocators=("paged",), prefix_caching=c.prefix_caching,
                    cpu_offload_bytes=c.cpu_offload,
-                   calibration=(su.calibration if su is not None and su.calibration is not None
-                                else ctx.settings.calibration),
+                   calibration=ctx.settings.calibration if su is None else su.calibration,
                    concurrency=concurrency, warmup=warmup)
 
 
